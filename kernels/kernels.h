@@ -1,0 +1,101 @@
+/* kernels.h - the hot loops of moe, one interface per operation.
+ *
+ * Every kernel has a plain scalar reference (`*_ref`, kernels/ref.c) and may
+ * have optimized versions (AVX-512, AVX2) picked once at run time from CPUID
+ * (kernels/cpu.c). The un-suffixed name is the dispatching entry point that the
+ * engine calls. Tests compare every optimized variant with its reference.
+ *
+ * Notation: a weight matrix W is [rows, cols] row-major (PyTorch [out, in]);
+ * y = W x means y[r] = sum_c W[r, c] x[c]. Activations are always f32.
+ */
+#ifndef MOE_KERNELS_H
+#define MOE_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---------------------------------------------------------------- matrices */
+
+typedef enum {
+    MAT_F32 = 0,   /* float[rows * cols] */
+    MAT_BF16 = 1,  /* uint16_t[rows * cols], bfloat16 bit patterns */
+    MAT_Q8 = 2,    /* rows of blocks of QK8 int8 values with one f32 scale each; cols % QK8 == 0 */
+} mat_dtype;
+
+#define QK8 32
+typedef struct {
+    float scale;          /* value = scale * q[i] */
+    int8_t q[QK8];
+} block_q8;
+
+typedef struct {
+    mat_dtype dtype;
+    int rows, cols;
+    const void *data;     /* layout given by dtype; rows * cols elements (Q8: rows * cols/QK8 blocks) */
+} mat;
+
+/* Bytes that W's data occupies. */
+size_t mat_bytes(const mat *W);
+/* W[r, c] as float (slow; for tests and debugging). */
+float mat_get(const mat *W, int r, int c);
+
+/* y[r - row0] = (W x)[r] for r in [row0, row1): the unit of work that threads split. */
+void matvec_rows(const mat *W, const float *x, float *y, int row0, int row1);
+void matvec_rows_ref(const mat *W, const float *x, float *y, int row0, int row1);
+
+/* Y[t, r] = (W X[t])[r], t in [0, n), r in [row0, row1); X is [n, cols], Y is [n, ldy].
+ * Small batches (prefill, MTP verification, tokens of one expert). */
+void matmul_rows(const mat *W, const float *X, int n, float *Y, int ldy, int row0, int row1);
+void matmul_rows_ref(const mat *W, const float *X, int n, float *Y, int ldy, int row0, int row1);
+
+/* ---------------------------------------------------------------- conversions */
+
+static inline float bf16_to_f32(uint16_t h) {
+    union { uint32_t u; float f; } v = { (uint32_t)h << 16 };
+    return v.f;
+}
+uint16_t f32_to_bf16(float f);          /* round to nearest even, NaN kept */
+float f16_to_f32(uint16_t h);
+float fp8_e4m3_to_f32(uint8_t b);       /* e4m3fn: no inf, 0x7F/0xFF are NaN */
+/* Quantizes n floats (n % QK8 == 0) into n / QK8 blocks. */
+void quantize_row_q8(const float *x, block_q8 *out, int n);
+
+/* ---------------------------------------------------------------- small kernels */
+
+/* out = w * x / sqrt(mean(x^2) + eps); out may alias x. */
+void rmsnorm(float *out, const float *x, const float *w, int n, float eps);
+void rmsnorm_ref(float *out, const float *x, const float *w, int n, float eps);
+
+/* In-place RoPE of one dr-vector. cos_sin holds dr/2 (cos, sin) pairs for the position
+ * (already multiplied by the YaRN mscale). interleaved=1 rotates (x[2i], x[2i+1]);
+ * 0 rotates (x[i], x[i + dr/2]) (half-split / NeoX layout). */
+void rope_apply(float *x, const float *cos_sin, int dr, int interleaved);
+
+/* In-place softmax over n values. */
+void softmax(float *x, int n);
+void softmax_ref(float *x, int n);
+
+/* gate[i] = silu(gate[i]) * up[i] */
+void silu_mul(float *gate, const float *up, int n);
+void silu_mul_ref(float *gate, const float *up, int n);
+
+/* Dot product and axpy (y += a x) of f32 vectors. */
+float vec_dot(const float *a, const float *b, int n);
+void vec_axpy(float *y, float a, const float *x, int n);
+
+/* ---------------------------------------------------------------- CPU features */
+
+typedef struct {
+    int avx2_fma;
+    int avx512f;      /* with BW, VL, DQ */
+    int avx512_bf16;
+    int avx512_vnni;
+} cpu_features;
+
+const cpu_features *cpu_get_features(void);
+/* Forces the scalar reference kernels (1) or the best available (0); for tests and --no-simd. */
+void cpu_force_scalar(int on);
+/* Name of the kernel set in use, e.g. "avx512-bf16", "avx2", "scalar". */
+const char *cpu_kernel_name(void);
+
+#endif

@@ -1,0 +1,154 @@
+/* ref.c - plain scalar reference kernels: the definition every optimized
+ * kernel is tested against. Clear before fast. See kernels.h. */
+#include <math.h>
+#include <string.h>
+
+#include "kernels.h"
+
+/* ---------------------------------------------------------------- conversions */
+
+uint16_t f32_to_bf16(float f) {
+    union { float f; uint32_t u; } v = { f };
+    if ((v.u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((v.u >> 16) | 0x40); /* NaN stays NaN */
+    uint32_t rounding = ((v.u >> 16) & 1u) + 0x7fffu;
+    return (uint16_t)((v.u + rounding) >> 16);
+}
+
+float f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h >> 15) << 31, exp = (h >> 10) & 0x1f, man = h & 0x3ff;
+    union { uint32_t u; float f; } v;
+    if (exp == 0) {                       /* zero or subnormal: man * 2^-24 */
+        float f = ldexpf((float)man, -24);
+        return sign ? -f : f;
+    } else if (exp == 31) {               /* inf or NaN */
+        v.u = sign | 0x7f800000u | (man << 13);
+    } else {
+        v.u = sign | ((exp + 112) << 23) | (man << 13);
+    }
+    return v.f;
+}
+
+float fp8_e4m3_to_f32(uint8_t b) {
+    int sign = b >> 7, exp = (b >> 3) & 0xf, man = b & 7;
+    float f;
+    if (exp == 15 && man == 7) return NAN;                  /* e4m3fn has no inf */
+    if (exp == 0) f = ldexpf((float)man, -9);               /* subnormal: m/8 * 2^-6 */
+    else f = ldexpf(1.0f + (float)man / 8.0f, exp - 7);
+    return sign ? -f : f;
+}
+
+void quantize_row_q8(const float *x, block_q8 *out, int n) {
+    for (int b = 0; b < n / QK8; b++) {
+        const float *xb = x + b * QK8;
+        float amax = 0.0f;
+        for (int i = 0; i < QK8; i++) amax = fmaxf(amax, fabsf(xb[i]));
+        float scale = amax / 127.0f, inv = scale > 0 ? 1.0f / scale : 0.0f;
+        out[b].scale = scale;
+        for (int i = 0; i < QK8; i++) out[b].q[i] = (int8_t)lrintf(xb[i] * inv);
+    }
+}
+
+/* ---------------------------------------------------------------- matrices */
+
+size_t mat_bytes(const mat *W) {
+    size_t n = (size_t)W->rows * (size_t)W->cols;
+    switch (W->dtype) {
+    case MAT_F32: return n * 4;
+    case MAT_BF16: return n * 2;
+    case MAT_Q8: return n / QK8 * sizeof(block_q8);
+    }
+    return 0;
+}
+
+float mat_get(const mat *W, int r, int c) {
+    size_t i = (size_t)r * W->cols + c;
+    switch (W->dtype) {
+    case MAT_F32: return ((const float *)W->data)[i];
+    case MAT_BF16: return bf16_to_f32(((const uint16_t *)W->data)[i]);
+    case MAT_Q8: {
+        const block_q8 *b = (const block_q8 *)W->data + i / QK8;
+        return b->scale * b->q[i % QK8];
+    }
+    }
+    return 0.0f;
+}
+
+/* One row dot product in the row's own format, accumulated in f32 in column order. */
+static float row_dot_ref(const mat *W, int r, const float *x) {
+    float acc = 0.0f;
+    size_t base = (size_t)r * W->cols;
+    switch (W->dtype) {
+    case MAT_F32: {
+        const float *w = (const float *)W->data + base;
+        for (int c = 0; c < W->cols; c++) acc += w[c] * x[c];
+        break;
+    }
+    case MAT_BF16: {
+        const uint16_t *w = (const uint16_t *)W->data + base;
+        for (int c = 0; c < W->cols; c++) acc += bf16_to_f32(w[c]) * x[c];
+        break;
+    }
+    case MAT_Q8: {
+        const block_q8 *b = (const block_q8 *)W->data + base / QK8;
+        for (int k = 0; k < W->cols / QK8; k++) {
+            float s = 0.0f;
+            for (int i = 0; i < QK8; i++) s += (float)b[k].q[i] * x[k * QK8 + i];
+            acc += b[k].scale * s;
+        }
+        break;
+    }
+    }
+    return acc;
+}
+
+void matvec_rows_ref(const mat *W, const float *x, float *y, int row0, int row1) {
+    for (int r = row0; r < row1; r++) y[r - row0] = row_dot_ref(W, r, x);
+}
+
+void matmul_rows_ref(const mat *W, const float *X, int n, float *Y, int ldy, int row0, int row1) {
+    for (int t = 0; t < n; t++)
+        for (int r = row0; r < row1; r++) Y[(size_t)t * ldy + r] = row_dot_ref(W, r, X + (size_t)t * W->cols);
+}
+
+/* ---------------------------------------------------------------- small kernels */
+
+void rmsnorm_ref(float *out, const float *x, const float *w, int n, float eps) {
+    double ss = 0.0;
+    for (int i = 0; i < n; i++) ss += (double)x[i] * x[i];
+    float inv = (float)(1.0 / sqrt(ss / n + eps));
+    for (int i = 0; i < n; i++) out[i] = w[i] * (x[i] * inv);
+}
+
+void rope_apply(float *x, const float *cos_sin, int dr, int interleaved) {
+    int half = dr / 2;
+    for (int i = 0; i < half; i++) {
+        float c = cos_sin[2 * i], s = cos_sin[2 * i + 1];
+        int a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + half;
+        float xa = x[a], xb = x[b];
+        x[a] = xa * c - xb * s;
+        x[b] = xa * s + xb * c;
+    }
+}
+
+void softmax_ref(float *x, int n) {
+    float m = -INFINITY;
+    for (int i = 0; i < n; i++) m = fmaxf(m, x[i]);
+    double sum = 0.0;
+    for (int i = 0; i < n; i++) { x[i] = expf(x[i] - m); sum += x[i]; }
+    float inv = (float)(1.0 / sum);
+    for (int i = 0; i < n; i++) x[i] *= inv;
+}
+
+void silu_mul_ref(float *gate, const float *up, int n) {
+    for (int i = 0; i < n; i++) gate[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
+}
+
+float vec_dot(const float *a, const float *b, int n) {
+    float s = 0.0f;
+    for (int i = 0; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+void vec_axpy(float *y, float a, const float *x, int n) {
+    for (int i = 0; i < n; i++) y[i] += a * x[i];
+}

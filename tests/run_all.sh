@@ -1,0 +1,19 @@
+#!/bin/sh
+# Runs every test binary in $BUILD/tests and every tests/cli_*.sh script; prints
+# one summary line "tests: N passed, N failed" and exits non-zero on any failure.
+BUILD=${BUILD:-build}
+pass=0; fail=0; failed=""
+for t in "$BUILD"/tests/test_*; do
+    case "$t" in *.o|*.d) continue ;; esac
+    [ -x "$t" ] || continue
+    echo "== $t"
+    if "$t"; then pass=$((pass+1)); else fail=$((fail+1)); failed="$failed $t"; fi
+done
+for s in tests/cli_*.sh; do
+    [ -f "$s" ] || continue
+    echo "== $s"
+    if MOE="$BUILD/moe" sh "$s"; then pass=$((pass+1)); else fail=$((fail+1)); failed="$failed $s"; fi
+done
+[ -n "$failed" ] && echo "failed suites:$failed"
+echo "tests ($BUILD): $pass passed, $fail failed"
+[ "$fail" -eq 0 ]
