@@ -22,6 +22,6 @@ int moe_error_prefix(moe_error *err, const char *fmt, ...) {
     vsnprintf(prefix, sizeof prefix, fmt, ap);
     va_end(ap);
     memcpy(old, err->msg, sizeof old);
-    snprintf(err->msg, sizeof err->msg, "%s: %s", prefix, old);
+    snprintf(err->msg, sizeof err->msg, "%.500s: %.500s", prefix, old);
     return MOE_FAIL;
 }

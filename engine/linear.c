@@ -1,0 +1,13 @@
+/* linear.c - batched matrix products (see linear.h). */
+#include "linear.h"
+
+#include <stddef.h>
+
+void linear(struct threadpool *pool, const mat *W, const float *X, int n, float *Y) {
+    if (n == 1) matvec_rows(W, X, Y, 0, W->rows);
+    else matmul_rows(W, X, n, Y, W->rows, 0, W->rows);
+}
+
+void linear_rows(struct threadpool *pool, const mat *W, const float *X, int n, float *Y, int ldy, int row0, int row1) {
+    for (int t = 0; t < n; t++) matvec_rows(W, X + (size_t)t * W->cols, Y + (size_t)t * ldy, row0, row1);
+}

@@ -1,0 +1,95 @@
+/* weights.h - Hugging Face tensor names -> moe_weights, in the compute format.
+ *
+ * Notation as in config.h: V vocab, H hidden, nh heads, dn/dr/dv head dims,
+ * dq = dn + dr, rq q_lora_rank, R kv_lora_rank, I dense width, Im expert width,
+ * Ns shared-expert multiplier, E experts.
+ *
+ * Every tensor the config implies is checked for presence, dtype and shape
+ * before the first token. Matrices stay memory-mapped when the stored format is
+ * the compute format (F32, BF16); otherwise they are converted once at load
+ * (F16 -> F32, FP8 block-scaled -> F32, or to --dtype bf16/q8). Norm weights and
+ * the router bias are always f32.
+ */
+#ifndef MOE_WEIGHTS_H
+#define MOE_WEIGHTS_H
+
+#include <stddef.h>
+
+#include "config.h"
+#include "error.h"
+#include "kernels.h"
+#include "safetensors.h"
+
+typedef enum {
+    WEIGHTS_AUTO = 0,  /* keep F32/BF16 as stored (zero-copy); F16 and FP8 -> F32 (exact) */
+    WEIGHTS_F32,       /* everything f32 (BF16 is widened: 2x memory) */
+    WEIGHTS_BF16,      /* everything bf16 (F32/FP8 rounded) */
+    WEIGHTS_Q8,        /* projections int8 blocks of 32 (router, embeddings stay bf16/f32) */
+} weights_dtype;
+
+typedef struct {
+    mat gate;       /* [width, H] */
+    mat up;         /* [width, H] */
+    mat down;       /* [H, width] */
+} mlp_weights;
+
+typedef struct {
+    /* attention (MLA) */
+    const float *input_norm;    /* [H] input_layernorm */
+    mat q_a;                    /* [rq, H]        (rq > 0) q_a_proj */
+    const float *q_a_norm;      /* [rq]           q_a_layernorm */
+    mat q_b;                    /* [nh*dq, rq]    q_b_proj, rows head-major [dn nope | dr rope] */
+    mat q;                      /* [nh*dq, H]     (rq == 0) q_proj */
+    mat kv_a;                   /* [R + dr, H]    kv_a_proj_with_mqa */
+    const float *kv_a_norm;     /* [R]            kv_a_layernorm */
+    mat kv_b;                   /* [nh*(dn+dv), R] kv_b_proj, rows head-major [dn K | dv V] */
+    mat o;                      /* [H, nh*dv]     o_proj */
+    const float *post_norm;     /* [H] post_attention_layernorm */
+    /* feed-forward: dense or MoE */
+    int is_moe;
+    mlp_weights dense;          /* width I (dense layers) */
+    mat router;                 /* [E, H] mlp.gate.weight */
+    const float *router_bias;   /* [E] e_score_correction_bias, or NULL */
+    mlp_weights *experts;       /* [E], width Im */
+    int has_shared;
+    mlp_weights shared;         /* width Im * Ns */
+    /* MTP module only (layer index >= L) */
+    const float *enorm;         /* [H] */
+    const float *hnorm;         /* [H] */
+    mat eh_proj;                /* [H, 2H] over [enorm(embedding); hnorm(hidden)] */
+    const float *head_norm;     /* [H] shared_head.norm */
+    mat mtp_embed;              /* [V, H] embed_tokens copy (falls back to the main one) */
+    mat mtp_head;               /* [V, H] shared_head.head (falls back to lm_head) */
+} layer_weights;
+
+typedef struct {
+    mat embed;                  /* [V, H] model.embed_tokens */
+    layer_weights *layers;      /* [n_layers]; MTP modules at index L.. */
+    int n_layers;               /* L + num_nextn_predict_layers */
+    const float *final_norm;    /* [H] model.norm */
+    mat lm_head;                /* [V, H] (the embedding when tied) */
+    /* bookkeeping */
+    st_set files;               /* the mapped checkpoint */
+    void **owned;  int n_owned, cap_owned;   /* buffers made at load */
+    size_t bytes_mapped;        /* weight bytes used straight from the mapping */
+    size_t bytes_converted;     /* weight bytes held in converted buffers */
+    int n_converted;            /* matrices converted */
+} moe_weights;
+
+typedef struct {
+    weights_dtype dtype;
+    /* Called now and then during a long load (done/total tensors); may be NULL. */
+    void (*progress)(void *ctx, int done, int total);
+    void *progress_ctx;
+} weights_options;
+
+int weights_load(moe_weights *w, const moe_config *cfg, const char *dir, const weights_options *opt, moe_error *err);
+void weights_free(moe_weights *w);
+const char *weights_dtype_name(weights_dtype d);
+/* Parses "auto" | "f32" | "bf16" | "q8"; returns -1 if unknown. */
+int weights_dtype_parse(const char *s);
+
+/* Row r of an embedding-like matrix as f32. */
+void mat_row_f32(const mat *W, int r, float *out);
+
+#endif
