@@ -15,5 +15,6 @@ for s in tests/cli_*.sh; do
     if MOE="$BUILD/moe" sh "$s"; then pass=$((pass+1)); else fail=$((fail+1)); failed="$failed $s"; fi
 done
 [ -n "$failed" ] && echo "failed suites:$failed"
-echo "tests ($BUILD): $pass passed, $fail failed"
+echo "($BUILD build)"
+echo "suites: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]

@@ -1,0 +1,325 @@
+/* test_badinput.c - malformed checkpoints and configs end in one clear error
+ * line naming the file and the problem, never a crash (this suite also runs
+ * under ASan + UBSan, which turns any out-of-bounds read or leak into a failure).
+ *
+ * Each case builds a broken input in a temporary directory from the golden
+ * checkpoint tests/data/golden/v2lite-f32 (or writes a safetensors file byte by byte),
+ * loads it, and checks the error text.
+ */
+#include <jansson.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "config.h"
+#include "model.h"
+#include "safetensors.h"
+
+#define BASE "tests/data/golden/v2lite-f32"
+#define SHARDED "tests/data/golden/v2lite-f16-shard"
+
+/* ------------------------------------------------------------------ helpers */
+
+static char tmpdir[256];
+
+static int setup(void **state) {
+    (void)state;
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/moe-badinput-XXXXXX");
+    return mkdtemp(tmpdir) ? 0 : -1;
+}
+
+static int teardown(void **state) {
+    (void)state;
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+static void path_in(char *buf, size_t n, const char *name) { snprintf(buf, n, "%s/%s", tmpdir, name); }
+
+static void write_bytes(const char *name, const void *data, size_t len) {
+    char p[512];
+    path_in(p, sizeof p, name);
+    FILE *f = fopen(p, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(data, 1, len, f), len);
+    fclose(f);
+}
+
+static void link_file(const char *src_dir, const char *name) {
+    char src[512], dst[512], abs_src[1024];
+    snprintf(src, sizeof src, "%s/%s", src_dir, name);
+    assert_non_null(realpath(src, abs_src));
+    path_in(dst, sizeof dst, name);
+    unlink(dst);
+    assert_int_equal(symlink(abs_src, dst), 0);
+}
+
+/* Writes tmpdir/config.json = the base config with `patch` (a JSON object) merged in;
+ * a key whose value is the string "<delete>" is removed. */
+static void write_config(const char *patch) {
+    json_error_t je;
+    json_t *cfg = json_load_file(BASE "/config.json", 0, &je);
+    assert_non_null(cfg);
+    json_t *p = json_loads(patch, 0, &je);
+    assert_non_null(p);
+    const char *k;
+    json_t *v;
+    json_object_foreach(p, k, v) {
+        if (json_is_string(v) && !strcmp(json_string_value(v), "<delete>")) json_object_del(cfg, k);
+        else json_object_set(cfg, k, v);
+    }
+    char path[512];
+    path_in(path, sizeof path, "config.json");
+    assert_int_equal(json_dump_file(cfg, path, 0), 0);
+    json_decref(cfg);
+    json_decref(p);
+}
+
+/* Loads tmpdir as a model; expects failure whose message contains every given substring. */
+static void expect_load_error(const char *want1, const char *want2) {
+    moe_model m;
+    moe_error err = {{0}};
+    model_options opt = { .max_seq = 16 };
+    int rc = model_load(&m, tmpdir, &opt, &err);
+    if (rc == 0) { model_free(&m); fail_msg("loaded, but expected an error containing \"%s\"", want1); }
+    if (!strstr(err.msg, want1) || (want2 && !strstr(err.msg, want2)))
+        fail_msg("error \"%s\" lacks \"%s\"/\"%s\"", err.msg, want1, want2 ? want2 : "");
+    assert_null(strchr(err.msg, '\n'));     /* one line */
+}
+
+static void expect_config_error(const char *patch, const char *want) {
+    write_config(patch);
+    link_file(BASE, "model.safetensors");
+    expect_load_error("config.json", want);
+}
+
+/* ------------------------------------------------------------------ config.json */
+
+static void test_missing_config(void **state) {
+    (void)state;
+    link_file(BASE, "model.safetensors");
+    expect_load_error("config.json", "cannot open");
+}
+
+static void test_config_not_json(void **state) {
+    (void)state;
+    write_bytes("config.json", "{\"hidden_size\": 64,,}", 21);
+    link_file(BASE, "model.safetensors");
+    expect_load_error("config.json", "invalid JSON at line 1");
+}
+
+static void test_config_missing_field(void **state) { (void)state; expect_config_error("{\"hidden_size\": \"<delete>\"}", "missing required field \"hidden_size\""); }
+static void test_config_mistyped_field(void **state) { (void)state; expect_config_error("{\"hidden_size\": \"64\"}", "\"hidden_size\" must be an integer"); }
+static void test_config_zero_dim(void **state) { (void)state; expect_config_error("{\"num_attention_heads\": 0}", "num_attention_heads"); }
+static void test_config_negative_dim(void **state) { (void)state; expect_config_error("{\"kv_lora_rank\": -5}", "kv_lora_rank"); }
+static void test_config_groups_not_dividing(void **state) { (void)state; expect_config_error("{\"n_group\": 5, \"topk_method\": \"noaux_tc\"}", "not divisible by n_group"); }
+static void test_config_topk_group_too_large(void **state) { (void)state; expect_config_error("{\"n_group\": 4, \"topk_group\": 6, \"topk_method\": \"group_limited_greedy\"}", "topk_group = 6 is larger than n_group = 4"); }
+static void test_config_topk_too_large(void **state) { (void)state; expect_config_error("{\"num_experts_per_tok\": 65}", "num_experts_per_tok = 65"); }
+static void test_config_odd_rope(void **state) { (void)state; expect_config_error("{\"qk_rope_head_dim\": 7}", "must be even"); }
+static void test_config_unknown_scoring(void **state) { (void)state; expect_config_error("{\"scoring_func\": \"relu\"}", "scoring_func \"relu\""); }
+static void test_config_unknown_rope_scaling(void **state) { (void)state; expect_config_error("{\"rope_scaling\": {\"type\": \"linear\", \"factor\": 2}}", "rope_scaling type \"linear\""); }
+static void test_config_huge_dim(void **state) { (void)state; expect_config_error("{\"vocab_size\": 4000000000}", "out of range"); }
+
+/* ------------------------------------------------------------------ checkpoint vs config */
+
+static void test_shape_disagrees_names_tensor(void **state) {
+    (void)state;
+    write_config("{\"moe_intermediate_size\": 48}");
+    link_file(BASE, "model.safetensors");
+    expect_load_error("model.safetensors", "has shape [32, 64] but the config implies [48, 64]");
+}
+
+static void test_missing_tensor(void **state) {
+    (void)state;
+    write_config("{\"num_hidden_layers\": 3}");
+    link_file(BASE, "model.safetensors");
+    expect_load_error("missing tensor", "model.layers.2.");
+}
+
+static void test_missing_weights_file(void **state) {
+    (void)state;
+    write_config("{}");
+    expect_load_error("no model.safetensors", NULL);
+}
+
+static void test_missing_shard(void **state) {
+    (void)state;
+    link_file(SHARDED, "config.json");
+    link_file(SHARDED, "model.safetensors.index.json");
+    link_file(SHARDED, "model-00001-of-00003.safetensors");
+    link_file(SHARDED, "model-00003-of-00003.safetensors");
+    expect_load_error("model.safetensors.index.json", "model-00002-of-00003.safetensors\" named in the index is missing");
+}
+
+static void test_index_names_wrong_shard(void **state) {
+    (void)state;
+    link_file(SHARDED, "config.json");
+    for (int i = 1; i <= 3; i++) {
+        char n[64];
+        snprintf(n, sizeof n, "model-%05d-of-00003.safetensors", i);
+        link_file(SHARDED, n);
+    }
+    const char *idx = "{\"weight_map\": {\"model.norm.weight\": \"model-00001-of-00003.safetensors\","
+                      " \"model.embed_tokens.weight\": \"model-00003-of-00003.safetensors\"}}";
+    write_bytes("model.safetensors.index.json", idx, strlen(idx));
+    moe_model m;
+    moe_error err = {{0}};
+    model_options opt = { .max_seq = 4 };
+    if (model_load(&m, tmpdir, &opt, &err) == 0) { model_free(&m); fail_msg("loaded a wrong index"); }
+    assert_non_null(strstr(err.msg, "is not in shard"));
+}
+
+/* ------------------------------------------------------------------ safetensors files */
+
+/* A safetensors file: 8-byte length, header, data. */
+static void write_st(const char *name, const char *header, uint64_t claimed_len, size_t data_len) {
+    size_t hl = strlen(header);
+    size_t total = 8 + hl + data_len;
+    unsigned char *buf = calloc(1, total);
+    for (int i = 0; i < 8; i++) buf[i] = (unsigned char)(claimed_len >> (8 * i));
+    memcpy(buf + 8, header, hl);
+    write_bytes(name, buf, total);
+    free(buf);
+}
+
+static void expect_st_error(const char *want) {
+    char p[512];
+    path_in(p, sizeof p, "x.safetensors");
+    st_set s;
+    moe_error err = {{0}};
+    if (st_open_file(&s, p, &err) == 0) { st_close(&s); fail_msg("opened, but expected \"%s\"", want); }
+    if (!strstr(err.msg, want) || !strstr(err.msg, "x.safetensors")) fail_msg("error \"%s\" lacks \"%s\"", err.msg, want);
+}
+
+static const char *good_header = "{\"a\":{\"dtype\":\"F32\",\"shape\":[2,2],\"data_offsets\":[0,16]}}";
+
+static void test_st_valid(void **state) {   /* the control: a well-formed file opens */
+    (void)state;
+    write_st("x.safetensors", good_header, strlen(good_header), 16);
+    char p[512];
+    path_in(p, sizeof p, "x.safetensors");
+    st_set s;
+    moe_error err = {{0}};
+    assert_int_equal(st_open_file(&s, p, &err), 0);
+    const st_tensor *t = st_find(&s, "a");
+    assert_non_null(t);
+    assert_int_equal(t->numel, 4);
+    assert_null(st_find(&s, "b"));
+    st_close(&s);
+}
+
+static void test_st_too_short(void **state) { (void)state; write_bytes("x.safetensors", "abc", 3); expect_st_error("too short"); }
+static void test_st_header_beyond_file(void **state) { (void)state; write_st("x.safetensors", good_header, 1000, 16); expect_st_error("beyond the end"); }
+static void test_st_header_huge(void **state) { (void)state; write_st("x.safetensors", good_header, 1ull << 40, 16); expect_st_error("exceeds the 100 MB limit"); }
+static void test_st_invalid_json(void **state) {
+    (void)state;
+    const char *h = "{\"a\":{\"dtype\":\"F32\",";
+    write_st("x.safetensors", h, strlen(h), 16);
+    expect_st_error("invalid header JSON");
+}
+static void test_st_not_object(void **state) { (void)state; write_st("x.safetensors", "[1,2]", 5, 0); expect_st_error("not a JSON object"); }
+static void test_st_offsets_outside(void **state) {
+    (void)state;
+    const char *h = "{\"a\":{\"dtype\":\"F32\",\"shape\":[2,2],\"data_offsets\":[0,16]}}";
+    write_st("x.safetensors", h, strlen(h), 8);   /* only 8 data bytes */
+    expect_st_error("outside the 8-byte data buffer");
+}
+static void test_st_overlap(void **state) {
+    (void)state;
+    const char *h = "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
+                    "\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}";
+    write_st("x.safetensors", h, strlen(h), 12);
+    expect_st_error("overlap");
+}
+static void test_st_unknown_dtype(void **state) {
+    (void)state;
+    const char *h = "{\"a\":{\"dtype\":\"F7\",\"shape\":[2],\"data_offsets\":[0,8]}}";
+    write_st("x.safetensors", h, strlen(h), 8);
+    expect_st_error("unknown dtype \"F7\"");
+}
+static void test_st_size_mismatch(void **state) {
+    (void)state;
+    const char *h = "{\"a\":{\"dtype\":\"BF16\",\"shape\":[3],\"data_offsets\":[0,8]}}";
+    write_st("x.safetensors", h, strlen(h), 8);
+    expect_st_error("need 6");
+}
+static void test_st_bad_shape(void **state) {
+    (void)state;
+    const char *h = "{\"a\":{\"dtype\":\"F32\",\"shape\":[-1],\"data_offsets\":[0,8]}}";
+    write_st("x.safetensors", h, strlen(h), 8);
+    expect_st_error("invalid shape");
+}
+static void test_st_shape_overflow(void **state) {
+    (void)state;
+    const char *h = "{\"a\":{\"dtype\":\"F32\",\"shape\":[1099511627776,1099511627776,1099511627776],\"data_offsets\":[0,8]}}";
+    write_st("x.safetensors", h, strlen(h), 8);
+    expect_st_error("overflows");
+}
+static void test_st_duplicate_name(void **state) {
+    (void)state;
+    const char *h = "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
+                    "\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}";
+    write_st("x.safetensors", h, strlen(h), 8);
+    expect_st_error("invalid header JSON");   /* jansson rejects duplicate keys */
+}
+
+/* A checkpoint whose safetensors is truncated mid-data (a partial download). */
+static void test_truncated_checkpoint(void **state) {
+    (void)state;
+    write_config("{}");
+    FILE *in = fopen(BASE "/model.safetensors", "rb");
+    assert_non_null(in);
+    fseek(in, 0, SEEK_END);
+    long size = ftell(in);
+    rewind(in);
+    char *buf = malloc((size_t)size);
+    assert_int_equal(fread(buf, 1, (size_t)size, in), (size_t)size);
+    fclose(in);
+    write_bytes("model.safetensors", buf, (size_t)size / 2);
+    free(buf);
+    expect_load_error("model.safetensors", "outside the");
+}
+
+/* ------------------------------------------------------------------ tokens */
+
+static void test_token_out_of_vocab(void **state) {
+    (void)state;
+    moe_model m;
+    moe_error err = {{0}};
+    model_options opt = { .max_seq = 8 };
+    assert_int_equal(model_load(&m, BASE, &opt, &err), 0);
+    int toks[3] = {5, 512, 7};
+    assert_int_not_equal(model_forward(&m, toks, 3, 0, NULL, 0, NULL, &err), 0);
+    assert_non_null(strstr(err.msg, "token id 512"));
+    int neg = -1;
+    assert_int_not_equal(model_forward(&m, &neg, 1, 0, NULL, 0, NULL, &err), 0);
+    int ok[2] = {1, 2};
+    assert_int_not_equal(model_forward(&m, ok, 2, 7, NULL, 0, NULL, &err), 0);   /* 7..8 beyond context 8 */
+    assert_non_null(strstr(err.msg, "context"));
+    assert_int_equal(model_forward(&m, ok, 2, 0, NULL, 0, NULL, &err), 0);       /* the control */
+    model_free(&m);
+}
+
+#define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        T(test_missing_config), T(test_config_not_json), T(test_config_missing_field), T(test_config_mistyped_field),
+        T(test_config_zero_dim), T(test_config_negative_dim), T(test_config_groups_not_dividing),
+        T(test_config_topk_group_too_large), T(test_config_topk_too_large), T(test_config_odd_rope),
+        T(test_config_unknown_scoring), T(test_config_unknown_rope_scaling), T(test_config_huge_dim),
+        T(test_shape_disagrees_names_tensor), T(test_missing_tensor),
+        T(test_missing_weights_file), T(test_missing_shard), T(test_index_names_wrong_shard),
+        T(test_st_valid), T(test_st_too_short), T(test_st_header_beyond_file), T(test_st_header_huge),
+        T(test_st_invalid_json), T(test_st_not_object), T(test_st_offsets_outside), T(test_st_overlap),
+        T(test_st_unknown_dtype), T(test_st_size_mismatch), T(test_st_bad_shape), T(test_st_shape_overflow),
+        T(test_st_duplicate_name), T(test_truncated_checkpoint), T(test_token_out_of_vocab),
+    };
+    return cmocka_run_group_tests_name("bad input", tests, NULL, NULL);
+}

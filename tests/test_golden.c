@@ -1,0 +1,236 @@
+/* test_golden.c - the engine against the float64 reference (golden data in
+ * tests/data/golden, made by tools/check/mkgolden.sh from ../shared/reference).
+ *
+ * For every golden checkpoint (presets tiny / tiny-yarn / tiny-v2lite and a mix
+ * of V2-style routing, half-split RoPE, tied embeddings, YaRN; dtypes BF16, FP8,
+ * F32, F16; one sharded):
+ *   - prefill, token-by-token decode and naive attention each match the
+ *     reference logits and MTP logits to max|err| / max|logit| <= 1e-5;
+ *   - the expert SET of every MoE layer (MTP block included) equals the
+ *     reference's wherever the reference's routing margin exceeds 1e-5, and the
+ *     gate weights agree to 1e-5;
+ *   - prefill equals decode and absorbed equals naive (1e-5).
+ */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "model.h"
+#include "safetensors.h"
+
+#define GOLDEN "tests/data/golden/"
+#define TOL 1e-5
+
+typedef struct {
+    int T, V, K, n_layers;
+    float *logits, *mtp_logits;   /* [T, V] */
+    int *ids;                     /* [n_layers, T, K] */
+    float *weights;               /* [n_layers, T, K] */
+} engine_run;
+
+static void on_route(void *ctx, int layer, int pos, const route_decision *d) {
+    engine_run *r = ctx;
+    assert_true(layer < r->n_layers && pos < r->T && d->k == r->K);
+    memcpy(r->ids + ((size_t)layer * r->T + pos) * r->K, d->ids, sizeof(int) * r->K);
+    memcpy(r->weights + ((size_t)layer * r->T + pos) * r->K, d->weights, sizeof(float) * r->K);
+}
+
+static int argmax(const float *x, int n) {
+    int b = 0;
+    for (int i = 1; i < n; i++) if (x[i] > x[b]) b = i;
+    return b;
+}
+
+/* Runs the whole logits pipeline of `moe logits` on the golden tokens. */
+static void run_engine(const char *name, const int *tokens, int T, int decode, attn_mode attn, engine_run *r) {
+    char dir[256];
+    snprintf(dir, sizeof dir, GOLDEN "%s", name);
+    moe_model m;
+    moe_error err = {{0}};
+    model_options opt = { .max_seq = T, .attn = attn, .batch_max = decode ? 1 : 5 };  /* 5: chunked prefill too */
+    if (model_load(&m, dir, &opt, &err)) fail_msg("load %s: %s", dir, err.msg);
+    int V = m.cfg.vocab_size, H = m.cfg.hidden_size;
+    memset(r, 0, sizeof *r);
+    r->T = T; r->V = V; r->K = m.K > 0 ? m.K : 1; r->n_layers = m.w.n_layers;
+    r->logits = calloc((size_t)T * V, sizeof(float));
+    r->mtp_logits = calloc((size_t)T * V, sizeof(float));
+    r->ids = calloc((size_t)r->n_layers * T * r->K, sizeof(int));
+    r->weights = calloc((size_t)r->n_layers * T * r->K, sizeof(float));
+    float *hidden = calloc((size_t)T * H, sizeof(float));
+    int *next = calloc((size_t)T, sizeof(int));
+    m.on_route = on_route;
+    m.on_route_ctx = r;
+    if (decode) {
+        for (int t = 0; t < T; t++)
+            assert_int_equal(model_forward(&m, tokens + t, 1, t, r->logits + (size_t)t * V, 1, hidden + (size_t)t * H, &err), 0);
+    } else {
+        assert_int_equal(model_forward(&m, tokens, T, 0, r->logits, 1, hidden, &err), 0);
+    }
+    if (m.cfg.num_nextn_predict_layers) {
+        for (int t = 0; t + 1 < T; t++) next[t] = tokens[t + 1];
+        next[T - 1] = argmax(r->logits + (size_t)(T - 1) * V, V);
+        if (decode) {
+            for (int t = 0; t < T; t++)
+                assert_int_equal(model_forward_mtp(&m, 0, hidden + (size_t)t * H, next + t, 1, t,
+                                                   r->mtp_logits + (size_t)t * V, 1, NULL, &err), 0);
+        } else {
+            assert_int_equal(model_forward_mtp(&m, 0, hidden, next, T, 0, r->mtp_logits, 1, NULL, &err), 0);
+        }
+    }
+    free(hidden);
+    free(next);
+    model_free(&m);
+}
+
+static void run_free(engine_run *r) {
+    free(r->logits); free(r->mtp_logits); free(r->ids); free(r->weights);
+}
+
+/* max |a - b| / max |b| */
+static double rel_err_f64(const float *a, const double *b, size_t n) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        num = fmax(num, fabs((double)a[i] - b[i]));
+        den = fmax(den, fabs(b[i]));
+    }
+    return num / den;
+}
+static double rel_err_f32(const float *a, const float *b, size_t n) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        num = fmax(num, fabs((double)a[i] - b[i]));
+        den = fmax(den, fabs((double)b[i]));
+    }
+    return num / den;
+}
+
+static const void *ref_tensor(const st_set *s, const char *name, st_dtype dt) {
+    const st_tensor *t = st_find(s, name);
+    if (!t) return NULL;
+    assert_int_equal(t->dtype, dt);
+    return t->data;
+}
+
+static int has_bit(const int *set, int k, int x) {
+    for (int i = 0; i < k; i++) if (set[i] == x) return 1;
+    return 0;
+}
+
+static void compare_with_reference(const char *name, const st_set *ref, const engine_run *r, const char *what) {
+    int T = r->T, V = r->V;
+    const double *logits = ref_tensor(ref, "logits", ST_F64);
+    assert_non_null(logits);
+    double e = rel_err_f64(r->logits, logits, (size_t)T * V);
+    if (e > TOL) fail_msg("%s %s: logits rel.err %.3e > %.0e", name, what, e, TOL);
+    const double *mtp = ref_tensor(ref, "mtp.logits", ST_F64);
+    if (mtp) {
+        e = rel_err_f64(r->mtp_logits, mtp, (size_t)T * V);
+        if (e > TOL) fail_msg("%s %s: MTP logits rel.err %.3e > %.0e", name, what, e, TOL);
+    }
+    int checked = 0;
+    for (int l = 0; l < r->n_layers; l++) {
+        char n[64];
+        snprintf(n, sizeof n, "routing.%d.ids", l);
+        const int *ids = ref_tensor(ref, n, ST_I32);
+        if (!ids) continue;
+        snprintf(n, sizeof n, "routing.%d.weights", l);
+        const double *w = ref_tensor(ref, n, ST_F64);
+        snprintf(n, sizeof n, "routing.%d.margin", l);
+        const double *margin = ref_tensor(ref, n, ST_F64);
+        snprintf(n, sizeof n, "routing.%d.group_margin", l);
+        const double *gmargin = ref_tensor(ref, n, ST_F64);
+        assert_non_null(w);
+        assert_non_null(margin);
+        for (int t = 0; t < T; t++) {
+            if (margin[t] <= TOL || (gmargin && gmargin[t] <= TOL)) continue;   /* a near tie may flip */
+            const int *mine = r->ids + ((size_t)l * T + t) * r->K;
+            for (int j = 0; j < r->K; j++) {
+                if (!has_bit(mine, r->K, ids[t * r->K + j]))
+                    fail_msg("%s %s: layer %d token %d: expert %d chosen by the reference is missing", name, what, l, t,
+                             ids[t * r->K + j]);
+                /* same order (both sort by selection score), so weights compare position-wise */
+                double dw = fabs(r->weights[((size_t)l * T + t) * r->K + j] - w[t * r->K + j]);
+                if (dw > TOL * fmax(1.0, fabs(w[t * r->K + j])))
+                    fail_msg("%s %s: layer %d token %d: gate weight %d differs by %.3e", name, what, l, t, j, dw);
+            }
+            checked++;
+        }
+    }
+    if (r->K > 1 || checked) assert_true(checked > 0);   /* MoE checkpoints must check some routing */
+}
+
+static void check_case(const char *name) {
+    char path[256];
+    snprintf(path, sizeof path, GOLDEN "%s.ref.safetensors", name);
+    st_set ref;
+    moe_error err = {{0}};
+    if (st_open_file(&ref, path, &err)) fail_msg("%s", err.msg);
+    const st_tensor *tt = st_find(&ref, "tokens");
+    assert_non_null(tt);
+    int T = (int)tt->numel;
+    const int *tokens = tt->data;
+
+    engine_run prefill, decode, naive;
+    run_engine(name, tokens, T, 0, ATTN_ABSORB, &prefill);
+    run_engine(name, tokens, T, 1, ATTN_ABSORB, &decode);
+    run_engine(name, tokens, T, 0, ATTN_NAIVE, &naive);
+    compare_with_reference(name, &ref, &prefill, "prefill/absorbed");
+    compare_with_reference(name, &ref, &decode, "decode/absorbed");
+    compare_with_reference(name, &ref, &naive, "prefill/naive");
+    /* the engine agrees with itself across paths */
+    size_t n = (size_t)T * prefill.V;
+    assert_true(rel_err_f32(decode.logits, prefill.logits, n) <= TOL);
+    assert_true(rel_err_f32(naive.logits, prefill.logits, n) <= TOL);
+    if (st_find(&ref, "mtp.logits")) {
+        assert_true(rel_err_f32(decode.mtp_logits, prefill.mtp_logits, n) <= TOL);
+        assert_true(rel_err_f32(naive.mtp_logits, prefill.mtp_logits, n) <= TOL);
+    }
+    run_free(&prefill);
+    run_free(&decode);
+    run_free(&naive);
+    st_close(&ref);
+}
+
+static void test_tiny_bf16(void **state) { (void)state; check_case("tiny-bf16"); }
+static void test_tiny_yarn_fp8(void **state) { (void)state; check_case("tiny-yarn-fp8"); }
+static void test_v2lite_f32(void **state) { (void)state; check_case("v2lite-f32"); }
+static void test_v2lite_f16_sharded(void **state) { (void)state; check_case("v2lite-f16-shard"); }
+static void test_mix_f32(void **state) { (void)state; check_case("mix-f32"); }
+
+/* A negative control: the comparison can fail. Dropping the selection bias on a
+ * noaux_tc model must change the routing of some token and move the logits. */
+static void test_negative_control_no_bias(void **state) {
+    (void)state;
+    st_set ref;
+    moe_error err = {{0}};
+    assert_int_equal(st_open_file(&ref, GOLDEN "tiny-bf16.ref.safetensors", &err), 0);
+    const st_tensor *tt = st_find(&ref, "tokens");
+    int T = (int)tt->numel;
+    moe_model m;
+    model_options opt = { .max_seq = T, .routing = { .no_route_bias = 1 } };
+    assert_int_equal(model_load(&m, GOLDEN "tiny-bf16", &opt, &err), 0);
+    float *logits = calloc((size_t)T * m.cfg.vocab_size, sizeof(float));
+    assert_int_equal(model_forward(&m, tt->data, T, 0, logits, 1, NULL, &err), 0);
+    const double *want = ref_tensor(&ref, "logits", ST_F64);
+    assert_true(rel_err_f64(logits, want, (size_t)T * m.cfg.vocab_size) > 1e-2);
+    free(logits);
+    model_free(&m);
+    st_close(&ref);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_tiny_bf16),
+        cmocka_unit_test(test_tiny_yarn_fp8),
+        cmocka_unit_test(test_v2lite_f32),
+        cmocka_unit_test(test_v2lite_f16_sharded),
+        cmocka_unit_test(test_mix_f32),
+        cmocka_unit_test(test_negative_control_no_bias),
+    };
+    return cmocka_run_group_tests_name("golden", tests, NULL, NULL);
+}
