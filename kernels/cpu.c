@@ -1,11 +1,21 @@
 /* cpu.c - CPU feature detection and the choice of kernel variants.
- * For now every entry point forwards to the scalar reference; optimized
- * variants register here. */
-#include "kernels.h"
+ *
+ * Legend
+ *   kernel_set   one function pointer per dispatched operation; three sets:
+ *                scalar (ref.c), avx2 (AVX2 + FMA), avx512 (F/BW/VL/DQ).
+ *   active       the set in use: the scalar set until the constructor below
+ *                runs (before main), then the best the CPU supports, or the
+ *                scalar set again after cpu_force_scalar(1).
+ *   low_precision  opt-in bf16 / int8 activations for matvec (kernels.h).
+ * Low-precision kernels need hardware: vdpbf16ps (AVX512_BF16) for BF16 x BF16,
+ * VNNI or AVX2 for Q8 x Q8; without it matvec_rows keeps f32 activations.
+ */
+#include "kernels_impl.h"
+
+/* ---------------------------------------------------------------- features */
 
 static cpu_features features;
 static int features_ready;
-static int force_scalar;
 
 const cpu_features *cpu_get_features(void) {
     if (!features_ready) {
@@ -13,20 +23,118 @@ const cpu_features *cpu_get_features(void) {
         features.avx2_fma = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
         features.avx512f = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+        features.avx512_vnni = features.avx512f && __builtin_cpu_supports("avx512vnni");
+#if defined(__GNUC__) && __GNUC__ >= 12
+        features.avx512_bf16 = features.avx512f && __builtin_cpu_supports("avx512bf16");
+#endif
         features_ready = 1;
     }
     return &features;
 }
 
-void cpu_force_scalar(int on) { force_scalar = on; }
-const char *cpu_kernel_name(void) { return "scalar"; }
+/* ---------------------------------------------------------------- kernel sets */
+
+typedef struct {
+    const char *name;
+    void (*matvec)(const mat *, const float *, float *, int, int);
+    void (*matmul)(const mat *, const float *, int, float *, int, int, int);
+    void (*q8q8)(const mat *, const block_q8 *, float *, int, int);        /* NULL: no fast path */
+    void (*bf16bf16)(const mat *, const uint16_t *, float *, int, int);    /* NULL: no fast path */
+    void (*rmsnorm)(float *, const float *, const float *, int, float);
+    void (*softmax)(float *, int);
+    void (*silu_mul)(float *, const float *, int);
+    float (*vec_dot)(const float *, const float *, int);
+    void (*vec_axpy)(float *, float, const float *, int);
+} kernel_set;
+
+static const kernel_set set_scalar = {
+    "scalar", matvec_rows_ref, matmul_rows_ref, NULL, NULL,
+    rmsnorm_ref, softmax_ref, silu_mul_ref, vec_dot_ref, vec_axpy_ref,
+};
+static const kernel_set set_avx2 = {
+    "avx2", matvec_rows_avx2, matmul_rows_avx2, matvec_rows_q8q8_avx2, NULL,
+    rmsnorm_avx2, softmax_avx2, silu_mul_avx2, vec_dot_avx2, vec_axpy_avx2,
+};
+static kernel_set set_avx512 = {
+    "avx512", matvec_rows_avx512, matmul_rows_avx512, matvec_rows_q8q8_avx2, NULL,
+    rmsnorm_avx512, softmax_avx512, silu_mul_avx512, vec_dot_avx512, vec_axpy_avx512,
+};
+
+static const kernel_set *active = &set_scalar;
+static int low_precision;
+
+static const kernel_set *best_set(void) {
+    const cpu_features *f = cpu_get_features();
+    if (f->avx512f && f->avx2_fma) {
+        if (f->avx512_vnni) set_avx512.q8q8 = matvec_rows_q8q8_avx512vnni;
+        if (f->avx512_bf16) set_avx512.bf16bf16 = matvec_rows_bf16bf16_avx512bf16;
+        set_avx512.name = f->avx512_bf16 && f->avx512_vnni ? "avx512-bf16-vnni"
+                        : f->avx512_vnni                   ? "avx512-vnni"
+                        : f->avx512_bf16                   ? "avx512-bf16"
+                                                           : "avx512";
+        return &set_avx512;
+    }
+    if (f->avx2_fma) return &set_avx2;
+    return &set_scalar;
+}
+
+__attribute__((constructor)) static void cpu_init(void) { active = best_set(); }
+
+void cpu_force_scalar(int on) { active = on ? &set_scalar : best_set(); }
+const char *cpu_kernel_name(void) { return active->name; }
+void cpu_set_low_precision(int on) { low_precision = on; }
+int cpu_low_precision(void) { return low_precision; }
+
+/* ---------------------------------------------------------------- entry points */
+
+/* Longest row that matvec_rows quantizes on its own stack in low-precision mode. */
+#define LOWP_MAX_COLS 65536
 
 void matvec_rows(const mat *W, const float *x, float *y, int row0, int row1) {
-    matvec_rows_ref(W, x, y, row0, row1);
+    const kernel_set *k = active;
+    if (low_precision && W->cols > 0 && W->cols <= LOWP_MAX_COLS) {
+        if (W->dtype == MAT_Q8 && k->q8q8) {
+            block_q8 xq[W->cols / QK8];
+            quantize_row_q8(x, xq, W->cols);
+            k->q8q8(W, xq, y, row0, row1);
+            return;
+        }
+        if (W->dtype == MAT_BF16 && k->bf16bf16) {
+            uint16_t xb[W->cols];
+            quantize_row_bf16(x, xb, W->cols);
+            k->bf16bf16(W, xb, y, row0, row1);
+            return;
+        }
+    }
+    k->matvec(W, x, y, row0, row1);
 }
+
 void matmul_rows(const mat *W, const float *X, int n, float *Y, int ldy, int row0, int row1) {
-    matmul_rows_ref(W, X, n, Y, ldy, row0, row1);
+    active->matmul(W, X, n, Y, ldy, row0, row1);
 }
-void rmsnorm(float *out, const float *x, const float *w, int n, float eps) { rmsnorm_ref(out, x, w, n, eps); }
-void softmax(float *x, int n) { softmax_ref(x, n); }
-void silu_mul(float *gate, const float *up, int n) { silu_mul_ref(gate, up, n); }
+
+void matvec_rows_q8q8(const mat *W, const block_q8 *xq, float *y, int row0, int row1) {
+    const kernel_set *k = active;
+    (k->q8q8 ? k->q8q8 : matvec_rows_q8q8_ref)(W, xq, y, row0, row1);
+}
+
+void matvec_rows_bf16bf16(const mat *W, const uint16_t *xb, float *y, int row0, int row1) {
+    const kernel_set *k = active;
+    (k->bf16bf16 ? k->bf16bf16 : matvec_rows_bf16bf16_ref)(W, xb, y, row0, row1);
+}
+
+/* Whether matvec_rows would take a low-precision path for W (threadpool.c
+ * uses this to quantize x once per call instead of once per thread). */
+int cpu_lowp_kind(const mat *W) {
+    const kernel_set *k = active;
+    if (!low_precision) return 0;
+    if (W->dtype == MAT_Q8 && k->q8q8) return MAT_Q8;
+    if (W->dtype == MAT_BF16 && k->bf16bf16) return MAT_BF16;
+    return 0;
+}
+
+void rmsnorm(float *out, const float *x, const float *w, int n, float eps) { active->rmsnorm(out, x, w, n, eps); }
+void softmax(float *x, int n) { active->softmax(x, n); }
+void silu_mul(float *gate, const float *up, int n) { active->silu_mul(gate, up, n); }
+float vec_dot(const float *a, const float *b, int n) { return active->vec_dot(a, b, n); }
+void vec_axpy(float *y, float a, const float *x, int n) { active->vec_axpy(y, a, x, n); }

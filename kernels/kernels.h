@@ -48,6 +48,15 @@ void matvec_rows_ref(const mat *W, const float *x, float *y, int row0, int row1)
 void matmul_rows(const mat *W, const float *X, int n, float *Y, int ldy, int row0, int row1);
 void matmul_rows_ref(const mat *W, const float *X, int n, float *Y, int ldy, int row0, int row1);
 
+/* Low-precision activations (opt-in, faster, less accurate; see kernels/README.md).
+ * matvec_rows_q8q8: W is MAT_Q8 and x was quantized with quantize_row_q8 (integer
+ * dots, VNNI). matvec_rows_bf16bf16: W is MAT_BF16 and x was rounded with
+ * quantize_row_bf16 (vdpbf16ps). Same y convention as matvec_rows. */
+void matvec_rows_q8q8(const mat *W, const block_q8 *xq, float *y, int row0, int row1);
+void matvec_rows_q8q8_ref(const mat *W, const block_q8 *xq, float *y, int row0, int row1);
+void matvec_rows_bf16bf16(const mat *W, const uint16_t *xb, float *y, int row0, int row1);
+void matvec_rows_bf16bf16_ref(const mat *W, const uint16_t *xb, float *y, int row0, int row1);
+
 /* ---------------------------------------------------------------- conversions */
 
 static inline float bf16_to_f32(uint16_t h) {
@@ -59,6 +68,8 @@ float f16_to_f32(uint16_t h);
 float fp8_e4m3_to_f32(uint8_t b);       /* e4m3fn: no inf, 0x7F/0xFF are NaN */
 /* Quantizes n floats (n % QK8 == 0) into n / QK8 blocks. */
 void quantize_row_q8(const float *x, block_q8 *out, int n);
+/* Rounds n floats to bf16 (round to nearest even). */
+void quantize_row_bf16(const float *x, uint16_t *out, int n);
 
 /* ---------------------------------------------------------------- small kernels */
 
@@ -82,6 +93,13 @@ void silu_mul_ref(float *gate, const float *up, int n);
 /* Dot product and axpy (y += a x) of f32 vectors. */
 float vec_dot(const float *a, const float *b, int n);
 void vec_axpy(float *y, float a, const float *x, int n);
+float vec_dot_ref(const float *a, const float *b, int n);
+void vec_axpy_ref(float *y, float a, const float *x, int n);
+
+/* Indices of the k largest of x[0..n) in idx[0..k), sorted by value descending;
+ * equal values rank the lower index first; NaN ranks below every number. 0 < k <= n. */
+void topk_indices(const float *x, int n, int k, int *idx);
+void topk_indices_ref(const float *x, int n, int k, int *idx);
 
 /* ---------------------------------------------------------------- CPU features */
 
@@ -97,5 +115,12 @@ const cpu_features *cpu_get_features(void);
 void cpu_force_scalar(int on);
 /* Name of the kernel set in use, e.g. "avx512-bf16", "avx2", "scalar". */
 const char *cpu_kernel_name(void);
+/* Low-precision activations for matvec_rows / matvec_parallel (default 0 = off):
+ * on, BF16 weights are dotted with x rounded to bf16 (vdpbf16ps) and Q8 weights
+ * with x quantized to Q8 (integer dots) when the CPU has those instructions.
+ * matmul_rows always uses f32 activations. Set once at start-up, not while
+ * kernels run on other threads. */
+void cpu_set_low_precision(int on);
+int cpu_low_precision(void);
 
 #endif

@@ -48,6 +48,10 @@ void quantize_row_q8(const float *x, block_q8 *out, int n) {
     }
 }
 
+void quantize_row_bf16(const float *x, uint16_t *out, int n) {
+    for (int i = 0; i < n; i++) out[i] = f32_to_bf16(x[i]);
+}
+
 /* ---------------------------------------------------------------- matrices */
 
 size_t mat_bytes(const mat *W) {
@@ -110,6 +114,31 @@ void matmul_rows_ref(const mat *W, const float *X, int n, float *Y, int ldy, int
         for (int r = row0; r < row1; r++) Y[(size_t)t * ldy + r] = row_dot_ref(W, r, X + (size_t)t * W->cols);
 }
 
+/* Q8 weights x Q8 activations: exact integer dot per block, scaled and summed in f32. */
+void matvec_rows_q8q8_ref(const mat *W, const block_q8 *xq, float *y, int row0, int row1) {
+    int nb = W->cols / QK8;
+    for (int r = row0; r < row1; r++) {
+        const block_q8 *b = (const block_q8 *)W->data + (size_t)r * nb;
+        float acc = 0.0f;
+        for (int k = 0; k < nb; k++) {
+            int32_t s = 0;
+            for (int i = 0; i < QK8; i++) s += (int32_t)b[k].q[i] * xq[k].q[i];
+            acc += (b[k].scale * xq[k].scale) * (float)s;
+        }
+        y[r - row0] = acc;
+    }
+}
+
+/* BF16 weights x bf16 activations, f32 accumulation in column order. */
+void matvec_rows_bf16bf16_ref(const mat *W, const uint16_t *xb, float *y, int row0, int row1) {
+    for (int r = row0; r < row1; r++) {
+        const uint16_t *w = (const uint16_t *)W->data + (size_t)r * W->cols;
+        float acc = 0.0f;
+        for (int c = 0; c < W->cols; c++) acc += bf16_to_f32(w[c]) * bf16_to_f32(xb[c]);
+        y[r - row0] = acc;
+    }
+}
+
 /* ---------------------------------------------------------------- small kernels */
 
 void rmsnorm_ref(float *out, const float *x, const float *w, int n, float eps) {
@@ -143,12 +172,46 @@ void silu_mul_ref(float *gate, const float *up, int n) {
     for (int i = 0; i < n; i++) gate[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
 }
 
-float vec_dot(const float *a, const float *b, int n) {
+float vec_dot_ref(const float *a, const float *b, int n) {
     float s = 0.0f;
     for (int i = 0; i < n; i++) s += a[i] * b[i];
     return s;
 }
 
-void vec_axpy(float *y, float a, const float *x, int n) {
+void vec_axpy_ref(float *y, float a, const float *x, int n) {
     for (int i = 0; i < n; i++) y[i] += a * x[i];
+}
+
+/* ---------------------------------------------------------------- top-k */
+
+/* Rank key: NaN below every number (including -inf); ties go to the lower index. */
+static int topk_better(const float *x, int i, int j) {
+    float a = x[i], b = x[j];
+    int na = isnan(a), nb = isnan(b);
+    if (na || nb) return na != nb ? nb : i < j;
+    return a > b || (a == b && i < j);
+}
+
+/* k passes of selection: plain, O(n k). */
+void topk_indices_ref(const float *x, int n, int k, int *idx) {
+    for (int j = 0; j < k; j++) {
+        int best = -1;
+        for (int i = 0; i < n; i++) {
+            int taken = 0;
+            for (int m = 0; m < j; m++) taken |= idx[m] == i;
+            if (!taken && (best < 0 || topk_better(x, i, best))) best = i;
+        }
+        idx[j] = best;
+    }
+}
+
+/* One pass, keeping idx[0..k) sorted; a candidate enters only if it beats the last. */
+void topk_indices(const float *x, int n, int k, int *idx) {
+    int have = 0;
+    for (int i = 0; i < n; i++) {
+        if (have == k && !topk_better(x, i, idx[k - 1])) continue;
+        int p = have < k ? have++ : k - 1;
+        while (p > 0 && topk_better(x, i, idx[p - 1])) { idx[p] = idx[p - 1]; p--; }
+        idx[p] = i;
+    }
 }

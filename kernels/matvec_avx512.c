@@ -1,0 +1,253 @@
+/* matvec_avx512.c - AVX-512 matvec (decode) and small-batch matmul for F32,
+ * BF16 and Q8 weights with f32 activations, plus the low-precision-activation
+ * kernels (Q8 x Q8 with VNNI, BF16 x BF16 with vdpbf16ps).
+ *
+ * Legend
+ *   W [rows, cols] row-major; x, X[t] f32 [cols]; y[r - row0] / Y[t * ldy + r].
+ *   "w vector": 16 consecutive weights of one row, widened to f32 (BF16: shift
+ *   into the high half; Q8: int8 -> f32 times the block's scale).
+ *   matvec: RB rows at a time, one pass over each weight, x from L1.
+ *   matmul: RB rows x TB tokens register tile; each w vector is loaded and
+ *   widened once per tile and used for TB tokens; the RB rows stay in L1/L2
+ *   while the tiles walk over the tokens.
+ *   Column tails (cols % 16) use masked loads, which never touch memory past
+ *   the masked-out lanes.
+ *
+ * Compiled with the AVX-512 flags (Makefile: *_avx512.c); only called when
+ * cpu.c found the features.
+ */
+#include <immintrin.h>
+
+#include "kernels_impl.h"
+
+#define AI static inline __attribute__((always_inline))
+
+/* ---------------------------------------------------------------- weight loads */
+
+/* Bytes between consecutive rows of W. */
+static size_t row_stride(const mat *W) {
+    switch (W->dtype) {
+    case MAT_F32: return (size_t)W->cols * 4;
+    case MAT_BF16: return (size_t)W->cols * 2;
+    case MAT_Q8: return (size_t)(W->cols / QK8) * sizeof(block_q8);
+    }
+    return 0;
+}
+
+/* 16 weights of a row starting at column k as f32; masked: only the lanes in m
+ * are read (others are 0). dt is a compile-time constant after inlining. */
+AI __m512 w_load(const char *row, int dt, int k, __mmask16 m, int masked) {
+    if (dt == MAT_F32) {
+        const float *p = (const float *)row + k;
+        return masked ? _mm512_maskz_loadu_ps(m, p) : _mm512_loadu_ps(p);
+    } else if (dt == MAT_BF16) {
+        const uint16_t *p = (const uint16_t *)row + k;
+        __m256i h = masked ? _mm256_maskz_loadu_epi16(m, p) : _mm256_loadu_si256((const __m256i *)p);
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    } else { /* Q8: cols % 32 == 0, so never masked */
+        const block_q8 *b = (const block_q8 *)row + (k >> 5);
+        __m128i q = _mm_loadu_si128((const __m128i *)(b->q + (k & 31)));
+        return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)), _mm512_set1_ps(b->scale));
+    }
+}
+
+/* ---------------------------------------------------------------- matvec */
+
+/* RB rows starting at w (stride rs): y[i] = row_i . x. */
+AI void mv_block(const char *w, size_t rs, int dt, int RB, const float *x, int cols, float *y) {
+    __m512 acc[4];
+    const char *row[4];
+#pragma GCC unroll 4
+    for (int i = 0; i < RB; i++) { acc[i] = _mm512_setzero_ps(); row[i] = w + i * rs; }
+    int kfull = cols & ~15, k = 0;
+    for (; k < kfull; k += 16) {
+        __m512 xv = _mm512_loadu_ps(x + k);
+#pragma GCC unroll 4
+        for (int i = 0; i < RB; i++) acc[i] = _mm512_fmadd_ps(w_load(row[i], dt, k, 0, 0), xv, acc[i]);
+    }
+    if (k < cols) {
+        __mmask16 m = (__mmask16)((1u << (cols - k)) - 1);
+        __m512 xv = _mm512_maskz_loadu_ps(m, x + k);
+#pragma GCC unroll 4
+        for (int i = 0; i < RB; i++) acc[i] = _mm512_fmadd_ps(w_load(row[i], dt, k, m, 1), xv, acc[i]);
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < RB; i++) y[i] = _mm512_reduce_add_ps(acc[i]);
+}
+
+AI void mv_dtype(const mat *W, int dt, const float *x, float *y, int row0, int row1) {
+    size_t rs = row_stride(W);
+    const char *base = (const char *)W->data;
+    int r = row0;
+    for (; r + 4 <= row1; r += 4) mv_block(base + (size_t)r * rs, rs, dt, 4, x, W->cols, y + (r - row0));
+    for (; r < row1; r++) mv_block(base + (size_t)r * rs, rs, dt, 1, x, W->cols, y + (r - row0));
+}
+
+void matvec_rows_avx512(const mat *W, const float *x, float *y, int row0, int row1) {
+    switch (W->dtype) {
+    case MAT_F32: mv_dtype(W, MAT_F32, x, y, row0, row1); break;
+    case MAT_BF16: mv_dtype(W, MAT_BF16, x, y, row0, row1); break;
+    case MAT_Q8: mv_dtype(W, MAT_Q8, x, y, row0, row1); break;
+    }
+}
+
+/* ---------------------------------------------------------------- matmul */
+
+#define MM_RB 4
+#define MM_TB 6
+
+/* Tile of RB rows (starting at absolute row r) x TB tokens (starting at t0). */
+AI void mm_tile(const char *w, size_t rs, int dt, int RB, int TB, const float *X, int cols,
+                int t0, float *Y, int ldy, int r) {
+    __m512 acc[MM_RB][MM_TB];
+    const char *row[MM_RB];
+    const float *xt[MM_TB];
+#pragma GCC unroll 4
+    for (int i = 0; i < RB; i++) {
+        row[i] = w + i * rs;
+#pragma GCC unroll 8
+        for (int t = 0; t < TB; t++) acc[i][t] = _mm512_setzero_ps();
+    }
+#pragma GCC unroll 8
+    for (int t = 0; t < TB; t++) xt[t] = X + (size_t)(t0 + t) * cols;
+    int kfull = cols & ~15, k = 0;
+    for (; k < kfull; k += 16) {
+        __m512 wv[MM_RB];
+#pragma GCC unroll 4
+        for (int i = 0; i < RB; i++) wv[i] = w_load(row[i], dt, k, 0, 0);
+#pragma GCC unroll 8
+        for (int t = 0; t < TB; t++) {
+            __m512 xv = _mm512_loadu_ps(xt[t] + k);
+#pragma GCC unroll 4
+            for (int i = 0; i < RB; i++) acc[i][t] = _mm512_fmadd_ps(wv[i], xv, acc[i][t]);
+        }
+    }
+    if (k < cols) {
+        __mmask16 m = (__mmask16)((1u << (cols - k)) - 1);
+        __m512 wv[MM_RB];
+#pragma GCC unroll 4
+        for (int i = 0; i < RB; i++) wv[i] = w_load(row[i], dt, k, m, 1);
+#pragma GCC unroll 8
+        for (int t = 0; t < TB; t++) {
+            __m512 xv = _mm512_maskz_loadu_ps(m, xt[t] + k);
+#pragma GCC unroll 4
+            for (int i = 0; i < RB; i++) acc[i][t] = _mm512_fmadd_ps(wv[i], xv, acc[i][t]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int t = 0; t < TB; t++)
+#pragma GCC unroll 4
+        for (int i = 0; i < RB; i++) Y[(size_t)(t0 + t) * ldy + r + i] = _mm512_reduce_add_ps(acc[i][t]);
+}
+
+/* All n tokens for RB rows: full TB tiles, then one narrower tile. */
+AI void mm_rows(const char *w, size_t rs, int dt, int RB, const float *X, int n, int cols,
+                float *Y, int ldy, int r) {
+    int t = 0;
+    for (; t + MM_TB <= n; t += MM_TB) mm_tile(w, rs, dt, RB, MM_TB, X, cols, t, Y, ldy, r);
+    switch (n - t) {
+    case 5: mm_tile(w, rs, dt, RB, 5, X, cols, t, Y, ldy, r); break;
+    case 4: mm_tile(w, rs, dt, RB, 4, X, cols, t, Y, ldy, r); break;
+    case 3: mm_tile(w, rs, dt, RB, 3, X, cols, t, Y, ldy, r); break;
+    case 2: mm_tile(w, rs, dt, RB, 2, X, cols, t, Y, ldy, r); break;
+    case 1: mm_tile(w, rs, dt, RB, 1, X, cols, t, Y, ldy, r); break;
+    default: break;
+    }
+}
+
+AI void mm_dtype(const mat *W, int dt, const float *X, int n, float *Y, int ldy, int row0, int row1) {
+    size_t rs = row_stride(W);
+    const char *base = (const char *)W->data;
+    int r = row0;
+    for (; r + MM_RB <= row1; r += MM_RB) mm_rows(base + (size_t)r * rs, rs, dt, MM_RB, X, n, W->cols, Y, ldy, r);
+    for (; r < row1; r++) mm_rows(base + (size_t)r * rs, rs, dt, 1, X, n, W->cols, Y, ldy, r);
+}
+
+void matmul_rows_avx512(const mat *W, const float *X, int n, float *Y, int ldy, int row0, int row1) {
+    switch (W->dtype) {
+    case MAT_F32: mm_dtype(W, MAT_F32, X, n, Y, ldy, row0, row1); break;
+    case MAT_BF16: mm_dtype(W, MAT_BF16, X, n, Y, ldy, row0, row1); break;
+    case MAT_Q8: mm_dtype(W, MAT_Q8, X, n, Y, ldy, row0, row1); break;
+    }
+}
+
+/* ---------------------------------------------------------------- Q8 x Q8 (VNNI) */
+
+/* One block: |w| (u8) times sign(w) * xq (s8), 4-byte groups summed into 8 int32
+ * lanes by vpdpbusd, widened to f32 and scaled by dw * dx. Exact integer part. */
+AI __m256 q8q8_block(const block_q8 *wb, __m256i xq, __m256 acc, float dx) {
+    __m256i wq = _mm256_loadu_si256((const __m256i *)wb->q);
+    __m256i ax = _mm256_abs_epi8(wq);
+    __m256i sy = _mm256_sign_epi8(xq, wq);
+    __m256i d = _mm256_dpbusd_epi32(_mm256_setzero_si256(), ax, sy);
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_set1_ps(wb->scale * dx), acc);
+}
+
+AI float hsum256(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+void matvec_rows_q8q8_avx512vnni(const mat *W, const block_q8 *xq, float *y, int row0, int row1) {
+    int nb = W->cols / QK8;
+    const block_q8 *base = (const block_q8 *)W->data;
+    int r = row0;
+    for (; r + 4 <= row1; r += 4) {
+        const block_q8 *w0 = base + (size_t)r * nb, *w1 = w0 + nb, *w2 = w1 + nb, *w3 = w2 + nb;
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (int k = 0; k < nb; k++) {
+            __m256i xv = _mm256_loadu_si256((const __m256i *)xq[k].q);
+            float dx = xq[k].scale;
+            a0 = q8q8_block(w0 + k, xv, a0, dx);
+            a1 = q8q8_block(w1 + k, xv, a1, dx);
+            a2 = q8q8_block(w2 + k, xv, a2, dx);
+            a3 = q8q8_block(w3 + k, xv, a3, dx);
+        }
+        y[r - row0] = hsum256(a0);
+        y[r - row0 + 1] = hsum256(a1);
+        y[r - row0 + 2] = hsum256(a2);
+        y[r - row0 + 3] = hsum256(a3);
+    }
+    for (; r < row1; r++) {
+        const block_q8 *w0 = base + (size_t)r * nb;
+        __m256 a0 = _mm256_setzero_ps();
+        for (int k = 0; k < nb; k++)
+            a0 = q8q8_block(w0 + k, _mm256_loadu_si256((const __m256i *)xq[k].q), a0, xq[k].scale);
+        y[r - row0] = hsum256(a0);
+    }
+}
+
+/* ---------------------------------------------------------------- BF16 x BF16 (vdpbf16ps) */
+
+/* 32 bf16 pairs per instruction; the products are exact in f32, the sums round. */
+AI void bb_block(const uint16_t *w, size_t rs, int RB, const uint16_t *xb, int cols, float *y) {
+    __m512 acc[4];
+#pragma GCC unroll 4
+    for (int i = 0; i < RB; i++) acc[i] = _mm512_setzero_ps();
+    int kfull = cols & ~31, k = 0;
+    for (; k < kfull; k += 32) {
+        __m512bh xv = (__m512bh)_mm512_loadu_si512(xb + k);
+#pragma GCC unroll 4
+        for (int i = 0; i < RB; i++)
+            acc[i] = _mm512_dpbf16_ps(acc[i], (__m512bh)_mm512_loadu_si512(w + i * rs + k), xv);
+    }
+    if (k < cols) {
+        __mmask32 m = (__mmask32)((1ull << (cols - k)) - 1);
+        __m512bh xv = (__m512bh)_mm512_maskz_loadu_epi16(m, xb + k);
+#pragma GCC unroll 4
+        for (int i = 0; i < RB; i++)
+            acc[i] = _mm512_dpbf16_ps(acc[i], (__m512bh)_mm512_maskz_loadu_epi16(m, w + i * rs + k), xv);
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < RB; i++) y[i] = _mm512_reduce_add_ps(acc[i]);
+}
+
+void matvec_rows_bf16bf16_avx512bf16(const mat *W, const uint16_t *xb, float *y, int row0, int row1) {
+    size_t rs = (size_t)W->cols;
+    const uint16_t *base = (const uint16_t *)W->data;
+    int r = row0;
+    for (; r + 4 <= row1; r += 4) bb_block(base + (size_t)r * rs, rs, 4, xb, W->cols, y + (r - row0));
+    for (; r < row1; r++) bb_block(base + (size_t)r * rs, rs, 1, xb, W->cols, y + (r - row0));
+}

@@ -1,0 +1,270 @@
+/* threadpool.c - persistent pthread pool with a spin-then-sleep handshake.
+ *
+ * Legend
+ *   gen       generation counter: threadpool_run publishes fn/arg, sets
+ *             pending = workers, then increments gen; a worker that sees gen
+ *             change runs fn once and decrements pending.
+ *   spin      waiting sides (workers for gen, the caller for pending == 0) spin
+ *             with `pause` for SPIN_ITERS, yield for YIELD_ITERS, then sleep on
+ *             a condition variable.
+ *   sleepers / caller_waiting   published with seq_cst before re-checking the
+ *             condition under the mutex, so the other side (which changes the
+ *             condition first, then reads the flag) either wakes them or they
+ *             see the change: no lost wake-ups (Dekker on seq_cst atomics).
+ *   scratch   buffer for x quantized once per matvec_parallel in low-precision
+ *             mode; grown by the caller, never by a worker.
+ */
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels_impl.h"
+#include "threadpool.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define cpu_relax() _mm_pause()
+#else
+#define cpu_relax() ((void)0)
+#endif
+
+#define SPIN_ITERS 20000   /* pause ~ tens of cycles: on the order of 100-200 us */
+#define YIELD_ITERS 16
+
+/* ---------------------------------------------------------------- pool */
+
+typedef struct {
+    threadpool *pool;
+    int id;
+} worker_arg;
+
+struct threadpool {
+    int n;                                  /* threads including the caller */
+    pthread_t *threads;                     /* n - 1 workers */
+    worker_arg *args;
+    void (*fn)(void *, int, int);
+    void *arg;
+    _Atomic unsigned gen;
+    _Atomic int pending;
+    _Atomic int stop;
+    _Atomic int sleepers;
+    _Atomic int caller_waiting;
+    pthread_mutex_t mu;
+    pthread_cond_t cv_work, cv_done;
+    void *scratch;
+    size_t scratch_bytes;
+};
+
+static void *worker_main(void *varg) {
+    worker_arg *wa = varg;
+    threadpool *p = wa->pool;
+    unsigned seen = 0;
+    for (;;) {
+        unsigned g;
+        int spins = 0;
+        while ((g = atomic_load_explicit(&p->gen, memory_order_acquire)) == seen) {
+            if (spins < SPIN_ITERS) {
+                spins++;
+                cpu_relax();
+            } else if (spins < SPIN_ITERS + YIELD_ITERS) {
+                spins++;
+                sched_yield();
+            } else {
+                pthread_mutex_lock(&p->mu);
+                atomic_fetch_add(&p->sleepers, 1);
+                while (atomic_load(&p->gen) == seen) pthread_cond_wait(&p->cv_work, &p->mu);
+                atomic_fetch_sub(&p->sleepers, 1);
+                pthread_mutex_unlock(&p->mu);
+                spins = 0;
+            }
+        }
+        seen = g;
+        if (atomic_load_explicit(&p->stop, memory_order_acquire)) return NULL;
+        p->fn(p->arg, wa->id, p->n);
+        if (atomic_fetch_sub(&p->pending, 1) == 1 && atomic_load(&p->caller_waiting)) {
+            pthread_mutex_lock(&p->mu);
+            pthread_cond_signal(&p->cv_done);
+            pthread_mutex_unlock(&p->mu);
+        }
+    }
+}
+
+/* Bumps gen (after fn/arg/pending/stop are set) and wakes sleeping workers. */
+static void publish(threadpool *p) {
+    atomic_fetch_add(&p->gen, 1);
+    if (atomic_load(&p->sleepers) > 0) {
+        pthread_mutex_lock(&p->mu);
+        pthread_cond_broadcast(&p->cv_work);
+        pthread_mutex_unlock(&p->mu);
+    }
+}
+
+static void wait_done(threadpool *p) {
+    for (int spins = 0; atomic_load_explicit(&p->pending, memory_order_acquire) != 0; spins++) {
+        if (spins < SPIN_ITERS) {
+            cpu_relax();
+        } else if (spins < SPIN_ITERS + YIELD_ITERS) {
+            sched_yield();
+        } else {
+            pthread_mutex_lock(&p->mu);
+            atomic_store(&p->caller_waiting, 1);
+            while (atomic_load(&p->pending) != 0) pthread_cond_wait(&p->cv_done, &p->mu);
+            atomic_store(&p->caller_waiting, 0);
+            pthread_mutex_unlock(&p->mu);
+            break;
+        }
+    }
+}
+
+threadpool *threadpool_create(int n_threads) {
+    if (n_threads < 1) n_threads = 1;
+    threadpool *p = calloc(1, sizeof *p);
+    if (!p) return NULL;
+    p->n = n_threads;
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->cv_work, NULL);
+    pthread_cond_init(&p->cv_done, NULL);
+    if (n_threads > 1) {
+        p->threads = calloc((size_t)n_threads - 1, sizeof *p->threads);
+        p->args = calloc((size_t)n_threads - 1, sizeof *p->args);
+        if (!p->threads || !p->args) { p->n = 1; threadpool_free(p); return NULL; }
+        for (int i = 1; i < n_threads; i++) {
+            p->args[i - 1] = (worker_arg){p, i};
+            if (pthread_create(&p->threads[i - 1], NULL, worker_main, &p->args[i - 1]) != 0) {
+                p->n = i;             /* join the ones that started */
+                threadpool_free(p);
+                return NULL;
+            }
+        }
+    }
+    return p;
+}
+
+void threadpool_free(threadpool *p) {
+    if (!p) return;
+    if (p->n > 1) {
+        atomic_store(&p->stop, 1);
+        publish(p);
+        for (int i = 0; i < p->n - 1; i++) pthread_join(p->threads[i], NULL);
+    }
+    pthread_mutex_destroy(&p->mu);
+    pthread_cond_destroy(&p->cv_work);
+    pthread_cond_destroy(&p->cv_done);
+    free(p->threads);
+    free(p->args);
+    free(p->scratch);
+    free(p);
+}
+
+int threadpool_threads(const threadpool *p) { return p ? p->n : 1; }
+
+void threadpool_run(threadpool *p, void (*fn)(void *, int, int), void *arg) {
+    if (!p || p->n == 1) { fn(arg, 0, 1); return; }
+    p->fn = fn;
+    p->arg = arg;
+    atomic_store_explicit(&p->pending, p->n - 1, memory_order_relaxed);
+    publish(p);
+    fn(arg, 0, p->n);
+    wait_done(p);
+}
+
+/* ---------------------------------------------------------------- topology */
+
+static int read_int_file(const char *path, int *out) {
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    int ok = fscanf(f, "%d", out) == 1;
+    fclose(f);
+    return ok;
+}
+
+int threadpool_default_threads(void) {
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) != 0) return 1;
+    int logical = CPU_COUNT(&set), cores = 0;
+    int keys[CPU_SETSIZE > 1024 ? 1024 : CPU_SETSIZE];
+    int nkeys = 0, ok = 1;
+    for (int c = 0; c < CPU_SETSIZE && ok; c++) {
+        if (!CPU_ISSET(c, &set)) continue;
+        char path[128];
+        int core, pkg;
+        snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu%d/topology/core_id", c);
+        ok = read_int_file(path, &core);
+        snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu%d/topology/physical_package_id", c);
+        ok = ok && read_int_file(path, &pkg);
+        if (!ok) break;
+        int key = pkg * 65536 + core, seen = 0;
+        for (int i = 0; i < nkeys; i++) seen |= keys[i] == key;
+        if (!seen && nkeys < (int)(sizeof keys / sizeof keys[0])) keys[nkeys++] = key;
+    }
+    cores = ok ? nkeys : logical;
+    return cores > 0 ? cores : 1;
+}
+
+/* ---------------------------------------------------------------- parallel matvec / matmul */
+
+void threadpool_split_rows(int rows, int id, int n_threads, int *r0, int *r1) {
+    int lines = (rows + 15) / 16;             /* 16-row units */
+    int a = (int)((long long)lines * id / n_threads), b = (int)((long long)lines * (id + 1) / n_threads);
+    *r0 = a * 16 < rows ? a * 16 : rows;
+    *r1 = b * 16 < rows ? b * 16 : rows;
+}
+
+typedef struct {
+    const mat *W;
+    const float *x;            /* matvec / matmul activations */
+    const void *xlow;          /* quantized x (low precision), or NULL */
+    int lowp;                  /* MAT_Q8 / MAT_BF16 / 0 */
+    int n, ldy;
+    float *y;
+} mv_job;
+
+static void matvec_job(void *arg, int id, int nt) {
+    const mv_job *j = arg;
+    int r0, r1;
+    threadpool_split_rows(j->W->rows, id, nt, &r0, &r1);
+    if (r0 >= r1) return;
+    if (j->lowp == MAT_Q8) matvec_rows_q8q8(j->W, j->xlow, j->y + r0, r0, r1);
+    else if (j->lowp == MAT_BF16) matvec_rows_bf16bf16(j->W, j->xlow, j->y + r0, r0, r1);
+    else matvec_rows(j->W, j->x, j->y + r0, r0, r1);
+}
+
+static void *scratch_get(threadpool *p, size_t bytes) {
+    if (p->scratch_bytes >= bytes) return p->scratch;
+    void *s = realloc(p->scratch, bytes);
+    if (!s) return NULL;
+    p->scratch = s;
+    p->scratch_bytes = bytes;
+    return s;
+}
+
+void matvec_parallel(threadpool *p, const mat *W, const float *x, float *y) {
+    mv_job j = {W, x, NULL, 0, 1, 0, y};
+    int kind = cpu_lowp_kind(W);
+    if (kind && p) {
+        size_t bytes = kind == MAT_Q8 ? (size_t)(W->cols / QK8) * sizeof(block_q8) : (size_t)W->cols * 2;
+        void *buf = scratch_get(p, bytes);
+        if (buf) {   /* else: each thread quantizes on its own (matvec_rows) */
+            if (kind == MAT_Q8) quantize_row_q8(x, buf, W->cols);
+            else quantize_row_bf16(x, buf, W->cols);
+            j.xlow = buf;
+            j.lowp = kind;
+        }
+    }
+    threadpool_run(p, matvec_job, &j);
+}
+
+static void matmul_job(void *arg, int id, int nt) {
+    const mv_job *j = arg;
+    int r0, r1;
+    threadpool_split_rows(j->W->rows, id, nt, &r0, &r1);
+    if (r0 < r1) matmul_rows(j->W, j->x, j->n, j->y, j->ldy, r0, r1);
+}
+
+void matmul_parallel(threadpool *p, const mat *W, const float *X, int n, float *Y, int ldy) {
+    mv_job j = {W, X, NULL, 0, n, ldy, Y};
+    threadpool_run(p, matmul_job, &j);
+}

@@ -1,0 +1,38 @@
+/* threadpool.h - a persistent pool of worker threads for the kernels.
+ *
+ * Workers are created once (threadpool_create) and wait for work by spinning
+ * briefly, then sleeping on a condition variable; threadpool_run wakes them,
+ * runs fn on every thread including the caller (thread_id 0), and returns when
+ * all are done. One caller at a time: threadpool_run is not reentrant and must
+ * not be called from inside fn or from two threads at once.
+ */
+#ifndef MOE_THREADPOOL_H
+#define MOE_THREADPOOL_H
+
+#include "kernels.h"
+
+typedef struct threadpool threadpool;
+
+/* n_threads >= 1 counts the caller: n_threads - 1 workers are started.
+ * Returns NULL if threads or memory could not be had. */
+threadpool *threadpool_create(int n_threads);
+void threadpool_free(threadpool *p);          /* joins the workers; NULL is fine */
+int threadpool_threads(const threadpool *p);
+
+/* Runs fn(arg, thread_id, n_threads) on thread_id 0..n_threads-1 (0 = the caller). */
+void threadpool_run(threadpool *p, void (*fn)(void *arg, int thread_id, int n_threads), void *arg);
+
+/* Physical cores this process may run on (at least 1). */
+int threadpool_default_threads(void);
+
+/* [*r0, *r1) = thread id's share of rows 0..rows: contiguous chunks whose
+ * boundaries are multiples of 16 rows (64-byte lines of f32 outputs). */
+void threadpool_split_rows(int rows, int id, int n_threads, int *r0, int *r1);
+
+/* y = W x with the rows split across the pool (matvec_rows on each share;
+ * in low-precision mode x is quantized once, by the caller). */
+void matvec_parallel(threadpool *p, const mat *W, const float *x, float *y);
+/* Y[t, r] = (W X[t])[r] for all rows, t < n (matmul_rows on each share). */
+void matmul_parallel(threadpool *p, const mat *W, const float *X, int n, float *Y, int ldy);
+
+#endif

@@ -1,0 +1,627 @@
+/* test_kernels.c - every optimized kernel against its scalar reference, and the
+ * thread pool.
+ *
+ * Legend
+ *   variant   one implementation set (avx512, avx2, and the dispatching entry
+ *             points); a variant the CPU lacks is skipped, not failed.
+ *   exact     integer-valued data (small ints, power-of-two scales): every
+ *             partial sum is an integer below 2^24, so every summation order
+ *             gives the same f32 result and optimized == reference exactly.
+ *             This catches a dropped or doubled column / row / token exactly.
+ *   random    uniform [-1, 1) data, compared with a tolerance (below).
+ *
+ * Tolerance for dot products of length n (matvec, matmul, vec_dot):
+ *   Both the reference (sequential f32 sum) and an optimized kernel (16 or 8
+ *   lanes, FMA, then a tree) compute sum_c w_c x_c with floating-point error at
+ *   most about (n + 8) u S, where S = sum_c |w_c x_c| and u = FLT_EPSILON / 2
+ *   (Higham, recursive summation; +1 rounding for Q8 scale * q, the tree adds
+ *   log2(16) levels). So |opt - ref| <= (n + 8) FLT_EPSILON S. A missing
+ *   column changes the result by about S / n, which is larger than that for
+ *   every n < 2800 used here, and the exact tests catch it regardless.
+ * Elementwise kernels (rmsnorm, silu_mul, softmax, axpy) compare per element
+ * with a relative bound from the few roundings involved (see each test).
+ */
+#include <float.h>
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <cmocka.h>
+
+#include "kernels_impl.h"
+#include "threadpool.h"
+
+/* ---------------------------------------------------------------- helpers */
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+static uint32_t rng_u32(void) {
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (uint32_t)(rng_state >> 11);
+}
+static float rng_uniform(void) { return (float)((double)rng_u32() / 4294967296.0 * 2.0 - 1.0); } /* [-1, 1) */
+static int rng_int(int lo, int hi) { return lo + (int)(rng_u32() % (uint32_t)(hi - lo + 1)); }
+static void usleep_for_test(long us) {
+    struct timespec ts = {us / 1000000, (us % 1000000) * 1000};
+    nanosleep(&ts, NULL);
+}
+
+/* A matrix of the given dtype; exact: small integers (Q8: scales 1 or 0.5). */
+typedef struct {
+    mat m;
+    void *buf;
+} test_mat;
+
+static test_mat make_mat(mat_dtype dt, int rows, int cols, int exact) {
+    test_mat t = {{dt, rows, cols, NULL}, NULL};
+    size_t n = (size_t)rows * cols;
+    if (dt == MAT_F32) {
+        float *w = malloc(n * sizeof *w);
+        for (size_t i = 0; i < n; i++) w[i] = exact ? (float)rng_int(-3, 3) : rng_uniform();
+        t.buf = w;
+    } else if (dt == MAT_BF16) {
+        uint16_t *w = malloc(n * sizeof *w);
+        for (size_t i = 0; i < n; i++) w[i] = f32_to_bf16(exact ? (float)rng_int(-3, 3) : rng_uniform());
+        t.buf = w;
+    } else {
+        block_q8 *b = malloc(n / QK8 * sizeof *b);
+        float row[4096];
+        for (int r = 0; r < rows; r++) {
+            if (exact) {
+                for (int k = 0; k < cols / QK8; k++) {
+                    block_q8 *blk = b + (size_t)r * (cols / QK8) + k;
+                    blk->scale = (k & 1) ? 0.5f : 1.0f;
+                    for (int i = 0; i < QK8; i++) blk->q[i] = (int8_t)rng_int(-127, 127);
+                }
+            } else {
+                for (int c = 0; c < cols; c++) row[c] = rng_uniform();
+                quantize_row_q8(row, b + (size_t)r * (cols / QK8), cols);
+            }
+        }
+        t.buf = b;
+    }
+    t.m.data = t.buf;
+    return t;
+}
+
+static float *make_vec(int n, int exact) {
+    float *x = malloc((size_t)(n > 0 ? n : 1) * sizeof *x);
+    for (int i = 0; i < n; i++) x[i] = exact ? (float)rng_int(-4, 4) : rng_uniform();
+    return x;
+}
+
+/* S = sum_c |W[r, c] x[c]| in double. */
+static double abs_dot(const mat *W, int r, const float *x) {
+    double s = 0.0;
+    for (int c = 0; c < W->cols; c++) s += fabs((double)mat_get(W, r, c) * x[c]);
+    return s;
+}
+
+static double dot_tol(int n, double S) { return (n + 8) * (double)FLT_EPSILON * S + 1e-30; }
+
+typedef struct {
+    const char *name;
+    void (*matvec)(const mat *, const float *, float *, int, int);
+    void (*matmul)(const mat *, const float *, int, float *, int, int, int);
+    int available;
+} mv_variant;
+
+static int n_mv_variants(mv_variant *v) {
+    const cpu_features *f = cpu_get_features();
+    int n = 0;
+    v[n++] = (mv_variant){"dispatch", matvec_rows, matmul_rows, 1};
+    v[n++] = (mv_variant){"avx512", matvec_rows_avx512, matmul_rows_avx512, f->avx512f && f->avx2_fma};
+    v[n++] = (mv_variant){"avx2", matvec_rows_avx2, matmul_rows_avx2, f->avx2_fma};
+    return n;
+}
+
+static const int ROWS[] = {1, 7, 33, 257};
+static const int COLS[] = {16, 24, 32, 96, 129, 1000, 1024};
+#define NELEM(a) ((int)(sizeof(a) / sizeof((a)[0])))
+
+/* ---------------------------------------------------------------- matvec */
+
+static void check_matvec(mat_dtype dt, int exact) {
+    mv_variant v[4];
+    int nv = n_mv_variants(v);
+    for (int ri = 0; ri < NELEM(ROWS); ri++)
+        for (int ci = 0; ci < NELEM(COLS); ci++) {
+            int rows = ROWS[ri], cols = COLS[ci];
+            if (dt == MAT_Q8 && cols % QK8) continue;
+            test_mat W = make_mat(dt, rows, cols, exact);
+            float *x = make_vec(cols, exact);
+            float *ref = malloc(sizeof(float) * rows), *y = malloc(sizeof(float) * (rows + 1));
+            /* the full range and a range starting at row 1 (rows > 1) */
+            for (int start = 0; start <= (rows > 1); start++) {
+                matvec_rows_ref(&W.m, x, ref, start, rows);
+                for (int k = 0; k < nv; k++) {
+                    if (!v[k].available) continue;
+                    y[rows - start] = 12345.0f; /* sentinel just past the range */
+                    v[k].matvec(&W.m, x, y, start, rows);
+                    assert_true(y[rows - start] == 12345.0f);
+                    for (int r = start; r < rows; r++) {
+                        double d = fabs((double)y[r - start] - ref[r - start]);
+                        double tol = exact ? 0.0 : dot_tol(cols, abs_dot(&W.m, r, x));
+                        if (d > tol)
+                            fail_msg("matvec %s dtype %d exact %d rows %d cols %d row %d: %g vs %g (tol %g)",
+                                     v[k].name, dt, exact, rows, cols, r, y[r - start], ref[r - start], tol);
+                    }
+                }
+            }
+            free(W.buf); free(x); free(ref); free(y);
+        }
+}
+
+static void test_matvec_f32(void **state) { (void)state; check_matvec(MAT_F32, 1); check_matvec(MAT_F32, 0); }
+static void test_matvec_bf16(void **state) { (void)state; check_matvec(MAT_BF16, 1); check_matvec(MAT_BF16, 0); }
+static void test_matvec_q8(void **state) { (void)state; check_matvec(MAT_Q8, 1); check_matvec(MAT_Q8, 0); }
+
+/* A single nonzero weight in the last column: the tail must be counted exactly once. */
+static void test_matvec_tail_column(void **state) {
+    (void)state;
+    mv_variant v[4];
+    int nv = n_mv_variants(v);
+    for (int ci = 0; ci < NELEM(COLS); ci++) {
+        int rows = 5, cols = COLS[ci];
+        float *w = calloc((size_t)rows * cols, sizeof *w);
+        uint16_t *wb = calloc((size_t)rows * cols, sizeof *wb);
+        for (int r = 0; r < rows; r++) { w[(size_t)r * cols + cols - 1] = (float)(r + 1); wb[(size_t)r * cols + cols - 1] = f32_to_bf16((float)(r + 1)); }
+        float *x = make_vec(cols, 1);
+        x[cols - 1] = 2.0f;
+        mat Wf = {MAT_F32, rows, cols, w}, Wb = {MAT_BF16, rows, cols, wb};
+        float y[5];
+        for (int k = 0; k < nv; k++) {
+            if (!v[k].available) continue;
+            v[k].matvec(&Wf, x, y, 0, rows);
+            for (int r = 0; r < rows; r++) assert_true(y[r] == 2.0f * (r + 1));
+            v[k].matvec(&Wb, x, y, 0, rows);
+            for (int r = 0; r < rows; r++) assert_true(y[r] == 2.0f * (r + 1));
+        }
+        free(w); free(wb); free(x);
+    }
+}
+
+/* ---------------------------------------------------------------- matmul */
+
+static void check_matmul(mat_dtype dt, int exact) {
+    static const int mrows[] = {1, 7, 33};
+    static const int ns[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 16};
+    mv_variant v[4];
+    int nv = n_mv_variants(v);
+    for (int ri = 0; ri < NELEM(mrows); ri++)
+        for (int ci = 0; ci < NELEM(COLS); ci++)
+            for (int ni = 0; ni < NELEM(ns); ni++) {
+                int rows = mrows[ri], cols = COLS[ci], n = ns[ni], ldy = rows + 3;
+                if (dt == MAT_Q8 && cols % QK8) continue;
+                test_mat W = make_mat(dt, rows, cols, exact);
+                float *X = make_vec(n * cols, exact);
+                float *ref = malloc(sizeof(float) * n * ldy), *Y = malloc(sizeof(float) * n * ldy);
+                int row0 = rows > 1 ? 1 : 0;
+                for (int i = 0; i < n * ldy; i++) ref[i] = -7.0f;
+                matmul_rows_ref(&W.m, X, n, ref, ldy, row0, rows);
+                for (int k = 0; k < nv; k++) {
+                    if (!v[k].available) continue;
+                    for (int i = 0; i < n * ldy; i++) Y[i] = -7.0f; /* outside [row0, rows) must stay */
+                    v[k].matmul(&W.m, X, n, Y, ldy, row0, rows);
+                    for (int t = 0; t < n; t++)
+                        for (int r = 0; r < ldy; r++) {
+                            float got = Y[t * ldy + r], want = ref[t * ldy + r];
+                            double tol = (exact || r < row0 || r >= rows) ? 0.0
+                                       : dot_tol(cols, abs_dot(&W.m, r, X + (size_t)t * cols));
+                            if (fabs((double)got - want) > tol)
+                                fail_msg("matmul %s dtype %d exact %d rows %d cols %d n %d t %d r %d: %g vs %g",
+                                         v[k].name, dt, exact, rows, cols, n, t, r, got, want);
+                        }
+                }
+                free(W.buf); free(X); free(ref); free(Y);
+            }
+}
+
+static void test_matmul_f32(void **state) { (void)state; check_matmul(MAT_F32, 1); check_matmul(MAT_F32, 0); }
+static void test_matmul_bf16(void **state) { (void)state; check_matmul(MAT_BF16, 1); check_matmul(MAT_BF16, 0); }
+static void test_matmul_q8(void **state) { (void)state; check_matmul(MAT_Q8, 1); check_matmul(MAT_Q8, 0); }
+
+/* matmul with n = 1 equals matvec (same reference), and a large n (64) works. */
+static void test_matmul_n64(void **state) {
+    (void)state;
+    for (int dt = 0; dt < 3; dt++) {
+        int rows = 37, cols = 256, n = 64;
+        test_mat W = make_mat((mat_dtype)dt, rows, cols, 1);
+        float *X = make_vec(n * cols, 1), *ref = malloc(sizeof(float) * n * rows), *Y = malloc(sizeof(float) * n * rows);
+        matmul_rows_ref(&W.m, X, n, ref, rows, 0, rows);
+        matmul_rows(&W.m, X, n, Y, rows, 0, rows);
+        assert_memory_equal(Y, ref, sizeof(float) * n * rows);
+        free(W.buf); free(X); free(ref); free(Y);
+    }
+}
+
+/* ---------------------------------------------------------------- low-precision activations */
+
+static void test_q8q8(void **state) {
+    (void)state;
+    const cpu_features *f = cpu_get_features();
+    struct { const char *name; void (*fn)(const mat *, const block_q8 *, float *, int, int); int ok; } v[] = {
+        {"dispatch", matvec_rows_q8q8, 1},
+        {"vnni", matvec_rows_q8q8_avx512vnni, f->avx512_vnni && f->avx2_fma},
+        {"avx2", matvec_rows_q8q8_avx2, f->avx2_fma},
+    };
+    static const int cols_q8[] = {32, 96, 1024, 2048};
+    for (int exact = 1; exact >= 0; exact--)
+        for (int ri = 0; ri < NELEM(ROWS); ri++)
+            for (int ci = 0; ci < NELEM(cols_q8); ci++) {
+                int rows = ROWS[ri], cols = cols_q8[ci], nb = cols / QK8;
+                if (exact && cols > 1024) continue;
+                test_mat W = make_mat(MAT_Q8, rows, cols, exact);
+                block_q8 *xq = malloc(sizeof(block_q8) * nb);
+                if (exact) {
+                    /* partial sums are multiples of 0.5 below 127 * 63 * 1024 < 2^23 */
+                    for (int k = 0; k < nb; k++) {
+                        xq[k].scale = 1.0f;
+                        for (int i = 0; i < QK8; i++) xq[k].q[i] = (int8_t)rng_int(-63, 63);
+                    }
+                } else {
+                    float *x = make_vec(cols, 0);
+                    quantize_row_q8(x, xq, cols);
+                    free(x);
+                }
+                float *ref = malloc(sizeof(float) * rows), *y = malloc(sizeof(float) * rows);
+                matvec_rows_q8q8_ref(&W.m, xq, ref, 0, rows);
+                for (int k = 0; k < NELEM(v); k++) {
+                    if (!v[k].ok) continue;
+                    v[k].fn(&W.m, xq, y, 0, rows);
+                    for (int r = 0; r < rows; r++) {
+                        /* exact data: integer sums below 2^24 and power-of-two scales;
+                         * random: (nb + 8) roundings of terms bounded by S. */
+                        double S = 0.0;
+                        const block_q8 *b = (const block_q8 *)W.m.data + (size_t)r * nb;
+                        for (int kb = 0; kb < nb; kb++)
+                            for (int i = 0; i < QK8; i++)
+                                S += fabs((double)b[kb].scale * xq[kb].scale * b[kb].q[i] * xq[kb].q[i]);
+                        double tol = exact ? 0.0 : (nb + 16) * (double)FLT_EPSILON * S + 1e-30;
+                        if (fabs((double)y[r] - ref[r]) > tol)
+                            fail_msg("q8q8 %s rows %d cols %d r %d: %g vs %g", v[k].name, rows, cols, r, y[r], ref[r]);
+                    }
+                }
+                free(W.buf); free(xq); free(ref); free(y);
+            }
+}
+
+static void test_bf16bf16(void **state) {
+    (void)state;
+    const cpu_features *f = cpu_get_features();
+    struct { const char *name; void (*fn)(const mat *, const uint16_t *, float *, int, int); int ok; } v[] = {
+        {"dispatch", matvec_rows_bf16bf16, 1},
+        {"avx512bf16", matvec_rows_bf16bf16_avx512bf16, f->avx512_bf16 && f->avx2_fma},
+    };
+    for (int exact = 1; exact >= 0; exact--)
+        for (int ri = 0; ri < NELEM(ROWS); ri++)
+            for (int ci = 0; ci < NELEM(COLS); ci++) {
+                int rows = ROWS[ri], cols = COLS[ci];
+                test_mat W = make_mat(MAT_BF16, rows, cols, exact);
+                float *x = make_vec(cols, exact);
+                uint16_t *xb = malloc(sizeof(uint16_t) * cols);
+                quantize_row_bf16(x, xb, cols);
+                float *ref = malloc(sizeof(float) * rows), *y = malloc(sizeof(float) * rows);
+                matvec_rows_bf16bf16_ref(&W.m, xb, ref, 0, rows);
+                for (int k = 0; k < NELEM(v); k++) {
+                    if (!v[k].ok) continue;
+                    v[k].fn(&W.m, xb, y, 0, rows);
+                    for (int r = 0; r < rows; r++) {
+                        double S = 0.0;
+                        for (int c = 0; c < cols; c++)
+                            S += fabs((double)mat_get(&W.m, r, c) * bf16_to_f32(xb[c]));
+                        double tol = exact ? 0.0 : dot_tol(cols, S);
+                        if (fabs((double)y[r] - ref[r]) > tol)
+                            fail_msg("bf16bf16 %s rows %d cols %d r %d: %g vs %g", v[k].name, rows, cols, r, y[r], ref[r]);
+                    }
+                }
+                free(W.buf); free(x); free(xb); free(ref); free(y);
+            }
+}
+
+/* Low-precision mode through matvec_rows: Q8 x Q8 / bf16 results stay within
+ * the quantization error of x (|dx| <= scale / 2 per element; bf16: 2^-9 relative). */
+static void test_low_precision_mode(void **state) {
+    (void)state;
+    int rows = 33, cols = 1024;
+    float *x = make_vec(cols, 0), *y = malloc(sizeof(float) * rows), *ref = malloc(sizeof(float) * rows);
+    for (int dt = MAT_BF16; dt <= MAT_Q8; dt++) {
+        test_mat W = make_mat((mat_dtype)dt, rows, cols, 0);
+        matvec_rows_ref(&W.m, x, ref, 0, rows);
+        cpu_set_low_precision(1);
+        assert_int_equal(cpu_low_precision(), 1);
+        matvec_rows(&W.m, x, y, 0, rows);
+        cpu_set_low_precision(0);
+        for (int r = 0; r < rows; r++) {
+            double S = abs_dot(&W.m, r, x);
+            /* x error per element: Q8 at most amax/254 <= 1/254; bf16 at most 2^-9 |x|. */
+            double tol = (dt == MAT_Q8 ? 1.0 / 254 : 1.0 / 512) * S + dot_tol(cols, S);
+            if (fabs((double)y[r] - ref[r]) > tol) fail_msg("lowp dtype %d r %d: %g vs %g", dt, r, y[r], ref[r]);
+        }
+        free(W.buf);
+    }
+    free(x); free(y); free(ref);
+}
+
+/* ---------------------------------------------------------------- small kernels */
+
+static const int VN[] = {1, 7, 15, 16, 17, 33, 64, 100, 512, 1000, 7168};
+
+typedef struct {
+    const char *name;
+    void (*rmsnorm)(float *, const float *, const float *, int, float);
+    void (*softmax)(float *, int);
+    void (*silu_mul)(float *, const float *, int);
+    float (*vec_dot)(const float *, const float *, int);
+    void (*vec_axpy)(float *, float, const float *, int);
+    int available;
+} vec_variant;
+
+static int vec_variants(vec_variant *v) {
+    const cpu_features *f = cpu_get_features();
+    int n = 0;
+    v[n++] = (vec_variant){"dispatch", rmsnorm, softmax, silu_mul, vec_dot, vec_axpy, 1};
+    v[n++] = (vec_variant){"avx512", rmsnorm_avx512, softmax_avx512, silu_mul_avx512, vec_dot_avx512, vec_axpy_avx512,
+                           f->avx512f && f->avx2_fma};
+    v[n++] = (vec_variant){"avx2", rmsnorm_avx2, softmax_avx2, silu_mul_avx2, vec_dot_avx2, vec_axpy_avx2, f->avx2_fma};
+    return n;
+}
+
+/* rmsnorm: the sum of squares is in double in both, so the scale agrees to ~1 ulp;
+ * then two f32 products: <= 4 ulp of the value. */
+static void test_rmsnorm(void **state) {
+    (void)state;
+    vec_variant v[4];
+    int nv = vec_variants(v);
+    for (int i = 0; i < NELEM(VN); i++) {
+        int n = VN[i];
+        float *x = make_vec(n, 0), *w = make_vec(n, 0), *ref = malloc(sizeof(float) * n), *y = malloc(sizeof(float) * (n + 1));
+        rmsnorm_ref(ref, x, w, n, 1e-6f);
+        for (int k = 0; k < nv; k++) {
+            if (!v[k].available) continue;
+            y[n] = 99.0f;
+            v[k].rmsnorm(y, x, w, n, 1e-6f);
+            assert_true(y[n] == 99.0f);
+            for (int j = 0; j < n; j++)
+                if (fabs((double)y[j] - ref[j]) > 4 * FLT_EPSILON * fabs(ref[j]) + 1e-30)
+                    fail_msg("rmsnorm %s n %d j %d: %g vs %g", v[k].name, n, j, y[j], ref[j]);
+            /* in place */
+            memcpy(y, x, sizeof(float) * n);
+            v[k].rmsnorm(y, y, w, n, 1e-6f);
+            for (int j = 0; j < n; j++) assert_true(fabs((double)y[j] - ref[j]) <= 4 * FLT_EPSILON * fabs(ref[j]) + 1e-30);
+        }
+        free(x); free(w); free(ref); free(y);
+    }
+}
+
+/* softmax: exp within ~2 ulp, the sum within (n/8 + 8) u relative (f32 lanes vs double),
+ * the final scale 1 ulp: relative 8 eps + n eps / 8; absolute 1e-30 for underflowed entries. */
+static void test_softmax(void **state) {
+    (void)state;
+    vec_variant v[4];
+    int nv = vec_variants(v);
+    for (int i = 0; i < NELEM(VN); i++) {
+        int n = VN[i];
+        float *x = make_vec(n, 0), *ref = malloc(sizeof(float) * n), *y = malloc(sizeof(float) * (n + 1));
+        for (int j = 0; j < n; j++) x[j] *= 20.0f;
+        if (n > 3) { x[1] = -INFINITY; x[2] = -200.0f; }
+        memcpy(ref, x, sizeof(float) * n);
+        softmax_ref(ref, n);
+        for (int k = 0; k < nv; k++) {
+            if (!v[k].available) continue;
+            memcpy(y, x, sizeof(float) * n);
+            y[n] = 99.0f;
+            v[k].softmax(y, n);
+            assert_true(y[n] == 99.0f);
+            double s = 0.0;
+            for (int j = 0; j < n; j++) {
+                s += y[j];
+                if (fabs((double)y[j] - ref[j]) > (8 + n / 8.0) * FLT_EPSILON * ref[j] + 1e-30)
+                    fail_msg("softmax %s n %d j %d: %g vs %g", v[k].name, n, j, y[j], ref[j]);
+            }
+            assert_true(fabs(s - 1.0) < 1e-5);
+        }
+        free(x); free(ref); free(y);
+    }
+}
+
+/* silu_mul: exp within ~2 ulp, then add, divide, multiply: <= 6 ulp relative;
+ * absolute 1e-30 where the reference gives -0 (exp overflow) and ours a tiny value. */
+static void test_silu_mul(void **state) {
+    (void)state;
+    vec_variant v[4];
+    int nv = vec_variants(v);
+    for (int i = 0; i < NELEM(VN); i++) {
+        int n = VN[i];
+        float *g = make_vec(n, 0), *u = make_vec(n, 0), *ref = malloc(sizeof(float) * n), *y = malloc(sizeof(float) * (n + 1));
+        for (int j = 0; j < n; j++) g[j] *= 12.0f;
+        if (n > 3) { g[0] = -100.0f; g[1] = 100.0f; g[2] = 0.0f; }
+        memcpy(ref, g, sizeof(float) * n);
+        silu_mul_ref(ref, u, n);
+        for (int k = 0; k < nv; k++) {
+            if (!v[k].available) continue;
+            memcpy(y, g, sizeof(float) * n);
+            y[n] = 99.0f;
+            v[k].silu_mul(y, u, n);
+            assert_true(y[n] == 99.0f);
+            for (int j = 0; j < n; j++)
+                if (fabs((double)y[j] - ref[j]) > 6 * FLT_EPSILON * fabs(ref[j]) + 1e-30)
+                    fail_msg("silu_mul %s n %d j %d (g %g): %g vs %g", v[k].name, n, j, g[j], y[j], ref[j]);
+        }
+        free(g); free(u); free(ref); free(y);
+    }
+}
+
+static void test_vec_dot_axpy(void **state) {
+    (void)state;
+    vec_variant v[4];
+    int nv = vec_variants(v);
+    for (int i = 0; i < NELEM(VN); i++) {
+        int n = VN[i];
+        float *a = make_vec(n, 0), *b = make_vec(n, 0), *ref = malloc(sizeof(float) * n), *y = malloc(sizeof(float) * (n + 1));
+        float *ai = make_vec(n, 1), *bi = make_vec(n, 1);
+        double S = 0.0;
+        for (int j = 0; j < n; j++) S += fabs((double)a[j] * b[j]);
+        float dref = vec_dot_ref(a, b, n), diref = vec_dot_ref(ai, bi, n);
+        memcpy(ref, b, sizeof(float) * n);
+        vec_axpy_ref(ref, 0.37f, a, n);
+        for (int k = 0; k < nv; k++) {
+            if (!v[k].available) continue;
+            float d = v[k].vec_dot(a, b, n);
+            if (fabs((double)d - dref) > dot_tol(n, S)) fail_msg("vec_dot %s n %d: %g vs %g", v[k].name, n, d, dref);
+            assert_true(v[k].vec_dot(ai, bi, n) == diref); /* exact data */
+            memcpy(y, b, sizeof(float) * n);
+            y[n] = 99.0f;
+            v[k].vec_axpy(y, 0.37f, a, n);
+            assert_true(y[n] == 99.0f);
+            /* FMA vs multiply-then-add: one rounding apart */
+            for (int j = 0; j < n; j++)
+                if (fabs((double)y[j] - ref[j]) > FLT_EPSILON * (fabs(b[j]) + fabs(0.37 * a[j])))
+                    fail_msg("vec_axpy %s n %d j %d: %g vs %g", v[k].name, n, j, y[j], ref[j]);
+        }
+        free(a); free(b); free(ai); free(bi); free(ref); free(y);
+    }
+}
+
+/* ---------------------------------------------------------------- top-k */
+
+static void test_topk(void **state) {
+    (void)state;
+    static const int tn[] = {1, 2, 8, 9, 32, 64, 256};
+    for (int i = 0; i < NELEM(tn); i++)
+        for (int mode = 0; mode < 3; mode++) {
+            int n = tn[i];
+            float *x = make_vec(n, mode == 1);  /* mode 1: many ties */
+            if (mode == 2 && n > 4) { x[0] = NAN; x[3] = NAN; x[1] = -INFINITY; }
+            for (int k = 1; k <= n && k <= 9; k++) {
+                int a[16], b[16];
+                topk_indices_ref(x, n, k, a);
+                topk_indices(x, n, k, b);
+                assert_memory_equal(a, b, sizeof(int) * k);
+                for (int j = 1; j < k; j++) { /* descending, ties by lower index */
+                    float p = x[a[j - 1]], q = x[a[j]];
+                    if (!isnan(q)) assert_true(!isnan(p) && (p > q || (p == q && a[j - 1] < a[j])));
+                }
+            }
+            free(x);
+        }
+    float t[] = {1, 3, 3, 2, 3};
+    int idx[3];
+    topk_indices(t, 5, 3, idx);
+    assert_int_equal(idx[0], 1);
+    assert_int_equal(idx[1], 2);
+    assert_int_equal(idx[2], 4);
+}
+
+/* ---------------------------------------------------------------- dispatch */
+
+static void test_dispatch(void **state) {
+    (void)state;
+    const char *best = cpu_kernel_name();
+    cpu_force_scalar(1);
+    assert_string_equal(cpu_kernel_name(), "scalar");
+    cpu_force_scalar(0);
+    assert_string_equal(cpu_kernel_name(), best);
+    if (cpu_get_features()->avx512f) assert_true(strncmp(best, "avx512", 6) == 0);
+}
+
+/* ---------------------------------------------------------------- thread pool */
+
+typedef struct {
+    int *counts;      /* per thread id: how often it ran */
+    int64_t *sums;
+    int round;
+} pool_job;
+
+static void pool_fn(void *arg, int id, int n) {
+    pool_job *j = arg;
+    j->counts[id]++;
+    j->sums[id] += (int64_t)j->round * (id + 1) + n;
+}
+
+static void test_threadpool_rounds(void **state) {
+    (void)state;
+    for (int nt = 1; nt <= 4; nt++) {
+        threadpool *p = threadpool_create(nt);
+        assert_non_null(p);
+        assert_int_equal(threadpool_threads(p), nt);
+        int counts[4] = {0};
+        int64_t sums[4] = {0}, want[4] = {0};
+        pool_job j = {counts, sums, 0};
+        int rounds = nt <= 2 ? 20000 : 2000;  /* more threads than this machine's 2 CPUs: slow */
+        for (int r = 0; r < rounds; r++) {
+            j.round = r;
+            threadpool_run(p, pool_fn, &j);
+            for (int i = 0; i < nt; i++) want[i] += (int64_t)r * (i + 1) + nt;
+            if (r % 5000 == 4999) usleep_for_test(2000); /* lets the workers fall asleep */
+        }
+        for (int i = 0; i < nt; i++) {
+            assert_int_equal(counts[i], rounds);
+            assert_true(sums[i] == want[i]);
+        }
+        threadpool_free(p);
+    }
+    threadpool_free(NULL);
+    assert_true(threadpool_default_threads() >= 1);
+}
+
+static void test_matvec_parallel(void **state) {
+    (void)state;
+    static const int pr[] = {1, 7, 33, 257, 1000};
+    for (int nt = 1; nt <= 3; nt++) {
+        threadpool *p = threadpool_create(nt);
+        assert_non_null(p);
+        for (int dt = 0; dt < 3; dt++)
+            for (int ri = 0; ri < NELEM(pr); ri++) {
+                int rows = pr[ri], cols = 96, n = 5;
+                test_mat W = make_mat((mat_dtype)dt, rows, cols, 0);
+                float *x = make_vec(n * cols, 0), *ref = malloc(sizeof(float) * n * rows), *y = malloc(sizeof(float) * n * rows);
+                /* the same kernel on one thread over all rows: bitwise equal (rows are independent) */
+                matvec_rows(&W.m, x, ref, 0, rows);
+                matvec_parallel(p, &W.m, x, y);
+                assert_memory_equal(y, ref, sizeof(float) * rows);
+                matmul_rows(&W.m, x, n, ref, rows, 0, rows);
+                matmul_parallel(p, &W.m, x, n, y, rows);
+                assert_memory_equal(y, ref, sizeof(float) * n * rows);
+                /* low precision: x quantized once by the pool, same result as per-call */
+                cpu_set_low_precision(1);
+                matvec_rows(&W.m, x, ref, 0, rows);
+                matvec_parallel(p, &W.m, x, y);
+                cpu_set_low_precision(0);
+                assert_memory_equal(y, ref, sizeof(float) * rows);
+                free(W.buf); free(x); free(ref); free(y);
+            }
+        threadpool_free(p);
+    }
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_dispatch),
+        cmocka_unit_test(test_matvec_f32),
+        cmocka_unit_test(test_matvec_bf16),
+        cmocka_unit_test(test_matvec_q8),
+        cmocka_unit_test(test_matvec_tail_column),
+        cmocka_unit_test(test_matmul_f32),
+        cmocka_unit_test(test_matmul_bf16),
+        cmocka_unit_test(test_matmul_q8),
+        cmocka_unit_test(test_matmul_n64),
+        cmocka_unit_test(test_q8q8),
+        cmocka_unit_test(test_bf16bf16),
+        cmocka_unit_test(test_low_precision_mode),
+        cmocka_unit_test(test_rmsnorm),
+        cmocka_unit_test(test_softmax),
+        cmocka_unit_test(test_silu_mul),
+        cmocka_unit_test(test_vec_dot_axpy),
+        cmocka_unit_test(test_topk),
+        cmocka_unit_test(test_threadpool_rounds),
+        cmocka_unit_test(test_matvec_parallel),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
