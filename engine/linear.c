@@ -1,9 +1,17 @@
-/* linear.c - batched matrix products (see linear.h). */
+/* linear.c - batched matrix products (see linear.h): one token -> matvec, a
+ * batch -> matmul; rows split across the thread pool when there is one. */
 #include "linear.h"
 
 #include <stddef.h>
 
+#include "threadpool.h"
+
 void linear(struct threadpool *pool, const mat *W, const float *X, int n, float *Y) {
+    if (pool && threadpool_threads(pool) > 1) {
+        if (n == 1) matvec_parallel(pool, W, X, Y);
+        else matmul_parallel(pool, W, X, n, Y, W->rows);
+        return;
+    }
     if (n == 1) matvec_rows(W, X, Y, 0, W->rows);
     else matmul_rows(W, X, n, Y, W->rows, 0, W->rows);
 }

@@ -22,6 +22,7 @@
 #include "kernels.h"
 #include "linear.h"
 #include "moe.h"
+#include "threadpool.h"
 
 /* ------------------------------------------------------------------ state */
 
@@ -102,10 +103,17 @@ int model_load(moe_model *m, const char *dir, const model_options *opt, moe_erro
     m->s.B = m->opt.batch_max > 0 ? m->opt.batch_max : 64;
     m->s.S = m->opt.max_seq > 0 ? m->opt.max_seq : (c->max_position_embeddings < 4096 ? c->max_position_embeddings : 4096);
     if (state_init(m, err)) { model_free(m); return MOE_FAIL; }
+    int threads = m->opt.n_threads > 0 ? m->opt.n_threads : threadpool_default_threads();
+    if (threads > 1 && !(m->pool = threadpool_create(threads))) {
+        model_free(m);
+        return moe_error_set(err, "cannot start %d threads", threads);
+    }
     return MOE_OK;
 }
 
 void model_free(moe_model *m) {
+    threadpool_free(m->pool);
+    m->pool = NULL;
     state_free(&m->s);
     weights_free(&m->w);
 }

@@ -20,7 +20,7 @@
 #include "router.h"
 #include "weights.h"
 
-typedef struct threadpool threadpool;
+#include "threadpool.h"
 
 typedef enum { ATTN_ABSORB = 0, ATTN_NAIVE = 1 } attn_mode;
 
