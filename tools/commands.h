@@ -5,5 +5,7 @@
 #define MOE_COMMANDS_H
 
 int cmd_logits(int argc, char **argv);
+int cmd_mkckpt(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
 
 #endif
