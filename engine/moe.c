@@ -35,6 +35,7 @@ void moe_forward(moe_model *m, int layer, const float *xn, int n, int pos, float
     model_state *s = &m->s;
     int H = c->hidden_size, E = c->n_routed_experts, K = m->K;
 
+    uint64_t t0 = profile_start(m);
     /* 1. route every token */
     linear(m->pool, &lw->router, xn, n, s->logits_b);          /* [n, E] gate logits */
     for (int t = 0; t < n; t++) {
@@ -56,6 +57,7 @@ void moe_forward(moe_model *m, int layer, const float *xn, int n, int pos, float
             s->expert_tok[slot] = t;
             s->expert_w[slot] = s->route_w[t * K + j];
         }
+    t0 = profile_mark(m, PHASE_ROUTER, t0);
     /* 3. run each active expert once over its tokens, scatter-add weighted outputs */
     memset(out, 0, sizeof(float) * (size_t)n * H);
     for (int e = 0; e < E; e++) {
@@ -67,9 +69,11 @@ void moe_forward(moe_model *m, int layer, const float *xn, int n, int pos, float
         for (int i = 0; i < cnt; i++)
             vec_axpy(out + (size_t)s->expert_tok[first + i] * H, s->expert_w[first + i], s->ye + (size_t)i * H, H);
     }
+    t0 = profile_mark(m, PHASE_EXPERTS, t0);
     /* 4. the shared expert, weight 1 */
     if (lw->has_shared) {
         mlp_forward(m, &lw->shared, c->moe_intermediate_size * c->n_shared_experts, xn, n, s->ye);
         for (int i = 0; i < n * H; i++) out[i] += s->ye[i];
     }
+    profile_mark(m, PHASE_SHARED, t0);
 }
