@@ -645,7 +645,7 @@ int cmd_bench(int argc, char **argv) {
                 }
                 if (profile)
                     json_object_set_new(o, "profile_us_per_token",
-                                        which == 0 ? profile_json(&c->prof_tg, c->tg_tokens, c->argmax_ns)
+                                        which == 1 ? profile_json(&c->prof_tg, c->tg_tokens, c->argmax_ns)
                                                    : profile_json(&c->prof_pp, c->pp_tokens, -1));
                 json_object_set_new(o, "peak_rss", json_integer((json_int_t)peak_rss_bytes()));
                 json_object_set_new(o, "weights_mapped", json_integer((json_int_t)m.w.bytes_mapped));
