@@ -540,7 +540,7 @@ int cmd_bench(int argc, char **argv) {
     opt.max_seq = (int)((n_prompt > tg_prompt + n_gen ? n_prompt : tg_prompt + n_gen) + 1);
     opt.batch_max = (int)(batch > 0 ? batch : n_prompt > 0 ? n_prompt : 64);
     moe_model m;
-    if (cli_load_model(&m, dir, &opt, "bench", json)) return 1;
+    if (cli_load_model(&m, dir, &opt, "bench", 0)) return 1;      /* stderr: fine with --json */
     threadpool *own_pool = m.pool;
     config_run runs[MAX_THREAD_CONFIGS];
     memset(runs, 0, sizeof runs);
@@ -571,7 +571,7 @@ int cmd_bench(int argc, char **argv) {
     /* every page of the checkpoint in memory before anything is timed */
     {
         double t0 = cli_now(), b = prefault(&m);
-        if (!json) fprintf(stderr, "prefault: touched %.2f GB of mapped checkpoint in %.2f s\n", b / 1e9, cli_now() - t0);
+        fprintf(stderr, "prefault: touched %.2f GB of mapped checkpoint in %.2f s\n", b / 1e9, cli_now() - t0);
     }
     /* warm-up, then reps alternating thread counts */
     uint64_t rs = (uint64_t)seed;
@@ -592,12 +592,12 @@ int cmd_bench(int argc, char **argv) {
                 if (v < 0) { fprintf(stderr, "moe bench: %s\n", err.msg); goto done; }
                 if (timed) { c->tg[r] = v; if (profile) c->tg_tokens += n_gen; }
             }
-            if (!json && timed)
+            if (timed)
                 fprintf(stderr, "\rrep %d/%ld, %d thread%s: pp %.1f t/s, tg %.1f t/s      ", r + 1, reps, c->threads,
                         c->threads > 1 ? "s" : "", n_prompt > 0 ? c->pp[r] : 0, n_gen > 0 ? c->tg[r] : 0);
         }
     }
-    if (!json) fprintf(stderr, "\r%70s\r", "");
+    fprintf(stderr, "\r%70s\r", "");
     m.pool = own_pool;
     /* report */
     print_table(tab, &rp, runs, n_cfg, (int)n_prompt, (int)n_gen, (int)reps);
