@@ -12,8 +12,9 @@
  *             Each row has its own generator seeded from (seed, tensor name, row),
  *             so values do not depend on the thread count, the dtype or the
  *             sharding; the MTP copies of embed/head equal the originals.
- *   stream    tensors are generated in slabs of rows (<= 32 MiB) by all threads
- *             and pwrite()n at precomputed offsets: memory stays O(slab).
+ *   stream    each thread claims whole tensors in turn, generates them in slabs
+ *             of rows (<= 32 MiB) and pwrite()s them at offsets computed up
+ *             front: memory stays O(threads x slab), no barrier per tensor.
  *   layout    per file, tensors ordered by decreasing alignment (F32, then
  *             BF16/F16, then F8_E4M3) in plan order; header padded with spaces
  *             so the data starts at a multiple of 64: every tensor is aligned
@@ -22,6 +23,7 @@
  *             model-0000k-of-0000n.safetensors + model.safetensors.index.json.
  */
 #include <dirent.h>
+#include <stdatomic.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
@@ -124,6 +126,13 @@ static void gen_row(const ckpt_tensor *t, uint64_t seed, int64_t r, float *out) 
 }
 
 /* ------------------------------------------------------------------ encodings */
+
+/* f32 -> bf16, round to nearest even (the generator never makes NaN). */
+static inline uint16_t to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
 
 static uint16_t f32_to_f16(float f) {
     _Float16 h = (_Float16)f;          /* round to nearest even */
@@ -281,7 +290,7 @@ static void fill_unit(const fill_job *j, int64_t u, float *tmp) {
     case ST_F32: memcpy((float *)j->out + first, tmp, count * 4); break;
     case ST_BF16: {
         uint16_t *o = (uint16_t *)j->out + first;
-        for (size_t i = 0; i < count; i++) o[i] = f32_to_bf16(tmp[i]);
+        for (size_t i = 0; i < count; i++) o[i] = to_bf16(tmp[i]);
         break;
     }
     case ST_F16: {
@@ -331,10 +340,11 @@ static int pwrite_all(int fd, const void *buf, size_t n, uint64_t off, const cha
 typedef struct {
     threadpool *pool;
     int n_threads;
-    void *slab;
-    float *scales;
-    float **tmp;
-    uint64_t done, total;       /* bytes */
+    void **slab;                /* per thread: one slab of output bytes */
+    float **scales;             /* per thread: FP8 scales of one slab */
+    float **tmp;                /* per thread: [unit, cols] f32 */
+    _Atomic uint64_t done;      /* bytes written */
+    uint64_t total;
     double t0, last;
     int quiet;
 } stream;
@@ -347,7 +357,8 @@ static int64_t slab_rows_of(const writer *w, const entry *e) {
     return rows < unit ? unit : rows;
 }
 
-static int write_entry(writer *w, stream *st, const entry *e, int fd, uint64_t data0, const char *path,
+/* Writes tensor e (and its FP8 scales) slab by slab, on the calling thread `id`. */
+static int write_entry(writer *w, stream *st, int id, const entry *e, int fd, uint64_t data0, const char *path,
                        moe_error *err) {
     const ckpt_tensor *t = &w->plan.t[e->t];
     if (e->is_scale) return MOE_OK;      /* written together with its weight */
@@ -359,26 +370,54 @@ static int write_entry(writer *w, stream *st, const entry *e, int fd, uint64_t d
     int nbc = (int)((t->cols + w->bc - 1) / w->bc);
     for (int64_t r0 = 0; r0 < t->rows; r0 += slab_rows) {
         int64_t r1 = r0 + slab_rows < t->rows ? r0 + slab_rows : t->rows;
-        fill_job j = { w, t, e->dtype, r0, r1, unit, st->slab, st->scales, st->tmp };
-        if ((r1 - r0) * t->cols >= 65536 && st->pool) threadpool_run(st->pool, fill_worker, &j);
-        else fill_worker(&j, 0, 1);
+        fill_job j = { w, t, e->dtype, r0, r1, unit, st->slab[id], st->scales[id], st->tmp + id };
+        fill_worker(&j, 0, 1);
         size_t n = (size_t)((r1 - r0) * row_bytes);
-        if (pwrite_all(fd, st->slab, n, data0 + e->offset + (uint64_t)r0 * row_bytes, path, err)) return MOE_FAIL;
+        if (pwrite_all(fd, st->slab[id], n, data0 + e->offset + (uint64_t)r0 * row_bytes, path, err)) return MOE_FAIL;
         if (fp8) {
             size_t sb = (size_t)((r1 - r0 + unit - 1) / unit) * nbc * 4;
-            if (pwrite_all(fd, st->scales, sb, data0 + scale_e->offset + (uint64_t)(r0 / unit) * nbc * 4, path, err))
+            if (pwrite_all(fd, st->scales[id], sb, data0 + scale_e->offset + (uint64_t)(r0 / unit) * nbc * 4, path, err))
                 return MOE_FAIL;
             st->done += sb;
         }
         st->done += n;
         double now = cli_now();
-        if (!st->quiet && now - st->last > 1.0) {
+        if (id == 0 && !st->quiet && now - st->last > 1.0) {
             st->last = now;
-            fprintf(stderr, "\rmkckpt: %.2f / %.2f GB, %.0f MB/s   ", st->done / 1e9, st->total / 1e9,
-                    st->done / 1e6 / (now - st->t0));
+            uint64_t done = st->done;
+            fprintf(stderr, "\rmkckpt: %.2f / %.2f GB, %.0f MB/s   ", done / 1e9, st->total / 1e9,
+                    done / 1e6 / (now - st->t0));
         }
     }
     return MOE_OK;
+}
+
+/* The tensors of one file, shared out to the threads one whole tensor at a time
+ * (no barrier per tensor: a thread claims the next entry when it is done). */
+typedef struct {
+    writer *w;
+    stream *st;
+    int file, fd;
+    uint64_t data0;
+    const char *path;
+    _Atomic int next;
+    _Atomic int failed;
+    moe_error err;
+} file_job;
+
+static void file_worker(void *arg, int id, int nth) {
+    file_job *j = arg;
+    while (!j->failed) {
+        int k = j->next++;
+        if (k >= j->w->n_e) return;
+        const entry *e = &j->w->e[k];
+        if (e->file != j->file || e->is_scale) continue;
+        moe_error err = {{0}};
+        if (write_entry(j->w, j->st, id, e, j->fd, j->data0, j->path, &err)) {
+            if (!j->failed++) j->err = err;
+            return;
+        }
+    }
 }
 
 static int write_file(writer *w, stream *st, const char *dir, int f, const char *meta, moe_error *err) {
@@ -395,8 +434,12 @@ static int write_file(writer *w, stream *st, const char *dir, int f, const char 
     for (int i = 0; i < 8; i++) lenb[i] = (unsigned char)(n8 >> (8 * i));
     int rc = pwrite_all(fd, lenb, 8, 0, path, err) || pwrite_all(fd, hdr, hlen, 8, path, err) ? MOE_FAIL : MOE_OK;
     free(hdr);
-    for (int k = 0; rc == MOE_OK && k < w->n_e; k++)
-        if (w->e[k].file == f) rc = write_entry(w, st, &w->e[k], fd, 8 + hlen, path, err);
+    if (rc == MOE_OK) {
+        file_job j = { .w = w, .st = st, .file = f, .fd = fd, .data0 = 8 + hlen, .path = path };
+        if (st->pool) threadpool_run(st->pool, file_worker, &j);
+        else file_worker(&j, 0, 1);
+        if (j.failed) { *err = j.err; rc = MOE_FAIL; }
+    }
     if (close(fd) && rc == MOE_OK) rc = moe_error_set(err, "%s: close failed: %s", path, strerror(errno));
     return rc;
 }
@@ -683,6 +726,8 @@ int cmd_mkckpt(int argc, char **argv) {
     /* space check, then clear stale shards */
     uint64_t total = 0;
     for (int k = 0; k < w.n_e; k++) total += w.e[k].nbytes;
+    struct stat before;
+    int existed = stat(out, &before) == 0;
     if (make_dir(out, &err)) { fprintf(stderr, "moe mkckpt: %s\n", err.msg); goto done; }
     struct statvfs vfs;
     if (!statvfs(out, &vfs)) {
@@ -691,6 +736,7 @@ int cmd_mkckpt(int argc, char **argv) {
         if (need > avail) {
             fprintf(stderr, "moe mkckpt: %s: not enough disk space: the checkpoint needs %.2f GB, %.2f GB are free\n",
                     out, need / 1e9, avail / 1e9);
+            if (!existed) rmdir(out);
             goto done;
         }
     }
@@ -722,11 +768,13 @@ int cmd_mkckpt(int argc, char **argv) {
             if (ns > n_scales) n_scales = ns;
         }
     }
-    st.slab = malloc(slab);
-    st.scales = malloc(sizeof(float) * n_scales);
+    st.slab = calloc((size_t)st.n_threads, sizeof(void *));
+    st.scales = calloc((size_t)st.n_threads, sizeof(float *));
     st.tmp = calloc((size_t)st.n_threads, sizeof(float *));
     int ok = st.slab && st.scales && st.tmp;
-    for (int k = 0; ok && k < st.n_threads; k++) ok = (st.tmp[k] = malloc(sizeof(float) * (size_t)(max_cols * max_unit_rows))) != NULL;
+    for (int k = 0; ok && k < st.n_threads; k++)
+        ok = (st.slab[k] = malloc(slab)) && (st.scales[k] = malloc(sizeof(float) * n_scales)) &&
+             (st.tmp[k] = malloc(sizeof(float) * (size_t)(max_cols * max_unit_rows)));
     if (!ok) { fprintf(stderr, "moe mkckpt: out of memory for the write buffers\n"); goto done; }
     st.total = total;
     st.quiet = quiet;
@@ -747,7 +795,11 @@ int cmd_mkckpt(int argc, char **argv) {
                 w.n_files > 1 ? "s" : "", total / 1e9, secs, total / 1e6 / secs, st.n_threads);
     rc = 0;
 done:
-    if (st.tmp) for (int k = 0; k < st.n_threads; k++) free(st.tmp[k]);
+    for (int k = 0; k < st.n_threads; k++) {
+        if (st.tmp) free(st.tmp[k]);
+        if (st.slab) free(st.slab[k]);
+        if (st.scales) free(st.scales[k]);
+    }
     free(st.tmp); free(st.slab); free(st.scales);
     threadpool_free(st.pool);
     free(w.e);

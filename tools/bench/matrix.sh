@@ -2,7 +2,8 @@
 # The benchmark matrix of docs/bench.md: makes the S and M checkpoints (once) under
 # $BENCH_DIR (default /work/bench-ckpt, outside the repo, never committed), then runs
 # `moe bench --json -t 1,2` on every (checkpoint, load format) ROUNDS times, the
-# configurations in turn, so that noise from a shared machine spreads over all of them.
+# configurations in turn, so that noise from a shared machine spreads over all of them;
+# each round starts with `moe bench --membw` (the bandwidth available at that time).
 #   tools/bench/matrix.sh                      # ROUNDS=2 R=5 P=512 N=128
 #   ROUNDS=3 R=3 tools/bench/matrix.sh
 #   python3 tools/bench/summary.py $BENCH_DIR/results/*.json    # the table
@@ -19,6 +20,7 @@ for c in S:bf16 M:bf16 M:f32; do
 done
 stamp=$(date +%Y%m%d-%H%M%S)
 for round in $(seq 1 "$ROUNDS"); do
+    "$MOE" bench --membw --json >"$DIR/results/$stamp-membw-r$round.json" 2>/dev/null || true
     for cfg in $CONFIGS; do
         ck=${cfg%:*}; dt=${cfg#*:}
         out="$DIR/results/$stamp-$ck-$dt-r$round.json"

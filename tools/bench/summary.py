@@ -21,12 +21,16 @@ REF = {
 
 def main(paths):
     rows = {}
+    membw = []
     for p in paths:
         try:
             with open(p) as f:
                 data = json.load(f)
         except (OSError, ValueError) as e:
             print("skipping %s: %s" % (p, e), file=sys.stderr)
+            continue
+        if isinstance(data, dict) and "membw_1t_gbps" in data:
+            membw.append(data)
             continue
         for r in data:
             shape = r["model_dir"].rstrip("/").split("/")[-1].split("-")[0]
@@ -36,10 +40,13 @@ def main(paths):
                                       "bw": r.get("bw_gbps"), "size": r["model_size"], "rss": r["peak_rss"],
                                       "profile": []})
             e["samples"] += r["samples_ts"]
+            e.setdefault("oncpu", []).extend(r.get("oncpu_samples_ts", []))
+            e.setdefault("load", []).append(r.get("loadavg_start", "?").split()[0])
             if "profile_us_per_token" in r:
                 e["profile"].append(r["profile_us_per_token"])
-    print("| model | format | size | test | threads | t/s median | min .. max (n) | llama.cpp t/s | ratio | GB/s | bw % |")
-    print("| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| model | format | size | test | threads | t/s median | min .. max (n) | on-CPU t/s | llama.cpp t/s | ratio "
+          "| on-CPU ratio | GB/s | bw % | load avg |")
+    print("| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for key in sorted(rows, key=lambda k: (k[0], ["f32", "bf16", "q8"].index(k[1]), k[2][:2] != "pp", k[3])):
         shape, fmt, test, th = key
         e = rows[key]
@@ -48,10 +55,20 @@ def main(paths):
         ref = REF.get((shape, fmt), {}).get(test)
         refv = ref[0 if th == 1 else 1] if ref else None
         gbs = med * e["bytes"] / 1e9 if e["bytes"] and test.startswith("tg") else None
-        print("| %s | %s | %.2f GiB | %s | %d | %.1f | %.1f .. %.1f (%d) | %s | %s | %s | %s |" % (
+        oc = statistics.median(e["oncpu"]) if e.get("oncpu") else None
+        loads = [float(x) for x in e.get("load", []) if x != "?"]
+        print("| %s | %s | %.2f GiB | %s | %d | %.1f | %.1f .. %.1f (%d) | %s | %s | %s | %s | %s | %s | %s |" % (
             shape, fmt, e["size"] / 2**30, test, th, med, min(s), max(s), len(s),
+            "%.1f" % oc if oc else "",
             "%g" % refv if refv else "", "%.2f" % (med / refv) if refv else "",
-            "%.2f" % gbs if gbs else "", "%.1f" % (100 * gbs / e["bw"]) if gbs else ""))
+            "%.2f" % (oc / refv) if refv and oc else "",
+            "%.2f" % gbs if gbs else "", "%.1f" % (100 * gbs / e["bw"]) if gbs else "",
+            "%.1f..%.1f" % (min(loads), max(loads)) if loads else ""))
+    if membw:
+        print()
+        print("memory read bandwidth measured between rounds (moe bench --membw): 1 thread %s GB/s, all threads %s GB/s" % (
+            " / ".join("%.1f" % m["membw_1t_gbps"] for m in membw),
+            " / ".join("%.1f" % m["membw_all_gbps"] for m in membw)))
     # decode profile: median over files of us per token per phase
     print()
     print("decode profile (us per token, median over runs):")
