@@ -26,6 +26,15 @@ typedef struct {
     float *logits;        /* [V] next-token logits after history */
     int eos_id;           /* stops generation (-1: none) */
     tokenizer_stream stream;
+    /* MTP self-speculative decoding (generator_enable_mtp) */
+    int use_mtp;
+    float *hidden;        /* [S, H] main hidden after the final norm, per cached position */
+    int mtp_valid;        /* MTP cache positions [0, mtp_valid) agree with history */
+    float *verify_logits; /* [2, V] */
+    float *draft_logits;  /* [V] MTP logits of the newest position */
+    float *p_target;      /* [V] main distribution at the draft's position */
+    float *q_draft;       /* [V] MTP distribution of the draft */
+    int n_drafted, n_accepted, n_steps;
     /* statistics of the last generator_prompt / generator_run */
     int n_prompt_computed;   /* prompt tokens actually run (the rest were cached) */
     double prompt_seconds;
@@ -35,6 +44,12 @@ typedef struct {
 
 int generator_init(generator *g, moe_model *m, const tokenizer *tok, sampler *s, moe_error *err);
 void generator_free(generator *g);
+
+/* Turns on MTP self-speculative decoding: the MTP module drafts the token after
+ * next and a two-token main pass verifies it (greedy output is unchanged; sampled
+ * output keeps its distribution through the speculative-sampling rule). Costs
+ * S x H floats to keep the main hidden states: *extra_bytes says how many. */
+int generator_enable_mtp(generator *g, size_t *extra_bytes, moe_error *err);
 
 /* Makes the cache hold exactly tokens[0..n) and computes the next-token logits. */
 int generator_prompt(generator *g, const int *tokens, int n, moe_error *err);

@@ -22,7 +22,9 @@ static void usage(FILE *f) {
             "  -p, --prompt TEXT    the prompt\n"
             "  -f, --file FILE      read the prompt from FILE\n"
             "  --no-bos             do not prepend BOS\n"
-            "  --truncate           keep the end of a prompt longer than the context (with a warning)\n");
+            "  --truncate           keep the end of a prompt longer than the context (with a warning)\n"
+            "  --mtp                speculative decoding: the MTP module drafts the token after next, one\n"
+            "                       two-token pass verifies it (greedy output is unchanged)\n");
     genopts_usage(f);
     fprintf(f, "  -h, --help\n");
 }
@@ -44,13 +46,17 @@ static void print_timing(const generator *g, double load_s) {
             1e3 * g->prompt_seconds, g->n_prompt_computed, pms, pms > 0 ? 1e3 / pms : 0.0);
     fprintf(stderr, "moe:        eval time = %9.2f ms / %5d tokens (%8.2f ms per token, %9.2f tokens per second)\n",
             1e3 * g->gen_seconds, g->n_generated, gms, gms > 0 ? 1e3 / gms : 0.0);
+    if (g->use_mtp)
+        fprintf(stderr, "moe: mtp: drafted %d, accepted %d (%.1f%%), %.2f tokens per verification step\n", g->n_drafted,
+                g->n_accepted, g->n_drafted ? 100.0 * g->n_accepted / g->n_drafted : 0.0,
+                g->n_steps ? (double)g->n_generated / g->n_steps : 0.0);
 }
 
 int cmd_generate(int argc, char **argv) {
     genopts o;
     genopts_defaults(&o);
     const char *prompt = NULL, *file = NULL;
-    int no_bos = 0, truncate = 0;
+    int no_bos = 0, truncate = 0, mtp = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
@@ -61,6 +67,7 @@ int cmd_generate(int argc, char **argv) {
         else if (!strcmp(a, "-f") || !strcmp(a, "--file")) { if (!(file = cli_value(argc, argv, &i, "generate"))) return 2; }
         else if (!strcmp(a, "--no-bos")) no_bos = 1;
         else if (!strcmp(a, "--truncate")) truncate = 1;
+        else if (!strcmp(a, "--mtp")) mtp = 1;
         else { fprintf(stderr, "moe generate: unknown option '%s' (see moe generate --help)\n", a); return 2; }
     }
     if (genopts_finish(&o, "generate")) return 2;
@@ -111,6 +118,12 @@ int cmd_generate(int argc, char **argv) {
         n_ids = keep;
     }
     if (sampler_init(&smp, m.cfg.vocab_size, &o.sampling, &err) || generator_init(&g, &m, tok, &smp, &err)) goto fail;
+    if (mtp) {
+        size_t extra;
+        if (generator_enable_mtp(&g, &extra, &err)) goto fail;
+        fprintf(stderr, "moe generate: --mtp: speculative decoding with the MTP module (keeps hidden states: %.1f MiB)\n",
+                extra / 1048576.0);
+    }
     if (o.verbose) fprintf(stderr, "seed %llu, %d prompt tokens\n", (unsigned long long)o.sampling.seed, n_ids);
     double load_s = cli_now() - t0;
     fwrite(prompt, 1, prompt_len, stdout);
