@@ -3,6 +3,7 @@
 #   make            build/moe (the command line) and build/libmoe.a
 #   make test       unit tests, optimized build, then again under ASan + UBSan (build-asan/)
 #   make run        generate text from the shipped toy model
+#   make bench-kernels   build and run the kernel micro-benchmark (tools/bench/kernels_bench.c)
 #   make clean
 #
 # Kernels named *_avx512.c / *_avx2.c are compiled with those ISA flags only;
@@ -35,7 +36,7 @@ LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 TOOL_OBJ := $(TOOL_SRC:%.c=$(BUILD)/%.o)
 TESTS    := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 
-.PHONY: all test test-opt test-asan run clean
+.PHONY: all test test-opt test-asan run clean bench-kernels
 all: $(BUILD)/moe
 
 $(BUILD)/%_avx512.o: %_avx512.c
@@ -72,6 +73,14 @@ test: test-opt test-asan
 
 run: $(BUILD)/moe
 	./$(BUILD)/moe generate -m models/toy -p "Once upon a time" -n 120
+
+$(BUILD)/bench/kernels_bench: tools/bench/kernels_bench.c $(BUILD)/libmoe.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -O3 -o $@ $< $(BUILD)/libmoe.a $(DEPLIBS)
+
+# BENCH_ARGS=--quick for a short run
+bench-kernels: $(BUILD)/bench/kernels_bench
+	./$(BUILD)/bench/kernels_bench $(BENCH_ARGS)
 
 clean:
 	rm -rf build build-asan

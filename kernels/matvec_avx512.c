@@ -22,6 +22,11 @@
 
 #define AI static inline __attribute__((always_inline))
 
+/* Software prefetch distance (bytes ahead in each row stream) for matvec; 0 = off. */
+#ifndef MV_PF
+#define MV_PF 0
+#endif
+
 /* ---------------------------------------------------------------- weight loads */
 
 /* Bytes between consecutive rows of W. */
@@ -62,6 +67,9 @@ AI void mv_block(const char *w, size_t rs, int dt, int RB, const float *x, int c
     int kfull = cols & ~15, k = 0;
     for (; k < kfull; k += 16) {
         __m512 xv = _mm512_loadu_ps(x + k);
+        if (MV_PF)
+#pragma GCC unroll 4
+            for (int i = 0; i < RB; i++) _mm_prefetch(row[i] + (size_t)k * (dt == MAT_F32 ? 4 : 2) + MV_PF, _MM_HINT_T0);
 #pragma GCC unroll 4
         for (int i = 0; i < RB; i++) acc[i] = _mm512_fmadd_ps(w_load(row[i], dt, k, 0, 0), xv, acc[i]);
     }
@@ -75,10 +83,41 @@ AI void mv_block(const char *w, size_t rs, int dt, int RB, const float *x, int c
     for (int i = 0; i < RB; i++) y[i] = _mm512_reduce_add_ps(acc[i]);
 }
 
+/* Q8 rows: per 32-block, the two 16-lane halves are dotted with x unscaled, then
+ * the block's scale is applied once (one broadcast and FMA per block and row). */
+AI __m512 q8_block_dot(const block_q8 *b, __m512 x0, __m512 x1, __m512 acc) {
+    __m512 w0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)b->q)));
+    __m512 w1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(b->q + 16))));
+    __m512 t = _mm512_fmadd_ps(w1, x1, _mm512_mul_ps(w0, x0));
+    return _mm512_fmadd_ps(t, _mm512_set1_ps(b->scale), acc);
+}
+
+AI void mv_q8_block(const block_q8 *w, int nb, int RB, const float *x, float *y) {
+    __m512 acc[4];
+#pragma GCC unroll 4
+    for (int i = 0; i < RB; i++) acc[i] = _mm512_setzero_ps();
+    for (int k = 0; k < nb; k++) {
+        __m512 x0 = _mm512_loadu_ps(x + k * QK8), x1 = _mm512_loadu_ps(x + k * QK8 + 16);
+        if (MV_PF)
+#pragma GCC unroll 4
+            for (int i = 0; i < RB; i++) _mm_prefetch((const char *)(w + (size_t)i * nb + k) + MV_PF, _MM_HINT_T0);
+#pragma GCC unroll 4
+        for (int i = 0; i < RB; i++) acc[i] = q8_block_dot(w + (size_t)i * nb + k, x0, x1, acc[i]);
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < RB; i++) y[i] = _mm512_reduce_add_ps(acc[i]);
+}
+
 AI void mv_dtype(const mat *W, int dt, const float *x, float *y, int row0, int row1) {
     size_t rs = row_stride(W);
     const char *base = (const char *)W->data;
     int r = row0;
+    if (dt == MAT_Q8) {
+        int nb = W->cols / QK8;
+        for (; r + 4 <= row1; r += 4) mv_q8_block((const block_q8 *)(base + (size_t)r * rs), nb, 4, x, y + (r - row0));
+        for (; r < row1; r++) mv_q8_block((const block_q8 *)(base + (size_t)r * rs), nb, 1, x, y + (r - row0));
+        return;
+    }
     for (; r + 4 <= row1; r += 4) mv_block(base + (size_t)r * rs, rs, dt, 4, x, W->cols, y + (r - row0));
     for (; r < row1; r++) mv_block(base + (size_t)r * rs, rs, dt, 1, x, W->cols, y + (r - row0));
 }

@@ -1,10 +1,14 @@
 /* threadpool.c - persistent pthread pool with a spin-then-sleep handshake.
  *
  * Legend
- *   gen       generation counter: threadpool_run publishes fn/arg, sets
- *             pending = workers, then increments gen; a worker that sees gen
- *             change runs fn once and decrements pending.
- *   spin      waiting sides (workers for gen, the caller for pending == 0) spin
+ *   gen       generation counter: a run publishes fn/arg/n_tasks and
+ *             claim = (gen, 0), then increments gen; a worker that sees gen
+ *             change claims tasks (CAS on claim) until none are left.
+ *   tasks     threadpool_run's thread_id is a task index: tasks are claimed by
+ *             whichever pool thread gets there first, the caller included, so
+ *             a descheduled worker (busy shared machine) delays nothing it has
+ *             not claimed; the caller waits only for claimed, running tasks.
+ *   spin      waiting sides (workers for gen, the caller for done == n_tasks) spin
  *             with `pause` for SPIN_ITERS, yield for YIELD_ITERS, then sleep on
  *             a condition variable.
  *   sleepers / caller_waiting   published with seq_cst before re-checking the
@@ -17,6 +21,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,8 +52,10 @@ struct threadpool {
     worker_arg *args;
     void (*fn)(void *, int, int);
     void *arg;
-    _Atomic unsigned gen;
-    _Atomic int pending;
+    _Atomic int n_tasks;                    /* relaxed: late claimers may read it */
+    _Atomic unsigned gen;                   /* bumped per run (and to stop) */
+    _Atomic uint64_t claim;                 /* gen << 32 | next unclaimed task */
+    _Atomic int done;                       /* tasks finished this run */
     _Atomic int stop;
     _Atomic int sleepers;
     _Atomic int caller_waiting;
@@ -57,6 +64,27 @@ struct threadpool {
     void *scratch;
     size_t scratch_bytes;
 };
+
+/* Claims and runs tasks of generation g until none are left. A claim is a CAS
+ * on (g, next): it fails once the run is over (claim carries a newer gen), so
+ * a late thread never touches fn/arg of a finished run. A successful claim
+ * keeps the run (and fn/arg/n_tasks) alive until this task reports done. */
+static void run_tasks(threadpool *p, unsigned g) {
+    for (;;) {
+        uint64_t c = atomic_load_explicit(&p->claim, memory_order_acquire);
+        if ((unsigned)(c >> 32) != g || (int)(uint32_t)c >= atomic_load_explicit(&p->n_tasks, memory_order_relaxed))
+            return;
+        if (!atomic_compare_exchange_weak_explicit(&p->claim, &c, c + 1, memory_order_acq_rel, memory_order_acquire))
+            continue;
+        int task = (int)(uint32_t)c, n = atomic_load_explicit(&p->n_tasks, memory_order_relaxed);
+        p->fn(p->arg, task, n);
+        if (atomic_fetch_add_explicit(&p->done, 1, memory_order_acq_rel) + 1 == n && atomic_load(&p->caller_waiting)) {
+            pthread_mutex_lock(&p->mu);
+            pthread_cond_signal(&p->cv_done);
+            pthread_mutex_unlock(&p->mu);
+        }
+    }
+}
 
 static void *worker_main(void *varg) {
     worker_arg *wa = varg;
@@ -83,27 +111,23 @@ static void *worker_main(void *varg) {
         }
         seen = g;
         if (atomic_load_explicit(&p->stop, memory_order_acquire)) return NULL;
-        p->fn(p->arg, wa->id, p->n);
-        if (atomic_fetch_sub(&p->pending, 1) == 1 && atomic_load(&p->caller_waiting)) {
-            pthread_mutex_lock(&p->mu);
-            pthread_cond_signal(&p->cv_done);
-            pthread_mutex_unlock(&p->mu);
-        }
+        run_tasks(p, g);
     }
 }
 
-/* Bumps gen (after fn/arg/pending/stop are set) and wakes sleeping workers. */
-static void publish(threadpool *p) {
-    atomic_fetch_add(&p->gen, 1);
+/* Bumps gen (after the run's fields are set) and wakes sleeping workers. */
+static unsigned publish(threadpool *p) {
+    unsigned g = atomic_fetch_add(&p->gen, 1) + 1;
     if (atomic_load(&p->sleepers) > 0) {
         pthread_mutex_lock(&p->mu);
         pthread_cond_broadcast(&p->cv_work);
         pthread_mutex_unlock(&p->mu);
     }
+    return g;
 }
 
-static void wait_done(threadpool *p) {
-    for (int spins = 0; atomic_load_explicit(&p->pending, memory_order_acquire) != 0; spins++) {
+static void wait_done(threadpool *p, int n_tasks) {
+    for (int spins = 0; atomic_load_explicit(&p->done, memory_order_acquire) != n_tasks; spins++) {
         if (spins < SPIN_ITERS) {
             cpu_relax();
         } else if (spins < SPIN_ITERS + YIELD_ITERS) {
@@ -111,7 +135,7 @@ static void wait_done(threadpool *p) {
         } else {
             pthread_mutex_lock(&p->mu);
             atomic_store(&p->caller_waiting, 1);
-            while (atomic_load(&p->pending) != 0) pthread_cond_wait(&p->cv_done, &p->mu);
+            while (atomic_load(&p->done) != n_tasks) pthread_cond_wait(&p->cv_done, &p->mu);
             atomic_store(&p->caller_waiting, 0);
             pthread_mutex_unlock(&p->mu);
             break;
@@ -147,7 +171,7 @@ void threadpool_free(threadpool *p) {
     if (!p) return;
     if (p->n > 1) {
         atomic_store(&p->stop, 1);
-        publish(p);
+        (void)publish(p);
         for (int i = 0; i < p->n - 1; i++) pthread_join(p->threads[i], NULL);
     }
     pthread_mutex_destroy(&p->mu);
@@ -161,14 +185,25 @@ void threadpool_free(threadpool *p) {
 
 int threadpool_threads(const threadpool *p) { return p ? p->n : 1; }
 
-void threadpool_run(threadpool *p, void (*fn)(void *, int, int), void *arg) {
-    if (!p || p->n == 1) { fn(arg, 0, 1); return; }
+void threadpool_run_tasks(threadpool *p, void (*fn)(void *, int, int), void *arg, int n_tasks) {
+    if (n_tasks <= 0) return;
+    if (!p || p->n == 1 || n_tasks == 1) {
+        for (int t = 0; t < n_tasks; t++) fn(arg, t, n_tasks);
+        return;
+    }
+    unsigned g = atomic_load_explicit(&p->gen, memory_order_relaxed) + 1;
     p->fn = fn;
     p->arg = arg;
-    atomic_store_explicit(&p->pending, p->n - 1, memory_order_relaxed);
+    atomic_store_explicit(&p->n_tasks, n_tasks, memory_order_relaxed);
+    atomic_store_explicit(&p->done, 0, memory_order_relaxed);
+    atomic_store_explicit(&p->claim, (uint64_t)g << 32, memory_order_release);
     publish(p);
-    fn(arg, 0, p->n);
-    wait_done(p);
+    run_tasks(p, g);
+    wait_done(p, n_tasks);
+}
+
+void threadpool_run(threadpool *p, void (*fn)(void *, int, int), void *arg) {
+    threadpool_run_tasks(p, fn, arg, threadpool_threads(p));
 }
 
 /* ---------------------------------------------------------------- topology */
@@ -222,6 +257,14 @@ typedef struct {
     float *y;
 } mv_job;
 
+/* Tasks for rows: a few per thread (so a preempted thread holds up little),
+ * at most one per 16 rows. */
+static int row_tasks(const threadpool *p, int rows) {
+    int t = threadpool_threads(p) * 4, lines = (rows + 15) / 16;
+    if (threadpool_threads(p) == 1) return 1;
+    return t < lines ? t : (lines > 0 ? lines : 1);
+}
+
 static void matvec_job(void *arg, int id, int nt) {
     const mv_job *j = arg;
     int r0, r1;
@@ -254,7 +297,7 @@ void matvec_parallel(threadpool *p, const mat *W, const float *x, float *y) {
             j.lowp = kind;
         }
     }
-    threadpool_run(p, matvec_job, &j);
+    threadpool_run_tasks(p, matvec_job, &j, row_tasks(p, W->rows));
 }
 
 static void matmul_job(void *arg, int id, int nt) {
@@ -266,5 +309,5 @@ static void matmul_job(void *arg, int id, int nt) {
 
 void matmul_parallel(threadpool *p, const mat *W, const float *X, int n, float *Y, int ldy) {
     mv_job j = {W, X, NULL, 0, n, ldy, Y};
-    threadpool_run(p, matmul_job, &j);
+    threadpool_run_tasks(p, matmul_job, &j, row_tasks(p, W->rows));
 }

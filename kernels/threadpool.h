@@ -1,9 +1,9 @@
 /* threadpool.h - a persistent pool of worker threads for the kernels.
  *
  * Workers are created once (threadpool_create) and wait for work by spinning
- * briefly, then sleeping on a condition variable; threadpool_run wakes them,
- * runs fn on every thread including the caller (thread_id 0), and returns when
- * all are done. One caller at a time: threadpool_run is not reentrant and must
+ * briefly (~100 us), then sleeping on a condition variable; threadpool_run
+ * wakes them, runs the shares of fn on the pool threads including the caller,
+ * and returns when all are done. One caller at a time: threadpool_run is not reentrant and must
  * not be called from inside fn or from two threads at once.
  */
 #ifndef MOE_THREADPOOL_H
@@ -19,8 +19,15 @@ threadpool *threadpool_create(int n_threads);
 void threadpool_free(threadpool *p);          /* joins the workers; NULL is fine */
 int threadpool_threads(const threadpool *p);
 
-/* Runs fn(arg, thread_id, n_threads) on thread_id 0..n_threads-1 (0 = the caller). */
+/* Calls fn(arg, thread_id, n_threads) once for each thread_id in 0..n_threads-1
+ * and returns when all have returned. thread_id is a share index: each share
+ * runs exactly once, on whichever pool thread (the caller included) claims it
+ * first, so a worker the OS has descheduled does not hold up the others. Use
+ * thread_id to pick the share of work (and per-share scratch), not to name an
+ * OS thread. */
 void threadpool_run(threadpool *p, void (*fn)(void *arg, int thread_id, int n_threads), void *arg);
+/* The same with n_tasks shares: fn(arg, task, n_tasks) for task in 0..n_tasks-1. */
+void threadpool_run_tasks(threadpool *p, void (*fn)(void *arg, int task, int n_tasks), void *arg, int n_tasks);
 
 /* Physical cores this process may run on (at least 1). */
 int threadpool_default_threads(void);

@@ -24,6 +24,7 @@
 #include <float.h>
 #include <math.h>
 #include <setjmp.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -571,6 +572,51 @@ static void test_threadpool_rounds(void **state) {
     assert_true(threadpool_default_threads() >= 1);
 }
 
+typedef struct {
+    _Atomic int *hits;   /* per task */
+    int n_tasks;
+    int bad;
+} task_job;
+
+static void task_fn(void *arg, int task, int n) {
+    task_job *j = arg;
+    if (n != j->n_tasks || task < 0 || task >= n) { j->bad = 1; return; }
+    atomic_fetch_add(&j->hits[task], 1);
+}
+
+/* Every task runs exactly once per run, for any number of tasks and threads. */
+static void test_threadpool_tasks(void **state) {
+    (void)state;
+    static const int nts[] = {1, 2, 3, 5, 64, 1000};
+    for (int nt = 1; nt <= 3; nt++) {
+        threadpool *p = threadpool_create(nt);
+        assert_non_null(p);
+        for (int i = 0; i < NELEM(nts); i++) {
+            int n = nts[i], rounds = 300;
+            _Atomic int *hits = calloc((size_t)n, sizeof *hits);
+            task_job j = {hits, n, 0};
+            for (int r = 0; r < rounds; r++) threadpool_run_tasks(p, task_fn, &j, n);
+            assert_int_equal(j.bad, 0);
+            for (int t = 0; t < n; t++) assert_int_equal(atomic_load(&hits[t]), rounds);
+            free(hits);
+        }
+        threadpool_run_tasks(p, task_fn, NULL, 0);   /* no tasks: returns at once */
+        threadpool_free(p);
+    }
+    for (int rows = 0; rows < 100; rows++)           /* shares tile [0, rows) in 16-row units */
+        for (int nt = 1; nt <= 5; nt++) {
+            int next = 0;
+            for (int id = 0; id < nt; id++) {
+                int r0, r1;
+                threadpool_split_rows(rows, id, nt, &r0, &r1);
+                assert_int_equal(r0, next);
+                assert_true(r1 >= r0 && (r0 % 16 == 0 || r0 == rows));
+                next = r1;
+            }
+            assert_int_equal(next, rows);
+        }
+}
+
 static void test_matvec_parallel(void **state) {
     (void)state;
     static const int pr[] = {1, 7, 33, 257, 1000};
@@ -621,6 +667,7 @@ int main(void) {
         cmocka_unit_test(test_vec_dot_axpy),
         cmocka_unit_test(test_topk),
         cmocka_unit_test(test_threadpool_rounds),
+        cmocka_unit_test(test_threadpool_tasks),
         cmocka_unit_test(test_matvec_parallel),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
