@@ -7,5 +7,7 @@
 int cmd_logits(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
+int cmd_mkckpt(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
 
 #endif

@@ -15,6 +15,7 @@ static const command commands[] = {
     {"generate", cmd_generate, "continue a prompt, streaming text (sampling, timing line)"},
     {"tokenize", cmd_tokenize, "text -> token ids (or ids -> text with --decode), one line per input"},
     {"logits", cmd_logits, "run token ids through a checkpoint, write logits/MTP logits/routing (safetensors)"},
+    {"mkckpt", cmd_mkckpt, "write a random-weight checkpoint of any DeepSeek shape (or --plan its memory)"},
 };
 static const int n_commands = (int)(sizeof commands / sizeof commands[0]);
 
