@@ -13,6 +13,8 @@ typedef struct {
 
 static const command commands[] = {
     {"tokenize", cmd_tokenize, "text -> token ids (or ids -> text with --decode), one line per input"},
+    {"route", cmd_route, "run a text through the model, report and draw what the router did"},
+    {"ppl", cmd_ppl, "perplexity of a text file (routing knobs apply)"},
     {"logits", cmd_logits, "run token ids through a checkpoint, write logits/MTP logits/routing (safetensors)"},
 };
 static const int n_commands = (int)(sizeof commands / sizeof commands[0]);
