@@ -14,6 +14,8 @@ typedef struct {
 static const command commands[] = {
     {"generate", cmd_generate, "continue a prompt, streaming text (sampling, timing line)"},
     {"tokenize", cmd_tokenize, "text -> token ids (or ids -> text with --decode), one line per input"},
+    {"route", cmd_route, "run a text through the model, report and draw what the router did"},
+    {"ppl", cmd_ppl, "perplexity of a text file (routing knobs apply)"},
     {"logits", cmd_logits, "run token ids through a checkpoint, write logits/MTP logits/routing (safetensors)"},
     {"mkckpt", cmd_mkckpt, "write a random-weight checkpoint of any DeepSeek shape (or --plan its memory)"},
 };
