@@ -115,9 +115,10 @@ static int emit_token(generator *g, int id, generate_emit emit, void *ctx, moe_e
     if (id == g->eos_id) return 1;
     g->n_generated++;
     if (!emit) return 0;
-    if (!g->tok) return emit(ctx, id, "", 0) ? 1 : 0;
-    const char *text;
     size_t len;
+    /* a model's vocabulary may be padded beyond the tokenizer's (V3: 129280 vs 128815 ids) */
+    if (!g->tok || !tokenizer_token_bytes(g->tok, id, &len)) return emit(ctx, id, "", 0) ? 1 : 0;
+    const char *text;
     if (tokenizer_stream_push(g->tok, &g->stream, id, &text, &len, err)) return -1;
     return emit(ctx, id, text, len) ? 1 : 0;
 }

@@ -9,6 +9,7 @@ int cmd_route(int argc, char **argv);
 int cmd_ppl(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
+int cmd_chat(int argc, char **argv);
 int cmd_mkckpt(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 

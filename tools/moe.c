@@ -13,6 +13,7 @@ typedef struct {
 
 static const command commands[] = {
     {"generate", cmd_generate, "continue a prompt, streaming text (sampling, timing line)"},
+    {"chat", cmd_chat, "multi-turn chat with the checkpoint's chat template (terminal or pipe)"},
     {"tokenize", cmd_tokenize, "text -> token ids (or ids -> text with --decode), one line per input"},
     {"route", cmd_route, "run a text through the model, report and draw what the router did"},
     {"ppl", cmd_ppl, "perplexity of a text file (routing knobs apply)"},
