@@ -37,6 +37,7 @@ static int state_init(moe_model *m, moe_error *err) {
     if (c->moe_intermediate_size * c->n_shared_experts > ffn) ffn = c->moe_intermediate_size * c->n_shared_experts;
     size_t f = sizeof(float);
     int ok = 1;
+    s->ffn_width = ffn;
 #define ALLOC(ptr, count) ok = ok && ((ptr) = calloc((size_t)(count), sizeof *(ptr))) != NULL
     ALLOC(s->x, (size_t)B * H);
     ALLOC(s->xn, (size_t)B * H);
@@ -63,7 +64,13 @@ static int state_init(moe_model *m, moe_error *err) {
         ALLOC(s->expert_start, E + 1);
         ALLOC(s->expert_tok, (size_t)B * K);
         ALLOC(s->expert_w, (size_t)B * K);
-        ALLOC(s->xe, (size_t)B * H);
+        ALLOC(s->token_slot, (size_t)B * K);
+        ALLOC(s->expert_item, E + 1);
+        ALLOC(s->slot_out, (size_t)B * K * H);
+        ALLOC(s->shared_out, (size_t)B * H);
+        ALLOC(s->share_x, (size_t)s->n_shares * B * H);
+        ALLOC(s->share_gate, (size_t)s->n_shares * B * ffn);
+        ALLOC(s->share_up, (size_t)s->n_shares * B * ffn);
     }
     ALLOC(s->ye, (size_t)B * H);
 #undef ALLOC
@@ -80,9 +87,11 @@ static int state_init(moe_model *m, moe_error *err) {
 static void state_free(model_state *s) {
     float *bufs[] = {s->x, s->xn, s->cq, s->q, s->kv, s->attn, s->out, s->gate, s->up, s->rope_cs, s->logits_b,
                      s->hidden, s->mtp_in, s->q_abs, s->o_lat, s->row, s->scores, s->kv_full, s->route_w,
-                     s->expert_w, s->xe, s->ye, s->kv_cache};
+                     s->expert_w, s->slot_out, s->shared_out, s->share_x, s->share_gate, s->share_up, s->ye,
+                     s->kv_cache};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     free(s->route_ids); free(s->expert_count); free(s->expert_start); free(s->expert_tok);
+    free(s->token_slot); free(s->expert_item);
     router_scratch_free(&s->router);
     memset(s, 0, sizeof *s);
 }
@@ -102,8 +111,9 @@ int model_load(moe_model *m, const char *dir, const model_options *opt, moe_erro
     if (weights_load(&m->w, c, dir, &wo, err)) return MOE_FAIL;
     m->s.B = m->opt.batch_max > 0 ? m->opt.batch_max : 64;
     m->s.S = m->opt.max_seq > 0 ? m->opt.max_seq : (c->max_position_embeddings < 4096 ? c->max_position_embeddings : 4096);
-    if (state_init(m, err)) { model_free(m); return MOE_FAIL; }
     int threads = m->opt.n_threads > 0 ? m->opt.n_threads : threadpool_default_threads();
+    m->s.n_shares = threads;
+    if (state_init(m, err)) { model_free(m); return MOE_FAIL; }
     if (threads > 1 && !(m->pool = threadpool_create(threads))) {
         model_free(m);
         return moe_error_set(err, "cannot start %d threads", threads);

@@ -67,8 +67,16 @@ typedef struct {
     int *expert_start;  /* [E + 1] */
     int *expert_tok;    /* [B * K] token index, grouped by expert */
     float *expert_w;    /* [B * K] gate weight, grouped by expert */
-    float *xe;          /* [B, H] tokens of one expert, gathered */
-    float *ye;          /* [B, H] that expert's outputs */
+    int *token_slot;    /* [B * K] slot of each (token, choice) */
+    int *expert_item;   /* [E + 1] work items: active experts (and -1, the shared expert) */
+    float *slot_out;    /* [B * K, H] each slot's expert output, unweighted */
+    float *shared_out;  /* [B, H] shared expert output */
+    int ffn_width;      /* max FFN width (dense, expert, shared) */
+    int n_shares;       /* P: shares of the thread pool (per-share scratch below) */
+    float *share_x;     /* [P, B, H] one expert's tokens, gathered */
+    float *share_gate;  /* [P, B, ffn_width] */
+    float *share_up;    /* [P, B, ffn_width] */
+    float *ye;          /* [B, H] scratch output */
     router_scratch router;
     /* KV cache: [n_layers][S][R + dr], c_kv then k_pe */
     float *kv_cache;
