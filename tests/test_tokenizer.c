@@ -96,7 +96,7 @@ static void expect_decode(const tokenizer *t, const int *ids, int n, const char 
  * Goldens from the official library
  * ====================================================================== */
 
-static void check_golden(const char *dir) {
+static void check_golden(const char *dir, const char *golden) {
     tokenizer *t;
     moe_error err = {{0}};
     double t0 = now_s();
@@ -106,8 +106,7 @@ static void check_golden(const char *dir) {
     assert_int_equal(rc, MOE_OK);
     print_message("%s: loaded in %.0f ms, vocab %d\n", dir, (t1 - t0) * 1e3, tokenizer_vocab_size(t));
 
-    char path[512];
-    snprintf(path, sizeof path, "%s/golden.jsonl", dir);
+    const char *path = golden;
     FILE *f = fopen(path, "r");
     assert_non_null(f);
     char *line = NULL;
@@ -156,7 +155,19 @@ static void check_golden(const char *dir) {
     assert_int_equal(bad_dec, 0);
 }
 
-static void test_golden_v3(void **state) { check_golden("tests/data/tokenizer/deepseek_v3"); }
+static void test_golden_v3(void **state) {
+    check_golden("tests/data/tokenizer/deepseek_v3", "tests/data/tokenizer/deepseek_v3/golden.jsonl");
+}
+
+/* The toy model's tokenizer (same structure as V3), once its goldens exist:
+ * cd tools/tokenizer && node gen_golden.js ../../models/toy ../../tests/data/tokenizer/toy/golden.jsonl */
+static void test_golden_toy(void **state) {
+    if (access("models/toy/tokenizer.json", R_OK) || access("tests/data/tokenizer/toy/golden.jsonl", R_OK)) {
+        print_message("no models/toy tokenizer or no tests/data/tokenizer/toy/golden.jsonl yet: skipped\n");
+        skip();
+    }
+    check_golden("models/toy", "tests/data/tokenizer/toy/golden.jsonl");
+}
 
 /* ======================================================================
  * Tiny tokenizers: unit-level behaviour
@@ -505,6 +516,7 @@ static void test_v3_config(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_golden_v3),
+        cmocka_unit_test(test_golden_toy),
         cmocka_unit_test(test_tiny_merges),
         cmocka_unit_test(test_tiny_split_behaviors),
         cmocka_unit_test(test_tiny_bytelevel_options),
