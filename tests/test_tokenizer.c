@@ -323,6 +323,29 @@ static void test_tiny_added_tokens(void **state) {
     free(j);
 }
 
+/* JSON escapes in vocab and merges (read by the fast table scanner), and the
+ * same file with the tables in the other order and in compact layout. */
+static void test_tiny_escapes(void **state) {
+    const char *files[] = {
+        "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"\\\"\":1,\"\\\\\":2,\"\\ud83d\\ude00\":3,"
+        "\"\\u00e9\":4,\"a\\\"\":5,\"\\/\":6},\"merges\":[\"a \\\"\"]},\"pre_tokenizer\":{\"type\":\"ByteLevel\",\"use_regex\":false}}",
+        "{\"pre_tokenizer\":{\"type\":\"ByteLevel\",\"use_regex\":false},\"model\":{\"merges\":[[\"a\",\"\\\"\"]],\"type\":\"BPE\",\n"
+        "  \"vocab\":{\n\"a\":0,\n\"\\\"\":1,\"\\\\\":2,\"\\ud83d\\ude00\":3,\"\\u00e9\":4,\"a\\\"\":5,\"\\/\":6}}}",
+    };
+    for (int f = 0; f < 2; f++) {
+        char *dir;
+        tokenizer *t = load_tiny(files[f], NULL, &dir);
+        assert_int_equal(tokenizer_token_id(t, "\""), 1);
+        assert_int_equal(tokenizer_token_id(t, "\\"), 2);
+        assert_int_equal(tokenizer_token_id(t, "😀"), 3);
+        assert_int_equal(tokenizer_token_id(t, "é"), 4);
+        assert_int_equal(tokenizer_token_id(t, "/"), 6);
+        expect_ids(t, S("a\"a"), IDS(5, 0)); /* the merge a + " */
+        tokenizer_free(t);
+        remove_tiny(dir);
+    }
+}
+
 /* ======================================================================
  * Bad input: one-line errors naming the file
  * ====================================================================== */
@@ -380,6 +403,11 @@ static void test_bad_model_type(void **state) {
                       "pre_tokenizer type 'Whitespace'");
     expect_load_error("{\"model\":{\"type\":\"BPE\",\"vocab\":{},\"merges\":[]}}", "no ByteLevel");
     expect_load_error("[1, 2]", "not a JSON object");
+    expect_load_error("{\"model\":{\"type\":\"BPE\",\"vocab\":[1],\"merges\":[]}}", "no \"vocab\" object");
+    expect_load_error("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":1.5},\"merges\":[]}}", "vocab");
+    expect_load_error("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[\"ab\"]},"
+                      "\"pre_tokenizer\":{\"type\":\"ByteLevel\"}}", "merge 0 is neither");
+    expect_load_error("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]},\n\"x\": tru}", "line 2");
 }
 
 /* ======================================================================
@@ -437,6 +465,34 @@ static void test_v3_invalid_utf8(void **state) {
     int *ids = enc("a\0b", 3, &n);
     expect_decode(v3, ids, n, "a\0b", 3);
     free(ids);
+}
+
+/* Random bytes and random pieces of tricky text: never a failure, and decode
+ * always gives back the exact bytes. */
+static void test_v3_random_roundtrip(void **state) {
+    static const char *frags[] = {"<｜User｜>", "<｜", "｜>", " ", "\n", "\r\n", "\t", "123456", "中文", "😀", "\xf0\x9f",
+                                  "\xff", "a", "'s", "  ", "\xe2\x80\x8d", "<|EOT|>", "\xed\xa0\x80", "Ġ", "\0"};
+    uint32_t seed = 12345;
+    char buf[512];
+    for (int it = 0; it < 400; it++) {
+        size_t n = 0;
+        int parts = (int)((seed = seed * 1103515245u + 12345u) >> 16) % 12;
+        for (int k = 0; k < parts; k++) {
+            seed = seed * 1103515245u + 12345u;
+            if (it % 2) { /* random bytes */
+                int m = (seed >> 16) % 9;
+                for (int j = 0; j < m && n < sizeof buf; j++) buf[n++] = (char)((seed = seed * 1103515245u + 12345u) >> 24);
+            } else {
+                const char *f = frags[(seed >> 16) % (sizeof frags / sizeof frags[0])];
+                size_t fl = f[0] ? strlen(f) : 1;
+                if (n + fl <= sizeof buf) { memcpy(buf + n, f, fl); n += fl; }
+            }
+        }
+        int cnt;
+        int *ids = enc(buf, n, &cnt);
+        expect_decode(v3, ids, cnt, buf, n);
+        free(ids);
+    }
 }
 
 static int valid_utf8(const char *s, size_t n) {
@@ -521,6 +577,7 @@ int main(void) {
         cmocka_unit_test(test_tiny_split_behaviors),
         cmocka_unit_test(test_tiny_bytelevel_options),
         cmocka_unit_test(test_tiny_added_tokens),
+        cmocka_unit_test(test_tiny_escapes),
         cmocka_unit_test(test_bad_missing_file),
         cmocka_unit_test(test_bad_malformed_json),
         cmocka_unit_test(test_bad_unknown_merge_token),
@@ -529,6 +586,7 @@ int main(void) {
     };
     const struct CMUnitTest v3_tests[] = {
         cmocka_unit_test(test_v3_invalid_utf8),
+        cmocka_unit_test(test_v3_random_roundtrip),
         cmocka_unit_test(test_v3_stream_decode),
         cmocka_unit_test(test_v3_config),
     };
