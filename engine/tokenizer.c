@@ -283,6 +283,7 @@ struct tokenizer {
     int byte_id[256];        /* byte -> id of its single-byte token, -1 if the vocab lacks it */
     int byte_cp[256];        /* byte -> byte-level code point */
     int ignore_merges;       /* model.ignore_merges: a piece that is a whole token is not merged */
+    int model_vocab_n;       /* entries in model.vocab (added tokens get ids from here up) */
     pretok_step *steps;      /* pre-tokenizer, in order */
     int nsteps;
     added_token *added;      /* added_tokens, in file order */
@@ -794,6 +795,7 @@ static int load_model(tokenizer *t, json_t *model, char *tables, size_t split, s
             rc = moe_error_set(err, "%s: out of memory", t->path);
         else if (vr[i].id + 1 > t->vocab_size) t->vocab_size = (int)vr[i].id + 1;
     }
+    t->model_vocab_n = (int)t->vocab.n;
     if (!rc) rc = load_merges(t, mr, nm, err);
     free(vr);
     free(mr);
@@ -805,6 +807,7 @@ static int load_added(tokenizer *t, json_t *arr, moe_error *err) {
     if (!json_is_array(arr)) return moe_error_set(err, "%s: \"added_tokens\" is not an array", t->path);
     t->added = calloc(json_array_size(arr) + 1, sizeof *t->added);
     if (!t->added) return moe_error_set(err, "%s: out of memory", t->path);
+    int max_added = -1;
     for (size_t i = 0; i < json_array_size(arr); i++) {
         json_t *a = json_array_get(arr, i);
         json_t *c = json_object_get(a, "content"), *id = json_object_get(a, "id");
@@ -817,16 +820,21 @@ static int load_added(tokenizer *t, json_t *arr, moe_error *err) {
         t->nadded++;
         at->len = json_string_length(c);
         memcpy(at->content, json_string_value(c), at->len + 1);
-        at->id = (int)json_integer_value(id);
+        /* the id, as the library assigns it (the file's id is only a hint
+         * there): the spelling's existing id, else one past the largest added
+         * id, but at least the number of model vocab entries */
+        at->id = strmap_get(&t->vocab, at->content, at->len);
+        if (at->id < 0) at->id = max_added + 1 >= t->model_vocab_n && t->model_vocab_n ? max_added + 1 : t->model_vocab_n;
+        if (at->id > max_added) max_added = at->id;
+        (void)id;
         at->special = json_is_true(json_object_get(a, "special"));
         at->lstrip = json_is_true(json_object_get(a, "lstrip"));
         at->rstrip = json_is_true(json_object_get(a, "rstrip"));
         at->single_word = json_is_true(json_object_get(a, "single_word"));
         json_t *norm = json_object_get(a, "normalized");
         int normalized = norm ? json_is_true(norm) : !at->special;
-        int have = strmap_get(&t->vocab, at->content, at->len); /* keep a vocab entry of the same spelling */
         if (trie_add(normalized ? &t->norm_trie : &t->raw_trie, at->content, at->len, t->nadded - 1) ||
-            (have < 0 && strmap_put(&t->vocab, at->content, at->len, at->id)))
+            strmap_put(&t->vocab, at->content, at->len, at->id))
             return moe_error_set(err, "%s: out of memory", t->path);
         if (at->id + 1 > t->vocab_size) t->vocab_size = at->id + 1;
     }
@@ -882,15 +890,7 @@ static int build_decode(tokenizer *t, moe_error *err) {
         t->dec_len[s->val] = (uint32_t)on;
         used += on;
     }
-    /* an id both in vocab and added (V3's 0..2): the added spelling wins */
-    for (int i = 0; i < t->nadded; i++) {
-        int id = strmap_get(&t->vocab, t->added[i].content, t->added[i].len);
-        if (id >= 0 && id != t->added[i].id) { /* vocab maps the spelling elsewhere: point at it anyway */
-            t->dec_off[t->added[i].id] = t->dec_off[id];
-            t->dec_len[t->added[i].id] = t->dec_len[id];
-        }
-        t->special[t->added[i].id] = (unsigned char)t->added[i].special;
-    }
+    for (int i = 0; i < t->nadded; i++) t->special[t->added[i].id] = (unsigned char)t->added[i].special;
     for (int b = 0; b < 256; b++) {
         char s[4];
         size_t l = utf8_put(s, t->byte_cp[b]);
