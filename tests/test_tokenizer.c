@@ -537,23 +537,28 @@ static void test_v3_stream_decode(void **state) {
     assert_true(held); /* the text does split characters across tokens */
     /* the three bytes of 中 pushed one by one: nothing, nothing, 中 */
     const char *zh = "中";
+    int byte_ids[3];
     for (int k = 0; k < 3; k++) {
-        char b[4];
         size_t bl;
-        int id = -1;
-        for (int v = 0; v < tokenizer_vocab_size(v3) && id < 0; v++) {
+        byte_ids[k] = -1;
+        for (int v = 0; v < tokenizer_vocab_size(v3) && byte_ids[k] < 0; v++) {
             const char *tb = tokenizer_token_bytes(v3, v, &bl);
-            if (tb && bl == 1 && tb[0] == zh[k]) id = v;
+            if (tb && bl == 1 && tb[0] == zh[k]) byte_ids[k] = v;
         }
-        assert_true(id >= 0);
-        assert_int_equal(tokenizer_stream_push(v3, &st, id, &out, &len, &err), MOE_OK);
+        assert_true(byte_ids[k] >= 0);
+        assert_int_equal(tokenizer_stream_push(v3, &st, byte_ids[k], &out, &len, &err), MOE_OK);
         assert_int_equal(len, k < 2 ? 0 : 3);
-        (void)b;
     }
     assert_memory_equal(out, zh, 3);
     /* an incomplete character at the end comes out of flush as it is */
-    int id_e4 = ids[0];
-    (void)id_e4;
+    assert_int_equal(tokenizer_stream_push(v3, &st, byte_ids[0], &out, &len, &err), MOE_OK);
+    assert_int_equal(len, 0);
+    tokenizer_stream_flush(&st, &out, &len);
+    assert_int_equal(len, 1);
+    assert_int_equal((unsigned char)out[0], 0xe4);
+    /* a byte that cannot start a character is passed through at once */
+    assert_int_equal(tokenizer_stream_push(v3, &st, byte_ids[1], &out, &len, &err), MOE_OK);
+    assert_int_equal(len, 1);
     tokenizer_stream_free(&st);
     assert_int_equal(tokenizer_stream_push(v3, &st, -5, &out, &len, &err), MOE_FAIL);
     tokenizer_stream_free(&st);
