@@ -36,7 +36,7 @@
 #define cpu_relax() ((void)0)
 #endif
 
-#define SPIN_ITERS 20000   /* pause ~ tens of cycles: on the order of 100-200 us */
+#define SPIN_ITERS 2000    /* pause is ~60 ns on Zen 5 (measured): ~120 us of spinning */
 #define YIELD_ITERS 16
 
 /* ---------------------------------------------------------------- pool */
