@@ -647,6 +647,41 @@ static void test_matvec_parallel(void **state) {
     }
 }
 
+/* Batched matvec: several matrices of mixed dtypes and sizes in one run. */
+static void test_matvec_parallel_batch(void **state) {
+    (void)state;
+    static const int br[] = {1, 7, 16, 33, 257, 100};
+    enum { NJ = 6 };
+    for (int nt = 1; nt <= 3; nt++) {
+        threadpool *p = threadpool_create(nt);
+        assert_non_null(p);
+        test_mat W[NJ];
+        float *x[NJ], *y[NJ], *ref[NJ];
+        matvec_job jobs[NJ];
+        for (int i = 0; i < NJ; i++) {
+            int cols = 32 * (i + 1);
+            W[i] = make_mat((mat_dtype)(i % 3), br[i], cols, 0);
+            x[i] = make_vec(cols, 0);
+            y[i] = malloc(sizeof(float) * (br[i] + 1));
+            ref[i] = malloc(sizeof(float) * br[i]);
+            y[i][br[i]] = 55.0f;
+            matvec_rows(&W[i].m, x[i], ref[i], 0, br[i]);
+            jobs[i] = (matvec_job){&W[i].m, x[i], y[i]};
+        }
+        for (int round = 0; round < 50; round++) {
+            for (int i = 0; i < NJ; i++) memset(y[i], 0, sizeof(float) * br[i]);
+            matvec_parallel_batch(p, jobs, NJ - (round % 3));   /* 6, 5 or 4 jobs */
+            for (int i = 0; i < NJ - (round % 3); i++) {
+                assert_memory_equal(y[i], ref[i], sizeof(float) * br[i]);
+                assert_true(y[i][br[i]] == 55.0f);
+            }
+        }
+        matvec_parallel_batch(p, jobs, 0);
+        for (int i = 0; i < NJ; i++) { free(W[i].buf); free(x[i]); free(y[i]); free(ref[i]); }
+        threadpool_free(p);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_dispatch),
@@ -669,6 +704,7 @@ int main(void) {
         cmocka_unit_test(test_threadpool_rounds),
         cmocka_unit_test(test_threadpool_tasks),
         cmocka_unit_test(test_matvec_parallel),
+        cmocka_unit_test(test_matvec_parallel_batch),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
