@@ -108,10 +108,71 @@ AI void mv_q8_block(const block_q8 *w, int nb, int RB, const float *x, float *y)
     for (int i = 0; i < RB; i++) y[i] = _mm512_reduce_add_ps(acc[i]);
 }
 
+/* BF16 rows, 32 columns per step without a widening shuffle: one 512-bit load
+ * holds 16 (even, odd) pairs; shifting left by 16 gives the even columns as f32,
+ * masking the low half gives the odd ones. x was split once into xe (even
+ * columns) and xo (odd) for the first kfull columns; the rest (< 32 columns)
+ * goes through the 16-wide masked path with the original x. */
+AI void mv_bf16_block(const char *w, size_t rs, int RB, const float *xe, const float *xo, int kfull,
+                      const float *x, int cols, float *y) {
+    __m512 ae[4], ao[4];
+    const char *row[4];
+    const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
+#pragma GCC unroll 4
+    for (int i = 0; i < RB; i++) { ae[i] = _mm512_setzero_ps(); ao[i] = _mm512_setzero_ps(); row[i] = w + i * rs; }
+    for (int k = 0; k < kfull; k += 32) {
+        __m512 xev = _mm512_loadu_ps(xe + k / 2), xov = _mm512_loadu_ps(xo + k / 2);
+#pragma GCC unroll 4
+        for (int i = 0; i < RB; i++) {
+            __m512i v = _mm512_loadu_si512((const uint16_t *)row[i] + k);
+            ae[i] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(v, 16)), xev, ae[i]);
+            ao[i] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(v, hi)), xov, ao[i]);
+        }
+    }
+    int k = kfull;
+    for (; k + 16 <= cols; k += 16) {
+        __m512 xv = _mm512_loadu_ps(x + k);
+#pragma GCC unroll 4
+        for (int i = 0; i < RB; i++) ae[i] = _mm512_fmadd_ps(w_load(row[i], MAT_BF16, k, 0, 0), xv, ae[i]);
+    }
+    if (k < cols) {
+        __mmask16 m = (__mmask16)((1u << (cols - k)) - 1);
+        __m512 xv = _mm512_maskz_loadu_ps(m, x + k);
+#pragma GCC unroll 4
+        for (int i = 0; i < RB; i++) ae[i] = _mm512_fmadd_ps(w_load(row[i], MAT_BF16, k, m, 1), xv, ae[i]);
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < RB; i++) y[i] = _mm512_reduce_add_ps(_mm512_add_ps(ae[i], ao[i]));
+}
+
+/* Longest row whose even/odd split of x goes on the stack (2 x 128 KiB). */
+#define BF16_SPLIT_MAX_COLS 65536
+
+static void mv_bf16(const mat *W, const float *x, float *y, int row0, int row1) {
+    int cols = W->cols, kfull = cols & ~31;
+    size_t rs = (size_t)cols * 2;
+    const char *base = (const char *)W->data;
+    float xe[kfull / 2 + 1], xo[kfull / 2 + 1];
+    const __m512i ie = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    const __m512i io = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+    for (int k = 0; k < kfull; k += 32) {
+        __m512 a = _mm512_loadu_ps(x + k), b = _mm512_loadu_ps(x + k + 16);
+        _mm512_storeu_ps(xe + k / 2, _mm512_permutex2var_ps(a, ie, b));
+        _mm512_storeu_ps(xo + k / 2, _mm512_permutex2var_ps(a, io, b));
+    }
+    int r = row0;
+    for (; r + 4 <= row1; r += 4) mv_bf16_block(base + (size_t)r * rs, rs, 4, xe, xo, kfull, x, cols, y + (r - row0));
+    for (; r < row1; r++) mv_bf16_block(base + (size_t)r * rs, rs, 1, xe, xo, kfull, x, cols, y + (r - row0));
+}
+
 AI void mv_dtype(const mat *W, int dt, const float *x, float *y, int row0, int row1) {
     size_t rs = row_stride(W);
     const char *base = (const char *)W->data;
     int r = row0;
+    if (dt == MAT_BF16 && W->cols >= 32 && W->cols <= BF16_SPLIT_MAX_COLS) {
+        mv_bf16(W, x, y, row0, row1);
+        return;
+    }
     if (dt == MAT_Q8) {
         int nb = W->cols / QK8;
         for (; r + 4 <= row1; r += 4) mv_q8_block((const block_q8 *)(base + (size_t)r * rs), nb, 4, x, y + (r - row0));

@@ -36,7 +36,7 @@
 #define cpu_relax() ((void)0)
 #endif
 
-#define SPIN_ITERS 20000   /* pause ~ tens of cycles: on the order of 100-200 us */
+#define SPIN_ITERS 2000    /* pause is ~60 ns on Zen 5 (measured): ~120 us of spinning */
 #define YIELD_ITERS 16
 
 /* ---------------------------------------------------------------- pool */
@@ -265,7 +265,7 @@ static int row_tasks(const threadpool *p, int rows) {
     return t < lines ? t : (lines > 0 ? lines : 1);
 }
 
-static void matvec_job(void *arg, int id, int nt) {
+static void matvec_share(void *arg, int id, int nt) {
     const mv_job *j = arg;
     int r0, r1;
     threadpool_split_rows(j->W->rows, id, nt, &r0, &r1);
@@ -297,10 +297,48 @@ void matvec_parallel(threadpool *p, const mat *W, const float *x, float *y) {
             j.lowp = kind;
         }
     }
-    threadpool_run_tasks(p, matvec_job, &j, row_tasks(p, W->rows));
+    threadpool_run_tasks(p, matvec_share, &j, row_tasks(p, W->rows));
 }
 
-static void matmul_job(void *arg, int id, int nt) {
+/* ---------------------------------------------------------------- batched matvec */
+
+/* The jobs' rows in 16-row lines, laid end to end; a task takes a contiguous
+ * range of lines and runs matvec_rows on each piece that falls in one job. */
+typedef struct {
+    const matvec_job *jobs;
+    int n_jobs;
+    int lines;
+} batch_job;
+
+static int job_lines(const matvec_job *j) { return (j->W->rows + 15) / 16; }
+
+static void batch_task(void *arg, int task, int n_tasks) {
+    const batch_job *b = arg;
+    int l0 = (int)((long long)b->lines * task / n_tasks), l1 = (int)((long long)b->lines * (task + 1) / n_tasks);
+    int base = 0;
+    for (int i = 0; i < b->n_jobs && base < l1; i++) {
+        const matvec_job *j = &b->jobs[i];
+        int nl = job_lines(j);
+        int a = l0 > base ? l0 - base : 0, e = l1 - base < nl ? l1 - base : nl;
+        if (a < e) {
+            int r0 = a * 16, r1 = e * 16 < j->W->rows ? e * 16 : j->W->rows;
+            matvec_rows(j->W, j->x, j->y + r0, r0, r1);
+        }
+        base += nl;
+    }
+}
+
+void matvec_parallel_batch(threadpool *p, const matvec_job *jobs, int n_jobs) {
+    batch_job b = {jobs, n_jobs, 0};
+    for (int i = 0; i < n_jobs; i++) b.lines += job_lines(&jobs[i]);
+    if (b.lines == 0) return;
+    int t = threadpool_threads(p) == 1 ? 1 : threadpool_threads(p) * 4;
+    threadpool_run_tasks(p, batch_task, &b, t < b.lines ? t : b.lines);
+}
+
+/* ---------------------------------------------------------------- matmul */
+
+static void matmul_share(void *arg, int id, int nt) {
     const mv_job *j = arg;
     int r0, r1;
     threadpool_split_rows(j->W->rows, id, nt, &r0, &r1);
@@ -309,5 +347,5 @@ static void matmul_job(void *arg, int id, int nt) {
 
 void matmul_parallel(threadpool *p, const mat *W, const float *X, int n, float *Y, int ldy) {
     mv_job j = {W, X, NULL, 0, n, ldy, Y};
-    threadpool_run_tasks(p, matmul_job, &j, row_tasks(p, W->rows));
+    threadpool_run_tasks(p, matmul_share, &j, row_tasks(p, W->rows));
 }

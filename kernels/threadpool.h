@@ -39,6 +39,16 @@ void threadpool_split_rows(int rows, int id, int n_threads, int *r0, int *r1);
 /* y = W x with the rows split across the pool (matvec_rows on each share;
  * in low-precision mode x is quantized once, by the caller). */
 void matvec_parallel(threadpool *p, const mat *W, const float *x, float *y);
+/* Several matvecs in one pool round trip (e.g. the gate and up projections, or
+ * all routed experts of a token): y_j = W_j x_j for every job, the rows of all
+ * jobs split together across the pool. Outputs must not overlap. */
+typedef struct {
+    const mat *W;
+    const float *x;
+    float *y;
+} matvec_job;
+void matvec_parallel_batch(threadpool *p, const matvec_job *jobs, int n_jobs);
+
 /* Y[t, r] = (W X[t])[r] for all rows, t < n (matmul_rows on each share). */
 void matmul_parallel(threadpool *p, const mat *W, const float *X, int n, float *Y, int ldy);
 
