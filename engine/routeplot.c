@@ -170,7 +170,7 @@ int routeplot_coact_svg(const routestats *rs, const moe_config *cfg, const char 
     int cs = clampi(640 / E, 2, 16);
     int left = 90, top = 110, right = 170, bottom = 80;
     int side = E * cs, W = left + side + right, H = top + side + bottom;
-    if (W < 760) W = 760;
+    if (W < 1080) W = 1080;
     int64_t mx = 0;
     for (int a = 0; a < E; a++)
         for (int b = 0; b < E; b++)
@@ -233,7 +233,7 @@ int routeplot_coact_svg(const routestats *rs, const moe_config *cfg, const char 
         double v = frac * frac * (double)mx;
         int y = ly + lh - (int)lround(frac * lh);
         fprintf(f, "<line x1=\"%d\" y1=\"%d\" x2=\"%d\" y2=\"%d\" stroke=\"black\"/>\n", lx + 18, y, lx + 23, y);
-        fprintf(f, "<text x=\"%d\" y=\"%d\" font-size=\"11\">%.3g</text>\n", lx + 27, y + 4, v);
+        fprintf(f, "<text x=\"%d\" y=\"%d\" font-size=\"11\">%.0f</text>\n", lx + 27, y + 4, v);
     }
     fprintf(f, "<rect x=\"%d\" y=\"%d\" width=\"18\" height=\"18\" fill=\"#e0e0e0\" stroke=\"black\"/>\n", lx, ly + lh + 20);
     fprintf(f, "<text x=\"%d\" y=\"%d\" font-size=\"11\">diagonal</text>\n", lx + 24, ly + lh + 33);

@@ -14,6 +14,7 @@
  *   PREFIX.trace.jsonl   (--trace) one line per token and layer; the compact form goes to stderr
  *   --explain POS        everything about the token at position POS, on stdout
  */
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -337,6 +338,13 @@ int cmd_route(int argc, char **argv) {
     }
     if (cli_route_knobs_check(&cfg, &opt.routing, "route")) return 1;
 
+    {   /* fail before the run if the outputs cannot be written */
+        char probe[4096];
+        snprintf(probe, sizeof probe, "%s.counts.csv", prefix);
+        FILE *f = fopen(probe, "w");
+        if (!f) { fprintf(stderr, "moe route: %s: cannot write: %s\n", probe, strerror(errno)); return 1; }
+        fclose(f);
+    }
     int *tokens = NULL, T = 0;
     struct tokenizer *tok = NULL;
     if (cli_input_tokens(dir, &cfg, ids, prompt, file, "route", &tokens, &T, &tok)) return 1;
