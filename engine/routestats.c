@@ -334,6 +334,6 @@ int routestats_trace_text(char *buf, size_t cap, int layer, int pos, int token, 
     sb_printf(&b, "|");
     for (int j = 0; j < d->k; j++) sb_printf(&b, " %d:%.3f", d->ids[j], d->weights[j]);
     if (isinf(d->margin)) sb_printf(&b, " | margin -");
-    else sb_printf(&b, " | margin %.4f", d->margin);
+    else sb_printf(&b, " | margin %.4g", d->margin);
     return (int)b.len;
 }

@@ -149,6 +149,8 @@ static int argmax(const float *x, int n) {
     return b;
 }
 
+static const char *quoted(const struct tokenizer *tok, int id, char *out, size_t cap);
+
 /* The 5 most likely tokens of logits [V] with their probabilities. */
 static void print_top(const struct tokenizer *tok, const float *logits, int V, int n) {
     float mx = logits[argmax(logits, V)];
@@ -164,9 +166,26 @@ static void print_top(const struct tokenizer *tok, const float *logits, int V, i
         }
         best[i] = b;
         char piece[128];
-        printf("    %5d %-14s p = %.4f   (logit %.3f)\n", b, cli_token_text(tok, b, piece, sizeof piece),
+        printf("    %5d %-14s p = %.4f   (logit %.3f)\n", b, quoted(tok, b, piece, sizeof piece),
                exp((double)logits[b] - mx) / z, logits[b]);
     }
+}
+
+/* A token's text in single quotes, control characters escaped. */
+static const char *quoted(const struct tokenizer *tok, int id, char *out, size_t cap) {
+    char raw[128];
+    cli_token_text(tok, id, raw, sizeof raw);
+    size_t n = 0;
+    out[n++] = '\'';
+    for (const char *p = raw; *p && n + 6 < cap; p++) {
+        unsigned char ch = (unsigned char)*p;
+        if (ch == '\n') n += (size_t)snprintf(out + n, cap - n, "\\n");
+        else if (ch < 0x20 || ch == 0x7f) n += (size_t)snprintf(out + n, cap - n, "\\x%02x", ch);
+        else out[n++] = (char)ch;
+    }
+    out[n++] = '\'';
+    out[n] = 0;
+    return out;
 }
 
 static void print_explain(const route_run *r, const float *main_logits, const float *mtp_logits, int mtp_next) {
@@ -176,7 +195,7 @@ static void print_explain(const route_run *r, const float *main_logits, const fl
     char piece[128];
     int R = c->kv_lora_rank, dr = c->qk_rope_head_dim, nh = c->num_attention_heads, dn = c->qk_nope_head_dim;
     int dv = c->v_head_dim, dq = dn + dr;
-    printf("\n== explain: position %d, token %d %s\n", P, tokid, cli_token_text(r->tok, tokid, piece, sizeof piece));
+    printf("\n== explain: position %d, token %d %s\n", P, tokid, quoted(r->tok, tokid, piece, sizeof piece));
     printf("\nattention (engine/attention.c attention_forward): MLA caches per token per layer\n");
     printf("  c_kv [R = %d] + k_pe [dr = %d]                        = %d floats = %d bytes\n", R, dr, R + dr,
            (R + dr) * 4);
@@ -229,10 +248,23 @@ static void print_explain(const route_run *r, const float *main_logits, const fl
         if (nxt >= 0)
             printf("  next %6d %5d %9.5f %9.5f %11.5f %9s   (margin %.5f)\n", nxt, nxt / gs, e->scores[nxt],
                    use_bias ? bias[nxt] : 0.0f, e->sel[nxt], "-", e->margin);
-        /* where the best raw-score experts went */
-        int best_raw = argmax(e->scores, e->E);
-        printf("  weights sum to %.4f; the highest raw score is expert %d (%.5f)%s\n", wsum, best_raw,
-               e->scores[best_raw], isinf(e->sel[best_raw]) ? ", in a dropped group" : "");
+        /* what the raw scores alone (no bias, no group limit) would have chosen */
+        printf("  weights sum to %.4f\n  by raw score alone (no bias, no groups) the top-%d would be:", wsum, e->k);
+        int same = 0;
+        unsigned char *taken = calloc((size_t)e->E, 1);
+        for (int j = 0; taken && j < e->k; j++) {
+            int b = -1;
+            for (int x = 0; x < e->E; x++)
+                if (!taken[x] && (b < 0 || e->scores[x] > e->scores[b])) b = x;
+            if (b < 0) break;
+            taken[b] = 1;
+            int chosen = 0;
+            for (int i = 0; i < e->k; i++) chosen |= e->ids[i] == b;
+            same += chosen;
+            printf(" %d%s", b, chosen ? "" : (isinf(e->sel[b]) ? "(dropped group)" : "(bias)"));
+        }
+        free(taken);
+        printf("\n  -> %d of %d chosen experts agree with the raw-score choice\n", same, e->k);
         if (m->w.layers[l].has_shared)
             printf("  + shared expert (engine/moe.c moe_forward): width %d = %d x %d, weight 1, every token\n",
                    c->moe_intermediate_size * c->n_shared_experts, c->n_shared_experts, c->moe_intermediate_size);
@@ -243,7 +275,7 @@ static void print_explain(const route_run *r, const float *main_logits, const fl
     }
     if (mtp_logits) {
         printf("\nMTP (engine/model.c model_forward_mtp): fed hidden_%d and token %d %s (position %d), it drafts position "
-               "%d:\n", P, mtp_next, cli_token_text(r->tok, mtp_next, piece, sizeof piece), P + 1, P + 2);
+               "%d:\n", P, mtp_next, quoted(r->tok, mtp_next, piece, sizeof piece), P + 1, P + 2);
         print_top(r->tok, mtp_logits, c->vocab_size, 5);
     }
 }
