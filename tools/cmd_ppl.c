@@ -5,10 +5,7 @@
  *
  * Legend:
  *   tokens    the text encoded, BOS first (tokenizer config), t_0 .. t_{T-1}
- *   windows   each window holds N = --ctx positions starting at position 0; window w
- *             starts at token w (N - 1), so consecutive windows share one token and every
- *             token after the first is predicted exactly once, from up to N - 1 tokens before it
- *   nll       -sum over predicted tokens of log softmax(logits_{i-1})[t_i]   (natural log)
+ *   windows   N = --ctx positions each, overlapping by one token (engine/perplexity.h)
  *   output    tokens, predicted tokens, nats/token = nll / predicted, perplexity = exp(nats/token)
  */
 #include <math.h>
@@ -19,6 +16,7 @@
 #include "cli.h"
 #include "commands.h"
 #include "model.h"
+#include "perplexity.h"
 #include "tokenizer.h"
 
 static void usage(FILE *f) {
@@ -39,15 +37,6 @@ static void usage(FILE *f) {
             "  --dtype auto|f32|bf16|q8 compute format of the weights (default auto)\n"
             "  --threads N              (default: one per core)\n"
             "  -h, --help\n");
-}
-
-/* log softmax(logits)[target], in double. */
-static double log_prob(const float *logits, int V, int target) {
-    float mx = logits[0];
-    for (int v = 1; v < V; v++) mx = logits[v] > mx ? logits[v] : mx;
-    double z = 0;
-    for (int v = 0; v < V; v++) z += exp((double)logits[v] - mx);
-    return (double)logits[target] - mx - log(z);
 }
 
 int cmd_ppl(int argc, char **argv) {
@@ -103,32 +92,18 @@ int cmd_ppl(int argc, char **argv) {
     opt.max_seq = S;
     moe_model m;
     if (cli_load_model(&m, dir, &opt, "ppl", 0)) { free(tokens); return 1; }
-    int V = m.cfg.vocab_size, B = m.s.B, rc = 1, windows = 0;
-    float *logits = malloc(sizeof(float) * (size_t)B * V);
-    if (!logits) { fprintf(stderr, "moe ppl: out of memory\n"); goto done; }
-    double nll = 0, t0 = cli_now();
-    long predicted = 0;
-    for (int w0 = 0; w0 + 1 < T; w0 += S - 1) {
-        int n = T - w0 < S ? T - w0 : S;
-        windows++;
-        for (int c0 = 0; c0 < n; c0 += B) {
-            int nb = n - c0 < B ? n - c0 : B;
-            if (model_forward(&m, tokens + w0 + c0, nb, c0, logits, 1, NULL, &err)) {
-                fprintf(stderr, "moe ppl: %s\n", err.msg);
-                goto done;
-            }
-            for (int t = 0; t < nb && c0 + t + 1 < n; t++) {
-                nll -= log_prob(logits + (size_t)t * V, V, tokens[w0 + c0 + t + 1]);
-                predicted++;
-            }
-        }
+    int rc = 1;
+    perplexity_result res;
+    double t0 = cli_now();
+    if (perplexity_eval(&m, tokens, T, S, &res, &err)) {
+        fprintf(stderr, "moe ppl: %s\n", err.msg);
+        goto done;
     }
-    double secs = cli_now() - t0, npt = nll / predicted;
+    double secs = cli_now() - t0, npt = res.nll / res.predicted;
     printf("ppl: %d tokens, %ld predicted, %.4f nats/token, perplexity %.4f  (ctx %d, %d window%s, top-%d, %.1f s)\n", T,
-           predicted, npt, exp(npt), S, windows, windows == 1 ? "" : "s", m.K, secs);
+           res.predicted, npt, exp(npt), S, res.windows, res.windows == 1 ? "" : "s", m.K, secs);
     rc = 0;
 done:
-    free(logits);
     free(tokens);
     model_free(&m);
     return rc;
