@@ -230,6 +230,10 @@ static void print_explain(const route_run *r, const float *main_logits, const fl
         } else if (G > 1) {
             printf("  group limit: off (--no-group-limit or a greedy method): all %d experts compete\n", e->E);
         }
+        if (!use_bias)
+            printf("  no selection bias here (%s): experts are chosen by their scores\n",
+                   c->topk_method != TOPK_NOAUX_TC ? "only noaux_tc routing has one"
+                   : bias ? "--no-route-bias" : "the checkpoint has no e_score_correction_bias");
         printf("  %-4s %6s %5s %9s %9s %11s %9s\n", "rank", "expert", "group", "score", "bias", "score+bias", "weight");
         double wsum = 0;
         for (int j = 0; j < e->k; j++) {
