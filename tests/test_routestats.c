@@ -37,6 +37,7 @@ typedef struct {
     int *ids;              /* [Lt, T, K] */
     float *weights;        /* [Lt, T, K] */
     double *mass;          /* [Lt, T] chosen score share */
+    double *wsum;          /* [Lt, T] sum of the gate weights */
     int *kept;             /* [Lt, T] n_groups_kept */
     unsigned char *seen;   /* [Lt, T] */
     routestats *rs;        /* fed too, when not NULL */
@@ -74,6 +75,8 @@ static void on_route(void *ctx, int layer, int pos, const route_decision *d) {
     for (int j = 0; j < c->K; j++) chosen += d->scores[d->ids[j]];
     for (int e = 0; e < c->E; e++) all += d->scores[e];
     c->mass[lt] = chosen / all;
+    c->wsum[lt] = 0;
+    for (int j = 0; j < c->K; j++) c->wsum[lt] += d->weights[j];
     c->kept[lt] = d->n_groups_kept;
     c->seen[lt] = 1;
     if (c->json_checked < 3) { check_trace_json(d, layer, pos); c->json_checked++; }
@@ -96,6 +99,7 @@ static void run_model(const char *name, const router_options *ro, capture *c, ro
     c->ids = calloc((size_t)c->Lt * T * c->K, sizeof(int));
     c->weights = calloc((size_t)c->Lt * T * c->K, sizeof(float));
     c->mass = calloc((size_t)c->Lt * T, sizeof(double));
+    c->wsum = calloc((size_t)c->Lt * T, sizeof(double));
     c->kept = calloc((size_t)c->Lt * T, sizeof(int));
     c->seen = calloc((size_t)c->Lt * T, 1);
     if (rs) {
@@ -118,7 +122,7 @@ static void run_model(const char *name, const router_options *ro, capture *c, ro
 }
 
 static void capture_free(capture *c) {
-    free(c->ids); free(c->weights); free(c->mass); free(c->kept); free(c->seen);
+    free(c->ids); free(c->weights); free(c->mass); free(c->wsum); free(c->kept); free(c->seen);
 }
 
 static int in_set(const int *s, int k, int x) {
@@ -161,7 +165,7 @@ static void check_stats(const char *name) {
         assert_int_equal(sum, (int64_t)T * K);
         assert_int_equal(rs.tokens[l], T);
         /* direct: metrics */
-        double mean = (double)T * K / E, mx = 0, var = 0, ent = 0, sq = 0, ov = 0, mass = 0, groups = 0;
+        double mean = (double)T * K / E, mx = 0, var = 0, ent = 0, sq = 0, ov = 0, mass = 0, groups = 0, wsum = 0;
         int unused = 0, gmax = 0;
         for (int e = 0; e < E; e++) {
             if (cnt[e] > mx) mx = (double)cnt[e];
@@ -173,6 +177,7 @@ static void check_stats(const char *name) {
         for (int t = 0; t < T; t++) {
             const int *s = c.ids + ((size_t)l * T + t) * K;
             mass += c.mass[(size_t)l * T + t] / T;
+            wsum += c.wsum[(size_t)l * T + t] / T;
             int used = 0;
             for (int g = 0; g < G; g++) {
                 int any = 0;
@@ -196,6 +201,8 @@ static void check_stats(const char *name) {
         assert_int_equal(m.unused, unused);
         assert_close(m.overlap, ov, "overlap", l);
         assert_close(m.mass, mass, "mass", l);
+        assert_close(m.weight_sum, wsum, "weight sum", l);
+        if (cfg.norm_topk_prob) assert_true(fabs(m.weight_sum - cfg.routed_scaling_factor) < 1e-5);
         assert_close(m.groups_mean, groups, "groups per token", l);
         assert_int_equal(m.groups_max, gmax);
         assert_true(m.n_hot > 0 && m.hot_count[0] == (int64_t)mx);

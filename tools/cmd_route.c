@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "attention.h"
 #include "cli.h"
@@ -374,16 +375,22 @@ int cmd_route(int argc, char **argv) {
     }
     if (cli_route_knobs_check(&cfg, &opt.routing, "route")) return 1;
 
-    {   /* fail before the run if the outputs cannot be written */
-        char probe[4096];
-        snprintf(probe, sizeof probe, "%s.counts.csv", prefix);
-        FILE *f = fopen(probe, "w");
-        if (!f) { fprintf(stderr, "moe route: %s: cannot write: %s\n", probe, strerror(errno)); return 1; }
-        fclose(f);
-    }
     int *tokens = NULL, T = 0;
     struct tokenizer *tok = NULL;
     if (cli_input_tokens(dir, &cfg, ids, prompt, file, "route", &tokens, &T, &tok)) return 1;
+    {   /* fail before the run if the outputs cannot be written (leaving no file behind) */
+        char probe[4096];
+        snprintf(probe, sizeof probe, "%s.counts.csv", prefix);
+        int existed = access(probe, F_OK) == 0;
+        FILE *f = fopen(probe, "a");
+        if (!f) {
+            fprintf(stderr, "moe route: %s: cannot write: %s\n", probe, strerror(errno));
+            free(tokens); tokenizer_free(tok);
+            return 1;
+        }
+        fclose(f);
+        if (!existed) remove(probe);
+    }
     if (explain >= T) {
         fprintf(stderr, "moe route: --explain %ld is past the end of the input (%d tokens, positions 0..%d)\n", explain, T,
                 T - 1);
