@@ -49,6 +49,13 @@ import xml.dom.minidom as m; m.parse('$T/r.load.svg'); m.parse('$T/r.coact.svg')
     fi
 else bad "route run: $(cat "$T/err")"; fi
 
+# --- windows shorter than the text: every token is still routed once per layer --------
+if "$MOE" route -m $G/tiny-bf16 -f "$T/in.txt" -o "$T/w" --ctx 16 --batch 5 -q 2>"$T/err"; then
+    sums=$(awk -F, 'NR>1 {s[$1]+=$3} END {for (l in s) print l, s[l]}' "$T/w.counts.csv" | sort | tr '\n' ' ')
+    [ "$sums" = "1 $((ntok*8)) 2 $((ntok*8)) " ] && ok || bad "windowed counts: $sums"
+    grep -q '"window": 16' "$T/w.summary.json" && ok || bad "window in summary"
+else bad "windowed run: $(cat "$T/err")"; fi
+
 # --- explain one token --------------------------------------------------------------
 "$MOE" route -m $G/tiny-bf16 -p "Hello world" -o "$T/e" --explain 3 -q >"$T/ex" 2>/dev/null &&
     grep -q "router_select" "$T/ex" && grep -q "MTP (engine/model.c model_forward_mtp)" "$T/ex" &&
