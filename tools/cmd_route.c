@@ -152,6 +152,11 @@ static int argmax(const float *x, int n) {
 
 static const char *quoted(const struct tokenizer *tok, int id, char *out, size_t cap);
 
+static int cmp_float(const void *a, const void *b) {
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
 /* The 5 most likely tokens of logits [V] with their probabilities. */
 static void print_top(const struct tokenizer *tok, const float *logits, int V, int n) {
     float mx = logits[argmax(logits, V)];
@@ -218,6 +223,18 @@ static void print_explain(const route_run *r, const float *main_logits, const fl
         if (G > 1) printf(", %d groups of %d, keep %d", G, gs, c->topk_group);
         printf(", top-%d%s, routed_scaling_factor %.3g\n", e->k, c->norm_topk_prob ? ", weights normalised" : "",
                c->routed_scaling_factor);
+        {   /* the whole score distribution, for scale */
+            float *sorted = malloc(sizeof(float) * (size_t)e->E);
+            if (sorted) {
+                memcpy(sorted, e->scores, sizeof(float) * (size_t)e->E);
+                qsort(sorted, (size_t)e->E, sizeof(float), cmp_float);
+                double sum = 0;
+                for (int x = 0; x < e->E; x++) sum += sorted[x];
+                printf("  scores of all %d experts: min %.5f, median %.5f, max %.5f, sum %.4f\n", e->E, sorted[0],
+                       sorted[e->E / 2], sorted[e->E - 1], sum);
+                free(sorted);
+            }
+        }
         if (e->n_groups_kept) {
             printf("  group scores (%s of score+bias in the group):\n   ",
                    c->topk_method == TOPK_NOAUX_TC ? "sum of the 2 best" : "the best");
