@@ -87,7 +87,7 @@ int routeplot_load_svg(const routestats *rs, const moe_config *cfg, const char *
     int left = 120, top = 100, right = 130, bottom = 140;
     int plot_w = E * cw, plot_h = rows * ch;
     int W = left + plot_w + right, H = top + plot_h + bottom;
-    if (W < 760) W = 760;
+    if (W < 1000) W = 1000;
     FILE *f = svg_open(path, W, H, err);
     if (!f) return MOE_FAIL;
     /* titles */
@@ -96,8 +96,12 @@ int routeplot_load_svg(const routestats *rs, const moe_config *cfg, const char *
     fprintf(f, "</text>\n<text x=\"12\" y=\"44\" fill=\"#333\">Each cell: how many tokens that layer's router sent to "
                "that expert, divided by the mean (tokens x %d / %d experts).</text>\n", rs->K, E);
     fprintf(f, "<text x=\"12\" y=\"60\" fill=\"#333\">Blue = under-used, white = even share, red = over-used, dark grey "
-               "= never chosen. Black lines separate the %d expert group%s%s.</text>\n", G, G == 1 ? "" : "s",
-            G > 1 ? (cfg->topk_method == TOPK_GREEDY ? " (not used by this model's greedy routing)" : "") : "");
+               "= never chosen. ");
+    if (G > 1)
+        fprintf(f, "Black lines separate the %d expert groups%s.</text>\n", G,
+                cfg->topk_method == TOPK_GREEDY ? " (not used by this model's greedy routing)" : "");
+    else
+        fprintf(f, "This model does not group its experts.</text>\n");
     /* cells */
     int row = 0;
     for (int l = 0; l < rs->Lt; l++) {
@@ -170,7 +174,7 @@ int routeplot_coact_svg(const routestats *rs, const moe_config *cfg, const char 
     int cs = clampi(640 / E, 2, 16);
     int left = 90, top = 110, right = 170, bottom = 80;
     int side = E * cs, W = left + side + right, H = top + side + bottom;
-    if (W < 760) W = 760;
+    if (W < 1080) W = 1080;
     int64_t mx = 0;
     for (int a = 0; a < E; a++)
         for (int b = 0; b < E; b++)
@@ -183,8 +187,8 @@ int routeplot_coact_svg(const routestats *rs, const moe_config *cfg, const char 
     fprintf(f, "</text>\n<text x=\"12\" y=\"44\" fill=\"#333\">Cell (a, b): number of tokens (of %lld) for which the "
                "router chose both expert a and expert b (top-%d). Symmetric; the diagonal is left out.</text>\n",
             (long long)rs->tokens[L], rs->K);
-    fprintf(f, "<text x=\"12\" y=\"60\" fill=\"#333\">Darker = more often together (square-root scale). Black lines "
-               "separate the %d expert group%s.</text>\n", G, G == 1 ? "" : "s");
+    fprintf(f, "<text x=\"12\" y=\"60\" fill=\"#333\">Darker = more often together (square-root scale).%s</text>\n",
+            G > 1 ? " Black lines separate the expert groups." : "");
     fprintf(f, "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"white\" stroke=\"black\"/>\n", left, top, side,
             side);
     for (int a = 0; a < E; a++)
@@ -233,7 +237,7 @@ int routeplot_coact_svg(const routestats *rs, const moe_config *cfg, const char 
         double v = frac * frac * (double)mx;
         int y = ly + lh - (int)lround(frac * lh);
         fprintf(f, "<line x1=\"%d\" y1=\"%d\" x2=\"%d\" y2=\"%d\" stroke=\"black\"/>\n", lx + 18, y, lx + 23, y);
-        fprintf(f, "<text x=\"%d\" y=\"%d\" font-size=\"11\">%.3g</text>\n", lx + 27, y + 4, v);
+        fprintf(f, "<text x=\"%d\" y=\"%d\" font-size=\"11\">%.0f</text>\n", lx + 27, y + 4, v);
     }
     fprintf(f, "<rect x=\"%d\" y=\"%d\" width=\"18\" height=\"18\" fill=\"#e0e0e0\" stroke=\"black\"/>\n", lx, ly + lh + 20);
     fprintf(f, "<text x=\"%d\" y=\"%d\" font-size=\"11\">diagonal</text>\n", lx + 24, ly + lh + 33);

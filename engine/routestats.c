@@ -42,6 +42,7 @@ int routestats_init(routestats *rs, const moe_config *cfg, int K, int coact_laye
     rs->groups_sum = calloc(Lt, sizeof(int64_t));
     rs->groups_max = calloc(Lt, sizeof(int));
     rs->mass_sum = calloc(Lt, sizeof(double));
+    rs->wsum_sum = calloc(Lt, sizeof(double));
     rs->overlap_sum = calloc(Lt, sizeof(double));
     rs->overlap_n = calloc(Lt, sizeof(int64_t));
     rs->prev_ids = calloc(Lt * (size_t)K, sizeof(int));
@@ -49,7 +50,7 @@ int routestats_init(routestats *rs, const moe_config *cfg, int K, int coact_laye
     rs->mark = calloc(E > G ? E : G, 1);
     if (coact_layer >= 0) rs->coact = calloc(E * E, sizeof(int64_t));
     if (!rs->is_moe || !rs->tokens || !rs->counts || !rs->group_kept || !rs->group_used || !rs->groups_sum ||
-        !rs->groups_max || !rs->mass_sum || !rs->overlap_sum || !rs->overlap_n || !rs->prev_ids || !rs->prev_pos ||
+        !rs->groups_max || !rs->mass_sum || !rs->wsum_sum || !rs->overlap_sum || !rs->overlap_n || !rs->prev_ids || !rs->prev_pos ||
         !rs->mark || (coact_layer >= 0 && !rs->coact)) {
         routestats_free(rs);
         return moe_error_set(err, "out of memory for routing statistics (%d layers x %d experts)", (int)Lt, (int)E);
@@ -64,7 +65,7 @@ int routestats_init(routestats *rs, const moe_config *cfg, int K, int coact_laye
 
 void routestats_free(routestats *rs) {
     free(rs->is_moe); free(rs->tokens); free(rs->counts); free(rs->group_kept); free(rs->group_used);
-    free(rs->groups_sum); free(rs->groups_max); free(rs->mass_sum); free(rs->overlap_sum); free(rs->overlap_n);
+    free(rs->groups_sum); free(rs->groups_max); free(rs->mass_sum); free(rs->wsum_sum); free(rs->overlap_sum); free(rs->overlap_n);
     free(rs->prev_ids); free(rs->prev_pos); free(rs->mark); free(rs->coact);
     memset(rs, 0, sizeof *rs);
 }
@@ -78,6 +79,7 @@ void routestats_reset(routestats *rs) {
     memset(rs->groups_sum, 0, Lt * sizeof(int64_t));
     memset(rs->groups_max, 0, Lt * sizeof(int));
     memset(rs->mass_sum, 0, Lt * sizeof(double));
+    memset(rs->wsum_sum, 0, Lt * sizeof(double));
     memset(rs->overlap_sum, 0, Lt * sizeof(double));
     memset(rs->overlap_n, 0, Lt * sizeof(int64_t));
     for (int l = 0; l < rs->Lt; l++) rs->prev_pos[l] = -2;
@@ -92,11 +94,13 @@ void routestats_observe(void *ctx, int layer, int pos, const route_decision *d) 
     int E = rs->E, K = rs->K, G = rs->G, gs = E / G;
     int64_t *cnt = rs->counts + (size_t)layer * E;
     rs->tokens[layer]++;
-    double chosen = 0, all = 0;
+    double chosen = 0, all = 0, wsum = 0;
     for (int j = 0; j < K; j++) {
         cnt[d->ids[j]]++;
         chosen += d->scores[d->ids[j]];
+        wsum += d->weights[j];
     }
+    rs->wsum_sum[layer] += wsum;
     for (int e = 0; e < E; e++) all += d->scores[e];
     rs->mass_sum[layer] += all > 0 ? chosen / all : 0;
     /* groups: kept by the router, and actually used by the chosen experts */
@@ -164,6 +168,7 @@ void routestats_layer_metrics(const routestats *rs, int layer, routestats_layer 
     routestats_load_metrics(c, E, rs->K, &o->maxvio, &o->cv, &o->entropy, &o->jain, &o->unused);
     if (N > 0) {
         o->mass = rs->mass_sum[layer] / N;
+        o->weight_sum = rs->wsum_sum[layer] / N;
         o->groups_mean = (double)rs->groups_sum[layer] / N;
     }
     o->groups_max = rs->groups_max[layer];
@@ -243,10 +248,11 @@ int routestats_write_summary_json(const routestats *rs, const char *path, const 
         routestats_layer_metrics(rs, l, &m);
         fprintf(f, "%s\n    {\"layer\": %d, \"mtp\": %s, \"tokens\": %lld, \"maxvio\": %.6g, \"cv\": %.6g, "
                    "\"entropy\": %.6g, \"jain\": %.6g, \"unused\": %d, \"overlap\": %.6g, \"topk_mass\": %.6g, "
+                   "\"weight_sum\": %.6g, "
                    "\"groups_per_token\": %.6g, \"groups_per_token_max\": %d, \"max_count\": %lld, \"min_count\": %lld,\n"
                    "     \"hot\": [",
                 first ? "" : ",", l, l >= rs->L ? "true" : "false", (long long)m.tokens, m.maxvio, m.cv, m.entropy,
-                m.jain, m.unused, m.overlap, m.mass, m.groups_mean, m.groups_max, (long long)m.max_count,
+                m.jain, m.unused, m.overlap, m.mass, m.weight_sum, m.groups_mean, m.groups_max, (long long)m.max_count,
                 (long long)m.min_count);
         for (int i = 0; i < m.n_hot; i++)
             fprintf(f, "%s{\"expert\": %d, \"count\": %lld}", i ? ", " : "", m.hot[i], (long long)m.hot_count[i]);
@@ -334,6 +340,6 @@ int routestats_trace_text(char *buf, size_t cap, int layer, int pos, int token, 
     sb_printf(&b, "|");
     for (int j = 0; j < d->k; j++) sb_printf(&b, " %d:%.3f", d->ids[j], d->weights[j]);
     if (isinf(d->margin)) sb_printf(&b, " | margin -");
-    else sb_printf(&b, " | margin %.4f", d->margin);
+    else sb_printf(&b, " | margin %.4g", d->margin);
     return (int)b.len;
 }

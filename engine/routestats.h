@@ -15,6 +15,8 @@
  *   mass     = mean over tokens of sum_{e in S_t} score_e / sum_e score_e
  *              (the share of the gate's score mass the chosen experts carry)
  *   groups   = mean and max number of distinct groups among the K chosen experts
+ *   weight_sum = mean over tokens of sum_j w_j, the final gate weights (routed_scaling_factor
+ *              when norm_topk_prob, the chosen softmax mass for V2-style routing)
  *
  * Usage: routestats_init, then set m->on_route = routestats_observe, m->on_route_ctx = &rs
  * and run the model; positions must be fed in increasing order per layer (a new
@@ -42,6 +44,7 @@ typedef struct {
     int64_t *groups_sum;       /* [Lt] sum over tokens of distinct groups among the chosen */
     int *groups_max;           /* [Lt] */
     double *mass_sum;          /* [Lt] sum over tokens of the chosen score share */
+    double *wsum_sum;          /* [Lt] sum over tokens of the K final gate weights */
     double *overlap_sum;       /* [Lt] sum of |S_t n S_{t-1}| / K */
     int64_t *overlap_n;        /* [Lt] adjacent pairs seen */
     int *prev_ids;             /* [Lt, K] experts of the previous position */
@@ -55,6 +58,7 @@ typedef struct {
     int layer;
     int64_t tokens;
     double maxvio, cv, entropy, jain, overlap, mass, groups_mean;
+    double weight_sum;                 /* mean sum of the K final gate weights */
     int groups_max;
     int unused;
     int64_t max_count, min_count;

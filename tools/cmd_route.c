@@ -14,10 +14,12 @@
  *   PREFIX.trace.jsonl   (--trace) one line per token and layer; the compact form goes to stderr
  *   --explain POS        everything about the token at position POS, on stdout
  */
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "attention.h"
 #include "cli.h"
@@ -148,6 +150,13 @@ static int argmax(const float *x, int n) {
     return b;
 }
 
+static const char *quoted(const struct tokenizer *tok, int id, char *out, size_t cap);
+
+static int cmp_float(const void *a, const void *b) {
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
 /* The 5 most likely tokens of logits [V] with their probabilities. */
 static void print_top(const struct tokenizer *tok, const float *logits, int V, int n) {
     float mx = logits[argmax(logits, V)];
@@ -163,9 +172,26 @@ static void print_top(const struct tokenizer *tok, const float *logits, int V, i
         }
         best[i] = b;
         char piece[128];
-        printf("    %5d %-14s p = %.4f   (logit %.3f)\n", b, cli_token_text(tok, b, piece, sizeof piece),
+        printf("    %5d %-14s p = %.4f   (logit %.3f)\n", b, quoted(tok, b, piece, sizeof piece),
                exp((double)logits[b] - mx) / z, logits[b]);
     }
+}
+
+/* A token's text in single quotes, control characters escaped. */
+static const char *quoted(const struct tokenizer *tok, int id, char *out, size_t cap) {
+    char raw[128];
+    cli_token_text(tok, id, raw, sizeof raw);
+    size_t n = 0;
+    out[n++] = '\'';
+    for (const char *p = raw; *p && n + 6 < cap; p++) {
+        unsigned char ch = (unsigned char)*p;
+        if (ch == '\n') n += (size_t)snprintf(out + n, cap - n, "\\n");
+        else if (ch < 0x20 || ch == 0x7f) n += (size_t)snprintf(out + n, cap - n, "\\x%02x", ch);
+        else out[n++] = (char)ch;
+    }
+    out[n++] = '\'';
+    out[n] = 0;
+    return out;
 }
 
 static void print_explain(const route_run *r, const float *main_logits, const float *mtp_logits, int mtp_next) {
@@ -175,7 +201,7 @@ static void print_explain(const route_run *r, const float *main_logits, const fl
     char piece[128];
     int R = c->kv_lora_rank, dr = c->qk_rope_head_dim, nh = c->num_attention_heads, dn = c->qk_nope_head_dim;
     int dv = c->v_head_dim, dq = dn + dr;
-    printf("\n== explain: position %d, token %d %s\n", P, tokid, cli_token_text(r->tok, tokid, piece, sizeof piece));
+    printf("\n== explain: position %d, token %d %s\n", P, tokid, quoted(r->tok, tokid, piece, sizeof piece));
     printf("\nattention (engine/attention.c attention_forward): MLA caches per token per layer\n");
     printf("  c_kv [R = %d] + k_pe [dr = %d]                        = %d floats = %d bytes\n", R, dr, R + dr,
            (R + dr) * 4);
@@ -197,6 +223,18 @@ static void print_explain(const route_run *r, const float *main_logits, const fl
         if (G > 1) printf(", %d groups of %d, keep %d", G, gs, c->topk_group);
         printf(", top-%d%s, routed_scaling_factor %.3g\n", e->k, c->norm_topk_prob ? ", weights normalised" : "",
                c->routed_scaling_factor);
+        {   /* the whole score distribution, for scale */
+            float *sorted = malloc(sizeof(float) * (size_t)e->E);
+            if (sorted) {
+                memcpy(sorted, e->scores, sizeof(float) * (size_t)e->E);
+                qsort(sorted, (size_t)e->E, sizeof(float), cmp_float);
+                double sum = 0;
+                for (int x = 0; x < e->E; x++) sum += sorted[x];
+                printf("  scores of all %d experts: min %.5f, median %.5f, max %.5f, sum %.4f\n", e->E, sorted[0],
+                       sorted[e->E / 2], sorted[e->E - 1], sum);
+                free(sorted);
+            }
+        }
         if (e->n_groups_kept) {
             printf("  group scores (%s of score+bias in the group):\n   ",
                    c->topk_method == TOPK_NOAUX_TC ? "sum of the 2 best" : "the best");
@@ -210,6 +248,10 @@ static void print_explain(const route_run *r, const float *main_logits, const fl
         } else if (G > 1) {
             printf("  group limit: off (--no-group-limit or a greedy method): all %d experts compete\n", e->E);
         }
+        if (!use_bias)
+            printf("  no selection bias here (%s): experts are chosen by their scores\n",
+                   c->topk_method != TOPK_NOAUX_TC ? "only noaux_tc routing has one"
+                   : bias ? "--no-route-bias" : "the checkpoint has no e_score_correction_bias");
         printf("  %-4s %6s %5s %9s %9s %11s %9s\n", "rank", "expert", "group", "score", "bias", "score+bias", "weight");
         double wsum = 0;
         for (int j = 0; j < e->k; j++) {
@@ -228,10 +270,23 @@ static void print_explain(const route_run *r, const float *main_logits, const fl
         if (nxt >= 0)
             printf("  next %6d %5d %9.5f %9.5f %11.5f %9s   (margin %.5f)\n", nxt, nxt / gs, e->scores[nxt],
                    use_bias ? bias[nxt] : 0.0f, e->sel[nxt], "-", e->margin);
-        /* where the best raw-score experts went */
-        int best_raw = argmax(e->scores, e->E);
-        printf("  weights sum to %.4f; the highest raw score is expert %d (%.5f)%s\n", wsum, best_raw,
-               e->scores[best_raw], isinf(e->sel[best_raw]) ? ", in a dropped group" : "");
+        /* what the raw scores alone (no bias, no group limit) would have chosen */
+        printf("  weights sum to %.4f\n  by raw score alone (no bias, no groups) the top-%d would be:", wsum, e->k);
+        int same = 0;
+        unsigned char *taken = calloc((size_t)e->E, 1);
+        for (int j = 0; taken && j < e->k; j++) {
+            int b = -1;
+            for (int x = 0; x < e->E; x++)
+                if (!taken[x] && (b < 0 || e->scores[x] > e->scores[b])) b = x;
+            if (b < 0) break;
+            taken[b] = 1;
+            int chosen = 0;
+            for (int i = 0; i < e->k; i++) chosen |= e->ids[i] == b;
+            same += chosen;
+            printf(" %d%s", b, chosen ? "" : (isinf(e->sel[b]) ? "(dropped group)" : "(bias)"));
+        }
+        free(taken);
+        printf("\n  -> %d of %d chosen experts agree with the raw-score choice\n", same, e->k);
         if (m->w.layers[l].has_shared)
             printf("  + shared expert (engine/moe.c moe_forward): width %d = %d x %d, weight 1, every token\n",
                    c->moe_intermediate_size * c->n_shared_experts, c->n_shared_experts, c->moe_intermediate_size);
@@ -242,7 +297,7 @@ static void print_explain(const route_run *r, const float *main_logits, const fl
     }
     if (mtp_logits) {
         printf("\nMTP (engine/model.c model_forward_mtp): fed hidden_%d and token %d %s (position %d), it drafts position "
-               "%d:\n", P, mtp_next, cli_token_text(r->tok, mtp_next, piece, sizeof piece), P + 1, P + 2);
+               "%d:\n", P, mtp_next, quoted(r->tok, mtp_next, piece, sizeof piece), P + 1, P + 2);
         print_top(r->tok, mtp_logits, c->vocab_size, 5);
     }
 }
@@ -340,6 +395,19 @@ int cmd_route(int argc, char **argv) {
     int *tokens = NULL, T = 0;
     struct tokenizer *tok = NULL;
     if (cli_input_tokens(dir, &cfg, ids, prompt, file, "route", &tokens, &T, &tok)) return 1;
+    {   /* fail before the run if the outputs cannot be written (leaving no file behind) */
+        char probe[4096];
+        snprintf(probe, sizeof probe, "%s.counts.csv", prefix);
+        int existed = access(probe, F_OK) == 0;
+        FILE *f = fopen(probe, "a");
+        if (!f) {
+            fprintf(stderr, "moe route: %s: cannot write: %s\n", probe, strerror(errno));
+            free(tokens); tokenizer_free(tok);
+            return 1;
+        }
+        fclose(f);
+        if (!existed) remove(probe);
+    }
     if (explain >= T) {
         fprintf(stderr, "moe route: --explain %ld is past the end of the input (%d tokens, positions 0..%d)\n", explain, T,
                 T - 1);
