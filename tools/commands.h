@@ -5,5 +5,6 @@
 #define MOE_COMMANDS_H
 
 int cmd_logits(int argc, char **argv);
+int cmd_tokenize(int argc, char **argv);
 
 #endif

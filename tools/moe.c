@@ -12,6 +12,7 @@ typedef struct {
 } command;
 
 static const command commands[] = {
+    {"tokenize", cmd_tokenize, "text -> token ids (or ids -> text with --decode), one line per input"},
     {"logits", cmd_logits, "run token ids through a checkpoint, write logits/MTP logits/routing (safetensors)"},
 };
 static const int n_commands = (int)(sizeof commands / sizeof commands[0]);
