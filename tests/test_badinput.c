@@ -20,6 +20,7 @@
 #include "config.h"
 #include "model.h"
 #include "safetensors.h"
+#include "tokenizer.h"
 
 #define BASE "tests/data/golden/v2lite-f32"
 #define SHARDED "tests/data/golden/v2lite-f16-shard"
@@ -307,6 +308,80 @@ static void test_token_out_of_vocab(void **state) {
     model_free(&m);
 }
 
+/* ------------------------------------------------------------------ resource limits (issue 8) */
+
+/* A header listing more than 2^20 tensors is refused before any tensor is looked at. */
+static void test_st_too_many_tensors(void **state) {
+    (void)state;
+    size_t n = (1u << 20) + 1, cap = n * 12 + 16, len = 0;
+    char *h = malloc(cap);
+    assert_non_null(h);
+    h[len++] = '{';
+    for (size_t i = 0; i < n; i++) len += (size_t)snprintf(h + len, cap - len, "%s\"%zx\":0", i ? "," : "", i);
+    h[len++] = '}';
+    h[len] = 0;
+    write_st("x.safetensors", h, len, 0);
+    free(h);
+    expect_st_error("more than the limit of 1048576");
+}
+
+/* Names from the file are quoted in errors: control characters must not break the line. */
+static void test_st_newline_in_name(void **state) {
+    (void)state;
+    const char *h = "{\"a\\nb\\u001b[31m\":{\"dtype\":\"F7\",\"shape\":[2],\"data_offsets\":[0,8]}}";
+    write_st("x.safetensors", h, strlen(h), 8);
+    expect_st_error("a?b?[31m\" has unknown dtype");
+}
+
+/* fuzz regression tests/fuzz/regress/st_index/newline-in-shard-name.json, via the real file API */
+static void test_index_newline_in_shard_name(void **state) {
+    (void)state;
+    link_file(SHARDED, "config.json");
+    const char *idx = "{\"weight_map\": {\"`\": \"mode?-00002-of-00002.safet\\nsors\"}}";
+    write_bytes("model.safetensors.index.json", idx, strlen(idx));
+    expect_load_error("model.safetensors.index.json", "safet?sors\" named in the index is missing");
+}
+
+/* A context whose KV cache exceeds the available memory fails before allocating. */
+static void test_kv_cache_too_big(void **state) {
+    (void)state;
+    moe_model m;
+    moe_error err = {{0}};
+    model_options opt = { .max_seq = 1 << 30 };
+    if (model_load(&m, BASE, &opt, &err) == 0) { model_free(&m); fail_msg("a 2^30-token KV cache loaded"); }
+    if (!strstr(err.msg, "KV cache for 1073741824 tokens needs") || !strstr(err.msg, "GiB are available (lower --ctx)"))
+        fail_msg("error \"%s\"", err.msg);
+    /* the same with the available memory pinned low (MOE_MEM_AVAILABLE, bytes) */
+    setenv("MOE_MEM_AVAILABLE", "1000", 1);
+    opt.max_seq = 64;
+    int rc = model_load(&m, BASE, &opt, &err);
+    unsetenv("MOE_MEM_AVAILABLE");
+    if (rc == 0) { model_free(&m); fail_msg("loaded with 1000 bytes available"); }
+    assert_non_null(strstr(err.msg, "KV cache for 64 tokens needs"));
+    opt.max_seq = 64;   /* the control */
+    assert_int_equal(model_load(&m, BASE, &opt, &err), 0);
+    model_free(&m);
+}
+
+/* A tokenizer.json id at or above 2^24 is refused (a 2^31 id would ask for 20 GB of tables). */
+static void test_tokenizer_huge_id(void **state) {
+    (void)state;
+    static const char *cases[][2] = {
+        {"{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":2147483647},\"merges\":[]},"
+         "\"pre_tokenizer\":{\"type\":\"ByteLevel\"}}", "vocab entry 'a' has id 2147483647, outside [0, 16777216)"},
+        {"{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]},"
+         "\"added_tokens\":[{\"id\":16777216,\"content\":\"<x>\"}],"
+         "\"pre_tokenizer\":{\"type\":\"ByteLevel\"}}", "added_tokens[0] has id 16777216"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        tokenizer *t = NULL;
+        moe_error err = {{0}};
+        int rc = tokenizer_load_buffer(&t, cases[i][0], strlen(cases[i][0]), "tokenizer.json", NULL, 0, NULL, &err);
+        if (rc == 0) { tokenizer_free(t); fail_msg("loaded case %zu", i); }
+        if (!strstr(err.msg, cases[i][1]) || !strstr(err.msg, "tokenizer.json")) fail_msg("error \"%s\"", err.msg);
+    }
+}
+
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
 int main(void) {
     const struct CMUnitTest tests[] = {
@@ -320,6 +395,8 @@ int main(void) {
         T(test_st_invalid_json), T(test_st_not_object), T(test_st_offsets_outside), T(test_st_overlap),
         T(test_st_unknown_dtype), T(test_st_size_mismatch), T(test_st_bad_shape), T(test_st_shape_overflow),
         T(test_st_duplicate_name), T(test_truncated_checkpoint), T(test_token_out_of_vocab),
+        T(test_st_too_many_tensors), T(test_st_newline_in_name), T(test_index_newline_in_shard_name),
+        T(test_kv_cache_too_big), T(test_tokenizer_huge_id),
     };
     return cmocka_run_group_tests_name("bad input", tests, NULL, NULL);
 }

@@ -144,8 +144,9 @@ int fuzz_config(const uint8_t *data, size_t size) {
         CHECK(c.vocab_size >= 1 && c.vocab_size <= MAXD && c.hidden_size >= 1 && c.hidden_size <= MAXD, "dims");
         CHECK(c.num_hidden_layers >= 1 && c.num_hidden_layers <= MAXD, "layers");
         CHECK(c.kv_lora_rank >= 1 && c.qk_rope_head_dim >= 2 && c.qk_rope_head_dim % 2 == 0, "attention dims");
-        CHECK(c.n_group >= 1 && c.topk_group >= 1 && c.topk_group <= c.n_group, "groups");
-        if (c.n_routed_experts > 0) {
+        CHECK(c.n_group >= 1 && c.topk_group >= 1, "groups");
+        if (c.n_routed_experts > 0) {   /* group fields are not checked for a dense model: unused */
+            CHECK(c.topk_group <= c.n_group, "topk_group");
             CHECK(c.num_experts_per_tok >= 1 && c.num_experts_per_tok <= c.n_routed_experts, "top-k");
             CHECK(c.n_routed_experts % c.n_group == 0 && config_group_size(&c) >= 1, "group size");
         }
