@@ -285,6 +285,7 @@ struct tokenizer {
     int byte_id[256];        /* byte -> id of its single-byte token, -1 if the vocab lacks it */
     int byte_cp[256];        /* byte -> byte-level code point */
     int ignore_merges;       /* model.ignore_merges: a piece that is a whole token is not merged */
+    int model_vocab_n;       /* entries in model.vocab (added tokens get ids from here up) */
     pretok_step *steps;      /* pre-tokenizer, in order */
     int nsteps;
     added_token *added;      /* added_tokens, in file order */
@@ -490,11 +491,164 @@ static int check_normalizer(tokenizer *t, json_t *n, moe_error *err) {
     return moe_error_set(err, "%s: normalizer type '%s' is not supported (only none)", t->path, type ? type : "?");
 }
 
+/* ----------------------------------------------------------------------
+ * Fast reading of model.vocab and model.merges
+ *
+ * They are 99% of the file (V3: 128k vocab entries, 127k merges) and jansson
+ * takes most of a second to build a DOM of them. So tokenizer_load finds
+ * their byte ranges first, moves them out of the text (leaving {} and [] and
+ * their newlines, so jansson's line numbers stay right) and reads them here
+ * with a small scanner; jansson reads the rest. If the ranges cannot be
+ * found (malformed JSON, unusual layout), everything goes through jansson,
+ * which then reports the error.
+ * ---------------------------------------------------------------------- */
+
+typedef struct {
+    char *p;         /* next byte */
+    char *end;       /* end of the text */
+} jscan;
+
+typedef struct {
+    const char *a, *b; /* the two halves of a merge (not NUL-terminated) */
+    size_t na, nb;     /* their lengths */
+} merge_ref;
+
+typedef struct {
+    const char *key;   /* a vocab spelling (not NUL-terminated) */
+    size_t len;        /* its length */
+    long long id;      /* its id */
+} vocab_ref;
+
+static void js_ws(jscan *s) {
+    while (s->p < s->end && (*s->p == ' ' || *s->p == '\n' || *s->p == '\r' || *s->p == '\t')) s->p++;
+}
+
+/* Skips a string starting at '"'; returns 0, or -1 if unterminated. */
+static int js_skip_string(jscan *s) {
+    for (s->p++; s->p < s->end; s->p++) {
+        if (*s->p == '\\') { s->p++; continue; }
+        if (*s->p == '"') { s->p++; return 0; }
+    }
+    return -1;
+}
+
+/* Skips any value (structure only, contents unchecked). */
+static int js_skip(jscan *s) {
+    int depth = 0;
+    js_ws(s);
+    do {
+        if (s->p >= s->end) return -1;
+        char c = *s->p;
+        if (c == '"') { if (js_skip_string(s)) return -1; }
+        else if (c == '{' || c == '[') { depth++; s->p++; }
+        else if (c == '}' || c == ']') { if (--depth < 0) return -1; s->p++; }
+        else if (c == ',' || c == ':' || c == ' ' || c == '\n' || c == '\r' || c == '\t') { if (!depth) return -1; s->p++; }
+        else { while (s->p < s->end && !strchr(",:{}[] \n\r\t\"", *s->p)) s->p++; }
+        if (depth) js_ws(s);
+    } while (depth);
+    return 0;
+}
+
+/* Reads a string at '"', unescaping it in place into (*out, *len). */
+static int js_string(jscan *s, const char **out, size_t *len) {
+    js_ws(s);
+    if (s->p >= s->end || *s->p != '"') return -1;
+    char *w = ++s->p, *start = w;
+    while (s->p < s->end && *s->p != '"') {
+        if (*s->p != '\\') { *w++ = *s->p++; continue; }
+        if (++s->p >= s->end) return -1;
+        char e = *s->p++;
+        switch (e) {
+        case 'n': *w++ = '\n'; break;
+        case 't': *w++ = '\t'; break;
+        case 'r': *w++ = '\r'; break;
+        case 'b': *w++ = '\b'; break;
+        case 'f': *w++ = '\f'; break;
+        case '"': case '\\': case '/': *w++ = e; break;
+        case 'u': {
+            unsigned cp = 0;
+            for (int pass = 0; pass < 2; pass++) {
+                unsigned v = 0;
+                if (s->end - s->p < 4) return -1;
+                for (int k = 0; k < 4; k++) {
+                    char h = *s->p++;
+                    v = v * 16 + (unsigned)(h >= '0' && h <= '9' ? h - '0' : (h | 32) >= 'a' && (h | 32) <= 'f' ? (h | 32) - 'a' + 10 : 99);
+                    if (v > 0xffff) return -1;
+                }
+                if (pass == 0) {
+                    cp = v;
+                    if (v < 0xd800 || v > 0xdbff) break;
+                    if (s->end - s->p < 6 || s->p[0] != '\\' || s->p[1] != 'u') return -1; /* lone high surrogate */
+                    s->p += 2;
+                } else {
+                    if (v < 0xdc00 || v > 0xdfff) return -1;
+                    cp = 0x10000 + ((cp - 0xd800) << 10) + (v - 0xdc00);
+                }
+            }
+            if (cp >= 0xdc00 && cp <= 0xdfff) return -1;
+            w += utf8_put(w, (int)cp);
+            break;
+        }
+        default: return -1;
+        }
+    }
+    if (s->p >= s->end) return -1;
+    s->p++;
+    *out = start;
+    *len = (size_t)(w - start);
+    return 0;
+}
+
+static int js_char(jscan *s, char c) {
+    js_ws(s);
+    if (s->p < s->end && *s->p == c) { s->p++; return 1; }
+    return 0;
+}
+
+/* Byte ranges of model.vocab and model.merges in text[0..n): 0 when both are found. */
+static int locate_tables(char *text, size_t n, size_t rng[2][2]) {
+    jscan s = {text, text + n};
+    int found = 0;
+    if (!js_char(&s, '{')) return -1;
+    if (js_char(&s, '}')) return -1;
+    do {
+        const char *k;
+        size_t kl;
+        char *kstart = s.p;
+        js_ws(&s);
+        kstart = s.p;
+        if (js_skip_string(&s) || !js_char(&s, ':')) return -1;
+        k = kstart + 1;
+        kl = (size_t)(s.p - kstart);
+        int is_model = !strncmp(k, "model\"", 6);
+        (void)kl;
+        js_ws(&s);
+        if (is_model && s.p < s.end && *s.p == '{') {
+            s.p++;
+            if (js_char(&s, '}')) continue;
+            do {
+                js_ws(&s);
+                char *ks = s.p;
+                if (js_skip_string(&s) || !js_char(&s, ':')) return -1;
+                int which = !strncmp(ks, "\"vocab\"", 7) ? 0 : !strncmp(ks, "\"merges\"", 8) ? 1 : -1;
+                js_ws(&s);
+                char *vs = s.p;
+                if (js_skip(&s)) return -1;
+                if (which >= 0) { rng[which][0] = (size_t)(vs - text); rng[which][1] = (size_t)(s.p - text); found |= 1 << which; }
+            } while (js_char(&s, ','));
+            if (!js_char(&s, '}')) return -1;
+        } else if (js_skip(&s)) return -1;
+    } while (js_char(&s, ','));
+    return found == 3 && text[rng[0][0]] == '{' && text[rng[1][0]] == '[' ? 0 : -1;
+}
+
+/* ---------------------------------------------------------------------- */
+
 /* A merge entry, "a b" or ["a", "b"], as two strings. */
 static int merge_parts(json_t *m, const char **a, size_t *na, const char **b, size_t *nb) {
     if (json_is_string(m)) {
         const char *s = json_string_value(m);
-        const char *sp = strchr(s, ' ');
+        const char *sp = memchr(s, ' ', json_string_length(m));
         if (!sp || sp == s) return -1;
         *a = s; *na = (size_t)(sp - s);
         *b = sp + 1; *nb = json_string_length(m) - *na - 1;
@@ -509,42 +663,80 @@ static int merge_parts(json_t *m, const char **a, size_t *na, const char **b, si
     return -1;
 }
 
-static int load_model(tokenizer *t, json_t *model, moe_error *err) {
-    const char *type = json_string_value(json_object_get(model, "type"));
-    if (!json_is_object(model)) return moe_error_set(err, "%s: no \"model\" object", t->path);
-    if (!type && json_object_get(model, "merges")) type = "BPE"; /* older files omit the type */
-    if (!type || strcmp(type, "BPE"))
-        return moe_error_set(err, "%s: model type '%s' is not supported (only BPE)", t->path, type ? type : "?");
-    if (json_is_true(json_object_get(model, "byte_fallback")))
-        return moe_error_set(err, "%s: BPE byte_fallback is not supported", t->path);
-    json_t *dr = json_object_get(model, "dropout");
-    if (json_is_number(dr) && json_number_value(dr) > 0)
-        return moe_error_set(err, "%s: BPE dropout is not supported", t->path);
-    const char *cont = json_string_value(json_object_get(model, "continuing_subword_prefix"));
-    const char *eow = json_string_value(json_object_get(model, "end_of_word_suffix"));
-    if ((cont && *cont) || (eow && *eow))
-        return moe_error_set(err, "%s: BPE continuing_subword_prefix/end_of_word_suffix are not supported", t->path);
-    t->ignore_merges = json_is_true(json_object_get(model, "ignore_merges"));
-
+/* The vocab and merges as refs, from the fast tables text (vocab at
+ * tables[0..split), merges after) or else from the JSON. *nm = -1 and
+ * *bad = index marks a malformed merge; a malformed vocab is an error. */
+static int read_tables(tokenizer *t, json_t *model, char *tables, size_t split, size_t tlen, vocab_ref **vr,
+                       size_t *nv, merge_ref **mr, size_t *nm, moe_error *err) {
+    size_t capv = 0, capm = 0;
+    *vr = NULL; *mr = NULL; *nv = *nm = 0;
+    if (tables) {
+        jscan s = {tables, tables + split};
+        if (!js_char(&s, '{')) return moe_error_set(err, "%s: model \"vocab\" is not an object", t->path);
+        if (!js_char(&s, '}')) {
+          do {
+            vocab_ref v;
+            char *q;
+            if (js_string(&s, &v.key, &v.len) || !js_char(&s, ':')) goto bad_vocab;
+            js_ws(&s);
+            v.id = strtoll(s.p, &q, 10);
+            if (q == s.p || (q < s.end && (*q == '.' || *q == 'e' || *q == 'E'))) goto bad_vocab;
+            s.p = q;
+            if (VEC_RESERVE(*vr, capv, *nv + 1)) return moe_error_set(err, "%s: out of memory", t->path);
+            (*vr)[(*nv)++] = v;
+          } while (js_char(&s, ','));
+          if (!js_char(&s, '}')) goto bad_vocab;
+        }
+        s = (jscan){tables + split, tables + tlen};
+        if (!js_char(&s, '[')) return moe_error_set(err, "%s: model \"merges\" is not an array", t->path);
+        if (!js_char(&s, ']')) {
+          do {
+            merge_ref m = {0};
+            js_ws(&s);
+            if (s.p < s.end && *s.p == '[') {
+                s.p++;
+                if (js_string(&s, &m.a, &m.na) || !js_char(&s, ',') || js_string(&s, &m.b, &m.nb) || !js_char(&s, ']'))
+                    goto bad_merge;
+            } else {
+                const char *str, *sp;
+                size_t l;
+                if (js_string(&s, &str, &l)) goto bad_merge;
+                if (!(sp = memchr(str, ' ', l)) || sp == str) goto bad_merge;
+                m = (merge_ref){str, sp + 1, (size_t)(sp - str), l - (size_t)(sp - str) - 1};
+            }
+            if (VEC_RESERVE(*mr, capm, *nm + 1)) return moe_error_set(err, "%s: out of memory", t->path);
+            (*mr)[(*nm)++] = m;
+          } while (js_char(&s, ','));
+          if (!js_char(&s, ']')) goto bad_merge;
+        }
+        return MOE_OK;
+    bad_vocab:
+        return moe_error_set(err, "%s: model \"vocab\" entry %zu is not \"token\": id", t->path, *nv);
+    bad_merge:
+        return moe_error_set(err, "%s: merge %zu is neither \"a b\" nor [\"a\", \"b\"]", t->path, *nm);
+    }
     json_t *vocab = json_object_get(model, "vocab");
     if (!json_is_object(vocab)) return moe_error_set(err, "%s: model has no \"vocab\" object", t->path);
-    if (strmap_init(&t->vocab, json_object_size(vocab) + 4096)) return moe_error_set(err, "%s: out of memory", t->path);
     const char *key;
     json_t *val;
     json_object_foreach(vocab, key, val) {
-        if (!json_is_integer(val))
-            return moe_error_set(err, "%s: vocab entry '%s' has no valid id", t->path, key);
-        if (json_integer_value(val) < 0 || json_integer_value(val) >= TOKENIZER_MAX_VOCAB)
-            return moe_error_set(err, "%s: vocab entry '%s' has id %lld, outside [0, %d)", t->path, key,
-                                 (long long)json_integer_value(val), TOKENIZER_MAX_VOCAB);
-        int id = (int)json_integer_value(val);
-        if (strmap_put(&t->vocab, key, strlen(key), id)) return moe_error_set(err, "%s: out of memory", t->path);
-        if (id + 1 > t->vocab_size) t->vocab_size = id + 1;
+        if (!json_is_integer(val)) return moe_error_set(err, "%s: vocab entry '%s' has no valid id", t->path, key);
+        if (VEC_RESERVE(*vr, capv, *nv + 1)) return moe_error_set(err, "%s: out of memory", t->path);
+        (*vr)[(*nv)++] = (vocab_ref){key, strlen(key), json_integer_value(val)};
     }
-
     json_t *merges = json_object_get(model, "merges");
     if (merges && !json_is_array(merges)) return moe_error_set(err, "%s: model \"merges\" is not an array", t->path);
-    size_t nm = json_array_size(merges);
+    for (size_t i = 0; i < json_array_size(merges); i++) {
+        merge_ref m;
+        if (merge_parts(json_array_get(merges, i), &m.a, &m.na, &m.b, &m.nb))
+            return moe_error_set(err, "%s: merge %zu is neither \"a b\" nor [\"a\", \"b\"]", t->path, i);
+        if (VEC_RESERVE(*mr, capm, *nm + 1)) return moe_error_set(err, "%s: out of memory", t->path);
+        (*mr)[(*nm)++] = m;
+    }
+    return MOE_OK;
+}
+
+static int load_merges(tokenizer *t, const merge_ref *mr, size_t nm, moe_error *err) {
     t->merges.cap = 16;
     while (t->merges.cap < nm * 2 + 2) t->merges.cap *= 2;
     t->merges.slots = calloc(t->merges.cap, sizeof *t->merges.slots);
@@ -552,12 +744,8 @@ static int load_model(tokenizer *t, json_t *model, moe_error *err) {
     char *buf = NULL;
     size_t bufcap = 0;
     for (size_t i = 0; i < nm; i++) {
-        const char *a, *b;
-        size_t na, nb;
-        if (merge_parts(json_array_get(merges, i), &a, &na, &b, &nb)) {
-            free(buf);
-            return moe_error_set(err, "%s: merge %zu is neither \"a b\" nor [\"a\", \"b\"]", t->path, i);
-        }
+        const char *a = mr[i].a, *b = mr[i].b;
+        size_t na = mr[i].na, nb = mr[i].nb;
         int ia = strmap_get(&t->vocab, a, na), ib = strmap_get(&t->vocab, b, nb);
         if (VEC_RESERVE(buf, bufcap, na + nb + 1)) { free(buf); return moe_error_set(err, "%s: out of memory", t->path); }
         memcpy(buf, a, na);
@@ -579,36 +767,77 @@ static int load_model(tokenizer *t, json_t *model, moe_error *err) {
     return MOE_OK;
 }
 
+/* tables: the fast-path text of vocab (tables[0..split)) and merges, or NULL. */
+static int load_model(tokenizer *t, json_t *model, char *tables, size_t split, size_t tlen, moe_error *err) {
+    const char *type = json_string_value(json_object_get(model, "type"));
+    if (!json_is_object(model)) return moe_error_set(err, "%s: no \"model\" object", t->path);
+    if (!type && json_object_get(model, "merges")) type = "BPE"; /* older files omit the type */
+    if (!type || strcmp(type, "BPE"))
+        return moe_error_set(err, "%s: model type '%s' is not supported (only BPE)", t->path, type ? type : "?");
+    if (json_is_true(json_object_get(model, "byte_fallback")))
+        return moe_error_set(err, "%s: BPE byte_fallback is not supported", t->path);
+    json_t *dr = json_object_get(model, "dropout");
+    if (json_is_number(dr) && json_number_value(dr) > 0)
+        return moe_error_set(err, "%s: BPE dropout is not supported", t->path);
+    const char *cont = json_string_value(json_object_get(model, "continuing_subword_prefix"));
+    const char *eow = json_string_value(json_object_get(model, "end_of_word_suffix"));
+    if ((cont && *cont) || (eow && *eow))
+        return moe_error_set(err, "%s: BPE continuing_subword_prefix/end_of_word_suffix are not supported", t->path);
+    t->ignore_merges = json_is_true(json_object_get(model, "ignore_merges"));
+
+    vocab_ref *vr;
+    merge_ref *mr;
+    size_t nv, nm;
+    int rc = read_tables(t, model, tables, split, tlen, &vr, &nv, &mr, &nm, err);
+    if (!rc && strmap_init(&t->vocab, nv + 4096)) rc = moe_error_set(err, "%s: out of memory", t->path);
+    for (size_t i = 0; i < nv && !rc; i++) {
+        if (vr[i].id < 0 || vr[i].id >= TOKENIZER_MAX_VOCAB)
+            rc = moe_error_set(err, "%s: vocab entry '%.*s' has id %lld, outside [0, %d)", t->path, (int)vr[i].len,
+                               vr[i].key, (long long)vr[i].id, TOKENIZER_MAX_VOCAB);
+        else if (strmap_put(&t->vocab, vr[i].key, vr[i].len, (int)vr[i].id))
+            rc = moe_error_set(err, "%s: out of memory", t->path);
+        else if (vr[i].id + 1 > t->vocab_size) t->vocab_size = (int)vr[i].id + 1;
+    }
+    t->model_vocab_n = (int)t->vocab.n;
+    if (!rc) rc = load_merges(t, mr, nm, err);
+    free(vr);
+    free(mr);
+    return rc;
+}
+
 static int load_added(tokenizer *t, json_t *arr, moe_error *err) {
     if (!arr || json_is_null(arr)) return MOE_OK;
     if (!json_is_array(arr)) return moe_error_set(err, "%s: \"added_tokens\" is not an array", t->path);
     t->added = calloc(json_array_size(arr) + 1, sizeof *t->added);
     if (!t->added) return moe_error_set(err, "%s: out of memory", t->path);
+    int max_added = -1;
     for (size_t i = 0; i < json_array_size(arr); i++) {
         json_t *a = json_array_get(arr, i);
         json_t *c = json_object_get(a, "content"), *id = json_object_get(a, "id");
         if (!json_is_string(c) || !json_is_integer(id) || json_integer_value(id) < 0 ||
             !json_string_length(c))
             return moe_error_set(err, "%s: added_tokens[%zu] needs a non-empty content and an id", t->path, i);
-        if (json_integer_value(id) >= TOKENIZER_MAX_VOCAB)
-            return moe_error_set(err, "%s: added_tokens[%zu] has id %lld, outside [0, %d)", t->path, i,
-                                 (long long)json_integer_value(id), TOKENIZER_MAX_VOCAB);
         added_token *at = &t->added[t->nadded];
         at->content = malloc(json_string_length(c) + 1);
         if (!at->content) return moe_error_set(err, "%s: out of memory", t->path);
         t->nadded++;
         at->len = json_string_length(c);
         memcpy(at->content, json_string_value(c), at->len + 1);
-        at->id = (int)json_integer_value(id);
+        /* the id, as the library assigns it (the file's id is only a hint
+         * there): the spelling's existing id, else one past the largest added
+         * id, but at least the number of model vocab entries */
+        at->id = strmap_get(&t->vocab, at->content, at->len);
+        if (at->id < 0) at->id = max_added + 1 >= t->model_vocab_n && t->model_vocab_n ? max_added + 1 : t->model_vocab_n;
+        if (at->id > max_added) max_added = at->id;
+        (void)id;
         at->special = json_is_true(json_object_get(a, "special"));
         at->lstrip = json_is_true(json_object_get(a, "lstrip"));
         at->rstrip = json_is_true(json_object_get(a, "rstrip"));
         at->single_word = json_is_true(json_object_get(a, "single_word"));
         json_t *norm = json_object_get(a, "normalized");
         int normalized = norm ? json_is_true(norm) : !at->special;
-        int have = strmap_get(&t->vocab, at->content, at->len); /* keep a vocab entry of the same spelling */
         if (trie_add(normalized ? &t->norm_trie : &t->raw_trie, at->content, at->len, t->nadded - 1) ||
-            (have < 0 && strmap_put(&t->vocab, at->content, at->len, at->id)))
+            strmap_put(&t->vocab, at->content, at->len, at->id))
             return moe_error_set(err, "%s: out of memory", t->path);
         if (at->id + 1 > t->vocab_size) t->vocab_size = at->id + 1;
     }
@@ -664,15 +893,7 @@ static int build_decode(tokenizer *t, moe_error *err) {
         t->dec_len[s->val] = (uint32_t)on;
         used += on;
     }
-    /* an id both in vocab and added (V3's 0..2): the added spelling wins */
-    for (int i = 0; i < t->nadded; i++) {
-        int id = strmap_get(&t->vocab, t->added[i].content, t->added[i].len);
-        if (id >= 0 && id != t->added[i].id) { /* vocab maps the spelling elsewhere: point at it anyway */
-            t->dec_off[t->added[i].id] = t->dec_off[id];
-            t->dec_len[t->added[i].id] = t->dec_len[id];
-        }
-        t->special[t->added[i].id] = (unsigned char)t->added[i].special;
-    }
+    for (int i = 0; i < t->nadded; i++) t->special[t->added[i].id] = (unsigned char)t->added[i].special;
     for (int b = 0; b < 256; b++) {
         char s[4];
         size_t l = utf8_put(s, t->byte_cp[b]);
@@ -779,13 +1000,40 @@ int tokenizer_load_buffer(tokenizer **out, const char *json, size_t len, const c
     snprintf(t->path, sizeof t->path, "%s", path);
     json_t *root = NULL;
     int rc = MOE_FAIL;
+    char *text = NULL, *tables = NULL;
+    size_t n = 0, rng[2][2], split = 0, tlen = 0;
+    /* a writable copy: the big tables are cut out of it in place */
+    if (!(text = malloc(len + 1))) { moe_error_set(err, "%s: out of memory", t->path); goto done; }
+    memcpy(text, json, len);
+    n = len;
+    /* move the two big tables out of the text (see "Fast reading") */
+    if (!locate_tables(text, n, rng)) {
+        size_t lv = rng[0][1] - rng[0][0], lm = rng[1][1] - rng[1][0];
+        if (!(tables = malloc(lv + lm + 1))) { moe_error_set(err, "%s: out of memory", t->path); goto done; }
+        memcpy(tables, text + rng[0][0], lv);
+        memcpy(tables + lv, text + rng[1][0], lm);
+        split = lv;
+        tlen = lv + lm;
+        /* squeeze each range to {} / [] plus its newlines, in place */
+        int first = rng[0][0] < rng[1][0] ? 0 : 1;
+        size_t w = rng[first][0], r = w;
+        for (int k = 0; k < 2; k++) {
+            int q = k ? !first : first;
+            while (r < rng[q][0]) text[w++] = text[r++]; /* the text between the ranges */
+            text[w++] = q ? '[' : '{';
+            text[w++] = q ? ']' : '}';
+            for (; r < rng[q][1]; r++) if (text[r] == '\n') text[w++] = '\n';
+        }
+        while (r < n) text[w++] = text[r++];
+        n = w;
+    }
     json_error_t je;
-    root = json_loadb(json, len, JSON_ALLOW_NUL, &je);
+    root = json_loadb(text, n, JSON_ALLOW_NUL, &je);
     if (!root) { moe_error_set(err, "%s: line %d: %s", t->path, je.line, je.text); goto done; }
     if (!json_is_object(root)) { moe_error_set(err, "%s: not a JSON object", t->path); goto done; }
     int have_bl = 0;
     if (check_normalizer(t, json_object_get(root, "normalizer"), err)) goto done;
-    if (load_model(t, json_object_get(root, "model"), err)) goto done;
+    if (load_model(t, json_object_get(root, "model"), tables, split, tlen, err)) goto done;
     if (load_added(t, json_object_get(root, "added_tokens"), err)) goto done;
     if (load_pretok(t, json_object_get(root, "pre_tokenizer"), &have_bl, err)) goto done;
     if (!have_bl) { moe_error_set(err, "%s: pre_tokenizer has no ByteLevel step (only byte-level BPE is supported)", t->path); goto done; }
@@ -797,6 +1045,8 @@ int tokenizer_load_buffer(tokenizer **out, const char *json, size_t len, const c
     rc = MOE_OK;
 done:
     json_decref(root);
+    free(text);
+    free(tables);
     if (rc) tokenizer_free(t);
     else *out = t;
     return rc;

@@ -363,15 +363,14 @@ static void test_kv_cache_too_big(void **state) {
     model_free(&m);
 }
 
-/* A tokenizer.json id at or above 2^24 is refused (a 2^31 id would ask for 20 GB of tables). */
+/* A tokenizer.json vocab id at or above 2^24 is refused (the per-id tables are sized by the
+ * largest id: 2^30 - 1, accepted before, asked for about 9 GB). Added-token ids are assigned
+ * as the library does (count-based), so the file cannot inflate them. */
 static void test_tokenizer_huge_id(void **state) {
     (void)state;
     static const char *cases[][2] = {
         {"{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":2147483647},\"merges\":[]},"
          "\"pre_tokenizer\":{\"type\":\"ByteLevel\"}}", "vocab entry 'a' has id 2147483647, outside [0, 16777216)"},
-        {"{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]},"
-         "\"added_tokens\":[{\"id\":16777216,\"content\":\"<x>\"}],"
-         "\"pre_tokenizer\":{\"type\":\"ByteLevel\"}}", "added_tokens[0] has id 16777216"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         tokenizer *t = NULL;

@@ -96,7 +96,7 @@ static void expect_decode(const tokenizer *t, const int *ids, int n, const char 
  * Goldens from the official library
  * ====================================================================== */
 
-static void check_golden(const char *dir) {
+static void check_golden(const char *dir, const char *golden) {
     tokenizer *t;
     moe_error err = {{0}};
     double t0 = now_s();
@@ -106,8 +106,7 @@ static void check_golden(const char *dir) {
     assert_int_equal(rc, MOE_OK);
     print_message("%s: loaded in %.0f ms, vocab %d\n", dir, (t1 - t0) * 1e3, tokenizer_vocab_size(t));
 
-    char path[512];
-    snprintf(path, sizeof path, "%s/golden.jsonl", dir);
+    const char *path = golden;
     FILE *f = fopen(path, "r");
     assert_non_null(f);
     char *line = NULL;
@@ -156,7 +155,19 @@ static void check_golden(const char *dir) {
     assert_int_equal(bad_dec, 0);
 }
 
-static void test_golden_v3(void **state) { check_golden("tests/data/tokenizer/deepseek_v3"); }
+static void test_golden_v3(void **state) {
+    check_golden("tests/data/tokenizer/deepseek_v3", "tests/data/tokenizer/deepseek_v3/golden.jsonl");
+}
+
+/* The toy model's tokenizer (same structure as V3), once its goldens exist:
+ * cd tools/tokenizer && node gen_golden.js ../../models/toy ../../tests/data/tokenizer/toy/golden.jsonl */
+static void test_golden_toy(void **state) {
+    if (access("models/toy/tokenizer.json", R_OK) || access("tests/data/tokenizer/toy/golden.jsonl", R_OK)) {
+        print_message("no models/toy tokenizer or no tests/data/tokenizer/toy/golden.jsonl yet: skipped\n");
+        skip();
+    }
+    check_golden("models/toy", "tests/data/tokenizer/toy/golden.jsonl");
+}
 
 /* ======================================================================
  * Tiny tokenizers: unit-level behaviour
@@ -289,27 +300,56 @@ static void test_tiny_added_tokens(void **state) {
                          "\"chat_template\":\"{{ x }}\"}";
     char *dir, *j = tiny_json(NULL, NULL, NULL, added);
     tokenizer *t = load_tiny(j, config, &dir);
-    expect_ids(t, S("a<s>b"), IDS(0, 20, 1));
-    expect_ids(t, S("<s><s>"), IDS(20, 20));
-    expect_ids(t, S("<s>x"), IDS(20)); /* raw tokens first: "<s>" wins over "<s>x"; "x" is not in the vocab */
-    expect_ids(t, S("a <l>b"), IDS(0, 21, 1));      /* lstrip swallows the space */
-    expect_ids(t, S("a<r>  b"), IDS(0, 22, 1));     /* rstrip swallows both spaces */
-    expect_ids(t, S("a ww b"), IDS(0, 5, 23, 5, 1)); /* a word on its own */
+    /* the file says ids 20..25; the library gives new spellings the ids after
+     * the model vocab (15 entries): 15..20. The expected ids here and in the
+     * other tiny tests were checked with npm tokenizers. */
+    assert_int_equal(tokenizer_vocab_size(t), 21);
+    expect_ids(t, S("a ww"), IDS(0, 5, 18));
+    expect_ids(t, S("1ww"), IDS(6, 6)); /* '1' is not in the vocab; "ww" follows a word character */
+    expect_ids(t, S("a<s>b"), IDS(0, 15, 1));
+    expect_ids(t, S("<s><s>"), IDS(15, 15));
+    expect_ids(t, S("<s>x"), IDS(15)); /* raw tokens first: "<s>" wins over "<s>x"; "x" is not in the vocab */
+    expect_ids(t, S("a <l>b"), IDS(0, 16, 1));      /* lstrip swallows the space */
+    expect_ids(t, S("a<r>  b"), IDS(0, 17, 1));     /* rstrip swallows both spaces */
+    expect_ids(t, S("a ww b"), IDS(0, 5, 18, 5, 1)); /* a word on its own */
     expect_ids(t, S("awwb"), IDS(0, 6, 6, 1));       /* inside a word: not matched */
-    expect_ids(t, S("<ss>"), IDS(25));
-    expect_decode(t, IDS(0, 20, 25, 1), 4, S("a<s><ss>b"));
-    assert_int_equal(tokenizer_bos_id(t), 20);
-    assert_int_equal(tokenizer_eos_id(t), 22);
+    expect_ids(t, S("<ss>"), IDS(20));
+    expect_decode(t, IDS(0, 15, 20, 1), 4, S("a<s><ss>b"));
+    assert_int_equal(tokenizer_bos_id(t), 15);
+    assert_int_equal(tokenizer_eos_id(t), 17);
     assert_int_equal(tokenizer_add_bos(t), 0);
-    assert_true(tokenizer_is_special(t, 20));
-    assert_false(tokenizer_is_special(t, 23));
+    assert_true(tokenizer_is_special(t, 15));
+    assert_false(tokenizer_is_special(t, 18));
     assert_string_equal(tokenizer_bos_str(t), "<s>");
     assert_string_equal(tokenizer_chat_template(t), "{{ x }}");
-    assert_int_equal(tokenizer_token_id(t, "ww"), 23);
+    assert_int_equal(tokenizer_token_id(t, "ww"), 18);
     assert_int_equal(tokenizer_token_id(t, "nope"), -1);
     tokenizer_free(t);
     remove_tiny(dir);
     free(j);
+}
+
+/* JSON escapes in vocab and merges (read by the fast table scanner), and the
+ * same file with the tables in the other order and in compact layout. */
+static void test_tiny_escapes(void **state) {
+    const char *files[] = {
+        "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"\\\"\":1,\"\\\\\":2,\"\\ud83d\\ude00\":3,"
+        "\"\\u00e9\":4,\"a\\\"\":5,\"\\/\":6},\"merges\":[\"a \\\"\"]},\"pre_tokenizer\":{\"type\":\"ByteLevel\",\"use_regex\":false}}",
+        "{\"pre_tokenizer\":{\"type\":\"ByteLevel\",\"use_regex\":false},\"model\":{\"merges\":[[\"a\",\"\\\"\"]],\"type\":\"BPE\",\n"
+        "  \"vocab\":{\n\"a\":0,\n\"\\\"\":1,\"\\\\\":2,\"\\ud83d\\ude00\":3,\"\\u00e9\":4,\"a\\\"\":5,\"\\/\":6}}}",
+    };
+    for (int f = 0; f < 2; f++) {
+        char *dir;
+        tokenizer *t = load_tiny(files[f], NULL, &dir);
+        assert_int_equal(tokenizer_token_id(t, "\""), 1);
+        assert_int_equal(tokenizer_token_id(t, "\\"), 2);
+        assert_int_equal(tokenizer_token_id(t, "😀"), 3);
+        assert_int_equal(tokenizer_token_id(t, "é"), 4);
+        assert_int_equal(tokenizer_token_id(t, "/"), 6);
+        expect_ids(t, S("a\"a"), IDS(5, 0)); /* the merge a + " */
+        tokenizer_free(t);
+        remove_tiny(dir);
+    }
 }
 
 /* ======================================================================
@@ -369,6 +409,11 @@ static void test_bad_model_type(void **state) {
                       "pre_tokenizer type 'Whitespace'");
     expect_load_error("{\"model\":{\"type\":\"BPE\",\"vocab\":{},\"merges\":[]}}", "no ByteLevel");
     expect_load_error("[1, 2]", "not a JSON object");
+    expect_load_error("{\"model\":{\"type\":\"BPE\",\"vocab\":[1],\"merges\":[]}}", "no \"vocab\" object");
+    expect_load_error("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":1.5},\"merges\":[]}}", "vocab");
+    expect_load_error("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[\"ab\"]},"
+                      "\"pre_tokenizer\":{\"type\":\"ByteLevel\"}}", "merge 0 is neither");
+    expect_load_error("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]},\n\"x\": tru}", "line 2");
 }
 
 /* ======================================================================
@@ -426,6 +471,34 @@ static void test_v3_invalid_utf8(void **state) {
     int *ids = enc("a\0b", 3, &n);
     expect_decode(v3, ids, n, "a\0b", 3);
     free(ids);
+}
+
+/* Random bytes and random pieces of tricky text: never a failure, and decode
+ * always gives back the exact bytes. */
+static void test_v3_random_roundtrip(void **state) {
+    static const char *frags[] = {"<｜User｜>", "<｜", "｜>", " ", "\n", "\r\n", "\t", "123456", "中文", "😀", "\xf0\x9f",
+                                  "\xff", "a", "'s", "  ", "\xe2\x80\x8d", "<|EOT|>", "\xed\xa0\x80", "Ġ", "\0"};
+    uint32_t seed = 12345;
+    char buf[512];
+    for (int it = 0; it < 400; it++) {
+        size_t n = 0;
+        int parts = (int)((seed = seed * 1103515245u + 12345u) >> 16) % 12;
+        for (int k = 0; k < parts; k++) {
+            seed = seed * 1103515245u + 12345u;
+            if (it % 2) { /* random bytes */
+                int m = (seed >> 16) % 9;
+                for (int j = 0; j < m && n < sizeof buf; j++) buf[n++] = (char)((seed = seed * 1103515245u + 12345u) >> 24);
+            } else {
+                const char *f = frags[(seed >> 16) % (sizeof frags / sizeof frags[0])];
+                size_t fl = f[0] ? strlen(f) : 1;
+                if (n + fl <= sizeof buf) { memcpy(buf + n, f, fl); n += fl; }
+            }
+        }
+        int cnt;
+        int *ids = enc(buf, n, &cnt);
+        expect_decode(v3, ids, cnt, buf, n);
+        free(ids);
+    }
 }
 
 static int valid_utf8(const char *s, size_t n) {
@@ -505,10 +578,12 @@ static void test_v3_config(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_golden_v3),
+        cmocka_unit_test(test_golden_toy),
         cmocka_unit_test(test_tiny_merges),
         cmocka_unit_test(test_tiny_split_behaviors),
         cmocka_unit_test(test_tiny_bytelevel_options),
         cmocka_unit_test(test_tiny_added_tokens),
+        cmocka_unit_test(test_tiny_escapes),
         cmocka_unit_test(test_bad_missing_file),
         cmocka_unit_test(test_bad_malformed_json),
         cmocka_unit_test(test_bad_unknown_merge_token),
@@ -517,6 +592,7 @@ int main(void) {
     };
     const struct CMUnitTest v3_tests[] = {
         cmocka_unit_test(test_v3_invalid_utf8),
+        cmocka_unit_test(test_v3_random_roundtrip),
         cmocka_unit_test(test_v3_stream_decode),
         cmocka_unit_test(test_v3_config),
     };
