@@ -17,6 +17,7 @@
 #include <unistd.h>
 #include <cmocka.h>
 
+#include "chat.h"
 #include "config.h"
 #include "model.h"
 #include "safetensors.h"
@@ -381,6 +382,71 @@ static void test_tokenizer_huge_id(void **state) {
     }
 }
 
+/* ------------------------------------------------------------------ hostile chat templates */
+
+/* A chat template is code from the internet: nesting, loops, growth and integer overflow
+ * are bounded, each with one line naming the config file (engine/chat.c, CHAT_MAX_*). */
+static char *repeat(const char *head, const char *unit, int n, const char *tail) {
+    size_t lh = strlen(head), lu = strlen(unit), lt = strlen(tail);
+    char *s = malloc(lh + lu * (size_t)n + lt + 1), *p = s;
+    memcpy(p, head, lh); p += lh;
+    for (int i = 0; i < n; i++) { memcpy(p, unit, lu); p += lu; }
+    memcpy(p, tail, lt + 1);
+    return s;
+}
+
+#define DOUBLE40 "[1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1]"
+
+static void test_chat_hostile_templates(void **state) {
+    (void)state;
+    char *gen[] = {
+        repeat("{{ ", "(", 100000, "1 }}"),                  /* parser recursion */
+        repeat("{{ 1", "+1", 100000, " }}"),                 /* a left-deep chain: eval recursion */
+        repeat("{{ ", "not ", 100000, "1 }}"),
+        repeat("{% if false %}", "{% elif false %}", 20000, "{% endif %}"),   /* elif chain: exec recursion */
+        repeat("", "{% if true %}", 20000, ""),              /* block nesting */
+    };
+    const struct { const char *tmpl, *want; } cases[] = {
+        {gen[0], "expression nested too deep"},
+        {gen[1], "expression nested too deep"},
+        {gen[2], "expression nested too deep"},
+        {gen[3], "nested too deep"},
+        {gen[4], "nested too deep"},
+        {"{{ 99999999999999999999 }}", "integer literal too large"},
+        {"{{ 9223372036854775807 + 1 }}", "integer overflow in '+'"},
+        {"{{ (-9223372036854775807 - 1) * -1 }}", "integer overflow in '*'"},
+        {"{{ -(-9223372036854775807 - 1) }}", "integer overflow in '-'"},
+        {"{% set ns = namespace(x='ab') %}{% for i in " DOUBLE40 " %}{% set ns.x = ns.x + ns.x %}{% endfor %}", "text longer than 16 MB"},
+        {"{% set ns = namespace(x='ab') %}{% for i in " DOUBLE40 " %}{% set ns.x = ns.x ~ ns.x %}{% endfor %}", "text longer than 16 MB"},
+        {"{% set ns = namespace(l=[1,2]) %}{% for i in " DOUBLE40 " %}{% set ns.l = ns.l + ns.l %}{% endfor %}", "list longer than 1000000 items"},
+        {"{% set ns = namespace(l=[1,2,3,4,5,6,7,8,9,10]) %}{% for i in [1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1] %}"
+         "{% set ns.l = ns.l + ns.l %}{% endfor %}{% for a in ns.l %}{% for b in ns.l %}{% endfor %}{% endfor %}", "runs more than 5000000 steps"},
+        {"{% set ns = namespace(s='x') %}{% for i in " DOUBLE40 " %}{{ ns.s }}{% set ns.s = ns.s + ns.s %}{% endfor %}", "longer than 16 MB"},
+        {"{% set ns = namespace() %}{% set ns.me = ns %}", "contains ns"},
+        {"{% set ns = namespace() %}{% set ns.me = [{'a': [ns]}] %}", "contains ns"},
+        {"{% set ns = namespace(a=1) %}{% for i in " DOUBLE40 " %}{% set ns.a = [ns.a] %}{% endfor %}", "nested too deep"},
+        {"{% set x = 1 %}{% for i in " DOUBLE40 " %}{% set x = [x] %}{% endfor %}", "nested too deep"},
+        {"{{ 'ab\xff' }}", "string literal is not valid UTF-8"},   /* found by fuzz_chat: failed with an empty message */
+    };
+    chat_message msgs[1] = {{"user", "hi"}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char *out = NULL;
+        moe_error err = {{0}};
+        int rc = chat_render(cases[i].tmpl, "tokenizer_config.json", msgs, 1, 1, "<s>", "</s>", &out, &err);
+        if (rc == 0) { free(out); fail_msg("case %zu rendered", i); }
+        if (!strstr(err.msg, cases[i].want) || !strstr(err.msg, "tokenizer_config.json") || strchr(err.msg, '\n'))
+            fail_msg("case %zu: error \"%s\" lacks \"%s\"", i, err.msg, cases[i].want);
+    }
+    for (size_t i = 0; i < sizeof gen / sizeof gen[0]; i++) free(gen[i]);
+    /* the controls: ordinary arithmetic and a modest loop still work */
+    char *out = NULL;
+    moe_error err = {{0}};
+    assert_int_equal(chat_render("{{ 9223372036854775807 }} {{ 7 % -3 }} {{ -7 % 3 }} {{ (-9223372036854775807 - 1) % -1 }}",
+                                 "c", msgs, 1, 0, NULL, NULL, &out, &err), 0);
+    assert_string_equal(out, "9223372036854775807 -2 2 0");
+    free(out);
+}
+
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
 int main(void) {
     const struct CMUnitTest tests[] = {
@@ -395,7 +461,7 @@ int main(void) {
         T(test_st_unknown_dtype), T(test_st_size_mismatch), T(test_st_bad_shape), T(test_st_shape_overflow),
         T(test_st_duplicate_name), T(test_truncated_checkpoint), T(test_token_out_of_vocab),
         T(test_st_too_many_tensors), T(test_st_newline_in_name), T(test_index_newline_in_shard_name),
-        T(test_kv_cache_too_big), T(test_tokenizer_huge_id),
+        T(test_kv_cache_too_big), T(test_tokenizer_huge_id), T(test_chat_hostile_templates),
     };
     return cmocka_run_group_tests_name("bad input", tests, NULL, NULL);
 }

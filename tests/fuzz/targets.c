@@ -5,6 +5,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <jansson.h>
+
+#include "chat.h"
 #include "config.h"
 #include "rope.h"
 #include "safetensors.h"
@@ -288,6 +291,42 @@ int fuzz_encode(const uint8_t *data, size_t size) {
     return 0;
 }
 
+/* ------------------------------------------------------------------ chat template */
+
+static json_t *chat_msgs;
+
+int fuzz_chat(const uint8_t *data, size_t size) {
+    if (!chat_msgs) {
+        json_error_t je;
+        chat_msgs = json_loads(
+            "[{\"role\":\"system\",\"content\":\"You are helpful.\"},{\"role\":\"user\",\"content\":\"Hi \u4f60\u597d\"},"
+            "{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[{\"type\":\"function\",\"function\":"
+            "{\"name\":\"get\",\"arguments\":\"{\\\"x\\\": 1}\"}}]},{\"role\":\"tool\",\"content\":\"42\"},"
+            "{\"role\":\"assistant\",\"content\":\"<think>hmm</think>The answer is 42.\"},{\"role\":\"user\",\"content\":\"\"}]",
+            0, &je);
+        CHECK(chat_msgs, "fixture: %s", je.text);
+    }
+    char *tmpl = malloc(size + 1);   /* the renderer takes a NUL-terminated template */
+    if (!tmpl) return 0;
+    memcpy(tmpl, data, size);
+    tmpl[size] = 0;
+    char *out = NULL;
+    moe_error err = {{0}};
+    json_t *vars = json_pack("{s:b}", "tools_in_user_message", 0);
+    if (chat_render_json(tmpl, "tokenizer_config.json", chat_msgs, vars, size & 1, "<｜begin▁of▁sentence｜>",
+                         "<｜end▁of▁sentence｜>", &out, &err) == MOE_OK) {
+        CHECK(out, "no output");
+        sink ^= (uint8_t)out[0];
+        free(out);
+    } else {
+        CHECK(!out, "output on failure");
+        check_error(&err, "tokenizer_config.json");
+    }
+    json_decref(vars);
+    free(tmpl);
+    return 0;
+}
+
 /* ------------------------------------------------------------------ table */
 
 const fuzz_target fuzz_targets[] = {
@@ -297,6 +336,7 @@ const fuzz_target fuzz_targets[] = {
     {"tokenizer_json", fuzz_tokenizer_json},
     {"tokenizer_config", fuzz_tokenizer_config},
     {"encode", fuzz_encode},
+    {"chat", fuzz_chat},
     {NULL, NULL},
 };
 
@@ -306,4 +346,6 @@ void fuzz_cleanup(void) {
     tiny_json = NULL;
     tokenizer_free(v3);
     v3 = NULL;
+    json_decref(chat_msgs);
+    chat_msgs = NULL;
 }
