@@ -25,10 +25,19 @@
  */
 #include "chat.h"
 
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* Limits against hostile templates (issue 8): a template is code from the internet.
+ * Real chat templates stay far below each. */
+#define CHAT_MAX_DEPTH 200            /* nesting of expressions, blocks, elif chains, values */
+#define CHAT_MAX_STEPS 5000000        /* expressions evaluated + statements run + loop turns */
+#define CHAT_MAX_TEXT (16u << 20)     /* one string value, and the rendered text */
+#define CHAT_MAX_BYTES (256u << 20)   /* all string bytes built while rendering */
+#define CHAT_MAX_LIST 1000000         /* items in a list built by + */
 
 /* ======================================================================
  * Lexer
@@ -54,6 +63,7 @@ typedef struct {
     void **owned;      /* everything to free at the end (nodes, exprs, strings) */
     int nowned, capowned;
     json_t *lits;      /* a JSON array holding every literal, to free them at once */
+    int depth;         /* recursion depth of the parser */
 } parser;
 
 static int perr(parser *p, int line, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -145,7 +155,10 @@ static int lex_tag(parser *p, size_t *i, int *line, int is_block, int *strip_aft
             if (push_tok(p, (token){T_NAME, *line, s + b, *i - b, 0})) return MOE_FAIL;
         } else if (c >= '0' && c <= '9') {
             long long v = 0;
-            while (s[*i] >= '0' && s[*i] <= '9') v = v * 10 + (s[(*i)++] - '0');
+            while (s[*i] >= '0' && s[*i] <= '9') {
+                if (v > (LLONG_MAX - (s[*i] - '0')) / 10) return perr(p, *line, "integer literal too large");
+                v = v * 10 + (s[(*i)++] - '0');
+            }
             if (s[*i] == '.') return perr(p, *line, "floating-point numbers are not supported");
             if (push_tok(p, (token){T_INT, *line, NULL, 0, v})) return MOE_FAIL;
         } else if (c == '\'' || c == '"') {
@@ -324,6 +337,7 @@ static expr *parse_primary(parser *p) {
     expr *e = NULL;
     if (t->type == T_STRING) {
         if ((e = new_expr(p, E_LIT, t->line))) e->lit = keep_lit(p, json_stringn(t->s, t->len));
+        if (e && !e->lit) { perr(p, t->line, "string literal is not valid UTF-8"); return NULL; }
         /* adjacent string literals concatenate */
         while (e && peek(p)->type == T_STRING) {
             token *u = next(p);
@@ -333,6 +347,7 @@ static expr *parse_primary(parser *p) {
             memcpy(cat, json_string_value(e->lit), a);
             memcpy(cat + a, u->s, u->len);
             e->lit = keep_lit(p, json_stringn(cat, a + u->len));
+            if (!e->lit) { perr(p, u->line, "string literal is not valid UTF-8"); return NULL; }
         }
     } else if (t->type == T_INT) {
         if ((e = new_expr(p, E_LIT, t->line))) e->lit = keep_lit(p, json_integer(t->num));
@@ -391,7 +406,16 @@ static expr *parse_primary(parser *p) {
     }
 }
 
-static expr *parse_unary(parser *p) {
+static expr *parse_unary_(parser *p);
+static expr *parse_unary(parser *p) {   /* every primary passes here: the recursion guard */
+    if (p->depth >= CHAT_MAX_DEPTH) { perr(p, peek(p)->line, "expression nested too deep"); return NULL; }
+    p->depth++;
+    expr *e = parse_unary_(p);
+    p->depth--;
+    return e;
+}
+
+static expr *parse_unary_(parser *p) {
     int line = peek(p)->line;
     if (accept(p, T_OP, "-")) {
         expr *e = new_expr(p, E_NEG, line);
@@ -483,8 +507,11 @@ static expr *parse_compare(parser *p) {
 static expr *parse_not(parser *p) {
     int line = peek(p)->line;
     if (accept(p, T_NAME, "not")) {
+        if (p->depth >= CHAT_MAX_DEPTH) { perr(p, line, "expression nested too deep"); return NULL; }
         expr *e = new_expr(p, E_NOT, line);
-        if (e && !(e->a = parse_not(p))) return NULL;
+        p->depth++;
+        if (e && !(e->a = parse_not(p))) e = NULL;
+        p->depth--;
         return e;
     }
     return parse_compare(p);
@@ -551,7 +578,16 @@ static node *new_node(parser *p, int kind, int line) {
 /* Parses statements into b until a {% tag %} whose name is one of the
  * space-separated words in ends (or EOF when ends is NULL); leaves the parser
  * just after that tag's name and returns it in *end. */
+static int parse_block_(parser *p, block *b, const char *ends, const char **end);
 static int parse_block(parser *p, block *b, const char *ends, const char **end) {
+    if (p->depth >= CHAT_MAX_DEPTH) return perr(p, peek(p)->line, "blocks nested too deep");
+    p->depth++;
+    int rc = parse_block_(p, b, ends, end);
+    p->depth--;
+    return rc;
+}
+
+static int parse_block_(parser *p, block *b, const char *ends, const char **end) {
     for (;;) {
         token *t = next(p);
         if (t->type == T_EOF) {
@@ -652,6 +688,9 @@ typedef struct {
     int nscopes;
     char *out;             /* the rendered text */
     size_t len, cap;
+    int depth;             /* recursion depth of eval / exec_block */
+    long steps;            /* work done, against CHAT_MAX_STEPS */
+    size_t bytes;          /* string bytes built, against CHAT_MAX_BYTES */
 } renderer;
 
 static int rerr(renderer *r, int line, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -664,7 +703,17 @@ static int rerr(renderer *r, int line, const char *fmt, ...) {
     return perr(r->p, line, "%s", msg);
 }
 
+/* Accounts for a string of n bytes about to be built; fails past the limits. */
+static int charge(renderer *r, int line, size_t n) {
+    if (n > CHAT_MAX_TEXT) return rerr(r, line, "text longer than %u MB", CHAT_MAX_TEXT >> 20);
+    r->bytes += n;
+    if (r->bytes > CHAT_MAX_BYTES) return rerr(r, line, "the template builds more than %u MB of text", CHAT_MAX_BYTES >> 20);
+    return MOE_OK;
+}
+
 static int emit(renderer *r, const char *s, size_t n) {
+    if (r->len + n > CHAT_MAX_TEXT)
+        return moe_error_set(r->p->err, "%s: chat template: rendered text longer than %u MB", r->p->src, CHAT_MAX_TEXT >> 20);
     if (r->len + n + 1 > r->cap) {
         size_t nc = r->cap ? r->cap : 1024;
         while (nc < r->len + n + 1) nc *= 2;
@@ -753,6 +802,7 @@ static int call_method(renderer *r, const expr *e, json_t *obj, const char *m, j
             return MOE_OK;
         }
         if (!strcmp(m, "upper") || !strcmp(m, "lower")) {
+            if (charge(r, line, n)) return MOE_FAIL;
             char *o = malloc(n + 1);
             if (!o) return moe_error_set(r->p->err, "%s: out of memory", r->p->src);
             for (size_t i = 0; i < n; i++) {
@@ -764,6 +814,7 @@ static int call_method(renderer *r, const expr *e, json_t *obj, const char *m, j
             return MOE_OK;
         }
         if (!strcmp(m, "split") && a0 && l0) {
+            if (charge(r, line, n)) return MOE_FAIL;
             json_t *list = json_array();
             size_t b = 0;
             for (size_t i = 0; i + l0 <= n;) {
@@ -776,8 +827,13 @@ static int call_method(renderer *r, const expr *e, json_t *obj, const char *m, j
         }
         if (!strcmp(m, "replace") && nargs == 2 && a0 && l0 && json_is_string(args[1])) {
             const char *to = json_string_value(args[1]);
-            size_t lt = json_string_length(args[1]);
-            char *o = malloc(n * (lt + 1) + 1);
+            size_t lt = json_string_length(args[1]), hits = 0;
+            for (size_t i = 0; i + l0 <= n;) {   /* the exact length first, against the limits */
+                if (!memcmp(s + i, a0, l0)) { hits++; i += l0; } else i++;
+            }
+            if (hits && lt > l0 && (lt - l0) > (CHAT_MAX_TEXT - n) / hits) return rerr(r, line, "text longer than %u MB", CHAT_MAX_TEXT >> 20);
+            if (charge(r, line, n - hits * l0 + hits * lt)) return MOE_FAIL;
+            char *o = malloc(n - hits * l0 + hits * lt + 1);
             size_t k = 0;
             if (!o) return moe_error_set(r->p->err, "%s: out of memory", r->p->src);
             for (size_t i = 0; i < n;) {
@@ -859,6 +915,7 @@ static int eval_filter(renderer *r, const expr *e, json_t *v, json_t **out) {
         size_t n;
         char *s = to_text(v, &n);
         if (!s) return rerr(r, e->line, "filter 'string' on a list or mapping is not supported");
+        if (charge(r, e->line, n)) { free(s); return MOE_FAIL; }
         *out = str_new(s, n);
         free(s);
         return MOE_OK;
@@ -894,7 +951,8 @@ static int eval_bin(renderer *r, const expr *e, json_t *a, json_t *b, json_t **o
         size_t la, lb;
         char *sa = to_text(a, &la), *sb = to_text(b, &lb);
         int rc = MOE_OK;
-        if (sa && sb) {
+        if (sa && sb && charge(r, e->line, la + lb)) rc = MOE_FAIL;
+        else if (sa && sb) {
             char *c = malloc(la + lb + 1);
             if (c) { memcpy(c, sa, la); memcpy(c + la, sb, lb); *out = str_new(c, la + lb); free(c); }
             else rc = moe_error_set(r->p->err, "%s: out of memory", r->p->src);
@@ -915,11 +973,18 @@ static int eval_bin(renderer *r, const expr *e, json_t *a, json_t *b, json_t **o
     }
     if (!a || !b) return rerr(r, e->line, "'%s' on an undefined value", op);
     if (json_is_integer(a) && json_is_integer(b)) {
-        long long x = json_integer_value(a), y = json_integer_value(b);
-        if (!strcmp(op, "+")) *out = json_integer(x + y);
-        else if (!strcmp(op, "-")) *out = json_integer(x - y);
-        else if (!strcmp(op, "*")) *out = json_integer(x * y);
-        else if (!strcmp(op, "%")) { if (!y) return rerr(r, e->line, "modulo by zero"); *out = json_integer(((x % y) + y) % y); }
+        long long x = json_integer_value(a), y = json_integer_value(b), z;
+        if (!strcmp(op, "+") || !strcmp(op, "-") || !strcmp(op, "*")) {
+            if (op[0] == '+' ? __builtin_add_overflow(x, y, &z) : op[0] == '-' ? __builtin_sub_overflow(x, y, &z)
+                                                                                : __builtin_mul_overflow(x, y, &z))
+                return rerr(r, e->line, "integer overflow in '%s'", op);
+            *out = json_integer(z);
+        }
+        else if (!strcmp(op, "%")) {   /* Python's sign rule: the result takes y's sign */
+            if (!y) return rerr(r, e->line, "modulo by zero");
+            z = y == -1 ? 0 : x % y;
+            *out = json_integer(z != 0 && (z < 0) != (y < 0) ? z + y : z);
+        }
         else if (!strcmp(op, "<")) *out = json_boolean(x < y);
         else if (!strcmp(op, ">")) *out = json_boolean(x > y);
         else if (!strcmp(op, "<=")) *out = json_boolean(x <= y);
@@ -929,6 +994,7 @@ static int eval_bin(renderer *r, const expr *e, json_t *a, json_t *b, json_t **o
     }
     if (!strcmp(op, "+") && json_is_string(a) && json_is_string(b)) {
         size_t la = json_string_length(a), lb = json_string_length(b);
+        if (charge(r, e->line, la + lb)) return MOE_FAIL;
         char *c = malloc(la + lb + 1);
         if (!c) return moe_error_set(r->p->err, "%s: out of memory", r->p->src);
         memcpy(c, json_string_value(a), la);
@@ -938,6 +1004,8 @@ static int eval_bin(renderer *r, const expr *e, json_t *a, json_t *b, json_t **o
         return MOE_OK;
     }
     if (!strcmp(op, "+") && json_is_array(a) && json_is_array(b)) {
+        if (json_array_size(a) + json_array_size(b) > CHAT_MAX_LIST) return rerr(r, e->line, "list longer than %d items", CHAT_MAX_LIST);
+        r->steps += (long)(json_array_size(a) + json_array_size(b)) / 16;   /* copying costs */
         *out = json_copy(a);
         json_array_extend(*out, b);
         return MOE_OK;
@@ -945,7 +1013,18 @@ static int eval_bin(renderer *r, const expr *e, json_t *a, json_t *b, json_t **o
     return rerr(r, e->line, "operator '%s' on these types is not supported", op);
 }
 
-static int eval(renderer *r, const expr *e, json_t **out) {
+static int eval_(renderer *r, const expr *e, json_t **out);
+static int eval(renderer *r, const expr *e, json_t **out) {   /* the guard on every evaluation */
+    *out = NULL;
+    if (r->depth >= CHAT_MAX_DEPTH) return rerr(r, e->line, "expression nested too deep");
+    if (++r->steps > CHAT_MAX_STEPS) return rerr(r, e->line, "the template runs more than %d steps", CHAT_MAX_STEPS);
+    r->depth++;
+    int rc = eval_(r, e, out);
+    r->depth--;
+    return rc;
+}
+
+static int eval_(renderer *r, const expr *e, json_t **out) {
     json_t *a = NULL, *b = NULL;
     int rc = MOE_OK;
     *out = NULL;
@@ -988,7 +1067,8 @@ static int eval(renderer *r, const expr *e, json_t **out) {
         break;
     case E_NEG:
         if ((rc = eval(r, e->a, &a))) return rc;
-        if (a && json_is_integer(a)) *out = json_integer(-json_integer_value(a));
+        if (a && json_is_integer(a) && json_integer_value(a) == LLONG_MIN) rc = rerr(r, e->line, "integer overflow in '-'");
+        else if (a && json_is_integer(a)) *out = json_integer(-json_integer_value(a));
         else rc = rerr(r, e->line, "unary '-' needs an integer");
         break;
     case E_AND:
@@ -1050,6 +1130,7 @@ static int exec_for(renderer *r, const node *n) {
     r->scopes[r->nscopes++] = scope;
     for (size_t i = 0; i < len && !rc; i++) {
         json_t *v = json_array_get(it, i);
+        if (++r->steps > CHAT_MAX_STEPS) { rc = rerr(r, n->line, "the template runs more than %d steps", CHAT_MAX_STEPS); break; }
         if (n->var2) {
             if (!json_is_array(v) || json_array_size(v) != 2) { rc = rerr(r, n->line, "cannot unpack the loop item into two names"); break; }
             json_object_set(scope, n->var, json_array_get(v, 0));
@@ -1067,11 +1148,45 @@ static int exec_for(renderer *r, const node *n) {
     return rc;
 }
 
-static int exec_block(renderer *r, const block *b) {
+/* Depth of v (0 for a scalar), or -1 when it reaches `limit` levels or holds `target`. */
+static int value_depth(renderer *r, json_t *v, json_t *target, int limit) {
+    if (!json_is_array(v) && !json_is_object(v)) return 0;
+    if (v == target || limit <= 0) return -1;
+    r->steps++;
+    int d = 0;
+    if (json_is_array(v)) {
+        for (size_t i = 0; i < json_array_size(v); i++) {
+            int k = value_depth(r, json_array_get(v, i), target, limit - 1);
+            if (k < 0) return -1;
+            if (k > d) d = k;
+        }
+    } else {
+        const char *key;
+        json_t *x;
+        json_object_foreach(v, key, x) {
+            int k = value_depth(r, x, target, limit - 1);
+            if (k < 0) return -1;
+            if (k > d) d = k;
+        }
+    }
+    return d + 1;
+}
+
+static int exec_block_(renderer *r, const block *b);
+static int exec_block(renderer *r, const block *b) {   /* elif chains nest: the recursion guard */
+    if (r->depth >= CHAT_MAX_DEPTH) return rerr(r, b->n ? b->v[0]->line : 0, "blocks nested too deep");
+    r->depth++;
+    int rc = exec_block_(r, b);
+    r->depth--;
+    return rc;
+}
+
+static int exec_block_(renderer *r, const block *b) {
     for (int i = 0; i < b->n; i++) {
         const node *n = b->v[i];
         json_t *v = NULL;
         int rc = MOE_OK;
+        if (++r->steps > CHAT_MAX_STEPS) return rerr(r, n->line, "the template runs more than %d steps", CHAT_MAX_STEPS);
         switch (n->kind) {
         case N_TEXT: rc = emit(r, n->text, n->len); break;
         case N_OUT: {
@@ -1093,8 +1208,12 @@ static int exec_block(renderer *r, const block *b) {
             if (n->attr) {
                 json_t *ns = lookup(r, n->var);
                 if (!ns || !json_is_object(ns)) rc = rerr(r, n->line, "'%s' is not a namespace", n->var);
+                else if (value_depth(r, v, ns, 32) < 0)   /* ns inside itself would never be freed */
+                    rc = rerr(r, n->line, "the value set to %s.%s contains %s or is nested too deep", n->var, n->attr, n->var);
                 else json_object_set(ns, n->attr, v ? v : json_null());
                 json_decref(ns);
+            } else if (value_depth(r, v, NULL, 32) < 0) {
+                rc = rerr(r, n->line, "the value set to %s is nested too deep", n->var);
             } else json_object_set(r->scopes[r->nscopes - 1], n->var, v ? v : json_null());
             break;
         }

@@ -15,8 +15,10 @@
  */
 #include "model.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/sysinfo.h>
 
 #include "attention.h"
 #include "kernels.h"
@@ -25,6 +27,34 @@
 #include "threadpool.h"
 
 /* ------------------------------------------------------------------ state */
+
+size_t model_mem_available(void) {
+    const char *env = getenv("MOE_MEM_AVAILABLE");   /* bytes; for tests */
+    if (env && *env) return (size_t)strtoull(env, NULL, 10);
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (f) {
+        char line[256];
+        unsigned long long kb;
+        while (fgets(line, sizeof line, f))
+            if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1) { fclose(f); return (size_t)kb * 1024; }
+        fclose(f);
+    }
+    struct sysinfo si;
+    if (sysinfo(&si) == 0) return ((size_t)si.freeram + si.bufferram) * si.mem_unit;
+    return SIZE_MAX;   /* unknown: do not refuse */
+}
+
+/* Fails with a clear message when `what` for S positions (per_pos floats each)
+ * cannot fit in the available memory; else sets *bytes. */
+static int check_cache_size(const char *what, int S, size_t per_pos, size_t *bytes, moe_error *err) {
+    size_t b;
+    size_t avail = model_mem_available();
+    if (__builtin_mul_overflow(per_pos, (size_t)S, &b) || __builtin_mul_overflow(b, sizeof(float), &b) || b > avail)
+        return moe_error_set(err, "%s for %d tokens needs %.1f GiB but only %.1f GiB are available (lower --ctx)", what, S,
+                             (double)per_pos * S * sizeof(float) / (1u << 30), (double)avail / (1u << 30));
+    *bytes = b;
+    return MOE_OK;
+}
 
 static int state_init(moe_model *m, moe_error *err) {
     const moe_config *c = &m->cfg;
@@ -35,7 +65,11 @@ static int state_init(moe_model *m, moe_error *err) {
     int ffn = c->intermediate_size;
     if (c->moe_intermediate_size > ffn) ffn = c->moe_intermediate_size;
     if (c->moe_intermediate_size * c->n_shared_experts > ffn) ffn = c->moe_intermediate_size * c->n_shared_experts;
-    size_t f = sizeof(float);
+    size_t kv_bytes, naive_bytes;
+    if (check_cache_size("KV cache", S, (size_t)m->w.n_layers * (size_t)(R + dr), &kv_bytes, err)) return MOE_FAIL;
+    if (m->opt.attn == ATTN_NAIVE &&
+        check_cache_size("naive attention's expanded K/V", S, (size_t)nh * (size_t)(dn + dv), &naive_bytes, err))
+        return MOE_FAIL;
     int ok = 1;
     s->ffn_width = ffn;
 #define ALLOC(ptr, count) ok = ok && ((ptr) = calloc((size_t)(count), sizeof *(ptr))) != NULL
@@ -75,7 +109,7 @@ static int state_init(moe_model *m, moe_error *err) {
     ALLOC(s->ye, (size_t)B * H);
 #undef ALLOC
     if (!ok) return moe_error_set(err, "out of memory for the model's scratch buffers (batch %d, context %d)", B, S);
-    s->kv_cache_bytes = (size_t)m->w.n_layers * S * (R + dr) * f;
+    s->kv_cache_bytes = kv_bytes;
     s->kv_cache = calloc(1, s->kv_cache_bytes);
     if (!s->kv_cache)
         return moe_error_set(err, "out of memory for the KV cache: %zu MiB for %d positions x %d layers x %d values",

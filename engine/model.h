@@ -111,6 +111,10 @@ int model_forward(moe_model *m, const int *tokens, int n, int pos, float *logits
 int model_forward_mtp(moe_model *m, int k, const float *hidden, const int *next_tokens, int n, int pos,
                       float *logits, int all_logits, float *mtp_hidden, moe_error *err);
 
+/* Available memory in bytes (/proc/meminfo MemAvailable, else sysinfo; the environment
+ * variable MOE_MEM_AVAILABLE overrides it, for tests). model_load refuses a KV cache larger. */
+size_t model_mem_available(void);
+
 /* Bytes of KV cache per token (all layers incl. MTP). */
 size_t model_kv_bytes_per_token(const moe_model *m);
 

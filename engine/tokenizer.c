@@ -272,6 +272,8 @@ typedef struct {
     size_t n, cap;      /* entries used / allocated */
 } bpe_cache;
 
+#define TOKENIZER_MAX_VOCAB (1 << 24)    /* as config.json dims; V3 has 129,280 */
+#define TOKENIZER_MAX_FILE (256u << 20) /* V3's tokenizer.json is 7.5 MB */
 #define CACHE_MAX_PIECE 64        /* longer pieces are not cached */
 #define CACHE_MAX_ENTRIES 200000  /* the cache stops growing here */
 
@@ -789,8 +791,9 @@ static int load_model(tokenizer *t, json_t *model, char *tables, size_t split, s
     int rc = read_tables(t, model, tables, split, tlen, &vr, &nv, &mr, &nm, err);
     if (!rc && strmap_init(&t->vocab, nv + 4096)) rc = moe_error_set(err, "%s: out of memory", t->path);
     for (size_t i = 0; i < nv && !rc; i++) {
-        if (vr[i].id < 0 || vr[i].id >= (1 << 30))
-            rc = moe_error_set(err, "%s: vocab entry '%.*s' has no valid id", t->path, (int)vr[i].len, vr[i].key);
+        if (vr[i].id < 0 || vr[i].id >= TOKENIZER_MAX_VOCAB)
+            rc = moe_error_set(err, "%s: vocab entry '%.*s' has id %lld, outside [0, %d)", t->path, (int)vr[i].len,
+                               vr[i].key, (long long)vr[i].id, TOKENIZER_MAX_VOCAB);
         else if (strmap_put(&t->vocab, vr[i].key, vr[i].len, (int)vr[i].id))
             rc = moe_error_set(err, "%s: out of memory", t->path);
         else if (vr[i].id + 1 > t->vocab_size) t->vocab_size = (int)vr[i].id + 1;
@@ -812,7 +815,7 @@ static int load_added(tokenizer *t, json_t *arr, moe_error *err) {
         json_t *a = json_array_get(arr, i);
         json_t *c = json_object_get(a, "content"), *id = json_object_get(a, "id");
         if (!json_is_string(c) || !json_is_integer(id) || json_integer_value(id) < 0 ||
-            json_integer_value(id) >= (1 << 30) || !json_string_length(c))
+            !json_string_length(c))
             return moe_error_set(err, "%s: added_tokens[%zu] needs a non-empty content and an id", t->path, i);
         added_token *at = &t->added[t->nadded];
         at->content = malloc(json_string_length(c) + 1);
@@ -906,14 +909,14 @@ static const char *config_token(json_t *cfg, const char *key) {
     return json_string_value(v);
 }
 
-static int load_config(tokenizer *t, const char *cpath, moe_error *err) {
+/* tokenizer_config.json text (NULL: none). */
+static int load_config(tokenizer *t, const char *text, size_t len, const char *cpath, moe_error *err) {
     t->add_bos = 1;
     t->bos_id = t->eos_id = -1;
-    struct stat st;
-    if (stat(cpath, &st) != 0) return MOE_OK; /* optional */
+    if (!text) return MOE_OK; /* optional */
     snprintf(t->config_path, sizeof t->config_path, "%s", cpath);
     json_error_t je;
-    json_t *cfg = json_load_file(cpath, 0, &je);
+    json_t *cfg = json_loadb(text, len, 0, &je);
     if (!cfg) return moe_error_set(err, "%s: line %d: %s", cpath, je.line, je.text);
     int rc = MOE_OK;
     const char *bos = config_token(cfg, "bos_token"), *eos = config_token(cfg, "eos_token");
@@ -941,40 +944,68 @@ static int load_config(tokenizer *t, const char *cpath, moe_error *err) {
     return rc;
 }
 
+/* Reads a whole file (at most max bytes) into a malloc'd buffer. */
+static int read_file(const char *path, size_t max, char **out, size_t *len, moe_error *err) {
+    *out = NULL;
+    FILE *f = fopen(path, "rb");
+    if (!f) return moe_error_set(err, "%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) { fclose(f); return moe_error_set(err, "%s: not a regular file", path); }
+    if ((uint64_t)st.st_size > max) {
+        fclose(f);
+        return moe_error_set(err, "%s: file is %lld bytes, more than the limit of %zu", path, (long long)st.st_size, max);
+    }
+    char *buf = malloc((size_t)st.st_size + 1);
+    if (!buf) { fclose(f); return moe_error_set(err, "%s: out of memory", path); }
+    size_t got = fread(buf, 1, (size_t)st.st_size, f);
+    fclose(f);
+    if (got != (size_t)st.st_size) { free(buf); return moe_error_set(err, "%s: read error", path); }
+    buf[got] = 0;
+    *out = buf;
+    *len = got;
+    return MOE_OK;
+}
+
 int tokenizer_load(tokenizer **out, const char *path, moe_error *err) {
     *out = NULL;
-    tokenizer *t = calloc(1, sizeof *t);
-    if (!t) return moe_error_set(err, "%s: out of memory", path);
-    char cpath[1024];
+    char tpath[1024], cpath[1024];
     struct stat st;
-    if (strlen(path) > 900) {
-        moe_error_set(err, "%.100s...: path too long", path);
-        free(t);
-        return MOE_FAIL;
-    }
+    if (strlen(path) > 900) return moe_error_set(err, "%.100s...: path too long", path);
     size_t pl = strlen(path);
     int is_dir = stat(path, &st) == 0 ? S_ISDIR(st.st_mode) : !(pl >= 5 && !strcmp(path + pl - 5, ".json"));
     if (is_dir) {
-        snprintf(t->path, sizeof t->path, "%s/tokenizer.json", path);
+        snprintf(tpath, sizeof tpath, "%s/tokenizer.json", path);
         snprintf(cpath, sizeof cpath, "%s/tokenizer_config.json", path);
     } else {
-        snprintf(t->path, sizeof t->path, "%s", path);
+        snprintf(tpath, sizeof tpath, "%s", path);
         const char *sl = strrchr(path, '/');
         if (sl) snprintf(cpath, sizeof cpath, "%.*s/tokenizer_config.json", (int)(sl - path), path);
         else snprintf(cpath, sizeof cpath, "tokenizer_config.json");
     }
+    char *text = NULL, *ctext = NULL;
+    size_t len = 0, clen = 0;
+    if (read_file(tpath, TOKENIZER_MAX_FILE, &text, &len, err)) return MOE_FAIL;
+    if (stat(cpath, &st) == 0 && read_file(cpath, TOKENIZER_MAX_FILE, &ctext, &clen, err)) { free(text); return MOE_FAIL; }
+    int rc = tokenizer_load_buffer(out, text, len, tpath, ctext, clen, cpath, err);
+    free(text);
+    free(ctext);
+    return rc;
+}
+
+int tokenizer_load_buffer(tokenizer **out, const char *json, size_t len, const char *path, const char *config_json,
+                          size_t config_len, const char *config_path, moe_error *err) {
+    *out = NULL;
+    tokenizer *t = calloc(1, sizeof *t);
+    if (!t) return moe_error_set(err, "%s: out of memory", path);
+    snprintf(t->path, sizeof t->path, "%s", path);
     json_t *root = NULL;
     int rc = MOE_FAIL;
     char *text = NULL, *tables = NULL;
     size_t n = 0, rng[2][2], split = 0, tlen = 0;
-    FILE *f = fopen(t->path, "rb");
-    if (!f) { moe_error_set(err, "%s: cannot open: %s", t->path, strerror(errno)); goto done; }
-    for (size_t cap = 0, got = 1; got;) {
-        if (n == cap && VEC_RESERVE(text, cap, cap ? cap * 2 : 1 << 20)) { fclose(f); moe_error_set(err, "%s: out of memory", t->path); goto done; }
-        n += got = fread(text + n, 1, cap - n, f);
-    }
-    if (ferror(f)) { fclose(f); moe_error_set(err, "%s: read error", t->path); goto done; }
-    fclose(f);
+    /* a writable copy: the big tables are cut out of it in place */
+    if (!(text = malloc(len + 1))) { moe_error_set(err, "%s: out of memory", t->path); goto done; }
+    memcpy(text, json, len);
+    n = len;
     /* move the two big tables out of the text (see "Fast reading") */
     if (!locate_tables(text, n, rng)) {
         size_t lv = rng[0][1] - rng[0][0], lm = rng[1][1] - rng[1][0];
@@ -1008,7 +1039,7 @@ int tokenizer_load(tokenizer **out, const char *path, moe_error *err) {
     if (!have_bl) { moe_error_set(err, "%s: pre_tokenizer has no ByteLevel step (only byte-level BPE is supported)", t->path); goto done; }
     if (check_decoder(t, json_object_get(root, "decoder"), err)) goto done;
     if (build_decode(t, err)) goto done;
-    if (load_config(t, cpath, err)) goto done;
+    if (load_config(t, config_json, config_len, config_path ? config_path : "tokenizer_config.json", err)) goto done;
     t->cache = calloc(1, sizeof *t->cache);
     if (!t->cache || strmap_init(&t->cache->map, 1 << 16)) { moe_error_set(err, "%s: out of memory", t->path); goto done; }
     rc = MOE_OK;

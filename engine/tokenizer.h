@@ -37,6 +37,11 @@ typedef struct tokenizer tokenizer;
  * PATH itself if it is a file (then tokenizer_config.json is looked for beside
  * it). The config gives bos/eos token strings, add_bos_token, chat_template. */
 int tokenizer_load(tokenizer **out, const char *path, moe_error *err);
+/* The same from text held in memory (for tests and fuzzing): tokenizer.json text
+ * json[0..len) and tokenizer_config.json text (NULL: none); the paths are only
+ * used in messages. Does not own the buffers. */
+int tokenizer_load_buffer(tokenizer **out, const char *json, size_t len, const char *path, const char *config_json,
+                          size_t config_len, const char *config_path, moe_error *err);
 void tokenizer_free(tokenizer *t);
 
 /* Encodes text[0..len) into *ids (malloc'd, caller frees) of *n ids. No BOS is
