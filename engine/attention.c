@@ -84,6 +84,7 @@ void attention_forward(moe_model *m, int layer, const float *xn, int n, int pos,
     int dq = dn + dr, dv = c->v_head_dim, R = c->kv_lora_rank, rq = c->q_lora_rank;
     float eps = c->rms_norm_eps;
 
+    uint64_t t0 = profile_start(m);
     /* queries */
     if (rq > 0) {
         linear(m->pool, &lw->q_a, xn, n, s->cq);
@@ -101,6 +102,7 @@ void attention_forward(moe_model *m, int layer, const float *xn, int n, int pos,
         memcpy(row + R, kv + R, sizeof(float) * (size_t)dr);
         rope_apply(row + R, s->rope_cs + (size_t)t * dr, dr, m->rope.interleaved);   /* k_pe: rotated, not normalised */
     }
+    t0 = profile_mark(m, PHASE_ATTN_PROJ, t0);
     /* naive path: materialise K_nope and V of every position */
     if (m->opt.attn == ATTN_NAIVE)
         for (int t = 0; t < pos + n; t++)
@@ -116,5 +118,7 @@ void attention_forward(moe_model *m, int layer, const float *xn, int n, int pos,
             else head_absorbed(m, lw, layer, h, qh, pos + t, o);
         }
     }
+    t0 = profile_mark(m, PHASE_ATTN_CORE, t0);
     linear(m->pool, &lw->o, s->attn, n, out);
+    profile_mark(m, PHASE_ATTN_PROJ, t0);
 }

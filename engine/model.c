@@ -174,13 +174,28 @@ static void decoder_block(moe_model *m, int layer, int n, int pos) {
     const layer_weights *lw = &m->w.layers[layer];
     model_state *s = &m->s;
     int H = c->hidden_size;
+    uint64_t t0 = profile_start(m);
     for (int t = 0; t < n; t++) rmsnorm(s->xn + (size_t)t * H, s->x + (size_t)t * H, lw->input_norm, H, c->rms_norm_eps);
-    attention_forward(m, layer, s->xn, n, pos, s->out);
+    profile_mark(m, PHASE_NORMS, t0);
+    attention_forward(m, layer, s->xn, n, pos, s->out);            /* marks its own phases */
+    t0 = profile_start(m);
     for (int i = 0; i < n * H; i++) s->x[i] += s->out[i];
     for (int t = 0; t < n; t++) rmsnorm(s->xn + (size_t)t * H, s->x + (size_t)t * H, lw->post_norm, H, c->rms_norm_eps);
-    if (lw->is_moe) moe_forward(m, layer, s->xn, n, pos, s->out);
-    else mlp_forward(m, &lw->dense, c->intermediate_size, s->xn, n, s->out);
+    t0 = profile_mark(m, PHASE_NORMS, t0);
+    if (lw->is_moe) moe_forward(m, layer, s->xn, n, pos, s->out);  /* marks its own phases */
+    else {
+        mlp_forward(m, &lw->dense, c->intermediate_size, s->xn, n, s->out);
+        profile_mark(m, PHASE_DENSE, t0);
+    }
+    t0 = profile_start(m);
     for (int i = 0; i < n * H; i++) s->x[i] += s->out[i];
+    profile_mark(m, PHASE_NORMS, t0);
+}
+
+const char *model_phase_name(model_phase p) {
+    static const char *names[N_PHASES] = {"embedding", "norms+residual", "attn projections", "attn core (MLA)",
+                                          "router", "experts (routed+shared)", "dense MLP", "head"};
+    return p < N_PHASES ? names[p] : "?";
 }
 
 static int check_span(const moe_model *m, const int *tokens, int n, int pos, moe_error *err) {
@@ -201,14 +216,17 @@ static void head_out(moe_model *m, const float *norm, const mat *head, int n, in
     const moe_config *c = &m->cfg;
     model_state *s = &m->s;
     int H = c->hidden_size, V = c->vocab_size;
+    uint64_t t0 = profile_start(m);
     for (int t = 0; t < n; t++) rmsnorm(s->hidden + (size_t)t * H, s->x + (size_t)t * H, norm, H, c->rms_norm_eps);
     if (hidden) memcpy(hidden + (size_t)chunk0 * H, s->hidden, sizeof(float) * (size_t)n * H);
-    if (!logits) return;
-    if (all_logits) {
-        linear(m->pool, head, s->hidden, n, logits + (size_t)chunk0 * V);
-    } else if (chunk0 + n == n_total) {   /* only the last token's logits */
-        linear(m->pool, head, s->hidden + (size_t)(n - 1) * H, 1, logits);
+    if (logits) {
+        if (all_logits) {
+            linear(m->pool, head, s->hidden, n, logits + (size_t)chunk0 * V);
+        } else if (chunk0 + n == n_total) {   /* only the last token's logits */
+            linear(m->pool, head, s->hidden + (size_t)(n - 1) * H, 1, logits);
+        }
     }
+    profile_mark(m, PHASE_HEAD, t0);
 }
 
 int model_forward(moe_model *m, const int *tokens, int n, int pos, float *logits, int all_logits, float *hidden,
@@ -219,10 +237,12 @@ int model_forward(moe_model *m, const int *tokens, int n, int pos, float *logits
     int H = c->hidden_size, dr = c->qk_rope_head_dim;
     for (int c0 = 0; c0 < n; c0 += s->B) {
         int nb = n - c0 < s->B ? n - c0 : s->B, p0 = pos + c0;
+        uint64_t t0 = profile_start(m);
         for (int t = 0; t < nb; t++) {
             mat_row_f32(&m->w.embed, tokens[c0 + t], s->x + (size_t)t * H);
             rope_cos_sin(&m->rope, p0 + t, s->rope_cs + (size_t)t * dr);
         }
+        profile_mark(m, PHASE_EMBED, t0);
         for (int i = 0; i < c->num_hidden_layers; i++) decoder_block(m, i, nb, p0);
         head_out(m, m->w.final_norm, &m->w.lm_head, nb, c0, n, logits, all_logits, hidden);
     }

@@ -13,6 +13,8 @@
 #define MOE_MODEL_H
 
 #include <stddef.h>
+#include <stdint.h>
+#include <time.h>
 
 #include "config.h"
 #include "error.h"
@@ -83,6 +85,28 @@ typedef struct {
     size_t kv_cache_bytes;
 } model_state;
 
+/* Profiling (moe bench --profile): wall time of each phase of the forward pass,
+ * accumulated in m->prof while it is non-NULL (off by default: no clock reads).
+ * Phases are marked on the calling thread; a phase run by the pool counts its
+ * wall time. */
+typedef enum {
+    PHASE_EMBED,        /* embedding rows, RoPE cos/sin */
+    PHASE_NORMS,        /* RMSNorms of the residual stream, residual adds */
+    PHASE_ATTN_PROJ,    /* q / kv_a / o projections, q_a and kv_a norms, cache write */
+    PHASE_ATTN_CORE,    /* scores, softmax, weighted latent sum, W_UK / W_UV (absorbed kv_b) */
+    PHASE_ROUTER,       /* gate logits, expert selection, grouping tokens by expert */
+    PHASE_EXPERTS,      /* routed expert MLPs and the shared expert (one pool job), weighted reduction */
+    PHASE_DENSE,        /* dense MLP layers */
+    PHASE_HEAD,         /* final norm + lm_head */
+    N_PHASES
+} model_phase;
+
+typedef struct {
+    uint64_t ns[N_PHASES];
+} model_profile;
+
+const char *model_phase_name(model_phase p);
+
 typedef struct {
     moe_config cfg;
     moe_weights w;
@@ -93,7 +117,23 @@ typedef struct {
     threadpool *pool;           /* NULL = single-threaded */
     route_observer on_route;    /* optional */
     void *on_route_ctx;
+    model_profile *prof;        /* optional: phase timings (NULL = off) */
 } moe_model;
+
+/* Profiling marks: t = profile_start(m); ...; t = profile_mark(m, PHASE_X, t);
+ * both are no-ops returning 0 when m->prof is NULL. */
+static inline uint64_t profile_start(const moe_model *m) {
+    if (!m->prof) return 0;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+static inline uint64_t profile_mark(moe_model *m, model_phase phase, uint64_t t0) {
+    if (!m->prof) return 0;
+    uint64_t now = profile_start(m);
+    m->prof->ns[phase] += now - t0;
+    return now;
+}
 
 int model_load(moe_model *m, const char *dir, const model_options *opt, moe_error *err);
 void model_free(moe_model *m);

@@ -99,6 +99,7 @@ void moe_forward(moe_model *m, int layer, const float *xn, int n, int pos, float
     model_state *s = &m->s;
     int H = c->hidden_size, E = c->n_routed_experts, K = m->K;
 
+    uint64_t t0 = profile_start(m);
     /* 1. route every token */
     linear(m->pool, &lw->router, xn, n, s->logits_b);          /* [n, E] gate logits */
     for (int t = 0; t < n; t++) {
@@ -121,6 +122,7 @@ void moe_forward(moe_model *m, int layer, const float *xn, int n, int pos, float
             s->expert_w[slot] = s->route_w[t * K + j];
             s->token_slot[t * K + j] = slot;
         }
+    t0 = profile_mark(m, PHASE_ROUTER, t0);
     /* 3. the work items, the biggest first (shared expert, then experts by token count) */
     int n_items = 0;
     if (lw->has_shared) s->expert_item[n_items++] = -1;
@@ -135,6 +137,7 @@ void moe_forward(moe_model *m, int layer, const float *xn, int n, int pos, float
     expert_job job = { m, lw, xn, n, n_items, 0 };
     if (m->pool && threadpool_threads(m->pool) > 1 && n_items > 1) threadpool_run(m->pool, expert_share, &job);
     else expert_share(&job, 0, 1);
+    t0 = profile_mark(m, PHASE_EXPERTS, t0);   /* routed and shared experts run as one pool job */
     /* 4. reduce in a fixed order: each token's routed experts by expert id, then the shared one */
     for (int t = 0; t < n; t++) {
         float *y = out + (size_t)t * H;
@@ -146,4 +149,5 @@ void moe_forward(moe_model *m, int layer, const float *xn, int n, int pos, float
         for (int j = 0; j < K; j++) vec_axpy(y, s->expert_w[slots[j]], s->slot_out + (size_t)slots[j] * H, H);
         if (lw->has_shared) vec_axpy(y, 1.0f, s->shared_out + (size_t)t * H, H);
     }
+    profile_mark(m, PHASE_EXPERTS, t0);
 }

@@ -1,9 +1,674 @@
-/* cmd_bench.c - `moe bench` (placeholder until the next commit). */
+/* cmd_bench.c - `moe bench`: prefill and decode speed in llama-bench's terms,
+ * the weight bytes a decoded token reads, and how close that comes to the
+ * machine's memory bandwidth.
+ *
+ * Legend
+ *   ppN       prefill: N random tokens in one model_forward call from position 0
+ *             (one chunk: batch = N unless --batch), last token's logits only
+ *   tgN       decode: a short random prompt (--tg-prompt, untimed), then N
+ *             single-token model_forward calls, each fed the previous argmax;
+ *             only the forward calls are timed (argmax = "sampling" is timed
+ *             apart and shown by --profile)
+ *   prefault  before any run, one byte of every page of the mapped checkpoint
+ *             is read: no timed run pays for page faults or disk reads
+ *   rep       one timed run of a test; t/s is mean +- sd over -r reps, after one
+ *             warm-up run per test and thread count. Reps alternate thread counts
+ *             (rep 1: 1T pp, 1T tg, 2T pp, 2T tg; rep 2: ...) so that noise from
+ *             a shared machine hits every configuration alike
+ *   bytes/tok weight bytes read per decoded token, from the loaded formats:
+ *             attention projections + norms, router, K of E routed experts,
+ *             shared expert, dense MLPs, final norm + lm_head, one embedding row
+ *             (main model; the MTP head and the KV cache reads are not counted)
+ *   GB/s      bytes/tok x tg t/s; "bw%" divides by the memory read bandwidth for
+ *             that thread count: measured now (--membw), given (--bw), or the
+ *             defaults 32.9 GB/s (1 thread) / 51.9 GB/s (2+ threads)
+ *   membw     STREAM-like read: sum of a 1 GiB array (--membw-mib) of u64 (AVX2 adds when the
+ *             CPU has them), the threads summing disjoint slices; median of 9
+ *             sweeps, each reading 1 GiB
+ */
+#include <jansson.h>
+#include <math.h>
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
 
+#include "cli.h"
 #include "commands.h"
+#include "model.h"
+#include "threadpool.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#define MAX_THREAD_CONFIGS 8
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: moe bench -m DIR [options]\n"
+            "       moe bench --membw [-t N]\n"
+            "\n"
+            "Prefill (ppN) and decode (tgN) speed in tokens/s, mean +- sd over reps, with the\n"
+            "weight bytes read per decoded token and the bandwidth that achieves.\n"
+            "\n"
+            "options:\n"
+            "  -m, --model DIR     checkpoint directory\n"
+            "  -p, --n-prompt N    prefill test length (default 512; 0 = skip)\n"
+            "  -n, --n-gen N       decode test length (default 128; 0 = skip)\n"
+            "  -r, --repetitions N timed runs per test (default 5), after one warm-up\n"
+            "  -t, --threads LIST  thread counts, e.g. 1,2 (default: one per core)\n"
+            "  --dtype D           auto | f32 | bf16 | q8: compute format of the weights (default auto)\n"
+            "  --batch N           tokens per forward chunk in prefill (default: the whole prompt)\n"
+            "  --tg-prompt N       untimed prompt before the decode test (default 8)\n"
+            "  --membw             measure memory read bandwidth on 1 and all threads (alone, or with -m)\n"
+            "  --membw-mib N       size of the array --membw reads (default 1024)\n"
+            "  --bw A[,B]          read bandwidth in GB/s for 1 thread [, 2+ threads] (default 32.9,51.9)\n"
+            "  --profile           time per decoded token in each phase of the forward pass\n"
+            "  --json              results as JSON on stdout (the table goes to stderr)\n"
+            "  --seed S            random tokens (default 42)\n"
+            "  -h, --help\n");
+}
+
+/* ------------------------------------------------------------------ statistics */
+
+static double mean_of(const double *x, int n) {
+    double s = 0;
+    for (int i = 0; i < n; i++) s += x[i];
+    return n ? s / n : 0;
+}
+
+static double sd_of(const double *x, int n) {
+    if (n < 2) return 0;
+    double m = mean_of(x, n), s = 0;
+    for (int i = 0; i < n; i++) s += (x[i] - m) * (x[i] - m);
+    return sqrt(s / (n - 1));
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median_of(const double *x, int n) {
+    double *c = malloc(sizeof(double) * (size_t)n);
+    if (!c || !n) { free(c); return 0; }
+    memcpy(c, x, sizeof(double) * (size_t)n);
+    qsort(c, (size_t)n, sizeof(double), cmp_double);
+    double m = n % 2 ? c[n / 2] : 0.5 * (c[n / 2 - 1] + c[n / 2]);
+    free(c);
+    return m;
+}
+
+/* ------------------------------------------------------------------ memory bandwidth */
+
+typedef struct {
+    const uint64_t *a;
+    size_t n;              /* u64 elements */
+    uint64_t sums[64];     /* per thread, so the reads cannot be optimized away */
+} membw_job;
+
+#if defined(__x86_64__)
+__attribute__((target("avx2"))) static uint64_t sum_avx2(const uint64_t *a, size_t n) {
+    __m256i s0 = _mm256_setzero_si256(), s1 = s0, s2 = s0, s3 = s0;
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        s0 = _mm256_add_epi64(s0, _mm256_load_si256((const __m256i *)(a + i)));
+        s1 = _mm256_add_epi64(s1, _mm256_load_si256((const __m256i *)(a + i + 4)));
+        s2 = _mm256_add_epi64(s2, _mm256_load_si256((const __m256i *)(a + i + 8)));
+        s3 = _mm256_add_epi64(s3, _mm256_load_si256((const __m256i *)(a + i + 12)));
+    }
+    s0 = _mm256_add_epi64(_mm256_add_epi64(s0, s1), _mm256_add_epi64(s2, s3));
+    uint64_t lanes[4];
+    _mm256_storeu_si256((__m256i *)lanes, s0);
+    uint64_t s = lanes[0] + lanes[1] + lanes[2] + lanes[3];
+    for (; i < n; i++) s += a[i];
+    return s;
+}
+#endif
+
+static uint64_t sum_scalar(const uint64_t *a, size_t n) {
+    uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4) { s0 += a[i]; s1 += a[i + 1]; s2 += a[i + 2]; s3 += a[i + 3]; }
+    for (; i < n; i++) s0 += a[i];
+    return s0 + s1 + s2 + s3;
+}
+
+static void membw_worker(void *arg, int id, int nth) {
+    membw_job *j = arg;
+    size_t lo = j->n * (size_t)id / (size_t)nth / 8 * 8, hi = j->n * (size_t)(id + 1) / (size_t)nth / 8 * 8;
+    if (id == nth - 1) hi = j->n;
+#if defined(__x86_64__)
+    j->sums[id & 63] += cpu_get_features()->avx2_fma ? sum_avx2(j->a + lo, hi - lo) : sum_scalar(j->a + lo, hi - lo);
+#else
+    j->sums[id & 63] += sum_scalar(j->a + lo, hi - lo);
+#endif
+}
+
+static void membw_touch(void *arg, int id, int nth) {
+    membw_job *j = arg;
+    uint64_t *a = (uint64_t *)j->a;
+    size_t lo = j->n * (size_t)id / (size_t)nth, hi = j->n * (size_t)(id + 1) / (size_t)nth;
+    for (size_t i = lo; i < hi; i++) a[i] = i;
+}
+
+/* Median read bandwidth in GB/s over `reps` sweeps of a `bytes` array on n_threads. */
+static double membw_measure(int n_threads, size_t bytes, int reps) {
+    membw_job j = { NULL, bytes / 8, {0} };
+    bytes = (bytes + (2u << 20) - 1) / (2u << 20) * (2u << 20);
+    uint64_t *a = aligned_alloc(2u << 20, bytes);
+    if (!a) return 0;
+    madvise(a, bytes, MADV_HUGEPAGE);
+    j.a = a;
+    threadpool *pool = n_threads > 1 ? threadpool_create(n_threads) : NULL;
+    if (pool) threadpool_run(pool, membw_touch, &j);
+    else membw_touch(&j, 0, 1);
+    double *gbs = malloc(sizeof(double) * (size_t)reps);
+    for (int r = -1; r < reps; r++) {      /* r = -1: warm-up */
+        double t0 = cli_now();
+        if (pool) threadpool_run(pool, membw_worker, &j);
+        else membw_worker(&j, 0, 1);
+        double dt = cli_now() - t0;
+        if (r >= 0) gbs[r] = bytes / dt / 1e9;
+    }
+    double med = median_of(gbs, reps);
+    free(gbs);
+    threadpool_free(pool);
+    free(a);
+    return med;
+}
+
+/* ------------------------------------------------------------------ model facts */
+
+static size_t mlp_bytes(const mlp_weights *w) { return mat_bytes(&w->gate) + mat_bytes(&w->up) + mat_bytes(&w->down); }
+
+/* Weight bytes read for one decoded token (see the legend). */
+static double bytes_per_token(const moe_model *m) {
+    const moe_config *c = &m->cfg;
+    int H = c->hidden_size;
+    double b = (double)mat_bytes(&m->w.embed) / c->vocab_size;      /* one embedding row */
+    for (int i = 0; i < c->num_hidden_layers; i++) {
+        const layer_weights *lw = &m->w.layers[i];
+        b += 4.0 * (2 * H + c->kv_lora_rank + c->q_lora_rank);       /* norms (f32) */
+        b += c->q_lora_rank > 0 ? (double)mat_bytes(&lw->q_a) + mat_bytes(&lw->q_b) : (double)mat_bytes(&lw->q);
+        b += (double)mat_bytes(&lw->kv_a) + mat_bytes(&lw->kv_b) + mat_bytes(&lw->o);
+        if (!lw->is_moe) { b += mlp_bytes(&lw->dense); continue; }
+        b += (double)mat_bytes(&lw->router) + (lw->router_bias ? 4.0 * c->n_routed_experts : 0);
+        double experts = 0;
+        for (int e = 0; e < c->n_routed_experts; e++) experts += mlp_bytes(&lw->experts[e]);
+        b += experts / c->n_routed_experts * m->K;
+        if (lw->has_shared) b += mlp_bytes(&lw->shared);
+    }
+    return b + 4.0 * H + mat_bytes(&m->w.lm_head);
+}
+
+/* Parameters in the checkpoint (FP8 scales not counted). */
+static double param_count(const moe_model *m) {
+    double n = 0;
+    for (int i = 0; i < m->w.files.n_tensors; i++) {
+        const st_tensor *t = &m->w.files.tensors[i];
+        size_t l = strlen(t->name);
+        if (l > 10 && !strcmp(t->name + l - 10, "_scale_inv")) continue;
+        n += (double)t->numel;
+    }
+    return n;
+}
+
+/* Reads one byte of every page of the mapped checkpoint, so that no timed run
+ * pays for page faults or disk reads. Returns bytes touched. */
+static double prefault(const moe_model *m) {
+    volatile unsigned char sink = 0;
+    double bytes = 0;
+    for (int f = 0; f < m->w.files.n_files; f++) {
+        const unsigned char *p = m->w.files.files[f].map;
+        size_t n = m->w.files.files[f].size;
+        madvise((void *)p, n, MADV_WILLNEED);
+        for (size_t i = 0; i < n; i += 4096) sink += p[i];
+        bytes += (double)n;
+    }
+    (void)sink;
+    return bytes;
+}
+
+static double peak_rss_bytes(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_maxrss * 1024.0;
+}
+
+static const char *mat_fmt_name(const moe_model *m) {
+    /* the format of the bulk of the weights: that of an expert (or dense) projection */
+    const layer_weights *lw = &m->w.layers[m->cfg.num_hidden_layers - 1];
+    const mat *w = lw->is_moe ? &lw->experts[0].gate : &lw->dense.gate;
+    return w->dtype == MAT_F32 ? "f32" : w->dtype == MAT_BF16 ? "bf16" : "q8";
+}
+
+static void fmt_size(char *buf, size_t n, double bytes) {
+    if (bytes >= 1024.0 * 1024 * 1024) snprintf(buf, n, "%.2f GiB", bytes / (1024.0 * 1024 * 1024));
+    else snprintf(buf, n, "%.2f MiB", bytes / (1024.0 * 1024));
+}
+
+static void fmt_count(char *buf, size_t n, double v) {
+    if (v >= 1e9) snprintf(buf, n, "%.2f B", v / 1e9);
+    else if (v >= 1e6) snprintf(buf, n, "%.2f M", v / 1e6);
+    else snprintf(buf, n, "%.0f", v);
+}
+
+/* ------------------------------------------------------------------ runs */
+
+typedef struct {
+    int threads;
+    threadpool *pool;           /* NULL for 1 thread */
+    double *pp, *tg;            /* t/s per rep */
+    model_profile prof_pp, prof_tg;
+    double argmax_ns;           /* accumulated over timed tg tokens */
+    long pp_tokens, tg_tokens;  /* profiled tokens */
+} config_run;
+
+static int argmax(const float *x, int n) {
+    int b = 0;
+    for (int i = 1; i < n; i++)
+        if (x[i] > x[b]) b = i;
+    return b;
+}
+
+static uint64_t rng_next(uint64_t *s) {
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static void random_tokens(int *t, int n, int V, uint64_t *seed) {
+    for (int i = 0; i < n; i++) t[i] = (int)(rng_next(seed) % (uint64_t)V);
+}
+
+/* One prefill run: returns t/s, or -1 on error. */
+static double run_pp(moe_model *m, int n_prompt, float *logits, uint64_t *seed, model_profile *prof, moe_error *err) {
+    int *toks = malloc(sizeof(int) * (size_t)n_prompt);
+    if (!toks) { moe_error_set(err, "out of memory"); return -1; }
+    random_tokens(toks, n_prompt, m->cfg.vocab_size, seed);
+    m->prof = prof;
+    double t0 = cli_now();
+    int rc = model_forward(m, toks, n_prompt, 0, logits, 0, NULL, err);
+    double dt = cli_now() - t0;
+    m->prof = NULL;
+    free(toks);
+    return rc ? -1 : n_prompt / dt;
+}
+
+/* One decode run: untimed prompt, then n_gen timed single-token steps. */
+static double run_tg(moe_model *m, int n_prompt, int n_gen, float *logits, uint64_t *seed, model_profile *prof,
+                     double *argmax_ns, moe_error *err) {
+    int toks[256];
+    if (n_prompt > 256) n_prompt = 256;
+    random_tokens(toks, n_prompt, m->cfg.vocab_size, seed);
+    if (model_forward(m, toks, n_prompt, 0, logits, 0, NULL, err)) return -1;
+    int next = argmax(logits, m->cfg.vocab_size);
+    double busy = 0;
+    for (int i = 0; i < n_gen; i++) {
+        m->prof = prof;
+        double t0 = cli_now();
+        int rc = model_forward(m, &next, 1, n_prompt + i, logits, 0, NULL, err);
+        double t1 = cli_now();
+        m->prof = NULL;
+        if (rc) return -1;
+        busy += t1 - t0;
+        next = argmax(logits, m->cfg.vocab_size);
+        if (argmax_ns) *argmax_ns += (cli_now() - t1) * 1e9;
+    }
+    return n_gen / busy;
+}
+
+/* ------------------------------------------------------------------ output */
+
+typedef struct {
+    const char *dir;
+    char model[160], size[32], params[32], backend[64];
+    double bytes_tok, bw[2];
+    const char *bw_source;
+} report;
+
+static double bw_for(const report *r, int threads) { return threads > 1 ? r->bw[1] : r->bw[0]; }
+
+/* A markdown table with columns padded to their widest cell; numeric columns right-aligned. */
+#define TAB_COLS 10
+#define TAB_ROWS 2 * MAX_THREAD_CONFIGS + 1
+typedef struct { char cell[TAB_ROWS][TAB_COLS][64]; int rows; } table;
+
+static void table_print(FILE *f, const table *t, const int *right) {
+    int w[TAB_COLS] = {0};
+    for (int r = 0; r < t->rows; r++)
+        for (int c = 0; c < TAB_COLS; c++) {
+            int l = (int)strlen(t->cell[r][c]);
+            if (strstr(t->cell[r][c], "±")) l -= 1;      /* two bytes, one column */
+            if (l > w[c]) w[c] = l;
+        }
+    for (int r = 0; r < t->rows; r++) {
+        for (int c = 0; c < TAB_COLS; c++) {
+            int pad = w[c] - (int)strlen(t->cell[r][c]) + (strstr(t->cell[r][c], "±") ? 1 : 0);
+            fprintf(f, "| %s%*s%s ", right[c] ? "" : t->cell[r][c], pad, "", right[c] ? t->cell[r][c] : "");
+        }
+        fprintf(f, "|\n");
+        if (r == 0) {
+            for (int c = 0; c < TAB_COLS; c++) {
+                fprintf(f, "| ");
+                for (int k = 0; k < w[c] - (right[c] ? 1 : 0); k++) fputc('-', f);
+                fprintf(f, "%s ", right[c] ? ":" : "");
+            }
+            fprintf(f, "|\n");
+        }
+    }
+}
+
+static void print_table(FILE *f, const report *rp, config_run *runs, int n_runs, int n_prompt, int n_gen, int reps) {
+    static const char *head[TAB_COLS] = {"model", "size", "params", "backend", "threads", "test", "t/s", "median",
+                                         "GB/s", "bw %"};
+    static const int right[TAB_COLS] = {0, 1, 1, 0, 1, 1, 1, 1, 1, 1};
+    table t;
+    memset(&t, 0, sizeof t);
+    for (int c = 0; c < TAB_COLS; c++) snprintf(t.cell[0][c], 64, "%s", head[c]);
+    t.rows = 1;
+    for (int k = 0; k < n_runs; k++) {
+        config_run *c = &runs[k];
+        for (int which = 0; which < 2; which++) {
+            int n_tok = which == 0 ? n_prompt : n_gen;
+            if (n_tok <= 0) continue;
+            double *v = which == 0 ? c->pp : c->tg, mean = mean_of(v, reps);
+            char (*row)[64] = t.cell[t.rows++];
+            snprintf(row[0], 64, "%.63s", rp->model);
+            snprintf(row[1], 64, "%s", rp->size);
+            snprintf(row[2], 64, "%s", rp->params);
+            snprintf(row[3], 64, "%s", rp->backend);
+            snprintf(row[4], 64, "%d", c->threads);
+            snprintf(row[5], 64, "%s%d", which == 0 ? "pp" : "tg", n_tok);
+            snprintf(row[6], 64, "%.2f ± %.2f", mean, sd_of(v, reps));
+            snprintf(row[7], 64, "%.2f", median_of(v, reps));
+            if (which == 1) {
+                double gbs = mean * rp->bytes_tok / 1e9;
+                snprintf(row[8], 64, "%.2f", gbs);
+                snprintf(row[9], 64, "%.1f", 100 * gbs / bw_for(rp, c->threads));
+            }
+        }
+    }
+    table_print(f, &t, right);
+}
+
+static void print_profile(FILE *f, config_run *runs, int n_runs, int n_gen, int n_prompt) {
+    for (int which = 0; which < 2; which++) {
+        if ((which == 0 && n_gen <= 0) || (which == 1 && n_prompt <= 0)) continue;
+        fprintf(f, "\nprofile, %s: wall time per %s token by phase (us, %% of the forward pass)\n",
+                which == 0 ? "decode (tg)" : "prefill (pp)", which == 0 ? "decoded" : "prompt");
+        fprintf(f, "  %-18s", "phase");
+        for (int k = 0; k < n_runs; k++) fprintf(f, "   %3d thread%s   ", runs[k].threads, runs[k].threads > 1 ? "s" : " ");
+        fprintf(f, "\n");
+        for (int p = 0; p <= N_PHASES; p++) {
+            fprintf(f, "  %-18s", p < N_PHASES ? model_phase_name((model_phase)p) : which == 0 ? "sampling (argmax)" : "");
+            if (p == N_PHASES && which == 1) { fprintf(f, "\n"); break; }
+            for (int k = 0; k < n_runs; k++) {
+                config_run *c = &runs[k];
+                const model_profile *pr = which == 0 ? &c->prof_tg : &c->prof_pp;
+                long ntok = which == 0 ? c->tg_tokens : c->pp_tokens;
+                double total = 0;
+                for (int q = 0; q < N_PHASES; q++) total += (double)pr->ns[q];
+                double v = p < N_PHASES ? (double)pr->ns[p] : c->argmax_ns;
+                fprintf(f, "  %9.1f %5.1f%%  ", ntok ? v / ntok / 1e3 : 0, total > 0 ? 100 * v / total : 0);
+            }
+            fprintf(f, "\n");
+        }
+        fprintf(f, "  %-18s", "total (forward)");
+        for (int k = 0; k < n_runs; k++) {
+            config_run *c = &runs[k];
+            const model_profile *pr = which == 0 ? &c->prof_tg : &c->prof_pp;
+            long ntok = which == 0 ? c->tg_tokens : c->pp_tokens;
+            double total = 0;
+            for (int q = 0; q < N_PHASES; q++) total += (double)pr->ns[q];
+            fprintf(f, "  %9.1f         ", ntok ? total / ntok / 1e3 : 0);
+        }
+        fprintf(f, "\n");
+    }
+}
+
+static json_t *profile_json(const model_profile *p, long ntok, double argmax_ns) {
+    json_t *o = json_object();
+    for (int q = 0; q < N_PHASES; q++)
+        json_object_set_new(o, model_phase_name((model_phase)q), json_real(ntok ? p->ns[q] / 1e3 / ntok : 0));
+    if (argmax_ns >= 0) json_object_set_new(o, "sampling (argmax)", json_real(ntok ? argmax_ns / 1e3 / ntok : 0));
+    return o;
+}
+
+/* ------------------------------------------------------------------ command */
 
 int cmd_bench(int argc, char **argv) {
-    fprintf(stderr, "moe bench: not implemented yet\n");
-    return 2;
+    const char *dir = NULL, *threads_arg = NULL;
+    long n_prompt = 512, n_gen = 128, reps = 5, batch = 0, tg_prompt = 8, seed = 42, membw_mib = 1024;
+    int json = 0, profile = 0, membw = 0, bw_given = 0;
+    double bw[2] = {32.9, 51.9};
+    model_options opt = {0};
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
+        if (!strcmp(a, "-m") || !strcmp(a, "--model")) { if (!(dir = cli_value(argc, argv, &i, "bench"))) return 2; }
+        else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { if (!(threads_arg = cli_value(argc, argv, &i, "bench"))) return 2; }
+        else if (!strcmp(a, "-p") || !strcmp(a, "--n-prompt")) {
+            if (!(v = cli_value(argc, argv, &i, "bench")) || !cli_int(v, 0, 65536, "bench", a, &n_prompt)) return 2;
+        } else if (!strcmp(a, "-n") || !strcmp(a, "--n-gen")) {
+            if (!(v = cli_value(argc, argv, &i, "bench")) || !cli_int(v, 0, 65536, "bench", a, &n_gen)) return 2;
+        } else if (!strcmp(a, "-r") || !strcmp(a, "--repetitions")) {
+            if (!(v = cli_value(argc, argv, &i, "bench")) || !cli_int(v, 1, 1000, "bench", a, &reps)) return 2;
+        } else if (!strcmp(a, "--batch")) {
+            if (!(v = cli_value(argc, argv, &i, "bench")) || !cli_int(v, 1, 65536, "bench", a, &batch)) return 2;
+        } else if (!strcmp(a, "--tg-prompt")) {
+            if (!(v = cli_value(argc, argv, &i, "bench")) || !cli_int(v, 1, 256, "bench", a, &tg_prompt)) return 2;
+        } else if (!strcmp(a, "--membw-mib")) {
+            if (!(v = cli_value(argc, argv, &i, "bench")) || !cli_int(v, 1, 1 << 20, "bench", a, &membw_mib)) return 2;
+            membw = 1;
+        } else if (!strcmp(a, "--seed")) {
+            if (!(v = cli_value(argc, argv, &i, "bench")) || !cli_int(v, 0, 0x7fffffff, "bench", a, &seed)) return 2;
+        } else if (!strcmp(a, "--dtype")) {
+            if (!(v = cli_value(argc, argv, &i, "bench"))) return 2;
+            int d = weights_dtype_parse(v);
+            if (d < 0) { fprintf(stderr, "moe bench: --dtype must be auto, f32, bf16 or q8\n"); return 2; }
+            opt.dtype = (weights_dtype)d;
+        } else if (!strcmp(a, "--bw")) {
+            if (!(v = cli_value(argc, argv, &i, "bench"))) return 2;
+            int k = sscanf(v, "%lf,%lf", &bw[0], &bw[1]);
+            if (k < 1 || bw[0] <= 0 || (k == 2 && bw[1] <= 0)) {
+                fprintf(stderr, "moe bench: --bw wants GB/s for 1 thread [,2+ threads], e.g. 32.9,51.9\n");
+                return 2;
+            }
+            if (k == 1) bw[1] = bw[0];
+            bw_given = 1;
+        } else if (!strcmp(a, "--json")) json = 1;
+        else if (!strcmp(a, "--profile")) profile = 1;
+        else if (!strcmp(a, "--membw")) membw = 1;
+        else {
+            fprintf(stderr, "moe bench: unknown option '%s' (see moe bench --help)\n", a);
+            return 2;
+        }
+    }
+    if (!dir && !membw) { fprintf(stderr, "moe bench: -m DIR is required (or --membw alone)\n"); return 2; }
+    /* thread counts */
+    int threads[MAX_THREAD_CONFIGS], n_cfg = 0;
+    if (threads_arg) {
+        int *ids = NULL;
+        moe_error e = {{0}};
+        int n = cli_parse_ids(threads_arg, &ids, &e);
+        if (n < 1 || n > MAX_THREAD_CONFIGS) {
+            fprintf(stderr, "moe bench: -t wants 1 to %d thread counts like 1,2 (%s)\n", MAX_THREAD_CONFIGS,
+                    n < 0 ? e.msg : "got none or too many");
+            free(ids);
+            return 2;
+        }
+        for (int k = 0; k < n; k++) {
+            if (ids[k] < 1 || ids[k] > 1024) { fprintf(stderr, "moe bench: thread counts must be in [1, 1024]\n"); free(ids); return 2; }
+            threads[n_cfg++] = ids[k];
+        }
+        free(ids);
+    } else {
+        threads[n_cfg++] = threadpool_default_threads();
+    }
+    FILE *tab = json ? stderr : stdout;
+    report rp = { dir, "", "", "", "", 0, {bw[0], bw[1]}, bw_given ? "--bw" : "default (this machine kind; --membw measures)" };
+    /* memory bandwidth: measured in this run when asked */
+    if (membw) {
+        int all = threadpool_default_threads();
+        size_t bytes = (size_t)membw_mib << 20;
+        if (!json) fprintf(stderr, "membw: reading a %ld MiB array, median of 9 sweeps...\n", membw_mib);
+        rp.bw[0] = membw_measure(1, bytes, 9);
+        rp.bw[1] = all > 1 ? membw_measure(all, bytes, 9) : rp.bw[0];
+        rp.bw_source = "measured (--membw)";
+        fprintf(tab, "memory read bandwidth: %.1f GB/s on 1 thread, %.1f GB/s on %d threads\n", rp.bw[0], rp.bw[1], all);
+        if (!dir) {
+            if (json) {
+                json_t *o = json_pack("{s:f, s:f, s:i}", "membw_1t_gbps", rp.bw[0], "membw_all_gbps", rp.bw[1], "threads_all", all);
+                char *s = json_dumps(o, JSON_INDENT(2));
+                printf("%s\n", s);
+                free(s);
+                json_decref(o);
+            }
+            return 0;
+        }
+    }
+    /* load once with the largest pool; other thread counts get their own pools */
+    int max_t = 1;
+    for (int k = 0; k < n_cfg; k++) if (threads[k] > max_t) max_t = threads[k];
+    opt.n_threads = max_t;
+    opt.max_seq = (int)((n_prompt > tg_prompt + n_gen ? n_prompt : tg_prompt + n_gen) + 1);
+    opt.batch_max = (int)(batch > 0 ? batch : n_prompt > 0 ? n_prompt : 64);
+    moe_model m;
+    if (cli_load_model(&m, dir, &opt, "bench", json)) return 1;
+    threadpool *own_pool = m.pool;
+    config_run runs[MAX_THREAD_CONFIGS];
+    memset(runs, 0, sizeof runs);
+    int rc = 1;
+    float *logits = malloc(sizeof(float) * (size_t)m.cfg.vocab_size);
+    if (!logits) { fprintf(stderr, "moe bench: out of memory\n"); goto done; }
+    for (int k = 0; k < n_cfg; k++) {
+        runs[k].threads = threads[k];
+        runs[k].pp = calloc((size_t)reps, sizeof(double));
+        runs[k].tg = calloc((size_t)reps, sizeof(double));
+        if (!runs[k].pp || !runs[k].tg) { fprintf(stderr, "moe bench: out of memory\n"); goto done; }
+        if (threads[k] == max_t) runs[k].pool = own_pool;
+        else if (threads[k] > 1 && !(runs[k].pool = threadpool_create(threads[k]))) {
+            fprintf(stderr, "moe bench: cannot start %d threads\n", threads[k]);
+            goto done;
+        }
+    }
+    /* facts */
+    {
+        const char *slash = strrchr(dir, '/');
+        const char *base = slash && slash[1] ? slash + 1 : dir;
+        snprintf(rp.model, sizeof rp.model, "%s %s %s", m.cfg.model_type, base, mat_fmt_name(&m));
+        fmt_size(rp.size, sizeof rp.size, (double)(m.w.bytes_mapped + m.w.bytes_converted));
+        fmt_count(rp.params, sizeof rp.params, param_count(&m));
+        snprintf(rp.backend, sizeof rp.backend, "CPU %s", cpu_kernel_name());
+        rp.bytes_tok = bytes_per_token(&m);
+    }
+    /* every page of the checkpoint in memory before anything is timed */
+    {
+        double t0 = cli_now(), b = prefault(&m);
+        if (!json) fprintf(stderr, "prefault: touched %.2f GB of mapped checkpoint in %.2f s\n", b / 1e9, cli_now() - t0);
+    }
+    /* warm-up, then reps alternating thread counts */
+    uint64_t rs = (uint64_t)seed;
+    moe_error err = {{0}};
+    for (int r = -1; r < reps; r++) {
+        for (int k = 0; k < n_cfg; k++) {
+            config_run *c = &runs[k];
+            m.pool = c->pool;
+            int timed = r >= 0;
+            if (n_prompt > 0) {
+                double v = run_pp(&m, (int)n_prompt, logits, &rs, timed && profile ? &c->prof_pp : NULL, &err);
+                if (v < 0) { fprintf(stderr, "moe bench: %s\n", err.msg); goto done; }
+                if (timed) { c->pp[r] = v; if (profile) c->pp_tokens += n_prompt; }
+            }
+            if (n_gen > 0) {
+                double v = run_tg(&m, (int)tg_prompt, (int)(timed ? n_gen : (n_gen < 16 ? n_gen : 16)), logits, &rs,
+                                  timed && profile ? &c->prof_tg : NULL, timed && profile ? &c->argmax_ns : NULL, &err);
+                if (v < 0) { fprintf(stderr, "moe bench: %s\n", err.msg); goto done; }
+                if (timed) { c->tg[r] = v; if (profile) c->tg_tokens += n_gen; }
+            }
+            if (!json && timed)
+                fprintf(stderr, "\rrep %d/%ld, %d thread%s: pp %.1f t/s, tg %.1f t/s      ", r + 1, reps, c->threads,
+                        c->threads > 1 ? "s" : "", n_prompt > 0 ? c->pp[r] : 0, n_gen > 0 ? c->tg[r] : 0);
+        }
+    }
+    if (!json) fprintf(stderr, "\r%70s\r", "");
+    m.pool = own_pool;
+    /* report */
+    print_table(tab, &rp, runs, n_cfg, (int)n_prompt, (int)n_gen, (int)reps);
+    size_t kv_tok = model_kv_bytes_per_token(&m);
+    int kv_floats = m.cfg.kv_lora_rank + m.cfg.qk_rope_head_dim;
+    fprintf(tab, "\nweights read per decoded token: %.2f MB (attention + router + %d of %d experts + shared + dense + head)\n",
+            rp.bytes_tok / 1e6, m.K, m.cfg.n_routed_experts);
+    fprintf(tab, "memory bandwidth used for bw %%: %.1f GB/s (1 thread), %.1f GB/s (2+ threads): %s\n", rp.bw[0], rp.bw[1],
+            rp.bw_source);
+    fprintf(tab, "weights: %.1f MiB mapped from the checkpoint + %.1f MiB converted at load (--dtype %s); peak RSS %.1f MiB\n",
+            m.w.bytes_mapped / 1048576.0, m.w.bytes_converted / 1048576.0, weights_dtype_name(opt.dtype),
+            peak_rss_bytes() / 1048576.0);
+    fprintf(tab, "KV cache: %d floats (kv_lora_rank %d + rope %d) x %d layers x 4 B = %zu B per token; %d positions "
+                 "allocated = %.2f MiB\n",
+            kv_floats, m.cfg.kv_lora_rank, m.cfg.qk_rope_head_dim, m.w.n_layers, kv_tok, m.s.S,
+            m.s.kv_cache_bytes / 1048576.0);
+    if (profile) print_profile(tab, runs, n_cfg, (int)n_gen, (int)n_prompt);
+    if (json) {
+        json_t *arr = json_array();
+        for (int k = 0; k < n_cfg; k++) {
+            config_run *c = &runs[k];
+            for (int which = 0; which < 2; which++) {
+                int n_tok = which == 0 ? (int)n_prompt : (int)n_gen;
+                if (n_tok <= 0) continue;
+                double *v = which == 0 ? c->pp : c->tg;
+                char test[16];
+                snprintf(test, sizeof test, "%s%d", which == 0 ? "pp" : "tg", n_tok);
+                json_t *samples = json_array();
+                for (int r = 0; r < reps; r++) json_array_append_new(samples, json_real(v[r]));
+                json_t *o = json_pack("{s:s, s:s, s:s, s:I, s:I, s:s, s:s, s:i, s:s, s:i, s:i, s:f, s:f, s:f, s:o}",
+                                      "model", rp.model, "model_dir", dir, "model_type", m.cfg.model_type,
+                                      "model_size", (json_int_t)(m.w.bytes_mapped + m.w.bytes_converted),
+                                      "model_n_params", (json_int_t)param_count(&m), "backend", rp.backend, "dtype",
+                                      weights_dtype_name(opt.dtype), "n_threads", c->threads, "test", test, "n_prompt",
+                                      which == 0 ? n_tok : (int)tg_prompt, "n_gen", which == 0 ? 0 : n_tok, "avg_ts",
+                                      mean_of(v, (int)reps), "stddev_ts", sd_of(v, (int)reps), "median_ts",
+                                      median_of(v, (int)reps), "samples_ts", samples);
+                if (which == 1) {
+                    double gbs = mean_of(v, (int)reps) * rp.bytes_tok / 1e9;
+                    json_object_set_new(o, "weight_bytes_per_token", json_real(rp.bytes_tok));
+                    json_object_set_new(o, "gbps", json_real(gbs));
+                    json_object_set_new(o, "bw_gbps", json_real(bw_for(&rp, c->threads)));
+                    json_object_set_new(o, "bw_fraction", json_real(gbs / bw_for(&rp, c->threads)));
+                    json_object_set_new(o, "bw_source", json_string(rp.bw_source));
+                }
+                if (profile)
+                    json_object_set_new(o, "profile_us_per_token",
+                                        which == 1 ? profile_json(&c->prof_tg, c->tg_tokens, c->argmax_ns)
+                                                   : profile_json(&c->prof_pp, c->pp_tokens, -1));
+                json_object_set_new(o, "peak_rss", json_integer((json_int_t)peak_rss_bytes()));
+                json_object_set_new(o, "weights_mapped", json_integer((json_int_t)m.w.bytes_mapped));
+                json_object_set_new(o, "weights_converted", json_integer((json_int_t)m.w.bytes_converted));
+                json_object_set_new(o, "kv_bytes_per_token", json_integer((json_int_t)kv_tok));
+                json_object_set_new(o, "kv_cache_bytes", json_integer((json_int_t)m.s.kv_cache_bytes));
+                json_array_append_new(arr, o);
+            }
+        }
+        char *s = json_dumps(arr, JSON_INDENT(2) | JSON_REAL_PRECISION(8));
+        printf("%s\n", s);
+        free(s);
+        json_decref(arr);
+    }
+    rc = 0;
+done:
+    m.pool = own_pool;
+    for (int k = 0; k < n_cfg; k++) {
+        if (runs[k].pool && runs[k].pool != own_pool) threadpool_free(runs[k].pool);
+        free(runs[k].pp);
+        free(runs[k].tg);
+    }
+    free(logits);
+    model_free(&m);
+    return rc;
 }

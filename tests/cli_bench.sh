@@ -1,0 +1,58 @@
+#!/bin/sh
+# Command-line checks of `moe bench` on a tiny checkpoint made by `moe mkckpt`:
+# the table and --json carry pp/tg results, --profile lists the phases,
+# --membw measures, bad input is one error line and a non-zero exit.
+MOE=${MOE:-build/moe}
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+pass=0; fail=0
+ok() { pass=$((pass+1)); }
+bad() { fail=$((fail+1)); echo "FAIL: $*"; }
+
+expect_error() {
+    desc=$1; want=$2; shift 2
+    "$@" >"$T/out" 2>"$T/err"; rc=$?
+    lines=$(wc -l <"$T/err")
+    if [ $rc -ne 0 ] && [ $rc -lt 128 ] && [ "$lines" -eq 1 ] && grep -q -- "$want" "$T/err"; then ok
+    else bad "$desc: rc=$rc lines=$lines stderr=$(cat "$T/err")"; fi
+}
+
+cat >"$T/tiny.json" <<'JSON'
+{"vocab_size": 300, "hidden_size": 64, "intermediate_size": 96, "moe_intermediate_size": 32,
+ "num_hidden_layers": 2, "first_k_dense_replace": 1, "num_attention_heads": 2, "q_lora_rank": 32,
+ "kv_lora_rank": 32, "qk_nope_head_dim": 16, "qk_rope_head_dim": 8, "v_head_dim": 16,
+ "n_routed_experts": 16, "num_experts_per_tok": 4, "n_group": 4, "topk_group": 2}
+JSON
+"$MOE" mkckpt --shape S --config "$T/tiny.json" -o "$T/c" -q || bad "mkckpt"
+
+"$MOE" bench --help | grep -q "usage: moe bench" && ok || bad "--help"
+"$MOE" --help | grep -q "bench" && ok || bad "moe --help lists bench"
+
+if "$MOE" bench -m "$T/c" -p 16 -n 4 -r 2 -t 1,2 >"$T/out" 2>"$T/err"; then
+    for want in "pp16" "tg4" "| model" "weights read per decoded token" "KV cache: 40 floats" "peak RSS"; do
+        grep -q -- "$want" "$T/out" && ok || bad "table lacks '$want': $(cat "$T/out")"
+    done
+    [ "$(grep -c '| *tg4 |' "$T/out")" -eq 2 ] && ok || bad "one tg row per thread count"
+else bad "bench: $(cat "$T/err")"; fi
+
+if "$MOE" bench -m "$T/c" -p 8 -n 4 -r 1 -t 1 --json --profile --dtype q8 >"$T/json" 2>"$T/err"; then
+    for key in '"avg_ts"' '"stddev_ts"' '"samples_ts"' '"test": "pp8"' '"test": "tg4"' '"gbps"' '"bw_fraction"' \
+               '"profile_us_per_token"' '"experts (routed+shared)"' '"sampling (argmax)"' '"kv_bytes_per_token"' '"dtype": "q8"'; do
+        grep -q -- "$key" "$T/json" && ok || bad "json lacks $key"
+    done
+    grep -q "profile, decode" "$T/err" && ok || bad "--profile table"
+else bad "bench --json: $(cat "$T/err")"; fi
+
+"$MOE" bench --membw --membw-mib 16 >"$T/out" 2>&1 && grep -q "memory read bandwidth" "$T/out" && ok || bad "--membw"
+"$MOE" bench -m "$T/c" -p 0 -n 2 -r 1 --bw 10,20 -t 1 >"$T/out" 2>&1 && grep -q "10.0 GB/s (1 thread), 20.0 GB/s" "$T/out" &&
+    ! grep -q "pp0" "$T/out" && ok || bad "--bw / -p 0: $(cat "$T/out")"
+
+expect_error "missing model" "-m DIR is required" "$MOE" bench
+expect_error "missing dir" "nowhere/config.json" "$MOE" bench -m "$T/nowhere"
+expect_error "bad threads" "-t wants" "$MOE" bench -m "$T/c" -t x
+expect_error "bad dtype" "--dtype must be" "$MOE" bench -m "$T/c" --dtype int4
+expect_error "bad bw" "--bw wants" "$MOE" bench -m "$T/c" --bw fast
+expect_error "unknown option" "unknown option" "$MOE" bench --frobnicate
+
+echo "cli_bench: $pass passed, $fail failed"
+[ $fail -eq 0 ]
