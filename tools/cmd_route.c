@@ -6,7 +6,7 @@
  * Legend:
  *   prefill   the tokens go through the model in chunks of --batch (default 64) inside
  *             windows of --ctx positions (default: the whole text, at most 4096); the MTP
- *             block sees (hidden_t, token t+1), the window's last position the greedy token
+ *             block sees (hidden_t, token t+1), the text's last position the greedy token
  *   PREFIX.counts.csv    layer_id,expert_id,count  (SGLang's dump, DeepSeek EPLB's input)
  *   PREFIX.summary.json  per layer metrics (engine/routestats.h), counts, group counts
  *   PREFIX.coact.csv     co-activation counts of --coact-layer (default: first MoE layer)
@@ -465,7 +465,7 @@ int cmd_route(int argc, char **argv) {
             if (model_forward(&m, tokens + w0 + c0, nb, c0, logits, 1, hidden, &err)) goto fail;
             if (n_mtp) {
                 for (int t = 0; t < nb; t++)
-                    next[t] = c0 + t + 1 < n ? tokens[w0 + c0 + t + 1] : argmax(logits + (size_t)t * V, V);
+                    next[t] = w0 + c0 + t + 1 < T ? tokens[w0 + c0 + t + 1] : argmax(logits + (size_t)t * V, V);
                 if (model_forward_mtp(&m, 0, hidden, next, nb, c0, mtp_logits, 1, NULL, &err)) goto fail;
             }
             if (has_ex) {
