@@ -489,14 +489,20 @@ int cmd_route(int argc, char **argv) {
     snprintf(path, sizeof path, "%s.coact.csv", prefix);
     if (routestats_write_coact_csv(&rs, path, &err)) goto fail;
     {
-        char meta[8192];
+        char meta[8192], name[4096];
+        size_t k = 0;
+        for (const char *p = dir; *p && k + 7 < sizeof name; p++) {   /* the directory as a JSON string */
+            unsigned char ch = (unsigned char)*p;
+            if (ch == '"' || ch == '\\') { name[k++] = '\\'; name[k++] = (char)ch; }
+            else if (ch < 0x20) k += (size_t)snprintf(name + k, sizeof name - k, "\\u%04x", ch);
+            else name[k++] = (char)ch;
+        }
+        name[k] = 0;
         snprintf(meta, sizeof meta,
                  "{\"model\": \"%s\", \"tokens\": %d, \"window\": %d, \"experts_per_token\": %d, "
                  "\"no_group_limit\": %s, \"no_route_bias\": %s, \"seconds\": %.3f}",
-                 dir, T, S, m.K, opt.routing.no_group_limit ? "true" : "false",
+                 name, T, S, m.K, opt.routing.no_group_limit ? "true" : "false",
                  opt.routing.no_route_bias ? "true" : "false", secs);
-        for (char *p = meta; *p; p++)   /* keep the JSON valid for odd directory names */
-            if (*p == '\\') *p = '/';
         snprintf(path, sizeof path, "%s.summary.json", prefix);
         if (routestats_write_summary_json(&rs, path, meta, &err)) goto fail;
     }
