@@ -354,14 +354,58 @@ static char *xstrdup(const char *s) {
 
 static const char *behavior_names[] = {"Isolated", "Removed", "MergedWithPrevious", "MergedWithNext", "Contiguous"};
 
-/* The library's regexes (Oniguruma) take \s as Unicode White_Space; PCRE2's
- * \s with UCP also matches U+180E (MONGOLIAN VOWEL SEPARATOR). Outside
- * character classes \s and \S are rewritten to agree; inside a class they
- * are left as they are. Returns a malloc'd pattern (*olen bytes). */
+/* Code points that the official library's regex engine (Oniguruma, with
+ * Unicode 16) puts in a general category but PCRE2 10.42 (Unicode 14) leaves
+ * unassigned: Unicode 15.0-16.0 additions such as CJK extensions H and I,
+ * Garay, Tulu-Tigalari, new symbols. Made by tools/tokenizer/unicode_table.js
+ * (which asks the official pre-tokenizer); with a newer PCRE2 they are simply
+ * redundant. */
+typedef struct {
+    char cat;          /* general category: 'L', 'M', 'N', 'P' or 'S' */
+    uint32_t lo, hi;   /* the code point range, inclusive */
+} unicode_range;
+
+static const unicode_range newer_unicode[] = {
+    {'M', 0x897, 0x897}, {'M', 0xCF3, 0xCF3}, {'M', 0xECE, 0xECE}, {'P', 0x1B4E, 0x1B4F}, {'P', 0x1B7F, 0x1B7F},
+    {'L', 0x1C89, 0x1C8A}, {'S', 0x2427, 0x2429}, {'S', 0x2FFC, 0x2FFF}, {'S', 0x31E4, 0x31E5},
+    {'S', 0x31EF, 0x31EF}, {'L', 0xA7CB, 0xA7CD}, {'L', 0xA7DA, 0xA7DC}, {'L', 0x105C0, 0x105F3},
+    {'N', 0x10D40, 0x10D49}, {'L', 0x10D4A, 0x10D65}, {'M', 0x10D69, 0x10D6D}, {'P', 0x10D6E, 0x10D6E},
+    {'L', 0x10D6F, 0x10D85}, {'S', 0x10D8E, 0x10D8F}, {'L', 0x10EC2, 0x10EC4}, {'M', 0x10EFC, 0x10EFF},
+    {'L', 0x1123F, 0x11240}, {'M', 0x11241, 0x11241}, {'L', 0x11380, 0x11389}, {'L', 0x1138B, 0x1138B},
+    {'L', 0x1138E, 0x1138E}, {'L', 0x11390, 0x113B5}, {'L', 0x113B7, 0x113B7}, {'M', 0x113B8, 0x113C0},
+    {'M', 0x113C2, 0x113C2}, {'M', 0x113C5, 0x113C5}, {'M', 0x113C7, 0x113CA}, {'M', 0x113CC, 0x113D0},
+    {'L', 0x113D1, 0x113D1}, {'M', 0x113D2, 0x113D2}, {'L', 0x113D3, 0x113D3}, {'P', 0x113D4, 0x113D5},
+    {'P', 0x113D7, 0x113D8}, {'M', 0x113E1, 0x113E2}, {'N', 0x116D0, 0x116E3}, {'P', 0x11B00, 0x11B09},
+    {'L', 0x11BC0, 0x11BE0}, {'P', 0x11BE1, 0x11BE1}, {'N', 0x11BF0, 0x11BF9}, {'M', 0x11F00, 0x11F01},
+    {'L', 0x11F02, 0x11F02}, {'M', 0x11F03, 0x11F03}, {'L', 0x11F04, 0x11F10}, {'L', 0x11F12, 0x11F33},
+    {'M', 0x11F34, 0x11F3A}, {'M', 0x11F3E, 0x11F42}, {'P', 0x11F43, 0x11F4F}, {'N', 0x11F50, 0x11F59},
+    {'M', 0x11F5A, 0x11F5A}, {'L', 0x1342F, 0x1342F}, {'M', 0x13440, 0x13440}, {'L', 0x13441, 0x13446},
+    {'M', 0x13447, 0x13455}, {'L', 0x13460, 0x143FA}, {'L', 0x16100, 0x1611D}, {'M', 0x1611E, 0x1612F},
+    {'N', 0x16130, 0x16139}, {'L', 0x16D40, 0x16D6C}, {'P', 0x16D6D, 0x16D6F}, {'N', 0x16D70, 0x16D79},
+    {'L', 0x18CFF, 0x18CFF}, {'L', 0x1B132, 0x1B132}, {'L', 0x1B155, 0x1B155}, {'S', 0x1CC00, 0x1CCEF},
+    {'N', 0x1CCF0, 0x1CCF9}, {'S', 0x1CD00, 0x1CEB3}, {'N', 0x1D2C0, 0x1D2D3}, {'L', 0x1DF25, 0x1DF2A},
+    {'L', 0x1E030, 0x1E06D}, {'M', 0x1E08F, 0x1E08F}, {'L', 0x1E4D0, 0x1E4EB}, {'M', 0x1E4EC, 0x1E4EF},
+    {'N', 0x1E4F0, 0x1E4F9}, {'L', 0x1E5D0, 0x1E5ED}, {'M', 0x1E5EE, 0x1E5EF}, {'L', 0x1E5F0, 0x1E5F0},
+    {'N', 0x1E5F1, 0x1E5FA}, {'P', 0x1E5FF, 0x1E5FF}, {'S', 0x1F6DC, 0x1F6DC}, {'S', 0x1F774, 0x1F776},
+    {'S', 0x1F77B, 0x1F77F}, {'S', 0x1F7D9, 0x1F7D9}, {'S', 0x1F8B2, 0x1F8BB}, {'S', 0x1F8C0, 0x1F8C1},
+    {'S', 0x1FA75, 0x1FA77}, {'S', 0x1FA87, 0x1FA89}, {'S', 0x1FA8F, 0x1FA8F}, {'S', 0x1FAAD, 0x1FAAF},
+    {'S', 0x1FABB, 0x1FABF}, {'S', 0x1FAC6, 0x1FAC6}, {'S', 0x1FACE, 0x1FACF}, {'S', 0x1FADA, 0x1FADC},
+    {'S', 0x1FADF, 0x1FADF}, {'S', 0x1FAE8, 0x1FAE9}, {'S', 0x1FAF7, 0x1FAF8}, {'S', 0x1FBCB, 0x1FBEF},
+    {'L', 0x2B739, 0x2B739}, {'L', 0x2EBF0, 0x2EE5D}, {'L', 0x31350, 0x323AF},
+};
+
+/* Rewrites a Split regex so PCRE2 classifies characters as Oniguruma does:
+ *   \p{L} \p{M} \p{N} \p{P} \p{S}  also take the newer_unicode ranges of
+ *                                  their category (inside a class too)
+ *   \s, \S (outside classes)       exclude / include U+180E, which PCRE2's \s
+ *                                  matches but Unicode White_Space does not
+ * Returns a malloc'd pattern (*olen bytes), or NULL when out of memory. */
 static char *translate_pattern(const char *p, size_t n, size_t *olen) {
     static const char sp[] = "(?:(?!\\x{180e})\\s)", nsp[] = "(?:\\S|\\x{180e})";
-    char *o = malloc(n * (sizeof sp) + 1);
-    size_t k = 0;
+    const size_t nr = sizeof newer_unicode / sizeof newer_unicode[0];
+    size_t cap = n * sizeof sp + 1, k = 0;
+    for (size_t i = 0; i + 1 < n; i++) if (p[i] == '\\' && p[i + 1] == 'p') cap += nr * 24 + 8;
+    char *o = malloc(cap);
     int in_class = 0;
     if (!o) return NULL;
     for (size_t i = 0; i < n; i++) {
@@ -372,6 +416,16 @@ static char *translate_pattern(const char *p, size_t n, size_t *olen) {
                 const char *r = d == 's' ? sp : nsp;
                 memcpy(o + k, r, strlen(r));
                 k += strlen(r);
+            } else if (d == 'p' && i + 4 < n && p[i + 2] == '{' && p[i + 4] == '}' && strchr("LMNPS", p[i + 3])) {
+                if (!in_class) o[k++] = '[';
+                memcpy(o + k, p + i, 5);
+                k += 5;
+                for (size_t r = 0; r < nr; r++)
+                    if (newer_unicode[r].cat == p[i + 3])
+                        k += (size_t)sprintf(o + k, "\\x{%x}-\\x{%x}", (unsigned)newer_unicode[r].lo, (unsigned)newer_unicode[r].hi);
+                if (!in_class) o[k++] = ']';
+                i += 4;
+                continue;
             } else {
                 o[k++] = c;
                 o[k++] = d;
