@@ -234,6 +234,9 @@ enum { SPLIT_ISOLATED, SPLIT_REMOVED, SPLIT_MERGED_PREV, SPLIT_MERGED_NEXT, SPLI
 typedef struct {
     int prefix_space;   /* 1: this step is ByteLevel's add_prefix_space (no regex) */
     pcre2_code *re;     /* Split pattern (NULL for a prefix_space step) */
+    pcre2_code *re_newer; /* the same with the newer_unicode ranges, used for pieces that have
+                             such characters; NULL when the pattern has no \p{L,M,N,P,S} */
+    const char *cats;   /* the categories among L M N P S that the pattern names */
     int behavior;       /* SPLIT_* */
     int invert;         /* 1: the pieces are what the pattern does not match */
 } pretok_step;
@@ -395,12 +398,14 @@ static const unicode_range newer_unicode[] = {
 };
 
 /* Rewrites a Split regex so PCRE2 classifies characters as Oniguruma does:
- *   \p{L} \p{M} \p{N} \p{P} \p{S}  also take the newer_unicode ranges of
- *                                  their category (inside a class too)
+ *   \p{L} \p{M} \p{N} \p{P} \p{S}  with newer: also take the newer_unicode
+ *                                  ranges of their category (inside a class
+ *                                  too); that is slower, so it is compiled
+ *                                  apart and used only on text that has them
  *   \s, \S (outside classes)       exclude / include U+180E, which PCRE2's \s
  *                                  matches but Unicode White_Space does not
  * Returns a malloc'd pattern (*olen bytes), or NULL when out of memory. */
-static char *translate_pattern(const char *p, size_t n, size_t *olen) {
+static char *translate_pattern(const char *p, size_t n, int newer, size_t *olen) {
     static const char sp[] = "(?:(?!\\x{180e})\\s)", nsp[] = "(?:\\S|\\x{180e})";
     const size_t nr = sizeof newer_unicode / sizeof newer_unicode[0];
     size_t cap = n * sizeof sp + 1, k = 0;
@@ -416,7 +421,7 @@ static char *translate_pattern(const char *p, size_t n, size_t *olen) {
                 const char *r = d == 's' ? sp : nsp;
                 memcpy(o + k, r, strlen(r));
                 k += strlen(r);
-            } else if (d == 'p' && i + 4 < n && p[i + 2] == '{' && p[i + 4] == '}' && strchr("LMNPS", p[i + 3])) {
+            } else if (newer && d == 'p' && i + 4 < n && p[i + 2] == '{' && p[i + 4] == '}' && strchr("LMNPS", p[i + 3])) {
                 if (!in_class) o[k++] = '[';
                 memcpy(o + k, p + i, 5);
                 k += 5;
@@ -448,13 +453,13 @@ static char *translate_pattern(const char *p, size_t n, size_t *olen) {
     return o;
 }
 
-static int compile_regex(tokenizer *t, const char *pat, size_t len, int literal, pcre2_code **out,
+static int compile_regex(tokenizer *t, const char *pat, size_t len, int literal, int newer, pcre2_code **out,
                          moe_error *err) {
     int ec;
     PCRE2_SIZE eo;
     uint32_t opt = PCRE2_UTF | (literal ? PCRE2_LITERAL : PCRE2_UCP);
     size_t tl = len;
-    char *tp = literal ? NULL : translate_pattern(pat, len, &tl);
+    char *tp = literal ? NULL : translate_pattern(pat, len, newer, &tl);
     if (!literal && !tp) return moe_error_set(err, "%s: out of memory", t->path);
     pcre2_code *re = pcre2_compile((PCRE2_SPTR)(tp ? tp : pat), tl, opt, &ec, &eo, NULL);
     free(tp);
@@ -473,10 +478,42 @@ static int compile_regex(tokenizer *t, const char *pat, size_t len, int literal,
     return MOE_OK;
 }
 
+/* Which of \p{L}, \p{M}, \p{N}, \p{P}, \p{S} the pattern uses, as a
+ * static string of their letters ("" for none). */
+static const char *class_escapes(const char *p) {
+    static const char *sets[32] = {"", "L", "M", "LM", "N", "LN", "MN", "LMN", "P", "LP", "MP", "LMP", "NP", "LNP",
+                                   "MNP", "LMNP", "S", "LS", "MS", "LMS", "NS", "LNS", "MNS", "LMNS", "PS", "LPS",
+                                   "MPS", "LMPS", "NPS", "LNPS", "MNPS", "LMNPS"};
+    int mask = 0;
+    for (; (p = strstr(p, "\\p{")); p += 3)
+        if (p[3] && strchr("LMNPS", p[3]) && p[4] == '}') mask |= 1 << (strchr("LMNPS", p[3]) - "LMNPS");
+    return sets[mask];
+}
+
+/* Does valid UTF-8 text s[0..n) hold a character of newer_unicode in one of
+ * the categories cats? */
+static int has_newer_unicode(const unsigned char *s, size_t n, const char *cats) {
+    const size_t nr = sizeof newer_unicode / sizeof newer_unicode[0];
+    for (size_t i = 0; i < n;) {
+        if (s[i] < 0xe0) { i += s[i] < 0x80 ? 1 : 2; continue; } /* < U+0800: below the table */
+        int cp;
+        i += utf8_get(s + i, &cp);
+        if ((uint32_t)cp < newer_unicode[0].lo) continue;
+        size_t lo = 0, hi = nr;
+        while (lo < hi) { /* the first range ending at or after cp */
+            size_t mid = (lo + hi) / 2;
+            if (newer_unicode[mid].hi < (uint32_t)cp) lo = mid + 1; else hi = mid;
+        }
+        if (lo < nr && newer_unicode[lo].lo <= (uint32_t)cp && strchr(cats, newer_unicode[lo].cat)) return 1;
+    }
+    return 0;
+}
+
 static int add_step(tokenizer *t, pretok_step st, moe_error *err) {
     pretok_step *s = realloc(t->steps, (size_t)(t->nsteps + 1) * sizeof *s);
     if (!s) {
         if (st.re) pcre2_code_free(st.re);
+        if (st.re_newer) pcre2_code_free(st.re_newer);
         return moe_error_set(err, "%s: out of memory", t->path);
     }
     t->steps = s;
@@ -513,7 +550,12 @@ static int load_pretok(tokenizer *t, json_t *p, int *have_bytelevel, moe_error *
                                  beh ? beh : "(none)");
         st.invert = json_is_true(json_object_get(p, "invert"));
         json_t *s = rx ? rx : lit;
-        if (compile_regex(t, json_string_value(s), json_string_length(s), !rx, &st.re, err)) return MOE_FAIL;
+        if (compile_regex(t, json_string_value(s), json_string_length(s), !rx, 0, &st.re, err)) return MOE_FAIL;
+        st.cats = rx ? class_escapes(json_string_value(s)) : "";
+        if (*st.cats && compile_regex(t, json_string_value(s), json_string_length(s), 0, 1, &st.re_newer, err)) {
+            pcre2_code_free(st.re);
+            return MOE_FAIL;
+        }
         return add_step(t, st, err);
     }
     if (!strcmp(type, "ByteLevel")) {
@@ -522,8 +564,12 @@ static int load_pretok(tokenizer *t, json_t *p, int *have_bytelevel, moe_error *
             if (add_step(t, (pretok_step){.prefix_space = 1}, err)) return MOE_FAIL;
         json_t *ur = json_object_get(p, "use_regex");
         if (!ur || json_is_true(ur)) { /* the library's default is true */
-            pretok_step st = {.behavior = SPLIT_ISOLATED};
-            if (compile_regex(t, gpt2_pattern, sizeof gpt2_pattern - 1, 0, &st.re, err)) return MOE_FAIL;
+            pretok_step st = {.behavior = SPLIT_ISOLATED, .cats = class_escapes(gpt2_pattern)};
+            if (compile_regex(t, gpt2_pattern, sizeof gpt2_pattern - 1, 0, 0, &st.re, err)) return MOE_FAIL;
+            if (compile_regex(t, gpt2_pattern, sizeof gpt2_pattern - 1, 0, 1, &st.re_newer, err)) {
+                pcre2_code_free(st.re);
+                return MOE_FAIL;
+            }
             return add_step(t, st, err);
         }
         return MOE_OK;
@@ -1079,7 +1125,10 @@ void tokenizer_free(tokenizer *t) {
     if (!t) return;
     strmap_free(&t->vocab);
     free(t->merges.slots);
-    for (int i = 0; i < t->nsteps; i++) if (t->steps[i].re) pcre2_code_free(t->steps[i].re);
+    for (int i = 0; i < t->nsteps; i++) {
+        if (t->steps[i].re) pcre2_code_free(t->steps[i].re);
+        if (t->steps[i].re_newer) pcre2_code_free(t->steps[i].re_newer);
+    }
     free(t->steps);
     for (int i = 0; i < t->nadded; i++) free(t->added[i].content);
     free(t->added);
@@ -1252,9 +1301,10 @@ static int push_span(encoder *e, span **v, size_t *n, size_t *cap, uint32_t off,
 static int split_piece(encoder *e, const pretok_step *st, span pc, size_t *n2) {
     const unsigned char *s = (const unsigned char *)e->work + pc.off;
     size_t len = pc.len, nm = 0, start = 0, prev = 0, last_end = SIZE_MAX;
+    const pcre2_code *re = st->re_newer && has_newer_unicode(s, len, st->cats) ? st->re_newer : st->re;
     /* 1. the matches and the gaps between them, in order */
     while (start <= len) {
-        int rc = pcre2_match(st->re, s, len, start, PCRE2_NO_UTF_CHECK, e->md, NULL);
+        int rc = pcre2_match(re, s, len, start, PCRE2_NO_UTF_CHECK, e->md, NULL);
         if (rc == PCRE2_ERROR_NOMATCH) break;
         if (rc < 0) return moe_error_set(e->err, "%s: pre_tokenizer regex failed (pcre2 error %d)", e->t->path, rc);
         PCRE2_SIZE *ov = pcre2_get_ovector_pointer(e->md);
