@@ -1174,6 +1174,8 @@ typedef struct {
     symbol *sym; size_t capsym;             /* BPE symbols of the piece being merged */
     heap_item *heap; size_t nheap, capheap; /* BPE candidate merges */
     pcre2_match_data *md;                   /* regex match data */
+    pcre2_match_context *big;               /* made on demand for very long pieces: a large JIT stack, */
+    pcre2_jit_stack *jit;                   /* no match limit (NULL until needed) */
     moe_error *err;
 } encoder;
 
@@ -1304,7 +1306,18 @@ static int split_piece(encoder *e, const pretok_step *st, span pc, size_t *n2) {
     const pcre2_code *re = st->re_newer && has_newer_unicode(s, len, st->cats) ? st->re_newer : st->re;
     /* 1. the matches and the gaps between them, in order */
     while (start <= len) {
-        int rc = pcre2_match(re, s, len, start, PCRE2_NO_UTF_CHECK, e->md, NULL);
+        int rc = pcre2_match(re, s, len, start, PCRE2_NO_UTF_CHECK, e->md, e->big);
+        if ((rc == PCRE2_ERROR_JIT_STACKLIMIT || rc == PCRE2_ERROR_MATCHLIMIT || rc == PCRE2_ERROR_DEPTHLIMIT ||
+             rc == PCRE2_ERROR_HEAPLIMIT) && !e->big) {
+            /* a long run of one character class (e.g. a megabyte of spaces): retry with room */
+            e->big = pcre2_match_context_create(NULL);
+            e->jit = pcre2_jit_stack_create(64 * 1024, 1024 * 1024 * 1024, NULL);
+            if (!e->big || !e->jit) return enc_oom(e);
+            pcre2_jit_stack_assign(e->big, NULL, e->jit);
+            pcre2_set_match_limit(e->big, UINT32_MAX);
+            pcre2_set_depth_limit(e->big, UINT32_MAX);
+            continue;
+        }
         if (rc == PCRE2_ERROR_NOMATCH) break;
         if (rc < 0) return moe_error_set(e->err, "%s: pre_tokenizer regex failed (pcre2 error %d)", e->t->path, rc);
         PCRE2_SIZE *ov = pcre2_get_ovector_pointer(e->md);
@@ -1452,6 +1465,8 @@ int tokenizer_encode(const tokenizer *t, const char *text, size_t len, int **ids
     e.md = pcre2_match_data_create(1, NULL);
     int rc = e.md ? encode_added(&e, text, len, 0) : enc_oom(&e);
     pcre2_match_data_free(e.md);
+    pcre2_match_context_free(e.big);
+    pcre2_jit_stack_free(e.jit);
     free(e.work); free(e.pcs); free(e.pcs2); free(e.m); free(e.ism);
     free(e.sym); free(e.heap);
     if (rc) { free(e.ids); return rc; }

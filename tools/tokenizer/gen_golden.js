@@ -199,6 +199,16 @@ const POOLS = [
 many('mixed', 150, () => { let s = ''; const bias = ri(POOLS.length);
   for (let j = 0, k = 1 + ri(30); j < k; j++) { let c = (rnd() < 0.5 ? POOLS[bias] : pick(POOLS))(); if (c >= '\ud800' && c <= '\udfff') c = 'x'; s += c; } return s; });
 
+// long runs: PCRE2's default JIT stack runs out on a few thousand spaces
+add('long', 'begin' + ' '.repeat(20000) + 'end');
+add('long', 'x' + '\n'.repeat(10000) + 'y');
+add('long', ('\t \n  ').repeat(5000));
+add('long', ' '.repeat(30000));
+add('long', 'a'.repeat(20000) + ' ' + '9'.repeat(10000));
+add('long', '中'.repeat(10000) + '😀'.repeat(2000));
+add('long', ('word ').repeat(5000) + '!'.repeat(5000));
+add('long', '\r\n'.repeat(8000) + ' \u3000'.repeat(3000));
+
 // ---------------------------------------------------------------- encode
 async function main() {
   const tok = Tokenizer.fromFile(path.join(dir, 'tokenizer.json'));
