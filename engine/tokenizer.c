@@ -234,6 +234,9 @@ enum { SPLIT_ISOLATED, SPLIT_REMOVED, SPLIT_MERGED_PREV, SPLIT_MERGED_NEXT, SPLI
 typedef struct {
     int prefix_space;   /* 1: this step is ByteLevel's add_prefix_space (no regex) */
     pcre2_code *re;     /* Split pattern (NULL for a prefix_space step) */
+    pcre2_code *re_newer; /* the same with the newer_unicode ranges, used for pieces that have
+                             such characters; NULL when the pattern has no \p{L,M,N,P,S} */
+    const char *cats;   /* the categories among L M N P S that the pattern names */
     int behavior;       /* SPLIT_* */
     int invert;         /* 1: the pieces are what the pattern does not match */
 } pretok_step;
@@ -356,14 +359,60 @@ static char *xstrdup(const char *s) {
 
 static const char *behavior_names[] = {"Isolated", "Removed", "MergedWithPrevious", "MergedWithNext", "Contiguous"};
 
-/* The library's regexes (Oniguruma) take \s as Unicode White_Space; PCRE2's
- * \s with UCP also matches U+180E (MONGOLIAN VOWEL SEPARATOR). Outside
- * character classes \s and \S are rewritten to agree; inside a class they
- * are left as they are. Returns a malloc'd pattern (*olen bytes). */
-static char *translate_pattern(const char *p, size_t n, size_t *olen) {
+/* Code points that the official library's regex engine (Oniguruma, with
+ * Unicode 16) puts in a general category but PCRE2 10.42 (Unicode 14) leaves
+ * unassigned: Unicode 15.0-16.0 additions such as CJK extensions H and I,
+ * Garay, Tulu-Tigalari, new symbols. Made by tools/tokenizer/unicode_table.js
+ * (which asks the official pre-tokenizer); with a newer PCRE2 they are simply
+ * redundant. */
+typedef struct {
+    char cat;          /* general category: 'L', 'M', 'N', 'P' or 'S' */
+    uint32_t lo, hi;   /* the code point range, inclusive */
+} unicode_range;
+
+static const unicode_range newer_unicode[] = {
+    {'M', 0x897, 0x897}, {'M', 0xCF3, 0xCF3}, {'M', 0xECE, 0xECE}, {'P', 0x1B4E, 0x1B4F}, {'P', 0x1B7F, 0x1B7F},
+    {'L', 0x1C89, 0x1C8A}, {'S', 0x2427, 0x2429}, {'S', 0x2FFC, 0x2FFF}, {'S', 0x31E4, 0x31E5},
+    {'S', 0x31EF, 0x31EF}, {'L', 0xA7CB, 0xA7CD}, {'L', 0xA7DA, 0xA7DC}, {'L', 0x105C0, 0x105F3},
+    {'N', 0x10D40, 0x10D49}, {'L', 0x10D4A, 0x10D65}, {'M', 0x10D69, 0x10D6D}, {'P', 0x10D6E, 0x10D6E},
+    {'L', 0x10D6F, 0x10D85}, {'S', 0x10D8E, 0x10D8F}, {'L', 0x10EC2, 0x10EC4}, {'M', 0x10EFC, 0x10EFF},
+    {'L', 0x1123F, 0x11240}, {'M', 0x11241, 0x11241}, {'L', 0x11380, 0x11389}, {'L', 0x1138B, 0x1138B},
+    {'L', 0x1138E, 0x1138E}, {'L', 0x11390, 0x113B5}, {'L', 0x113B7, 0x113B7}, {'M', 0x113B8, 0x113C0},
+    {'M', 0x113C2, 0x113C2}, {'M', 0x113C5, 0x113C5}, {'M', 0x113C7, 0x113CA}, {'M', 0x113CC, 0x113D0},
+    {'L', 0x113D1, 0x113D1}, {'M', 0x113D2, 0x113D2}, {'L', 0x113D3, 0x113D3}, {'P', 0x113D4, 0x113D5},
+    {'P', 0x113D7, 0x113D8}, {'M', 0x113E1, 0x113E2}, {'N', 0x116D0, 0x116E3}, {'P', 0x11B00, 0x11B09},
+    {'L', 0x11BC0, 0x11BE0}, {'P', 0x11BE1, 0x11BE1}, {'N', 0x11BF0, 0x11BF9}, {'M', 0x11F00, 0x11F01},
+    {'L', 0x11F02, 0x11F02}, {'M', 0x11F03, 0x11F03}, {'L', 0x11F04, 0x11F10}, {'L', 0x11F12, 0x11F33},
+    {'M', 0x11F34, 0x11F3A}, {'M', 0x11F3E, 0x11F42}, {'P', 0x11F43, 0x11F4F}, {'N', 0x11F50, 0x11F59},
+    {'M', 0x11F5A, 0x11F5A}, {'L', 0x1342F, 0x1342F}, {'M', 0x13440, 0x13440}, {'L', 0x13441, 0x13446},
+    {'M', 0x13447, 0x13455}, {'L', 0x13460, 0x143FA}, {'L', 0x16100, 0x1611D}, {'M', 0x1611E, 0x1612F},
+    {'N', 0x16130, 0x16139}, {'L', 0x16D40, 0x16D6C}, {'P', 0x16D6D, 0x16D6F}, {'N', 0x16D70, 0x16D79},
+    {'L', 0x18CFF, 0x18CFF}, {'L', 0x1B132, 0x1B132}, {'L', 0x1B155, 0x1B155}, {'S', 0x1CC00, 0x1CCEF},
+    {'N', 0x1CCF0, 0x1CCF9}, {'S', 0x1CD00, 0x1CEB3}, {'N', 0x1D2C0, 0x1D2D3}, {'L', 0x1DF25, 0x1DF2A},
+    {'L', 0x1E030, 0x1E06D}, {'M', 0x1E08F, 0x1E08F}, {'L', 0x1E4D0, 0x1E4EB}, {'M', 0x1E4EC, 0x1E4EF},
+    {'N', 0x1E4F0, 0x1E4F9}, {'L', 0x1E5D0, 0x1E5ED}, {'M', 0x1E5EE, 0x1E5EF}, {'L', 0x1E5F0, 0x1E5F0},
+    {'N', 0x1E5F1, 0x1E5FA}, {'P', 0x1E5FF, 0x1E5FF}, {'S', 0x1F6DC, 0x1F6DC}, {'S', 0x1F774, 0x1F776},
+    {'S', 0x1F77B, 0x1F77F}, {'S', 0x1F7D9, 0x1F7D9}, {'S', 0x1F8B2, 0x1F8BB}, {'S', 0x1F8C0, 0x1F8C1},
+    {'S', 0x1FA75, 0x1FA77}, {'S', 0x1FA87, 0x1FA89}, {'S', 0x1FA8F, 0x1FA8F}, {'S', 0x1FAAD, 0x1FAAF},
+    {'S', 0x1FABB, 0x1FABF}, {'S', 0x1FAC6, 0x1FAC6}, {'S', 0x1FACE, 0x1FACF}, {'S', 0x1FADA, 0x1FADC},
+    {'S', 0x1FADF, 0x1FADF}, {'S', 0x1FAE8, 0x1FAE9}, {'S', 0x1FAF7, 0x1FAF8}, {'S', 0x1FBCB, 0x1FBEF},
+    {'L', 0x2B739, 0x2B739}, {'L', 0x2EBF0, 0x2EE5D}, {'L', 0x31350, 0x323AF},
+};
+
+/* Rewrites a Split regex so PCRE2 classifies characters as Oniguruma does:
+ *   \p{L} \p{M} \p{N} \p{P} \p{S}  with newer: also take the newer_unicode
+ *                                  ranges of their category (inside a class
+ *                                  too); that is slower, so it is compiled
+ *                                  apart and used only on text that has them
+ *   \s, \S (outside classes)       exclude / include U+180E, which PCRE2's \s
+ *                                  matches but Unicode White_Space does not
+ * Returns a malloc'd pattern (*olen bytes), or NULL when out of memory. */
+static char *translate_pattern(const char *p, size_t n, int newer, size_t *olen) {
     static const char sp[] = "(?:(?!\\x{180e})\\s)", nsp[] = "(?:\\S|\\x{180e})";
-    char *o = malloc(n * (sizeof sp) + 1);
-    size_t k = 0;
+    const size_t nr = sizeof newer_unicode / sizeof newer_unicode[0];
+    size_t cap = n * sizeof sp + 1, k = 0;
+    for (size_t i = 0; i + 1 < n; i++) if (p[i] == '\\' && p[i + 1] == 'p') cap += nr * 24 + 8;
+    char *o = malloc(cap);
     int in_class = 0;
     if (!o) return NULL;
     for (size_t i = 0; i < n; i++) {
@@ -374,6 +423,16 @@ static char *translate_pattern(const char *p, size_t n, size_t *olen) {
                 const char *r = d == 's' ? sp : nsp;
                 memcpy(o + k, r, strlen(r));
                 k += strlen(r);
+            } else if (newer && d == 'p' && i + 4 < n && p[i + 2] == '{' && p[i + 4] == '}' && strchr("LMNPS", p[i + 3])) {
+                if (!in_class) o[k++] = '[';
+                memcpy(o + k, p + i, 5);
+                k += 5;
+                for (size_t r = 0; r < nr; r++)
+                    if (newer_unicode[r].cat == p[i + 3])
+                        k += (size_t)sprintf(o + k, "\\x{%x}-\\x{%x}", (unsigned)newer_unicode[r].lo, (unsigned)newer_unicode[r].hi);
+                if (!in_class) o[k++] = ']';
+                i += 4;
+                continue;
             } else {
                 o[k++] = c;
                 o[k++] = d;
@@ -396,13 +455,13 @@ static char *translate_pattern(const char *p, size_t n, size_t *olen) {
     return o;
 }
 
-static int compile_regex(tokenizer *t, const char *pat, size_t len, int literal, pcre2_code **out,
+static int compile_regex(tokenizer *t, const char *pat, size_t len, int literal, int newer, pcre2_code **out,
                          moe_error *err) {
     int ec;
     PCRE2_SIZE eo;
     uint32_t opt = PCRE2_UTF | (literal ? PCRE2_LITERAL : PCRE2_UCP);
     size_t tl = len;
-    char *tp = literal ? NULL : translate_pattern(pat, len, &tl);
+    char *tp = literal ? NULL : translate_pattern(pat, len, newer, &tl);
     if (!literal && !tp) return moe_error_set(err, "%s: out of memory", t->path);
     pcre2_code *re = pcre2_compile((PCRE2_SPTR)(tp ? tp : pat), tl, opt, &ec, &eo, NULL);
     free(tp);
@@ -421,10 +480,42 @@ static int compile_regex(tokenizer *t, const char *pat, size_t len, int literal,
     return MOE_OK;
 }
 
+/* Which of \p{L}, \p{M}, \p{N}, \p{P}, \p{S} the pattern uses, as a
+ * static string of their letters ("" for none). */
+static const char *class_escapes(const char *p) {
+    static const char *sets[32] = {"", "L", "M", "LM", "N", "LN", "MN", "LMN", "P", "LP", "MP", "LMP", "NP", "LNP",
+                                   "MNP", "LMNP", "S", "LS", "MS", "LMS", "NS", "LNS", "MNS", "LMNS", "PS", "LPS",
+                                   "MPS", "LMPS", "NPS", "LNPS", "MNPS", "LMNPS"};
+    int mask = 0;
+    for (; (p = strstr(p, "\\p{")); p += 3)
+        if (p[3] && strchr("LMNPS", p[3]) && p[4] == '}') mask |= 1 << (strchr("LMNPS", p[3]) - "LMNPS");
+    return sets[mask];
+}
+
+/* Does valid UTF-8 text s[0..n) hold a character of newer_unicode in one of
+ * the categories cats? */
+static int has_newer_unicode(const unsigned char *s, size_t n, const char *cats) {
+    const size_t nr = sizeof newer_unicode / sizeof newer_unicode[0];
+    for (size_t i = 0; i < n;) {
+        if (s[i] < 0xe0) { i += s[i] < 0x80 ? 1 : 2; continue; } /* < U+0800: below the table */
+        int cp;
+        i += utf8_get(s + i, &cp);
+        if ((uint32_t)cp < newer_unicode[0].lo) continue;
+        size_t lo = 0, hi = nr;
+        while (lo < hi) { /* the first range ending at or after cp */
+            size_t mid = (lo + hi) / 2;
+            if (newer_unicode[mid].hi < (uint32_t)cp) lo = mid + 1; else hi = mid;
+        }
+        if (lo < nr && newer_unicode[lo].lo <= (uint32_t)cp && strchr(cats, newer_unicode[lo].cat)) return 1;
+    }
+    return 0;
+}
+
 static int add_step(tokenizer *t, pretok_step st, moe_error *err) {
     pretok_step *s = realloc(t->steps, (size_t)(t->nsteps + 1) * sizeof *s);
     if (!s) {
         if (st.re) pcre2_code_free(st.re);
+        if (st.re_newer) pcre2_code_free(st.re_newer);
         return moe_error_set(err, "%s: out of memory", t->path);
     }
     t->steps = s;
@@ -461,7 +552,12 @@ static int load_pretok(tokenizer *t, json_t *p, int *have_bytelevel, moe_error *
                                  beh ? beh : "(none)");
         st.invert = json_is_true(json_object_get(p, "invert"));
         json_t *s = rx ? rx : lit;
-        if (compile_regex(t, json_string_value(s), json_string_length(s), !rx, &st.re, err)) return MOE_FAIL;
+        if (compile_regex(t, json_string_value(s), json_string_length(s), !rx, 0, &st.re, err)) return MOE_FAIL;
+        st.cats = rx ? class_escapes(json_string_value(s)) : "";
+        if (*st.cats && compile_regex(t, json_string_value(s), json_string_length(s), 0, 1, &st.re_newer, err)) {
+            pcre2_code_free(st.re);
+            return MOE_FAIL;
+        }
         return add_step(t, st, err);
     }
     if (!strcmp(type, "ByteLevel")) {
@@ -470,8 +566,12 @@ static int load_pretok(tokenizer *t, json_t *p, int *have_bytelevel, moe_error *
             if (add_step(t, (pretok_step){.prefix_space = 1}, err)) return MOE_FAIL;
         json_t *ur = json_object_get(p, "use_regex");
         if (!ur || json_is_true(ur)) { /* the library's default is true */
-            pretok_step st = {.behavior = SPLIT_ISOLATED};
-            if (compile_regex(t, gpt2_pattern, sizeof gpt2_pattern - 1, 0, &st.re, err)) return MOE_FAIL;
+            pretok_step st = {.behavior = SPLIT_ISOLATED, .cats = class_escapes(gpt2_pattern)};
+            if (compile_regex(t, gpt2_pattern, sizeof gpt2_pattern - 1, 0, 0, &st.re, err)) return MOE_FAIL;
+            if (compile_regex(t, gpt2_pattern, sizeof gpt2_pattern - 1, 0, 1, &st.re_newer, err)) {
+                pcre2_code_free(st.re);
+                return MOE_FAIL;
+            }
             return add_step(t, st, err);
         }
         return MOE_OK;
@@ -1056,7 +1156,10 @@ void tokenizer_free(tokenizer *t) {
     if (!t) return;
     strmap_free(&t->vocab);
     free(t->merges.slots);
-    for (int i = 0; i < t->nsteps; i++) if (t->steps[i].re) pcre2_code_free(t->steps[i].re);
+    for (int i = 0; i < t->nsteps; i++) {
+        if (t->steps[i].re) pcre2_code_free(t->steps[i].re);
+        if (t->steps[i].re_newer) pcre2_code_free(t->steps[i].re_newer);
+    }
     free(t->steps);
     for (int i = 0; i < t->nadded; i++) free(t->added[i].content);
     free(t->added);
@@ -1102,6 +1205,8 @@ typedef struct {
     symbol *sym; size_t capsym;             /* BPE symbols of the piece being merged */
     heap_item *heap; size_t nheap, capheap; /* BPE candidate merges */
     pcre2_match_data *md;                   /* regex match data */
+    pcre2_match_context *big;               /* made on demand for very long pieces: a large JIT stack, */
+    pcre2_jit_stack *jit;                   /* no match limit (NULL until needed) */
     moe_error *err;
 } encoder;
 
@@ -1229,9 +1334,21 @@ static int push_span(encoder *e, span **v, size_t *n, size_t *cap, uint32_t off,
 static int split_piece(encoder *e, const pretok_step *st, span pc, size_t *n2) {
     const unsigned char *s = (const unsigned char *)e->work + pc.off;
     size_t len = pc.len, nm = 0, start = 0, prev = 0, last_end = SIZE_MAX;
+    const pcre2_code *re = st->re_newer && has_newer_unicode(s, len, st->cats) ? st->re_newer : st->re;
     /* 1. the matches and the gaps between them, in order */
     while (start <= len) {
-        int rc = pcre2_match(st->re, s, len, start, PCRE2_NO_UTF_CHECK, e->md, NULL);
+        int rc = pcre2_match(re, s, len, start, PCRE2_NO_UTF_CHECK, e->md, e->big);
+        if ((rc == PCRE2_ERROR_JIT_STACKLIMIT || rc == PCRE2_ERROR_MATCHLIMIT || rc == PCRE2_ERROR_DEPTHLIMIT ||
+             rc == PCRE2_ERROR_HEAPLIMIT) && !e->big) {
+            /* a long run of one character class (e.g. a megabyte of spaces): retry with room */
+            e->big = pcre2_match_context_create(NULL);
+            e->jit = pcre2_jit_stack_create(64 * 1024, 1024 * 1024 * 1024, NULL);
+            if (!e->big || !e->jit) return enc_oom(e);
+            pcre2_jit_stack_assign(e->big, NULL, e->jit);
+            pcre2_set_match_limit(e->big, UINT32_MAX);
+            pcre2_set_depth_limit(e->big, UINT32_MAX);
+            continue;
+        }
         if (rc == PCRE2_ERROR_NOMATCH) break;
         if (rc < 0) return moe_error_set(e->err, "%s: pre_tokenizer regex failed (pcre2 error %d)", e->t->path, rc);
         PCRE2_SIZE *ov = pcre2_get_ovector_pointer(e->md);
@@ -1379,6 +1496,8 @@ int tokenizer_encode(const tokenizer *t, const char *text, size_t len, int **ids
     e.md = pcre2_match_data_create(1, NULL);
     int rc = e.md ? encode_added(&e, text, len, 0) : enc_oom(&e);
     pcre2_match_data_free(e.md);
+    pcre2_match_context_free(e.big);
+    pcre2_jit_stack_free(e.jit);
     free(e.work); free(e.pcs); free(e.pcs2); free(e.m); free(e.ism);
     free(e.sym); free(e.heap);
     if (rc) { free(e.ids); return rc; }

@@ -14,6 +14,10 @@
  * no byte_fallback); decoder ByteLevel. Anything else fails at load time with
  * a one-line error naming the file.
  *
+ * Unicode: the regexes run on PCRE2 but classify characters as the official
+ * library's regex engine does (Unicode 16; see newer_unicode in tokenizer.c),
+ * checked over every code point up to U+323AF (tools/tokenizer/diffcheck.sh).
+ *
  * Invalid UTF-8 in the text to encode: every byte that is not part of a valid
  * UTF-8 character becomes a piece of its own (it ends any piece before it and
  * starts none after it) and is encoded as its byte-level token, so encoding

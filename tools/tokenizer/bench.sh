@@ -2,7 +2,7 @@
 # bench.sh - encoding speed of `moe tokenize` vs the official Hugging Face
 # library (npm tokenizers), on the same multi-MB text, in alternating runs.
 #
-#   sh tools/tokenizer/bench.sh [RUNS [MB [TOKENIZER_DIR]]]   (from the repo root,
+#   sh tools/tokenizer/bench.sh [RUNS [MB [TOKENIZER_DIR [CATS]]]]   (from the repo root,
 #   after `make` and `cd tools/tokenizer && npm ci`)
 #
 # Prints each run, then the medians: MB/s of encoding (load excluded) of the
@@ -12,11 +12,12 @@ set -eu
 RUNS=${1:-5}
 MB=${2:-4}
 DIR=${3:-tests/data/tokenizer/deepseek_v3}
+CATS=${4:-}   # golden categories for the text, e.g. en,code (default: all)
 MOE=${MOE:-build/moe}
 HERE=$(dirname "$0")
 T=$(mktemp -d)
 trap 'rm -rf "$T"' EXIT
-node "$HERE/make_bench_text.js" "$T/bench.txt" "$MB"
+node "$HERE/make_bench_text.js" "$T/bench.txt" "$MB" "$CATS"
 # the ids must agree before the speed means anything (checked line by line)
 HERE_ABS=$(cd "$HERE" && pwd)
 node -e "

@@ -3,10 +3,12 @@
 // the official JS renderer of Hugging Face chat templates (npm @huggingface/jinja)
 // and the official tokenizer (npm tokenizers) for the ids of the result.
 //
-//   cd tools/tokenizer && npm ci && node gen_chat_golden.js [TOKENIZER_DIR]
+//   cd tools/tokenizer && npm ci && node gen_chat_golden.js [TOKENIZER_DIR [OUT]]
 //
 // Output: {"bos_token", "eos_token", "cases": [{"name", "add_generation_prompt",
-// "messages", "text", "ids"}], "features": {"messages", "cases": [{"template",
+// "messages", "text", "ids"} or, when the template fails on that
+// conversation, {"name", "add_generation_prompt", "messages", "error"}],
+// "features": {"messages", "cases": [{"template",
 // "text"}]}} where text is the template rendered as
 // transformers' apply_chat_template does and ids = encode(text) without
 // added special tokens (the BOS is in the text already). "features" are small
@@ -63,7 +65,13 @@ const convs = {
   const cases = [];
   for (const [name, messages] of Object.entries(convs)) {
     for (const agp of [false, true]) {
-      const text = tmpl.render({ messages, add_generation_prompt: agp, bos_token: bos, eos_token: eos });
+      let text;
+      try {
+        text = tmpl.render({ messages, add_generation_prompt: agp, bos_token: bos, eos_token: eos });
+      } catch (e) {
+        cases.push({ name, add_generation_prompt: agp, messages, error: e.message });
+        continue;
+      }
       const ids = (await tok.encode(text, null, { addSpecialTokens: false })).getIds();
       cases.push({ name, add_generation_prompt: agp, messages, text, ids });
     }
@@ -91,7 +99,7 @@ const convs = {
     const text = new Template(t).render({ messages: msgs, add_generation_prompt: true, bos_token: bos, eos_token: eos });
     feature_cases.push({ template: t, text });
   }
-  const out = path.join(dir, 'chat_golden.json');
+  const out = process.argv[3] || path.join(dir, 'chat_golden.json');
   fs.writeFileSync(out, JSON.stringify({ bos_token: bos, eos_token: eos, cases, features: { messages: msgs, cases: feature_cases } }, null, 1) + '\n');
   console.log(`${out}: ${cases.length} cases`);
 })().catch((e) => { console.error(e.message); process.exit(1); });

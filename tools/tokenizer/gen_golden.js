@@ -181,6 +181,34 @@ many('special', 90, () => pick([
   () => pick(SPECIALS) + digits(5) + pick(SPECIALS) + '😀',
 ])());
 
+// characters that Unicode 15-16 assigned (the official library knows them,
+// PCRE2 10.42 does not: see newer_unicode in engine/tokenizer.c)
+const NEWER = [[0x31350, 0x323af], [0x2ebf0, 0x2ee5d], [0x10d40, 0x10d49], [0x10d4a, 0x10d65], [0x2ffc, 0x2fff],
+  [0x1cc00, 0x1ccef], [0x11380, 0x11389], [0x1b4e, 0x1b4f], [0x897, 0x897], [0x16d40, 0x16d6c], [0x1fa75, 0x1fa77]];
+many('unicode16', 60, () => { let s = ''; for (let j = 0, k = 1 + ri(8); j < k; j++) { const b = pick(NEWER);
+  s += String.fromCodePoint(b[0] + ri(b[1] - b[0] + 1)) + pick(['', '', 'a', ' ', '1', '!', ' x', '中']); } return s; });
+// mixed: random draws from many character pools (what a differential test over
+// 30,000 such lines and every code point showed to agree)
+const POOLS = [
+  () => String.fromCodePoint(0x20 + ri(95)), () => ' \t\r\u00a0\u3000\u2028\u0085\u180e\u200b\u200d\ufeff\u000b\u000c'[ri(13)],
+  () => String(ri(10)), () => String.fromCodePoint(0xa0 + ri(0x2000)), () => String.fromCodePoint(0x2000 + ri(0x1000)),
+  () => String.fromCodePoint(0x3000 + ri(0x7000)), () => String.fromCodePoint(0xac00 + ri(0x2ba4)),
+  () => String.fromCodePoint(0x10000 + ri(0x20000)), () => String.fromCodePoint(0x1f300 + ri(0x700)),
+  () => pick(SPECIALS), () => String.fromCodePoint(0x300 + ri(0x70)),
+];
+many('mixed', 150, () => { let s = ''; const bias = ri(POOLS.length);
+  for (let j = 0, k = 1 + ri(30); j < k; j++) { let c = (rnd() < 0.5 ? POOLS[bias] : pick(POOLS))(); if (c >= '\ud800' && c <= '\udfff') c = 'x'; s += c; } return s; });
+
+// long runs: PCRE2's default JIT stack runs out on a few thousand spaces
+add('long', 'begin' + ' '.repeat(20000) + 'end');
+add('long', 'x' + '\n'.repeat(10000) + 'y');
+add('long', ('\t \n  ').repeat(5000));
+add('long', ' '.repeat(30000));
+add('long', 'a'.repeat(20000) + ' ' + '9'.repeat(10000));
+add('long', '中'.repeat(10000) + '😀'.repeat(2000));
+add('long', ('word ').repeat(5000) + '!'.repeat(5000));
+add('long', '\r\n'.repeat(8000) + ' \u3000'.repeat(3000));
+
 // ---------------------------------------------------------------- encode
 async function main() {
   const tok = Tokenizer.fromFile(path.join(dir, 'tokenizer.json'));
