@@ -160,13 +160,14 @@ int model_load(moe_model *m, const char *dir, const model_options *opt, moe_erro
     int threads = m->opt.n_threads > 0 ? m->opt.n_threads : threadpool_default_threads();
     m->s.n_shares = threads;
     size_t expert_bytes = 0;
-    for (int i = 0; i < m->w.n_layers && !expert_bytes; i++)
-        if (m->w.layers[i].is_moe) {
+    int n_moe = 0;
+    for (int i = 0; i < m->w.n_layers; i++)
+        if (m->w.layers[i].is_moe && n_moe++ == 0) {
             const mlp_weights *e = &m->w.layers[i].experts[0];
             expert_bytes = mat_bytes(&e->gate) + mat_bytes(&e->up) + mat_bytes(&e->down);
         }
-    rc = numa_plan_make(&m->numa, topo, m->opt.numa, m->w.n_layers, c->n_routed_experts, c->n_group, expert_bytes,
-                        threads, err);
+    rc = numa_plan_make(&m->numa, topo, m->opt.numa, m->w.n_layers, n_moe, c->n_routed_experts, c->n_group,
+                        expert_bytes, threads, err);
     free(topo);
     if (rc || numa_place_weights(&m->numa, &m->w, err)) { model_free(m); return MOE_FAIL; }
     if (state_init(m, err)) { model_free(m); return MOE_FAIL; }

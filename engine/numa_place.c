@@ -54,6 +54,20 @@ static void topology_one_node(numa_topology *t) {
 }
 
 int numa_topology_read(numa_topology *t, moe_error *err) {
+    const char *sim = getenv("MOE_NUMA_SIMULATE");   /* N: pretend N nodes (tests, demos) */
+    if (sim && *sim) {
+        char *end;
+        long n = strtol(sim, &end, 10);
+        if (*end || n < 1 || n > NUMA_MAX_NODES)
+            return moe_error_set(err, "MOE_NUMA_SIMULATE=%s: want a node count in [1, %d]", sim, NUMA_MAX_NODES);
+        numa_topology real;
+        topology_one_node(&real);
+        int cpus[NUMA_MAX_NODES], per = real.n_cpus[0] / (int)n > 0 ? real.n_cpus[0] / (int)n : 1;
+        for (int k = 0; k < n; k++) cpus[k] = per;
+        numa_topology_simulate(t, (int)n, cpus, real.mem_total[0] / (size_t)n);
+        for (int i = 0; i < per * n && real.n_cpus[0] > 0; i++) t->cpus[i] = real.cpus[i % real.n_cpus[0]];   /* real ids */
+        return MOE_OK;
+    }
     if (numa_available() < 0) {
         topology_one_node(t);
         return MOE_OK;
@@ -145,8 +159,8 @@ int numa_thread_node(const numa_plan *p, int thread, int n_threads) {
     return 0;
 }
 
-int numa_plan_make(numa_plan *p, const numa_topology *t, numa_mode mode, int n_layers, int n_experts, int n_group,
-                   size_t expert_bytes, int n_threads, moe_error *err) {
+int numa_plan_make(numa_plan *p, const numa_topology *t, numa_mode mode, int n_layers, int n_moe_layers, int n_experts,
+                   int n_group, size_t expert_bytes, int n_threads, moe_error *err) {
     memset(p, 0, sizeof *p);
     p->mode = mode;
     p->topo = *t;
@@ -166,12 +180,12 @@ int numa_plan_make(numa_plan *p, const numa_topology *t, numa_mode mode, int n_l
      * whole groups (E is a multiple of n_group), so a token's kept groups touch at most
      * topk_group nodes. Every layer gets the same blocks. */
     p->group_aligned = n_group > 1 && n_group % A == 0;
-    for (int l = 0; l < n_layers; l++)
-        for (int j = 0; j < A; j++) {
-            int e0 = (int)((long long)n_experts * j / A), e1 = (int)((long long)n_experts * (j + 1) / A);
+    for (int j = 0; j < A; j++) {
+        int e0 = (int)((long long)n_experts * j / A), e1 = (int)((long long)n_experts * (j + 1) / A);
+        for (int l = 0; l < n_layers; l++)
             for (int e = e0; e < e1; e++) p->expert_node[(size_t)l * n_experts + e] = nodes[j];
-            p->bytes_on[nodes[j]] += (size_t)(e1 - e0) * expert_bytes;
-        }
+        p->bytes_on[nodes[j]] = (size_t)n_moe_layers * (size_t)(e1 - e0) * expert_bytes;
+    }
     return MOE_OK;
 }
 
@@ -360,6 +374,13 @@ void numa_bind_thread(void *ctx, int thread, int n_threads) {
 
 #define GIB(b) ((double)(b) / (1024.0 * 1024.0 * 1024.0))
 
+/* "12.3 MiB" below a GiB, else "1.23 GiB" */
+static const char *size_str(size_t b, char buf[32]) {
+    if (b < ((size_t)1 << 30)) snprintf(buf, 32, "%.1f MiB", (double)b / 1048576.0);
+    else snprintf(buf, 32, "%.2f GiB", GIB(b));
+    return buf;
+}
+
 void numa_plan_describe(const numa_plan *p, char *buf, size_t cap) {
     const numa_topology *t = &p->topo;
     size_t n = 0;
@@ -377,16 +398,17 @@ void numa_plan_describe(const numa_plan *p, char *buf, size_t cap) {
     if (!p->active) return;
     PUT(": threads");
     for (int k = 0; k < t->n_nodes; k++) PUT("%s%d", k ? "+" : " ", p->threads_on[k]);
+    char a[32], b[32];
     if (p->mode == NUMA_PARTITION) {
         PUT(", routed experts per node (%s blocks)", p->group_aligned ? "group-aligned" : "contiguous");
-        for (int k = 0; k < t->n_nodes; k++) PUT("%s%.2f", k ? "+" : " ", GIB(p->bytes_on[k]));
-        PUT(" GiB, copied %.2f GiB onto the nodes (%.2f GiB from the file mapping, whose pages are now unused)",
-            GIB(p->bytes_copied), GIB(p->bytes_from_map));
+        for (int k = 0; k < t->n_nodes; k++) PUT("%s%s", k ? " + " : " ", size_str(p->bytes_on[k], a));
+        PUT(", copied %s onto the nodes (%s of it from the file mapping, whose pages are now unused)",
+            size_str(p->bytes_copied, a), size_str(p->bytes_from_map, b));
         for (int k = 0; k < t->n_nodes; k++)
             if (p->bytes_on[k] > t->mem_free[k])
                 PUT(" WARNING: node %d has only %.1f GiB free", k, GIB(t->mem_free[k]));
     }
-    PUT(", %.2f GiB interleaved", GIB(p->bytes_interleaved));
+    PUT(", %s interleaved", size_str(p->bytes_interleaved, a));
     if (t->simulated) PUT(" (simulated: all memory on node 0)");
     if (p->mbind_failed) PUT(", mbind refused %d ranges (%s)", p->mbind_failed, strerror(p->mbind_errno));
     if (p->bind_failed) PUT(", %d threads could not be pinned", p->bind_failed);

@@ -77,7 +77,9 @@ typedef struct {
 const char *numa_mode_name(numa_mode m);
 int numa_mode_parse(const char *s);   /* "off" | "interleave" | "partition", else -1 */
 
-/* The machine as libnuma sees it (one node with every allowed CPU when libnuma is unavailable). */
+/* The machine as libnuma sees it (one node with every allowed CPU when libnuma is unavailable).
+ * The environment variable MOE_NUMA_SIMULATE=N replaces it with N simulated nodes that
+ * share this machine's memory and CPUs (numa_topology_simulate): for tests and demos. */
 int numa_topology_read(numa_topology *t, moe_error *err);
 /* A hand-made topology: n_nodes nodes with cpus_per_node[k] CPUs each (numbered 0, 1, ...
  * in node order) and mem_per_node bytes each, all memory on real node 0. */
@@ -90,10 +92,11 @@ void numa_split_threads(const numa_topology *t, int n_threads, int *threads_on);
  * out node by node in the proportions of numa_split_threads. */
 int numa_thread_node(const numa_plan *p, int thread, int n_threads);
 
-/* The plan (pure). n_layers x n_experts routed experts of expert_bytes each; n_group
- * router groups (1 if none). Active when mode != off and the topology has 2+ nodes. */
-int numa_plan_make(numa_plan *p, const numa_topology *t, numa_mode mode, int n_layers, int n_experts, int n_group,
-                   size_t expert_bytes, int n_threads, moe_error *err);
+/* The plan (pure). Layers 0..n_layers-1 (as in moe_weights, MTP included), n_moe_layers
+ * of which have n_experts routed experts of expert_bytes each; n_group router groups (1 if
+ * none). Active when mode != off and the topology has 2+ nodes. */
+int numa_plan_make(numa_plan *p, const numa_topology *t, numa_mode mode, int n_layers, int n_moe_layers, int n_experts,
+                   int n_group, size_t expert_bytes, int n_threads, moe_error *err);
 void numa_plan_free(numa_plan *p);     /* frees the node buffers too: after the weights are done with */
 
 /* Node holding expert e of layer `layer` (partition), else -1. */

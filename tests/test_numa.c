@@ -57,7 +57,7 @@ static void test_two_nodes(void **state) {
     numa_plan p;
     int cpus[2] = {4, 4};
     numa_topology_simulate(&topo, 2, cpus, 64 * GIB);
-    assert_int_equal(numa_plan_make(&p, &topo, NUMA_PARTITION, 3, 256, 8, 1000, 8, NULL), MOE_OK);
+    assert_int_equal(numa_plan_make(&p, &topo, NUMA_PARTITION, 3, 3, 256, 8, 1000, 8, NULL), MOE_OK);
     assert_true(p.active);
     assert_int_equal(p.threads_on[0], 4);
     assert_int_equal(p.threads_on[1], 4);
@@ -82,7 +82,7 @@ static void test_four_nodes(void **state) {
     numa_plan p;
     int cpus[4] = {8, 8, 4, 4};                  /* unequal nodes: threads follow the CPUs */
     numa_topology_simulate(&topo, 4, cpus, 32 * GIB);
-    assert_int_equal(numa_plan_make(&p, &topo, NUMA_PARTITION, 2, 64, 8, 4096, 12, NULL), MOE_OK);
+    assert_int_equal(numa_plan_make(&p, &topo, NUMA_PARTITION, 2, 2, 64, 8, 4096, 12, NULL), MOE_OK);
     assert_int_equal(p.threads_on[0], 4);
     assert_int_equal(p.threads_on[1], 4);
     assert_int_equal(p.threads_on[2], 2);
@@ -91,19 +91,19 @@ static void test_four_nodes(void **state) {
     assert_true(p.group_aligned);
     numa_plan_free(&p);
     /* experts that do not divide: blocks of 2 and 3, not group-aligned (no groups) */
-    assert_int_equal(numa_plan_make(&p, &topo, NUMA_PARTITION, 5, 10, 1, 100, 12, NULL), MOE_OK);
+    assert_int_equal(numa_plan_make(&p, &topo, NUMA_PARTITION, 5, 5, 10, 1, 100, 12, NULL), MOE_OK);
     assert_int_equal(check_partition(&p, 5, 10, 100), 4);
     assert_false(p.group_aligned);
     numa_plan_free(&p);
     /* 6 groups over 4 nodes: balanced expert blocks, not whole groups */
-    assert_int_equal(numa_plan_make(&p, &topo, NUMA_PARTITION, 1, 48, 6, 100, 12, NULL), MOE_OK);
+    assert_int_equal(numa_plan_make(&p, &topo, NUMA_PARTITION, 1, 1, 48, 6, 100, 12, NULL), MOE_OK);
     check_partition(&p, 1, 48, 100);
     assert_false(p.group_aligned);
     numa_plan_free(&p);
     /* fewer threads than nodes: experts only where threads run */
     int even[4] = {2, 2, 2, 2};
     numa_topology_simulate(&topo, 4, even, 32 * GIB);
-    assert_int_equal(numa_plan_make(&p, &topo, NUMA_PARTITION, 2, 64, 8, 10, 3, NULL), MOE_OK);
+    assert_int_equal(numa_plan_make(&p, &topo, NUMA_PARTITION, 2, 2, 64, 8, 10, 3, NULL), MOE_OK);
     assert_int_equal(p.threads_on[0] + p.threads_on[1] + p.threads_on[2] + p.threads_on[3], 3);
     assert_int_equal(p.threads_on[3], 0);
     assert_int_equal(check_partition(&p, 2, 64, 10), 3);
@@ -136,19 +136,19 @@ static void test_interleave_and_noops(void **state) {
     char line[2048];
     int cpus[2] = {2, 2};
     numa_topology_simulate(&topo, 2, cpus, GIB);
-    assert_int_equal(numa_plan_make(&p, &topo, NUMA_INTERLEAVE, 3, 256, 8, 1000, 4, NULL), MOE_OK);
+    assert_int_equal(numa_plan_make(&p, &topo, NUMA_INTERLEAVE, 3, 3, 256, 8, 1000, 4, NULL), MOE_OK);
     assert_true(p.active);
     assert_null(p.expert_node);                  /* interleave: no expert has a node */
     assert_int_equal(numa_expert_node(&p, 0, 0), -1);
     assert_int_equal(p.threads_on[0], 2);
     numa_plan_free(&p);
-    assert_int_equal(numa_plan_make(&p, &topo, NUMA_OFF, 3, 256, 8, 1000, 4, NULL), MOE_OK);
+    assert_int_equal(numa_plan_make(&p, &topo, NUMA_OFF, 3, 3, 256, 8, 1000, 4, NULL), MOE_OK);
     assert_false(p.active);
     assert_null(p.expert_node);
     numa_plan_free(&p);
     int one[1] = {2};
     numa_topology_simulate(&topo, 1, one, 8 * GIB);
-    assert_int_equal(numa_plan_make(&p, &topo, NUMA_PARTITION, 3, 256, 8, 1000, 4, NULL), MOE_OK);
+    assert_int_equal(numa_plan_make(&p, &topo, NUMA_PARTITION, 3, 3, 256, 8, 1000, 4, NULL), MOE_OK);
     assert_false(p.active);
     assert_null(p.expert_node);
     numa_plan_describe(&p, line, sizeof line);
@@ -233,6 +233,7 @@ static void test_logits_identical(void **state) {
             if (cases[c].sim && cases[c].mode == NUMA_PARTITION) {
                 size_t experts = (size_t)2 * 256 * p.expert_bytes;   /* layer 1 and the MTP layer */
                 assert_int_equal(p.bytes_copied, experts);
+                assert_int_equal(p.bytes_on[0] + p.bytes_on[1], experts);            /* planned = done */
                 assert_int_equal(p.bytes_from_map, dtypes[d] == WEIGHTS_AUTO ? experts : 0);
                 assert_int_equal(p.n_bufs, dtypes[d] == WEIGHTS_AUTO ? 0 : 2 * 256 * 3);   /* converted originals freed */
                 if (p.bind_failed || p.mbind_failed)
