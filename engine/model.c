@@ -151,9 +151,10 @@ int model_load(moe_model *m, const char *dir, const model_options *opt, moe_erro
         else if (numa_topology_read(topo, err)) { free(topo); return MOE_FAIL; }
     }
     weights_options wo = { m->opt.dtype, m->opt.progress, m->opt.progress_ctx };
-    numa_load_begin(topo, m->opt.numa);
+    numa_policy policy;
+    numa_load_begin(topo, m->opt.numa, &policy);
     int rc = weights_load(&m->w, c, dir, &wo, err);
-    numa_load_end(topo, m->opt.numa);
+    numa_load_end(&policy);
     if (rc) { free(topo); return MOE_FAIL; }
     m->s.B = m->opt.batch_max > 0 ? m->opt.batch_max : 64;
     m->s.S = m->opt.max_seq > 0 ? m->opt.max_seq : (c->max_position_embeddings < 4096 ? c->max_position_embeddings : 4096);

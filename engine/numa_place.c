@@ -201,7 +201,7 @@ void numa_plan_free(numa_plan *p) {
 /* ------------------------------------------------------------------ memory policy */
 
 /* nodemask (unsigned long words) of the plan's OS nodes, or of os node `only` (>= 0). */
-#define MASK_WORDS ((NUMA_MAX_NODES * 4 + 63) / 64)   /* simulated or sparse: OS ids up to 4x */
+#define MASK_WORDS NUMA_MASK_WORDS
 static unsigned long node_mask(const numa_topology *t, int only, unsigned long mask[MASK_WORDS]) {
     memset(mask, 0, sizeof(unsigned long) * MASK_WORDS);
     unsigned long maxnode = 0;
@@ -214,16 +214,20 @@ static unsigned long node_mask(const numa_topology *t, int only, unsigned long m
     return maxnode + 1;                 /* mbind/set_mempolicy count one past the highest */
 }
 
-void numa_load_begin(const numa_topology *t, numa_mode mode) {
+void numa_load_begin(const numa_topology *t, numa_mode mode, numa_policy *saved) {
+    memset(saved, 0, sizeof *saved);
     if (mode == NUMA_OFF || t->n_nodes < 2) return;
+    if (get_mempolicy(&saved->mode, saved->mask, MASK_WORDS * 64, NULL, 0) != 0) return;
+    saved->saved = 1;
     unsigned long mask[MASK_WORDS];
     unsigned long maxnode = node_mask(t, -1, mask);
     (void)set_mempolicy(MPOL_INTERLEAVE, mask, maxnode);   /* best effort: placement, not correctness */
 }
 
-void numa_load_end(const numa_topology *t, numa_mode mode) {
-    if (mode == NUMA_OFF || t->n_nodes < 2) return;
-    (void)set_mempolicy(MPOL_DEFAULT, NULL, 0);
+void numa_load_end(const numa_policy *saved) {
+    if (!saved->saved) return;
+    if (saved->mode == MPOL_DEFAULT) (void)set_mempolicy(MPOL_DEFAULT, NULL, 0);
+    else (void)set_mempolicy(saved->mode, saved->mask, MASK_WORDS * 64);
 }
 
 /* mbind over [ptr, ptr+bytes) widened to whole pages; after a prefault when `touch`. */
@@ -351,9 +355,10 @@ static int copy_experts(numa_plan *p, moe_weights *w, moe_error *err) {
 int numa_place_weights(numa_plan *p, moe_weights *w, moe_error *err) {
     if (!p->active) return MOE_OK;
     if (p->mode == NUMA_PARTITION && copy_experts(p, w, err)) return MOE_FAIL;
-    numa_load_begin(&p->topo, p->mode);      /* pages touched for the first time: interleaved */
+    numa_policy saved;
+    numa_load_begin(&p->topo, p->mode, &saved);   /* pages touched for the first time: interleaved */
     interleave_weights(p, w, p->mode == NUMA_INTERLEAVE);
-    numa_load_end(&p->topo, p->mode);
+    numa_load_end(&saved);
     return MOE_OK;
 }
 

@@ -105,9 +105,15 @@ static inline int numa_expert_node(const numa_plan *p, int layer, int e) {
 }
 
 /* Loading thread's memory policy while weights are converted: interleaved over the
- * plan's nodes (begin), back to local allocation (end). No-ops unless active. */
-void numa_load_begin(const numa_topology *t, numa_mode mode);
-void numa_load_end(const numa_topology *t, numa_mode mode);
+ * topology's nodes (begin), then back to what it was (end: e.g. numactl's). No-ops unless
+ * mode != off on 2+ nodes. */
+#define NUMA_MASK_WORDS 4                /* node masks: OS node ids < 256 */
+typedef struct {
+    int saved, mode;
+    unsigned long mask[NUMA_MASK_WORDS];
+} numa_policy;
+void numa_load_begin(const numa_topology *t, numa_mode mode, numa_policy *saved);
+void numa_load_end(const numa_policy *saved);
 
 /* Acts on an active plan: partition copies every routed expert onto its node (freeing
  * converted originals) and points the weights there; both modes interleave the rest.

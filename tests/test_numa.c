@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
+#include <numaif.h>
 
 #include "model.h"
 #include "numa_place.h"
@@ -174,11 +175,15 @@ static const int tokens[] = {5, 17, 300, 2, 99, 411, 7, 64};
 static float *run(numa_mode mode, const numa_topology *sim, int threads, weights_dtype dtype, numa_plan *plan_out) {
     cpu_set_t saved;
     sched_getaffinity(0, sizeof saved, &saved);   /* the pool pins the calling thread too */
+    int policy_before = -1, policy_after = -2;
+    get_mempolicy(&policy_before, NULL, 0, NULL, 0);
     moe_model m;
     moe_error err = {{0}};
     model_options opt = { .max_seq = T + 1, .batch_max = 3, .n_threads = threads, .dtype = dtype, .numa = mode,
                           .numa_topo = sim };
     if (model_load(&m, CKPT, &opt, &err)) fail_msg("load: %s", err.msg);
+    get_mempolicy(&policy_after, NULL, 0, NULL, 0);
+    assert_int_equal(policy_after, policy_before);    /* the load's interleave policy is undone */
     int V = m.cfg.vocab_size, H = m.cfg.hidden_size;
     float *out = calloc((size_t)(2 * T + 1) * V, sizeof(float));
     float *hidden = calloc((size_t)T * H, sizeof(float));
