@@ -86,10 +86,8 @@ static int state_init(moe_model *m, moe_error *err) {
     ALLOC(s->logits_b, (size_t)B * (V > E ? V : E));
     ALLOC(s->hidden, (size_t)B * H);
     ALLOC(s->mtp_in, (size_t)B * 2 * H);
-    ALLOC(s->q_abs, (size_t)R);
-    ALLOC(s->o_lat, (size_t)R);
-    ALLOC(s->row, (size_t)(R > H ? R : H));
-    ALLOC(s->scores, (size_t)S);
+    s->attn_scratch = (size_t)3 * R + S;
+    ALLOC(s->share_attn, (size_t)s->n_shares * s->attn_scratch);
     if (m->opt.attn == ATTN_NAIVE) ALLOC(s->kv_full, (size_t)S * nh * (dn + dv));
     if (E > 0) {
         ALLOC(s->route_ids, (size_t)B * K);
@@ -120,7 +118,7 @@ static int state_init(moe_model *m, moe_error *err) {
 
 static void state_free(model_state *s) {
     float *bufs[] = {s->x, s->xn, s->cq, s->q, s->kv, s->attn, s->out, s->gate, s->up, s->rope_cs, s->logits_b,
-                     s->hidden, s->mtp_in, s->q_abs, s->o_lat, s->row, s->scores, s->kv_full, s->route_w,
+                     s->hidden, s->mtp_in, s->share_attn, s->kv_full, s->route_w,
                      s->expert_w, s->slot_out, s->shared_out, s->share_x, s->share_gate, s->share_up, s->ye,
                      s->kv_cache};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);

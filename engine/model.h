@@ -59,11 +59,9 @@ typedef struct {
     float *logits_b;    /* [B, max(V, E)] head logits / router logits */
     float *hidden;      /* [B, H] hidden after the final norm */
     float *mtp_in;      /* [B, 2H] [enorm(embedding); hnorm(hidden)] */
-    /* attention scratch, per token */
-    float *q_abs;       /* [nh, R] W_UK^T q_nope per head */
-    float *o_lat;       /* [R] */
-    float *row;         /* [max(R, H)] one weight row as f32 */
-    float *scores;      /* [S] */
+    /* attention scratch, per share of the pool: q_abs [R], o_lat [R], a kv_b row [R], scores [S] */
+    size_t attn_scratch;   /* floats per share: 3R + S */
+    float *share_attn;     /* [P, attn_scratch] */
     float *kv_full;     /* [S, nh*(dn+dv)] naive attention only (NULL otherwise) */
     /* MoE scratch */
     int *route_ids;     /* [B, K] */

@@ -90,6 +90,7 @@ expect_error "missing file" "nowhere.txt" "$MOE" route -m $G/tiny-bf16 -f "$T/no
 expect_error "explain past end" "past the end" "$MOE" route -m $G/tiny-bf16 --tokens 1,2 --explain 5
 expect_error "unwritable prefix" "cannot write" "$MOE" route -m $G/tiny-bf16 --tokens 1,2 -o "$T/no/dir/x" -q
 expect_error "ppl K > E" "larger than the 64 experts" "$MOE" ppl -m $G/v2lite-f32 -p a --experts-per-token 65
+expect_error "generate K > E" "larger than the 256 experts" "$MOE" generate -m $G/tiny-bf16 -p a --experts-per-token 300
 expect_error "ppl one token" "nothing to predict" "$MOE" ppl -m $G/tiny-bf16 --tokens 3
 expect_error "ppl empty" "is empty" "$MOE" ppl -m $G/tiny-bf16 -f "$T/empty.txt"
 

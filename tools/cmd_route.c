@@ -6,7 +6,7 @@
  * Legend:
  *   prefill   the tokens go through the model in chunks of --batch (default 64) inside
  *             windows of --ctx positions (default: the whole text, at most 4096); the MTP
- *             block sees (hidden_t, token t+1), the window's last position the greedy token
+ *             block sees (hidden_t, token t+1), the text's last position the greedy token
  *   PREFIX.counts.csv    layer_id,expert_id,count  (SGLang's dump, DeepSeek EPLB's input)
  *   PREFIX.summary.json  per layer metrics (engine/routestats.h), counts, group counts
  *   PREFIX.coact.csv     co-activation counts of --coact-layer (default: first MoE layer)
@@ -44,7 +44,8 @@ static void usage(FILE *f) {
             "\n"
             "options:\n"
             "  -m, --model DIR          checkpoint directory (config.json, safetensors, tokenizer.json)\n"
-            "  -p TEXT | -f FILE        the text (BOS first); --tokens LIST: token ids instead\n"
+            "  -p TEXT | -f FILE        the text (BOS first; without tokenizer.json its bytes are the ids)\n"
+            "  --tokens LIST            token ids instead of text\n"
             "  -o PREFIX                output prefix (default: route)\n"
             "  --coact-layer L          layer of the co-activation matrix (default: the first MoE layer)\n"
             "  --trace                  write PREFIX.trace.jsonl and print each token's routing on stderr\n"
@@ -465,7 +466,7 @@ int cmd_route(int argc, char **argv) {
             if (model_forward(&m, tokens + w0 + c0, nb, c0, logits, 1, hidden, &err)) goto fail;
             if (n_mtp) {
                 for (int t = 0; t < nb; t++)
-                    next[t] = c0 + t + 1 < n ? tokens[w0 + c0 + t + 1] : argmax(logits + (size_t)t * V, V);
+                    next[t] = w0 + c0 + t + 1 < T ? tokens[w0 + c0 + t + 1] : argmax(logits + (size_t)t * V, V);
                 if (model_forward_mtp(&m, 0, hidden, next, nb, c0, mtp_logits, 1, NULL, &err)) goto fail;
             }
             if (has_ex) {
@@ -489,14 +490,20 @@ int cmd_route(int argc, char **argv) {
     snprintf(path, sizeof path, "%s.coact.csv", prefix);
     if (routestats_write_coact_csv(&rs, path, &err)) goto fail;
     {
-        char meta[8192];
+        char meta[8192], name[4096];
+        size_t k = 0;
+        for (const char *p = dir; *p && k + 7 < sizeof name; p++) {   /* the directory as a JSON string */
+            unsigned char ch = (unsigned char)*p;
+            if (ch == '"' || ch == '\\') { name[k++] = '\\'; name[k++] = (char)ch; }
+            else if (ch < 0x20) k += (size_t)snprintf(name + k, sizeof name - k, "\\u%04x", ch);
+            else name[k++] = (char)ch;
+        }
+        name[k] = 0;
         snprintf(meta, sizeof meta,
                  "{\"model\": \"%s\", \"tokens\": %d, \"window\": %d, \"experts_per_token\": %d, "
                  "\"no_group_limit\": %s, \"no_route_bias\": %s, \"seconds\": %.3f}",
-                 dir, T, S, m.K, opt.routing.no_group_limit ? "true" : "false",
+                 name, T, S, m.K, opt.routing.no_group_limit ? "true" : "false",
                  opt.routing.no_route_bias ? "true" : "false", secs);
-        for (char *p = meta; *p; p++)   /* keep the JSON valid for odd directory names */
-            if (*p == '\\') *p = '/';
         snprintf(path, sizeof path, "%s.summary.json", prefix);
         if (routestats_write_summary_json(&rs, path, meta, &err)) goto fail;
     }

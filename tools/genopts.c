@@ -30,7 +30,9 @@ void genopts_usage(FILE *f) {
             "  --ctx N              context length in tokens (default: min(max_position_embeddings, 4096))\n"
             "  --dtype D            weight format: auto (as stored, default) | f32 | bf16 | q8\n"
             "  --numa M             NUMA placement: off (default) | interleave | partition (README: --numa)\n"
-            "  -v, --verbose        print the model summary and seed\n");
+            "  -v, --verbose        print the model summary and seed\n"
+            "  --experts-per-token K, --no-group-limit, --no-route-bias\n"
+            "                       routing experiments (see moe route --help); each prints one line when on\n");
 }
 
 int genopts_parse(genopts *o, int argc, char **argv, int *i, const char *cmd) {
@@ -74,7 +76,7 @@ int genopts_parse(genopts *o, int argc, char **argv, int *i, const char *cmd) {
         return 1;
     }
     if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) { o->verbose = 1; return 1; }
-    return 0;
+    return cli_route_knob(argc, argv, i, cmd, &o->model.routing);
 #undef VALUE
 #undef FLOATV
 }
@@ -88,6 +90,12 @@ int genopts_finish(genopts *o, const char *cmd) {
     if (sampler_params_check(&o->sampling, &err)) {
         fprintf(stderr, "moe %s: %s\n", cmd, err.msg);
         return -1;
+    }
+    const router_options *r = &o->model.routing;
+    if (r->experts_per_token || r->no_group_limit || r->no_route_bias) {   /* check against the config, say so */
+        moe_config cfg;
+        if (config_load(&cfg, o->model_dir, &err)) { fprintf(stderr, "moe %s: %s\n", cmd, err.msg); return -1; }
+        if (cli_route_knobs_check(&cfg, r, cmd)) return -1;
     }
     if (!o->seed_given) {
         struct timespec ts;
