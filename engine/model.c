@@ -139,18 +139,47 @@ int model_load(moe_model *m, const char *dir, const model_options *opt, moe_erro
     m->K = c->n_routed_experts > 0 ? router_top_k(c, &m->opt.routing) : 0;
     if (c->n_routed_experts > 0 && (m->K < 1 || m->K > c->n_routed_experts))
         return moe_error_set(err, "experts per token = %d must be in [1, %d]", m->K, c->n_routed_experts);
+    /* NUMA (numa_place.h): the topology, read only when asked for; converted weights are
+     * interleaved while loading, then placed by the plan */
+    numa_topology *topo = calloc(1, sizeof *topo);
+    if (!topo) return moe_error_set(err, "out of memory");
+    topo->n_nodes = 1;
+    if (m->opt.numa != NUMA_OFF) {
+        if (m->opt.numa_topo) *topo = *m->opt.numa_topo;
+        else if (numa_topology_read(topo, err)) { free(topo); return MOE_FAIL; }
+    }
     weights_options wo = { m->opt.dtype, m->opt.progress, m->opt.progress_ctx };
-    if (weights_load(&m->w, c, dir, &wo, err)) return MOE_FAIL;
+    numa_policy policy;
+    numa_load_begin(topo, m->opt.numa, &policy);
+    int rc = weights_load(&m->w, c, dir, &wo, err);
+    numa_load_end(&policy);
+    if (rc) { free(topo); return MOE_FAIL; }
     m->s.B = m->opt.batch_max > 0 ? m->opt.batch_max : 64;
     m->s.S = m->opt.max_seq > 0 ? m->opt.max_seq : (c->max_position_embeddings < 4096 ? c->max_position_embeddings : 4096);
     int threads = m->opt.n_threads > 0 ? m->opt.n_threads : threadpool_default_threads();
     m->s.n_shares = threads;
+    size_t expert_bytes = 0;
+    int n_moe = 0;
+    for (int i = 0; i < m->w.n_layers; i++)
+        if (m->w.layers[i].is_moe && n_moe++ == 0) {
+            const mlp_weights *e = &m->w.layers[i].experts[0];
+            expert_bytes = mat_bytes(&e->gate) + mat_bytes(&e->up) + mat_bytes(&e->down);
+        }
+    rc = numa_plan_make(&m->numa, topo, m->opt.numa, m->w.n_layers, n_moe, c->n_routed_experts, c->n_group,
+                        expert_bytes, threads, err);
+    free(topo);
+    if (rc || numa_place_weights(&m->numa, &m->w, err)) { model_free(m); return MOE_FAIL; }
     if (state_init(m, err)) { model_free(m); return MOE_FAIL; }
-    if (threads > 1 && !(m->pool = threadpool_create(threads))) {
+    if (threads > 1 && !(m->pool = model_pool_create(m, threads))) {
         model_free(m);
         return moe_error_set(err, "cannot start %d threads", threads);
     }
     return MOE_OK;
+}
+
+threadpool *model_pool_create(moe_model *m, int n_threads) {
+    if (m->numa.active) return threadpool_create_hooked(n_threads, numa_bind_thread, &m->numa);
+    return threadpool_create(n_threads);
 }
 
 void model_free(moe_model *m) {
@@ -158,6 +187,7 @@ void model_free(moe_model *m) {
     m->pool = NULL;
     state_free(&m->s);
     weights_free(&m->w);
+    numa_plan_free(&m->numa);   /* after the weights: partitioned experts live in its buffers */
 }
 
 size_t model_kv_bytes_per_token(const moe_model *m) {

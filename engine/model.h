@@ -18,6 +18,7 @@
 
 #include "config.h"
 #include "error.h"
+#include "numa_place.h"
 #include "rope.h"
 #include "router.h"
 #include "weights.h"
@@ -36,6 +37,8 @@ typedef struct {
     int n_threads;              /* 0 = one per core */
     attn_mode attn;             /* absorbed (default) or naive MLA */
     router_options routing;     /* experiment knobs */
+    numa_mode numa;             /* NUMA placement of weights and threads (numa_place.h; default off) */
+    const numa_topology *numa_topo;     /* NULL = the machine's; tests pass a simulated one */
     void (*progress)(void *ctx, int done, int total);   /* load progress, may be NULL */
     void *progress_ctx;
 } model_options;
@@ -113,6 +116,7 @@ typedef struct {
     model_options opt;
     int K;                      /* experts per token in use */
     threadpool *pool;           /* NULL = single-threaded */
+    numa_plan numa;             /* where experts and threads live (inactive unless --numa on 2+ nodes) */
     route_observer on_route;    /* optional */
     void *on_route_ctx;
     model_profile *prof;        /* optional: phase timings (NULL = off) */
@@ -135,6 +139,10 @@ static inline uint64_t profile_mark(moe_model *m, model_phase phase, uint64_t t0
 
 int model_load(moe_model *m, const char *dir, const model_options *opt, moe_error *err);
 void model_free(moe_model *m);
+
+/* A thread pool for this model: with an active NUMA plan its threads are pinned to their
+ * nodes (the model's own pool is made this way; moe bench makes more). NULL on failure. */
+threadpool *model_pool_create(moe_model *m, int n_threads);
 
 /* Runs tokens[0..n) at positions pos..pos+n-1 through the main model, using and
  * extending the KV cache (positions < pos must already be cached).

@@ -16,6 +16,11 @@
  *      products per token), writing unweighted outputs to its own slots;
  *   4. reduce: y_t = sum over t's slots in slot order of w * out + shared, so the
  *      result does not depend on the number of threads or who ran what.
+ *
+ * --numa partition (numa_place.h): the routed items are grouped by the node holding the
+ * expert, each group with its own counter; a thread takes the shared expert if still
+ * free, then its own node's items, then helps the other nodes in turn (an idle node's
+ * threads reading remote memory beat waiting for the busiest node). Step 4 is unchanged.
  */
 #include "moe.h"
 
@@ -24,6 +29,7 @@
 
 #include "kernels.h"
 #include "linear.h"
+#include "numa_place.h"
 
 /* ------------------------------------------------------------------ SwiGLU */
 
@@ -59,6 +65,11 @@ typedef struct {
     int n;
     int n_items;
     atomic_int next;          /* next unclaimed item */
+    /* --numa partition: routed items of node g are [group_start[g], group_start[g+1]) */
+    int n_groups;             /* 0 = no grouping (one counter, `next`) */
+    int group_start[NUMA_MAX_NODES + 1];
+    atomic_int group_next[NUMA_MAX_NODES];
+    atomic_int shared_taken;
 } expert_job;
 
 /* Item i: expert s->expert_item[i] over its tokens, or the shared expert (-1) over all n. */
@@ -81,9 +92,25 @@ static void run_item(expert_job *job, int item, int share) {
     mlp_local(&job->lw->experts[e], c->moe_intermediate_size, xe, cnt, s->slot_out + (size_t)first * H, gate, up);
 }
 
+/* Partition: the shared expert (item 0) if free, then this thread's node, then the others. */
+static void expert_share_by_node(expert_job *job, int share) {
+    moe_model *m = job->m;
+    int home = numa_thread_node(&m->numa, threadpool_self(), threadpool_threads(m->pool));
+    if (job->lw->has_shared && !atomic_exchange(&job->shared_taken, 1)) run_item(job, 0, share);
+    for (int d = 0; d < job->n_groups; d++) {
+        int g = (home + d) % job->n_groups;
+        for (;;) {
+            int item = job->group_start[g] + atomic_fetch_add(&job->group_next[g], 1);
+            if (item >= job->group_start[g + 1]) break;
+            run_item(job, item, share);
+        }
+    }
+}
+
 static void expert_share(void *arg, int share, int n_shares) {
     (void)n_shares;
     expert_job *job = arg;
+    if (job->n_groups) { expert_share_by_node(job, share); return; }
     for (;;) {
         int item = atomic_fetch_add(&job->next, 1);
         if (item >= job->n_items) break;
@@ -123,18 +150,27 @@ void moe_forward(moe_model *m, int layer, const float *xn, int n, int pos, float
             s->token_slot[t * K + j] = slot;
         }
     t0 = profile_mark(m, PHASE_ROUTER, t0);
-    /* 3. the work items, the biggest first (shared expert, then experts by token count) */
+    /* 3. the work items, the biggest first (shared expert, then experts by token count);
+     *    with --numa partition, the experts grouped by node, each group biggest first */
+    expert_job job = { .m = m, .lw = lw, .xn = xn, .n = n };
+    int by_node = m->numa.expert_node != NULL, n_groups = by_node ? m->numa.topo.n_nodes : 1;
     int n_items = 0;
     if (lw->has_shared) s->expert_item[n_items++] = -1;
-    for (int e = 0; e < E; e++)
-        if (s->expert_count[e]) s->expert_item[n_items++] = e;
-    for (int i = lw->has_shared; i < n_items; i++)   /* insertion sort: few items, nearly sorted */
-        for (int j = i; j > lw->has_shared && s->expert_count[s->expert_item[j]] > s->expert_count[s->expert_item[j - 1]]; j--) {
-            int tmp = s->expert_item[j];
-            s->expert_item[j] = s->expert_item[j - 1];
-            s->expert_item[j - 1] = tmp;
-        }
-    expert_job job = { m, lw, xn, n, n_items, 0 };
+    for (int g = 0; g < n_groups; g++) {
+        int lo = n_items;
+        job.group_start[g] = lo;
+        for (int e = 0; e < E; e++)
+            if (s->expert_count[e] && (!by_node || numa_expert_node(&m->numa, layer, e) == g)) s->expert_item[n_items++] = e;
+        for (int i = lo; i < n_items; i++)   /* insertion sort: few items, nearly sorted */
+            for (int j = i; j > lo && s->expert_count[s->expert_item[j]] > s->expert_count[s->expert_item[j - 1]]; j--) {
+                int tmp = s->expert_item[j];
+                s->expert_item[j] = s->expert_item[j - 1];
+                s->expert_item[j - 1] = tmp;
+            }
+    }
+    job.group_start[n_groups] = n_items;
+    job.n_items = n_items;
+    job.n_groups = by_node ? n_groups : 0;
     if (m->pool && threadpool_threads(m->pool) > 1 && n_items > 1) threadpool_run(m->pool, expert_share, &job);
     else expert_share(&job, 0, 1);
     t0 = profile_mark(m, PHASE_EXPERTS, t0);   /* routed and shared experts run as one pool job */

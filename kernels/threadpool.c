@@ -17,6 +17,9 @@
  *             see the change: no lost wake-ups (Dekker on seq_cst atomics).
  *   scratch   buffer for x quantized once per matvec_parallel in low-precision
  *             mode; grown by the caller, never by a worker.
+ *   on_start  optional hook run once per thread before any work (threadpool_create_hooked,
+ *             e.g. NUMA binding); `started` counts the workers that have run it.
+ *   self      thread-local index of the OS thread in its pool (threadpool_self).
  */
 #include <pthread.h>
 #include <sched.h>
@@ -48,6 +51,9 @@ typedef struct {
 
 struct threadpool {
     int n;                                  /* threads including the caller */
+    void (*on_start)(void *, int, int);     /* hook, or NULL; see threadpool_create_hooked */
+    void *on_start_ctx;
+    _Atomic int started;                    /* workers that have run on_start */
     pthread_t *threads;                     /* n - 1 workers */
     worker_arg *args;
     void (*fn)(void *, int, int);
@@ -86,10 +92,17 @@ static void run_tasks(threadpool *p, unsigned g) {
     }
 }
 
+static _Thread_local int tp_self;          /* 0 unless this thread is a pool worker */
+
+int threadpool_self(void) { return tp_self; }
+
 static void *worker_main(void *varg) {
     worker_arg *wa = varg;
     threadpool *p = wa->pool;
     unsigned seen = 0;
+    tp_self = wa->id;
+    if (p->on_start) p->on_start(p->on_start_ctx, wa->id, p->n);
+    atomic_fetch_add(&p->started, 1);
     for (;;) {
         unsigned g;
         int spins = 0;
@@ -143,11 +156,16 @@ static void wait_done(threadpool *p, int n_tasks) {
     }
 }
 
-threadpool *threadpool_create(int n_threads) {
+threadpool *threadpool_create(int n_threads) { return threadpool_create_hooked(n_threads, NULL, NULL); }
+
+threadpool *threadpool_create_hooked(int n_threads, void (*on_start)(void *, int, int), void *ctx) {
     if (n_threads < 1) n_threads = 1;
     threadpool *p = calloc(1, sizeof *p);
     if (!p) return NULL;
     p->n = n_threads;
+    p->on_start = on_start;
+    p->on_start_ctx = ctx;
+    if (on_start) on_start(ctx, 0, n_threads);
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->cv_work, NULL);
     pthread_cond_init(&p->cv_done, NULL);
@@ -163,6 +181,7 @@ threadpool *threadpool_create(int n_threads) {
                 return NULL;
             }
         }
+        while (on_start && atomic_load(&p->started) < n_threads - 1) sched_yield();
     }
     return p;
 }

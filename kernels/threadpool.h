@@ -16,8 +16,16 @@ typedef struct threadpool threadpool;
 /* n_threads >= 1 counts the caller: n_threads - 1 workers are started.
  * Returns NULL if threads or memory could not be had. */
 threadpool *threadpool_create(int n_threads);
+/* The same, with a hook (e.g. pinning threads to a NUMA node's CPUs, engine/numa.c):
+ * on_start(ctx, thread, n_threads) runs once on every pool thread before it takes any
+ * work: thread 0 (the caller) inside this call, workers 1..n-1 as they start. Returns
+ * after all of them have run it, so ctx need only live for this call. */
+threadpool *threadpool_create_hooked(int n_threads, void (*on_start)(void *ctx, int thread, int n_threads), void *ctx);
 void threadpool_free(threadpool *p);          /* joins the workers; NULL is fine */
 int threadpool_threads(const threadpool *p);
+/* Index of the calling OS thread in its pool: 1..n-1 on a worker, 0 on any other thread
+ * (the caller). Unlike a share index, it names the thread (and so its CPUs / NUMA node). */
+int threadpool_self(void);
 
 /* Calls fn(arg, thread_id, n_threads) once for each thread_id in 0..n_threads-1
  * and returns when all have returned. thread_id is a share index: each share

@@ -101,6 +101,11 @@ int cli_load_model(moe_model *m, const char *dir, const model_options *opt, cons
                 m->w.bytes_mapped / 1048576.0, m->w.bytes_converted / 1048576.0, m->s.S,
                 model_kv_bytes_per_token(m), m->s.kv_cache_bytes / 1048576.0, cpu_kernel_name(), cli_now() - t0);
     }
+    if (o.numa != NUMA_OFF) {   /* even when quiet: the user asked for placement */
+        char line[2048];
+        numa_plan_describe(&m->numa, line, sizeof line);
+        fprintf(stderr, "%s\n", line);
+    }
     return MOE_OK;
 }
 

@@ -61,6 +61,7 @@ static void usage(FILE *f) {
             "  -r, --repetitions N timed runs per test (default 5), after one warm-up\n"
             "  -t, --threads LIST  thread counts, e.g. 1,2 (default: one per core)\n"
             "  --dtype D           auto | f32 | bf16 | q8: compute format of the weights (default auto)\n"
+            "  --numa M            NUMA placement: off (default) | interleave | partition\n"
             "  --batch N           tokens per forward chunk in prefill (default: the whole prompt)\n"
             "  --tg-prompt N       untimed prompt before the decode test (default 8)\n"
             "  --membw             measure memory read bandwidth on 1 and all threads (alone, or with -m)\n"
@@ -473,6 +474,11 @@ int cmd_bench(int argc, char **argv) {
             int d = weights_dtype_parse(v);
             if (d < 0) { fprintf(stderr, "moe bench: --dtype must be auto, f32, bf16 or q8\n"); return 2; }
             opt.dtype = (weights_dtype)d;
+        } else if (!strcmp(a, "--numa")) {
+            if (!(v = cli_value(argc, argv, &i, "bench"))) return 2;
+            int mode = numa_mode_parse(v);
+            if (mode < 0) { fprintf(stderr, "moe bench: --numa must be off, interleave or partition\n"); return 2; }
+            opt.numa = (numa_mode)mode;
         } else if (!strcmp(a, "--bw")) {
             if (!(v = cli_value(argc, argv, &i, "bench"))) return 2;
             int k = sscanf(v, "%lf,%lf", &bw[0], &bw[1]);
@@ -553,7 +559,7 @@ int cmd_bench(int argc, char **argv) {
         runs[k].tg = calloc((size_t)reps, sizeof(double));
         if (!runs[k].pp || !runs[k].tg) { fprintf(stderr, "moe bench: out of memory\n"); goto done; }
         if (threads[k] == max_t) runs[k].pool = own_pool;
-        else if (threads[k] > 1 && !(runs[k].pool = threadpool_create(threads[k]))) {
+        else if (threads[k] > 1 && !(runs[k].pool = model_pool_create(&m, threads[k]))) {
             fprintf(stderr, "moe bench: cannot start %d threads\n", threads[k]);
             goto done;
         }

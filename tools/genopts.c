@@ -29,6 +29,7 @@ void genopts_usage(FILE *f) {
             "  -t, --threads N      threads (default: one per core)\n"
             "  --ctx N              context length in tokens (default: min(max_position_embeddings, 4096))\n"
             "  --dtype D            weight format: auto (as stored, default) | f32 | bf16 | q8\n"
+            "  --numa M             NUMA placement: off (default) | interleave | partition (README: --numa)\n"
             "  -v, --verbose        print the model summary and seed\n"
             "  --experts-per-token K, --no-group-limit, --no-route-bias\n"
             "                       routing experiments (see moe route --help); each prints one line when on\n");
@@ -65,6 +66,13 @@ int genopts_parse(genopts *o, int argc, char **argv, int *i, const char *cmd) {
         int d = weights_dtype_parse(v);
         if (d < 0) { fprintf(stderr, "moe %s: --dtype must be auto, f32, bf16 or q8\n", cmd); return -1; }
         o->model.dtype = (weights_dtype)d;
+        return 1;
+    }
+    if (!strcmp(a, "--numa")) {
+        VALUE();
+        int mode = numa_mode_parse(v);
+        if (mode < 0) { fprintf(stderr, "moe %s: --numa must be off, interleave or partition\n", cmd); return -1; }
+        o->model.numa = (numa_mode)mode;
         return 1;
     }
     if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) { o->verbose = 1; return 1; }
