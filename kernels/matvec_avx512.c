@@ -29,6 +29,11 @@
 #ifndef MV_PF_F32
 #define MV_PF_F32 0
 #endif
+/* F32 rows of at most this many bytes: prefetch MV_PF_SHORT ahead after all
+ * (short interleaved streams do not train the hardware prefetcher: 1024x256
+ * cold +12%). */
+#define MV_SHORT_ROW 2048
+#define MV_PF_SHORT 4096
 #ifndef MV_PF_BF16
 #define MV_PF_BF16 2048
 #endif
@@ -69,6 +74,7 @@ AI __m512 w_load(const char *row, int dt, int k, __mmask16 m, int masked) {
 
 /* RB rows starting at w (stride rs): y[i] = row_i . x. */
 AI void mv_block(const char *w, size_t rs, int dt, int RB, const float *x, int cols, float *y) {
+    const int pf_short = dt == MAT_F32 && rs <= MV_SHORT_ROW;
     __m512 acc[4];
     const char *row[4];
 #pragma GCC unroll 4
@@ -79,6 +85,9 @@ AI void mv_block(const char *w, size_t rs, int dt, int RB, const float *x, int c
         if (dt == MAT_F32 && MV_PF_F32)
 #pragma GCC unroll 4
             for (int i = 0; i < RB; i++) _mm_prefetch(row[i] + (size_t)k * 4 + MV_PF_F32, _MM_HINT_T0);
+        if (pf_short)
+#pragma GCC unroll 4
+            for (int i = 0; i < RB; i++) _mm_prefetch(row[i] + (size_t)k * 4 + MV_PF_SHORT, _MM_HINT_T0);
 #pragma GCC unroll 4
         for (int i = 0; i < RB; i++) acc[i] = _mm512_fmadd_ps(w_load(row[i], dt, k, 0, 0), xv, acc[i]);
     }
