@@ -12,7 +12,10 @@
  *   Every number is the median over --reps samples (default 9); a sample times
  *   enough calls to last >= 20 ms.
  *
- * Usage: kernels_bench [--quick] [--reps N] [--bw1 GBs] [--bw2 GBs] [--scalar]
+ *   --cpu-clock  time 1-thread cases with the thread's CPU time instead of the
+ *            wall clock (on a busy shared machine: excludes preemption).
+ *
+ * Usage: kernels_bench [--quick] [--reps N] [--bw1 GBs] [--bw2 GBs] [--scalar] [--cpu-clock]
  */
 #include <math.h>
 #include <pthread.h>
@@ -41,6 +44,15 @@ static double loadavg(void) {
     if (f) { if (fscanf(f, "%lf", &l) != 1) l = -1; fclose(f); }
     return l;
 }
+
+/* CPU time of the calling thread: immune to preemption (not to memory traffic of
+ * other processes); meaningful for one thread, where all work runs on the caller. */
+static double thread_cpu_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+static int use_cpu_clock;
 
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
@@ -105,24 +117,61 @@ static void run_once(bench_case *b, int i) {
     else matmul_parallel(b->pool, W, b->x, b->n, b->y, W->rows);
 }
 
-/* Median seconds per call. */
+/* Median seconds per call (thread CPU time when use_cpu_clock and one thread). */
 static double time_case(bench_case *b, int reps) {
     int calls = 1, i = 0;
+    double (*clk)(void) = use_cpu_clock && threadpool_threads(b->pool) == 1 ? thread_cpu_s : now_s;
     for (;;) {                                 /* calibrate: a sample lasts >= 20 ms */
-        double t0 = now_s();
+        double t0 = clk();
         for (int k = 0; k < calls; k++) run_once(b, i++);
-        double t = now_s() - t0;
+        double t = clk() - t0;
         if (t >= 0.02 || calls >= (1 << 20)) break;
         calls *= 2;
     }
     double v[64];
     if (reps > 64) reps = 64;
     for (int r = 0; r < reps; r++) {
-        double t0 = now_s();
+        double t0 = clk();
         for (int k = 0; k < calls; k++) run_once(b, i++);
-        v[r] = (now_s() - t0) / calls;
+        v[r] = (clk() - t0) / calls;
     }
     return median(v, reps);
+}
+
+/* ---------------------------------------------------------------- read-bandwidth baseline */
+
+typedef struct {
+    const float *buf;
+    size_t n;           /* floats */
+    float sink[64];
+} read_job;
+
+/* Sums this share's part of buf (8 independent accumulators): a plain stream. */
+static void read_share(void *arg, int id, int nt) {
+    read_job *j = arg;
+    size_t a = j->n * id / nt / 64 * 64, b = j->n * (id + 1) / nt / 64 * 64;
+    float acc[64] = {0};
+    for (size_t i = a; i < b; i += 64)
+        for (int k = 0; k < 64; k++) acc[k] += j->buf[i + k];
+    float s = 0;
+    for (int k = 0; k < 64; k++) s += acc[k];
+    j->sink[id] = s;
+}
+
+/* GB/s of a plain sequential read of 256 MiB, right now (the machine is shared). */
+static double read_bandwidth(threadpool *p, int reps) {
+    size_t n = (size_t)64 << 20;
+    float *buf = aligned_alloc(64, n * sizeof(float));
+    for (size_t i = 0; i < n; i++) buf[i] = (float)(i & 7);
+    read_job j = {buf, n, {0}};
+    double v[64], (*clk)(void) = use_cpu_clock && threadpool_threads(p) == 1 ? thread_cpu_s : now_s;
+    for (int r = 0; r < reps; r++) {
+        double t0 = clk();
+        threadpool_run(p, read_share, &j);
+        v[r] = clk() - t0;
+    }
+    free(buf);
+    return (double)n * sizeof(float) / median(v, reps) / 1e9;
 }
 
 static void noop(void *arg, int id, int n) { (void)arg; (void)id; (void)n; }
@@ -177,17 +226,18 @@ int main(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--quick")) quick = 1;
         else if (!strcmp(argv[i], "--scalar")) cpu_force_scalar(1);
+        else if (!strcmp(argv[i], "--cpu-clock")) use_cpu_clock = 1;
         else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--bw1") && i + 1 < argc) bw[1] = atof(argv[++i]);
         else if (!strcmp(argv[i], "--bw2") && i + 1 < argc) bw[2] = atof(argv[++i]);
-        else { fprintf(stderr, "usage: %s [--quick] [--reps N] [--bw1 GBs] [--bw2 GBs] [--scalar]\n", argv[0]); return 2; }
+        else { fprintf(stderr, "usage: %s [--quick] [--reps N] [--bw1 GBs] [--bw2 GBs] [--scalar] [--cpu-clock]\n", argv[0]); return 2; }
     }
     if (quick) reps = 5;
     openblas_set_num_threads(1);
     threadpool *pools[3] = {NULL, threadpool_create(1), threadpool_create(2)};
     if (!pools[1] || !pools[2]) { fprintf(stderr, "threadpool_create failed\n"); return 1; }
-    printf("kernels: %s, default threads %d, medians of %d samples, load average %.2f\n\n", cpu_kernel_name(),
-           threadpool_default_threads(), reps, loadavg());
+    printf("kernels: %s, default threads %d, medians of %d samples, load average %.2f, 1-thread clock: %s\n\n",
+           cpu_kernel_name(), threadpool_default_threads(), reps, loadavg(), use_cpu_clock ? "thread CPU time" : "wall");
 
     /* thread pool round trip */
     for (int nt = 1; nt <= 2; nt++) {
@@ -231,8 +281,11 @@ int main(int argc, char **argv) {
     for (int i = 0; i < 64 * 2816; i++) x[i] = frand();
     (void)maxc;
 
-    printf("\nmatvec (decode): GB/s of weights streamed (fraction of %.1f / %.1f GB/s)\n", bw[1], bw[2]);
-    printf("  %-12s %-10s %22s %22s %16s %16s\n", "shape", "dtype", "cold 1 thread", "cold 2 threads", "hot 1 thr", "hot 2 thr");
+    double rb1 = read_bandwidth(pools[1], reps), rb2 = read_bandwidth(pools[2], reps);
+    printf("\nplain sequential read of 256 MiB right now: %.1f GB/s (1 thread), %.1f GB/s (2 threads)\n", rb1, rb2);
+    printf("\nmatvec (decode): GB/s of weights streamed (%% of the nominal %.1f / %.1f GB/s, %% of the plain read above)\n",
+           bw[1], bw[2]);
+    printf("  %-12s %-10s %24s %24s %10s %10s\n", "shape", "dtype", "cold 1 thread", "cold 2 threads", "hot 1 thr", "hot 2 thr");
     for (int si = 0; si < n_shapes; si++)
         for (int variant = 0; variant < 5; variant++) {
             /* variants: f32, bf16, q8, bf16 low precision, q8 low precision */
@@ -251,8 +304,9 @@ int main(int argc, char **argv) {
             char shape[32], dname[16];
             snprintf(shape, sizeof shape, "%dx%d", rows, cols);
             snprintf(dname, sizeof dname, "%s%s", dt_name[dt], low ? (dt == MAT_Q8 ? "xq8" : "xbf16") : "");
-            printf("  %-12s %-10s %10.1f (%4.0f%%)    %10.1f (%4.0f%%)    %13.1f %16.1f\n", shape, dname,
-                   g[1][0], 100 * g[1][0] / bw[1], g[2][0], 100 * g[2][0] / bw[2], g[1][1], g[2][1]);
+            printf("  %-12s %-10s %8.1f (%3.0f%%, %3.0f%%) %10.1f (%3.0f%%, %3.0f%%) %10.1f %10.1f\n", shape, dname,
+                   g[1][0], 100 * g[1][0] / bw[1], 100 * g[1][0] / rb1, g[2][0], 100 * g[2][0] / bw[2],
+                   100 * g[2][0] / rb2, g[1][1], g[2][1]);
             free_set(&s);
         }
 
@@ -260,13 +314,13 @@ int main(int argc, char **argv) {
     for (int si = 0; si < n_shapes; si++) {
         int rows = shapes[si][0], cols = shapes[si][1];
         mat_set s = make_set(MAT_F32, rows, cols, cold_total);
-        double v[64];
+        double v[64], (*clk)(void) = use_cpu_clock ? thread_cpu_s : now_s;
         int calls = s.n_copies * 4, i = 0;
         for (int r = 0; r < reps; r++) {
-            double t0 = now_s();
+            double t0 = clk();
             for (int k = 0; k < calls; k++, i++)
                 cblas_sgemv(CblasRowMajor, CblasNoTrans, rows, cols, 1.0f, s.m[i % s.n_copies].data, cols, x, 1, 0.0f, y, 1);
-            v[r] = (now_s() - t0) / calls;
+            v[r] = (clk() - t0) / calls;
         }
         printf("  openblas sgemv %dx%d f32 cold 1 thread: %.1f GB/s\n", rows, cols, (double)mat_bytes(&s.m[0]) / 1e9 / median(v, reps));
         free_set(&s);
@@ -292,13 +346,13 @@ int main(int argc, char **argv) {
         mat_set s = make_set(MAT_F32, mm_rows, mm_cols, cold_total);
         for (int ni = 0; ni < 4; ni++) {
             int n = ns[ni], i = 0, calls = s.n_copies * 2;
-            double v[64];
+            double v[64], (*clk)(void) = use_cpu_clock ? thread_cpu_s : now_s;
             for (int r = 0; r < reps; r++) {
-                double t0 = now_s();
+                double t0 = clk();
                 for (int k = 0; k < calls; k++, i++)
                     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, mm_rows, mm_cols, 1.0f, x, mm_cols,
                                 s.m[i % s.n_copies].data, mm_cols, 0.0f, y, mm_rows);
-                v[r] = (now_s() - t0) / calls;
+                v[r] = (clk() - t0) / calls;
             }
             printf("  openblas sgemm f32 n=%-3d 1 thread: %.1f GFLOP/s\n", n, 2.0 * mm_rows * mm_cols * n / median(v, reps) / 1e9);
         }
