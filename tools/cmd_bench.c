@@ -19,6 +19,9 @@
  *             attention projections + norms, router, K of E routed experts,
  *             shared expert, dense MLPs, final norm + lm_head, one embedding row
  *             (main model; the MTP head and the KV cache reads are not counted)
+ *   on-CPU    tokens / (process CPU seconds / threads): on a machine shared
+ *             with other work, what the run would have done had it not waited
+ *             for a CPU (the load average is printed beside it)
  *   GB/s      bytes/tok x tg t/s; "bw%" divides by the memory read bandwidth for
  *             that thread count: measured now (--membw), given (--bw), or the
  *             defaults 32.9 GB/s (1 thread) / 51.9 GB/s (2+ threads)
@@ -234,6 +237,16 @@ static double prefault(const moe_model *m) {
     return bytes;
 }
 
+/* The 1, 5 and 15 minute load averages, "?" if unknown. */
+static void loadavg(char *buf, size_t n) {
+    snprintf(buf, n, "?");
+    FILE *f = fopen("/proc/loadavg", "r");
+    if (!f) return;
+    double a, b, c;
+    if (fscanf(f, "%lf %lf %lf", &a, &b, &c) == 3) snprintf(buf, n, "%.2f %.2f %.2f", a, b, c);
+    fclose(f);
+}
+
 static double peak_rss_bytes(void) {
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
@@ -264,6 +277,7 @@ typedef struct {
     int threads;
     threadpool *pool;           /* NULL for 1 thread */
     double *pp, *tg;            /* t/s per rep */
+    double *pp_cpu, *tg_cpu;    /* on-CPU estimate per rep: tokens / (process CPU seconds / threads) */
     model_profile prof_pp, prof_tg;
     double argmax_ns;           /* accumulated over timed tg tokens */
     long pp_tokens, tg_tokens;  /* profiled tokens */
@@ -288,14 +302,22 @@ static void random_tokens(int *t, int n, int V, uint64_t *seed) {
 }
 
 /* One prefill run: returns t/s, or -1 on error. */
-static double run_pp(moe_model *m, int n_prompt, float *logits, uint64_t *seed, model_profile *prof, moe_error *err) {
+static double cpu_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static double run_pp(moe_model *m, int n_prompt, float *logits, uint64_t *seed, model_profile *prof, double *cpu_s,
+                     moe_error *err) {
     int *toks = malloc(sizeof(int) * (size_t)n_prompt);
     if (!toks) { moe_error_set(err, "out of memory"); return -1; }
     random_tokens(toks, n_prompt, m->cfg.vocab_size, seed);
     m->prof = prof;
-    double t0 = cli_now();
+    double t0 = cli_now(), c0 = cpu_now();
     int rc = model_forward(m, toks, n_prompt, 0, logits, 0, NULL, err);
     double dt = cli_now() - t0;
+    *cpu_s = cpu_now() - c0;
     m->prof = NULL;
     free(toks);
     return rc ? -1 : n_prompt / dt;
@@ -303,18 +325,20 @@ static double run_pp(moe_model *m, int n_prompt, float *logits, uint64_t *seed, 
 
 /* One decode run: untimed prompt, then n_gen timed single-token steps. */
 static double run_tg(moe_model *m, int n_prompt, int n_gen, float *logits, uint64_t *seed, model_profile *prof,
-                     double *argmax_ns, moe_error *err) {
+                     double *argmax_ns, double *cpu_s, moe_error *err) {
     int toks[256];
     if (n_prompt > 256) n_prompt = 256;
     random_tokens(toks, n_prompt, m->cfg.vocab_size, seed);
     if (model_forward(m, toks, n_prompt, 0, logits, 0, NULL, err)) return -1;
     int next = argmax(logits, m->cfg.vocab_size);
     double busy = 0;
+    *cpu_s = 0;
     for (int i = 0; i < n_gen; i++) {
         m->prof = prof;
-        double t0 = cli_now();
+        double t0 = cli_now(), c0 = cpu_now();
         int rc = model_forward(m, &next, 1, n_prompt + i, logits, 0, NULL, err);
         double t1 = cli_now();
+        *cpu_s += cpu_now() - c0;
         m->prof = NULL;
         if (rc) return -1;
         busy += t1 - t0;
@@ -336,7 +360,7 @@ typedef struct {
 static double bw_for(const report *r, int threads) { return threads > 1 ? r->bw[1] : r->bw[0]; }
 
 /* A markdown table with columns padded to their widest cell; numeric columns right-aligned. */
-#define TAB_COLS 10
+#define TAB_COLS 11
 #define TAB_ROWS 2 * MAX_THREAD_CONFIGS + 1
 typedef struct { char cell[TAB_ROWS][TAB_COLS][64]; int rows; } table;
 
@@ -367,8 +391,8 @@ static void table_print(FILE *f, const table *t, const int *right) {
 
 static void print_table(FILE *f, const report *rp, config_run *runs, int n_runs, int n_prompt, int n_gen, int reps) {
     static const char *head[TAB_COLS] = {"model", "size", "params", "backend", "threads", "test", "t/s", "median",
-                                         "GB/s", "bw %"};
-    static const int right[TAB_COLS] = {0, 1, 1, 0, 1, 1, 1, 1, 1, 1};
+                                         "on-CPU t/s", "GB/s", "bw %"};
+    static const int right[TAB_COLS] = {0, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1};
     table t;
     memset(&t, 0, sizeof t);
     for (int c = 0; c < TAB_COLS; c++) snprintf(t.cell[0][c], 64, "%s", head[c]);
@@ -379,6 +403,7 @@ static void print_table(FILE *f, const report *rp, config_run *runs, int n_runs,
             int n_tok = which == 0 ? n_prompt : n_gen;
             if (n_tok <= 0) continue;
             double *v = which == 0 ? c->pp : c->tg, mean = mean_of(v, reps);
+            double *vc = which == 0 ? c->pp_cpu : c->tg_cpu;
             char (*row)[64] = t.cell[t.rows++];
             snprintf(row[0], 64, "%.63s", rp->model);
             snprintf(row[1], 64, "%s", rp->size);
@@ -388,10 +413,11 @@ static void print_table(FILE *f, const report *rp, config_run *runs, int n_runs,
             snprintf(row[5], 64, "%s%d", which == 0 ? "pp" : "tg", n_tok);
             snprintf(row[6], 64, "%.2f ± %.2f", mean, sd_of(v, reps));
             snprintf(row[7], 64, "%.2f", median_of(v, reps));
+            snprintf(row[8], 64, "%.2f", median_of(vc, reps));
             if (which == 1) {
                 double gbs = mean * rp->bytes_tok / 1e9;
-                snprintf(row[8], 64, "%.2f", gbs);
-                snprintf(row[9], 64, "%.1f", 100 * gbs / bw_for(rp, c->threads));
+                snprintf(row[9], 64, "%.2f", gbs);
+                snprintf(row[10], 64, "%.1f", 100 * gbs / bw_for(rp, c->threads));
             }
         }
     }
@@ -546,7 +572,7 @@ int cmd_bench(int argc, char **argv) {
     opt.max_seq = (int)((n_prompt > tg_prompt + n_gen ? n_prompt : tg_prompt + n_gen) + 1);
     opt.batch_max = (int)(batch > 0 ? batch : n_prompt > 0 ? n_prompt : 64);
     moe_model m;
-    if (cli_load_model(&m, dir, &opt, "bench", json)) return 1;
+    if (cli_load_model(&m, dir, &opt, "bench", 0)) return 1;      /* stderr: fine with --json */
     threadpool *own_pool = m.pool;
     config_run runs[MAX_THREAD_CONFIGS];
     memset(runs, 0, sizeof runs);
@@ -557,7 +583,9 @@ int cmd_bench(int argc, char **argv) {
         runs[k].threads = threads[k];
         runs[k].pp = calloc((size_t)reps, sizeof(double));
         runs[k].tg = calloc((size_t)reps, sizeof(double));
-        if (!runs[k].pp || !runs[k].tg) { fprintf(stderr, "moe bench: out of memory\n"); goto done; }
+        runs[k].pp_cpu = calloc((size_t)reps, sizeof(double));
+        runs[k].tg_cpu = calloc((size_t)reps, sizeof(double));
+        if (!runs[k].pp || !runs[k].tg || !runs[k].pp_cpu || !runs[k].tg_cpu) { fprintf(stderr, "moe bench: out of memory\n"); goto done; }
         if (threads[k] == max_t) runs[k].pool = own_pool;
         else if (threads[k] > 1 && !(runs[k].pool = model_pool_create(&m, threads[k]))) {
             fprintf(stderr, "moe bench: cannot start %d threads\n", threads[k]);
@@ -574,10 +602,12 @@ int cmd_bench(int argc, char **argv) {
         snprintf(rp.backend, sizeof rp.backend, "CPU %s", cpu_kernel_name());
         rp.bytes_tok = bytes_per_token(&m);
     }
+    char load_start[64], load_end[64];
+    loadavg(load_start, sizeof load_start);
     /* every page of the checkpoint in memory before anything is timed */
     {
         double t0 = cli_now(), b = prefault(&m);
-        if (!json) fprintf(stderr, "prefault: touched %.2f GB of mapped checkpoint in %.2f s\n", b / 1e9, cli_now() - t0);
+        fprintf(stderr, "prefault: touched %.2f GB of mapped checkpoint in %.2f s\n", b / 1e9, cli_now() - t0);
     }
     /* warm-up, then reps alternating thread counts */
     uint64_t rs = (uint64_t)seed;
@@ -588,29 +618,43 @@ int cmd_bench(int argc, char **argv) {
             m.pool = c->pool;
             int timed = r >= 0;
             if (n_prompt > 0) {
-                double v = run_pp(&m, (int)n_prompt, logits, &rs, timed && profile ? &c->prof_pp : NULL, &err);
+                double cpu_s = 0;
+                double v = run_pp(&m, (int)n_prompt, logits, &rs, timed && profile ? &c->prof_pp : NULL, &cpu_s, &err);
                 if (v < 0) { fprintf(stderr, "moe bench: %s\n", err.msg); goto done; }
-                if (timed) { c->pp[r] = v; if (profile) c->pp_tokens += n_prompt; }
+                if (timed) {
+                    c->pp[r] = v;
+                    c->pp_cpu[r] = n_prompt / (cpu_s / c->threads);
+                    if (profile) c->pp_tokens += n_prompt;
+                }
             }
             if (n_gen > 0) {
-                double v = run_tg(&m, (int)tg_prompt, (int)(timed ? n_gen : (n_gen < 16 ? n_gen : 16)), logits, &rs,
-                                  timed && profile ? &c->prof_tg : NULL, timed && profile ? &c->argmax_ns : NULL, &err);
+                double cpu_s = 0;
+                int steps = (int)(timed ? n_gen : (n_gen < 16 ? n_gen : 16));
+                double v = run_tg(&m, (int)tg_prompt, steps, logits, &rs,
+                                  timed && profile ? &c->prof_tg : NULL, timed && profile ? &c->argmax_ns : NULL, &cpu_s, &err);
                 if (v < 0) { fprintf(stderr, "moe bench: %s\n", err.msg); goto done; }
-                if (timed) { c->tg[r] = v; if (profile) c->tg_tokens += n_gen; }
+                if (timed) {
+                    c->tg[r] = v;
+                    c->tg_cpu[r] = steps / (cpu_s / c->threads);
+                    if (profile) c->tg_tokens += n_gen;
+                }
             }
-            if (!json && timed)
+            if (timed)
                 fprintf(stderr, "\rrep %d/%ld, %d thread%s: pp %.1f t/s, tg %.1f t/s      ", r + 1, reps, c->threads,
                         c->threads > 1 ? "s" : "", n_prompt > 0 ? c->pp[r] : 0, n_gen > 0 ? c->tg[r] : 0);
         }
     }
-    if (!json) fprintf(stderr, "\r%70s\r", "");
+    fprintf(stderr, "\r%70s\r", "");
     m.pool = own_pool;
+    loadavg(load_end, sizeof load_end);
     /* report */
     print_table(tab, &rp, runs, n_cfg, (int)n_prompt, (int)n_gen, (int)reps);
     size_t kv_tok = model_kv_bytes_per_token(&m);
     int kv_floats = m.cfg.kv_lora_rank + m.cfg.qk_rope_head_dim;
     fprintf(tab, "\nweights read per decoded token: %.2f MB (attention + router + %d of %d experts + shared + dense + head)\n",
             rp.bytes_tok / 1e6, m.K, m.cfg.n_routed_experts);
+    fprintf(tab, "on-CPU t/s = tokens / (process CPU seconds / threads): the speed if the runs had not waited for the "
+                 "CPU (load average %s at start, %s at end)\n", load_start, load_end);
     fprintf(tab, "memory bandwidth used for bw %%: %.1f GB/s (1 thread), %.1f GB/s (2+ threads): %s\n", rp.bw[0], rp.bw[1],
             rp.bw_source);
     fprintf(tab, "weights: %.1f MiB mapped from the checkpoint + %.1f MiB converted at load (--dtype %s); peak RSS %.1f MiB\n",
@@ -628,7 +672,7 @@ int cmd_bench(int argc, char **argv) {
             for (int which = 0; which < 2; which++) {
                 int n_tok = which == 0 ? (int)n_prompt : (int)n_gen;
                 if (n_tok <= 0) continue;
-                double *v = which == 0 ? c->pp : c->tg;
+                double *v = which == 0 ? c->pp : c->tg, *vc = which == 0 ? c->pp_cpu : c->tg_cpu;
                 char test[16];
                 snprintf(test, sizeof test, "%s%d", which == 0 ? "pp" : "tg", n_tok);
                 json_t *samples = json_array();
@@ -653,6 +697,12 @@ int cmd_bench(int argc, char **argv) {
                     json_object_set_new(o, "profile_us_per_token",
                                         which == 1 ? profile_json(&c->prof_tg, c->tg_tokens, c->argmax_ns)
                                                    : profile_json(&c->prof_pp, c->pp_tokens, -1));
+                json_t *cs = json_array();
+                for (int r = 0; r < reps; r++) json_array_append_new(cs, json_real(vc[r]));
+                json_object_set_new(o, "oncpu_samples_ts", cs);
+                json_object_set_new(o, "oncpu_median_ts", json_real(median_of(vc, (int)reps)));
+                json_object_set_new(o, "loadavg_start", json_string(load_start));
+                json_object_set_new(o, "loadavg_end", json_string(load_end));
                 json_object_set_new(o, "peak_rss", json_integer((json_int_t)peak_rss_bytes()));
                 json_object_set_new(o, "weights_mapped", json_integer((json_int_t)m.w.bytes_mapped));
                 json_object_set_new(o, "weights_converted", json_integer((json_int_t)m.w.bytes_converted));
@@ -673,6 +723,8 @@ done:
         if (runs[k].pool && runs[k].pool != own_pool) threadpool_free(runs[k].pool);
         free(runs[k].pp);
         free(runs[k].tg);
+        free(runs[k].pp_cpu);
+        free(runs[k].tg_cpu);
     }
     free(logits);
     model_free(&m);
