@@ -382,6 +382,19 @@ static void test_tokenizer_huge_id(void **state) {
     }
 }
 
+/* fuzz_tokenizer_json (regress/tokenizer_json/nul-in-structure-hang.json): a NUL byte between
+ * JSON values inside "model" made the fast vocab/merges scanner loop forever. */
+static void test_tokenizer_nul_hang(void **state) {
+    (void)state;
+    static const char j[] = "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[],\"x\":[1, \0]},"
+                            "\"pre_tokenizer\":{\"type\":\"ByteLevel\"}}";
+    tokenizer *t = NULL;
+    moe_error err = {{0}};
+    int rc = tokenizer_load_buffer(&t, j, sizeof j - 1, "tokenizer.json", NULL, 0, NULL, &err);
+    if (rc == 0) { tokenizer_free(t); fail_msg("loaded a file with a NUL byte"); }
+    if (!strstr(err.msg, "tokenizer.json")) fail_msg("error \"%s\"", err.msg);
+}
+
 /* ------------------------------------------------------------------ hostile chat templates */
 
 /* A chat template is code from the internet: nesting, loops, growth and integer overflow
@@ -461,7 +474,8 @@ int main(void) {
         T(test_st_unknown_dtype), T(test_st_size_mismatch), T(test_st_bad_shape), T(test_st_shape_overflow),
         T(test_st_duplicate_name), T(test_truncated_checkpoint), T(test_token_out_of_vocab),
         T(test_st_too_many_tensors), T(test_st_newline_in_name), T(test_index_newline_in_shard_name),
-        T(test_kv_cache_too_big), T(test_tokenizer_huge_id), T(test_chat_hostile_templates),
+        T(test_kv_cache_too_big), T(test_tokenizer_huge_id), T(test_tokenizer_nul_hang),
+        T(test_chat_hostile_templates),
     };
     return cmocka_run_group_tests_name("bad input", tests, NULL, NULL);
 }
