@@ -240,6 +240,16 @@ static void test_st_overlap(void **state) {
     write_st("x.safetensors", h, strlen(h), 12);
     expect_st_error("overlap");
 }
+/* Found reading the code for issue 8: only neighbours were compared, so an empty tensor sorted
+ * between two overlapping ones hid the overlap. */
+static void test_st_overlap_hidden_by_empty(void **state) {
+    (void)state;
+    const char *h = "{\"a\":{\"dtype\":\"U8\",\"shape\":[100],\"data_offsets\":[0,100]},"
+                    "\"e\":{\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[10,10]},"
+                    "\"c\":{\"dtype\":\"U8\",\"shape\":[10],\"data_offsets\":[50,60]}}";
+    write_st("x.safetensors", h, strlen(h), 100);
+    expect_st_error("tensors \"a\" and \"c\" overlap");
+}
 static void test_st_unknown_dtype(void **state) {
     (void)state;
     const char *h = "{\"a\":{\"dtype\":\"F7\",\"shape\":[2],\"data_offsets\":[0,8]}}";
@@ -470,7 +480,7 @@ int main(void) {
         T(test_shape_disagrees_names_tensor), T(test_missing_tensor),
         T(test_missing_weights_file), T(test_missing_shard), T(test_index_names_wrong_shard),
         T(test_st_valid), T(test_st_too_short), T(test_st_header_beyond_file), T(test_st_header_huge),
-        T(test_st_invalid_json), T(test_st_not_object), T(test_st_offsets_outside), T(test_st_overlap),
+        T(test_st_invalid_json), T(test_st_not_object), T(test_st_offsets_outside), T(test_st_overlap), T(test_st_overlap_hidden_by_empty),
         T(test_st_unknown_dtype), T(test_st_size_mismatch), T(test_st_bad_shape), T(test_st_shape_overflow),
         T(test_st_duplicate_name), T(test_truncated_checkpoint), T(test_token_out_of_vocab),
         T(test_st_too_many_tensors), T(test_st_newline_in_name), T(test_index_newline_in_shard_name),
