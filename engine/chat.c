@@ -34,7 +34,9 @@
 /* Limits against hostile templates (issue 8): a template is code from the internet.
  * Real chat templates stay far below each. */
 #define CHAT_MAX_DEPTH 200            /* nesting of expressions, blocks, elif chains, values */
-#define CHAT_MAX_STEPS 5000000        /* expressions evaluated + statements run + loop turns */
+#define CHAT_MAX_STEPS 1000000        /* expressions evaluated + statements run + loop turns (+ the
+                                         * length of lists and strings scanned); V3's template
+                                         * takes about 60 a message, so 16,000 messages fit */
 #define CHAT_MAX_TEXT (16u << 20)     /* one string value, and the rendered text */
 #define CHAT_MAX_BYTES (256u << 20)   /* all string bytes built while rendering */
 #define CHAT_MAX_LIST 1000000         /* items in a list built by + */
@@ -847,6 +849,7 @@ static int call_method(renderer *r, const expr *e, json_t *obj, const char *m, j
     }
     if (json_is_object(obj)) {
         if (!strcmp(m, "items") && nargs == 0) {
+            r->steps += (long)json_object_size(obj);
             json_t *list = json_array();
             const char *k;
             json_t *v;
@@ -942,6 +945,11 @@ static int eval_test(const expr *e, json_t *v, int *res) {
 
 static int eval_bin(renderer *r, const expr *e, json_t *a, json_t *b, json_t **out) {
     const char *op = e->op;
+    if (a && b && (!strcmp(op, "==") || !strcmp(op, "!=") || !strcmp(op, "in") || !strcmp(op, "ni")))
+        /* comparing and searching scan their operands: charge for it */
+        r->steps += (long)((json_is_array(b) ? json_array_size(b) : json_is_object(b) ? json_object_size(b) : 0) +
+                           (json_is_string(b) ? json_string_length(b) / 64 : 0) +
+                           (json_is_array(a) ? json_array_size(a) : json_is_string(a) ? json_string_length(a) / 64 : 0));
     if (!strcmp(op, "==") || !strcmp(op, "!=")) {
         int eq = (!a && !b) || (a && b && json_equal(a, b));
         *out = json_boolean(op[0] == '=' ? eq : !eq);
@@ -1130,7 +1138,8 @@ static int exec_for(renderer *r, const node *n) {
     r->scopes[r->nscopes++] = scope;
     for (size_t i = 0; i < len && !rc; i++) {
         json_t *v = json_array_get(it, i);
-        if (++r->steps > CHAT_MAX_STEPS) { rc = rerr(r, n->line, "the template runs more than %d steps", CHAT_MAX_STEPS); break; }
+        r->steps += 8;   /* a loop turn builds the loop object: it costs like several steps */
+        if (r->steps > CHAT_MAX_STEPS) { rc = rerr(r, n->line, "the template runs more than %d steps", CHAT_MAX_STEPS); break; }
         if (n->var2) {
             if (!json_is_array(v) || json_array_size(v) != 2) { rc = rerr(r, n->line, "cannot unpack the loop item into two names"); break; }
             json_object_set(scope, n->var, json_array_get(v, 0));

@@ -181,12 +181,17 @@ static int parse_file(st_set *s, const uint8_t *buf, size_t size, int fi, const 
         s->n_tensors++;
     }
     qsort(ranges, (size_t)nr, sizeof(range), cmp_range);
-    for (int i = 1; i < nr; i++) {
-        if (ranges[i].begin < ranges[i - 1].end && ranges[i].end > ranges[i].begin) {
+    /* against the furthest end so far, not just the previous range: an empty tensor
+     * sorted between two overlapping ones must not hide the overlap */
+    int far = -1;
+    for (int i = 0; i < nr; i++) {
+        if (ranges[i].end == ranges[i].begin) continue;   /* empty: holds no bytes */
+        if (far >= 0 && ranges[i].begin < ranges[far].end) {
             moe_error_set(err, "%s: tensors \"%s\" and \"%s\" overlap in the data buffer", path,
-                          s->tensors[ranges[i - 1].idx].name, s->tensors[ranges[i].idx].name);
+                          s->tensors[ranges[far].idx].name, s->tensors[ranges[i].idx].name);
             goto done;
         }
+        if (far < 0 || ranges[i].end > ranges[far].end) far = i;
     }
     rc = MOE_OK;
 done:

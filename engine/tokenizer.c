@@ -643,7 +643,8 @@ static int js_skip(jscan *s) {
         else if (c == '{' || c == '[') { depth++; s->p++; }
         else if (c == '}' || c == ']') { if (--depth < 0) return -1; s->p++; }
         else if (c == ',' || c == ':' || c == ' ' || c == '\n' || c == '\r' || c == '\t') { if (!depth) return -1; s->p++; }
-        else { while (s->p < s->end && !strchr(",:{}[] \n\r\t\"", *s->p)) s->p++; }
+        else if (!c) return -1; /* a NUL outside a string: not JSON (strchr would match it and never advance) */
+        else { while (s->p < s->end && *s->p && !strchr(",:{}[] \n\r\t\"", *s->p)) s->p++; }
         if (depth) js_ws(s);
     } while (depth);
     return 0;

@@ -83,6 +83,13 @@ int fuzz_safetensors(const uint8_t *data, size_t size) {
     if (st_parse_buffer(&s, buf, size, "fuzz.safetensors", &err) == MOE_OK) {
         CHECK(s.n_tensors <= (1 << 20), "%d tensors", s.n_tensors);
         check_set(&s);
+        for (int i = 0; i < s.n_tensors && s.n_tensors <= 256; i++)   /* no two tensors share a byte */
+            for (int j = i + 1; j < s.n_tensors; j++) {
+                const uint8_t *a = s.tensors[i].data, *b = s.tensors[j].data;
+                size_t na = s.tensors[i].nbytes, nb = s.tensors[j].nbytes;
+                CHECK(!na || !nb || a + na <= b || b + nb <= a, "tensors %s and %s overlap", s.tensors[i].name,
+                      s.tensors[j].name);
+            }
         CHECK(st_find(&s, "\x01no such tensor") == NULL, "found a tensor that is not there");
         st_close(&s);
     } else {
