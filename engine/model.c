@@ -263,6 +263,7 @@ int model_forward(moe_model *m, const int *tokens, int n, int pos, float *logits
     const moe_config *c = &m->cfg;
     model_state *s = &m->s;
     int H = c->hidden_size, dr = c->qk_rope_head_dim;
+    m->n_forward_calls++;
     for (int c0 = 0; c0 < n; c0 += s->B) {
         int nb = n - c0 < s->B ? n - c0 : s->B, p0 = pos + c0;
         uint64_t t0 = profile_start(m);

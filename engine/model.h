@@ -119,6 +119,7 @@ typedef struct {
     numa_plan numa;             /* where experts and threads live (inactive unless --numa on 2+ nodes) */
     route_observer on_route;    /* optional */
     void *on_route_ctx;
+    unsigned long n_forward_calls;   /* model_forward calls so far (lets an observer tell passes apart) */
     model_profile *prof;        /* optional: phase timings (NULL = off) */
 } moe_model;
 

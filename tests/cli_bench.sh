@@ -47,6 +47,15 @@ else bad "bench --json: $(cat "$T/err")"; fi
 "$MOE" bench -m "$T/c" -p 0 -n 2 -r 1 --bw 10,20 -t 1 >"$T/out" 2>&1 && grep -q "10.0 GB/s (1 thread), 20.0 GB/s" "$T/out" &&
     ! grep -q "pp0" "$T/out" && ok || bad "--bw / -p 0: $(cat "$T/out")"
 
+# the MTP arm: both arms run, greedy outputs agree, experts per verification step counted
+"$MOE" bench -m tests/data/golden/tiny-bf16 -p 0 -n 12 -r 2 -t 1 --mtp >"$T/out" 2>/dev/null &&
+    grep -q "greedy output identical to plain decoding: yes" "$T/out" && grep -q "per verification step" "$T/out" &&
+    ok || bad "--mtp: $(cat "$T/out")"
+printf 'the cat and the dog sat on the mat and the bird sang in the tree' >"$T/held.txt"
+mkdir "$T/tk" && for f in tests/data/golden/tiny-bf16/*; do ln -s "$PWD/$f" "$T/tk/"; done && cp tests/data/tiny-tokenizer/*.json "$T/tk/"
+"$MOE" bench -m "$T/tk" -p 0 -n 8 -r 2 -t 1 --mtp-text "$T/held.txt" --json >"$T/out" 2>/dev/null &&
+    grep -q '"test": "mtp"' "$T/out" && grep -q "held.txt" "$T/out" && ok || bad "--mtp-text --json: $(cat "$T/out")"
+expect_error "mtp without MTP module" "no MTP module" "$MOE" bench -m tests/data/golden/v2lite-f32 -p 0 -n 4 -r 1 -t 1 --mtp
 expect_error "missing model" "-m DIR is required" "$MOE" bench
 expect_error "missing dir" "nowhere/config.json" "$MOE" bench -m "$T/nowhere"
 expect_error "bad threads" "-t wants" "$MOE" bench -m "$T/c" -t x
