@@ -3,19 +3,8 @@
 # the table and --json carry pp/tg results, --profile lists the phases,
 # --membw measures, bad input is one error line and a non-zero exit.
 MOE=${MOE:-build/moe}
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
-pass=0; fail=0
-ok() { pass=$((pass+1)); }
-bad() { fail=$((fail+1)); echo "FAIL: $*"; }
+. tests/lib/harness.sh
 
-expect_error() {
-    desc=$1; want=$2; shift 2
-    "$@" >"$T/out" 2>"$T/err"; rc=$?
-    lines=$(wc -l <"$T/err")
-    if [ $rc -ne 0 ] && [ $rc -lt 128 ] && [ "$lines" -eq 1 ] && grep -q -- "$want" "$T/err"; then ok
-    else bad "$desc: rc=$rc lines=$lines stderr=$(cat "$T/err")"; fi
-}
 
 cat >"$T/tiny.json" <<'JSON'
 {"vocab_size": 300, "hidden_size": 64, "intermediate_size": 96, "moe_intermediate_size": 32,

@@ -4,22 +4,11 @@
 # determinism, --mtp equivalence, timing lines, prompts from files, context limits,
 # invalid UTF-8, pipes, and one-line errors.
 MOE=${MOE:-build/moe}
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
+. tests/lib/harness.sh
 M="$T/model"
 mkdir "$M"
 for f in tests/data/golden/tiny-bf16/*; do ln -s "$PWD/$f" "$M/"; done
 cp tests/data/tiny-tokenizer/*.json "$M/"
-pass=0; fail=0
-ok() { pass=$((pass+1)); }
-bad() { fail=$((fail+1)); echo "FAIL: $*"; }
-expect_error() {
-    desc=$1; want=$2; shift 2
-    "$@" >"$T/out" 2>"$T/err" </dev/null; rc=$?
-    lines=$(wc -l <"$T/err")
-    if [ $rc -ne 0 ] && [ $rc -lt 128 ] && [ "$lines" -eq 1 ] && grep -q -- "$want" "$T/err"; then ok
-    else bad "$desc: rc=$rc lines=$lines stderr=$(cat "$T/err")"; fi
-}
 
 "$MOE" generate --help | grep -q "usage: moe generate" && ok || bad "generate --help"
 "$MOE" chat --help | grep -q "usage: moe chat" && ok || bad "chat --help"

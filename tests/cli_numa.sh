@@ -4,22 +4,11 @@
 # a no-op that says so) and on a simulated 2-node one (MOE_NUMA_SIMULATE=2: the plan and
 # memory per node), the same text for every mode, and one-line errors for bad values.
 MOE=${MOE:-build/moe}
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
+. tests/lib/harness.sh
 M="$T/model"
 mkdir "$M"
 for f in tests/data/golden/tiny-bf16/*; do ln -s "$PWD/$f" "$M/"; done
 cp tests/data/tiny-tokenizer/*.json "$M/"
-pass=0; fail=0
-ok() { pass=$((pass+1)); }
-bad() { fail=$((fail+1)); echo "FAIL: $*"; }
-expect_error() {
-    desc=$1; want=$2; shift 2
-    "$@" >"$T/out" 2>"$T/err" </dev/null; rc=$?
-    lines=$(wc -l <"$T/err")
-    if [ $rc -ne 0 ] && [ $rc -lt 128 ] && [ "$lines" -eq 1 ] && grep -q -- "$want" "$T/err"; then ok
-    else bad "$desc: rc=$rc lines=$lines stderr=$(cat "$T/err")"; fi
-}
 
 "$MOE" generate --help | grep -q -- "--numa" && ok || bad "generate --help lists --numa"
 "$MOE" bench --help | grep -q -- "--numa" && ok || bad "bench --help lists --numa"

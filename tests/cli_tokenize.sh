@@ -4,20 +4,8 @@
 # exit 1, no crash.
 MOE=${MOE:-build/moe}
 V3=tests/data/tokenizer/deepseek_v3
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
-pass=0; fail=0
-ok() { pass=$((pass+1)); }
-bad() { fail=$((fail+1)); echo "FAIL: $*"; }
+. tests/lib/harness.sh
 
-# expect_error "description" "substring" command...
-expect_error() {
-    desc=$1; want=$2; shift 2
-    "$@" >"$T/out" 2>"$T/err"; rc=$?
-    lines=$(wc -l <"$T/err")
-    if [ $rc -eq 1 ] && [ "$lines" -eq 1 ] && grep -q -- "$want" "$T/err" && grep -q "^moe tokenize: " "$T/err"; then ok
-    else bad "$desc: rc=$rc lines=$lines stderr=$(cat "$T/err")"; fi
-}
 # expect_out "description" "expected stdout" command...
 expect_out() {
     desc=$1; want=$2; shift 2
