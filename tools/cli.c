@@ -1,6 +1,8 @@
 /* cli.c - shared command-line helpers (see cli.h). */
 #include "cli.h"
 
+#include "numa_place.h"
+
 #include "json_util.h"
 #include "tokenizer.h"
 
@@ -258,4 +260,43 @@ int cli_route_knobs_check(const moe_config *c, const router_options *r, const ch
                             "no change\n", method);
     }
     return MOE_OK;
+}
+
+int cli_model_option(int argc, char **argv, int *i, const char *cmd, model_options *o) {
+    const char *a = argv[*i], *v;
+    long x;
+    if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
+        if (!(v = cli_value(argc, argv, i, cmd)) || !cli_int(v, 1, 1024, cmd, a, &x)) return -1;
+        o->n_threads = (int)x;
+        return 1;
+    }
+    if (!strcmp(a, "--batch")) {
+        if (!(v = cli_value(argc, argv, i, cmd)) || !cli_int(v, 1, 65536, cmd, a, &x)) return -1;
+        o->batch_max = (int)x;
+        return 1;
+    }
+    if (!strcmp(a, "--dtype")) {
+        if (!(v = cli_value(argc, argv, i, cmd))) return -1;
+        int d = weights_dtype_parse(v);
+        if (d < 0) { fprintf(stderr, "moe %s: --dtype must be auto, f32, bf16 or q8\n", cmd); return -1; }
+        o->dtype = (weights_dtype)d;
+        return 1;
+    }
+    if (!strcmp(a, "--numa")) {
+        if (!(v = cli_value(argc, argv, i, cmd))) return -1;
+        int mode = numa_mode_parse(v);
+        if (mode < 0) { fprintf(stderr, "moe %s: --numa must be off, interleave or partition\n", cmd); return -1; }
+        o->numa = (numa_mode)mode;
+        return 1;
+    }
+    return cli_route_knob(argc, argv, i, cmd, &o->routing);
+}
+
+void cli_model_options_usage(FILE *f) {
+    fprintf(f,
+            "  -t, --threads N      threads (default: one per core)\n"
+            "  --dtype D            weight format: auto (as stored, default) | f32 | bf16 | q8\n"
+            "  --batch N            tokens per forward chunk (default 64)\n"
+            "  --numa M             NUMA placement: off (default) | interleave | partition (README: --numa)\n"
+            "  --experts-per-token K, --no-group-limit, --no-route-bias   routing experiments (each says it is on)\n");
 }

@@ -3,6 +3,8 @@
 #ifndef MOE_CLI_H
 #define MOE_CLI_H
 
+#include <stdio.h>
+
 #include "model.h"
 
 /* Parses "5,17,300" into a malloc'ed array; returns count, or -1 with a message in err. */
@@ -37,6 +39,14 @@ int cli_route_knob(int argc, char **argv, int *i, const char *cmd, router_option
 /* Checks the knobs against the checkpoint (one error line, MOE_FAIL) and prints one
  * line on stderr per active knob. */
 int cli_route_knobs_check(const moe_config *cfg, const router_options *r, const char *cmd);
+
+/* Options that shape how a model is loaded and run, shared by every command that
+ * loads one: -t/--threads N, --dtype auto|f32|bf16|q8, --batch N, --numa MODE, and the
+ * routing knobs. Returns 1 if argv[*i] was one (consumed, with its value), 0 if not,
+ * -1 on a bad value (after printing one error line). */
+int cli_model_option(int argc, char **argv, int *i, const char *cmd, model_options *o);
+/* Help lines for those options. */
+void cli_model_options_usage(FILE *f);
 
 /* Monotonic seconds. */
 double cli_now(void);

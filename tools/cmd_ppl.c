@@ -42,11 +42,11 @@ static void usage(FILE *f) {
 
 int cmd_ppl(int argc, char **argv) {
     const char *dir = NULL, *prompt = NULL, *file = NULL, *ids = NULL;
-    long ctx = 0, x;
+    long ctx = 0;
     model_options opt = {0};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
-        int k = cli_route_knob(argc, argv, &i, "ppl", &opt.routing);
+        int k = cli_model_option(argc, argv, &i, "ppl", &opt);
         if (k < 0) return 2;
         if (k) continue;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
@@ -56,17 +56,6 @@ int cmd_ppl(int argc, char **argv) {
         else if (!strcmp(a, "--tokens")) { if (!(ids = cli_value(argc, argv, &i, "ppl"))) return 2; }
         else if (!strcmp(a, "--ctx")) {
             if (!(v = cli_value(argc, argv, &i, "ppl")) || !cli_int(v, 2, 1 << 20, "ppl", a, &ctx)) return 2;
-        } else if (!strcmp(a, "--batch")) {
-            if (!(v = cli_value(argc, argv, &i, "ppl")) || !cli_int(v, 1, 4096, "ppl", a, &x)) return 2;
-            opt.batch_max = (int)x;
-        } else if (!strcmp(a, "--threads")) {
-            if (!(v = cli_value(argc, argv, &i, "ppl")) || !cli_int(v, 1, 1024, "ppl", a, &x)) return 2;
-            opt.n_threads = (int)x;
-        } else if (!strcmp(a, "--dtype")) {
-            if (!(v = cli_value(argc, argv, &i, "ppl"))) return 2;
-            int d = weights_dtype_parse(v);
-            if (d < 0) { fprintf(stderr, "moe ppl: --dtype must be auto, f32, bf16 or q8\n"); return 2; }
-            opt.dtype = (weights_dtype)d;
         } else {
             fprintf(stderr, "moe ppl: unknown option '%s' (see moe ppl --help)\n", a);
             return 2;

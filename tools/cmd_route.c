@@ -332,12 +332,12 @@ static void print_table(const routestats *rs) {
 
 int cmd_route(int argc, char **argv) {
     const char *dir = NULL, *prompt = NULL, *file = NULL, *ids = NULL, *prefix = "route";
-    long coact_layer = -1, explain = -1, ctx = 0, x;
+    long coact_layer = -1, explain = -1, ctx = 0;
     int trace = 0, quiet = 0;
     model_options opt = {0};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
-        int k = cli_route_knob(argc, argv, &i, "route", &opt.routing);
+        int k = cli_model_option(argc, argv, &i, "route", &opt);
         if (k < 0) return 2;
         if (k) continue;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
@@ -354,17 +354,6 @@ int cmd_route(int argc, char **argv) {
             if (!(v = cli_value(argc, argv, &i, "route")) || !cli_int(v, 0, 1 << 30, "route", a, &explain)) return 2;
         } else if (!strcmp(a, "--ctx")) {
             if (!(v = cli_value(argc, argv, &i, "route")) || !cli_int(v, 2, 1 << 20, "route", a, &ctx)) return 2;
-        } else if (!strcmp(a, "--batch")) {
-            if (!(v = cli_value(argc, argv, &i, "route")) || !cli_int(v, 1, 4096, "route", a, &x)) return 2;
-            opt.batch_max = (int)x;
-        } else if (!strcmp(a, "--threads")) {
-            if (!(v = cli_value(argc, argv, &i, "route")) || !cli_int(v, 1, 1024, "route", a, &x)) return 2;
-            opt.n_threads = (int)x;
-        } else if (!strcmp(a, "--dtype")) {
-            if (!(v = cli_value(argc, argv, &i, "route"))) return 2;
-            int d = weights_dtype_parse(v);
-            if (d < 0) { fprintf(stderr, "moe route: --dtype must be auto, f32, bf16 or q8\n"); return 2; }
-            opt.dtype = (weights_dtype)d;
         } else {
             fprintf(stderr, "moe route: unknown option '%s' (see moe route --help)\n", a);
             return 2;

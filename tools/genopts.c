@@ -26,13 +26,9 @@ void genopts_usage(FILE *f) {
             "  --min-p M            drop tokens below M x the top probability (default 0.05; 0 = off)\n"
             "  --seed S             random seed (default: from the clock, printed with -v)\n"
             "  --greedy             same as --temp 0\n"
-            "  -t, --threads N      threads (default: one per core)\n"
             "  --ctx N              context length in tokens (default: min(max_position_embeddings, 4096))\n"
-            "  --dtype D            weight format: auto (as stored, default) | f32 | bf16 | q8\n"
-            "  --numa M             NUMA placement: off (default) | interleave | partition (README: --numa)\n"
-            "  -v, --verbose        print the model summary and seed\n"
-            "  --experts-per-token K, --no-group-limit, --no-route-bias\n"
-            "                       routing experiments (see moe route --help); each prints one line when on\n");
+            "  -v, --verbose        print the model summary and seed\n");
+    cli_model_options_usage(f);
 }
 
 int genopts_parse(genopts *o, int argc, char **argv, int *i, const char *cmd) {
@@ -57,26 +53,9 @@ int genopts_parse(genopts *o, int argc, char **argv, int *i, const char *cmd) {
         return 1;
     }
     if (!strcmp(a, "--greedy")) { o->sampling.temperature = 0.0f; return 1; }
-    if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
-        VALUE(); if (!cli_int(v, 1, 1024, cmd, a, &x)) return -1; o->model.n_threads = (int)x; return 1;
-    }
     if (!strcmp(a, "--ctx")) { VALUE(); if (!cli_int(v, 1, 1 << 24, cmd, a, &x)) return -1; o->model.max_seq = (int)x; return 1; }
-    if (!strcmp(a, "--dtype")) {
-        VALUE();
-        int d = weights_dtype_parse(v);
-        if (d < 0) { fprintf(stderr, "moe %s: --dtype must be auto, f32, bf16 or q8\n", cmd); return -1; }
-        o->model.dtype = (weights_dtype)d;
-        return 1;
-    }
-    if (!strcmp(a, "--numa")) {
-        VALUE();
-        int mode = numa_mode_parse(v);
-        if (mode < 0) { fprintf(stderr, "moe %s: --numa must be off, interleave or partition\n", cmd); return -1; }
-        o->model.numa = (numa_mode)mode;
-        return 1;
-    }
     if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) { o->verbose = 1; return 1; }
-    return cli_route_knob(argc, argv, i, cmd, &o->model.routing);
+    return cli_model_option(argc, argv, i, cmd, &o->model);
 #undef VALUE
 #undef FLOATV
 }
