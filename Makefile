@@ -3,6 +3,9 @@
 #   make            build/moe (the command line) and build/libmoe.a
 #   make test       unit tests, optimized build, then again under ASan + UBSan (build-asan/)
 #   make run        generate text from the shipped toy model
+#   make bench-kernels   build and run the kernel micro-benchmark (tools/bench/kernels_bench.c)
+#   make fuzz       build the libFuzzer targets (clang, build-fuzz/) and run each for
+#                   FUZZ_SECONDS (default 60) on its corpus in tests/fuzz/corpus/
 #   make clean
 #
 # Kernels named *_avx512.c / *_avx2.c are compiled with those ISA flags only;
@@ -19,6 +22,10 @@ DEPLIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -ljansson -lp
 CFLAGS  := -std=c11 -D_GNU_SOURCE -g $(OPT) -Wall -Wextra -Wno-unused-parameter -Wshadow \
            -Iengine -Ikernels -Itools $(DEPCFLAGS) -MMD -MP
 LDFLAGS :=
+ifeq ($(SAN),fuzz)
+  CFLAGS  += -fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+  LDFLAGS += -fsanitize=fuzzer,address,undefined
+endif
 ifeq ($(SAN),1)
   CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
   LDFLAGS += -fsanitize=address,undefined
@@ -30,12 +37,14 @@ AVX2_FLAGS   := -mavx2 -mfma -mf16c
 LIB_SRC  := $(wildcard engine/*.c) $(wildcard kernels/*.c)
 TOOL_SRC := $(wildcard tools/*.c)
 TEST_SRC := $(wildcard tests/test_*.c)
+FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 TOOL_OBJ := $(TOOL_SRC:%.c=$(BUILD)/%.o)
 TESTS    := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+FUZZERS  := $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/fuzz/%)
 
-.PHONY: all test test-opt test-asan run clean
+.PHONY: all test test-opt test-asan run clean bench-kernels fuzz fuzzers
 all: $(BUILD)/moe
 
 $(BUILD)/%_avx512.o: %_avx512.c
@@ -58,6 +67,23 @@ $(BUILD)/moe: $(TOOL_OBJ) $(BUILD)/libmoe.a
 $(BUILD)/tests/%: $(BUILD)/tests/%.o $(BUILD)/libmoe.a
 	$(CC) $(LDFLAGS) -o $@ $^ -lcmocka $(DEPLIBS)
 
+# tests/test_fuzz_regress replays tests/fuzz/{regress,corpus}/ through the fuzz target bodies.
+$(BUILD)/tests/test_fuzz_regress: $(BUILD)/tests/test_fuzz_regress.o $(BUILD)/tests/fuzz/targets.o $(BUILD)/libmoe.a
+	$(CC) $(LDFLAGS) -o $@ $^ -lcmocka $(DEPLIBS)
+$(BUILD)/tests/test_fuzz_regress.o: CFLAGS += -Itests/fuzz
+
+$(BUILD)/fuzz/%: $(BUILD)/tests/fuzz/%.o $(BUILD)/tests/fuzz/targets.o $(BUILD)/libmoe.a
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(DEPLIBS)
+fuzzers: $(FUZZERS)
+
+# libFuzzer + ASan + UBSan (clang). FUZZ_SECONDS per target, one target at a time;
+# FUZZ_TARGETS="config encode" picks some. New corpus entries go to build-fuzz/corpus/.
+FUZZ_SECONDS ?= 60
+fuzz:
+	$(MAKE) BUILD=build-fuzz CC=clang SAN=fuzz OPT=-O1 fuzzers
+	FUZZ_SECONDS=$(FUZZ_SECONDS) sh tests/fuzz/run.sh $(FUZZ_TARGETS)
+
 tests: $(TESTS) $(BUILD)/moe
 
 # The suite: every tests/test_* binary (cmocka) plus the command-line checks,
@@ -73,7 +99,15 @@ test: test-opt test-asan
 run: $(BUILD)/moe
 	./$(BUILD)/moe generate -m models/toy -p "Once upon a time" -n 120
 
-clean:
-	rm -rf build build-asan
+$(BUILD)/bench/kernels_bench: tools/bench/kernels_bench.c $(BUILD)/libmoe.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -O3 -o $@ $< $(BUILD)/libmoe.a $(DEPLIBS)
 
--include $(LIB_OBJ:.o=.d) $(TOOL_OBJ:.o=.d) $(TESTS:=.d)
+# BENCH_ARGS=--quick for a short run
+bench-kernels: $(BUILD)/bench/kernels_bench
+	./$(BUILD)/bench/kernels_bench $(BENCH_ARGS)
+
+clean:
+	rm -rf build build-asan build-fuzz
+
+-include $(LIB_OBJ:.o=.d) $(TOOL_OBJ:.o=.d) $(TESTS:=.d) $(BUILD)/tests/fuzz/*.d

@@ -6,8 +6,13 @@
 
 #include "threadpool.h"
 
+/* multiply-adds below which one thread is faster than splitting (measured on the tiny models) */
+#define LINEAR_PARALLEL_MIN (64 * 1024)
+
 void linear(struct threadpool *pool, const mat *W, const float *X, int n, float *Y) {
-    if (pool && threadpool_threads(pool) > 1) {
+    /* a small product costs less than waking the workers (~ a few microseconds) */
+    size_t work = (size_t)W->rows * (size_t)W->cols * (size_t)n;
+    if (pool && threadpool_threads(pool) > 1 && work >= LINEAR_PARALLEL_MIN) {
         if (n == 1) matvec_parallel(pool, W, X, Y);
         else matmul_parallel(pool, W, X, n, Y, W->rows);
         return;

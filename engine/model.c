@@ -15,8 +15,10 @@
  */
 #include "model.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/sysinfo.h>
 
 #include "attention.h"
 #include "kernels.h"
@@ -25,6 +27,34 @@
 #include "threadpool.h"
 
 /* ------------------------------------------------------------------ state */
+
+size_t model_mem_available(void) {
+    const char *env = getenv("MOE_MEM_AVAILABLE");   /* bytes; for tests */
+    if (env && *env) return (size_t)strtoull(env, NULL, 10);
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (f) {
+        char line[256];
+        unsigned long long kb;
+        while (fgets(line, sizeof line, f))
+            if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1) { fclose(f); return (size_t)kb * 1024; }
+        fclose(f);
+    }
+    struct sysinfo si;
+    if (sysinfo(&si) == 0) return ((size_t)si.freeram + si.bufferram) * si.mem_unit;
+    return SIZE_MAX;   /* unknown: do not refuse */
+}
+
+/* Fails with a clear message when `what` for S positions (per_pos floats each)
+ * cannot fit in the available memory; else sets *bytes. */
+static int check_cache_size(const char *what, int S, size_t per_pos, size_t *bytes, moe_error *err) {
+    size_t b;
+    size_t avail = model_mem_available();
+    if (__builtin_mul_overflow(per_pos, (size_t)S, &b) || __builtin_mul_overflow(b, sizeof(float), &b) || b > avail)
+        return moe_error_set(err, "%s for %d tokens needs %.1f GiB but only %.1f GiB are available (lower --ctx)", what, S,
+                             (double)per_pos * S * sizeof(float) / (1u << 30), (double)avail / (1u << 30));
+    *bytes = b;
+    return MOE_OK;
+}
 
 static int state_init(moe_model *m, moe_error *err) {
     const moe_config *c = &m->cfg;
@@ -35,8 +65,13 @@ static int state_init(moe_model *m, moe_error *err) {
     int ffn = c->intermediate_size;
     if (c->moe_intermediate_size > ffn) ffn = c->moe_intermediate_size;
     if (c->moe_intermediate_size * c->n_shared_experts > ffn) ffn = c->moe_intermediate_size * c->n_shared_experts;
-    size_t f = sizeof(float);
+    size_t kv_bytes, naive_bytes;
+    if (check_cache_size("KV cache", S, (size_t)m->w.n_layers * (size_t)(R + dr), &kv_bytes, err)) return MOE_FAIL;
+    if (m->opt.attn == ATTN_NAIVE &&
+        check_cache_size("naive attention's expanded K/V", S, (size_t)nh * (size_t)(dn + dv), &naive_bytes, err))
+        return MOE_FAIL;
     int ok = 1;
+    s->ffn_width = ffn;
 #define ALLOC(ptr, count) ok = ok && ((ptr) = calloc((size_t)(count), sizeof *(ptr))) != NULL
     ALLOC(s->x, (size_t)B * H);
     ALLOC(s->xn, (size_t)B * H);
@@ -51,10 +86,8 @@ static int state_init(moe_model *m, moe_error *err) {
     ALLOC(s->logits_b, (size_t)B * (V > E ? V : E));
     ALLOC(s->hidden, (size_t)B * H);
     ALLOC(s->mtp_in, (size_t)B * 2 * H);
-    ALLOC(s->q_abs, (size_t)R);
-    ALLOC(s->o_lat, (size_t)R);
-    ALLOC(s->row, (size_t)(R > H ? R : H));
-    ALLOC(s->scores, (size_t)S);
+    s->attn_scratch = (size_t)3 * R + S;
+    ALLOC(s->share_attn, (size_t)s->n_shares * s->attn_scratch);
     if (m->opt.attn == ATTN_NAIVE) ALLOC(s->kv_full, (size_t)S * nh * (dn + dv));
     if (E > 0) {
         ALLOC(s->route_ids, (size_t)B * K);
@@ -63,12 +96,18 @@ static int state_init(moe_model *m, moe_error *err) {
         ALLOC(s->expert_start, E + 1);
         ALLOC(s->expert_tok, (size_t)B * K);
         ALLOC(s->expert_w, (size_t)B * K);
-        ALLOC(s->xe, (size_t)B * H);
+        ALLOC(s->token_slot, (size_t)B * K);
+        ALLOC(s->expert_item, E + 1);
+        ALLOC(s->slot_out, (size_t)B * K * H);
+        ALLOC(s->shared_out, (size_t)B * H);
+        ALLOC(s->share_x, (size_t)s->n_shares * B * H);
+        ALLOC(s->share_gate, (size_t)s->n_shares * B * ffn);
+        ALLOC(s->share_up, (size_t)s->n_shares * B * ffn);
     }
     ALLOC(s->ye, (size_t)B * H);
 #undef ALLOC
     if (!ok) return moe_error_set(err, "out of memory for the model's scratch buffers (batch %d, context %d)", B, S);
-    s->kv_cache_bytes = (size_t)m->w.n_layers * S * (R + dr) * f;
+    s->kv_cache_bytes = kv_bytes;
     s->kv_cache = calloc(1, s->kv_cache_bytes);
     if (!s->kv_cache)
         return moe_error_set(err, "out of memory for the KV cache: %zu MiB for %d positions x %d layers x %d values",
@@ -79,10 +118,12 @@ static int state_init(moe_model *m, moe_error *err) {
 
 static void state_free(model_state *s) {
     float *bufs[] = {s->x, s->xn, s->cq, s->q, s->kv, s->attn, s->out, s->gate, s->up, s->rope_cs, s->logits_b,
-                     s->hidden, s->mtp_in, s->q_abs, s->o_lat, s->row, s->scores, s->kv_full, s->route_w,
-                     s->expert_w, s->xe, s->ye, s->kv_cache};
+                     s->hidden, s->mtp_in, s->share_attn, s->kv_full, s->route_w,
+                     s->expert_w, s->slot_out, s->shared_out, s->share_x, s->share_gate, s->share_up, s->ye,
+                     s->kv_cache};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     free(s->route_ids); free(s->expert_count); free(s->expert_start); free(s->expert_tok);
+    free(s->token_slot); free(s->expert_item);
     router_scratch_free(&s->router);
     memset(s, 0, sizeof *s);
 }
@@ -98,17 +139,47 @@ int model_load(moe_model *m, const char *dir, const model_options *opt, moe_erro
     m->K = c->n_routed_experts > 0 ? router_top_k(c, &m->opt.routing) : 0;
     if (c->n_routed_experts > 0 && (m->K < 1 || m->K > c->n_routed_experts))
         return moe_error_set(err, "experts per token = %d must be in [1, %d]", m->K, c->n_routed_experts);
+    /* NUMA (numa_place.h): the topology, read only when asked for; converted weights are
+     * interleaved while loading, then placed by the plan */
+    numa_topology *topo = calloc(1, sizeof *topo);
+    if (!topo) return moe_error_set(err, "out of memory");
+    topo->n_nodes = 1;
+    if (m->opt.numa != NUMA_OFF) {
+        if (m->opt.numa_topo) *topo = *m->opt.numa_topo;
+        else if (numa_topology_read(topo, err)) { free(topo); return MOE_FAIL; }
+    }
     weights_options wo = { m->opt.dtype, m->opt.progress, m->opt.progress_ctx };
-    if (weights_load(&m->w, c, dir, &wo, err)) return MOE_FAIL;
+    numa_policy policy;
+    numa_load_begin(topo, m->opt.numa, &policy);
+    int rc = weights_load(&m->w, c, dir, &wo, err);
+    numa_load_end(&policy);
+    if (rc) { free(topo); return MOE_FAIL; }
     m->s.B = m->opt.batch_max > 0 ? m->opt.batch_max : 64;
     m->s.S = m->opt.max_seq > 0 ? m->opt.max_seq : (c->max_position_embeddings < 4096 ? c->max_position_embeddings : 4096);
-    if (state_init(m, err)) { model_free(m); return MOE_FAIL; }
     int threads = m->opt.n_threads > 0 ? m->opt.n_threads : threadpool_default_threads();
-    if (threads > 1 && !(m->pool = threadpool_create(threads))) {
+    m->s.n_shares = threads;
+    size_t expert_bytes = 0;
+    int n_moe = 0;
+    for (int i = 0; i < m->w.n_layers; i++)
+        if (m->w.layers[i].is_moe && n_moe++ == 0) {
+            const mlp_weights *e = &m->w.layers[i].experts[0];
+            expert_bytes = mat_bytes(&e->gate) + mat_bytes(&e->up) + mat_bytes(&e->down);
+        }
+    rc = numa_plan_make(&m->numa, topo, m->opt.numa, m->w.n_layers, n_moe, c->n_routed_experts, c->n_group,
+                        expert_bytes, threads, err);
+    free(topo);
+    if (rc || numa_place_weights(&m->numa, &m->w, err)) { model_free(m); return MOE_FAIL; }
+    if (state_init(m, err)) { model_free(m); return MOE_FAIL; }
+    if (threads > 1 && !(m->pool = model_pool_create(m, threads))) {
         model_free(m);
         return moe_error_set(err, "cannot start %d threads", threads);
     }
     return MOE_OK;
+}
+
+threadpool *model_pool_create(moe_model *m, int n_threads) {
+    if (m->numa.active) return threadpool_create_hooked(n_threads, numa_bind_thread, &m->numa);
+    return threadpool_create(n_threads);
 }
 
 void model_free(moe_model *m) {
@@ -116,6 +187,7 @@ void model_free(moe_model *m) {
     m->pool = NULL;
     state_free(&m->s);
     weights_free(&m->w);
+    numa_plan_free(&m->numa);   /* after the weights: partitioned experts live in its buffers */
 }
 
 size_t model_kv_bytes_per_token(const moe_model *m) {
@@ -150,7 +222,7 @@ static void decoder_block(moe_model *m, int layer, int n, int pos) {
 
 const char *model_phase_name(model_phase p) {
     static const char *names[N_PHASES] = {"embedding", "norms+residual", "attn projections", "attn core (MLA)",
-                                          "router", "routed experts", "shared expert", "dense MLP", "head"};
+                                          "router", "experts (routed+shared)", "dense MLP", "head"};
     return p < N_PHASES ? names[p] : "?";
 }
 
@@ -191,6 +263,7 @@ int model_forward(moe_model *m, const int *tokens, int n, int pos, float *logits
     const moe_config *c = &m->cfg;
     model_state *s = &m->s;
     int H = c->hidden_size, dr = c->qk_rope_head_dim;
+    m->n_forward_calls++;
     for (int c0 = 0; c0 < n; c0 += s->B) {
         int nb = n - c0 < s->B ? n - c0 : s->B, p0 = pos + c0;
         uint64_t t0 = profile_start(m);

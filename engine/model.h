@@ -18,6 +18,7 @@
 
 #include "config.h"
 #include "error.h"
+#include "numa_place.h"
 #include "rope.h"
 #include "router.h"
 #include "weights.h"
@@ -36,6 +37,8 @@ typedef struct {
     int n_threads;              /* 0 = one per core */
     attn_mode attn;             /* absorbed (default) or naive MLA */
     router_options routing;     /* experiment knobs */
+    numa_mode numa;             /* NUMA placement of weights and threads (numa_place.h; default off) */
+    const numa_topology *numa_topo;     /* NULL = the machine's; tests pass a simulated one */
     void (*progress)(void *ctx, int done, int total);   /* load progress, may be NULL */
     void *progress_ctx;
 } model_options;
@@ -56,11 +59,9 @@ typedef struct {
     float *logits_b;    /* [B, max(V, E)] head logits / router logits */
     float *hidden;      /* [B, H] hidden after the final norm */
     float *mtp_in;      /* [B, 2H] [enorm(embedding); hnorm(hidden)] */
-    /* attention scratch, per token */
-    float *q_abs;       /* [nh, R] W_UK^T q_nope per head */
-    float *o_lat;       /* [R] */
-    float *row;         /* [max(R, H)] one weight row as f32 */
-    float *scores;      /* [S] */
+    /* attention scratch, per share of the pool: q_abs [R], o_lat [R], a kv_b row [R], scores [S] */
+    size_t attn_scratch;   /* floats per share: 3R + S */
+    float *share_attn;     /* [P, attn_scratch] */
     float *kv_full;     /* [S, nh*(dn+dv)] naive attention only (NULL otherwise) */
     /* MoE scratch */
     int *route_ids;     /* [B, K] */
@@ -69,8 +70,16 @@ typedef struct {
     int *expert_start;  /* [E + 1] */
     int *expert_tok;    /* [B * K] token index, grouped by expert */
     float *expert_w;    /* [B * K] gate weight, grouped by expert */
-    float *xe;          /* [B, H] tokens of one expert, gathered */
-    float *ye;          /* [B, H] that expert's outputs */
+    int *token_slot;    /* [B * K] slot of each (token, choice) */
+    int *expert_item;   /* [E + 1] work items: active experts (and -1, the shared expert) */
+    float *slot_out;    /* [B * K, H] each slot's expert output, unweighted */
+    float *shared_out;  /* [B, H] shared expert output */
+    int ffn_width;      /* max FFN width (dense, expert, shared) */
+    int n_shares;       /* P: shares of the thread pool (per-share scratch below) */
+    float *share_x;     /* [P, B, H] one expert's tokens, gathered */
+    float *share_gate;  /* [P, B, ffn_width] */
+    float *share_up;    /* [P, B, ffn_width] */
+    float *ye;          /* [B, H] scratch output */
     router_scratch router;
     /* KV cache: [n_layers][S][R + dr], c_kv then k_pe */
     float *kv_cache;
@@ -87,8 +96,7 @@ typedef enum {
     PHASE_ATTN_PROJ,    /* q / kv_a / o projections, q_a and kv_a norms, cache write */
     PHASE_ATTN_CORE,    /* scores, softmax, weighted latent sum, W_UK / W_UV (absorbed kv_b) */
     PHASE_ROUTER,       /* gate logits, expert selection, grouping tokens by expert */
-    PHASE_EXPERTS,      /* routed expert MLPs, weighted scatter-add */
-    PHASE_SHARED,       /* shared expert */
+    PHASE_EXPERTS,      /* routed expert MLPs and the shared expert (one pool job), weighted reduction */
     PHASE_DENSE,        /* dense MLP layers */
     PHASE_HEAD,         /* final norm + lm_head */
     N_PHASES
@@ -108,8 +116,10 @@ typedef struct {
     model_options opt;
     int K;                      /* experts per token in use */
     threadpool *pool;           /* NULL = single-threaded */
+    numa_plan numa;             /* where experts and threads live (inactive unless --numa on 2+ nodes) */
     route_observer on_route;    /* optional */
     void *on_route_ctx;
+    unsigned long n_forward_calls;   /* model_forward calls so far (lets an observer tell passes apart) */
     model_profile *prof;        /* optional: phase timings (NULL = off) */
 } moe_model;
 
@@ -131,6 +141,10 @@ static inline uint64_t profile_mark(moe_model *m, model_phase phase, uint64_t t0
 int model_load(moe_model *m, const char *dir, const model_options *opt, moe_error *err);
 void model_free(moe_model *m);
 
+/* A thread pool for this model: with an active NUMA plan its threads are pinned to their
+ * nodes (the model's own pool is made this way; moe bench makes more). NULL on failure. */
+threadpool *model_pool_create(moe_model *m, int n_threads);
+
 /* Runs tokens[0..n) at positions pos..pos+n-1 through the main model, using and
  * extending the KV cache (positions < pos must already be cached).
  * logits: NULL, or [n, V] when all_logits, else [V] for the last token.
@@ -143,6 +157,10 @@ int model_forward(moe_model *m, const int *tokens, int n, int pos, float *logits
  * Uses its own KV cache. logits: [n, V] (all_logits) or [V]; mtp_hidden: NULL or [n, H]. */
 int model_forward_mtp(moe_model *m, int k, const float *hidden, const int *next_tokens, int n, int pos,
                       float *logits, int all_logits, float *mtp_hidden, moe_error *err);
+
+/* Available memory in bytes (/proc/meminfo MemAvailable, else sysinfo; the environment
+ * variable MOE_MEM_AVAILABLE overrides it, for tests). model_load refuses a KV cache larger. */
+size_t model_mem_available(void);
 
 /* Bytes of KV cache per token (all layers incl. MTP). */
 size_t model_kv_bytes_per_token(const moe_model *m);

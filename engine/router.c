@@ -63,6 +63,7 @@ void router_select(const moe_config *cfg, const router_options *opt, const float
     /* 3. group-limited routing: keep the Gk best groups */
     out->n_groups_kept = 0;
     out->group_margin = INFINITY;
+    out->group_scores = NULL;
     int G = cfg->n_group, Gk = cfg->topk_group;
     if (G > 1 && cfg->topk_method != TOPK_GREEDY && !(opt && opt->no_group_limit)) {
         int gs = E / G;
@@ -95,6 +96,7 @@ void router_select(const moe_config *cfg, const router_options *opt, const float
             else for (int i = 0; i < gs; i++) s->sel[g * gs + i] = -INFINITY;
         }
         out->n_groups_kept = n;
+        out->group_scores = s->group_score;
     }
     /* 4. top-k of the selection scores, weights from the unbiased scores */
     memset(s->taken, 0, (size_t)E);

@@ -35,6 +35,7 @@ typedef struct {
     int n_groups_kept;         /* 0 when routing is not group-limited */
     int *groups;               /* [Gk] kept groups, ascending */
     float group_margin;        /* Gk-th minus (Gk+1)-th group score (INFINITY if none) */
+    float *group_scores;       /* [G] group scores before the cut (NULL when not group-limited) */
 } route_decision;
 
 typedef struct {

@@ -14,7 +14,7 @@
 #include "json_util.h"
 
 #define ST_MAX_HEADER (100u << 20)   /* the reference implementation's limit */
-#define ST_MAX_TENSORS (4 << 20)     /* V3 has 91,991; millions is not a real checkpoint */
+#define ST_MAX_TENSORS (1 << 20)     /* V3 has 91,991; millions is not a real checkpoint */
 #define ST_MAX_SHARDS 100000
 
 /* ------------------------------------------------------------------ dtypes */
@@ -181,12 +181,17 @@ static int parse_file(st_set *s, const uint8_t *buf, size_t size, int fi, const 
         s->n_tensors++;
     }
     qsort(ranges, (size_t)nr, sizeof(range), cmp_range);
-    for (int i = 1; i < nr; i++) {
-        if (ranges[i].begin < ranges[i - 1].end && ranges[i].end > ranges[i].begin) {
+    /* against the furthest end so far, not just the previous range: an empty tensor
+     * sorted between two overlapping ones must not hide the overlap */
+    int far = -1;
+    for (int i = 0; i < nr; i++) {
+        if (ranges[i].end == ranges[i].begin) continue;   /* empty: holds no bytes */
+        if (far >= 0 && ranges[i].begin < ranges[far].end) {
             moe_error_set(err, "%s: tensors \"%s\" and \"%s\" overlap in the data buffer", path,
-                          s->tensors[ranges[i - 1].idx].name, s->tensors[ranges[i].idx].name);
+                          s->tensors[ranges[far].idx].name, s->tensors[ranges[i].idx].name);
             goto done;
         }
+        if (far < 0 || ranges[i].end > ranges[far].end) far = i;
     }
     rc = MOE_OK;
 done:
@@ -233,42 +238,55 @@ int st_open_file(st_set *s, const char *path, moe_error *err) {
     return MOE_OK;
 }
 
+int st_add_buffer(st_set *s, const void *buf, size_t size, const char *path, moe_error *err) {
+    if (s->n_files >= ST_MAX_SHARDS) return moe_error_set(err, "%s: too many shards", path);
+    st_file *grown = realloc(s->files, sizeof(st_file) * (s->n_files + 1));
+    if (!grown) return moe_error_set(err, "out of memory");
+    s->files = grown;
+    st_file *f = &s->files[s->n_files];
+    memset(f, 0, sizeof *f);
+    f->path = strdup(path);
+    f->size = size;                   /* map stays NULL: not owned */
+    if (!f->path) return moe_error_set(err, "out of memory");
+    s->n_files++;
+    return parse_file(s, buf, size, s->n_files - 1, path, err);
+}
+
 int st_parse_buffer(st_set *s, const void *buf, size_t size, const char *path, moe_error *err) {
     memset(s, 0, sizeof *s);
-    s->files = calloc(1, sizeof(st_file));
-    if (!s->files) return moe_error_set(err, "out of memory");
-    s->files[0].path = strdup(path);
-    s->files[0].size = size;          /* map stays NULL: not owned */
-    s->n_files = 1;
-    if (!s->files[0].path || parse_file(s, buf, size, 0, path, err) || hash_build(s, err)) {
+    if (st_add_buffer(s, buf, size, path, err) || hash_build(s, err)) {
         st_close(s);
         return MOE_FAIL;
     }
     return MOE_OK;
 }
 
-static int open_index(st_set *s, const char *dir, const char *index_path, moe_error *err) {
-    char *text;
-    size_t len;
-    if (file_read_all(index_path, 256u << 20, &text, &len, err)) return MOE_FAIL;
+int st_apply_index(st_set *s, const char *dir, const char *text, size_t len, const char *index_path, moe_error *err) {
     json_t *root = json_parse_text(text, len, index_path, err);
-    free(text);
     if (!root) return MOE_FAIL;
     int rc = MOE_FAIL;
     const json_t *wm = json_is_object(root) ? json_object_get(root, "weight_map") : NULL;
     if (!json_is_object(wm)) { moe_error_set(err, "%s: missing \"weight_map\" object", index_path); goto done; }
+    if (json_object_size(wm) > ST_MAX_TENSORS) {
+        moe_error_set(err, "%s: weight_map lists %zu tensors, more than the limit of %d", index_path,
+                      json_object_size(wm), ST_MAX_TENSORS);
+        goto done;
+    }
     /* open every distinct shard once, in order of first mention */
     const char *name;
     json_t *v;
     json_object_foreach((json_t *)wm, name, v) {
         if (!json_is_string(v)) { moe_error_set(err, "%s: weight_map[\"%s\"] is not a string", index_path, name); goto done; }
         const char *shard = json_string_value(v);
-        if (strchr(shard, '/') || !strcmp(shard, "..") || !shard[0]) {
+        if (strchr(shard, '/') || !strcmp(shard, "..") || !shard[0] || strlen(shard) != json_string_length(v)) {
             moe_error_set(err, "%s: shard name \"%s\" must be a plain file name", index_path, shard);
             goto done;
         }
         char path[4096];
-        snprintf(path, sizeof path, "%s/%s", dir, shard);
+        if (snprintf(path, sizeof path, "%s/%s", dir, shard) >= (int)sizeof path) {
+            moe_error_set(err, "%s: shard name \"%.100s...\" is too long", index_path, shard);
+            goto done;
+        }
         int known = 0;
         for (int i = 0; i < s->n_files && !known; i++) known = !strcmp(s->files[i].path, path);
         if (known) continue;
@@ -292,6 +310,15 @@ static int open_index(st_set *s, const char *dir, const char *index_path, moe_er
     rc = MOE_OK;
 done:
     json_decref(root);
+    return rc;
+}
+
+static int open_index(st_set *s, const char *dir, const char *index_path, moe_error *err) {
+    char *text;
+    size_t len;
+    if (file_read_all(index_path, 256u << 20, &text, &len, err)) return MOE_FAIL;
+    int rc = st_apply_index(s, dir, text, len, index_path, err);
+    free(text);
     return rc;
 }
 

@@ -58,6 +58,13 @@ int st_open_file(st_set *s, const char *path, moe_error *err);
 int st_open_dir(st_set *s, const char *dir, moe_error *err);
 /* Parses a header held in memory (for tests and fuzzing): `buf` is the whole file. Does not own buf. */
 int st_parse_buffer(st_set *s, const void *buf, size_t size, const char *path, moe_error *err);
+/* Appends a file held in memory to s (not owned; s->files[i].map stays NULL). Call
+ * st_apply_index (or st_parse_buffer's hash step) afterwards before st_find. */
+int st_add_buffer(st_set *s, const void *buf, size_t size, const char *path, moe_error *err);
+/* Applies model.safetensors.index.json text to s: every shard it names (DIR/name) that is
+ * not already in s is opened from disk, then every indexed tensor must be in its shard.
+ * Buffer-based so the index parser can be fuzzed against shards already in memory. */
+int st_apply_index(st_set *s, const char *dir, const char *text, size_t len, const char *index_path, moe_error *err);
 void st_close(st_set *s);
 
 const st_tensor *st_find(const st_set *s, const char *name);

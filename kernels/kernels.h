@@ -68,8 +68,10 @@ float f16_to_f32(uint16_t h);
 float fp8_e4m3_to_f32(uint8_t b);       /* e4m3fn: no inf, 0x7F/0xFF are NaN */
 /* Quantizes n floats (n % QK8 == 0) into n / QK8 blocks. */
 void quantize_row_q8(const float *x, block_q8 *out, int n);
-/* Rounds n floats to bf16 (round to nearest even). */
+void quantize_row_q8_ref(const float *x, block_q8 *out, int n);
+/* Rounds n floats to bf16 (round to nearest even, as f32_to_bf16). */
 void quantize_row_bf16(const float *x, uint16_t *out, int n);
+void quantize_row_bf16_ref(const float *x, uint16_t *out, int n);
 
 /* ---------------------------------------------------------------- small kernels */
 

@@ -27,6 +27,8 @@ void softmax_avx512(float *x, int n);
 void silu_mul_avx512(float *gate, const float *up, int n);
 float vec_dot_avx512(const float *a, const float *b, int n);
 void vec_axpy_avx512(float *y, float a, const float *x, int n);
+void quantize_row_q8_avx512(const float *x, block_q8 *out, int n);
+void quantize_row_bf16_avx512(const float *x, uint16_t *out, int n);
 
 /* ---------------------------------------------------------------- AVX2 + FMA */
 
@@ -39,5 +41,6 @@ void softmax_avx2(float *x, int n);
 void silu_mul_avx2(float *gate, const float *up, int n);
 float vec_dot_avx2(const float *a, const float *b, int n);
 void vec_axpy_avx2(float *y, float a, const float *x, int n);
+void quantize_row_q8_avx2(const float *x, block_q8 *out, int n);
 
 #endif

@@ -86,10 +86,42 @@ AI void mv_block(const char *w, size_t rs, int dt, int RB, const float *x, int c
     for (int i = 0; i < RB; i++) y[i] = hsum256(acc[i]);
 }
 
+/* Q8 rows: per 32-block, four 8-lane dots with x unscaled, then one scale FMA. */
+AI __m256 q8_block_dot(const block_q8 *b, const __m256 *xv, __m256 acc) {
+    __m256 t = _mm256_setzero_ps();
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; j++) {
+        __m256 w = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(b->q + 8 * j))));
+        t = _mm256_fmadd_ps(w, xv[j], t);
+    }
+    return _mm256_fmadd_ps(t, _mm256_set1_ps(b->scale), acc);
+}
+
+AI void mv_q8_block(const block_q8 *w, int nb, int RB, const float *x, float *y) {
+    __m256 acc[4];
+#pragma GCC unroll 4
+    for (int i = 0; i < RB; i++) acc[i] = _mm256_setzero_ps();
+    for (int k = 0; k < nb; k++) {
+        __m256 xv[4];
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++) xv[j] = _mm256_loadu_ps(x + k * QK8 + 8 * j);
+#pragma GCC unroll 4
+        for (int i = 0; i < RB; i++) acc[i] = q8_block_dot(w + (size_t)i * nb + k, xv, acc[i]);
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < RB; i++) y[i] = hsum256(acc[i]);
+}
+
 AI void mv_dtype(const mat *W, int dt, const float *x, float *y, int row0, int row1) {
     size_t rs = row_stride(W);
     const char *base = (const char *)W->data;
     int r = row0;
+    if (dt == MAT_Q8) {
+        int nb = W->cols / QK8;
+        for (; r + 4 <= row1; r += 4) mv_q8_block((const block_q8 *)(base + (size_t)r * rs), nb, 4, x, y + (r - row0));
+        for (; r < row1; r++) mv_q8_block((const block_q8 *)(base + (size_t)r * rs), nb, 1, x, y + (r - row0));
+        return;
+    }
     for (; r + 4 <= row1; r += 4) mv_block(base + (size_t)r * rs, rs, dt, 4, x, W->cols, y + (r - row0));
     for (; r < row1; r++) mv_block(base + (size_t)r * rs, rs, dt, 1, x, W->cols, y + (r - row0));
 }

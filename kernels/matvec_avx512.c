@@ -22,6 +22,25 @@
 
 #define AI static inline __attribute__((always_inline))
 
+/* Software prefetch distance (bytes ahead in each row stream) for matvec; 0 = off.
+ * Measured on Zen 5 (cold 2816x1024, 1 thread, thread CPU time, 3 alternating
+ * runs): F32 best without (the hardware prefetcher keeps up), BF16 +10-20% at
+ * 2048, Q8 +25% at 4096. */
+#ifndef MV_PF_F32
+#define MV_PF_F32 0
+#endif
+/* F32 rows of at most this many bytes: prefetch MV_PF_SHORT ahead after all
+ * (short interleaved streams do not train the hardware prefetcher: 1024x256
+ * cold +12%). */
+#define MV_SHORT_ROW 2048
+#define MV_PF_SHORT 4096
+#ifndef MV_PF_BF16
+#define MV_PF_BF16 2048
+#endif
+#ifndef MV_PF_Q8
+#define MV_PF_Q8 4096
+#endif
+
 /* ---------------------------------------------------------------- weight loads */
 
 /* Bytes between consecutive rows of W. */
@@ -55,6 +74,7 @@ AI __m512 w_load(const char *row, int dt, int k, __mmask16 m, int masked) {
 
 /* RB rows starting at w (stride rs): y[i] = row_i . x. */
 AI void mv_block(const char *w, size_t rs, int dt, int RB, const float *x, int cols, float *y) {
+    const int pf_short = dt == MAT_F32 && rs <= MV_SHORT_ROW;
     __m512 acc[4];
     const char *row[4];
 #pragma GCC unroll 4
@@ -62,6 +82,12 @@ AI void mv_block(const char *w, size_t rs, int dt, int RB, const float *x, int c
     int kfull = cols & ~15, k = 0;
     for (; k < kfull; k += 16) {
         __m512 xv = _mm512_loadu_ps(x + k);
+        if (dt == MAT_F32 && MV_PF_F32)
+#pragma GCC unroll 4
+            for (int i = 0; i < RB; i++) _mm_prefetch(row[i] + (size_t)k * 4 + MV_PF_F32, _MM_HINT_T0);
+        if (pf_short)
+#pragma GCC unroll 4
+            for (int i = 0; i < RB; i++) _mm_prefetch(row[i] + (size_t)k * 4 + MV_PF_SHORT, _MM_HINT_T0);
 #pragma GCC unroll 4
         for (int i = 0; i < RB; i++) acc[i] = _mm512_fmadd_ps(w_load(row[i], dt, k, 0, 0), xv, acc[i]);
     }
@@ -75,10 +101,105 @@ AI void mv_block(const char *w, size_t rs, int dt, int RB, const float *x, int c
     for (int i = 0; i < RB; i++) y[i] = _mm512_reduce_add_ps(acc[i]);
 }
 
+/* Q8 rows: per 32-block, the two 16-lane halves are dotted with x unscaled, then
+ * the block's scale is applied once (one broadcast and FMA per block and row). */
+AI __m512 q8_block_dot(const block_q8 *b, __m512 x0, __m512 x1, __m512 acc) {
+    __m512 w0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)b->q)));
+    __m512 w1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(b->q + 16))));
+    __m512 t = _mm512_fmadd_ps(w1, x1, _mm512_mul_ps(w0, x0));
+    return _mm512_fmadd_ps(t, _mm512_set1_ps(b->scale), acc);
+}
+
+AI void mv_q8_block(const block_q8 *w, int nb, int RB, const float *x, float *y) {
+    __m512 acc[4];
+#pragma GCC unroll 4
+    for (int i = 0; i < RB; i++) acc[i] = _mm512_setzero_ps();
+    for (int k = 0; k < nb; k++) {
+        __m512 x0 = _mm512_loadu_ps(x + k * QK8), x1 = _mm512_loadu_ps(x + k * QK8 + 16);
+        if (MV_PF_Q8)
+#pragma GCC unroll 4
+            for (int i = 0; i < RB; i++) _mm_prefetch((const char *)(w + (size_t)i * nb + k) + MV_PF_Q8, _MM_HINT_T0);
+#pragma GCC unroll 4
+        for (int i = 0; i < RB; i++) acc[i] = q8_block_dot(w + (size_t)i * nb + k, x0, x1, acc[i]);
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < RB; i++) y[i] = _mm512_reduce_add_ps(acc[i]);
+}
+
+/* BF16 rows, 32 columns per step without a widening shuffle: one 512-bit load
+ * holds 16 (even, odd) pairs; shifting left by 16 gives the even columns as f32,
+ * masking the low half gives the odd ones. x was split once into xe (even
+ * columns) and xo (odd) for the first kfull columns; the rest (< 32 columns)
+ * goes through the 16-wide masked path with the original x. */
+AI void mv_bf16_block(const char *w, size_t rs, int RB, const float *xe, const float *xo, int kfull,
+                      const float *x, int cols, float *y) {
+    __m512 ae[4], ao[4];
+    const char *row[4];
+    const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
+#pragma GCC unroll 4
+    for (int i = 0; i < RB; i++) { ae[i] = _mm512_setzero_ps(); ao[i] = _mm512_setzero_ps(); row[i] = w + i * rs; }
+    for (int k = 0; k < kfull; k += 32) {
+        __m512 xev = _mm512_loadu_ps(xe + k / 2), xov = _mm512_loadu_ps(xo + k / 2);
+        if (MV_PF_BF16)
+#pragma GCC unroll 4
+            for (int i = 0; i < RB; i++) _mm_prefetch(row[i] + (size_t)k * 2 + MV_PF_BF16, _MM_HINT_T0);
+#pragma GCC unroll 4
+        for (int i = 0; i < RB; i++) {
+            __m512i v = _mm512_loadu_si512((const uint16_t *)row[i] + k);
+            ae[i] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(v, 16)), xev, ae[i]);
+            ao[i] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(v, hi)), xov, ao[i]);
+        }
+    }
+    int k = kfull;
+    for (; k + 16 <= cols; k += 16) {
+        __m512 xv = _mm512_loadu_ps(x + k);
+#pragma GCC unroll 4
+        for (int i = 0; i < RB; i++) ae[i] = _mm512_fmadd_ps(w_load(row[i], MAT_BF16, k, 0, 0), xv, ae[i]);
+    }
+    if (k < cols) {
+        __mmask16 m = (__mmask16)((1u << (cols - k)) - 1);
+        __m512 xv = _mm512_maskz_loadu_ps(m, x + k);
+#pragma GCC unroll 4
+        for (int i = 0; i < RB; i++) ae[i] = _mm512_fmadd_ps(w_load(row[i], MAT_BF16, k, m, 1), xv, ae[i]);
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < RB; i++) y[i] = _mm512_reduce_add_ps(_mm512_add_ps(ae[i], ao[i]));
+}
+
+/* Longest row whose even/odd split of x goes on the stack (2 x 128 KiB). */
+#define BF16_SPLIT_MAX_COLS 65536
+
+static void mv_bf16(const mat *W, const float *x, float *y, int row0, int row1) {
+    int cols = W->cols, kfull = cols & ~31;
+    size_t rs = (size_t)cols * 2;
+    const char *base = (const char *)W->data;
+    float xe[kfull / 2 + 1], xo[kfull / 2 + 1];
+    const __m512i ie = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    const __m512i io = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+    for (int k = 0; k < kfull; k += 32) {
+        __m512 a = _mm512_loadu_ps(x + k), b = _mm512_loadu_ps(x + k + 16);
+        _mm512_storeu_ps(xe + k / 2, _mm512_permutex2var_ps(a, ie, b));
+        _mm512_storeu_ps(xo + k / 2, _mm512_permutex2var_ps(a, io, b));
+    }
+    int r = row0;
+    for (; r + 4 <= row1; r += 4) mv_bf16_block(base + (size_t)r * rs, rs, 4, xe, xo, kfull, x, cols, y + (r - row0));
+    for (; r < row1; r++) mv_bf16_block(base + (size_t)r * rs, rs, 1, xe, xo, kfull, x, cols, y + (r - row0));
+}
+
 AI void mv_dtype(const mat *W, int dt, const float *x, float *y, int row0, int row1) {
     size_t rs = row_stride(W);
     const char *base = (const char *)W->data;
     int r = row0;
+    if (dt == MAT_BF16 && W->cols >= 32 && W->cols <= BF16_SPLIT_MAX_COLS) {
+        mv_bf16(W, x, y, row0, row1);
+        return;
+    }
+    if (dt == MAT_Q8) {
+        int nb = W->cols / QK8;
+        for (; r + 4 <= row1; r += 4) mv_q8_block((const block_q8 *)(base + (size_t)r * rs), nb, 4, x, y + (r - row0));
+        for (; r < row1; r++) mv_q8_block((const block_q8 *)(base + (size_t)r * rs), nb, 1, x, y + (r - row0));
+        return;
+    }
     for (; r + 4 <= row1; r += 4) mv_block(base + (size_t)r * rs, rs, dt, 4, x, W->cols, y + (r - row0));
     for (; r < row1; r++) mv_block(base + (size_t)r * rs, rs, dt, 1, x, W->cols, y + (r - row0));
 }
@@ -200,6 +321,12 @@ void matvec_rows_q8q8_avx512vnni(const mat *W, const block_q8 *xq, float *y, int
         for (int k = 0; k < nb; k++) {
             __m256i xv = _mm256_loadu_si256((const __m256i *)xq[k].q);
             float dx = xq[k].scale;
+            if (MV_PF_Q8) {
+                _mm_prefetch((const char *)(w0 + k) + MV_PF_Q8, _MM_HINT_T0);
+                _mm_prefetch((const char *)(w1 + k) + MV_PF_Q8, _MM_HINT_T0);
+                _mm_prefetch((const char *)(w2 + k) + MV_PF_Q8, _MM_HINT_T0);
+                _mm_prefetch((const char *)(w3 + k) + MV_PF_Q8, _MM_HINT_T0);
+            }
             a0 = q8q8_block(w0 + k, xv, a0, dx);
             a1 = q8q8_block(w1 + k, xv, a1, dx);
             a2 = q8q8_block(w2 + k, xv, a2, dx);
@@ -229,6 +356,9 @@ AI void bb_block(const uint16_t *w, size_t rs, int RB, const uint16_t *xb, int c
     int kfull = cols & ~31, k = 0;
     for (; k < kfull; k += 32) {
         __m512bh xv = (__m512bh)_mm512_loadu_si512(xb + k);
+        if (MV_PF_BF16)
+#pragma GCC unroll 4
+            for (int i = 0; i < RB; i++) _mm_prefetch((const char *)(w + i * rs + k) + MV_PF_BF16, _MM_HINT_T0);
 #pragma GCC unroll 4
         for (int i = 0; i < RB; i++)
             acc[i] = _mm512_dpbf16_ps(acc[i], (__m512bh)_mm512_loadu_si512(w + i * rs + k), xv);

@@ -37,7 +37,7 @@ float fp8_e4m3_to_f32(uint8_t b) {
     return sign ? -f : f;
 }
 
-void quantize_row_q8(const float *x, block_q8 *out, int n) {
+void quantize_row_q8_ref(const float *x, block_q8 *out, int n) {
     for (int b = 0; b < n / QK8; b++) {
         const float *xb = x + b * QK8;
         float amax = 0.0f;
@@ -48,7 +48,7 @@ void quantize_row_q8(const float *x, block_q8 *out, int n) {
     }
 }
 
-void quantize_row_bf16(const float *x, uint16_t *out, int n) {
+void quantize_row_bf16_ref(const float *x, uint16_t *out, int n) {
     for (int i = 0; i < n; i++) out[i] = f32_to_bf16(x[i]);
 }
 

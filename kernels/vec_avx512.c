@@ -8,6 +8,8 @@
  *              error about 2 ulp.
  *   Tails (n % 16) use masked loads and stores: no access past the end.
  *   rmsnorm sums squares in double, like the reference.
+ *   quantize_row_q8 / _bf16 give the same bits as the references (same
+ *   operations; cvtps2dq rounds to nearest even like lrintf).
  */
 #include <math.h>
 #include <immintrin.h>
@@ -134,5 +136,40 @@ void vec_axpy_avx512(float *y, float a, const float *x, int n) {
     if (i < n) {
         __mmask16 t = tail16(n - i);
         _mm512_mask_storeu_ps(y + i, t, _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(t, x + i), _mm512_maskz_loadu_ps(t, y + i)));
+    }
+}
+
+/* ---------------------------------------------------------------- quantization */
+
+void quantize_row_q8_avx512(const float *x, block_q8 *out, int n) {
+    for (int b = 0; b < n / QK8; b++) {
+        __m512 a0 = _mm512_loadu_ps(x + b * QK8), a1 = _mm512_loadu_ps(x + b * QK8 + 16);
+        float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a0), _mm512_abs_ps(a1)));
+        float scale = amax / 127.0f, inv = scale > 0 ? 1.0f / scale : 0.0f;
+        __m512 iv = _mm512_set1_ps(inv);
+        out[b].scale = scale;
+        _mm_storeu_si128((__m128i *)out[b].q, _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(a0, iv))));
+        _mm_storeu_si128((__m128i *)(out[b].q + 16), _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(a1, iv))));
+    }
+}
+
+/* f32_to_bf16 on 16 lanes: round to nearest even; NaN keeps a quiet NaN. */
+AI __m256i bf16_16(__m512 v) {
+    __m512i u = _mm512_castps_si512(v);
+    __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
+                                           _mm512_set1_epi32(0x7f800000));
+    __m512i rnd = _mm512_add_epi32(_mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1)),
+                                   _mm512_set1_epi32(0x7fff));
+    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, rnd), 16);
+    r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40)));
+    return _mm512_cvtepi32_epi16(r);
+}
+
+void quantize_row_bf16_avx512(const float *x, uint16_t *out, int n) {
+    int i = 0;
+    for (; i + 16 <= n; i += 16) _mm256_storeu_si256((__m256i *)(out + i), bf16_16(_mm512_loadu_ps(x + i)));
+    if (i < n) {
+        __mmask16 t = tail16(n - i);
+        _mm256_mask_storeu_epi16(out + i, t, bf16_16(_mm512_maskz_loadu_ps(t, x + i)));
     }
 }

@@ -3,19 +3,8 @@
 # the table and --json carry pp/tg results, --profile lists the phases,
 # --membw measures, bad input is one error line and a non-zero exit.
 MOE=${MOE:-build/moe}
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
-pass=0; fail=0
-ok() { pass=$((pass+1)); }
-bad() { fail=$((fail+1)); echo "FAIL: $*"; }
+. tests/lib/harness.sh
 
-expect_error() {
-    desc=$1; want=$2; shift 2
-    "$@" >"$T/out" 2>"$T/err"; rc=$?
-    lines=$(wc -l <"$T/err")
-    if [ $rc -ne 0 ] && [ $rc -lt 128 ] && [ "$lines" -eq 1 ] && grep -q -- "$want" "$T/err"; then ok
-    else bad "$desc: rc=$rc lines=$lines stderr=$(cat "$T/err")"; fi
-}
 
 cat >"$T/tiny.json" <<'JSON'
 {"vocab_size": 300, "hidden_size": 64, "intermediate_size": 96, "moe_intermediate_size": 32,
@@ -37,7 +26,7 @@ else bad "bench: $(cat "$T/err")"; fi
 
 if "$MOE" bench -m "$T/c" -p 8 -n 4 -r 1 -t 1 --json --profile --dtype q8 >"$T/json" 2>"$T/err"; then
     for key in '"avg_ts"' '"stddev_ts"' '"samples_ts"' '"test": "pp8"' '"test": "tg4"' '"gbps"' '"bw_fraction"' \
-               '"profile_us_per_token"' '"routed experts"' '"sampling (argmax)"' '"kv_bytes_per_token"' '"dtype": "q8"'; do
+               '"profile_us_per_token"' '"experts (routed+shared)"' '"sampling (argmax)"' '"kv_bytes_per_token"' '"dtype": "q8"'; do
         grep -q -- "$key" "$T/json" && ok || bad "json lacks $key"
     done
     grep -q "profile, decode" "$T/err" && ok || bad "--profile table"
@@ -47,6 +36,15 @@ else bad "bench --json: $(cat "$T/err")"; fi
 "$MOE" bench -m "$T/c" -p 0 -n 2 -r 1 --bw 10,20 -t 1 >"$T/out" 2>&1 && grep -q "10.0 GB/s (1 thread), 20.0 GB/s" "$T/out" &&
     ! grep -q "pp0" "$T/out" && ok || bad "--bw / -p 0: $(cat "$T/out")"
 
+# the MTP arm: both arms run, greedy outputs agree, experts per verification step counted
+"$MOE" bench -m tests/data/golden/tiny-bf16 -p 0 -n 12 -r 2 -t 1 --mtp >"$T/out" 2>/dev/null &&
+    grep -q "greedy output identical to plain decoding: yes" "$T/out" && grep -q "per verification step" "$T/out" &&
+    ok || bad "--mtp: $(cat "$T/out")"
+printf 'the cat and the dog sat on the mat and the bird sang in the tree' >"$T/held.txt"
+mkdir "$T/tk" && for f in tests/data/golden/tiny-bf16/*; do ln -s "$PWD/$f" "$T/tk/"; done && cp tests/data/tiny-tokenizer/*.json "$T/tk/"
+"$MOE" bench -m "$T/tk" -p 0 -n 8 -r 2 -t 1 --mtp-text "$T/held.txt" --json >"$T/out" 2>/dev/null &&
+    grep -q '"test": "mtp"' "$T/out" && grep -q "held.txt" "$T/out" && ok || bad "--mtp-text --json: $(cat "$T/out")"
+expect_error "mtp without MTP module" "no MTP module" "$MOE" bench -m tests/data/golden/v2lite-f32 -p 0 -n 4 -r 1 -t 1 --mtp
 expect_error "missing model" "-m DIR is required" "$MOE" bench
 expect_error "missing dir" "nowhere/config.json" "$MOE" bench -m "$T/nowhere"
 expect_error "bad threads" "-t wants" "$MOE" bench -m "$T/c" -t x

@@ -3,20 +3,8 @@
 # input ends in ONE error line naming the file, with a non-zero exit and no crash.
 MOE=${MOE:-build/moe}
 G=tests/data/golden
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
-pass=0; fail=0
-ok() { pass=$((pass+1)); }
-bad() { fail=$((fail+1)); echo "FAIL: $*"; }
+. tests/lib/harness.sh
 
-# expect_error "description" "substring" command...
-expect_error() {
-    desc=$1; want=$2; shift 2
-    "$@" >"$T/out" 2>"$T/err"; rc=$?
-    lines=$(wc -l <"$T/err")
-    if [ $rc -ne 0 ] && [ $rc -lt 128 ] && [ "$lines" -eq 1 ] && grep -q -- "$want" "$T/err"; then ok
-    else bad "$desc: rc=$rc lines=$lines stderr=$(cat "$T/err")"; fi
-}
 
 "$MOE" logits --help | grep -q "usage: moe logits" && ok || bad "--help"
 "$MOE" --help | grep -q "logits" && ok || bad "moe --help"

@@ -4,19 +4,8 @@
 # prints the memory arithmetic (V3's exact parameter count); bad input is one
 # error line and a non-zero exit.
 MOE=${MOE:-build/moe}
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
-pass=0; fail=0
-ok() { pass=$((pass+1)); }
-bad() { fail=$((fail+1)); echo "FAIL: $*"; }
+. tests/lib/harness.sh
 
-expect_error() {
-    desc=$1; want=$2; shift 2
-    "$@" >"$T/out" 2>"$T/err"; rc=$?
-    lines=$(wc -l <"$T/err")
-    if [ $rc -ne 0 ] && [ $rc -lt 128 ] && [ "$lines" -eq 1 ] && grep -q -- "$want" "$T/err"; then ok
-    else bad "$desc: rc=$rc lines=$lines stderr=$(cat "$T/err")"; fi
-}
 
 # a tiny shape: the S shape's routing with small dims
 cat >"$T/tiny.json" <<'JSON'

@@ -17,9 +17,11 @@
 #include <unistd.h>
 #include <cmocka.h>
 
+#include "chat.h"
 #include "config.h"
 #include "model.h"
 #include "safetensors.h"
+#include "tokenizer.h"
 
 #define BASE "tests/data/golden/v2lite-f32"
 #define SHARDED "tests/data/golden/v2lite-f16-shard"
@@ -238,6 +240,16 @@ static void test_st_overlap(void **state) {
     write_st("x.safetensors", h, strlen(h), 12);
     expect_st_error("overlap");
 }
+/* Found reading the code for issue 8: only neighbours were compared, so an empty tensor sorted
+ * between two overlapping ones hid the overlap. */
+static void test_st_overlap_hidden_by_empty(void **state) {
+    (void)state;
+    const char *h = "{\"a\":{\"dtype\":\"U8\",\"shape\":[100],\"data_offsets\":[0,100]},"
+                    "\"e\":{\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[10,10]},"
+                    "\"c\":{\"dtype\":\"U8\",\"shape\":[10],\"data_offsets\":[50,60]}}";
+    write_st("x.safetensors", h, strlen(h), 100);
+    expect_st_error("tensors \"a\" and \"c\" overlap");
+}
 static void test_st_unknown_dtype(void **state) {
     (void)state;
     const char *h = "{\"a\":{\"dtype\":\"F7\",\"shape\":[2],\"data_offsets\":[0,8]}}";
@@ -307,6 +319,157 @@ static void test_token_out_of_vocab(void **state) {
     model_free(&m);
 }
 
+/* ------------------------------------------------------------------ resource limits (issue 8) */
+
+/* A header listing more than 2^20 tensors is refused before any tensor is looked at. */
+static void test_st_too_many_tensors(void **state) {
+    (void)state;
+    size_t n = (1u << 20) + 1, cap = n * 12 + 16, len = 0;
+    char *h = malloc(cap);
+    assert_non_null(h);
+    h[len++] = '{';
+    for (size_t i = 0; i < n; i++) len += (size_t)snprintf(h + len, cap - len, "%s\"%zx\":0", i ? "," : "", i);
+    h[len++] = '}';
+    h[len] = 0;
+    write_st("x.safetensors", h, len, 0);
+    free(h);
+    expect_st_error("more than the limit of 1048576");
+}
+
+/* Names from the file are quoted in errors: control characters must not break the line. */
+static void test_st_newline_in_name(void **state) {
+    (void)state;
+    const char *h = "{\"a\\nb\\u001b[31m\":{\"dtype\":\"F7\",\"shape\":[2],\"data_offsets\":[0,8]}}";
+    write_st("x.safetensors", h, strlen(h), 8);
+    expect_st_error("a?b?[31m\" has unknown dtype");
+}
+
+/* fuzz regression tests/fuzz/regress/st_index/newline-in-shard-name.json, via the real file API */
+static void test_index_newline_in_shard_name(void **state) {
+    (void)state;
+    link_file(SHARDED, "config.json");
+    const char *idx = "{\"weight_map\": {\"`\": \"mode?-00002-of-00002.safet\\nsors\"}}";
+    write_bytes("model.safetensors.index.json", idx, strlen(idx));
+    expect_load_error("model.safetensors.index.json", "safet?sors\" named in the index is missing");
+}
+
+/* A context whose KV cache exceeds the available memory fails before allocating. */
+static void test_kv_cache_too_big(void **state) {
+    (void)state;
+    moe_model m;
+    moe_error err = {{0}};
+    model_options opt = { .max_seq = 1 << 30 };
+    if (model_load(&m, BASE, &opt, &err) == 0) { model_free(&m); fail_msg("a 2^30-token KV cache loaded"); }
+    if (!strstr(err.msg, "KV cache for 1073741824 tokens needs") || !strstr(err.msg, "GiB are available (lower --ctx)"))
+        fail_msg("error \"%s\"", err.msg);
+    /* the same with the available memory pinned low (MOE_MEM_AVAILABLE, bytes) */
+    setenv("MOE_MEM_AVAILABLE", "1000", 1);
+    opt.max_seq = 64;
+    int rc = model_load(&m, BASE, &opt, &err);
+    unsetenv("MOE_MEM_AVAILABLE");
+    if (rc == 0) { model_free(&m); fail_msg("loaded with 1000 bytes available"); }
+    assert_non_null(strstr(err.msg, "KV cache for 64 tokens needs"));
+    opt.max_seq = 64;   /* the control */
+    assert_int_equal(model_load(&m, BASE, &opt, &err), 0);
+    model_free(&m);
+}
+
+/* A tokenizer.json vocab id at or above 2^24 is refused (the per-id tables are sized by the
+ * largest id: 2^30 - 1, accepted before, asked for about 9 GB). Added-token ids are assigned
+ * as the library does (count-based), so the file cannot inflate them. */
+static void test_tokenizer_huge_id(void **state) {
+    (void)state;
+    static const char *cases[][2] = {
+        {"{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":2147483647},\"merges\":[]},"
+         "\"pre_tokenizer\":{\"type\":\"ByteLevel\"}}", "vocab entry 'a' has id 2147483647, outside [0, 16777216)"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        tokenizer *t = NULL;
+        moe_error err = {{0}};
+        int rc = tokenizer_load_buffer(&t, cases[i][0], strlen(cases[i][0]), "tokenizer.json", NULL, 0, NULL, &err);
+        if (rc == 0) { tokenizer_free(t); fail_msg("loaded case %zu", i); }
+        if (!strstr(err.msg, cases[i][1]) || !strstr(err.msg, "tokenizer.json")) fail_msg("error \"%s\"", err.msg);
+    }
+}
+
+/* fuzz_tokenizer_json (regress/tokenizer_json/nul-in-structure-hang.json): a NUL byte between
+ * JSON values inside "model" made the fast vocab/merges scanner loop forever. */
+static void test_tokenizer_nul_hang(void **state) {
+    (void)state;
+    static const char j[] = "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[],\"x\":[1, \0]},"
+                            "\"pre_tokenizer\":{\"type\":\"ByteLevel\"}}";
+    tokenizer *t = NULL;
+    moe_error err = {{0}};
+    int rc = tokenizer_load_buffer(&t, j, sizeof j - 1, "tokenizer.json", NULL, 0, NULL, &err);
+    if (rc == 0) { tokenizer_free(t); fail_msg("loaded a file with a NUL byte"); }
+    if (!strstr(err.msg, "tokenizer.json")) fail_msg("error \"%s\"", err.msg);
+}
+
+/* ------------------------------------------------------------------ hostile chat templates */
+
+/* A chat template is code from the internet: nesting, loops, growth and integer overflow
+ * are bounded, each with one line naming the config file (engine/chat.c, CHAT_MAX_*). */
+static char *repeat(const char *head, const char *unit, int n, const char *tail) {
+    size_t lh = strlen(head), lu = strlen(unit), lt = strlen(tail);
+    char *s = malloc(lh + lu * (size_t)n + lt + 1), *p = s;
+    memcpy(p, head, lh); p += lh;
+    for (int i = 0; i < n; i++) { memcpy(p, unit, lu); p += lu; }
+    memcpy(p, tail, lt + 1);
+    return s;
+}
+
+#define DOUBLE40 "[1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1]"
+
+static void test_chat_hostile_templates(void **state) {
+    (void)state;
+    char *gen[] = {
+        repeat("{{ ", "(", 100000, "1 }}"),                  /* parser recursion */
+        repeat("{{ 1", "+1", 100000, " }}"),                 /* a left-deep chain: eval recursion */
+        repeat("{{ ", "not ", 100000, "1 }}"),
+        repeat("{% if false %}", "{% elif false %}", 20000, "{% endif %}"),   /* elif chain: exec recursion */
+        repeat("", "{% if true %}", 20000, ""),              /* block nesting */
+    };
+    const struct { const char *tmpl, *want; } cases[] = {
+        {gen[0], "expression nested too deep"},
+        {gen[1], "expression nested too deep"},
+        {gen[2], "expression nested too deep"},
+        {gen[3], "nested too deep"},
+        {gen[4], "nested too deep"},
+        {"{{ 99999999999999999999 }}", "integer literal too large"},
+        {"{{ 9223372036854775807 + 1 }}", "integer overflow in '+'"},
+        {"{{ (-9223372036854775807 - 1) * -1 }}", "integer overflow in '*'"},
+        {"{{ -(-9223372036854775807 - 1) }}", "integer overflow in '-'"},
+        {"{% set ns = namespace(x='ab') %}{% for i in " DOUBLE40 " %}{% set ns.x = ns.x + ns.x %}{% endfor %}", "text longer than 16 MB"},
+        {"{% set ns = namespace(x='ab') %}{% for i in " DOUBLE40 " %}{% set ns.x = ns.x ~ ns.x %}{% endfor %}", "text longer than 16 MB"},
+        {"{% set ns = namespace(l=[1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1]) %}{% for i in [1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1] %}{% set ns.l = ns.l + ns.l %}{% endfor %}", "list longer than 1000000 items"},
+        {"{% set ns = namespace(l=[1,2,3,4,5,6,7,8,9,10]) %}{% for i in [1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1] %}"
+         "{% set ns.l = ns.l + ns.l %}{% endfor %}{% for a in ns.l %}{% for b in ns.l %}{% endfor %}{% endfor %}", "runs more than 1000000 steps"},
+        {"{% set ns = namespace(s='x') %}{% for i in " DOUBLE40 " %}{{ ns.s }}{% set ns.s = ns.s + ns.s %}{% endfor %}", "longer than 16 MB"},
+        {"{% set ns = namespace() %}{% set ns.me = ns %}", "contains ns"},
+        {"{% set ns = namespace() %}{% set ns.me = [{'a': [ns]}] %}", "contains ns"},
+        {"{% set ns = namespace(a=1) %}{% for i in " DOUBLE40 " %}{% set ns.a = [ns.a] %}{% endfor %}", "nested too deep"},
+        {"{% set x = 1 %}{% for i in " DOUBLE40 " %}{% set x = [x] %}{% endfor %}", "nested too deep"},
+        {"{{ 'ab\xff' }}", "string literal is not valid UTF-8"},   /* found by fuzz_chat: failed with an empty message */
+    };
+    chat_message msgs[1] = {{"user", "hi"}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char *out = NULL;
+        moe_error err = {{0}};
+        int rc = chat_render(cases[i].tmpl, "tokenizer_config.json", msgs, 1, 1, "<s>", "</s>", &out, &err);
+        if (rc == 0) { free(out); fail_msg("case %zu rendered", i); }
+        if (!strstr(err.msg, cases[i].want) || !strstr(err.msg, "tokenizer_config.json") || strchr(err.msg, '\n'))
+            fail_msg("case %zu: error \"%s\" lacks \"%s\"", i, err.msg, cases[i].want);
+    }
+    for (size_t i = 0; i < sizeof gen / sizeof gen[0]; i++) free(gen[i]);
+    /* the controls: ordinary arithmetic and a modest loop still work */
+    char *out = NULL;
+    moe_error err = {{0}};
+    assert_int_equal(chat_render("{{ 9223372036854775807 }} {{ 7 % -3 }} {{ -7 % 3 }} {{ (-9223372036854775807 - 1) % -1 }}",
+                                 "c", msgs, 1, 0, NULL, NULL, &out, &err), 0);
+    assert_string_equal(out, "9223372036854775807 -2 2 0");
+    free(out);
+}
+
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
 int main(void) {
     const struct CMUnitTest tests[] = {
@@ -317,9 +480,12 @@ int main(void) {
         T(test_shape_disagrees_names_tensor), T(test_missing_tensor),
         T(test_missing_weights_file), T(test_missing_shard), T(test_index_names_wrong_shard),
         T(test_st_valid), T(test_st_too_short), T(test_st_header_beyond_file), T(test_st_header_huge),
-        T(test_st_invalid_json), T(test_st_not_object), T(test_st_offsets_outside), T(test_st_overlap),
+        T(test_st_invalid_json), T(test_st_not_object), T(test_st_offsets_outside), T(test_st_overlap), T(test_st_overlap_hidden_by_empty),
         T(test_st_unknown_dtype), T(test_st_size_mismatch), T(test_st_bad_shape), T(test_st_shape_overflow),
         T(test_st_duplicate_name), T(test_truncated_checkpoint), T(test_token_out_of_vocab),
+        T(test_st_too_many_tensors), T(test_st_newline_in_name), T(test_index_newline_in_shard_name),
+        T(test_kv_cache_too_big), T(test_tokenizer_huge_id), T(test_tokenizer_nul_hang),
+        T(test_chat_hostile_templates),
     };
     return cmocka_run_group_tests_name("bad input", tests, NULL, NULL);
 }

@@ -24,6 +24,7 @@
 #include <float.h>
 #include <math.h>
 #include <setjmp.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -489,6 +490,44 @@ static void test_vec_dot_axpy(void **state) {
     }
 }
 
+/* ---------------------------------------------------------------- quantization */
+
+/* Same operations as the references: bit-identical output. */
+static void test_quantize(void **state) {
+    (void)state;
+    const cpu_features *f = cpu_get_features();
+    static const int qn[] = {32, 64, 96, 1024, 7168};
+    for (int i = 0; i < NELEM(qn); i++) {
+        int n = qn[i], nb = n / QK8;
+        float *x = make_vec(n, 0);
+        for (int j = 0; j < n; j++) x[j] *= (j % 7) ? 3.0f : 0.001f;
+        for (int j = 0; j < QK8 && j < n; j++) x[j] = 0.0f;          /* an all-zero block */
+        if (n > 40) { x[33] = 1e-40f; x[34] = -2.5f; x[35] = 2.5f; }  /* subnormal, ties */
+        block_q8 *a = calloc((size_t)nb, sizeof *a), *b = calloc((size_t)nb, sizeof *b);
+        uint16_t *ha = calloc((size_t)n + 1, 2), *hb = calloc((size_t)n + 1, 2);
+        quantize_row_q8_ref(x, a, n);
+        quantize_row_bf16_ref(x, ha, n);
+        struct { void (*q8)(const float *, block_q8 *, int); void (*bf)(const float *, uint16_t *, int); int ok; } v[] = {
+            {quantize_row_q8, quantize_row_bf16, 1},
+            {quantize_row_q8_avx512, quantize_row_bf16_avx512, f->avx512f && f->avx2_fma},
+            {quantize_row_q8_avx2, quantize_row_bf16_ref, f->avx2_fma},
+        };
+        for (int k = 0; k < NELEM(v); k++) {
+            if (!v[k].ok) continue;
+            memset(b, 0x55, sizeof *b * nb);
+            v[k].q8(x, b, n);
+            assert_memory_equal(a, b, sizeof *a * nb);
+            for (int m = n - 5; m <= n; m++) {   /* odd lengths: tails, nothing written past m */
+                hb[m] = 0xABCD;
+                v[k].bf(x, hb, m);
+                assert_memory_equal(ha, hb, 2 * (size_t)m);
+                assert_int_equal(hb[m], 0xABCD);
+            }
+        }
+        free(x); free(a); free(b); free(ha); free(hb);
+    }
+}
+
 /* ---------------------------------------------------------------- top-k */
 
 static void test_topk(void **state) {
@@ -571,6 +610,51 @@ static void test_threadpool_rounds(void **state) {
     assert_true(threadpool_default_threads() >= 1);
 }
 
+typedef struct {
+    _Atomic int *hits;   /* per task */
+    int n_tasks;
+    int bad;
+} task_job;
+
+static void task_fn(void *arg, int task, int n) {
+    task_job *j = arg;
+    if (n != j->n_tasks || task < 0 || task >= n) { j->bad = 1; return; }
+    atomic_fetch_add(&j->hits[task], 1);
+}
+
+/* Every task runs exactly once per run, for any number of tasks and threads. */
+static void test_threadpool_tasks(void **state) {
+    (void)state;
+    static const int nts[] = {1, 2, 3, 5, 64, 1000};
+    for (int nt = 1; nt <= 3; nt++) {
+        threadpool *p = threadpool_create(nt);
+        assert_non_null(p);
+        for (int i = 0; i < NELEM(nts); i++) {
+            int n = nts[i], rounds = 300;
+            _Atomic int *hits = calloc((size_t)n, sizeof *hits);
+            task_job j = {hits, n, 0};
+            for (int r = 0; r < rounds; r++) threadpool_run_tasks(p, task_fn, &j, n);
+            assert_int_equal(j.bad, 0);
+            for (int t = 0; t < n; t++) assert_int_equal(atomic_load(&hits[t]), rounds);
+            free(hits);
+        }
+        threadpool_run_tasks(p, task_fn, NULL, 0);   /* no tasks: returns at once */
+        threadpool_free(p);
+    }
+    for (int rows = 0; rows < 100; rows++)           /* shares tile [0, rows) in 16-row units */
+        for (int nt = 1; nt <= 5; nt++) {
+            int next = 0;
+            for (int id = 0; id < nt; id++) {
+                int r0, r1;
+                threadpool_split_rows(rows, id, nt, &r0, &r1);
+                assert_int_equal(r0, next);
+                assert_true(r1 >= r0 && (r0 % 16 == 0 || r0 == rows));
+                next = r1;
+            }
+            assert_int_equal(next, rows);
+        }
+}
+
 static void test_matvec_parallel(void **state) {
     (void)state;
     static const int pr[] = {1, 7, 33, 257, 1000};
@@ -601,6 +685,41 @@ static void test_matvec_parallel(void **state) {
     }
 }
 
+/* Batched matvec: several matrices of mixed dtypes and sizes in one run. */
+static void test_matvec_parallel_batch(void **state) {
+    (void)state;
+    static const int br[] = {1, 7, 16, 33, 257, 100};
+    enum { NJ = 6 };
+    for (int nt = 1; nt <= 3; nt++) {
+        threadpool *p = threadpool_create(nt);
+        assert_non_null(p);
+        test_mat W[NJ];
+        float *x[NJ], *y[NJ], *ref[NJ];
+        matvec_job jobs[NJ];
+        for (int i = 0; i < NJ; i++) {
+            int cols = 32 * (i + 1);
+            W[i] = make_mat((mat_dtype)(i % 3), br[i], cols, 0);
+            x[i] = make_vec(cols, 0);
+            y[i] = malloc(sizeof(float) * (br[i] + 1));
+            ref[i] = malloc(sizeof(float) * br[i]);
+            y[i][br[i]] = 55.0f;
+            matvec_rows(&W[i].m, x[i], ref[i], 0, br[i]);
+            jobs[i] = (matvec_job){&W[i].m, x[i], y[i]};
+        }
+        for (int round = 0; round < 50; round++) {
+            for (int i = 0; i < NJ; i++) memset(y[i], 0, sizeof(float) * br[i]);
+            matvec_parallel_batch(p, jobs, NJ - (round % 3));   /* 6, 5 or 4 jobs */
+            for (int i = 0; i < NJ - (round % 3); i++) {
+                assert_memory_equal(y[i], ref[i], sizeof(float) * br[i]);
+                assert_true(y[i][br[i]] == 55.0f);
+            }
+        }
+        matvec_parallel_batch(p, jobs, 0);
+        for (int i = 0; i < NJ; i++) { free(W[i].buf); free(x[i]); free(y[i]); free(ref[i]); }
+        threadpool_free(p);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_dispatch),
@@ -619,9 +738,12 @@ int main(void) {
         cmocka_unit_test(test_softmax),
         cmocka_unit_test(test_silu_mul),
         cmocka_unit_test(test_vec_dot_axpy),
+        cmocka_unit_test(test_quantize),
         cmocka_unit_test(test_topk),
         cmocka_unit_test(test_threadpool_rounds),
+        cmocka_unit_test(test_threadpool_tasks),
         cmocka_unit_test(test_matvec_parallel),
+        cmocka_unit_test(test_matvec_parallel_batch),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

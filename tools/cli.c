@@ -1,6 +1,11 @@
 /* cli.c - shared command-line helpers (see cli.h). */
 #include "cli.h"
 
+#include "numa_place.h"
+
+#include "json_util.h"
+#include "tokenizer.h"
+
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -67,18 +72,23 @@ int cli_int(const char *s, long lo, long hi, const char *cmd, const char *opt, l
     return 1;
 }
 
+typedef struct { double t0; int shown; } load_clock;
+
 static void load_progress(void *ctx, int done, int total) {
-    double *t0 = ctx;
-    if (cli_now() - *t0 < 1.0 && done < total) return;   /* only long loads show progress */
+    load_clock *c = ctx;
+    if (cli_now() - c->t0 < 1.0 && !c->shown) return;   /* only long loads show progress */
+    if (done >= total && c->shown == 2) return;
     fprintf(stderr, "\rloading: %d/%d tensors", done, total);
-    if (done >= total) fprintf(stderr, "\n");
+    c->shown = 1;
+    if (done >= total) { fprintf(stderr, "\n"); c->shown = 2; }
 }
 
 int cli_load_model(moe_model *m, const char *dir, const model_options *opt, const char *cmd, int quiet) {
     moe_error err = {{0}};
     double t0 = cli_now();
+    load_clock clock = { t0, 0 };
     model_options o = *opt;
-    if (!quiet && !o.progress) { o.progress = load_progress; o.progress_ctx = &t0; }
+    if (!quiet && !o.progress) { o.progress = load_progress; o.progress_ctx = &clock; }
     if (model_load(m, dir, &o, &err)) {
         fprintf(stderr, "moe %s: %s\n", cmd, err.msg);
         return MOE_FAIL;
@@ -93,5 +103,200 @@ int cli_load_model(moe_model *m, const char *dir, const model_options *opt, cons
                 m->w.bytes_mapped / 1048576.0, m->w.bytes_converted / 1048576.0, m->s.S,
                 model_kv_bytes_per_token(m), m->s.kv_cache_bytes / 1048576.0, cpu_kernel_name(), cli_now() - t0);
     }
+    if (o.numa != NUMA_OFF) {   /* even when quiet: the user asked for placement */
+        char line[2048];
+        numa_plan_describe(&m->numa, line, sizeof line);
+        fprintf(stderr, "%s\n", line);
+    }
     return MOE_OK;
+}
+
+/* ------------------------------------------------------------------ text input */
+
+static int file_exists(const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return 0;
+    fclose(f);
+    return 1;
+}
+
+int cli_input_tokens(const char *dir, const moe_config *cfg, const char *ids, const char *prompt, const char *file,
+                     const char *cmd, int **tokens, int *n, struct tokenizer **tok) {
+    moe_error err = {{0}};
+    *tokens = NULL;
+    *n = 0;
+    *tok = NULL;
+    if (!!ids + !!prompt + !!file != 1) {
+        fprintf(stderr, "moe %s: give exactly one of -p TEXT, -f FILE or --tokens LIST\n", cmd);
+        return MOE_FAIL;
+    }
+    if (ids) {
+        int k = cli_parse_ids(ids, tokens, &err);
+        if (k < 0) { fprintf(stderr, "moe %s: %s\n", cmd, err.msg); return MOE_FAIL; }
+        if (k == 0) { free(*tokens); *tokens = NULL; fprintf(stderr, "moe %s: --tokens is empty\n", cmd); return MOE_FAIL; }
+        *n = k;
+        return MOE_OK;
+    }
+    char *text = NULL;
+    size_t len = 0;
+    if (file) {
+        if (file_read_all(file, (size_t)1 << 31, &text, &len, &err)) {
+            fprintf(stderr, "moe %s: %s\n", cmd, err.msg);
+            return MOE_FAIL;
+        }
+    } else {
+        len = strlen(prompt);
+        text = malloc(len + 1);
+        if (!text) { fprintf(stderr, "moe %s: out of memory\n", cmd); return MOE_FAIL; }
+        memcpy(text, prompt, len + 1);
+    }
+    if (len == 0) {
+        free(text);
+        fprintf(stderr, "moe %s: the input text%s%s is empty: nothing to run\n", cmd, file ? " " : "", file ? file : "");
+        return MOE_FAIL;
+    }
+    char path[4096];
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    int *body = NULL, nb = 0, bos = -1;
+    if (file_exists(path)) {
+        if (tokenizer_load(tok, dir, &err) || tokenizer_encode(*tok, text, len, &body, &nb, &err)) {
+            fprintf(stderr, "moe %s: %s\n", cmd, err.msg);
+            free(text);
+            tokenizer_free(*tok);
+            *tok = NULL;
+            return MOE_FAIL;
+        }
+        if (tokenizer_add_bos(*tok)) bos = tokenizer_bos_id(*tok);
+    } else {
+        if (cfg->vocab_size < 256) {
+            fprintf(stderr, "moe %s: %s is missing and the vocabulary (%d) is too small for byte ids\n", cmd, path,
+                    cfg->vocab_size);
+            free(text);
+            return MOE_FAIL;
+        }
+        fprintf(stderr, "note: %s not found: using the text's bytes as token ids (BOS %d first)\n", path,
+                cfg->bos_token_id);
+        body = malloc(sizeof(int) * len);
+        if (body) for (size_t i = 0; i < len; i++) body[i] = (unsigned char)text[i];
+        nb = (int)len;
+        bos = cfg->bos_token_id;
+    }
+    free(text);
+    int *all = body ? malloc(sizeof(int) * ((size_t)nb + 1)) : NULL;
+    if (!all) {
+        free(body);
+        tokenizer_free(*tok);
+        *tok = NULL;
+        fprintf(stderr, "moe %s: out of memory\n", cmd);
+        return MOE_FAIL;
+    }
+    int k = 0;
+    if (bos >= 0) all[k++] = bos;
+    memcpy(all + k, body, sizeof(int) * (size_t)nb);
+    free(body);
+    *tokens = all;
+    *n = k + nb;
+    return MOE_OK;
+}
+
+const char *cli_token_text(const struct tokenizer *tok, int id, char *buf, size_t cap) {
+    if (!tok) {
+        if (id >= 32 && id < 127) snprintf(buf, cap, "%c", id);
+        else snprintf(buf, cap, "<%d>", id);
+        return buf;
+    }
+    size_t len = 0;
+    const char *b = tokenizer_token_bytes(tok, id, &len);
+    if (!b) { snprintf(buf, cap, "<%d>", id); return buf; }
+    if (len >= cap) len = cap - 1;
+    memcpy(buf, b, len);
+    buf[len] = 0;
+    return buf;
+}
+
+/* ------------------------------------------------------------------ routing knobs */
+
+int cli_route_knob(int argc, char **argv, int *i, const char *cmd, router_options *r) {
+    const char *a = argv[*i], *v;
+    long x;
+    if (!strcmp(a, "--no-group-limit")) { r->no_group_limit = 1; return 1; }
+    if (!strcmp(a, "--no-route-bias")) { r->no_route_bias = 1; return 1; }
+    if (!strcmp(a, "--experts-per-token")) {
+        if (!(v = cli_value(argc, argv, i, cmd)) || !cli_int(v, 1, 1 << 20, cmd, a, &x)) return -1;
+        r->experts_per_token = (int)x;
+        return 1;
+    }
+    return 0;
+}
+
+int cli_route_knobs_check(const moe_config *c, const router_options *r, const char *cmd) {
+    const char *method = c->topk_method == TOPK_NOAUX_TC ? "noaux_tc"
+                       : c->topk_method == TOPK_GROUP_LIMITED_GREEDY ? "group_limited_greedy" : "greedy";
+    if (c->n_routed_experts < 1 && (r->experts_per_token || r->no_group_limit || r->no_route_bias)) {
+        fprintf(stderr, "moe %s: this checkpoint has no routed experts: the routing options do not apply\n", cmd);
+        return MOE_FAIL;
+    }
+    if (r->experts_per_token > c->n_routed_experts) {
+        fprintf(stderr, "moe %s: --experts-per-token %d is larger than the %d experts of this model\n", cmd,
+                r->experts_per_token, c->n_routed_experts);
+        return MOE_FAIL;
+    }
+    if (r->experts_per_token)
+        fprintf(stderr, "routing: using %d experts per token instead of %d (--experts-per-token)\n", r->experts_per_token,
+                c->num_experts_per_tok);
+    if (r->no_group_limit) {
+        if (c->n_group > 1 && c->topk_method != TOPK_GREEDY)
+            fprintf(stderr, "routing: choosing from all %d experts instead of the best %d of %d groups (--no-group-limit)\n",
+                    c->n_routed_experts, c->topk_group, c->n_group);
+        else
+            fprintf(stderr, "routing: --no-group-limit is on, but this model's routing (%s, %d group%s) is not "
+                            "group-limited: no change\n", method, c->n_group, c->n_group == 1 ? "" : "s");
+    }
+    if (r->no_route_bias) {
+        if (c->topk_method == TOPK_NOAUX_TC)
+            fprintf(stderr, "routing: choosing experts by the raw scores, without e_score_correction_bias (--no-route-bias)\n");
+        else
+            fprintf(stderr, "routing: --no-route-bias is on, but this model's routing (%s) has no selection bias: "
+                            "no change\n", method);
+    }
+    return MOE_OK;
+}
+
+int cli_model_option(int argc, char **argv, int *i, const char *cmd, model_options *o) {
+    const char *a = argv[*i], *v;
+    long x;
+    if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
+        if (!(v = cli_value(argc, argv, i, cmd)) || !cli_int(v, 1, 1024, cmd, a, &x)) return -1;
+        o->n_threads = (int)x;
+        return 1;
+    }
+    if (!strcmp(a, "--batch")) {
+        if (!(v = cli_value(argc, argv, i, cmd)) || !cli_int(v, 1, 65536, cmd, a, &x)) return -1;
+        o->batch_max = (int)x;
+        return 1;
+    }
+    if (!strcmp(a, "--dtype")) {
+        if (!(v = cli_value(argc, argv, i, cmd))) return -1;
+        int d = weights_dtype_parse(v);
+        if (d < 0) { fprintf(stderr, "moe %s: --dtype must be auto, f32, bf16 or q8\n", cmd); return -1; }
+        o->dtype = (weights_dtype)d;
+        return 1;
+    }
+    if (!strcmp(a, "--numa")) {
+        if (!(v = cli_value(argc, argv, i, cmd))) return -1;
+        int mode = numa_mode_parse(v);
+        if (mode < 0) { fprintf(stderr, "moe %s: --numa must be off, interleave or partition\n", cmd); return -1; }
+        o->numa = (numa_mode)mode;
+        return 1;
+    }
+    return cli_route_knob(argc, argv, i, cmd, &o->routing);
+}
+
+void cli_model_options_usage(FILE *f) {
+    fprintf(f,
+            "  -t, --threads N      threads (default: one per core)\n"
+            "  --dtype D            weight format: auto (as stored, default) | f32 | bf16 | q8\n"
+            "  --batch N            tokens per forward chunk (default 64)\n"
+            "  --numa M             NUMA placement: off (default) | interleave | partition (README: --numa)\n"
+            "  --experts-per-token K, --no-group-limit, --no-route-bias   routing experiments (each says it is on)\n");
 }

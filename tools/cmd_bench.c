@@ -38,6 +38,7 @@
 #include <sys/mman.h>
 #include <sys/resource.h>
 
+#include "bench_mtp.h"
 #include "cli.h"
 #include "commands.h"
 #include "model.h"
@@ -64,6 +65,7 @@ static void usage(FILE *f) {
             "  -r, --repetitions N timed runs per test (default 5), after one warm-up\n"
             "  -t, --threads LIST  thread counts, e.g. 1,2 (default: one per core)\n"
             "  --dtype D           auto | f32 | bf16 | q8: compute format of the weights (default auto)\n"
+            "  --numa M            NUMA placement: off (default) | interleave | partition\n"
             "  --batch N           tokens per forward chunk in prefill (default: the whole prompt)\n"
             "  --tg-prompt N       untimed prompt before the decode test (default 8)\n"
             "  --membw             measure memory read bandwidth on 1 and all threads (alone, or with -m)\n"
@@ -71,6 +73,9 @@ static void usage(FILE *f) {
             "  --bw A[,B]          read bandwidth in GB/s for 1 thread [, 2+ threads] (default 32.9,51.9)\n"
             "  --profile           time per decoded token in each phase of the forward pass\n"
             "  --json              results as JSON on stdout (the table goes to stderr)\n"
+            "  --mtp               add the MTP arm: greedy decode with and without self-speculation (-n tokens,\n"
+            "                      --tg-prompt prompt tokens, -r reps), acceptance, experts read per step\n"
+            "  --mtp-text FILE     take the MTP arm's prompts from FILE (tokenized with DIR's tokenizer)\n"
             "  --seed S            random tokens (default 42)\n"
             "  -h, --help\n");
 }
@@ -471,7 +476,9 @@ static json_t *profile_json(const model_profile *p, long ntok, double argmax_ns)
 int cmd_bench(int argc, char **argv) {
     const char *dir = NULL, *threads_arg = NULL;
     long n_prompt = 512, n_gen = 128, reps = 5, batch = 0, tg_prompt = 8, seed = 42, membw_mib = 1024;
-    int json = 0, profile = 0, membw = 0, bw_given = 0;
+    int json = 0, profile = 0, membw = 0, bw_given = 0, mtp = 0;
+    const char *mtp_text = NULL;
+    mtp_arm mtp_result = {0};
     double bw[2] = {32.9, 51.9};
     model_options opt = {0};
     for (int i = 1; i < argc; i++) {
@@ -499,6 +506,11 @@ int cmd_bench(int argc, char **argv) {
             int d = weights_dtype_parse(v);
             if (d < 0) { fprintf(stderr, "moe bench: --dtype must be auto, f32, bf16 or q8\n"); return 2; }
             opt.dtype = (weights_dtype)d;
+        } else if (!strcmp(a, "--numa")) {
+            if (!(v = cli_value(argc, argv, &i, "bench"))) return 2;
+            int mode = numa_mode_parse(v);
+            if (mode < 0) { fprintf(stderr, "moe bench: --numa must be off, interleave or partition\n"); return 2; }
+            opt.numa = (numa_mode)mode;
         } else if (!strcmp(a, "--bw")) {
             if (!(v = cli_value(argc, argv, &i, "bench"))) return 2;
             int k = sscanf(v, "%lf,%lf", &bw[0], &bw[1]);
@@ -510,6 +522,8 @@ int cmd_bench(int argc, char **argv) {
             bw_given = 1;
         } else if (!strcmp(a, "--json")) json = 1;
         else if (!strcmp(a, "--profile")) profile = 1;
+        else if (!strcmp(a, "--mtp")) mtp = 1;
+        else if (!strcmp(a, "--mtp-text")) { if (!(mtp_text = cli_value(argc, argv, &i, "bench"))) return 2; mtp = 1; }
         else if (!strcmp(a, "--membw")) membw = 1;
         else {
             fprintf(stderr, "moe bench: unknown option '%s' (see moe bench --help)\n", a);
@@ -563,9 +577,18 @@ int cmd_bench(int argc, char **argv) {
     int max_t = 1;
     for (int k = 0; k < n_cfg; k++) if (threads[k] > max_t) max_t = threads[k];
     opt.n_threads = max_t;
-    opt.max_seq = (int)((n_prompt > tg_prompt + n_gen ? n_prompt : tg_prompt + n_gen) + 1);
+    opt.max_seq = (int)((n_prompt > tg_prompt + n_gen ? n_prompt : tg_prompt + n_gen) + 1 + (mtp ? 2 : 0));
     opt.batch_max = (int)(batch > 0 ? batch : n_prompt > 0 ? n_prompt : 64);
     moe_model m;
+    if (mtp) {   /* before the long load */
+        moe_config cfg;
+        moe_error cerr = {{0}};
+        if (config_load(&cfg, dir, &cerr)) { fprintf(stderr, "moe bench: %s\n", cerr.msg); return 1; }
+        if (cfg.num_nextn_predict_layers < 1) {
+            fprintf(stderr, "moe bench: --mtp: %s has no MTP module (num_nextn_predict_layers = 0)\n", dir);
+            return 1;
+        }
+    }
     if (cli_load_model(&m, dir, &opt, "bench", 0)) return 1;      /* stderr: fine with --json */
     threadpool *own_pool = m.pool;
     config_run runs[MAX_THREAD_CONFIGS];
@@ -581,7 +604,7 @@ int cmd_bench(int argc, char **argv) {
         runs[k].tg_cpu = calloc((size_t)reps, sizeof(double));
         if (!runs[k].pp || !runs[k].tg || !runs[k].pp_cpu || !runs[k].tg_cpu) { fprintf(stderr, "moe bench: out of memory\n"); goto done; }
         if (threads[k] == max_t) runs[k].pool = own_pool;
-        else if (threads[k] > 1 && !(runs[k].pool = threadpool_create(threads[k]))) {
+        else if (threads[k] > 1 && !(runs[k].pool = model_pool_create(&m, threads[k]))) {
             fprintf(stderr, "moe bench: cannot start %d threads\n", threads[k]);
             goto done;
         }
@@ -659,6 +682,14 @@ int cmd_bench(int argc, char **argv) {
             kv_floats, m.cfg.kv_lora_rank, m.cfg.qk_rope_head_dim, m.w.n_layers, kv_tok, m.s.S,
             m.s.kv_cache_bytes / 1048576.0);
     if (profile) print_profile(tab, runs, n_cfg, (int)n_gen, (int)n_prompt);
+    if (mtp) {
+        if (mtp_arm_run(&m, dir, mtp_text, (int)tg_prompt, (int)(n_gen > 1 ? n_gen : 2), (int)reps, (uint64_t)seed,
+                        &mtp_result, &err)) {
+            fprintf(stderr, "moe bench: %s\n", err.msg);
+            goto done;
+        }
+        mtp_arm_print(tab, &mtp_result);
+    }
     if (json) {
         json_t *arr = json_array();
         for (int k = 0; k < n_cfg; k++) {
@@ -705,6 +736,7 @@ int cmd_bench(int argc, char **argv) {
                 json_array_append_new(arr, o);
             }
         }
+        if (mtp) json_array_append_new(arr, mtp_arm_json(&mtp_result));
         char *s = json_dumps(arr, JSON_INDENT(2) | JSON_REAL_PRECISION(8));
         printf("%s\n", s);
         free(s);
@@ -721,6 +753,7 @@ done:
         free(runs[k].tg_cpu);
     }
     free(logits);
+    mtp_arm_free(&mtp_result);
     model_free(&m);
     return rc;
 }

@@ -26,9 +26,8 @@ static void usage(FILE *f) {
             "  -o, --out FILE         output .safetensors\n"
             "  --mode prefill|decode  all tokens in one pass (default), or one at a time through the cache\n"
             "  --attn absorb|naive    MLA implementation (default absorb)\n"
-            "  --dtype auto|f32|bf16|q8  compute format of the weights (default auto: as stored, exact)\n"
-            "  --batch N              tokens per forward chunk (default 64)\n"
             "  -h, --help\n");
+    cli_model_options_usage(f);
 }
 
 typedef struct {
@@ -59,8 +58,10 @@ int cmd_logits(int argc, char **argv) {
     model_options opt = {0};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
-        long x;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
+        int k = cli_model_option(argc, argv, &i, "logits", &opt);
+        if (k < 0) return 2;
+        if (k) continue;
         if (!strcmp(a, "-m") || !strcmp(a, "--model")) { if (!(dir = cli_value(argc, argv, &i, "logits"))) return 2; }
         else if (!strcmp(a, "--tokens")) { if (!(tokens_arg = cli_value(argc, argv, &i, "logits"))) return 2; }
         else if (!strcmp(a, "-o") || !strcmp(a, "--out")) { if (!(out = cli_value(argc, argv, &i, "logits"))) return 2; }
@@ -69,14 +70,6 @@ int cmd_logits(int argc, char **argv) {
             if (!(v = cli_value(argc, argv, &i, "logits"))) return 2;
             if (!strcmp(v, "naive")) opt.attn = ATTN_NAIVE;
             else if (strcmp(v, "absorb")) { fprintf(stderr, "moe logits: --attn must be absorb or naive\n"); return 2; }
-        } else if (!strcmp(a, "--dtype")) {
-            if (!(v = cli_value(argc, argv, &i, "logits"))) return 2;
-            int d = weights_dtype_parse(v);
-            if (d < 0) { fprintf(stderr, "moe logits: --dtype must be auto, f32, bf16 or q8\n"); return 2; }
-            opt.dtype = (weights_dtype)d;
-        } else if (!strcmp(a, "--batch")) {
-            if (!(v = cli_value(argc, argv, &i, "logits")) || !cli_int(v, 1, 4096, "logits", a, &x)) return 2;
-            opt.batch_max = (int)x;
         } else {
             fprintf(stderr, "moe logits: unknown option '%s' (see moe logits --help)\n", a);
             return 2;

@@ -5,6 +5,11 @@
 #define MOE_COMMANDS_H
 
 int cmd_logits(int argc, char **argv);
+int cmd_route(int argc, char **argv);
+int cmd_ppl(int argc, char **argv);
+int cmd_tokenize(int argc, char **argv);
+int cmd_generate(int argc, char **argv);
+int cmd_chat(int argc, char **argv);
 int cmd_mkckpt(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 

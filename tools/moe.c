@@ -12,6 +12,11 @@ typedef struct {
 } command;
 
 static const command commands[] = {
+    {"generate", cmd_generate, "continue a prompt, streaming text (sampling, timing line)"},
+    {"chat", cmd_chat, "multi-turn chat with the checkpoint's chat template (terminal or pipe)"},
+    {"tokenize", cmd_tokenize, "text -> token ids (or ids -> text with --decode), one line per input"},
+    {"route", cmd_route, "run a text through the model, report and draw what the router did"},
+    {"ppl", cmd_ppl, "perplexity of a text file (routing knobs apply)"},
     {"logits", cmd_logits, "run token ids through a checkpoint, write logits/MTP logits/routing (safetensors)"},
     {"mkckpt", cmd_mkckpt, "write a random-weight checkpoint of any DeepSeek shape (or --plan its memory)"},
     {"bench", cmd_bench, "prefill/decode tokens/s (llama-bench style), bytes per token, memory bandwidth, --profile"},

@@ -18,7 +18,11 @@ mk() {  # name tokens-seed mkckpt-args...
     echo "$name: $*"
 }
 mk tiny-bf16        1 --preset tiny --dtype bf16 --seed 11
-mk tiny-yarn-fp8    2 --preset tiny-yarn --dtype fp8 --fp8-block 32 --seed 12
+# the released V3 config.json structure, sizes scaled down (fp8 quantization_config, YaRN, noaux_tc, auto_map, ...)
+mk tiny-yarn-fp8    2 --preset tiny-yarn --dtype fp8 --fp8-block 32 --seed 12 --override '{"auto_map": {"AutoConfig":
+  "configuration_deepseek.DeepseekV3Config", "AutoModel": "modeling_deepseek.DeepseekV3Model", "AutoModelForCausalLM":
+  "modeling_deepseek.DeepseekV3ForCausalLM"}, "transformers_version": "4.33.1"}'
+
 mk v2lite-f32       3 --preset tiny-v2lite --dtype f32 --seed 13
 mk v2lite-f16-shard 4 --preset tiny-v2lite --dtype f16 --shards 3 --seed 14
 # V2-style grouped softmax routing, half-split RoPE layout, tied embeddings, YaRN with

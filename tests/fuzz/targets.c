@@ -1,0 +1,358 @@
+/* targets.c - fuzz target bodies (see targets.h). */
+#include "targets.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "chat.h"
+#include "config.h"
+#include "rope.h"
+#include "safetensors.h"
+#include "tokenizer.h"
+
+#define CHECK(cond, ...)                                                          \
+    do {                                                                          \
+        if (!(cond)) {                                                            \
+            fprintf(stderr, "fuzz invariant failed at %s:%d: %s: ", __FILE__, __LINE__, #cond); \
+            fprintf(stderr, __VA_ARGS__);                                         \
+            fputc('\n', stderr);                                                  \
+            abort();                                                              \
+        }                                                                         \
+    } while (0)
+
+/* A failed call must leave one non-empty line that names `what`. */
+static void check_error(const moe_error *err, const char *what) {
+    CHECK(err->msg[0], "empty error message");
+    CHECK(!strchr(err->msg, '\n'), "error is not one line: %s", err->msg);
+    CHECK(!what || strstr(err->msg, what), "error does not name %s: %s", what, err->msg);
+}
+
+static volatile uint8_t sink;
+
+static const char *root_path(char *buf, size_t n, const char *rel) {
+    const char *root = getenv("MOE_FUZZ_ROOT");
+    snprintf(buf, n, "%s%s%s", root ? root : "", root ? "/" : "", rel);
+    return buf;
+}
+
+static char *slurp(const char *rel, size_t *len) {
+    char p[1024];
+    root_path(p, sizeof p, rel);
+    FILE *f = fopen(p, "rb");
+    if (!f) { fprintf(stderr, "fuzz: cannot open fixture %s (run from the repository root or set MOE_FUZZ_ROOT)\n", p); abort(); }
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    rewind(f);
+    char *b = malloc((size_t)n + 1);
+    if (!b || fread(b, 1, (size_t)n, f) != (size_t)n) abort();
+    fclose(f);
+    b[n] = 0;
+    *len = (size_t)n;
+    return b;
+}
+
+/* ------------------------------------------------------------------ safetensors */
+
+static void check_set(const st_set *s) {
+    for (int i = 0; i < s->n_tensors; i++) {
+        const st_tensor *t = &s->tensors[i];
+        CHECK(st_find(s, t->name) == t, "tensor %s not found by name", t->name);
+        CHECK(t->ndim >= 0 && t->ndim <= ST_MAX_DIMS, "ndim %d", t->ndim);
+        CHECK((uint64_t)t->nbytes == (uint64_t)t->numel * st_dtype_size(t->dtype), "nbytes of %s", t->name);
+        CHECK(t->file >= 0 && t->file < s->n_files, "file index");
+        const st_file *f = &s->files[t->file];
+        (void)f;
+        if (t->nbytes) {   /* touch both ends: ASan catches data outside the buffer */
+            const uint8_t *d = t->data;
+            sink ^= d[0];
+            sink ^= d[t->nbytes - 1];
+        }
+    }
+}
+
+int fuzz_safetensors(const uint8_t *data, size_t size) {
+    st_set s;
+    moe_error err = {{0}};
+    /* copy into an exact-size buffer so ASan sees any read past the end */
+    uint8_t *buf = malloc(size ? size : 1);
+    if (!buf) return 0;
+    memcpy(buf, data, size);
+    if (st_parse_buffer(&s, buf, size, "fuzz.safetensors", &err) == MOE_OK) {
+        CHECK(s.n_tensors <= (1 << 20), "%d tensors", s.n_tensors);
+        check_set(&s);
+        for (int i = 0; i < s.n_tensors && s.n_tensors <= 256; i++)   /* no two tensors share a byte */
+            for (int j = i + 1; j < s.n_tensors; j++) {
+                const uint8_t *a = s.tensors[i].data, *b = s.tensors[j].data;
+                size_t na = s.tensors[i].nbytes, nb = s.tensors[j].nbytes;
+                CHECK(!na || !nb || a + na <= b || b + nb <= a, "tensors %s and %s overlap", s.tensors[i].name,
+                      s.tensors[j].name);
+            }
+        CHECK(st_find(&s, "\x01no such tensor") == NULL, "found a tensor that is not there");
+        st_close(&s);
+    } else {
+        check_error(&err, "fuzz.safetensors");
+    }
+    free(buf);
+    return 0;
+}
+
+/* Two shards in memory: A = {a: F32[2], b: BF16[3]}, B = {c: U8[5]}. */
+#define IDX_DIR "/nonexistent-moe-fuzz"
+static uint8_t *shard_buf[2];
+static size_t shard_len[2];
+static const char *shard_name[2] = {"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"};
+
+static void make_shard(int i, const char *header, size_t data_len) {
+    size_t hl = strlen(header);
+    shard_len[i] = 8 + hl + data_len;
+    shard_buf[i] = calloc(1, shard_len[i]);
+    for (int k = 0; k < 8; k++) shard_buf[i][k] = (uint8_t)((uint64_t)hl >> (8 * k));
+    memcpy(shard_buf[i] + 8, header, hl);
+}
+
+int fuzz_st_index(const uint8_t *data, size_t size) {
+    if (!shard_buf[0]) {
+        make_shard(0, "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
+                      "\"b\":{\"dtype\":\"BF16\",\"shape\":[3],\"data_offsets\":[8,14]}}", 14);
+        make_shard(1, "{\"c\":{\"dtype\":\"U8\",\"shape\":[5],\"data_offsets\":[0,5]},\"__metadata__\":{\"format\":\"pt\"}}", 5);
+    }
+    st_set s;
+    memset(&s, 0, sizeof s);
+    moe_error err = {{0}};
+    char p[256];
+    for (int i = 0; i < 2; i++) {
+        snprintf(p, sizeof p, IDX_DIR "/%s", shard_name[i]);
+        CHECK(st_add_buffer(&s, shard_buf[i], shard_len[i], p, &err) == MOE_OK, "%s", err.msg);
+    }
+    char *text = malloc(size ? size : 1);   /* exact size: no NUL terminator to lean on */
+    if (!text) { st_close(&s); return 0; }
+    memcpy(text, data, size);
+    if (st_apply_index(&s, IDX_DIR, text, size, IDX_DIR "/model.safetensors.index.json", &err) == MOE_OK) {
+        CHECK(s.n_files == 2, "opened %d files", s.n_files);
+        check_set(&s);
+    } else {
+        check_error(&err, IDX_DIR "/model.safetensors.index.json");
+    }
+    free(text);
+    st_close(&s);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ config.json */
+
+int fuzz_config(const uint8_t *data, size_t size) {
+    moe_config c;
+    moe_error err = {{0}};
+    char *text = malloc(size ? size : 1);
+    if (!text) return 0;
+    memcpy(text, data, size);
+    if (config_parse(&c, text, size, "config.json", &err) == MOE_OK) {
+        const int MAXD = 1 << 24;
+        CHECK(c.vocab_size >= 1 && c.vocab_size <= MAXD && c.hidden_size >= 1 && c.hidden_size <= MAXD, "dims");
+        CHECK(c.num_hidden_layers >= 1 && c.num_hidden_layers <= MAXD, "layers");
+        CHECK(c.kv_lora_rank >= 1 && c.qk_rope_head_dim >= 2 && c.qk_rope_head_dim % 2 == 0, "attention dims");
+        CHECK(c.n_group >= 1 && c.topk_group >= 1, "groups");
+        if (c.n_routed_experts > 0) {   /* group fields are not checked for a dense model: unused */
+            CHECK(c.topk_group <= c.n_group, "topk_group");
+            CHECK(c.num_experts_per_tok >= 1 && c.num_experts_per_tok <= c.n_routed_experts, "top-k");
+            CHECK(c.n_routed_experts % c.n_group == 0 && config_group_size(&c) >= 1, "group size");
+        }
+        CHECK(c.bos_token_id < c.vocab_size && c.eos_token_id < c.vocab_size, "special ids");
+        CHECK(memchr(c.model_type, 0, sizeof c.model_type) != NULL, "model_type not terminated");
+        int moe_layers = 0;
+        for (int l = 0; l < c.num_hidden_layers + c.num_nextn_predict_layers && l < 4096; l++)
+            moe_layers += config_layer_is_moe(&c, l);
+        (void)moe_layers;
+        rope_params r;
+        moe_error rerr = {{0}};
+        if (rope_init(&r, &c, &rerr) != MOE_OK) check_error(&rerr, NULL);
+        else CHECK(r.dr == c.qk_rope_head_dim, "rope dr");
+    } else {
+        check_error(&err, "config.json");
+    }
+    free(text);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ tokenizer */
+
+/* Encodes and decodes `text` with t; ids must be in range and decoding must work. */
+static void exercise_tokenizer(const tokenizer *t, const char *text, size_t len, int roundtrip) {
+    int *ids = NULL, n = 0;
+    moe_error err = {{0}};
+    int V = tokenizer_vocab_size(t);
+    if (tokenizer_encode(t, text, len, &ids, &n, &err) != MOE_OK) {
+        CHECK(!roundtrip, "encode failed: %s", err.msg);
+        check_error(&err, NULL);
+        return;
+    }
+    CHECK(n >= 0 && (n == 0 || ids), "n = %d", n);
+    for (int i = 0; i < n; i++) CHECK(ids[i] >= 0 && ids[i] < V, "id %d outside [0, %d)", ids[i], V);
+    char *out = NULL;
+    size_t olen = 0;
+    if (tokenizer_decode(t, ids, n, &out, &olen, &err) == MOE_OK) {
+        CHECK(out && out[olen] == 0, "decode result not terminated");
+        if (roundtrip)
+            CHECK(olen == len && !memcmp(out, text, len), "decode(encode(x)) != x (%zu vs %zu bytes)", olen, len);
+        /* streaming decode gives the same bytes */
+        tokenizer_stream st;
+        tokenizer_stream_init(&st);
+        size_t pos = 0;
+        int ok = 1;
+        for (int i = 0; i < n && ok; i++) {
+            const char *p;
+            size_t l;
+            if (tokenizer_stream_push(t, &st, ids[i], &p, &l, &err) != MOE_OK) { ok = 0; break; }
+            CHECK(pos + l <= olen && !memcmp(out + pos, p, l), "stream decode differs at byte %zu", pos);
+            pos += l;
+        }
+        if (ok) {
+            const char *p;
+            size_t l;
+            tokenizer_stream_flush(&st, &p, &l);
+            CHECK(pos + l == olen && !memcmp(out + pos, p, l), "stream decode differs at the end");
+        }
+        tokenizer_stream_free(&st);
+        free(out);
+    } else {
+        CHECK(!roundtrip, "decode failed: %s", err.msg);
+        check_error(&err, NULL);
+    }
+    free(ids);
+}
+
+static const char probe_text[] = "Hello, the world 12345 \xe4\xbd\xa0\xe5\xa5\xbd <\xef\xbd\x9cUser\xef\xbd\x9c> \xff\xc3(\n\r\t ";
+
+int fuzz_tokenizer_json(const uint8_t *data, size_t size) {
+    tokenizer *t = NULL;
+    moe_error err = {{0}};
+    char *text = malloc(size ? size : 1);
+    if (!text) return 0;
+    memcpy(text, data, size);
+    if (tokenizer_load_buffer(&t, text, size, "tokenizer.json", NULL, 0, NULL, &err) == MOE_OK) {
+        int V = tokenizer_vocab_size(t);
+        CHECK(V >= 0 && V <= (1 << 24), "vocab size %d", V);
+        exercise_tokenizer(t, probe_text, sizeof probe_text - 1, 0);
+        exercise_tokenizer(t, text, size < 256 ? size : 256, 0);
+        for (int id = -1; id <= V && id < 2048; id++) {
+            size_t l;
+            const char *b = tokenizer_token_bytes(t, id, &l);
+            if (b && l) sink ^= (uint8_t)b[l - 1];
+        }
+        tokenizer_free(t);
+    } else {
+        check_error(&err, "tokenizer.json");
+    }
+    free(text);
+    return 0;
+}
+
+static char *tiny_json;
+static size_t tiny_len;
+
+int fuzz_tokenizer_config(const uint8_t *data, size_t size) {
+    if (!tiny_json) tiny_json = slurp("tests/fuzz/tiny_tokenizer.json", &tiny_len);
+    tokenizer *t = NULL;
+    moe_error err = {{0}};
+    char *text = malloc(size ? size : 1);
+    if (!text) return 0;
+    memcpy(text, data, size);
+    if (tokenizer_load_buffer(&t, tiny_json, tiny_len, "tokenizer.json", text, size, "tokenizer_config.json", &err) ==
+        MOE_OK) {
+        int V = tokenizer_vocab_size(t), bos = tokenizer_bos_id(t), eos = tokenizer_eos_id(t);
+        CHECK(bos >= -1 && bos < V && eos >= -1 && eos < V, "bos %d eos %d V %d", bos, eos, V);
+        const char *b = tokenizer_bos_str(t), *e = tokenizer_eos_str(t), *ct = tokenizer_chat_template(t);
+        CHECK(b && e, "NULL bos/eos string");
+        if (bos >= 0) CHECK(tokenizer_token_id(t, b) == bos, "bos string does not map back");
+        exercise_tokenizer(t, b, strlen(b), 0);
+        exercise_tokenizer(t, e, strlen(e), 0);
+        if (ct) exercise_tokenizer(t, ct, strlen(ct) < 4096 ? strlen(ct) : 4096, 0);
+        tokenizer_free(t);
+    } else {
+        check_error(&err, "tokenizer_config.json");
+    }
+    free(text);
+    return 0;
+}
+
+static tokenizer *v3;
+
+int fuzz_encode(const uint8_t *data, size_t size) {
+    if (!v3) {
+        char p[1024];
+        moe_error err = {{0}};
+        const char *env = getenv("MOE_FUZZ_TOKENIZER");
+        if (tokenizer_load(&v3, env ? env : root_path(p, sizeof p, "tests/data/tokenizer/deepseek_v3"), &err)) {
+            fprintf(stderr, "fuzz: %s\n", err.msg);
+            abort();
+        }
+    }
+    char *text = malloc(size ? size : 1);
+    if (!text) return 0;
+    memcpy(text, data, size);
+    exercise_tokenizer(v3, text, size, 1);
+    free(text);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ chat template */
+
+static json_t *chat_msgs;
+
+int fuzz_chat(const uint8_t *data, size_t size) {
+    if (!chat_msgs) {
+        json_error_t je;
+        chat_msgs = json_loads(
+            "[{\"role\":\"system\",\"content\":\"You are helpful.\"},{\"role\":\"user\",\"content\":\"Hi \u4f60\u597d\"},"
+            "{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[{\"type\":\"function\",\"function\":"
+            "{\"name\":\"get\",\"arguments\":\"{\\\"x\\\": 1}\"}}]},{\"role\":\"tool\",\"content\":\"42\"},"
+            "{\"role\":\"assistant\",\"content\":\"<think>hmm</think>The answer is 42.\"},{\"role\":\"user\",\"content\":\"\"}]",
+            0, &je);
+        CHECK(chat_msgs, "fixture: %s", je.text);
+    }
+    char *tmpl = malloc(size + 1);   /* the renderer takes a NUL-terminated template */
+    if (!tmpl) return 0;
+    memcpy(tmpl, data, size);
+    tmpl[size] = 0;
+    char *out = NULL;
+    moe_error err = {{0}};
+    json_t *vars = json_pack("{s:b}", "tools_in_user_message", 0);
+    if (chat_render_json(tmpl, "tokenizer_config.json", chat_msgs, vars, size & 1, "<｜begin▁of▁sentence｜>",
+                         "<｜end▁of▁sentence｜>", &out, &err) == MOE_OK) {
+        CHECK(out, "no output");
+        sink ^= (uint8_t)out[0];
+        free(out);
+    } else {
+        CHECK(!out, "output on failure");
+        check_error(&err, "tokenizer_config.json");
+    }
+    json_decref(vars);
+    free(tmpl);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ table */
+
+const fuzz_target fuzz_targets[] = {
+    {"safetensors", fuzz_safetensors},
+    {"st_index", fuzz_st_index},
+    {"config", fuzz_config},
+    {"tokenizer_json", fuzz_tokenizer_json},
+    {"tokenizer_config", fuzz_tokenizer_config},
+    {"encode", fuzz_encode},
+    {"chat", fuzz_chat},
+    {NULL, NULL},
+};
+
+void fuzz_cleanup(void) {
+    for (int i = 0; i < 2; i++) { free(shard_buf[i]); shard_buf[i] = NULL; }
+    free(tiny_json);
+    tiny_json = NULL;
+    tokenizer_free(v3);
+    v3 = NULL;
+    json_decref(chat_msgs);
+    chat_msgs = NULL;
+}

@@ -1,0 +1,236 @@
+/* test_generate.c - the sampler and the generation loop, including MTP
+ * self-speculative decoding.
+ *
+ *   - sampler: greedy is the argmax; top-k 1 and a tiny top-p are greedy; min-p and
+ *     top-k drop what they should; distributions sum to 1; the same seed gives the
+ *     same draws and empirical frequencies follow the distribution;
+ *   - generation: greedy decoding with --mtp emits exactly the tokens of plain greedy
+ *     decoding, over many prompts and lengths (on a random checkpoint nearly every
+ *     draft is rejected, so this exercises rejection); afterwards the KV cache
+ *     gives the same logits as a fresh prefill of the same history;
+ *   - a chat-style second prompt reuses the cached prefix and matches a fresh run.
+ */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "generate.h"
+#include "model.h"
+#include "sampler.h"
+
+#define MODEL "tests/data/golden/tiny-bf16"
+
+/* ------------------------------------------------------------------ sampler */
+
+static void test_sampler_greedy_and_filters(void **state) {
+    (void)state;
+    float logits[6] = {0.1f, 2.0f, 1.9f, -1.0f, 2.0f, 0.5f};   /* tie 1/4 -> lower id */
+    moe_error err;
+    sampler s;
+    sampler_params p = { .temperature = 0.0f, .top_p = 1.0f };
+    assert_int_equal(sampler_init(&s, 6, &p, &err), 0);
+    assert_int_equal(sampler_sample(&s, logits), 1);
+    sampler_free(&s);
+    /* top-k 1 and top-p tiny are greedy whatever the seed */
+    for (int seed = 0; seed < 20; seed++) {
+        sampler_params k1 = { .temperature = 1.0f, .top_k = 1, .top_p = 1.0f, .seed = (uint64_t)seed };
+        assert_int_equal(sampler_init(&s, 6, &k1, &err), 0);
+        assert_int_equal(sampler_sample(&s, logits), 1);
+        sampler_free(&s);
+        sampler_params p0 = { .temperature = 1.0f, .top_p = 1e-4f, .seed = (uint64_t)seed };
+        assert_int_equal(sampler_init(&s, 6, &p0, &err), 0);
+        assert_int_equal(sampler_sample(&s, logits), 1);
+        sampler_free(&s);
+    }
+    /* min-p 0.5: keeps ids whose p >= 0.5 p_max: 1, 2, 4 (exp(-0.1) = 0.90) but not 5 (exp(-1.5)) */
+    sampler_params mp = { .temperature = 1.0f, .top_p = 1.0f, .min_p = 0.5f };
+    assert_int_equal(sampler_init(&s, 6, &mp, &err), 0);
+    float probs[6];
+    sampler_distribution(&s, logits, probs);
+    double sum = 0;
+    for (int i = 0; i < 6; i++) sum += probs[i];
+    assert_true(fabs(sum - 1.0) < 1e-6);
+    assert_true(probs[1] > 0 && probs[2] > 0 && probs[4] > 0);
+    assert_true(probs[0] == 0 && probs[3] == 0 && probs[5] == 0);
+    sampler_free(&s);
+    /* top-k 2: ids 1 and 4 (the tie at 2.0), each 1/2 */
+    sampler_params k2 = { .temperature = 1.0f, .top_k = 2, .top_p = 1.0f };
+    assert_int_equal(sampler_init(&s, 6, &k2, &err), 0);
+    sampler_distribution(&s, logits, probs);
+    assert_true(fabs(probs[1] - 0.5f) < 1e-6 && fabs(probs[4] - 0.5f) < 1e-6);
+    sampler_free(&s);
+}
+
+static void test_sampler_seed_and_frequencies(void **state) {
+    (void)state;
+    float logits[4] = {0.0f, 1.0f, 2.0f, -0.5f};
+    moe_error err;
+    sampler a, b;
+    sampler_params p = { .temperature = 1.0f, .top_p = 1.0f, .seed = 42 };
+    assert_int_equal(sampler_init(&a, 4, &p, &err), 0);
+    assert_int_equal(sampler_init(&b, 4, &p, &err), 0);
+    int count[4] = {0};
+    const int N = 40000;
+    for (int i = 0; i < N; i++) {
+        int x = sampler_sample(&a, logits);
+        assert_int_equal(x, sampler_sample(&b, logits));   /* same seed, same draws */
+        count[x]++;
+    }
+    float probs[4];
+    sampler_distribution(&a, logits, probs);
+    for (int i = 0; i < 4; i++) {   /* 5 standard deviations */
+        double sd = sqrt(N * probs[i] * (1 - probs[i]));
+        if (fabs(count[i] - N * probs[i]) > 5 * sd + 1) fail_msg("id %d: %d draws, expected %.0f", i, count[i], N * probs[i]);
+    }
+    sampler_free(&a);
+    sampler_free(&b);
+    sampler_params bad = { .temperature = -1.0f, .top_p = 1.0f };
+    assert_int_not_equal(sampler_init(&a, 4, &bad, &err), 0);
+    assert_non_null(strstr(err.msg, "temperature"));
+}
+
+/* ------------------------------------------------------------------ generation */
+
+typedef struct { int ids[512]; int n; } collected;
+
+static int collect(void *ctx, int id, const char *text, size_t len) {
+    (void)text; (void)len;
+    collected *c = ctx;
+    if (id >= 0 && c->n < 512) c->ids[c->n++] = id;
+    return 0;
+}
+
+static void generate_ids(moe_model *m, const int *prompt, int n_prompt, int max_new, int mtp, sampler_params sp,
+                         collected *out, generator *keep) {
+    moe_error err = {{0}};
+    sampler s;
+    generator g;
+    assert_int_equal(sampler_init(&s, m->cfg.vocab_size, &sp, &err), 0);
+    assert_int_equal(generator_init(&g, m, NULL, &s, &err), 0);
+    g.eos_id = -1;   /* random weights: never stop early */
+    if (mtp) assert_int_equal(generator_enable_mtp(&g, NULL, &err), 0);
+    assert_int_equal(generator_prompt(&g, prompt, n_prompt, &err), 0);
+    memset(out, 0, sizeof *out);
+    assert_int_equal(generator_run(&g, max_new, collect, out, &err), 0);
+    assert_int_equal(out->n, max_new);
+    if (mtp && max_new > 1) {
+        assert_true(g.n_drafted > 0);
+        assert_true(g.n_steps > 0);
+    }
+    if (keep) *keep = g;
+    else generator_free(&g);
+    sampler_free(&s);
+}
+
+static void test_mtp_greedy_identical(void **state) {
+    (void)state;
+    moe_model m;
+    moe_error err = {{0}};
+    model_options opt = { .max_seq = 128 };
+    assert_int_equal(model_load(&m, MODEL, &opt, &err), 0);
+    sampler_params greedy = { .temperature = 0.0f, .top_p = 1.0f };
+    int lengths[] = {1, 2, 3, 7, 20, 50};
+    for (int pi = 0; pi < 6; pi++) {
+        int prompt[8];
+        int np = 1 + pi % 5;
+        for (int i = 0; i < np; i++) prompt[i] = (pi * 97 + i * 31 + 5) % m.cfg.vocab_size;
+        for (int li = 0; li < 6; li++) {
+            collected plain, spec;
+            generate_ids(&m, prompt, np, lengths[li], 0, greedy, &plain, NULL);
+            generate_ids(&m, prompt, np, lengths[li], 1, greedy, &spec, NULL);
+            for (int i = 0; i < plain.n; i++)
+                if (plain.ids[i] != spec.ids[i])
+                    fail_msg("prompt %d, %d tokens: token %d differs (%d vs %d with --mtp)", pi, lengths[li], i,
+                             plain.ids[i], spec.ids[i]);
+        }
+    }
+    model_free(&m);
+}
+
+/* After MTP decoding with rejections, the cache must equal a fresh prefill. */
+static void test_mtp_cache_consistent(void **state) {
+    (void)state;
+    moe_error err = {{0}};
+    moe_model a, b;
+    model_options opt = { .max_seq = 96 };
+    assert_int_equal(model_load(&a, MODEL, &opt, &err), 0);
+    assert_int_equal(model_load(&b, MODEL, &opt, &err), 0);
+    int prompt[3] = {11, 200, 37};
+    sampler_params sp = { .temperature = 0.9f, .top_p = 1.0f, .seed = 7 };   /* sampled: the rejection path */
+    collected out;
+    generator g;
+    generate_ids(&a, prompt, 3, 40, 1, sp, &out, &g);
+    assert_true(g.n_accepted < g.n_drafted);          /* some drafts were rejected */
+    int n = g.n_history, V = a.cfg.vocab_size;
+    assert_true(n >= 3 + 40 - 2);
+    /* one more token through the speculative model's cache vs a fresh prefill of the history + it */
+    int *hist = malloc(sizeof(int) * (size_t)(n + 1));
+    memcpy(hist, g.history, sizeof(int) * (size_t)n);
+    hist[n] = 123;
+    float *la = malloc(sizeof(float) * V), *lb = malloc(sizeof(float) * V);
+    assert_int_equal(model_forward(&a, &hist[n], 1, n, la, 0, NULL, &err), 0);
+    assert_int_equal(model_forward(&b, hist, n + 1, 0, lb, 0, NULL, &err), 0);
+    double num = 0, den = 0;
+    for (int i = 0; i < V; i++) { num = fmax(num, fabs(la[i] - lb[i])); den = fmax(den, fabs(lb[i])); }
+    if (num / den > 1e-5) fail_msg("cache after MTP decoding differs from a fresh prefill: %.3e", num / den);
+    free(hist); free(la); free(lb);
+    generator_free(&g);
+    model_free(&a);
+    model_free(&b);
+}
+
+/* A second prompt that extends the first reuses the cache, and matches a fresh run. */
+static void test_prompt_prefix_reuse(void **state) {
+    (void)state;
+    moe_error err = {{0}};
+    moe_model m;
+    model_options opt = { .max_seq = 64 };
+    assert_int_equal(model_load(&m, MODEL, &opt, &err), 0);
+    sampler s;
+    sampler_params greedy = { .temperature = 0.0f, .top_p = 1.0f };
+    assert_int_equal(sampler_init(&s, m.cfg.vocab_size, &greedy, &err), 0);
+    generator g;
+    assert_int_equal(generator_init(&g, &m, NULL, &s, &err), 0);
+    int turn1[4] = {1, 2, 3, 4}, turn2[7] = {1, 2, 3, 4, 9, 8, 7};
+    assert_int_equal(generator_prompt(&g, turn1, 4, &err), 0);
+    assert_int_equal(generator_prompt(&g, turn2, 7, &err), 0);
+    assert_int_equal(g.n_prompt_computed, 3);          /* only the new tokens ran */
+    int V = m.cfg.vocab_size;
+    float *want = malloc(sizeof(float) * V);
+    moe_model fresh;
+    assert_int_equal(model_load(&fresh, MODEL, &opt, &err), 0);
+    assert_int_equal(model_forward(&fresh, turn2, 7, 0, want, 0, NULL, &err), 0);
+    for (int i = 0; i < V; i++) assert_true(fabsf(want[i] - g.logits[i]) <= 1e-5f * (1 + fabsf(want[i])));
+    /* a diverging prompt rolls back to the common prefix */
+    int other[5] = {1, 2, 5, 5, 5};
+    assert_int_equal(generator_prompt(&g, other, 5, &err), 0);
+    assert_int_equal(g.n_prompt_computed, 3);
+    assert_int_equal(model_forward(&fresh, other, 5, 0, want, 0, NULL, &err), 0);
+    for (int i = 0; i < V; i++) assert_true(fabsf(want[i] - g.logits[i]) <= 1e-5f * (1 + fabsf(want[i])));
+    /* a prompt longer than the context is an error that says the limit */
+    int *big = calloc(65, sizeof(int));
+    assert_int_not_equal(generator_prompt(&g, big, 65, &err), 0);
+    assert_non_null(strstr(err.msg, "context holds 64"));
+    free(big);
+    free(want);
+    generator_free(&g);
+    sampler_free(&s);
+    model_free(&m);
+    model_free(&fresh);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_sampler_greedy_and_filters),
+        cmocka_unit_test(test_sampler_seed_and_frequencies),
+        cmocka_unit_test(test_mtp_greedy_identical),
+        cmocka_unit_test(test_mtp_cache_consistent),
+        cmocka_unit_test(test_prompt_prefix_reuse),
+    };
+    return cmocka_run_group_tests_name("generate", tests, NULL, NULL);
+}
