@@ -19,11 +19,15 @@
 #include <stdatomic.h>
 #include <string.h>
 
+#include <cblas.h>
+
 #include "kernels.h"
 #include "linear.h"
 
 /* multiply-adds over the cache below which one thread beats waking the pool */
 #define ATTEND_PARALLEL_MIN (256 * 1024)
+/* chunks at least this long attend through matrix products (attend_chunk_gemm) */
+#define ATTEND_GEMM_MIN 8
 
 /* ------------------------------------------------------------------ cache */
 
@@ -112,6 +116,74 @@ static void attend_share(void *arg, int share, int n_shares) {
     }
 }
 
+/* ------------------------------------------------------------------ a prefill chunk */
+
+/* Absorbed attention of a whole chunk, head by head, as matrix products (OpenBLAS):
+ *   Q_abs = Q_nope W_UK[h]                         [n, R]
+ *   S     = scale (Q_abs C^T + Q_pe K_pe^T)        [n, pos+n], causal mask, row softmax -> P
+ *   O_lat = P C                                    [n, R]
+ *   O[h]  = O_lat W_UV[h]^T                        [n, dv]
+ * C and K_pe are the layer's cache rows (stride R + dr). The same math as head_absorbed,
+ * summed in another order; used for chunks of ATTEND_GEMM_MIN tokens or more, so that
+ * decoding and MTP verification (1-2 tokens) keep the per-token path. */
+typedef struct {
+    moe_model *m;
+    const layer_weights *lw;
+    int layer, n, pos;
+    atomic_int next_head;
+} chunk_job;
+
+static void attend_chunk_share(void *arg, int share, int n_shares) {
+    (void)n_shares;
+    chunk_job *job = arg;
+    moe_model *m = job->m;
+    const moe_config *c = &m->cfg;
+    model_state *s = &m->s;
+    int nh = c->num_attention_heads, dn = c->qk_nope_head_dim, dr = c->qk_rope_head_dim;
+    int dq = dn + dr, dv = c->v_head_dim, R = c->kv_lora_rank, n = job->n, pos = job->pos, S = pos + n, ld = R + dr;
+    const float *cache = attention_cache_row(m, job->layer, 0);
+    float scale = m->rope.softmax_scale;
+    /* this share's scratch */
+    float *qabs = s->pf_qabs + (size_t)share * s->B * R, *p = s->pf_p + (size_t)share * s->B * s->S;
+    float *olat = s->pf_olat + (size_t)share * s->B * R, *w = s->pf_w + (size_t)share * (dn + dv) * R;
+    for (;;) {
+        int h = atomic_fetch_add(&job->next_head, 1);
+        if (h >= nh) break;
+        /* this head's kv_b rows as f32: W_UK [dn, R] then W_UV [dv, R] */
+        for (int r = 0; r < dn + dv; r++) mat_row_f32(&job->lw->kv_b, h * (dn + dv) + r, w + (size_t)r * R);
+        const float *q = s->q + (size_t)h * dq;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, R, dn, 1.0f, q, nh * dq, w, R, 0.0f, qabs, R);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, S, R, scale, qabs, R, cache, ld, 0.0f, p, S);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, S, dr, scale, q + dn, nh * dq, cache + R, ld, 1.0f, p, S);
+        for (int t = 0; t < n; t++) {
+            float *row = p + (size_t)t * S;
+            int visible = pos + t + 1;                       /* causal: positions 0..pos+t */
+            softmax(row, visible);
+            memset(row + visible, 0, sizeof(float) * (size_t)(S - visible));
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, R, S, 1.0f, p, S, cache, ld, 0.0f, olat, R);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, dv, R, 1.0f, olat, R, w + (size_t)dn * R, R, 0.0f,
+                    s->attn + (size_t)h * dv, nh * dv);
+    }
+}
+
+/* Absorbed attention of a whole chunk, one head per work item, as matrix products
+ * (OpenBLAS, one thread each; the heads are split over the pool):
+ *   Q_abs = Q_nope W_UK[h]                         [n, R]
+ *   S     = scale (Q_abs C^T + Q_pe K_pe^T)        [n, pos+n], causal mask, row softmax -> P
+ *   O_lat = P C                                    [n, R]
+ *   O[h]  = O_lat W_UV[h]^T                        [n, dv]
+ * C and K_pe are the layer's cache rows (stride R + dr). The same math as head_absorbed,
+ * summed in another order; used for chunks of ATTEND_GEMM_MIN tokens or more, so that
+ * decoding and MTP verification (1-2 tokens) keep the per-token path. */
+static void attend_chunk_gemm(moe_model *m, const layer_weights *lw, int layer, int n, int pos) {
+    chunk_job job = { m, lw, layer, n, pos, 0 };
+    if (m->pool && threadpool_threads(m->pool) > 1 && m->cfg.num_attention_heads > 1)
+        threadpool_run(m->pool, attend_chunk_share, &job);
+    else
+        attend_chunk_share(&job, 0, 1);
+}
+
 /* ------------------------------------------------------------------ layer */
 
 void attention_forward(moe_model *m, int layer, const float *xn, int n, int pos, float *out) {
@@ -150,10 +222,13 @@ void attention_forward(moe_model *m, int layer, const float *xn, int n, int pos,
     for (int t = 0; t < n; t++)
         for (int h = 0; h < nh; h++)
             rope_apply(s->q + (size_t)t * nh * dq + (size_t)h * dq + dn, s->rope_cs + (size_t)t * dr, dr, m->rope.interleaved);
-    /* attend: every (token, head) pair is independent; split them over the pool when it pays */
+    /* attend: a prefill chunk as matrix products; otherwise every (token, head) pair is
+     * independent, split over the pool when it pays */
     attend_job job = { m, lw, layer, n, pos, 0 };
     size_t work = (size_t)n * nh * (size_t)(pos + n) * (size_t)(R + dr);
-    if (m->pool && threadpool_threads(m->pool) > 1 && n * nh > 1 && work >= ATTEND_PARALLEL_MIN)
+    if (m->opt.attn == ATTN_ABSORB && n >= ATTEND_GEMM_MIN)
+        attend_chunk_gemm(m, lw, layer, n, pos);
+    else if (m->pool && threadpool_threads(m->pool) > 1 && n * nh > 1 && work >= ATTEND_PARALLEL_MIN)
         threadpool_run(m->pool, attend_share, &job);
     else
         attend_share(&job, 0, 1);

@@ -20,6 +20,8 @@
 #include <string.h>
 #include <sys/sysinfo.h>
 
+#include <cblas.h>
+
 #include "attention.h"
 #include "kernels.h"
 #include "linear.h"
@@ -88,6 +90,10 @@ static int state_init(moe_model *m, moe_error *err) {
     ALLOC(s->mtp_in, (size_t)B * 2 * H);
     s->attn_scratch = (size_t)3 * R + S;
     ALLOC(s->share_attn, (size_t)s->n_shares * s->attn_scratch);
+    ALLOC(s->pf_qabs, (size_t)s->n_shares * B * R);
+    ALLOC(s->pf_p, (size_t)s->n_shares * B * S);
+    ALLOC(s->pf_olat, (size_t)s->n_shares * B * R);
+    ALLOC(s->pf_w, (size_t)s->n_shares * (dn + dv) * R);
     if (m->opt.attn == ATTN_NAIVE) ALLOC(s->kv_full, (size_t)S * nh * (dn + dv));
     if (E > 0) {
         ALLOC(s->route_ids, (size_t)B * K);
@@ -118,7 +124,7 @@ static int state_init(moe_model *m, moe_error *err) {
 
 static void state_free(model_state *s) {
     float *bufs[] = {s->x, s->xn, s->cq, s->q, s->kv, s->attn, s->out, s->gate, s->up, s->rope_cs, s->logits_b,
-                     s->hidden, s->mtp_in, s->share_attn, s->kv_full, s->route_w,
+                     s->hidden, s->mtp_in, s->share_attn, s->kv_full, s->pf_qabs, s->pf_p, s->pf_olat, s->pf_w, s->route_w,
                      s->expert_w, s->slot_out, s->shared_out, s->share_x, s->share_gate, s->share_up, s->ye,
                      s->kv_cache};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
@@ -157,6 +163,7 @@ int model_load(moe_model *m, const char *dir, const model_options *opt, moe_erro
     m->s.B = m->opt.batch_max > 0 ? m->opt.batch_max : 64;
     m->s.S = m->opt.max_seq > 0 ? m->opt.max_seq : (c->max_position_embeddings < 4096 ? c->max_position_embeddings : 4096);
     int threads = m->opt.n_threads > 0 ? m->opt.n_threads : threadpool_default_threads();
+    openblas_set_num_threads(1);   /* OpenBLAS runs inside our pool's work items, never beside it */
     m->s.n_shares = threads;
     size_t expert_bytes = 0;
     int n_moe = 0;

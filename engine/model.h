@@ -63,6 +63,10 @@ typedef struct {
     size_t attn_scratch;   /* floats per share: 3R + S */
     float *share_attn;     /* [P, attn_scratch] */
     float *kv_full;     /* [S, nh*(dn+dv)] naive attention only (NULL otherwise) */
+    float *pf_qabs;     /* [P, B, R] prefill attention, per share: Q_abs of one head */
+    float *pf_p;        /* [P, B, S] its scores / probabilities */
+    float *pf_olat;     /* [P, B, R] its latent outputs */
+    float *pf_w;        /* [P, dn + dv, R] the head's kv_b rows as f32 */
     /* MoE scratch */
     int *route_ids;     /* [B, K] */
     float *route_w;     /* [B, K] */

@@ -52,7 +52,8 @@ static void run_engine(const char *name, const int *tokens, int T, int decode, a
     snprintf(dir, sizeof dir, GOLDEN "%s", name);
     moe_model m;
     moe_error err = {{0}};
-    model_options opt = { .max_seq = T, .attn = attn, .batch_max = decode ? 1 : 5 };  /* 5: chunked prefill too */
+    /* prefill in chunks of 8 + 4: the first attends through matrix products, the second token by token */
+    model_options opt = { .max_seq = T, .attn = attn, .batch_max = decode ? 1 : 8 };
     if (model_load(&m, dir, &opt, &err)) fail_msg("load %s: %s", dir, err.msg);
     int V = m.cfg.vocab_size, H = m.cfg.hidden_size;
     memset(r, 0, sizeof *r);
