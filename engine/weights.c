@@ -330,8 +330,11 @@ void mat_row_f32(const mat *W, int r, float *out) {
     case MAT_BF16:
         for (int c = 0; c < W->cols; c++) out[c] = bf16_to_f32(((const uint16_t *)W->data)[base + c]);
         break;
-    case MAT_Q8:
-        for (int c = 0; c < W->cols; c++) out[c] = mat_get(W, r, c);
+    case MAT_Q8: {   /* block by block: one scale per QK8 values */
+        const block_q8 *b = (const block_q8 *)W->data + base / QK8;
+        for (int k = 0; k < W->cols / QK8; k++)
+            for (int i = 0; i < QK8; i++) out[k * QK8 + i] = b[k].scale * (float)b[k].q[i];
         break;
+    }
     }
 }

@@ -224,6 +224,35 @@ static void test_negative_control_no_bias(void **state) {
     st_close(&ref);
 }
 
+/* --dtype q8: rows read back block by block equal element-wise reads, and q8 logits stay
+ * close to the reference (int8 blocks of 32: a few percent, measured ~1e-2 relative). */
+static void test_q8_rows_and_logits(void **state) {
+    (void)state;
+    moe_model m;
+    moe_error err = {{0}};
+    model_options opt = { .max_seq = 12, .dtype = WEIGHTS_Q8 };
+    assert_int_equal(model_load(&m, GOLDEN "tiny-bf16", &opt, &err), 0);
+    const mat *W = &m.w.layers[0].kv_b;
+    assert_int_equal(W->dtype, MAT_Q8);
+    float *row = malloc(sizeof(float) * (size_t)W->cols);
+    for (int r = 0; r < W->rows; r += 7) {
+        mat_row_f32(W, r, row);
+        for (int c = 0; c < W->cols; c++) assert_true(row[c] == mat_get(W, r, c));
+    }
+    free(row);
+    st_set ref;
+    assert_int_equal(st_open_file(&ref, GOLDEN "tiny-bf16.ref.safetensors", &err), 0);
+    const st_tensor *tt = st_find(&ref, "tokens");
+    int T = (int)tt->numel, V = m.cfg.vocab_size;
+    float *logits = calloc((size_t)T * V, sizeof(float));
+    assert_int_equal(model_forward(&m, tt->data, T, 0, logits, 1, NULL, &err), 0);
+    double e = rel_err_f64(logits, ref_tensor(&ref, "logits", ST_F64), (size_t)T * V);
+    if (e > 0.1) fail_msg("q8 logits rel.err %.3e", e);
+    free(logits);
+    st_close(&ref);
+    model_free(&m);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_tiny_bf16),
@@ -232,6 +261,7 @@ int main(void) {
         cmocka_unit_test(test_v2lite_f16_sharded),
         cmocka_unit_test(test_mix_f32),
         cmocka_unit_test(test_negative_control_no_bias),
+        cmocka_unit_test(test_q8_rows_and_logits),
     };
     return cmocka_run_group_tests_name("golden", tests, NULL, NULL);
 }
