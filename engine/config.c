@@ -56,6 +56,8 @@ static int parse_rope_scaling(moe_config *c, const json_t *rs, const char *path,
         return moe_error_prefix(err, "rope_scaling");
     c->yarn_original_max_pos = (int)orig;
     if (c->yarn_factor <= 0) return moe_error_set(err, "%s: rope_scaling.factor must be > 0", path);
+    if (c->yarn_beta_fast <= 0 || c->yarn_beta_slow <= 0)   /* they divide inside a log */
+        return moe_error_set(err, "%s: rope_scaling.beta_fast and beta_slow must be > 0", path);
     return MOE_OK;
 }
 

@@ -21,7 +21,8 @@ int rope_init(rope_params *r, const moe_config *c, moe_error *err) {
         double f = c->yarn_factor, base = c->rope_theta, L0 = c->yarn_original_max_pos;
         double corr_fast = d * log(L0 / (c->yarn_beta_fast * 2.0 * M_PI)) / (2.0 * log(base));
         double corr_slow = d * log(L0 / (c->yarn_beta_slow * 2.0 * M_PI)) / (2.0 * log(base));
-        double low = fmax(floor(corr_fast), 0.0), high = fmin(ceil(corr_slow), d - 1);
+        /* clamped to [0, d - 1]: extreme betas or a theta near 1 make them huge (or NaN) */
+        double low = fmin(fmax(floor(corr_fast), 0.0), d - 1), high = fmax(fmin(ceil(corr_slow), d - 1), 0.0);
         if (low == high) high += 0.001;
         for (int i = 0; i < d / 2; i++) {
             double ramp = fmin(fmax((i - low) / (high - low), 0.0), 1.0);

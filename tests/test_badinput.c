@@ -20,6 +20,7 @@
 #include "chat.h"
 #include "config.h"
 #include "model.h"
+#include "rope.h"
 #include "safetensors.h"
 #include "tokenizer.h"
 
@@ -127,6 +128,22 @@ static void test_config_topk_too_large(void **state) { (void)state; expect_confi
 static void test_config_odd_rope(void **state) { (void)state; expect_config_error("{\"qk_rope_head_dim\": 7}", "must be even"); }
 static void test_config_unknown_scoring(void **state) { (void)state; expect_config_error("{\"scoring_func\": \"relu\"}", "scoring_func \"relu\""); }
 static void test_config_unknown_rope_scaling(void **state) { (void)state; expect_config_error("{\"rope_scaling\": {\"type\": \"linear\", \"factor\": 2}}", "rope_scaling type \"linear\""); }
+/* fuzz_config (regress/config/yarn-beta-fast-zero.json): beta_fast 0 divided inside a log,
+ * and the infinite correction dim was cast to int (UBSan: inf outside the range of int). */
+static void test_config_yarn_beta_zero(void **state) { (void)state; expect_config_error("{\"rope_scaling\": {\"type\": \"yarn\", \"factor\": 40, \"beta_fast\": 0}}", "beta_fast and beta_slow must be > 0"); }
+/* the same cast with finite betas: a theta barely above 1 makes the correction dims huge */
+static void test_config_yarn_theta_near_one(void **state) {
+    (void)state;
+    moe_config c;
+    moe_error err = {{0}};
+    const char *j = "{\"vocab_size\": 16, \"hidden_size\": 8, \"num_hidden_layers\": 1, \"num_attention_heads\": 1,"
+                    " \"kv_lora_rank\": 4, \"qk_nope_head_dim\": 4, \"qk_rope_head_dim\": 8, \"v_head_dim\": 4,"
+                    " \"rope_theta\": 1.0000001, \"rope_scaling\": {\"type\": \"yarn\", \"factor\": 4, \"beta_fast\": 1e-300}}";
+    assert_int_equal(config_parse(&c, j, strlen(j), "config.json", &err), 0);
+    rope_params r;
+    assert_int_equal(rope_init(&r, &c, &err), 0);
+    assert_true(r.yarn_low >= 0 && r.yarn_low <= 7 && r.yarn_high >= 0 && r.yarn_high <= 7.01);
+}
 static void test_config_huge_dim(void **state) { (void)state; expect_config_error("{\"vocab_size\": 4000000000}", "out of range"); }
 
 /* ------------------------------------------------------------------ checkpoint vs config */
@@ -477,6 +494,7 @@ int main(void) {
         T(test_config_zero_dim), T(test_config_negative_dim), T(test_config_groups_not_dividing),
         T(test_config_topk_group_too_large), T(test_config_topk_too_large), T(test_config_odd_rope),
         T(test_config_unknown_scoring), T(test_config_unknown_rope_scaling), T(test_config_huge_dim),
+        T(test_config_yarn_beta_zero), T(test_config_yarn_theta_near_one),
         T(test_shape_disagrees_names_tensor), T(test_missing_tensor),
         T(test_missing_weights_file), T(test_missing_shard), T(test_index_names_wrong_shard),
         T(test_st_valid), T(test_st_too_short), T(test_st_header_beyond_file), T(test_st_header_huge),
