@@ -3,6 +3,7 @@
 by construction: every sentence comes from the templates in this file).
 
   /usr/bin/python3 tools/corpus/stories.py --seed 1 --bytes 4000000 > stories.txt
+  /usr/bin/python3 tools/corpus/stories.py --seed 2 --bytes 3000000 --formfeed > build/corpus/stories_extra.txt
 
 Stories are separated by a blank line.  The same seed and size give the same
 output on every machine (only Python's `random` with an explicit seed is used).
@@ -244,12 +245,13 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--bytes", type=int, default=4000000)
+    ap.add_argument("--formfeed", action="store_true", help='separate stories by "\\n\\f\\n" (encode_corpus.js input)')
     a = ap.parse_args()
     r = random.Random(a.seed)
     n = 0
     out = sys.stdout
     while n < a.bytes:
-        st = story(r) + "\n\n"
+        st = story(r) + ("\n\f\n" if a.formfeed else "\n\n")
         out.write(st)
         n += len(st.encode("utf-8"))
 

@@ -14,6 +14,9 @@ validation loss, MTP agreement, expert load balance, and a few sample generation
   over all validation tokens: max load / mean load, min / mean, experts never used.
 """
 import argparse
+import os
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")   # torch here uses OpenBLAS: keep it to one thread
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 import json
 import os
 import subprocess

@@ -17,6 +17,9 @@ mtp.tokens (I32 [T]: token t+1 fed at position t; the last is the main head's
 greedy argmax) and mtp.logits (F32 [T,V]).
 """
 import argparse
+import os
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")   # torch here uses OpenBLAS: keep it to one thread
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 import json
 import os
 import struct

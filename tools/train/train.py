@@ -15,6 +15,9 @@ OUT/log.jsonl (loss, lr, tok/s, per-layer expert load: max/mean and #unused)
 and OUT/train.log (human readable).
 """
 import argparse
+import os
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")   # torch here uses OpenBLAS: keep it to one thread
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 import json
 import math
 import os
@@ -29,11 +32,19 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from toymodel import ToyDeepseekV3, default_config  # noqa: E402
 
 
-def batches(data, B, S, rng):
+def batches(data, B, S, rng, extra=None, extra_frac=0.0):
+    """Random windows of S+2 tokens; with probability extra_frac a window comes from `extra`."""
     n = len(data) - (S + 2)
     while True:
-        offs = rng.integers(0, n, B)
-        yield torch.from_numpy(np.stack([data[o:o + S + 2] for o in offs]).astype(np.int64))
+        rows = []
+        for _ in range(B):
+            if extra is not None and rng.random() < extra_frac:
+                o = int(rng.integers(0, len(extra) - (S + 2)))
+                rows.append(extra[o:o + S + 2])
+            else:
+                o = int(rng.integers(0, n))
+                rows.append(data[o:o + S + 2])
+        yield torch.from_numpy(np.stack(rows).astype(np.int64))
 
 
 def losses(model, chunk, alpha):
@@ -76,10 +87,14 @@ def main():
     ap.add_argument("--mtp-weight", type=float, default=0.3)
     ap.add_argument("--alpha", type=float, default=1e-4, help="sequence-wise balance loss weight")
     ap.add_argument("--gamma", type=float, default=1e-3, help="bias update speed (final)")
-    ap.add_argument("--gamma-start", type=float, default=1e-2,
+    ap.add_argument("--gamma-start", type=float, default=2e-2,
                     help="bias update speed at step 0, decaying linearly to --gamma at --gamma-steps")
-    ap.add_argument("--gamma-steps", type=int, default=600)
+    ap.add_argument("--gamma-steps", type=int, default=400)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--extra", default=None, help="extra token file to oversample (e.g. more generated stories)")
+    ap.add_argument("--extra-frac", type=float, default=0.0, help="fraction of training windows from --extra")
+    ap.add_argument("--capacity-factor", type=float, default=2.0,
+                    help="training-only cap on tokens per expert per step (x mean load); 0 = no cap")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--log-every", type=int, default=10)
     ap.add_argument("--eval-every", type=int, default=200)
@@ -132,7 +147,11 @@ def main():
                     "elapsed": time.time() - t0, "args": vars(a)}, tmp)
         os.replace(tmp, os.path.join(a.out, "ckpt.pt"))
 
-    gen = batches(train, a.batch, a.seq, rng)
+    extra = np.memmap(a.extra, dtype=np.uint16, mode="r") if a.extra else None
+    for m in moes:
+        m.capacity_factor = a.capacity_factor
+    dropped = 0
+    gen = batches(train, a.batch, a.seq, rng, extra, a.extra_frac)
     while True:
         el = time.time() - t0
         frac = min(el / budget, 1.0)
@@ -158,6 +177,7 @@ def main():
                 load = m.last["counts"].float()
                 m.e_score_correction_bias += gamma * torch.sign(load.mean() - load)
                 window[j] += load
+                dropped += m.dropped
         step += 1
         tokens += a.batch * a.seq
         if step % a.log_every == 0:
@@ -168,14 +188,17 @@ def main():
                 ld[nm] = [round(float(w.max() / w.mean()), 2), int((w == 0).sum()),
                           round(float(moes[j].e_score_correction_bias.abs().max()), 3)]
             window.zero_()
+            rec_drop = dropped / (a.log_every * len(moes) * a.batch * a.seq * cfg["num_experts_per_tok"])
+            dropped = 0
             rec = dict(step=step, tokens=tokens, elapsed=round(el, 1), lr=lr, loss=float(l_main),
-                       mtp=float(l_mtp), bal=float(l_bal), gnorm=float(gn), tok_s=round(tokens / el), load=ld)
+                       mtp=float(l_mtp), bal=float(l_bal), gnorm=float(gn), tok_s=round(tokens / el), load=ld,
+                       dropped=rec_drop)
             if step % a.eval_every == 0:
                 rec["val"], rec["val_mtp"] = evaluate(model, val, a.seq, a.eval_seqs)
             logf.write(json.dumps(rec) + "\n")
             logf.flush()
-            say("step %5d tok %8d %6.0fs lr %.2e loss %.3f mtp %.3f bal %.3f gn %.2f %4.0f tok/s%s load %s" % (
-                step, tokens, el, lr, rec["loss"], rec["mtp"], rec["bal"], rec["gnorm"], rec["tok_s"],
+            say("step %5d tok %8d %6.0fs lr %.2e loss %.3f mtp %.3f bal %.3f gn %.2f %4.0f tok/s drop %.4f%s load %s" % (
+                step, tokens, el, lr, rec["loss"], rec["mtp"], rec["bal"], rec["gnorm"], rec["tok_s"], rec_drop,
                 (" VAL %.3f/%.3f" % (rec["val"], rec["val_mtp"])) if "val" in rec else "",
                 " ".join("%s:%.2f/%d" % (k, v[0], v[1]) for k, v in ld.items())))
         if time.time() - last_ckpt > a.ckpt_minutes * 60:
