@@ -26,9 +26,10 @@ def main():
     g, _ = stio.read_safetensors(a.golden)
     G = {k: stio.to_float64(v[0], v[1]) if v[0] not in ("I32",) else v[1] for k, v in g.items()}
     toks = ",".join(str(int(t)) for t in G["tokens"])
-    r = subprocess.run([sys.executable, a.ref, a.model, "--tokens", toks, "--save", a.out, "--quiet"],
+    r = subprocess.run([sys.executable, a.ref, a.model, "--tokens", toks, "--save", a.out],
                        capture_output=True, text=True)
-    print(r.stdout[-1500:])
+    print("\n".join(l for l in r.stdout.splitlines()
+                    if not l.startswith("   ") and not l.startswith("  ") or "rel.err" in l))
     if r.returncode:
         print(r.stderr[-3000:])
         sys.exit(1)
