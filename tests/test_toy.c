@@ -1,0 +1,128 @@
+/* test_toy.c - the shipped toy model (models/toy):
+ *   - the engine computes the training code's logits: tests/data/toy_golden.safetensors
+ *     holds the PyTorch model's logits and MTP logits (float32, on the exported bf16
+ *     weights; tools/train/export.py) for held-out text; prefill and decode must match
+ *     them to max|err| / max|logit| <= 1e-4;
+ *   - MTP self-speculative greedy decoding emits exactly plain greedy decoding's
+ *     tokens, and on a trained model drafts are accepted, so both the acceptance
+ *     and the rejection paths run.
+ */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "generate.h"
+#include "model.h"
+#include "safetensors.h"
+
+#define TOY "models/toy"
+#define GOLDEN "tests/data/toy_golden.safetensors"
+
+static double rel_err(const float *a, const float *b, size_t n) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        num = fmax(num, fabs((double)a[i] - b[i]));
+        den = fmax(den, fabs((double)b[i]));
+    }
+    return num / den;
+}
+
+static void check_mode(int decode) {
+    st_set g;
+    moe_error err = {{0}};
+    if (st_open_file(&g, GOLDEN, &err)) fail_msg("%s", err.msg);
+    const st_tensor *tt = st_find(&g, "tokens"), *lt = st_find(&g, "logits"), *mt = st_find(&g, "mtp.logits");
+    assert_non_null(tt);
+    assert_non_null(lt);
+    assert_non_null(mt);
+    assert_int_equal(lt->dtype, ST_F32);
+    int T = (int)tt->numel;
+    const int *tokens = tt->data;
+    moe_model m;
+    model_options opt = { .max_seq = T };
+    if (model_load(&m, TOY, &opt, &err)) fail_msg("%s", err.msg);
+    int V = m.cfg.vocab_size, H = m.cfg.hidden_size;
+    assert_int_equal(lt->shape[1], V);
+    float *logits = calloc((size_t)T * V, sizeof(float)), *mtp = calloc((size_t)T * V, sizeof(float));
+    float *hidden = calloc((size_t)T * H, sizeof(float));
+    int *next = calloc((size_t)T, sizeof(int));
+    if (decode) {
+        for (int t = 0; t < T; t++)
+            assert_int_equal(model_forward(&m, tokens + t, 1, t, logits + (size_t)t * V, 1, hidden + (size_t)t * H, &err), 0);
+    } else {
+        assert_int_equal(model_forward(&m, tokens, T, 0, logits, 1, hidden, &err), 0);
+    }
+    for (int t = 0; t + 1 < T; t++) next[t] = tokens[t + 1];
+    int best = 0;
+    for (int v = 1; v < V; v++) if (logits[(size_t)(T - 1) * V + v] > logits[(size_t)(T - 1) * V + best]) best = v;
+    next[T - 1] = best;
+    assert_int_equal(model_forward_mtp(&m, 0, hidden, next, T, 0, mtp, 1, NULL, &err), 0);
+    double e1 = rel_err(logits, lt->data, (size_t)T * V), e2 = rel_err(mtp, mt->data, (size_t)T * V);
+    if (e1 > 1e-4 || e2 > 1e-4) fail_msg("%s: logits rel.err %.3e, MTP logits %.3e (limit 1e-4)", decode ? "decode" : "prefill", e1, e2);
+    free(logits); free(mtp); free(hidden); free(next);
+    model_free(&m);
+    st_close(&g);
+}
+
+static void test_toy_matches_training_prefill(void **state) { (void)state; check_mode(0); }
+static void test_toy_matches_training_decode(void **state) { (void)state; check_mode(1); }
+
+typedef struct { int ids[256]; int n; } collected;
+static int collect(void *ctx, int id, const char *text, size_t len) {
+    (void)text; (void)len;
+    collected *c = ctx;
+    if (id >= 0 && c->n < 256) c->ids[c->n++] = id;
+    return 0;
+}
+
+static void test_toy_mtp_greedy_identical_with_acceptance(void **state) {
+    (void)state;
+    st_set g;
+    moe_error err = {{0}};
+    if (st_open_file(&g, GOLDEN, &err)) fail_msg("%s", err.msg);
+    const int *text = st_find(&g, "tokens")->data;
+    int T = (int)st_find(&g, "tokens")->numel;
+    moe_model m;
+    model_options opt = { .max_seq = 256 };
+    assert_int_equal(model_load(&m, TOY, &opt, &err), 0);
+    sampler_params greedy = { .temperature = 0.0f, .top_p = 1.0f };
+    sampler s;
+    assert_int_equal(sampler_init(&s, m.cfg.vocab_size, &greedy, &err), 0);
+    long accepted = 0, drafted = 0;
+    for (int start = 0; start + 8 <= T; start += 8) {
+        collected out[2];
+        for (int arm = 0; arm < 2; arm++) {
+            generator gen;
+            assert_int_equal(generator_init(&gen, &m, NULL, &s, &err), 0);
+            gen.eos_id = -1;
+            if (arm) assert_int_equal(generator_enable_mtp(&gen, NULL, &err), 0);
+            assert_int_equal(generator_prompt(&gen, text + start, 8, &err), 0);
+            memset(&out[arm], 0, sizeof out[arm]);
+            assert_int_equal(generator_run(&gen, 48, collect, &out[arm], &err), 0);
+            if (arm) { accepted += gen.n_accepted; drafted += gen.n_drafted; }
+            generator_free(&gen);
+        }
+        assert_int_equal(out[0].n, out[1].n);
+        for (int i = 0; i < out[0].n; i++)
+            if (out[0].ids[i] != out[1].ids[i]) fail_msg("prompt at %d: token %d differs with --mtp", start, i);
+    }
+    assert_true(accepted > 0);            /* the acceptance path ran */
+    assert_true(accepted < drafted);      /* and the rejection path */
+    sampler_free(&s);
+    model_free(&m);
+    st_close(&g);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_toy_matches_training_prefill),
+        cmocka_unit_test(test_toy_matches_training_decode),
+        cmocka_unit_test(test_toy_mtp_greedy_identical_with_acceptance),
+    };
+    return cmocka_run_group_tests_name("toy model", tests, NULL, NULL);
+}
