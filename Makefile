@@ -1,8 +1,8 @@
 # moe - CPU inference engine for DeepSeek-V3-architecture MoE models.
 #
 #   make            build/moe (the command line) and build/libmoe.a
-#   make test       unit tests, optimized build, then again under ASan + UBSan (build-asan/)
-#   make run        generate text from the shipped toy model
+#   make test       install missing packages; unit tests optimized, then under ASan + UBSan (build-asan/)
+#   make run        install missing Debian packages, build, generate text from the shipped toy model
 #   make bench-kernels   build and run the kernel micro-benchmark (tools/bench/kernels_bench.c)
 #   make fuzz       build the libFuzzer targets (clang, build-fuzz/) and run each for
 #                   FUZZ_SECONDS (default 60) on its corpus in tests/fuzz/corpus/
@@ -44,7 +44,7 @@ TOOL_OBJ := $(TOOL_SRC:%.c=$(BUILD)/%.o)
 TESTS    := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 FUZZERS  := $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/fuzz/%)
 
-.PHONY: all test test-opt test-asan run clean bench-kernels fuzz fuzzers
+.PHONY: all deps test test-opt test-asan run clean bench-kernels fuzz fuzzers
 all: $(BUILD)/moe
 
 $(BUILD)/%_avx512.o: %_avx512.c
@@ -94,9 +94,10 @@ test-opt:
 test-asan:
 	$(MAKE) BUILD=build-asan SAN=1 OPT=-O1 tests
 	BUILD=build-asan ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 sh tests/run_all.sh
-test: test-opt test-asan
+test: deps test-opt test-asan
 
-run: $(BUILD)/moe
+run: deps
+	@$(MAKE) --no-print-directory $(BUILD)/moe
 	./$(BUILD)/moe generate -m models/toy -p "Once upon a time" -n 120
 
 $(BUILD)/bench/kernels_bench: tools/bench/kernels_bench.c $(BUILD)/libmoe.a
@@ -106,6 +107,10 @@ $(BUILD)/bench/kernels_bench: tools/bench/kernels_bench.c $(BUILD)/libmoe.a
 # BENCH_ARGS=--quick for a short run
 bench-kernels: $(BUILD)/bench/kernels_bench
 	./$(BUILD)/bench/kernels_bench $(BENCH_ARGS)
+
+# the Debian packages, installed when missing (tools/deps.sh)
+deps:
+	@sh tools/deps.sh
 
 clean:
 	rm -rf build build-asan build-fuzz
