@@ -96,8 +96,8 @@ test-asan:
 	BUILD=build-asan ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 sh tests/run_all.sh
 test: deps test-opt test-asan
 
-run: deps
-	@$(MAKE) --no-print-directory $(BUILD)/moe
+# (serial make builds prerequisites left to right: the packages come first)
+run: deps $(BUILD)/moe
 	./$(BUILD)/moe generate -m models/toy -p "Once upon a time" -n 120
 
 $(BUILD)/bench/kernels_bench: tools/bench/kernels_bench.c $(BUILD)/libmoe.a
