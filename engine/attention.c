@@ -90,7 +90,8 @@ static void head_naive(const moe_model *m, int layer, int h, const float *qh, in
     for (int t = 0; t <= p; t++) vec_axpy(o, w->scores[t], kv_full + (size_t)t * width + h * (dn + dv) + dn, dv);
 }
 
-/* The (token, head) pairs of a chunk as work items for the pool's shares. */
+/* A chunk's work items for the pool's shares: (token, head) pairs, or whole heads in
+ * attend_chunk_gemm; `next` is the next unclaimed item. */
 typedef struct {
     const moe_model *m;
     const layer_weights *lw;
@@ -126,19 +127,13 @@ static void attend_share(void *arg, int share, int n_shares) {
  * C and K_pe are the layer's cache rows (stride R + dr). The same math as head_absorbed,
  * summed in another order; used for chunks of ATTEND_GEMM_MIN tokens or more, so that
  * decoding and MTP verification (1-2 tokens) keep the per-token path. */
-typedef struct {
-    moe_model *m;
-    const layer_weights *lw;
-    int layer, n, pos;
-    atomic_int next_head;
-} chunk_job;
 
 static void attend_chunk_share(void *arg, int share, int n_shares) {
     (void)n_shares;
-    chunk_job *job = arg;
-    moe_model *m = job->m;
+    attend_job *job = arg;
+    const moe_model *m = job->m;
     const moe_config *c = &m->cfg;
-    model_state *s = &m->s;
+    const model_state *s = &m->s;
     int nh = c->num_attention_heads, dn = c->qk_nope_head_dim, dr = c->qk_rope_head_dim;
     int dq = dn + dr, dv = c->v_head_dim, R = c->kv_lora_rank, n = job->n, pos = job->pos, S = pos + n, ld = R + dr;
     const float *cache = attention_cache_row(m, job->layer, 0);
@@ -147,7 +142,7 @@ static void attend_chunk_share(void *arg, int share, int n_shares) {
     float *qabs = s->pf_qabs + (size_t)share * s->B * R, *p = s->pf_p + (size_t)share * s->B * s->S;
     float *olat = s->pf_olat + (size_t)share * s->B * R, *w = s->pf_w + (size_t)share * (dn + dv) * R;
     for (;;) {
-        int h = atomic_fetch_add(&job->next_head, 1);
+        int h = atomic_fetch_add(&job->next, 1);
         if (h >= nh) break;
         /* this head's kv_b rows as f32: W_UK [dn, R] then W_UV [dv, R] */
         for (int r = 0; r < dn + dv; r++) mat_row_f32(&job->lw->kv_b, h * (dn + dv) + r, w + (size_t)r * R);
@@ -177,7 +172,7 @@ static void attend_chunk_share(void *arg, int share, int n_shares) {
  * summed in another order; used for chunks of ATTEND_GEMM_MIN tokens or more, so that
  * decoding and MTP verification (1-2 tokens) keep the per-token path. */
 static void attend_chunk_gemm(moe_model *m, const layer_weights *lw, int layer, int n, int pos) {
-    chunk_job job = { m, lw, layer, n, pos, 0 };
+    attend_job job = { m, lw, layer, n, pos, 0 };
     if (m->pool && threadpool_threads(m->pool) > 1 && m->cfg.num_attention_heads > 1)
         threadpool_run(m->pool, attend_chunk_share, &job);
     else

@@ -202,13 +202,22 @@ done:
 
 /* ------------------------------------------------------------------ files */
 
-static int add_file(st_set *s, const char *path, moe_error *err) {
-    if (s->n_files >= ST_MAX_SHARDS) return moe_error_set(err, "%s: too many shards", path);
+/* Appends a zeroed file slot named `path` (owned copy) to s, or NULL with an error. */
+static st_file *file_slot(st_set *s, const char *path, moe_error *err) {
+    if (s->n_files >= ST_MAX_SHARDS) { moe_error_set(err, "%s: too many shards", path); return NULL; }
     st_file *grown = realloc(s->files, sizeof(st_file) * (s->n_files + 1));
-    if (!grown) return moe_error_set(err, "out of memory");
+    if (!grown) { moe_error_set(err, "out of memory"); return NULL; }
     s->files = grown;
     st_file *f = &s->files[s->n_files];
     memset(f, 0, sizeof *f);
+    if (!(f->path = strdup(path))) { moe_error_set(err, "out of memory"); return NULL; }
+    s->n_files++;
+    return f;
+}
+
+static int add_file(st_set *s, const char *path, moe_error *err) {
+    st_file *f = file_slot(s, path, err);
+    if (!f) return MOE_FAIL;
     int fd = open(path, O_RDONLY);
     if (fd < 0) return moe_error_set(err, "%s: cannot open: %s", path, strerror(errno));
     struct stat st;
@@ -226,9 +235,6 @@ static int add_file(st_set *s, const char *path, moe_error *err) {
         }
     }
     close(fd);
-    f->path = strdup(path);
-    s->n_files++;
-    if (!f->path) return moe_error_set(err, "out of memory");
     return parse_file(s, f->map, f->size, s->n_files - 1, path, err);
 }
 
@@ -239,16 +245,9 @@ int st_open_file(st_set *s, const char *path, moe_error *err) {
 }
 
 int st_add_buffer(st_set *s, const void *buf, size_t size, const char *path, moe_error *err) {
-    if (s->n_files >= ST_MAX_SHARDS) return moe_error_set(err, "%s: too many shards", path);
-    st_file *grown = realloc(s->files, sizeof(st_file) * (s->n_files + 1));
-    if (!grown) return moe_error_set(err, "out of memory");
-    s->files = grown;
-    st_file *f = &s->files[s->n_files];
-    memset(f, 0, sizeof *f);
-    f->path = strdup(path);
+    st_file *f = file_slot(s, path, err);
+    if (!f) return MOE_FAIL;
     f->size = size;                   /* map stays NULL: not owned */
-    if (!f->path) return moe_error_set(err, "out of memory");
-    s->n_files++;
     return parse_file(s, buf, size, s->n_files - 1, path, err);
 }
 
