@@ -37,6 +37,12 @@
 #ifndef MV_PF_BF16
 #define MV_PF_BF16 2048
 #endif
+/* BF16 prefetch target: the same column, MV_PF_BF16_BLOCKS row blocks ahead (the matrix is
+ * contiguous, so for short rows this is just ahead in the stream; for long rows it is a
+ * few rows further down, never the row being read) */
+#ifndef MV_PF_BF16_BLOCKS
+#define MV_PF_BF16_BLOCKS 1
+#endif
 #ifndef MV_PF_Q8
 #define MV_PF_Q8 4096
 #endif
@@ -142,7 +148,7 @@ AI void mv_bf16_block(const char *w, size_t rs, int RB, const float *xe, const f
         __m512 xev = _mm512_loadu_ps(xe + k / 2), xov = _mm512_loadu_ps(xo + k / 2);
         if (MV_PF_BF16)
 #pragma GCC unroll 4
-            for (int i = 0; i < RB; i++) _mm_prefetch(row[i] + (size_t)k * 2 + MV_PF_BF16, _MM_HINT_T0);
+            for (int i = 0; i < RB; i++) _mm_prefetch(row[i] + (size_t)k * 2 + MV_PF_BF16_BLOCKS * RB * rs, _MM_HINT_T0);
 #pragma GCC unroll 4
         for (int i = 0; i < RB; i++) {
             __m512i v = _mm512_loadu_si512((const uint16_t *)row[i] + k);
