@@ -22,6 +22,7 @@
 
 #include "model.h"
 #include "safetensors.h"
+#include "sampler.h"
 
 #define GOLDEN "tests/data/golden/"
 #define TOL 1e-5
@@ -38,12 +39,6 @@ static void on_route(void *ctx, int layer, int pos, const route_decision *d) {
     assert_true(layer < r->n_layers && pos < r->T && d->k == r->K);
     memcpy(r->ids + ((size_t)layer * r->T + pos) * r->K, d->ids, sizeof(int) * r->K);
     memcpy(r->weights + ((size_t)layer * r->T + pos) * r->K, d->weights, sizeof(float) * r->K);
-}
-
-static int argmax(const float *x, int n) {
-    int b = 0;
-    for (int i = 1; i < n; i++) if (x[i] > x[b]) b = i;
-    return b;
 }
 
 /* Runs the whole logits pipeline of `moe logits` on the golden tokens. */
@@ -74,7 +69,7 @@ static void run_engine(const char *name, const int *tokens, int T, int decode, a
     }
     if (m.cfg.num_nextn_predict_layers) {
         for (int t = 0; t + 1 < T; t++) next[t] = tokens[t + 1];
-        next[T - 1] = argmax(r->logits + (size_t)(T - 1) * V, V);
+        next[T - 1] = sampler_argmax(r->logits + (size_t)(T - 1) * V, V);
         if (decode) {
             for (int t = 0; t < T; t++)
                 assert_int_equal(model_forward_mtp(&m, 0, hidden + (size_t)t * H, next + t, 1, t,

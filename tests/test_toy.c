@@ -58,9 +58,7 @@ static void check_mode(int decode) {
         assert_int_equal(model_forward(&m, tokens, T, 0, logits, 1, hidden, &err), 0);
     }
     for (int t = 0; t + 1 < T; t++) next[t] = tokens[t + 1];
-    int best = 0;
-    for (int v = 1; v < V; v++) if (logits[(size_t)(T - 1) * V + v] > logits[(size_t)(T - 1) * V + best]) best = v;
-    next[T - 1] = best;
+    next[T - 1] = sampler_argmax(logits + (size_t)(T - 1) * V, V);
     assert_int_equal(model_forward_mtp(&m, 0, hidden, next, T, 0, mtp, 1, NULL, &err), 0);
     double e1 = rel_err(logits, lt->data, (size_t)T * V), e2 = rel_err(mtp, mt->data, (size_t)T * V);
     if (e1 > 1e-4 || e2 > 1e-4) fail_msg("%s: logits rel.err %.3e, MTP logits %.3e (limit 1e-4)", decode ? "decode" : "prefill", e1, e2);

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli.h"
 #include "generate.h"
 #include "json_util.h"
 #include "sampler.h"
@@ -180,19 +181,8 @@ done:
 
 /* ------------------------------------------------------------------ report */
 
-static double median(const double *x, int n) {
-    double *c = malloc(sizeof(double) * (size_t)n);
-    if (!c) return 0;
-    memcpy(c, x, sizeof(double) * (size_t)n);
-    for (int i = 1; i < n; i++)
-        for (int j = i; j > 0 && c[j] < c[j - 1]; j--) { double t = c[j]; c[j] = c[j - 1]; c[j - 1] = t; }
-    double v = n % 2 ? c[n / 2] : 0.5 * (c[n / 2 - 1] + c[n / 2]);
-    free(c);
-    return v;
-}
-
 void mtp_arm_print(FILE *f, const mtp_arm *r) {
-    double p = median(r->plain_ts, r->reps), q = median(r->mtp_ts, r->reps);
+    double p = cli_median(r->plain_ts, r->reps), q = cli_median(r->mtp_ts, r->reps);
     fprintf(f, "\nMTP speculative decoding (greedy, %d reps of %d tokens after %d-token prompts from %s):\n", r->reps,
             r->n_gen, r->n_prompt, r->prompt_source);
     fprintf(f, "  decode t/s, median: plain %.1f | --mtp %.1f | speed-up x%.2f\n", p, q, p > 0 ? q / p : 0.0);
@@ -213,8 +203,8 @@ json_t *mtp_arm_json(const mtp_arm *r) {
     }
     return json_pack("{s:s, s:i, s:i, s:s, s:o, s:o, s:f, s:f, s:I, s:I, s:f, s:f, s:f, s:i}", "test", "mtp", "n_prompt",
                      r->n_prompt, "n_gen", r->n_gen, "prompts", r->prompt_source, "plain_samples_ts", pl,
-                     "mtp_samples_ts", mt, "plain_median_ts", median(r->plain_ts, r->reps), "mtp_median_ts",
-                     median(r->mtp_ts, r->reps), "drafted", (json_int_t)r->drafted, "accepted", (json_int_t)r->accepted,
+                     "mtp_samples_ts", mt, "plain_median_ts", cli_median(r->plain_ts, r->reps), "mtp_median_ts",
+                     cli_median(r->mtp_ts, r->reps), "drafted", (json_int_t)r->drafted, "accepted", (json_int_t)r->accepted,
                      "tokens_per_step", r->steps ? (double)r->generated / r->steps : 0.0, "experts_per_layer_plain",
                      r->experts_plain, "experts_per_layer_verify", r->experts_verify, "mismatches", r->mismatches);
 }

@@ -300,3 +300,18 @@ void cli_model_options_usage(FILE *f) {
             "  --numa M             NUMA placement: off (default) | interleave | partition (README: --numa)\n"
             "  --experts-per-token K, --no-group-limit, --no-route-bias   routing experiments (each says it is on)\n");
 }
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+double cli_median(const double *x, int n) {
+    double *c = malloc(sizeof(double) * (size_t)(n > 0 ? n : 1));
+    if (!c || n <= 0) { free(c); return 0; }
+    memcpy(c, x, sizeof(double) * (size_t)n);
+    qsort(c, (size_t)n, sizeof(double), cmp_double);
+    double m = n % 2 ? c[n / 2] : 0.5 * (c[n / 2 - 1] + c[n / 2]);
+    free(c);
+    return m;
+}

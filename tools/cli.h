@@ -48,6 +48,9 @@ int cli_model_option(int argc, char **argv, int *i, const char *cmd, model_optio
 /* Help lines for those options. */
 void cli_model_options_usage(FILE *f);
 
+/* Median of x[0..n) (0 when n is 0); x is not changed. */
+double cli_median(const double *x, int n);
+
 /* Monotonic seconds. */
 double cli_now(void);
 

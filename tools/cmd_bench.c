@@ -43,6 +43,7 @@
 #include "commands.h"
 #include "model.h"
 #include "threadpool.h"
+#include "sampler.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -93,21 +94,6 @@ static double sd_of(const double *x, int n) {
     double m = mean_of(x, n), s = 0;
     for (int i = 0; i < n; i++) s += (x[i] - m) * (x[i] - m);
     return sqrt(s / (n - 1));
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median_of(const double *x, int n) {
-    double *c = malloc(sizeof(double) * (size_t)n);
-    if (!c || !n) { free(c); return 0; }
-    memcpy(c, x, sizeof(double) * (size_t)n);
-    qsort(c, (size_t)n, sizeof(double), cmp_double);
-    double m = n % 2 ? c[n / 2] : 0.5 * (c[n / 2 - 1] + c[n / 2]);
-    free(c);
-    return m;
 }
 
 /* ------------------------------------------------------------------ memory bandwidth */
@@ -182,7 +168,7 @@ static double membw_measure(int n_threads, size_t bytes, int reps) {
         double dt = cli_now() - t0;
         if (r >= 0) gbs[r] = bytes / dt / 1e9;
     }
-    double med = median_of(gbs, reps);
+    double med = cli_median(gbs, reps);
     free(gbs);
     threadpool_free(pool);
     free(a);
@@ -287,13 +273,6 @@ typedef struct {
     long pp_tokens, tg_tokens;  /* profiled tokens */
 } config_run;
 
-static int argmax(const float *x, int n) {
-    int b = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > x[b]) b = i;
-    return b;
-}
-
 static uint64_t rng_next(uint64_t *s) {
     uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
@@ -334,7 +313,7 @@ static double run_tg(moe_model *m, int n_prompt, int n_gen, float *logits, uint6
     if (n_prompt > 256) n_prompt = 256;
     random_tokens(toks, n_prompt, m->cfg.vocab_size, seed);
     if (model_forward(m, toks, n_prompt, 0, logits, 0, NULL, err)) return -1;
-    int next = argmax(logits, m->cfg.vocab_size);
+    int next = sampler_argmax(logits, m->cfg.vocab_size);
     double busy = 0;
     *cpu_s = 0;
     for (int i = 0; i < n_gen; i++) {
@@ -346,7 +325,7 @@ static double run_tg(moe_model *m, int n_prompt, int n_gen, float *logits, uint6
         m->prof = NULL;
         if (rc) return -1;
         busy += t1 - t0;
-        next = argmax(logits, m->cfg.vocab_size);
+        next = sampler_argmax(logits, m->cfg.vocab_size);
         if (argmax_ns) *argmax_ns += (cli_now() - t1) * 1e9;
     }
     return n_gen / busy;
@@ -416,8 +395,8 @@ static void print_table(FILE *f, const report *rp, config_run *runs, int n_runs,
             snprintf(row[4], 64, "%d", c->threads);
             snprintf(row[5], 64, "%s%d", which == 0 ? "pp" : "tg", n_tok);
             snprintf(row[6], 64, "%.2f ± %.2f", mean, sd_of(v, reps));
-            snprintf(row[7], 64, "%.2f", median_of(v, reps));
-            snprintf(row[8], 64, "%.2f", median_of(vc, reps));
+            snprintf(row[7], 64, "%.2f", cli_median(v, reps));
+            snprintf(row[8], 64, "%.2f", cli_median(vc, reps));
             if (which == 1) {
                 double gbs = mean * rp->bytes_tok / 1e9;
                 snprintf(row[9], 64, "%.2f", gbs);
@@ -709,7 +688,7 @@ int cmd_bench(int argc, char **argv) {
                                       weights_dtype_name(opt.dtype), "n_threads", c->threads, "test", test, "n_prompt",
                                       which == 0 ? n_tok : (int)tg_prompt, "n_gen", which == 0 ? 0 : n_tok, "avg_ts",
                                       mean_of(v, (int)reps), "stddev_ts", sd_of(v, (int)reps), "median_ts",
-                                      median_of(v, (int)reps), "samples_ts", samples);
+                                      cli_median(v, (int)reps), "samples_ts", samples);
                 if (which == 1) {
                     double gbs = mean_of(v, (int)reps) * rp.bytes_tok / 1e9;
                     json_object_set_new(o, "weight_bytes_per_token", json_real(rp.bytes_tok));
@@ -725,7 +704,7 @@ int cmd_bench(int argc, char **argv) {
                 json_t *cs = json_array();
                 for (int r = 0; r < reps; r++) json_array_append_new(cs, json_real(vc[r]));
                 json_object_set_new(o, "oncpu_samples_ts", cs);
-                json_object_set_new(o, "oncpu_median_ts", json_real(median_of(vc, (int)reps)));
+                json_object_set_new(o, "oncpu_median_ts", json_real(cli_median(vc, (int)reps)));
                 json_object_set_new(o, "loadavg_start", json_string(load_start));
                 json_object_set_new(o, "loadavg_end", json_string(load_end));
                 json_object_set_new(o, "peak_rss", json_integer((json_int_t)peak_rss_bytes()));

@@ -9,6 +9,7 @@
 #include "commands.h"
 #include "model.h"
 #include "safetensors.h"
+#include "sampler.h"
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -44,13 +45,6 @@ static void record_route(void *ctx, int layer, int pos, const route_decision *d)
     size_t off = ((size_t)layer * r->T + pos) * r->K;
     memcpy(r->ids + off, d->ids, sizeof(int) * (size_t)r->K);
     memcpy(r->weights + off, d->weights, sizeof(float) * (size_t)r->K);
-}
-
-static int argmax(const float *x, int n) {
-    int b = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > x[b]) b = i;
-    return b;
 }
 
 int cmd_logits(int argc, char **argv) {
@@ -117,7 +111,7 @@ int cmd_logits(int argc, char **argv) {
     /* MTP: position t gets (hidden_t, token t+1); the last position the greedy next token */
     if (n_mtp) {
         for (int t = 0; t + 1 < T; t++) mtp_tokens[t] = tokens[t + 1];
-        mtp_tokens[T - 1] = argmax(logits + (size_t)(T - 1) * V, V);
+        mtp_tokens[T - 1] = sampler_argmax(logits + (size_t)(T - 1) * V, V);
         if (decode) {
             for (int t = 0; t < T; t++)
                 if (model_forward_mtp(&m, 0, hidden + (size_t)t * H, mtp_tokens + t, 1, t, mtp_logits + (size_t)t * V, 1,

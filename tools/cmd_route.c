@@ -28,6 +28,7 @@
 #include "routeplot.h"
 #include "routestats.h"
 #include "tokenizer.h"
+#include "sampler.h"
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -144,13 +145,6 @@ static void trace_flush(route_run *r, int n) {
 /* Explain: one token's path                                              */
 /* ====================================================================== */
 
-static int argmax(const float *x, int n) {
-    int b = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > x[b]) b = i;
-    return b;
-}
-
 static const char *quoted(const struct tokenizer *tok, int id, char *out, size_t cap);
 
 static int cmp_float(const void *a, const void *b) {
@@ -160,7 +154,7 @@ static int cmp_float(const void *a, const void *b) {
 
 /* The 5 most likely tokens of logits [V] with their probabilities. */
 static void print_top(const struct tokenizer *tok, const float *logits, int V, int n) {
-    float mx = logits[argmax(logits, V)];
+    float mx = logits[sampler_argmax(logits, V)];
     double z = 0;
     for (int v = 0; v < V; v++) z += exp((double)logits[v] - mx);
     int best[8];
@@ -455,7 +449,7 @@ int cmd_route(int argc, char **argv) {
             if (model_forward(&m, tokens + w0 + c0, nb, c0, logits, 1, hidden, &err)) goto fail;
             if (n_mtp) {
                 for (int t = 0; t < nb; t++)
-                    next[t] = w0 + c0 + t + 1 < T ? tokens[w0 + c0 + t + 1] : argmax(logits + (size_t)t * V, V);
+                    next[t] = w0 + c0 + t + 1 < T ? tokens[w0 + c0 + t + 1] : sampler_argmax(logits + (size_t)t * V, V);
                 if (model_forward_mtp(&m, 0, hidden, next, nb, c0, mtp_logits, 1, NULL, &err)) goto fail;
             }
             if (has_ex) {
