@@ -127,7 +127,11 @@ static int source_init(loader *ld, source *s, const st_tensor *t, const char *na
 
 /* ------------------------------------------------------------------ matrices and vectors */
 
-typedef enum { KIND_PROJECTION, KIND_TABLE } mat_kind;   /* TABLE: embeddings, heads, router: never q8 */
+/* What a matrix is, for --dtype q8: projections and the output heads (lm_head, the MTP
+ * head: 30% of a decoded token's bytes in the M shape) become Q8, as llama.cpp's q8_0 does;
+ * TABLE (embeddings: one row read per token; the router: it decides, and is small) stays
+ * BF16. */
+typedef enum { KIND_PROJECTION, KIND_HEAD, KIND_TABLE } mat_kind;
 
 static int load_matrix(loader *ld, mat *m, const char *name, int64_t rows, int64_t cols, mat_kind kind) {
     const st_tensor *t = find_checked(ld, name, rows, cols);
@@ -142,7 +146,7 @@ static int load_matrix(loader *ld, mat *m, const char *name, int64_t rows, int64
     switch (ld->dtype) {
     case WEIGHTS_F32: target = MAT_F32; break;
     case WEIGHTS_BF16: target = MAT_BF16; break;
-    case WEIGHTS_Q8: target = (kind == KIND_PROJECTION && cols % QK8 == 0) ? MAT_Q8 : MAT_BF16; break;
+    case WEIGHTS_Q8: target = (kind != KIND_TABLE && cols % QK8 == 0) ? MAT_Q8 : MAT_BF16; break;
     default: target = t->dtype == ST_BF16 ? MAT_BF16 : MAT_F32; break;
     }
     m->dtype = target;
@@ -271,7 +275,7 @@ static int load_mtp_extras(loader *ld, layer_weights *lw, int i) {
         load_matrix(ld, &lw->mtp_embed, n, c->vocab_size, H, KIND_TABLE))
         return MOE_FAIL;
     if (st_find(&ld->w->files, NAME("shared_head.head.weight")) &&
-        load_matrix(ld, &lw->mtp_head, n, c->vocab_size, H, KIND_TABLE))
+        load_matrix(ld, &lw->mtp_head, n, c->vocab_size, H, KIND_HEAD))
         return MOE_FAIL;
     return MOE_OK;
 #undef NAME
@@ -291,7 +295,7 @@ int weights_load(moe_weights *w, const moe_config *cfg, const char *dir, const w
         load_vector(&ld, &w->final_norm, "model.norm.weight", H))
         goto fail;
     if (cfg->tie_word_embeddings && !st_find(&w->files, "lm_head.weight")) w->lm_head = w->embed;
-    else if (load_matrix(&ld, &w->lm_head, "lm_head.weight", V, H, KIND_TABLE)) goto fail;
+    else if (load_matrix(&ld, &w->lm_head, "lm_head.weight", V, H, KIND_HEAD)) goto fail;
     for (int i = 0; i < nl; i++) {
         if (load_layer(&ld, &w->layers[i], i)) goto fail;
         if (i >= cfg->num_hidden_layers && load_mtp_extras(&ld, &w->layers[i], i)) goto fail;

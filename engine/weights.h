@@ -24,7 +24,7 @@ typedef enum {
     WEIGHTS_AUTO = 0,  /* keep F32/BF16 as stored (zero-copy); F16 and FP8 -> F32 (exact) */
     WEIGHTS_F32,       /* everything f32 (BF16 is widened: 2x memory) */
     WEIGHTS_BF16,      /* everything bf16 (F32/FP8 rounded) */
-    WEIGHTS_Q8,        /* projections int8 blocks of 32 (router, embeddings stay bf16/f32) */
+    WEIGHTS_Q8,        /* projections and output heads int8 blocks of 32 (router, embeddings stay bf16/f32) */
 } weights_dtype;
 
 typedef struct {
