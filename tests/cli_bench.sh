@@ -33,6 +33,14 @@ if "$MOE" bench -m "$T/c" -p 8 -n 4 -r 1 -t 1 --json --profile --dtype q8 >"$T/j
 else bad "bench --json: $(cat "$T/err")"; fi
 
 "$MOE" bench --membw --membw-mib 16 >"$T/out" 2>&1 && grep -q "memory read bandwidth" "$T/out" && ok || bad "--membw"
+# with -m: bandwidth measured beside each tg rep, one sample per rep, bw_fraction from them
+if "$MOE" bench -m "$T/c" -p 0 -n 4 -r 3 -t 1,2 --membw --membw-mib 16 --json >"$T/json" 2>"$T/err"; then
+    [ "$(grep -c '"bw_samples_gbps"' "$T/json")" -eq 2 ] && ok || bad "bw_samples_gbps per thread count: $(cat "$T/json")"
+    grep -q "measured beside each repetition" "$T/err" && ok || bad "bw source line: $(cat "$T/err")"
+    # three samples in each run's list, none zero
+    [ "$(tr -d ' \n' <"$T/json" | grep -o '"bw_samples_gbps":\[[0-9.e+-]*,[0-9.e+-]*,[0-9.e+-]*\]' | grep -vc ':\[0[,.]')" -eq 2 ] &&
+        ok || bad "three positive bw samples per run: $(cat "$T/json")"
+else bad "bench --membw -m: $(cat "$T/err")"; fi
 "$MOE" bench -m "$T/c" -p 0 -n 2 -r 1 --bw 10,20 -t 1 >"$T/out" 2>&1 && grep -q "10.0 GB/s (1 thread), 20.0 GB/s" "$T/out" &&
     ! grep -q "pp0" "$T/out" && ok || bad "--bw / -p 0: $(cat "$T/out")"
 

@@ -22,12 +22,15 @@
  *   on-CPU    tokens / (process CPU seconds / threads): on a machine shared
  *             with other work, what the run would have done had it not waited
  *             for a CPU (the load average is printed beside it)
- *   GB/s      bytes/tok x tg t/s; "bw%" divides by the memory read bandwidth for
- *             that thread count: measured now (--membw), given (--bw), or the
- *             defaults 32.9 GB/s (1 thread) / 51.9 GB/s (2+ threads)
+ *   GB/s      bytes/tok x median tg t/s; "bw%" divides by the memory read bandwidth for
+ *             that thread count: measured beside every repetition (--membw with -m),
+ *             given (--bw), or the defaults 32.9 GB/s (1 thread) / 51.9 GB/s (2+)
  *   membw     STREAM-like read: sum of a 1 GiB array (--membw-mib) of u64 (AVX2 adds when the
- *             CPU has them), the threads summing disjoint slices; median of 9
- *             sweeps, each reading 1 GiB
+ *             CPU has them), the threads summing disjoint slices. Alone: median of 9
+ *             sweeps on 1 and on all threads. With -m: 3 sweeps on the run's own pool
+ *             right before each timed tg repetition, and bw% is the median over the
+ *             repetitions of (that repetition's GB/s / the bandwidth measured next to it),
+ *             so a neighbour that takes bandwidth for a while moves both alike
  */
 #include <jansson.h>
 #include <math.h>
@@ -69,7 +72,8 @@ static void usage(FILE *f) {
             "  --numa M            NUMA placement: off (default) | interleave | partition\n"
             "  --batch N           tokens per forward chunk in prefill (default: the whole prompt)\n"
             "  --tg-prompt N       untimed prompt before the decode test (default 8)\n"
-            "  --membw             measure memory read bandwidth on 1 and all threads (alone, or with -m)\n"
+            "  --membw             measure memory read bandwidth: alone, on 1 and all threads; with -m, beside every\n"
+            "                      tg repetition on its thread count (bw %% = median of per-rep fractions)\n"
             "  --membw-mib N       size of the array --membw reads (default 1024)\n"
             "  --bw A[,B]          read bandwidth in GB/s for 1 thread [, 2+ threads] (default 32.9,51.9)\n"
             "  --profile           time per decoded token in each phase of the forward pass\n"
@@ -149,29 +153,40 @@ static void membw_touch(void *arg, int id, int nth) {
     for (size_t i = lo; i < hi; i++) a[i] = i;
 }
 
-/* Median read bandwidth in GB/s over `reps` sweeps of a `bytes` array on n_threads. */
-static double membw_measure(int n_threads, size_t bytes, int reps) {
-    membw_job j = { NULL, bytes / 8, {0} };
-    bytes = (bytes + (2u << 20) - 1) / (2u << 20) * (2u << 20);
-    uint64_t *a = aligned_alloc(2u << 20, bytes);
-    if (!a) return 0;
-    madvise(a, bytes, MADV_HUGEPAGE);
-    j.a = a;
-    threadpool *pool = n_threads > 1 ? threadpool_create(n_threads) : NULL;
-    if (pool) threadpool_run(pool, membw_touch, &j);
-    else membw_touch(&j, 0, 1);
-    double *gbs = malloc(sizeof(double) * (size_t)reps);
+/* The array the read test sums: allocated (2 MB aligned, huge pages asked for) and written once. */
+static int membw_init(membw_job *j, size_t bytes) {
+    size_t alloc = (bytes + (2u << 20) - 1) / (2u << 20) * (2u << 20);
+    uint64_t *a = aligned_alloc(2u << 20, alloc);
+    if (!a) return -1;
+    madvise(a, alloc, MADV_HUGEPAGE);
+    *j = (membw_job){ a, bytes / 8, {0} };
+    membw_touch(j, 0, 1);
+    return 0;
+}
+
+/* Median read bandwidth in GB/s over `reps` sweeps of the array on the pool (NULL: this
+ * thread), after one untimed sweep. */
+static double membw_sweeps(membw_job *j, threadpool *pool, int reps) {
+    double gbs[16];
+    if (reps > 16) reps = 16;
     for (int r = -1; r < reps; r++) {      /* r = -1: warm-up */
         double t0 = cli_now();
-        if (pool) threadpool_run(pool, membw_worker, &j);
-        else membw_worker(&j, 0, 1);
+        if (pool) threadpool_run(pool, membw_worker, j);
+        else membw_worker(j, 0, 1);
         double dt = cli_now() - t0;
-        if (r >= 0) gbs[r] = bytes / dt / 1e9;
+        if (r >= 0) gbs[r] = j->n * 8.0 / dt / 1e9;
     }
-    double med = cli_median(gbs, reps);
-    free(gbs);
+    return cli_median(gbs, reps);
+}
+
+/* Median read bandwidth in GB/s over 9 sweeps of a `bytes` array on n_threads. */
+static double membw_measure(int n_threads, size_t bytes) {
+    membw_job j;
+    if (membw_init(&j, bytes)) return 0;
+    threadpool *pool = n_threads > 1 ? threadpool_create(n_threads) : NULL;
+    double med = membw_sweeps(&j, pool, 9);
     threadpool_free(pool);
-    free(a);
+    free((void *)j.a);
     return med;
 }
 
@@ -271,6 +286,7 @@ typedef struct {
     model_profile prof_pp, prof_tg;
     double argmax_ns;           /* accumulated over timed tg tokens */
     long pp_tokens, tg_tokens;  /* profiled tokens */
+    double *bw;                 /* --membw with -m: read bandwidth (GB/s) measured before each rep's tg; else NULL */
 } config_run;
 
 static uint64_t rng_next(uint64_t *s) {
@@ -342,6 +358,17 @@ typedef struct {
 
 static double bw_for(const report *r, int threads) { return threads > 1 ? r->bw[1] : r->bw[0]; }
 
+/* Decode bandwidth of a run: GB/s at the median t/s, and that as a fraction of the memory
+ * bandwidth (the median of the per-rep fractions when bandwidth was measured beside each
+ * rep; else against the report's figure for the thread count). */
+static void tg_bandwidth(const report *rp, const config_run *c, int reps, double *gbs, double *frac) {
+    *gbs = cli_median(c->tg, reps) * rp->bytes_tok / 1e9;
+    if (!c->bw) { *frac = *gbs / bw_for(rp, c->threads); return; }
+    double f[reps];
+    for (int r = 0; r < reps; r++) f[r] = c->tg[r] * rp->bytes_tok / 1e9 / c->bw[r];
+    *frac = cli_median(f, reps);
+}
+
 /* A markdown table with columns padded to their widest cell; numeric columns right-aligned. */
 #define TAB_COLS 11
 #define TAB_ROWS 2 * MAX_THREAD_CONFIGS + 1
@@ -398,9 +425,10 @@ static void print_table(FILE *f, const report *rp, config_run *runs, int n_runs,
             snprintf(row[7], 64, "%.2f", cli_median(v, reps));
             snprintf(row[8], 64, "%.2f", cli_median(vc, reps));
             if (which == 1) {
-                double gbs = mean * rp->bytes_tok / 1e9;
+                double gbs, frac;
+                tg_bandwidth(rp, c, reps, &gbs, &frac);
                 snprintf(row[9], 64, "%.2f", gbs);
-                snprintf(row[10], 64, "%.1f", 100 * gbs / bw_for(rp, c->threads));
+                snprintf(row[10], 64, "%.1f", 100 * frac);
             }
         }
     }
@@ -532,16 +560,20 @@ int cmd_bench(int argc, char **argv) {
     }
     FILE *tab = json ? stderr : stdout;
     report rp = { dir, "", "", "", "", 0, {bw[0], bw[1]}, bw_given ? "--bw" : "default (this machine kind; --membw measures)" };
-    /* memory bandwidth: measured in this run when asked */
+    /* memory bandwidth: measured when asked; alone, here; with -m, beside every tg repetition */
+    membw_job membw_arr = { NULL, 0, {0} };
     if (membw) {
         int all = threadpool_default_threads();
         size_t bytes = (size_t)membw_mib << 20;
-        if (!json) fprintf(stderr, "membw: reading a %ld MiB array, median of 9 sweeps...\n", membw_mib);
-        rp.bw[0] = membw_measure(1, bytes, 9);
-        rp.bw[1] = all > 1 ? membw_measure(all, bytes, 9) : rp.bw[0];
-        rp.bw_source = "measured (--membw)";
-        fprintf(tab, "memory read bandwidth: %.1f GB/s on 1 thread, %.1f GB/s on %d threads\n", rp.bw[0], rp.bw[1], all);
+        if (dir && n_gen > 0 && membw_init(&membw_arr, bytes)) {
+            fprintf(stderr, "moe bench: out of memory for the --membw array (%ld MiB; see --membw-mib)\n", membw_mib);
+            return 1;
+        }
         if (!dir) {
+            if (!json) fprintf(stderr, "membw: reading a %ld MiB array, median of 9 sweeps...\n", membw_mib);
+            rp.bw[0] = membw_measure(1, bytes);
+            rp.bw[1] = all > 1 ? membw_measure(all, bytes) : rp.bw[0];
+            fprintf(tab, "memory read bandwidth: %.1f GB/s on 1 thread, %.1f GB/s on %d threads\n", rp.bw[0], rp.bw[1], all);
             if (json) {
                 json_t *o = json_pack("{s:f, s:f, s:i}", "membw_1t_gbps", rp.bw[0], "membw_all_gbps", rp.bw[1], "threads_all", all);
                 char *s = json_dumps(o, JSON_INDENT(2));
@@ -581,7 +613,11 @@ int cmd_bench(int argc, char **argv) {
         runs[k].tg = calloc((size_t)reps, sizeof(double));
         runs[k].pp_cpu = calloc((size_t)reps, sizeof(double));
         runs[k].tg_cpu = calloc((size_t)reps, sizeof(double));
-        if (!runs[k].pp || !runs[k].tg || !runs[k].pp_cpu || !runs[k].tg_cpu) { fprintf(stderr, "moe bench: out of memory\n"); goto done; }
+        if (membw_arr.a) runs[k].bw = calloc((size_t)reps, sizeof(double));
+        if (!runs[k].pp || !runs[k].tg || !runs[k].pp_cpu || !runs[k].tg_cpu || (membw_arr.a && !runs[k].bw)) {
+            fprintf(stderr, "moe bench: out of memory\n");
+            goto done;
+        }
         if (threads[k] == max_t) runs[k].pool = own_pool;
         else if (threads[k] > 1 && !(runs[k].pool = model_pool_create(&m, threads[k]))) {
             fprintf(stderr, "moe bench: cannot start %d threads\n", threads[k]);
@@ -625,6 +661,7 @@ int cmd_bench(int argc, char **argv) {
             }
             if (n_gen > 0) {
                 double cpu_s = 0;
+                if (timed && c->bw) c->bw[r] = membw_sweeps(&membw_arr, c->pool, 3);
                 int steps = (int)(timed ? n_gen : (n_gen < 16 ? n_gen : 16));
                 double v = run_tg(&m, (int)tg_prompt, steps, logits, &rs,
                                   timed && profile ? &c->prof_tg : NULL, timed && profile ? &c->argmax_ns : NULL, &cpu_s, &err);
@@ -642,6 +679,10 @@ int cmd_bench(int argc, char **argv) {
     }
     fprintf(stderr, "\r%70s\r", "");
     m.pool = own_pool;
+    if (membw_arr.a) {   /* the report's figures: medians of what was measured beside the reps */
+        for (int k = 0; k < n_cfg; k++) rp.bw[runs[k].threads > 1] = cli_median(runs[k].bw, (int)reps);
+        rp.bw_source = "measured beside each repetition (--membw), median; bw % is the median of the per-rep fractions";
+    }
     loadavg(load_end, sizeof load_end);
     /* report */
     print_table(tab, &rp, runs, n_cfg, (int)n_prompt, (int)n_gen, (int)reps);
@@ -690,12 +731,18 @@ int cmd_bench(int argc, char **argv) {
                                       mean_of(v, (int)reps), "stddev_ts", sd_of(v, (int)reps), "median_ts",
                                       cli_median(v, (int)reps), "samples_ts", samples);
                 if (which == 1) {
-                    double gbs = mean_of(v, (int)reps) * rp.bytes_tok / 1e9;
+                    double gbs, frac;
+                    tg_bandwidth(&rp, c, (int)reps, &gbs, &frac);
                     json_object_set_new(o, "weight_bytes_per_token", json_real(rp.bytes_tok));
                     json_object_set_new(o, "gbps", json_real(gbs));
-                    json_object_set_new(o, "bw_gbps", json_real(bw_for(&rp, c->threads)));
-                    json_object_set_new(o, "bw_fraction", json_real(gbs / bw_for(&rp, c->threads)));
+                    json_object_set_new(o, "bw_gbps", json_real(c->bw ? cli_median(c->bw, (int)reps) : bw_for(&rp, c->threads)));
+                    json_object_set_new(o, "bw_fraction", json_real(frac));
                     json_object_set_new(o, "bw_source", json_string(rp.bw_source));
+                    if (c->bw) {
+                        json_t *bs = json_array();
+                        for (int r = 0; r < reps; r++) json_array_append_new(bs, json_real(c->bw[r]));
+                        json_object_set_new(o, "bw_samples_gbps", bs);
+                    }
                 }
                 if (profile)
                     json_object_set_new(o, "profile_us_per_token",
@@ -730,7 +777,9 @@ done:
         free(runs[k].tg);
         free(runs[k].pp_cpu);
         free(runs[k].tg_cpu);
+        free(runs[k].bw);
     }
+    free((void *)membw_arr.a);
     free(logits);
     mtp_arm_free(&mtp_result);
     model_free(&m);
