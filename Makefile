@@ -17,7 +17,8 @@ SAN     ?= 0
 OPT     ?= -O2
 PKGS    := jansson libpcre2-8
 DEPCFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null) -I/usr/include/x86_64-linux-gnu/openblas-pthread
-DEPLIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -ljansson -lpcre2-8) -lopenblas -lnuma -lpthread -lm
+# OpenBLAS is not linked: kernels/blas.c loads it at run time, after choosing its kernels
+DEPLIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -ljansson -lpcre2-8) -lnuma -lpthread -lm -ldl
 
 CFLAGS  := -std=c11 -D_GNU_SOURCE -g $(OPT) -Wall -Wextra -Wno-unused-parameter -Wshadow \
            -Iengine -Ikernels -Itools $(DEPCFLAGS) -MMD -MP

@@ -19,8 +19,7 @@
 #include <stdatomic.h>
 #include <string.h>
 
-#include <cblas.h>
-
+#include "blas.h"
 #include "kernels.h"
 #include "linear.h"
 
@@ -147,23 +146,23 @@ static void attend_chunk_share(void *arg, int share, int n_shares) {
         /* this head's kv_b rows as f32: W_UK [dn, R] then W_UV [dv, R] */
         for (int r = 0; r < dn + dv; r++) mat_row_f32(&job->lw->kv_b, h * (dn + dv) + r, w + (size_t)r * R);
         const float *q = s->q + (size_t)h * dq;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, R, dn, 1.0f, q, nh * dq, w, R, 0.0f, qabs, R);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, S, R, scale, qabs, R, cache, ld, 0.0f, p, S);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, S, dr, scale, q + dn, nh * dq, cache + R, ld, 1.0f, p, S);
+        blas_sgemm(0, n, R, dn, 1.0f, q, nh * dq, w, R, 0.0f, qabs, R);
+        blas_sgemm(1, n, S, R, scale, qabs, R, cache, ld, 0.0f, p, S);
+        blas_sgemm(1, n, S, dr, scale, q + dn, nh * dq, cache + R, ld, 1.0f, p, S);
         for (int t = 0; t < n; t++) {
             float *row = p + (size_t)t * S;
             int visible = pos + t + 1;                       /* causal: positions 0..pos+t */
             softmax(row, visible);
             memset(row + visible, 0, sizeof(float) * (size_t)(S - visible));
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, R, S, 1.0f, p, S, cache, ld, 0.0f, olat, R);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, dv, R, 1.0f, olat, R, w + (size_t)dn * R, R, 0.0f,
+        blas_sgemm(0, n, R, S, 1.0f, p, S, cache, ld, 0.0f, olat, R);
+        blas_sgemm(1, n, dv, R, 1.0f, olat, R, w + (size_t)dn * R, R, 0.0f,
                     s->attn + (size_t)h * dv, nh * dv);
     }
 }
 
 /* Absorbed attention of a whole chunk, one head per work item, as matrix products
- * (OpenBLAS, one thread each; the heads are split over the pool):
+ * (blas_sgemm: OpenBLAS, one thread each; the heads are split over the pool):
  *   Q_abs = Q_nope W_UK[h]                         [n, R]
  *   S     = scale (Q_abs C^T + Q_pe K_pe^T)        [n, pos+n], causal mask, row softmax -> P
  *   O_lat = P C                                    [n, R]

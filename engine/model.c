@@ -20,9 +20,9 @@
 #include <string.h>
 #include <sys/sysinfo.h>
 
-#include <cblas.h>
 
 #include "attention.h"
+#include "blas.h"
 #include "kernels.h"
 #include "linear.h"
 #include "moe.h"
@@ -163,7 +163,7 @@ int model_load(moe_model *m, const char *dir, const model_options *opt, moe_erro
     m->s.B = m->opt.batch_max > 0 ? m->opt.batch_max : 64;
     m->s.S = m->opt.max_seq > 0 ? m->opt.max_seq : (c->max_position_embeddings < 4096 ? c->max_position_embeddings : 4096);
     int threads = m->opt.n_threads > 0 ? m->opt.n_threads : threadpool_default_threads();
-    openblas_set_num_threads(1);   /* OpenBLAS runs inside our pool's work items, never beside it */
+    blas_init();   /* OpenBLAS: our choice of its kernels, and one thread inside each of our pool's work items */
     m->s.n_shares = threads;
     size_t expert_bytes = 0;
     int n_moe = 0;

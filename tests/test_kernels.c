@@ -34,6 +34,7 @@
 
 #include <cmocka.h>
 
+#include "blas.h"
 #include "kernels_impl.h"
 #include "threadpool.h"
 
@@ -720,8 +721,46 @@ static void test_matvec_parallel_batch(void **state) {
     }
 }
 
+/* ---------------------------------------------------------------- blas.c */
+
+/* OpenBLAS is found (a declared dependency), its kernels are the ones blas_init chose (or
+ * the environment's), and blas_sgemm equals the plain product on odd shapes, both
+ * transpositions, alpha and beta, strided operands. */
+static void test_blas_sgemm(void **state) {
+    (void)state;
+    const char *env = getenv("OPENBLAS_CORETYPE");
+    blas_init();
+    const char *name = blas_name();
+    if (strncmp(name, "OpenBLAS (", 10)) fail_msg("blas: %s", name);
+    const cpu_features *f = cpu_get_features();
+    const char *want = env ? env : f->avx512f && f->avx2_fma ? "SkylakeX" : f->avx2_fma ? "Haswell" : NULL;
+    if (want && !strstr(name, want)) fail_msg("blas: %s, wanted kernels %s", name, want);
+    static const int dims[][3] = {{1, 1, 1}, {3, 5, 7}, {8, 33, 64}, {17, 129, 31}, {64, 96, 288}};
+    for (int d = 0; d < 5; d++)
+        for (int bt = 0; bt <= 1; bt++) {
+            int m = dims[d][0], n = dims[d][1], k = dims[d][2], lda = k + 3, ldb = (bt ? k : n) + 2, ldc = n + 1;
+            float *A = make_vec(m * lda, 0), *B = make_vec((bt ? n : k) * ldb, 0);
+            float *C = make_vec(m * ldc, 0), *R = malloc(sizeof(float) * m * ldc);
+            memcpy(R, C, sizeof(float) * m * ldc);
+            float beta = d % 2 ? 0.5f : 0.0f;
+            blas_sgemm(bt, m, n, k, 0.75f, A, lda, B, ldb, beta, C, ldc);
+            blas_sgemm_ref(bt, m, n, k, 0.75f, A, lda, B, ldb, beta, R, ldc);
+            for (int i = 0; i < m; i++)
+                for (int j = 0; j < ldc; j++) {
+                    double S = 0;   /* sum of |products|: the rounding bound's scale */
+                    for (int p = 0; p < k && j < n; p++)
+                        S += fabs(0.75 * A[i * lda + p] * (bt ? B[j * ldb + p] : B[p * ldb + j]));
+                    double tol = j < n ? dot_tol(k, S) + fabs(beta * R[i * ldc + j]) * FLT_EPSILON : 0.0;
+                    if (fabs(C[i * ldc + j] - R[i * ldc + j]) > tol)   /* j >= n: the padding stays untouched */
+                        fail_msg("sgemm bt %d %dx%dx%d [%d,%d]: %g vs %g", bt, m, n, k, i, j, C[i * ldc + j], R[i * ldc + j]);
+                }
+            free(A); free(B); free(C); free(R);
+        }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_blas_sgemm),
         cmocka_unit_test(test_dispatch),
         cmocka_unit_test(test_matvec_f32),
         cmocka_unit_test(test_matvec_bf16),

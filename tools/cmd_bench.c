@@ -42,6 +42,7 @@
 #include <sys/resource.h>
 
 #include "bench_mtp.h"
+#include "blas.h"
 #include "cli.h"
 #include "commands.h"
 #include "model.h"
@@ -701,6 +702,7 @@ int cmd_bench(int argc, char **argv) {
                  "allocated = %.2f MiB\n",
             kv_floats, m.cfg.kv_lora_rank, m.cfg.qk_rope_head_dim, m.w.n_layers, kv_tok, m.s.S,
             m.s.kv_cache_bytes / 1048576.0);
+    fprintf(tab, "prefill attention products: %s\n", blas_name());
     if (profile) print_profile(tab, runs, n_cfg, (int)n_gen, (int)n_prompt);
     if (mtp) {
         if (mtp_arm_run(&m, dir, mtp_text, (int)tg_prompt, (int)(n_gen > 1 ? n_gen : 2), (int)reps, (uint64_t)seed,
