@@ -245,10 +245,11 @@ static void test_matmul_n64(void **state) {
 
 /* ---------------------------------------------------------------- transposed matvec */
 
-/* Columns around the vector widths (16, 8) and the register blocks (128, 64 columns);
- * Q8 needs cols % 32 == 0 (160 = one 128 block + two vectors, 96 = 64 + 32). */
+/* Columns around the vector widths (16, 8) and the register blocks (256 columns on
+ * AVX-512, 64 on AVX2); Q8 needs cols % 32 == 0 (288 = one 256 block + two vectors,
+ * 96 = 64 + 32). */
 static const int TCOLS[] = {16, 17, 31, 33, 100, 256, 1000};
-static const int TCOLS_Q8[] = {32, 96, 160, 256, 1024};
+static const int TCOLS_Q8[] = {32, 96, 160, 288, 1024};
 
 /* S = sum_r |x[r - row0] W[r, c]| in double. */
 static double abs_dot_t(const mat *W, int c, const float *x, int row0, int row1) {
