@@ -38,13 +38,13 @@ float *attention_cache_row(const moe_model *m, int layer, int p) {
 
 /* ------------------------------------------------------------------ one head, one token */
 
-/* One share's scratch: q_abs [R], o_lat [R], one weight row [R], scores [S]. */
-typedef struct { float *q_abs, *o_lat, *row, *scores; } head_scratch;
+/* One share's scratch: q_abs [R], o_lat [R], scores [S]. */
+typedef struct { float *q_abs, *o_lat, *scores; } head_scratch;
 
 static head_scratch scratch_of_share(const moe_model *m, int share) {
     int R = m->cfg.kv_lora_rank;
     float *base = m->s.share_attn + (size_t)share * m->s.attn_scratch;
-    return (head_scratch){ base, base + R, base + 2 * R, base + 3 * R };
+    return (head_scratch){ base, base + R, base + 2 * R };
 }
 
 /* Absorbed attention of head h of one query at position p. q: this head's [dq] (rotated).
@@ -55,11 +55,7 @@ static void head_absorbed(const moe_model *m, const layer_weights *lw, int layer
     int dn = c->qk_nope_head_dim, dr = c->qk_rope_head_dim, dv = c->v_head_dim, R = c->kv_lora_rank;
     int head_row = h * (dn + dv);
     /* q_abs = W_UK[h]^T q_nope: a sum of the head's dn key rows */
-    memset(w->q_abs, 0, sizeof(float) * (size_t)R);
-    for (int d = 0; d < dn; d++) {
-        mat_row_f32(&lw->kv_b, head_row + d, w->row);
-        vec_axpy(w->q_abs, qh[d], w->row, R);
-    }
+    matvec_t_rows(&lw->kv_b, qh, w->q_abs, head_row, head_row + dn);
     float scale = m->rope.softmax_scale;
     for (int t = 0; t <= p; t++) {
         const float *kv = attention_cache_row(m, layer, t);
@@ -118,15 +114,7 @@ static void attend_share(void *arg, int share, int n_shares) {
 
 /* ------------------------------------------------------------------ a prefill chunk */
 
-/* Absorbed attention of a whole chunk, head by head, as matrix products (OpenBLAS):
- *   Q_abs = Q_nope W_UK[h]                         [n, R]
- *   S     = scale (Q_abs C^T + Q_pe K_pe^T)        [n, pos+n], causal mask, row softmax -> P
- *   O_lat = P C                                    [n, R]
- *   O[h]  = O_lat W_UV[h]^T                        [n, dv]
- * C and K_pe are the layer's cache rows (stride R + dr). The same math as head_absorbed,
- * summed in another order; used for chunks of ATTEND_GEMM_MIN tokens or more, so that
- * decoding and MTP verification (1-2 tokens) keep the per-token path. */
-
+/* One share of attend_chunk_gemm (below): claims heads until none is left. */
 static void attend_chunk_share(void *arg, int share, int n_shares) {
     (void)n_shares;
     attend_job *job = arg;

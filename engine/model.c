@@ -88,7 +88,7 @@ static int state_init(moe_model *m, moe_error *err) {
     ALLOC(s->logits_b, (size_t)B * (V > E ? V : E));
     ALLOC(s->hidden, (size_t)B * H);
     ALLOC(s->mtp_in, (size_t)B * 2 * H);
-    s->attn_scratch = (size_t)3 * R + S;
+    s->attn_scratch = (size_t)2 * R + S;
     ALLOC(s->share_attn, (size_t)s->n_shares * s->attn_scratch);
     ALLOC(s->pf_qabs, (size_t)s->n_shares * B * R);
     ALLOC(s->pf_p, (size_t)s->n_shares * B * S);

@@ -59,8 +59,8 @@ typedef struct {
     float *logits_b;    /* [B, max(V, E)] head logits / router logits */
     float *hidden;      /* [B, H] hidden after the final norm */
     float *mtp_in;      /* [B, 2H] [enorm(embedding); hnorm(hidden)] */
-    /* attention scratch, per share of the pool: q_abs [R], o_lat [R], a kv_b row [R], scores [S] */
-    size_t attn_scratch;   /* floats per share: 3R + S */
+    /* attention scratch, per share of the pool: q_abs [R], o_lat [R], scores [S] */
+    size_t attn_scratch;   /* floats per share: 2R + S */
     float *share_attn;     /* [P, attn_scratch] */
     float *kv_full;     /* [S, nh*(dn+dv)] naive attention only (NULL otherwise) */
     float *pf_qabs;     /* [P, B, R] prefill attention, per share: Q_abs of one head */

@@ -327,18 +327,10 @@ int weights_dtype_parse(const char *s) {
     return -1;
 }
 
+/* F32: a copy; BF16 / Q8: the vectorized transposed matvec of the one row with x = {1},
+ * which is exact (kernels.h). */
 void mat_row_f32(const mat *W, int r, float *out) {
-    size_t base = (size_t)r * W->cols;
-    switch (W->dtype) {
-    case MAT_F32: memcpy(out, (const float *)W->data + base, sizeof(float) * (size_t)W->cols); break;
-    case MAT_BF16:
-        for (int c = 0; c < W->cols; c++) out[c] = bf16_to_f32(((const uint16_t *)W->data)[base + c]);
-        break;
-    case MAT_Q8: {   /* block by block: one scale per QK8 values */
-        const block_q8 *b = (const block_q8 *)W->data + base / QK8;
-        for (int k = 0; k < W->cols / QK8; k++)
-            for (int i = 0; i < QK8; i++) out[k * QK8 + i] = b[k].scale * (float)b[k].q[i];
-        break;
-    }
-    }
+    static const float one = 1.0f;
+    if (W->dtype == MAT_F32) memcpy(out, (const float *)W->data + (size_t)r * W->cols, sizeof(float) * (size_t)W->cols);
+    else matvec_t_rows(W, &one, out, r, r + 1);
 }

@@ -38,6 +38,7 @@ typedef struct {
     const char *name;
     void (*matvec)(const mat *, const float *, float *, int, int);
     void (*matmul)(const mat *, const float *, int, float *, int, int, int);
+    void (*matvec_t)(const mat *, const float *, float *, int, int);
     void (*q8q8)(const mat *, const block_q8 *, float *, int, int);        /* NULL: no fast path */
     void (*bf16bf16)(const mat *, const uint16_t *, float *, int, int);    /* NULL: no fast path */
     void (*rmsnorm)(float *, const float *, const float *, int, float);
@@ -50,17 +51,17 @@ typedef struct {
 } kernel_set;
 
 static const kernel_set set_scalar = {
-    "scalar", matvec_rows_ref, matmul_rows_ref, NULL, NULL,
+    "scalar", matvec_rows_ref, matmul_rows_ref, matvec_t_rows_ref, NULL, NULL,
     rmsnorm_ref, softmax_ref, silu_mul_ref, vec_dot_ref, vec_axpy_ref,
     quantize_row_q8_ref, quantize_row_bf16_ref,
 };
 static const kernel_set set_avx2 = {
-    "avx2", matvec_rows_avx2, matmul_rows_avx2, matvec_rows_q8q8_avx2, NULL,
+    "avx2", matvec_rows_avx2, matmul_rows_avx2, matvec_t_rows_avx2, matvec_rows_q8q8_avx2, NULL,
     rmsnorm_avx2, softmax_avx2, silu_mul_avx2, vec_dot_avx2, vec_axpy_avx2,
     quantize_row_q8_avx2, quantize_row_bf16_ref,
 };
 static kernel_set set_avx512 = {
-    "avx512", matvec_rows_avx512, matmul_rows_avx512, matvec_rows_q8q8_avx2, NULL,
+    "avx512", matvec_rows_avx512, matmul_rows_avx512, matvec_t_rows_avx512, matvec_rows_q8q8_avx2, NULL,
     rmsnorm_avx512, softmax_avx512, silu_mul_avx512, vec_dot_avx512, vec_axpy_avx512,
     quantize_row_q8_avx512, quantize_row_bf16_avx512,
 };
@@ -116,6 +117,10 @@ void matvec_rows(const mat *W, const float *x, float *y, int row0, int row1) {
 
 void matmul_rows(const mat *W, const float *X, int n, float *Y, int ldy, int row0, int row1) {
     active->matmul(W, X, n, Y, ldy, row0, row1);
+}
+
+void matvec_t_rows(const mat *W, const float *x, float *y, int row0, int row1) {
+    active->matvec_t(W, x, y, row0, row1);
 }
 
 void matvec_rows_q8q8(const mat *W, const block_q8 *xq, float *y, int row0, int row1) {

@@ -48,6 +48,13 @@ void matvec_rows_ref(const mat *W, const float *x, float *y, int row0, int row1)
 void matmul_rows(const mat *W, const float *X, int n, float *Y, int ldy, int row0, int row1);
 void matmul_rows_ref(const mat *W, const float *X, int n, float *Y, int ldy, int row0, int row1);
 
+/* Transposed matvec over a row range: y[c] = sum_{r in [row0, row1)} x[r - row0] W[r, c] for every
+ * c in [0, cols); x is [row1 - row0], y is [cols] and overwritten (0 if the range is empty).
+ * Rows are summed in order, starting from the first row's product, so a single row with
+ * x = {1} is exactly row0 of W as f32 (mat_row_f32). MLA decode: q_abs = W_UK[h]^T q_nope. */
+void matvec_t_rows(const mat *W, const float *x, float *y, int row0, int row1);
+void matvec_t_rows_ref(const mat *W, const float *x, float *y, int row0, int row1);
+
 /* Low-precision activations (opt-in, faster, less accurate; see kernels/README.md).
  * matvec_rows_q8q8: W is MAT_Q8 and x was quantized with quantize_row_q8 (integer
  * dots, VNNI). matvec_rows_bf16bf16: W is MAT_BF16 and x was rounded with

@@ -19,6 +19,7 @@ int cpu_lowp_kind(const mat *W);
 
 void matvec_rows_avx512(const mat *W, const float *x, float *y, int row0, int row1);
 void matmul_rows_avx512(const mat *W, const float *X, int n, float *Y, int ldy, int row0, int row1);
+void matvec_t_rows_avx512(const mat *W, const float *x, float *y, int row0, int row1);
 void matvec_rows_q8q8_avx512vnni(const mat *W, const block_q8 *xq, float *y, int row0, int row1);
 void matvec_rows_bf16bf16_avx512bf16(const mat *W, const uint16_t *xb, float *y, int row0, int row1);
 
@@ -34,6 +35,7 @@ void quantize_row_bf16_avx512(const float *x, uint16_t *out, int n);
 
 void matvec_rows_avx2(const mat *W, const float *x, float *y, int row0, int row1);
 void matmul_rows_avx2(const mat *W, const float *X, int n, float *Y, int ldy, int row0, int row1);
+void matvec_t_rows_avx2(const mat *W, const float *x, float *y, int row0, int row1);
 void matvec_rows_q8q8_avx2(const mat *W, const block_q8 *xq, float *y, int row0, int row1);
 
 void rmsnorm_avx2(float *out, const float *x, const float *w, int n, float eps);

@@ -4,7 +4,7 @@
  * Legend: as matvec_avx512.c with 8-float vectors. Column tails (cols % 8):
  * F32 through vmaskmovps (masked-out lanes are not read), BF16 by copying the
  * last cols % 8 weights into a zeroed 8-element buffer. Q8 has no tail
- * (cols % 32 == 0).
+ * (cols % 32 == 0). Transposed matvec writes its y tail with vmaskmovps.
  *
  * Compiled with the AVX2 flags (Makefile: *_avx2.c).
  */
@@ -208,6 +208,72 @@ void matmul_rows_avx2(const mat *W, const float *X, int n, float *Y, int ldy, in
     case MAT_F32: mm_dtype(W, MAT_F32, X, n, Y, ldy, row0, row1); break;
     case MAT_BF16: mm_dtype(W, MAT_BF16, X, n, Y, ldy, row0, row1); break;
     case MAT_Q8: mm_dtype(W, MAT_Q8, X, n, Y, ldy, row0, row1); break;
+    }
+}
+
+/* ---------------------------------------------------------------- transposed matvec */
+
+/* Column vectors per register block: 8 x 8 = 64 columns of y in 8 accumulators. */
+#define TMV_NV 8
+
+/* 8 weights of a row at column k as f32, Q8 without its scale (tmv_coef has it). */
+AI __m256 tmv_load(const char *row, int dt, int k, int rem, __m256i m) {
+    if (dt == MAT_Q8) {
+        const block_q8 *b = (const block_q8 *)row + (k >> 5);
+        return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(b->q + (k & 31)))));
+    }
+    return w_load(row, dt, k, rem, m);
+}
+
+/* What the vector at column k of a row is multiplied by: x_r (Q8: x_r times the block's scale). */
+AI __m256 tmv_coef(const char *row, int dt, int k, float xr) {
+    if (dt == MAT_Q8) return _mm256_set1_ps(xr * ((const block_q8 *)row)[k >> 5].scale);
+    return _mm256_set1_ps(xr);
+}
+
+/* y[c0, c0 + 8 NV) = sum over the nr rows starting at w (stride rs) of x_r row_r; with
+ * rem > 0 the last vector has only its first rem lanes (read and written). */
+AI void tmv_cols(const char *w, size_t rs, int dt, int NV, int rem, const float *x, int nr, int c0, float *y) {
+    __m256 acc[TMV_NV];
+    __m256i m = rem ? tail_mask(rem) : _mm256_setzero_si256();
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; v++) {
+        int k = c0 + 8 * v;
+        acc[v] = _mm256_mul_ps(tmv_load(w, dt, k, v == NV - 1 ? rem : 0, m), tmv_coef(w, dt, k, x[0]));
+    }
+    for (int r = 1; r < nr; r++) {
+        const char *row = w + (size_t)r * rs;
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; v++) {
+            int k = c0 + 8 * v;
+            acc[v] = _mm256_fmadd_ps(tmv_load(row, dt, k, v == NV - 1 ? rem : 0, m), tmv_coef(row, dt, k, x[r]), acc[v]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; v++) {
+        if (rem && v == NV - 1) _mm256_maskstore_ps(y + c0 + 8 * v, m, acc[v]);
+        else _mm256_storeu_ps(y + c0 + 8 * v, acc[v]);
+    }
+}
+
+AI void tmv_dtype(const mat *W, int dt, const float *x, float *y, int row0, int row1) {
+    size_t rs = row_stride(W);
+    const char *w = (const char *)W->data + (size_t)row0 * rs;
+    int cols = W->cols, nr = row1 - row0, c = 0;
+    if (nr <= 0) {
+        memset(y, 0, sizeof(float) * (size_t)cols);
+        return;
+    }
+    for (; c + 8 * TMV_NV <= cols; c += 8 * TMV_NV) tmv_cols(w, rs, dt, TMV_NV, 0, x, nr, c, y);
+    for (; c + 8 <= cols; c += 8) tmv_cols(w, rs, dt, 1, 0, x, nr, c, y);
+    if (c < cols) tmv_cols(w, rs, dt, 1, cols - c, x, nr, c, y);
+}
+
+void matvec_t_rows_avx2(const mat *W, const float *x, float *y, int row0, int row1) {
+    switch (W->dtype) {
+    case MAT_F32: tmv_dtype(W, MAT_F32, x, y, row0, row1); break;
+    case MAT_BF16: tmv_dtype(W, MAT_BF16, x, y, row0, row1); break;
+    case MAT_Q8: tmv_dtype(W, MAT_Q8, x, y, row0, row1); break;
     }
 }
 

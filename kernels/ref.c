@@ -114,6 +114,15 @@ void matmul_rows_ref(const mat *W, const float *X, int n, float *Y, int ldy, int
         for (int r = row0; r < row1; r++) Y[(size_t)t * ldy + r] = row_dot_ref(W, r, X + (size_t)t * W->cols);
 }
 
+/* Column by column, rows in order; the first row's product starts the sum (keeps -0). */
+void matvec_t_rows_ref(const mat *W, const float *x, float *y, int row0, int row1) {
+    for (int c = 0; c < W->cols; c++) {
+        float acc = row0 < row1 ? x[0] * mat_get(W, row0, c) : 0.0f;
+        for (int r = row0 + 1; r < row1; r++) acc += x[r - row0] * mat_get(W, r, c);
+        y[c] = acc;
+    }
+}
+
 /* Q8 weights x Q8 activations: exact integer dot per block, scaled and summed in f32. */
 void matvec_rows_q8q8_ref(const mat *W, const block_q8 *xq, float *y, int row0, int row1) {
     int nb = W->cols / QK8;

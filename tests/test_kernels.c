@@ -111,15 +111,16 @@ typedef struct {
     const char *name;
     void (*matvec)(const mat *, const float *, float *, int, int);
     void (*matmul)(const mat *, const float *, int, float *, int, int, int);
+    void (*matvec_t)(const mat *, const float *, float *, int, int);
     int available;
 } mv_variant;
 
 static int n_mv_variants(mv_variant *v) {
     const cpu_features *f = cpu_get_features();
     int n = 0;
-    v[n++] = (mv_variant){"dispatch", matvec_rows, matmul_rows, 1};
-    v[n++] = (mv_variant){"avx512", matvec_rows_avx512, matmul_rows_avx512, f->avx512f && f->avx2_fma};
-    v[n++] = (mv_variant){"avx2", matvec_rows_avx2, matmul_rows_avx2, f->avx2_fma};
+    v[n++] = (mv_variant){"dispatch", matvec_rows, matmul_rows, matvec_t_rows, 1};
+    v[n++] = (mv_variant){"avx512", matvec_rows_avx512, matmul_rows_avx512, matvec_t_rows_avx512, f->avx512f && f->avx2_fma};
+    v[n++] = (mv_variant){"avx2", matvec_rows_avx2, matmul_rows_avx2, matvec_t_rows_avx2, f->avx2_fma};
     return n;
 }
 
@@ -241,6 +242,86 @@ static void test_matmul_n64(void **state) {
         assert_memory_equal(Y, ref, sizeof(float) * n * rows);
         free(W.buf); free(X); free(ref); free(Y);
     }
+}
+
+/* ---------------------------------------------------------------- transposed matvec */
+
+/* Columns around the vector widths (16, 8) and the register blocks (256 columns on
+ * AVX-512, 64 on AVX2); Q8 needs cols % 32 == 0 (288 = one 256 block + two vectors,
+ * 96 = 64 + 32). */
+static const int TCOLS[] = {16, 17, 31, 33, 100, 256, 1000};
+static const int TCOLS_Q8[] = {32, 96, 160, 288, 1024};
+
+/* S = sum_r |x[r - row0] W[r, c]| in double. */
+static double abs_dot_t(const mat *W, int c, const float *x, int row0, int row1) {
+    double s = 0.0;
+    for (int r = row0; r < row1; r++) s += fabs((double)mat_get(W, r, c) * x[r - row0]);
+    return s;
+}
+
+/* Every row count 1..67 over rows [1, 1 + nr) of an (nr + 2)-row matrix (rows outside
+ * the range must not count), every column count. Random data: y[c] is a dot product of
+ * length nr summed in row order by both sides (FMA, and Q8's x_r * scale, add a few
+ * roundings), so dot_tol(nr, S) bounds the difference as for matvec. */
+static void check_matvec_t(mat_dtype dt, int exact) {
+    mv_variant v[4];
+    int nv = n_mv_variants(v);
+    const int *cs = dt == MAT_Q8 ? TCOLS_Q8 : TCOLS;
+    int ncs = dt == MAT_Q8 ? NELEM(TCOLS_Q8) : NELEM(TCOLS);
+    for (int nr = 1; nr <= 67; nr++)
+        for (int ci = 0; ci < ncs; ci++) {
+            int cols = cs[ci], row0 = 1, row1 = 1 + nr;
+            test_mat W = make_mat(dt, nr + 2, cols, exact);
+            float *x = make_vec(nr, exact);
+            float *ref = malloc(sizeof(float) * cols), *y = malloc(sizeof(float) * (cols + 1));
+            matvec_t_rows_ref(&W.m, x, ref, row0, row1);
+            for (int k = 0; k < nv; k++) {
+                if (!v[k].available) continue;
+                for (int c = 0; c <= cols; c++) y[c] = 12345.0f;   /* y[cols]: sentinel past the end */
+                v[k].matvec_t(&W.m, x, y, row0, row1);
+                assert_true(y[cols] == 12345.0f);
+                for (int c = 0; c < cols; c++) {
+                    double d = fabs((double)y[c] - ref[c]);
+                    double tol = exact ? 0.0 : dot_tol(nr, abs_dot_t(&W.m, c, x, row0, row1));
+                    if (d > tol)
+                        fail_msg("matvec_t %s dtype %d exact %d rows %d cols %d col %d: %g vs %g (tol %g)",
+                                 v[k].name, dt, exact, nr, cols, c, y[c], ref[c], tol);
+                }
+            }
+            free(W.buf); free(x); free(ref); free(y);
+        }
+}
+
+static void test_matvec_t_f32(void **state) { (void)state; check_matvec_t(MAT_F32, 1); check_matvec_t(MAT_F32, 0); }
+static void test_matvec_t_bf16(void **state) { (void)state; check_matvec_t(MAT_BF16, 1); check_matvec_t(MAT_BF16, 0); }
+static void test_matvec_t_q8(void **state) { (void)state; check_matvec_t(MAT_Q8, 1); check_matvec_t(MAT_Q8, 0); }
+
+/* One row with x = {1} is the row as f32, bit for bit (-0 and all; mat_row_f32 relies on
+ * it); an empty range gives y = 0. */
+static void test_matvec_t_row_exact(void **state) {
+    (void)state;
+    mv_variant v[4];
+    int nv = n_mv_variants(v);
+    const float one = 1.0f;
+    for (int dt = 0; dt < 3; dt++)
+        for (int ci = 0; ci < NELEM(TCOLS_Q8); ci++) {
+            int rows = 3, cols = TCOLS_Q8[ci] + (dt == MAT_Q8 ? 0 : 1);
+            test_mat W = make_mat((mat_dtype)dt, rows, cols, 0);
+            if (dt == MAT_F32) ((float *)W.buf)[cols + 5] = -0.0f;
+            if (dt == MAT_BF16) ((uint16_t *)W.buf)[cols + 5] = 0x8000;   /* -0 */
+            float *want = malloc(sizeof(float) * cols), *y = malloc(sizeof(float) * cols);
+            for (int c = 0; c < cols; c++) want[c] = mat_get(&W.m, 1, c);
+            for (int k = 0; k < nv; k++) {
+                if (!v[k].available) continue;
+                v[k].matvec_t(&W.m, &one, y, 1, 2);
+                assert_memory_equal(y, want, sizeof(float) * cols);
+                v[k].matvec_t(&W.m, &one, y, 2, 2);
+                for (int c = 0; c < cols; c++) assert_true(y[c] == 0.0f);
+            }
+            matvec_t_rows_ref(&W.m, &one, y, 1, 2);
+            assert_memory_equal(y, want, sizeof(float) * cols);
+            free(W.buf); free(want); free(y);
+        }
 }
 
 /* ---------------------------------------------------------------- low-precision activations */
@@ -770,6 +851,10 @@ int main(void) {
         cmocka_unit_test(test_matmul_bf16),
         cmocka_unit_test(test_matmul_q8),
         cmocka_unit_test(test_matmul_n64),
+        cmocka_unit_test(test_matvec_t_f32),
+        cmocka_unit_test(test_matvec_t_bf16),
+        cmocka_unit_test(test_matvec_t_q8),
+        cmocka_unit_test(test_matvec_t_row_exact),
         cmocka_unit_test(test_q8q8),
         cmocka_unit_test(test_bf16bf16),
         cmocka_unit_test(test_low_precision_mode),
