@@ -23,7 +23,7 @@
 #include "kernels.h"
 #include "linear.h"
 
-/* multiply-adds over the cache below which one thread beats waking the pool */
+/* multiply-adds (cache and kv_b rows) below which one thread beats waking the pool */
 #define ATTEND_PARALLEL_MIN (256 * 1024)
 /* chunks at least this long attend through matrix products (attend_chunk_gemm) */
 #define ATTEND_GEMM_MIN 8
@@ -207,7 +207,9 @@ void attention_forward(moe_model *m, int layer, const float *xn, int n, int pos,
     /* attend: a prefill chunk as matrix products; otherwise every (token, head) pair is
      * independent, split over the pool when it pays */
     attend_job job = { m, lw, layer, n, pos, 0 };
-    size_t work = (size_t)n * nh * (size_t)(pos + n) * (size_t)(R + dr);
+    /* multiply-adds: over the cache, and the head's kv_b rows (W_UK^T q, W_UV o_lat), which
+     * decoding reads from memory: splitting them keeps both threads streaming weights */
+    size_t work = (size_t)n * nh * ((size_t)(pos + n) * (size_t)(R + dr) + (size_t)(dn + dv) * R);
     if (m->opt.attn == ATTN_ABSORB && n >= ATTEND_GEMM_MIN)
         attend_chunk_gemm(m, lw, layer, n, pos);
     else if (m->pool && threadpool_threads(m->pool) > 1 && n * nh > 1 && work >= ATTEND_PARALLEL_MIN)
