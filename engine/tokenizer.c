@@ -118,7 +118,7 @@ static int strmap_put(strmap *m, const char *k, size_t len, int val) {
         m->arena = a;
         m->acap = nc;
     }
-    memcpy(m->arena + m->alen, k, len);
+    if (len) memcpy(m->arena + m->alen, k, len);   /* an empty key ("" in a vocab) may come before any arena */
     s->h = h;
     s->off = (uint32_t)m->alen;
     s->len = (uint32_t)len;

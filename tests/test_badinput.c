@@ -422,6 +422,20 @@ static void test_tokenizer_nul_hang(void **state) {
     if (!strstr(err.msg, "tokenizer.json")) fail_msg("error \"%s\"", err.msg);
 }
 
+/* fuzz_tokenizer_json (regress/tokenizer_json/empty-vocab-key-null-arena-ubsan.json): an
+ * empty token "" as the first vocab entry was copied into the not yet allocated string
+ * arena (NULL + 0: undefined behaviour, UBSan aborts under make test's sanitizer build). */
+static void test_tokenizer_empty_key_first(void **state) {
+    (void)state;
+    static const char j[] = "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"\":0,\"a\":1},\"merges\":[]},"
+                            "\"pre_tokenizer\":{\"type\":\"ByteLevel\"}}";
+    tokenizer *t = NULL;
+    moe_error err = {{0}};
+    int rc = tokenizer_load_buffer(&t, j, sizeof j - 1, "tokenizer.json", NULL, 0, NULL, &err);
+    if (rc == 0) tokenizer_free(t);
+    else if (!strstr(err.msg, "tokenizer.json")) fail_msg("error \"%s\"", err.msg);
+}
+
 /* ------------------------------------------------------------------ hostile chat templates */
 
 /* A chat template is code from the internet: nesting, loops, growth and integer overflow
@@ -502,7 +516,7 @@ int main(void) {
         T(test_st_unknown_dtype), T(test_st_size_mismatch), T(test_st_bad_shape), T(test_st_shape_overflow),
         T(test_st_duplicate_name), T(test_truncated_checkpoint), T(test_token_out_of_vocab),
         T(test_st_too_many_tensors), T(test_st_newline_in_name), T(test_index_newline_in_shard_name),
-        T(test_kv_cache_too_big), T(test_tokenizer_huge_id), T(test_tokenizer_nul_hang),
+        T(test_kv_cache_too_big), T(test_tokenizer_huge_id), T(test_tokenizer_nul_hang), T(test_tokenizer_empty_key_first),
         T(test_chat_hostile_templates),
     };
     return cmocka_run_group_tests_name("bad input", tests, NULL, NULL);
