@@ -115,8 +115,17 @@ void matvec_rows(const mat *W, const float *x, float *y, int row0, int row1) {
     k->matvec(W, x, y, row0, row1);
 }
 
+/* Tokens per pass over W's rows in matmul_rows: the kernels sweep every token for each
+ * block of rows, so a long batch (prefill: 512 tokens x 4 KB of activations) would stream
+ * X from L3 once per 4 rows; in chunks of 64 tokens X stays in L2 (256 KB at H = 1024)
+ * and W's rows are read once per chunk instead. */
+#define MATMUL_TOKEN_CHUNK 64
+
 void matmul_rows(const mat *W, const float *X, int n, float *Y, int ldy, int row0, int row1) {
-    active->matmul(W, X, n, Y, ldy, row0, row1);
+    for (int t0 = 0; t0 < n; t0 += MATMUL_TOKEN_CHUNK) {
+        int nt = n - t0 < MATMUL_TOKEN_CHUNK ? n - t0 : MATMUL_TOKEN_CHUNK;
+        active->matmul(W, X + (size_t)t0 * W->cols, nt, Y + (size_t)t0 * ldy, ldy, row0, row1);
+    }
 }
 
 void matvec_t_rows(const mat *W, const float *x, float *y, int row0, int row1) {

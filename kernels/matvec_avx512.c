@@ -231,7 +231,14 @@ void matvec_rows_avx512(const mat *W, const float *x, float *y, int row0, int ro
 #define MM_RB 4
 #define MM_TB 6
 
-/* Tile of RB rows (starting at absolute row r) x TB tokens (starting at t0). */
+/* Byte offset of column k in a row of dtype dt (Q8: inside its block's int8 values). */
+AI size_t w_offset(int dt, int k) {
+    return dt == MAT_F32 ? (size_t)k * 4 : dt == MAT_BF16 ? (size_t)k * 2 : (size_t)(k >> 5) * sizeof(block_q8) + 4 + (k & 31);
+}
+
+/* Tile of RB rows (starting at absolute row r) x TB tokens (starting at t0). The first tile
+ * of a row block (t0 = 0) is the one that brings the rows in from memory: it prefetches
+ * the next row blocks as the matvec does (T0 one block ahead, T1 two). */
 AI void mm_tile(const char *w, size_t rs, int dt, int RB, int TB, const float *X, int cols,
                 int t0, float *Y, int ldy, int r) {
     __m512 acc[MM_RB][MM_TB];
@@ -248,6 +255,13 @@ AI void mm_tile(const char *w, size_t rs, int dt, int RB, int TB, const float *X
     int kfull = cols & ~15, k = 0;
     for (; k < kfull; k += 16) {
         __m512 wv[MM_RB];
+        if (t0 == 0)
+#pragma GCC unroll 4
+            for (int i = 0; i < RB; i++) {
+                const char *p = row[i] + w_offset(dt, k);
+                _mm_prefetch(p + RB * rs, _MM_HINT_T0);
+                _mm_prefetch(p + 2 * RB * rs, _MM_HINT_T1);
+            }
 #pragma GCC unroll 4
         for (int i = 0; i < RB; i++) wv[i] = w_load(row[i], dt, k, 0, 0);
 #pragma GCC unroll 8

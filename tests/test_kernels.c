@@ -231,17 +231,22 @@ static void test_matmul_bf16(void **state) { (void)state; check_matmul(MAT_BF16,
 static void test_matmul_q8(void **state) { (void)state; check_matmul(MAT_Q8, 1); check_matmul(MAT_Q8, 0); }
 
 /* matmul with n = 1 equals matvec (same reference), and a large n (64) works. */
+/* Batches of 64 and more tokens (matmul_rows takes them in chunks of 64): exact, and rows
+ * row0..row1 of a wider Y (ldy > rows) only. */
 static void test_matmul_n64(void **state) {
     (void)state;
-    for (int dt = 0; dt < 3; dt++) {
-        int rows = 37, cols = 256, n = 64;
-        test_mat W = make_mat((mat_dtype)dt, rows, cols, 1);
-        float *X = make_vec(n * cols, 1), *ref = malloc(sizeof(float) * n * rows), *Y = malloc(sizeof(float) * n * rows);
-        matmul_rows_ref(&W.m, X, n, ref, rows, 0, rows);
-        matmul_rows(&W.m, X, n, Y, rows, 0, rows);
-        assert_memory_equal(Y, ref, sizeof(float) * n * rows);
-        free(W.buf); free(X); free(ref); free(Y);
-    }
+    static const int ns[] = {64, 65, 150};
+    for (int dt = 0; dt < 3; dt++)
+        for (int ni = 0; ni < 3; ni++) {
+            int rows = 37, cols = 256, n = ns[ni], ldy = rows + 3;
+            test_mat W = make_mat((mat_dtype)dt, rows, cols, 1);
+            float *X = make_vec(n * cols, 1), *ref = malloc(sizeof(float) * n * ldy), *Y = malloc(sizeof(float) * n * ldy);
+            for (int i = 0; i < n * ldy; i++) ref[i] = Y[i] = -7.0f;
+            matmul_rows_ref(&W.m, X, n, ref, ldy, 2, rows);
+            matmul_rows(&W.m, X, n, Y, ldy, 2, rows);
+            assert_memory_equal(Y, ref, sizeof(float) * n * ldy);
+            free(W.buf); free(X); free(ref); free(Y);
+        }
 }
 
 /* ---------------------------------------------------------------- transposed matvec */
