@@ -9,7 +9,8 @@ import json
 import statistics
 import sys
 
-# llama.cpp on this machine kind (issue 5): tokens/s
+# llama.cpp as issue 5 measured it on an AMD Zen 5 machine kind (32.9 / 51.9 GB/s): tokens/s.
+# Not side by side with our numbers when this machine is another kind: compare bw % there.
 REF = {
     ("S", "bf16"): {"pp512": (7700, 11400), "tg128": (2240, 2290)},
     ("S", "q8"): {"pp512": (7000, 10900), "tg128": (2580, 2610)},
@@ -40,13 +41,17 @@ def main(paths):
                                       "bw": r.get("bw_gbps"), "size": r["model_size"], "rss": r["peak_rss"],
                                       "profile": []})
             e["samples"] += r["samples_ts"]
+            if "bw_samples_gbps" in r:     # bandwidth measured beside each rep: per-rep fractions
+                e.setdefault("membw", []).extend(r["bw_samples_gbps"])
+                e.setdefault("frac", []).extend(t * r["weight_bytes_per_token"] / 1e9 / b
+                                                for t, b in zip(r["samples_ts"], r["bw_samples_gbps"]))
             e.setdefault("oncpu", []).extend(r.get("oncpu_samples_ts", []))
             e.setdefault("load", []).append(r.get("loadavg_start", "?").split()[0])
             if "profile_us_per_token" in r:
                 e["profile"].append(r["profile_us_per_token"])
-    print("| model | format | size | test | threads | t/s median | min .. max (n) | on-CPU t/s | llama.cpp t/s | ratio "
-          "| on-CPU ratio | GB/s | bw % | load avg |")
-    print("| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| model | format | size | test | threads | t/s median | min .. max (n) | on-CPU t/s | llama.cpp t/s (Zen 5) | ratio "
+          "| on-CPU ratio | GB/s | membw GB/s | bw % | load avg |")
+    print("| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for key in sorted(rows, key=lambda k: (k[0], ["f32", "bf16", "q8"].index(k[1]), k[2][:2] != "pp", k[3])):
         shape, fmt, test, th = key
         e = rows[key]
@@ -57,12 +62,15 @@ def main(paths):
         gbs = med * e["bytes"] / 1e9 if e["bytes"] and test.startswith("tg") else None
         oc = statistics.median(e["oncpu"]) if e.get("oncpu") else None
         loads = [float(x) for x in e.get("load", []) if x != "?"]
-        print("| %s | %s | %.2f GiB | %s | %d | %.1f | %.1f .. %.1f (%d) | %s | %s | %s | %s | %s | %s | %s |" % (
+        membw_med = statistics.median(e["membw"]) if e.get("membw") else None
+        frac = statistics.median(e["frac"]) if e.get("frac") else (gbs / e["bw"] if gbs and e["bw"] else None)
+        print("| %s | %s | %.2f GiB | %s | %d | %.1f | %.1f .. %.1f (%d) | %s | %s | %s | %s | %s | %s | %s | %s |" % (
             shape, fmt, e["size"] / 2**30, test, th, med, min(s), max(s), len(s),
             "%.1f" % oc if oc else "",
             "%g" % refv if refv else "", "%.2f" % (med / refv) if refv else "",
             "%.2f" % (oc / refv) if refv and oc else "",
-            "%.2f" % gbs if gbs else "", "%.1f" % (100 * gbs / e["bw"]) if gbs else "",
+            "%.2f" % gbs if gbs else "", "%.1f" % membw_med if gbs and membw_med else "",
+            "%.1f" % (100 * frac) if gbs and frac else "",
             "%.1f..%.1f" % (min(loads), max(loads)) if loads else ""))
     if membw:
         print()
