@@ -74,6 +74,16 @@ const st_tensor *st_find(const st_set *s, const char *name) {
     return NULL;
 }
 
+void st_tensor_release(st_set *s, const st_tensor *t) {
+    st_tensor *own = &s->tensors[t - s->tensors];
+    own->released = 1;
+    if (!s->files[t->file].map || t->nbytes == 0) return;
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), lo = (uintptr_t)t->data, hi = lo + t->nbytes;
+    lo = (lo + page - 1) / page * page;          /* whole pages only: neighbours keep theirs */
+    hi = hi / page * page;
+    if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED);
+}
+
 const char *st_tensor_path(const st_set *s, const st_tensor *t) {
     return (t->file >= 0 && t->file < s->n_files) ? s->files[t->file].path : "?";
 }

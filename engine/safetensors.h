@@ -33,6 +33,7 @@ typedef struct {
     const void *data;           /* points into the file's read-only mapping */
     size_t nbytes;
     int file;                   /* index into st_set.files */
+    int released;               /* st_tensor_release dropped its pages: not read again */
 } st_tensor;
 
 typedef struct {
@@ -68,6 +69,11 @@ int st_apply_index(st_set *s, const char *dir, const char *text, size_t len, con
 void st_close(st_set *s);
 
 const st_tensor *st_find(const st_set *s, const char *name);
+/* Drops the whole pages inside tensor t from this process's resident memory and marks it
+ * released: for a tensor converted at load, whose bytes are not read again (the page
+ * cache keeps them; a later read would map them back). Files held in memory
+ * (st_add_buffer) are left alone. t must be one of s's tensors. */
+void st_tensor_release(st_set *s, const st_tensor *t);
 /* Path of the file holding tensor t. */
 const char *st_tensor_path(const st_set *s, const st_tensor *t);
 

@@ -173,6 +173,7 @@ static int load_matrix(loader *ld, mat *m, const char *name, int64_t rows, int64
     }
     free(row);
     m->data = buf;
+    st_tensor_release(&ld->w->files, t);   /* its pages leave our RSS: peak = converted + mapped weights */
     ld->w->bytes_converted += bytes;
     ld->w->n_converted++;
     return MOE_OK;

@@ -7,7 +7,8 @@
  * Every tensor the config implies is checked for presence, dtype and shape
  * before the first token. Matrices stay memory-mapped when the stored format is
  * the compute format (F32, BF16); otherwise they are converted once at load
- * (F16 -> F32, FP8 block-scaled -> F32, or to --dtype bf16/q8). Norm weights and
+ * (F16 -> F32, FP8 block-scaled -> F32, or to --dtype bf16/q8; a converted tensor's mapped
+ * pages are released at once, st_tensor_release). Norm weights and
  * the router bias are always f32.
  */
 #ifndef MOE_WEIGHTS_H

@@ -229,6 +229,12 @@ static void test_q8_rows_and_logits(void **state) {
     assert_int_equal(model_load(&m, GOLDEN "tiny-bf16", &opt, &err), 0);
     const mat *W = &m.w.layers[0].kv_b;
     assert_int_equal(W->dtype, MAT_Q8);
+    /* converted tensors gave their mapped pages back (st_tensor_release); the embedding,
+     * used as stored, did not; the output head is Q8 too */
+    assert_true(st_find(&m.w.files, "model.layers.0.self_attn.kv_b_proj.weight")->released);
+    assert_false(st_find(&m.w.files, "model.embed_tokens.weight")->released);
+    assert_int_equal(m.w.embed.dtype, MAT_BF16);
+    assert_int_equal(m.w.lm_head.dtype, m.cfg.tie_word_embeddings ? MAT_BF16 : MAT_Q8);
     float *row = malloc(sizeof(float) * (size_t)W->cols);
     for (int r = 0; r < W->rows; r += 7) {
         mat_row_f32(W, r, row);
