@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels.h"
+
 /* ------------------------------------------------------------------ setup */
 
 int sampler_params_check(const sampler_params *p, moe_error *err) {
@@ -49,12 +51,7 @@ float sampler_uniform(sampler *s) {
     return (float)((s->rng * 0x2545F4914F6CDD1Dull) >> 40) / 16777216.0f;   /* 24 bits in [0, 1) */
 }
 
-int sampler_argmax(const float *x, int n) {
-    int b = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > x[b]) b = i;
-    return b;
-}
+int sampler_argmax(const float *x, int n) { return vec_argmax(x, n); }
 
 int sampler_draw(sampler *s, const float *probs) {
     float r = sampler_uniform(s), acc = 0.0f;

@@ -46,23 +46,24 @@ typedef struct {
     void (*silu_mul)(float *, const float *, int);
     float (*vec_dot)(const float *, const float *, int);
     void (*vec_axpy)(float *, float, const float *, int);
+    int (*vec_argmax)(const float *, int);
     void (*quantize_q8)(const float *, block_q8 *, int);
     void (*quantize_bf16)(const float *, uint16_t *, int);
 } kernel_set;
 
 static const kernel_set set_scalar = {
     "scalar", matvec_rows_ref, matmul_rows_ref, matvec_t_rows_ref, NULL, NULL,
-    rmsnorm_ref, softmax_ref, silu_mul_ref, vec_dot_ref, vec_axpy_ref,
+    rmsnorm_ref, softmax_ref, silu_mul_ref, vec_dot_ref, vec_axpy_ref, vec_argmax_ref,
     quantize_row_q8_ref, quantize_row_bf16_ref,
 };
 static const kernel_set set_avx2 = {
     "avx2", matvec_rows_avx2, matmul_rows_avx2, matvec_t_rows_avx2, matvec_rows_q8q8_avx2, NULL,
-    rmsnorm_avx2, softmax_avx2, silu_mul_avx2, vec_dot_avx2, vec_axpy_avx2,
+    rmsnorm_avx2, softmax_avx2, silu_mul_avx2, vec_dot_avx2, vec_axpy_avx2, vec_argmax_ref,
     quantize_row_q8_avx2, quantize_row_bf16_ref,
 };
 static kernel_set set_avx512 = {
     "avx512", matvec_rows_avx512, matmul_rows_avx512, matvec_t_rows_avx512, matvec_rows_q8q8_avx2, NULL,
-    rmsnorm_avx512, softmax_avx512, silu_mul_avx512, vec_dot_avx512, vec_axpy_avx512,
+    rmsnorm_avx512, softmax_avx512, silu_mul_avx512, vec_dot_avx512, vec_axpy_avx512, vec_argmax_avx512,
     quantize_row_q8_avx512, quantize_row_bf16_avx512,
 };
 
@@ -156,6 +157,7 @@ void rmsnorm(float *out, const float *x, const float *w, int n, float eps) { act
 void softmax(float *x, int n) { active->softmax(x, n); }
 void silu_mul(float *gate, const float *up, int n) { active->silu_mul(gate, up, n); }
 float vec_dot(const float *a, const float *b, int n) { return active->vec_dot(a, b, n); }
+int vec_argmax(const float *x, int n) { return active->vec_argmax(x, n); }
 void vec_axpy(float *y, float a, const float *x, int n) { active->vec_axpy(y, a, x, n); }
 void quantize_row_q8(const float *x, block_q8 *out, int n) { active->quantize_q8(x, out, n); }
 void quantize_row_bf16(const float *x, uint16_t *out, int n) { active->quantize_bf16(x, out, n); }

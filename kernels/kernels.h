@@ -105,6 +105,12 @@ void vec_axpy(float *y, float a, const float *x, int n);
 float vec_dot_ref(const float *a, const float *b, int n);
 void vec_axpy_ref(float *y, float a, const float *x, int n);
 
+/* Index of the largest of x[0..n), n >= 1: the first one among equals; NaN never wins, and
+ * a NaN at x[0] is returned as 0 (as `if (x[i] > x[best]) best = i` does). Greedy sampling
+ * over the vocabulary. */
+int vec_argmax(const float *x, int n);
+int vec_argmax_ref(const float *x, int n);
+
 /* Indices of the k largest of x[0..n) in idx[0..k), sorted by value descending;
  * equal values rank the lower index first; NaN ranks below every number. 0 < k <= n. */
 void topk_indices(const float *x, int n, int k, int *idx);

@@ -187,6 +187,13 @@ float vec_dot_ref(const float *a, const float *b, int n) {
     return s;
 }
 
+int vec_argmax_ref(const float *x, int n) {
+    int best = 0;
+    for (int i = 1; i < n; i++)
+        if (x[i] > x[best]) best = i;
+    return best;
+}
+
 void vec_axpy_ref(float *y, float a, const float *x, int n) {
     for (int i = 0; i < n; i++) y[i] += a * x[i];
 }

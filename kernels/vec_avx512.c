@@ -173,3 +173,26 @@ void quantize_row_bf16_avx512(const float *x, uint16_t *out, int n) {
         _mm256_mask_storeu_epi16(out + i, t, bf16_16(_mm512_maskz_loadu_ps(t, x + i)));
     }
 }
+
+/* Two passes: the largest non-NaN value m (maxps returns its second operand when the first
+ * is NaN, so NaNs never enter the running max), then the first index holding m. */
+int vec_argmax_avx512(const float *x, int n) {
+    if (x[0] != x[0]) return 0;                       /* NaN first: nothing compares above it */
+    __m512 m0 = _mm512_set1_ps(-INFINITY), m1 = m0;
+    int i = 0;
+    for (; i + 32 <= n; i += 32) {
+        m0 = _mm512_max_ps(_mm512_loadu_ps(x + i), m0);
+        m1 = _mm512_max_ps(_mm512_loadu_ps(x + i + 16), m1);
+    }
+    for (; i < n; i += 16) {
+        __mmask16 k = n - i >= 16 ? 0xffff : (__mmask16)((1u << (n - i)) - 1);
+        m0 = _mm512_mask_max_ps(m0, k, _mm512_maskz_loadu_ps(k, x + i), m0);
+    }
+    __m512 mv = _mm512_set1_ps(_mm512_reduce_max_ps(_mm512_max_ps(m0, m1)));
+    for (i = 0; i < n; i += 16) {
+        __mmask16 k = n - i >= 16 ? 0xffff : (__mmask16)((1u << (n - i)) - 1);
+        __mmask16 eq = _mm512_mask_cmp_ps_mask(k, _mm512_maskz_loadu_ps(k, x + i), mv, _CMP_EQ_OQ);
+        if (eq) return i + __builtin_ctz(eq);
+    }
+    return 0;                                         /* all NaN but x[0]: unreachable */
+}

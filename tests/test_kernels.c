@@ -807,6 +807,31 @@ static void test_matvec_parallel_batch(void **state) {
     }
 }
 
+/* vec_argmax: every variant equals the reference (first of equals, NaN never wins, NaN at
+ * 0 returns 0) on odd sizes, ties, -inf, -0/+0 and NaNs anywhere. */
+static void test_vec_argmax(void **state) {
+    (void)state;
+    const cpu_features *f = cpu_get_features();
+    static const int ns[] = {1, 2, 15, 16, 17, 31, 33, 100, 1000, 8191};
+    float *x = malloc(sizeof(float) * 8191);
+    for (int ni = 0; ni < NELEM(ns); ni++)
+        for (int kind = 0; kind < 7; kind++) {
+            int n = ns[ni];
+            for (int i = 0; i < n; i++) {
+                float r = (float)((i * 7919 + kind * 104729) % 1000) / 10.0f - 50.0f;
+                x[i] = kind == 1 ? (float)((i * 13) % 5) : kind == 2 ? -INFINITY : kind == 3 ? (i % 2 ? 0.0f : -0.0f) : r;
+            }
+            if (kind == 4) x[n / 2] = NAN;                    /* NaN in the middle */
+            if (kind == 5) x[0] = NAN;                        /* NaN first: 0 */
+            if (kind == 6) for (int i = 1; i < n; i++) x[i] = NAN;
+            if (kind == 0 && n > 3) x[n - 1] = x[n - 2] = 1e6f; /* a tie at the end: the first */
+            int want = vec_argmax_ref(x, n);
+            assert_int_equal(vec_argmax(x, n), want);
+            if (f->avx512f) assert_int_equal(vec_argmax_avx512(x, n), want);
+        }
+    free(x);
+}
+
 /* ---------------------------------------------------------------- blas.c */
 
 /* OpenBLAS is found (a declared dependency), its kernels are the ones blas_init chose (or
@@ -847,6 +872,7 @@ static void test_blas_sgemm(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_blas_sgemm),
+        cmocka_unit_test(test_vec_argmax),
         cmocka_unit_test(test_dispatch),
         cmocka_unit_test(test_matvec_f32),
         cmocka_unit_test(test_matvec_bf16),
