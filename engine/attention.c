@@ -25,8 +25,10 @@
 
 /* multiply-adds (cache and kv_b rows) below which one thread beats waking the pool */
 #define ATTEND_PARALLEL_MIN (256 * 1024)
-/* chunks at least this long attend through matrix products (attend_chunk_gemm) */
+/* chunks at least this long attend through matrix products (attend_chunk_gemm), in
+ * blocks of this many queries */
 #define ATTEND_GEMM_MIN 8
+#define ATTEND_QUERY_BLOCK 64
 
 /* ------------------------------------------------------------------ cache */
 
@@ -135,15 +137,21 @@ static void attend_chunk_share(void *arg, int share, int n_shares) {
         for (int r = 0; r < dn + dv; r++) mat_row_f32(&job->lw->kv_b, h * (dn + dv) + r, w + (size_t)r * R);
         const float *q = s->q + (size_t)h * dq;
         blas_sgemm(0, n, R, dn, 1.0f, q, nh * dq, w, R, 0.0f, qabs, R);
-        blas_sgemm(1, n, S, R, scale, qabs, R, cache, ld, 0.0f, p, S);
-        blas_sgemm(1, n, S, dr, scale, q + dn, nh * dq, cache + R, ld, 1.0f, p, S);
-        for (int t = 0; t < n; t++) {
-            float *row = p + (size_t)t * S;
-            int visible = pos + t + 1;                       /* causal: positions 0..pos+t */
-            softmax(row, visible);
-            memset(row + visible, 0, sizeof(float) * (size_t)(S - visible));
+        /* scores, softmax and the latent sum in blocks of queries, each against only the
+         * positions its last query sees (causal: about half the products of a long chunk) */
+        for (int t0 = 0; t0 < n; t0 += ATTEND_QUERY_BLOCK) {
+            int nb = n - t0 < ATTEND_QUERY_BLOCK ? n - t0 : ATTEND_QUERY_BLOCK, seen = pos + t0 + nb;
+            float *pb = p + (size_t)t0 * S;
+            blas_sgemm(1, nb, seen, R, scale, qabs + (size_t)t0 * R, R, cache, ld, 0.0f, pb, S);
+            blas_sgemm(1, nb, seen, dr, scale, q + (size_t)t0 * nh * dq + dn, nh * dq, cache + R, ld, 1.0f, pb, S);
+            for (int t = t0; t < t0 + nb; t++) {
+                float *row = p + (size_t)t * S;
+                int visible = pos + t + 1;                   /* causal: positions 0..pos+t */
+                softmax(row, visible);
+                memset(row + visible, 0, sizeof(float) * (size_t)(seen - visible));
+            }
+            blas_sgemm(0, nb, R, seen, 1.0f, pb, S, cache, ld, 0.0f, olat + (size_t)t0 * R, R);
         }
-        blas_sgemm(0, n, R, S, 1.0f, p, S, cache, ld, 0.0f, olat, R);
         blas_sgemm(1, n, dv, R, 1.0f, olat, R, w + (size_t)dn * R, R, 0.0f,
                     s->attn + (size_t)h * dv, nh * dv);
     }
