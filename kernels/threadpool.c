@@ -1,14 +1,14 @@
 /* threadpool.c - persistent pthread pool with a spin-then-sleep handshake.
  *
  * Legend
- *   gen       generation counter: a run publishes fn/arg/n_tasks and
- *             claim = (gen, 0), then increments gen; a worker that sees gen
- *             change claims tasks (CAS on claim) until none are left.
+ *   gen       generation counter: a run publishes fn/arg and claim = (gen,
+ *             task count, 0) in one word, then increments gen; a worker that
+ *             sees gen change claims tasks (CAS on claim) until none are left.
  *   tasks     threadpool_run's thread_id is a task index: tasks are claimed by
  *             whichever pool thread gets there first, the caller included, so
  *             a descheduled worker (busy shared machine) delays nothing it has
  *             not claimed; the caller waits only for claimed, running tasks.
- *   spin      waiting sides (workers for gen, the caller for done == n_tasks) spin
+ *   spin      waiting sides (workers for gen, the caller for done == task count) spin
  *             with `pause` for SPIN_ITERS, yield for YIELD_ITERS, then sleep on
  *             a condition variable.
  *   sleepers / caller_waiting   published with seq_cst before re-checking the
@@ -58,9 +58,9 @@ struct threadpool {
     worker_arg *args;
     void (*fn)(void *, int, int);
     void *arg;
-    _Atomic int n_tasks;                    /* relaxed: late claimers may read it */
+    int task0, n_total;                     /* this round's tasks are task0 + [0, n in claim) of n_total */
     _Atomic unsigned gen;                   /* bumped per run (and to stop) */
-    _Atomic uint64_t claim;                 /* gen << 32 | next unclaimed task */
+    _Atomic uint64_t claim;                 /* gen << 32 | tasks this round << 16 | next unclaimed */
     _Atomic int done;                       /* tasks finished this run */
     _Atomic int stop;
     _Atomic int sleepers;
@@ -71,20 +71,28 @@ struct threadpool {
     size_t scratch_bytes;
 };
 
+/* Tasks in one round: the count lives in the claim word (16 bits) beside the next task. */
+#define ROUND_MAX_TASKS 0xffff
+
 /* Claims and runs tasks of generation g until none are left. A claim is a CAS
- * on (g, next): it fails once the run is over (claim carries a newer gen), so
- * a late thread never touches fn/arg of a finished run. A successful claim
- * keeps the run (and fn/arg/n_tasks) alive until this task reports done. */
+ * on (g, count, next), one word: it fails once the run is over (claim carries a
+ * newer gen), so a late thread never touches fn/arg of a finished run, and the
+ * count it checks is its own round's. (It once was a separate relaxed field: a
+ * worker late from a 2-task round could read the next round's count with its
+ * own round's claim word, win the CAS before the caller published the new
+ * claim, run a task of the new fn, and count it in the new round's `done`,
+ * which then passed its target and never equalled it: a deadlock, seen once in
+ * `moe bench` with --membw, whose 2-task sweeps alternate with 8-task matvecs.)
+ * A successful claim keeps the run (and fn/arg) alive until the task reports done. */
 static void run_tasks(threadpool *p, unsigned g) {
     for (;;) {
         uint64_t c = atomic_load_explicit(&p->claim, memory_order_acquire);
-        if ((unsigned)(c >> 32) != g || (int)(uint32_t)c >= atomic_load_explicit(&p->n_tasks, memory_order_relaxed))
-            return;
+        int next = (int)(c & 0xffff), count = (int)((c >> 16) & 0xffff);
+        if ((unsigned)(c >> 32) != g || next >= count) return;
         if (!atomic_compare_exchange_weak_explicit(&p->claim, &c, c + 1, memory_order_acq_rel, memory_order_acquire))
             continue;
-        int task = (int)(uint32_t)c, n = atomic_load_explicit(&p->n_tasks, memory_order_relaxed);
-        p->fn(p->arg, task, n);
-        if (atomic_fetch_add_explicit(&p->done, 1, memory_order_acq_rel) + 1 == n && atomic_load(&p->caller_waiting)) {
+        p->fn(p->arg, p->task0 + next, p->n_total);
+        if (atomic_fetch_add_explicit(&p->done, 1, memory_order_acq_rel) + 1 == count && atomic_load(&p->caller_waiting)) {
             pthread_mutex_lock(&p->mu);
             pthread_cond_signal(&p->cv_done);
             pthread_mutex_unlock(&p->mu);
@@ -210,15 +218,19 @@ void threadpool_run_tasks(threadpool *p, void (*fn)(void *, int, int), void *arg
         for (int t = 0; t < n_tasks; t++) fn(arg, t, n_tasks);
         return;
     }
-    unsigned g = atomic_load_explicit(&p->gen, memory_order_relaxed) + 1;
-    p->fn = fn;
-    p->arg = arg;
-    atomic_store_explicit(&p->n_tasks, n_tasks, memory_order_relaxed);
-    atomic_store_explicit(&p->done, 0, memory_order_relaxed);
-    atomic_store_explicit(&p->claim, (uint64_t)g << 32, memory_order_release);
-    publish(p);
-    run_tasks(p, g);
-    wait_done(p, n_tasks);
+    for (int task0 = 0; task0 < n_tasks; task0 += ROUND_MAX_TASKS) {   /* one round, unless > 65535 tasks */
+        int count = n_tasks - task0 < ROUND_MAX_TASKS ? n_tasks - task0 : ROUND_MAX_TASKS;
+        unsigned g = atomic_load_explicit(&p->gen, memory_order_relaxed) + 1;
+        p->fn = fn;
+        p->arg = arg;
+        p->task0 = task0;
+        p->n_total = n_tasks;
+        atomic_store_explicit(&p->done, 0, memory_order_relaxed);
+        atomic_store_explicit(&p->claim, (uint64_t)g << 32 | (uint64_t)count << 16, memory_order_release);
+        publish(p);
+        run_tasks(p, g);
+        wait_done(p, count);
+    }
 }
 
 void threadpool_run(threadpool *p, void (*fn)(void *, int, int), void *arg) {

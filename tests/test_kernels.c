@@ -31,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -710,6 +711,41 @@ static void task_fn(void *arg, int task, int n) {
 }
 
 /* Every task runs exactly once per run, for any number of tasks and threads. */
+/* Rounds of 2 and 8 tasks back to back (what `moe bench --membw` does: 2-task bandwidth
+ * sweeps between 8-task matvecs): every task of every round runs exactly once, with its
+ * own round's fn, count and arg. The claim once held the count in a separate field: a
+ * worker late from a 2-task round could run a task of the next round and count it there,
+ * and the caller then waited for ever (the alarm turns such a hang into a failure). Also
+ * a run of more tasks than one round holds (65535). */
+static void test_threadpool_alternating_counts(void **state) {
+    (void)state;
+    threadpool *p = threadpool_create(2);
+    assert_non_null(p);
+    alarm(120);
+    _Atomic int hits2[2], hits8[8];
+    task_job j2 = {hits2, 2, 0}, j8 = {hits8, 8, 0};
+    int rounds = 100000;
+    for (int t = 0; t < 2; t++) atomic_store(&hits2[t], 0);
+    for (int t = 0; t < 8; t++) atomic_store(&hits8[t], 0);
+    for (int r = 0; r < rounds; r++) {
+        threadpool_run_tasks(p, task_fn, &j2, 2);
+        threadpool_run_tasks(p, task_fn, &j8, 8);
+    }
+    assert_int_equal(j2.bad, 0);
+    assert_int_equal(j8.bad, 0);
+    for (int t = 0; t < 2; t++) assert_int_equal(atomic_load(&hits2[t]), rounds);
+    for (int t = 0; t < 8; t++) assert_int_equal(atomic_load(&hits8[t]), rounds);
+    int big = 70000;
+    _Atomic int *hb = calloc((size_t)big, sizeof *hb);
+    task_job jb = {hb, big, 0};
+    threadpool_run_tasks(p, task_fn, &jb, big);
+    assert_int_equal(jb.bad, 0);
+    for (int t = 0; t < big; t++) assert_int_equal(atomic_load(&hb[t]), 1);
+    free(hb);
+    alarm(0);
+    threadpool_free(p);
+}
+
 static void test_threadpool_tasks(void **state) {
     (void)state;
     static const int nts[] = {1, 2, 3, 5, 64, 1000};
@@ -897,6 +933,7 @@ int main(void) {
         cmocka_unit_test(test_topk),
         cmocka_unit_test(test_threadpool_rounds),
         cmocka_unit_test(test_threadpool_tasks),
+        cmocka_unit_test(test_threadpool_alternating_counts),
         cmocka_unit_test(test_matvec_parallel),
         cmocka_unit_test(test_matvec_parallel_batch),
     };
