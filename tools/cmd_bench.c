@@ -699,9 +699,9 @@ int cmd_bench(int argc, char **argv) {
                  "CPU (load average %s at start, %s at end)\n", load_start, load_end);
     fprintf(tab, "memory bandwidth used for bw %%: %.1f GB/s (1 thread), %.1f GB/s (2+ threads): %s\n", rp.bw[0], rp.bw[1],
             rp.bw_source);
-    fprintf(tab, "weights: %.1f MiB mapped from the checkpoint + %.1f MiB converted at load (--dtype %s); peak RSS %.1f MiB\n",
+    fprintf(tab, "weights: %.1f MiB mapped from the checkpoint + %.1f MiB converted at load (--dtype %s); peak RSS %.1f MiB%s\n",
             m.w.bytes_mapped / 1048576.0, m.w.bytes_converted / 1048576.0, weights_dtype_name(opt.dtype),
-            peak_rss_bytes() / 1048576.0);
+            peak_rss_bytes() / 1048576.0, membw_arr.a ? " (includes the --membw array, --membw-mib)" : "");
     fprintf(tab, "KV cache: %d floats (kv_lora_rank %d + rope %d) x %d layers x 4 B = %zu B per token; %d positions "
                  "allocated = %.2f MiB\n",
             kv_floats, m.cfg.kv_lora_rank, m.cfg.qk_rope_head_dim, m.w.n_layers, kv_tok, m.s.S,
