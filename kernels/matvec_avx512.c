@@ -148,12 +148,14 @@ AI void mv_q8x16_block(const block_q8 *w, int nb, int RB, const int16_t *xq, con
 /* x as int16 per 32-block for mv_q8x16_block: xq = x / dx[k] rounded, dx[k] the power of
  * two at or above max|x in block| / 32767 (so integer x stays exact; the rounding error
  * is at most dx/2 <= max/32767 per value: ~3e-5 of the block's largest, far below Q8
- * weights' own ~4e-3). Returns 0 if x holds an Inf or NaN (the caller keeps f32 x). */
+ * weights' own ~4e-3). Returns 0 if x holds an Inf or NaN, or a block whose largest value
+ * is so small that its step would be subnormal (the caller keeps f32 x). */
 static int q8x_quantize(const float *x, int cols, int16_t *xq, float *dx) {
     for (int k = 0; k < cols / QK8; k++) {
         __m512 a = _mm512_loadu_ps(x + k * QK8), b = _mm512_loadu_ps(x + k * QK8 + 16);
+        if (_mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(b, b, _CMP_UNORD_Q)) return 0;   /* NaN (maxps drops it) */
         float mx = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b)));
-        if (!(mx <= 3.0e38f)) return 0;
+        if (!(mx <= 3.0e38f) || (mx > 0 && mx < 1e-30f)) return 0;   /* Inf, or a step below FLT_MIN */
         int e = 0;
         if (mx > 0) (void)frexpf(mx / 32767.0f, &e);
         dx[k] = mx > 0 ? ldexpf(1.0f, e) : 0.0f;

@@ -182,6 +182,33 @@ static void test_matvec_f32(void **state) { (void)state; check_matvec(MAT_F32, 1
 static void test_matvec_bf16(void **state) { (void)state; check_matvec(MAT_BF16, 1); check_matvec(MAT_BF16, 0); }
 static void test_matvec_q8(void **state) { (void)state; check_matvec(MAT_Q8, 1); check_matvec(MAT_Q8, 0); }
 
+/* Q8 matvec with x that the int16 path must not take (NaN, Inf, all-subnormal blocks) or
+ * takes at its edges (zeros, one huge block): the same as the reference (f32 x) within the
+ * rounding bounds, NaN and Inf where the reference has them. */
+static void test_matvec_q8_x_edges(void **state) {
+    (void)state;
+    int rows = 9, cols = 96;
+    test_mat W = make_mat(MAT_Q8, rows, cols, 0);
+    float x[96], y[9], ref[9];
+    for (int kind = 0; kind < 5; kind++) {
+        for (int i = 0; i < cols; i++) x[i] = kind == 1 ? 1e-40f * (i % 5) : kind == 2 ? (i < 32 ? 1e30f : 0.5f) : (float)(i % 7) - 3.0f;
+        if (kind == 0) for (int i = 0; i < cols; i++) x[i] = 0.0f;
+        if (kind == 3) x[40] = NAN;
+        if (kind == 4) x[70] = INFINITY;
+        matvec_rows_ref(&W.m, x, ref, 0, rows);
+        matvec_rows(&W.m, x, y, 0, rows);
+        for (int r = 0; r < rows; r++) {
+            if (isnan(ref[r]) || isinf(ref[r])) {
+                if (!(isnan(y[r]) && isnan(ref[r])) && y[r] != ref[r]) fail_msg("kind %d row %d: %g vs %g", kind, r, y[r], ref[r]);
+                continue;
+            }
+            double tol = dot_tol(cols, abs_dot(&W.m, r, x)) + q8x_tol(&W.m, r, x);
+            if (fabs((double)y[r] - ref[r]) > tol) fail_msg("kind %d row %d: %g vs %g (tol %g)", kind, r, y[r], ref[r], tol);
+        }
+    }
+    free(W.buf);
+}
+
 /* A single nonzero weight in the last column: the tail must be counted exactly once. */
 static void test_matvec_tail_column(void **state) {
     (void)state;
@@ -929,6 +956,7 @@ int main(void) {
         cmocka_unit_test(test_matvec_f32),
         cmocka_unit_test(test_matvec_bf16),
         cmocka_unit_test(test_matvec_q8),
+        cmocka_unit_test(test_matvec_q8_x_edges),
         cmocka_unit_test(test_matvec_tail_column),
         cmocka_unit_test(test_matmul_f32),
         cmocka_unit_test(test_matmul_bf16),
