@@ -59,6 +59,11 @@ static size_t row_stride(const mat *W) {
     return 0;
 }
 
+/* Byte offset of column k in a row of dtype dt (Q8: inside its block's int8 values). */
+AI size_t w_offset(int dt, int k) {
+    return dt == MAT_F32 ? (size_t)k * 4 : dt == MAT_BF16 ? (size_t)k * 2 : (size_t)(k >> 5) * sizeof(block_q8) + 4 + (k & 31);
+}
+
 /* 16 weights of a row starting at column k as f32; masked: only the lanes in m
  * are read (others are 0). dt is a compile-time constant after inlining. */
 AI __m512 w_load(const char *row, int dt, int k, __mmask16 m, int masked) {
@@ -119,23 +124,33 @@ AI __m512 q8_block_dot(const block_q8 *b, __m512 x0, __m512 x1, __m512 acc) {
     return _mm512_fmadd_ps(t, _mm512_set1_ps(b->scale), acc);
 }
 
+/* The two-level prefetch of RB Q8 rows at block k: T0 one 4-row block (at least MV_PF_Q8
+ * bytes) ahead, T1 twice as far. */
+AI void q8_prefetch_rows(const block_q8 *w, int nb, int RB, int k) {
+    size_t rs = (size_t)nb * sizeof(block_q8), pf1 = 4 * rs > MV_PF_Q8 ? 4 * rs : MV_PF_Q8;
+#pragma GCC unroll 4
+    for (int i = 0; i < RB; i++) {
+        const char *b = (const char *)(w + (size_t)i * nb + k);
+        _mm_prefetch(b + pf1, _MM_HINT_T0);
+        _mm_prefetch(b + 2 * pf1, _MM_HINT_T1);
+    }
+}
+
 /* Q8 rows against x held as int16 per 32-block (q8x_quantize): the block's 32 products
  * are exact integers (vpmovsxbw + vpmaddwd, 16 int32 pair sums), then scaled by the
  * row block's scale and x's block scale: 5 vector µops per 32 weights against 7 when x
  * stays f32, which is what lets a Q8 stream keep up with memory on one thread. */
 AI void mv_q8x16_block(const block_q8 *w, int nb, int RB, const int16_t *xq, const float *dx, float *y) {
     __m512 acc[4];
-    size_t rs = (size_t)nb * sizeof(block_q8), pf1 = 4 * rs > MV_PF_Q8 ? 4 * rs : MV_PF_Q8, pf2 = 2 * pf1;
 #pragma GCC unroll 4
     for (int i = 0; i < RB; i++) acc[i] = _mm512_setzero_ps();
     for (int k = 0; k < nb; k++) {
         __m512i xv = _mm512_loadu_si512(xq + k * QK8);
         __m512 dxv = _mm512_set1_ps(dx[k]);
+        q8_prefetch_rows(w, nb, RB, k);
 #pragma GCC unroll 4
         for (int i = 0; i < RB; i++) {
             const block_q8 *b = w + (size_t)i * nb + k;
-            _mm_prefetch((const char *)b + pf1, _MM_HINT_T0);
-            _mm_prefetch((const char *)b + pf2, _MM_HINT_T1);
             __m512i wq = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)b->q));
             __m512 f = _mm512_cvtepi32_ps(_mm512_madd_epi16(wq, xv));
             acc[i] = _mm512_fmadd_ps(_mm512_mul_ps(f, _mm512_set1_ps(b->scale)), dxv, acc[i]);
@@ -169,17 +184,11 @@ static int q8x_quantize(const float *x, int cols, int16_t *xq, float *dx) {
 
 AI void mv_q8_block(const block_q8 *w, int nb, int RB, const float *x, float *y) {
     __m512 acc[4];
-    size_t rs = (size_t)nb * sizeof(block_q8), pf1 = 4 * rs > MV_PF_Q8 ? 4 * rs : MV_PF_Q8, pf2 = 2 * pf1;
 #pragma GCC unroll 4
     for (int i = 0; i < RB; i++) acc[i] = _mm512_setzero_ps();
     for (int k = 0; k < nb; k++) {
         __m512 x0 = _mm512_loadu_ps(x + k * QK8), x1 = _mm512_loadu_ps(x + k * QK8 + 16);
-#pragma GCC unroll 4
-        for (int i = 0; i < RB; i++) {
-            const char *b = (const char *)(w + (size_t)i * nb + k);
-            _mm_prefetch(b + pf1, _MM_HINT_T0);
-            _mm_prefetch(b + pf2, _MM_HINT_T1);
-        }
+        q8_prefetch_rows(w, nb, RB, k);
 #pragma GCC unroll 4
         for (int i = 0; i < RB; i++) acc[i] = q8_block_dot(w + (size_t)i * nb + k, x0, x1, acc[i]);
     }
@@ -291,11 +300,6 @@ void matvec_rows_avx512(const mat *W, const float *x, float *y, int row0, int ro
 #define MM_RB 4
 #define MM_TB 6
 
-/* Byte offset of column k in a row of dtype dt (Q8: inside its block's int8 values). */
-AI size_t w_offset(int dt, int k) {
-    return dt == MAT_F32 ? (size_t)k * 4 : dt == MAT_BF16 ? (size_t)k * 2 : (size_t)(k >> 5) * sizeof(block_q8) + 4 + (k & 31);
-}
-
 /* Tile of RB rows (starting at absolute row r) x TB tokens (starting at t0). The first tile
  * of a row block (t0 = 0) is the one that brings the rows in from memory: it prefetches
  * the next row blocks as the matvec does (T0 one block ahead, T1 two). */
@@ -395,12 +399,6 @@ void matmul_rows_avx512(const mat *W, const float *X, int n, float *Y, int ldy, 
 #define TMV_PF_ROWS 4
 #endif
 
-/* Address of the weights of a row at column k. */
-AI const char *tmv_addr(const char *row, int dt, int k) {
-    if (dt == MAT_Q8) return (const char *)((const block_q8 *)row + (k >> 5));
-    return row + (size_t)k * (dt == MAT_F32 ? 4 : 2);
-}
-
 /* 16 weights of a row at column k as f32, Q8 without its scale (tmv_coef has it). */
 AI __m512 tmv_load(const char *row, int dt, int k, __mmask16 m, int masked) {
     if (dt == MAT_Q8) {
@@ -432,7 +430,7 @@ AI void tmv_cols(const char *w, size_t rs, int dt, int NV, int masked, __mmask16
         if (TMV_PF_ROWS)
 #pragma GCC unroll 16
             for (int v = 0; v < NV; v += dt == MAT_F32 ? 1 : 2)
-                _mm_prefetch(tmv_addr(row + TMV_PF_ROWS * rs, dt, c0 + 16 * v), _MM_HINT_T0);
+                _mm_prefetch(row + TMV_PF_ROWS * rs + w_offset(dt, c0 + 16 * v), _MM_HINT_T0);
 #pragma GCC unroll 16
         for (int v = 0; v < NV; v++) {
             int k = c0 + 16 * v;
