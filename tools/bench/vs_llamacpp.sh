@@ -1,0 +1,87 @@
+#!/bin/sh
+# moe against llama.cpp, side by side on this machine, on identical weights (issue 5's table).
+#
+# llama.cpp: a CPU build with native flags of the llama.cpp source that the npm package
+# node-llama-cpp carries as a git bundle (a package registry is all this machine reaches):
+#   tools/bench/vs_llamacpp.sh setup           # npm package -> source -> cmake build of
+#                                              # llama-bench in $LLAMA_DIR (default /work/llama.cpp)
+#   tools/bench/vs_llamacpp.sh convert         # S and M checkpoints -> GGUF (tools/bench/to_gguf.py)
+#   tools/bench/vs_llamacpp.sh check           # both engines' logits on S (f32): the same function?
+#   tools/bench/vs_llamacpp.sh run             # ROUNDS rounds, each: every configuration, llama.cpp
+#                                              # and moe in turn (the order flips every round)
+#   python3 tools/bench/vs_summary.py $BENCH_DIR/vs/*.json    # the table
+# Nothing here is committed or needed by the tests: checkpoints, GGUF files, the llama.cpp tree
+# and results all live outside the repository.
+set -eu
+cd "$(dirname "$0")/../.."
+MOE=${MOE:-build/moe}
+DIR=${BENCH_DIR:-/work/bench-ckpt}
+LLAMA_DIR=${LLAMA_DIR:-/work/llama.cpp}
+NLC_VERSION=${NLC_VERSION:-3.21.1}
+PY=${PY:-/usr/bin/python3}
+ROUNDS=${ROUNDS:-3}; R=${R:-3}; P=${P:-512}; N=${N:-128}; THREADS=${THREADS:-1,2}
+# checkpoint : moe --dtype : GGUF out type (f32 is the bf16 checkpoint widened, in both engines)
+CONFIGS=${CONFIGS:-"S-bf16:auto:bf16 S-bf16:q8:q8_0 M-bf16:f32:f32 M-bf16:auto:bf16 M-bf16:q8:q8_0"}
+BENCH="$LLAMA_DIR/src/build/bin/llama-bench"
+
+case "${1:-}" in
+setup)
+    mkdir -p "$LLAMA_DIR/npm"
+    (cd "$LLAMA_DIR/npm" && [ -f package.json ] || npm init -y >/dev/null)
+    (cd "$LLAMA_DIR/npm" && npm i -E "node-llama-cpp@$NLC_VERSION" --ignore-scripts --no-audit --no-fund)
+    bundle="$LLAMA_DIR/npm/node_modules/node-llama-cpp/llama/gitRelease.bundle"
+    [ -d "$LLAMA_DIR/src" ] || git clone -q "$bundle" "$LLAMA_DIR/src"
+    cmake -S "$LLAMA_DIR/src" -B "$LLAMA_DIR/src/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+        -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF
+    ninja -C "$LLAMA_DIR/src/build" llama-bench
+    L="$LLAMA_DIR/src"
+    cc -O2 tools/bench/llamacpp_logits.c -I"$L/include" -I"$L/ggml/include" -L"$L/build/bin" -lllama \
+        -Wl,-rpath,"$L/build/bin" -o "$LLAMA_DIR/llamacpp_logits"
+    echo "llama.cpp: $(git -C "$LLAMA_DIR/src" log -1 --format='%h %ad') from node-llama-cpp@$NLC_VERSION" >&2
+    ;;
+convert)
+    for cfg in $CONFIGS; do
+        ck=${cfg%%:*}; gt=${cfg##*:}; out="$DIR/gguf/${ck%-*}-$gt.gguf"
+        [ -f "$DIR/$ck/config.json" ] || "$MOE" mkckpt --shape "${ck%-*}" --dtype "${ck#*-}" -o "$DIR/$ck"
+        [ -f "$out" ] && continue
+        mkdir -p "$DIR/gguf"
+        PYTHONPATH="$LLAMA_DIR/src/gguf-py" "$PY" tools/bench/to_gguf.py "$DIR/$ck" "$out.tmp" --outtype "$gt" >"$out.log"
+        mv "$out.tmp" "$out"; tail -1 "$out.log" >&2
+    done
+    ;;
+check)
+    # the same function? S converted to f32 GGUF, logits of both engines on 48 random ids
+    out="$DIR/gguf/S-f32.gguf"
+    [ -f "$out" ] || PYTHONPATH="$LLAMA_DIR/src/gguf-py" "$PY" tools/bench/to_gguf.py "$DIR/S-bf16" "$out" --outtype f32 >/dev/null
+    "$PY" tools/bench/vs_check.py "$DIR/S-bf16" "$out" --llama-logits "$LLAMA_DIR/llamacpp_logits" --moe "$MOE"
+    ;;
+run)
+    [ -x "$BENCH" ] || { echo "vs_llamacpp.sh: $BENCH missing: run 'setup' first" >&2; exit 1; }
+    mkdir -p "$DIR/vs"
+    stamp=$(date +%Y%m%d-%H%M%S)
+    for round in $(seq 1 "$ROUNDS"); do
+        "$MOE" bench --membw --json >"$DIR/vs/$stamp-membw-r$round.json" 2>/dev/null || true
+        for cfg in $CONFIGS; do
+            ck=${cfg%%:*}; rest=${cfg#*:}; dt=${rest%%:*}; gt=${cfg##*:}
+            gguf="$DIR/gguf/${ck%-*}-$gt.gguf"
+            if [ $((round % 2)) -eq 1 ]; then order="llama moe"; else order="moe llama"; fi
+            for engine in $order; do
+                out="$DIR/vs/$stamp-$engine-${ck%-*}-$gt-r$round.json"
+                echo "round $round: $engine ${ck%-*} $gt (load: $(cut -d' ' -f1-3 /proc/loadavg))" >&2
+                if [ "$engine" = llama ]; then
+                    "$BENCH" -m "$gguf" -lm none -p "$P" -n "$N" -r "$R" -t "$THREADS" -o json >"$out" 2>"$out.log" ||
+                        { echo "failed: $(tail -1 "$out.log")" >&2; rm -f "$out"; }
+                else
+                    "$MOE" bench -m "$DIR/$ck" --dtype "$dt" -t "$THREADS" -r "$R" -p "$P" -n "$N" --membw --membw-mib 512 --json >"$out" 2>"$out.log" ||
+                        { echo "failed: $(tail -1 "$out.log")" >&2; rm -f "$out"; }
+                fi
+            done
+        done
+    done
+    echo "results: $DIR/vs/$stamp-*.json" >&2
+    ;;
+*)
+    awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
+    [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]
+    ;;
+esac
