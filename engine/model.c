@@ -20,7 +20,6 @@
 #include <string.h>
 #include <sys/sysinfo.h>
 
-
 #include "attention.h"
 #include "blas.h"
 #include "kernels.h"

@@ -11,22 +11,14 @@ import argparse
 import json
 import os
 import random
-import struct
 import subprocess
 import sys
 import tempfile
 
 import numpy as np
 
-
-def read_safetensors(path, name):
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
-        info = header[name]
-        begin, end = info["data_offsets"]
-        f.seek(8 + n + begin)
-        return np.frombuffer(f.read(end - begin), dtype=np.float32).reshape(info["shape"])
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "check"))
+from compare import load as read_safetensors  # noqa: E402  (tools/check/compare.py)
 
 
 def main():
@@ -48,7 +40,7 @@ def main():
         subprocess.run([a.moe, "logits", "-m", a.ckpt_dir, "--dtype", "f32", "--tokens", ids, "-o", ours],
                        check=True, stdout=subprocess.DEVNULL)
         subprocess.run([a.llama_logits, a.gguf, ids, theirs], check=True, stdout=subprocess.DEVNULL)
-        x = read_safetensors(ours, "logits")
+        x = read_safetensors(ours)["logits"]
         y = np.fromfile(theirs, dtype=np.float32).reshape(x.shape)
     rel = float(np.abs(x - y).max() / np.abs(x).max())
     agree = float((x.argmax(1) == y.argmax(1)).mean())
