@@ -20,8 +20,12 @@ DEPCFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null) -I/usr/include/x86
 # OpenBLAS is not linked: kernels/blas.c loads it at run time, after choosing its kernels
 DEPLIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -ljansson -lpcre2-8) -lnuma -lpthread -lm -ldl
 
+# the library's folders (README's layout table); each is on the include path
+LIB_DIRS := engine engine/io engine/text engine/analysis kernels
+SRC_DIRS := $(LIB_DIRS) tools/moe
+
 CFLAGS  := -std=c11 -D_GNU_SOURCE -g $(OPT) -Wall -Wextra -Wno-unused-parameter -Wshadow \
-           -Iengine -Ikernels -Itools $(DEPCFLAGS) -MMD -MP
+           $(addprefix -I,$(SRC_DIRS)) $(DEPCFLAGS) -MMD -MP
 LDFLAGS :=
 ifeq ($(SAN),fuzz)
   CFLAGS  += -fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
@@ -35,8 +39,8 @@ endif
 AVX512_FLAGS := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16 -mavx512vnni -mfma -mavx2 -mf16c
 AVX2_FLAGS   := -mavx2 -mfma -mf16c
 
-LIB_SRC  := $(wildcard engine/*.c) $(wildcard kernels/*.c)
-TOOL_SRC := $(wildcard tools/*.c)
+LIB_SRC  := $(foreach d,$(LIB_DIRS),$(wildcard $(d)/*.c))
+TOOL_SRC := $(wildcard tools/moe/*.c)
 TEST_SRC := $(wildcard tests/test_*.c)
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 

@@ -2,7 +2,7 @@
  *
  * Library functions never exit(): they return MOE_OK (0) or MOE_FAIL (-1) and,
  * on failure, fill a moe_error with one line that names the file (or the
- * input) and what is wrong. Only tools/moe.c turns an error into an exit code.
+ * input) and what is wrong. Only tools/moe/moe.c turns an error into an exit code.
  */
 #ifndef MOE_ERROR_H
 #define MOE_ERROR_H

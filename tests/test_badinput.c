@@ -439,7 +439,7 @@ static void test_tokenizer_empty_key_first(void **state) {
 /* ------------------------------------------------------------------ hostile chat templates */
 
 /* A chat template is code from the internet: nesting, loops, growth and integer overflow
- * are bounded, each with one line naming the config file (engine/chat.c, CHAT_MAX_*). */
+ * are bounded, each with one line naming the config file (engine/text/chat.c, CHAT_MAX_*). */
 static char *repeat(const char *head, const char *unit, int n, const char *tail) {
     size_t lh = strlen(head), lu = strlen(unit), lt = strlen(tail);
     char *s = malloc(lh + lu * (size_t)n + lt + 1), *p = s;

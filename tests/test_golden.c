@@ -1,5 +1,5 @@
 /* test_golden.c - the engine against the float64 reference (golden data in
- * tests/data/golden, made by tools/check/mkgolden.sh from ../shared/reference).
+ * tests/data/golden, made by tools/check/mkgolden.sh from tools/reference).
  *
  * For every golden checkpoint (presets tiny / tiny-yarn / tiny-v2lite and a mix
  * of V2-style routing, half-split RoPE, tied embeddings, YaRN; dtypes BF16, FP8,

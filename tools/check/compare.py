@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Compare `moe logits` output with ../shared/reference/ref.py --save output.
+"""Compare `moe logits` output with tools/reference/ref.py --save output.
 
   /usr/bin/python3 tools/check/compare.py ENGINE.safetensors REF.safetensors [--tol 1e-4] [--margin 1e-5]
 

@@ -1,13 +1,13 @@
 #!/bin/bash
 # Rebuilds the golden data of tests/test_golden.c under tests/data/golden/:
-# random checkpoints from ../shared/reference/mkckpt.py and the float64
-# reference outputs of ../shared/reference/ref.py for 12 random tokens.
+# random checkpoints from tools/reference/mkckpt.py and the float64
+# reference outputs of tools/reference/ref.py for 12 random tokens.
 #   tools/check/mkgolden.sh
-# Needs ../shared/reference and Debian's python3-numpy. The output is committed;
+# Needs Debian's python3-numpy. The output is committed;
 # the tests never need ../shared.
 set -eu
 cd "$(dirname "$0")/../.."
-REF=${REF:-../shared/reference}
+REF=${REF:-tools/reference}
 PY=/usr/bin/python3
 OUT=tests/data/golden
 rm -rf "$OUT"; mkdir -p "$OUT"

@@ -1,12 +1,12 @@
 #!/bin/bash
-# Checks `build/moe logits` against the float64 reference (../shared/reference/ref.py)
+# Checks `build/moe logits` against the float64 reference (tools/reference/ref.py)
 # on random checkpoints: presets x dtypes x modes, plus random config mixes.
 #   tools/check/vs_ref.sh [N_RANDOM=6] [SEED=100]
-# Needs ../shared/reference and Debian's python3-numpy. Not part of `make test`
+# Needs Debian's python3-numpy. Not part of `make test`
 # (the unit tests use committed golden data); this is the wider net.
 set -u
 cd "$(dirname "$0")/../.."
-REF=${REF:-../shared/reference}
+REF=${REF:-tools/reference}
 PY=/usr/bin/python3
 MOE=${MOE:-build/moe}
 N_RANDOM=${1:-6}

@@ -12,7 +12,7 @@
 // "text"}]}} where text is the template rendered as
 // transformers' apply_chat_template does and ids = encode(text) without
 // added special tokens (the BOS is in the text already). "features" are small
-// templates that exercise the Jinja subset engine/chat.c interprets.
+// templates that exercise the Jinja subset engine/text/chat.c interprets.
 'use strict';
 const fs = require('fs');
 const path = require('path');

@@ -182,7 +182,7 @@ many('special', 90, () => pick([
 ])());
 
 // characters that Unicode 15-16 assigned (the official library knows them,
-// PCRE2 10.42 does not: see newer_unicode in engine/tokenizer.c)
+// PCRE2 10.42 does not: see newer_unicode in engine/text/tokenizer.c)
 const NEWER = [[0x31350, 0x323af], [0x2ebf0, 0x2ee5d], [0x10d40, 0x10d49], [0x10d4a, 0x10d65], [0x2ffc, 0x2fff],
   [0x1cc00, 0x1ccef], [0x11380, 0x11389], [0x1b4e, 0x1b4f], [0x897, 0x897], [0x16d40, 0x16d6c], [0x1fa75, 0x1fa77]];
 many('unicode16', 60, () => { let s = ''; for (let j = 0, k = 1 + ri(8); j < k; j++) { const b = pick(NEWER);

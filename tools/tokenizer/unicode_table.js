@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // unicode_table.js - the code points whose class (L, M, N, P, S) the official
 // library (Oniguruma, newer Unicode) knows but the system PCRE2 does not, as
-// the C table `newer_unicode` in engine/tokenizer.c.
+// the C table `newer_unicode` in engine/text/tokenizer.c.
 //
 //   gcc -O2 pcre_classes.c -o /tmp/pcre_classes -lpcre2-8
 //   /tmp/pcre_classes > /tmp/pcre.cls && node unicode_table.js /tmp/pcre.cls

@@ -4,7 +4,7 @@ runs ref.py on the golden tokens and compares its main and MTP logits with the
 golden file written by export.py (PyTorch, float32, same bf16 weights).
 
   /usr/bin/python3 tools/train/check_ref.py --model models/toy \
-      --golden tests/data/toy_golden.safetensors --ref /work/shared/reference/ref.py
+      --golden tests/data/toy_golden.safetensors --ref tools/reference/ref.py
 """
 import argparse
 import os
@@ -18,7 +18,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="models/toy")
     ap.add_argument("--golden", default="tests/data/toy_golden.safetensors")
-    ap.add_argument("--ref", default="/work/shared/reference/ref.py")
+    ap.add_argument("--ref", default="tools/reference/ref.py")
     ap.add_argument("--out", default="/tmp/toy_ref.safetensors")
     a = ap.parse_args()
     sys.path.insert(0, os.path.dirname(os.path.abspath(a.ref)))

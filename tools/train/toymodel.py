@@ -1,7 +1,7 @@
 """PyTorch DeepSeek-V3-architecture model used to train the toy model (imported by
 train.py, export.py and evaluate.py; not run directly).
 
-The math is the inference math of /work/shared/reference/deepseek_v3_spec.md:
+The math is the inference math of tools/reference/deepseek_v3_spec.md:
 MLA (q_lora, naive per-head K/V, interleaved-pair RoPE, no YaRN), SwiGLU, dense
 first layer, MoE with sigmoid scores + e_score_correction_bias, group-limited
 (top-2-sum) routing, normalised top-k weights times routed_scaling_factor, one

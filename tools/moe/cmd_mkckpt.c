@@ -3,8 +3,8 @@
  * memory arithmetic without writing.
  *
  * Legend
- *   plan      tools/ckpt_plan.c: names, shapes, init of every tensor, in the
- *             order of ../shared/reference/mkckpt.py
+ *   plan      tools/moe/ckpt_plan.c: names, shapes, init of every tensor, in the
+ *             order of tools/reference/mkckpt.py
  *   values    N(0,1) is approximated by the Irwin-Hall sum of four 16-bit
  *             uniforms (one xoshiro256** draw per value, |z| <= 3.46): linear
  *             N(0, 1/fan_in) (o_proj, down_proj halved), embeddings N(0,1), norms

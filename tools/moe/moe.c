@@ -1,5 +1,5 @@
 /* moe.c - the one command line: `moe <command> [options]`.
- * Each command lives in tools/cmd_<command>.c; this file only dispatches. */
+ * Each command lives in tools/moe/cmd_<command>.c; this file only dispatches. */
 #include <stdio.h>
 #include <string.h>
 

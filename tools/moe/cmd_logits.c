@@ -1,6 +1,6 @@
 /* cmd_logits.c - `moe logits`: run token ids through a checkpoint and write
  * logits, MTP logits and routing decisions as safetensors, with the tensor names
- * that ../shared/reference/ref.py --save writes, so the two compare directly. */
+ * that tools/reference/ref.py --save writes, so the two compare directly. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

@@ -3,7 +3,7 @@
  * Legend
  *   shape     a full config.json (Hugging Face DeepseekV3 / DeepseekV2 fields)
  *   plan      ordered ckpt_tensor list, same names, shapes and order as
- *             ../shared/reference/mkckpt.py tensor_plan()
+ *             tools/reference/mkckpt.py tensor_plan()
  *   copy      the MTP layer's embed_tokens / shared_head.head repeat the main
  *             embedding / lm_head: same seed key, so the same values
  */

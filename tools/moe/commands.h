@@ -1,5 +1,5 @@
 /* commands.h - the subcommands of the `moe` command line, one file each
- * (tools/cmd_<name>.c). Each takes argc/argv after the subcommand name
+ * (tools/moe/cmd_<name>.c). Each takes argc/argv after the subcommand name
  * (argv[0] is the subcommand) and returns the process exit code. */
 #ifndef MOE_COMMANDS_H
 #define MOE_COMMANDS_H

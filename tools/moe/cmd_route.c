@@ -8,7 +8,7 @@
  *             windows of --ctx positions (default: the whole text, at most 4096); the MTP
  *             block sees (hidden_t, token t+1), the text's last position the greedy token
  *   PREFIX.counts.csv    layer_id,expert_id,count  (SGLang's dump, DeepSeek EPLB's input)
- *   PREFIX.summary.json  per layer metrics (engine/routestats.h), counts, group counts
+ *   PREFIX.summary.json  per layer metrics (engine/analysis/routestats.h), counts, group counts
  *   PREFIX.coact.csv     co-activation counts of --coact-layer (default: first MoE layer)
  *   PREFIX.load.svg      heat map layers x experts;   PREFIX.coact.svg  the co-activation matrix
  *   PREFIX.trace.jsonl   (--trace) one line per token and layer; the compact form goes to stderr

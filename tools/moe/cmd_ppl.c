@@ -5,7 +5,7 @@
  *
  * Legend:
  *   tokens    the text encoded, BOS first (tokenizer config), t_0 .. t_{T-1}
- *   windows   N = --ctx positions each, overlapping by one token (engine/perplexity.h)
+ *   windows   N = --ctx positions each, overlapping by one token (engine/analysis/perplexity.h)
  *   output    tokens, predicted tokens, nats/token = nll / predicted, perplexity = exp(nats/token)
  */
 #include <math.h>
