@@ -9,7 +9,7 @@
  *   Ns n_shared_experts (multiplies the width of the ONE shared expert)
  *
  * Field names follow config.json. Defaults for absent optional fields follow
- * ../shared/reference/deepseek_v3_spec.md section 1 (and the HF remote code).
+ * tools/reference/deepseek_v3_spec.md section 1 (and the HF remote code).
  */
 #ifndef MOE_CONFIG_H
 #define MOE_CONFIG_H

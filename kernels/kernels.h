@@ -21,6 +21,7 @@ typedef enum {
     MAT_BF16 = 1,  /* uint16_t[rows * cols], bfloat16 bit patterns */
     MAT_Q8 = 2,    /* rows of blocks of QK8 int8 values with one f32 scale each; cols % QK8 == 0 */
 } mat_dtype;
+#define MAT_N_TYPES 3   /* entries of the type table (kernels/types.c) */
 
 #define QK8 32
 typedef struct {
@@ -34,6 +35,20 @@ typedef struct {
     const void *data;     /* layout given by dtype; rows * cols elements (Q8: rows * cols/QK8 blocks) */
 } mat;
 
+/* The type table (kernels/types.c): one entry per weight format. A row of `cols`
+ * elements (cols % block_elems == 0) is cols / block_elems blocks of block_bytes. */
+typedef struct {
+    const char *name;                                     /* "f32", "bf16", "q8", ... */
+    int block_elems;                                      /* elements per block (1: plain) */
+    int block_bytes;                                      /* bytes per block */
+    void (*to_f32)(const void *src, float *dst, int n);   /* n elements of a row, n % block_elems == 0 */
+    void (*from_f32)(const float *src, void *dst, int n); /* NULL: not a target of conversion */
+} mat_type;
+
+/* The entry of `dt`, or NULL for a value outside the table. */
+const mat_type *mat_type_of(mat_dtype dt);
+/* Bytes of one row of `cols` elements. */
+size_t mat_row_bytes(mat_dtype dt, int cols);
 /* Bytes that W's data occupies. */
 size_t mat_bytes(const mat *W);
 /* W[r, c] as float (slow; for tests and debugging). */

@@ -54,29 +54,6 @@ void quantize_row_bf16_ref(const float *x, uint16_t *out, int n) {
 
 /* ---------------------------------------------------------------- matrices */
 
-size_t mat_bytes(const mat *W) {
-    size_t n = (size_t)W->rows * (size_t)W->cols;
-    switch (W->dtype) {
-    case MAT_F32: return n * 4;
-    case MAT_BF16: return n * 2;
-    case MAT_Q8: return n / QK8 * sizeof(block_q8);
-    }
-    return 0;
-}
-
-float mat_get(const mat *W, int r, int c) {
-    size_t i = (size_t)r * W->cols + c;
-    switch (W->dtype) {
-    case MAT_F32: return ((const float *)W->data)[i];
-    case MAT_BF16: return bf16_to_f32(((const uint16_t *)W->data)[i]);
-    case MAT_Q8: {
-        const block_q8 *b = (const block_q8 *)W->data + i / QK8;
-        return b->scale * b->q[i % QK8];
-    }
-    }
-    return 0.0f;
-}
-
 /* One row dot product in the row's own format, accumulated in f32 in column order. */
 static float row_dot_ref(const mat *W, int r, const float *x) {
     float acc = 0.0f;

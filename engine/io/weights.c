@@ -164,12 +164,11 @@ static int load_matrix(loader *ld, mat *m, const char *name, int64_t rows, int64
         free(row);
         return moe_error_set(ld->err, "out of memory converting \"%s\" (%zu bytes)", name, bytes);
     }
+    const mat_type *ty = mat_type_of(target);
+    size_t row_bytes = mat_row_bytes(target, (int)cols);
     for (int64_t r = 0; r < rows; r++) {
         source_row(&src, r, row);
-        if (target == MAT_F32) memcpy((float *)buf + r * cols, row, sizeof(float) * (size_t)cols);
-        else if (target == MAT_BF16)
-            for (int64_t c = 0; c < cols; c++) ((uint16_t *)buf)[r * cols + c] = f32_to_bf16(row[c]);
-        else quantize_row_q8(row, (block_q8 *)buf + r * (cols / QK8), (int)cols);
+        ty->from_f32(row, (unsigned char *)buf + (size_t)r * row_bytes, (int)cols);
     }
     free(row);
     m->data = buf;

@@ -267,7 +267,7 @@ static const char *mat_fmt_name(const moe_model *m) {
     /* the format of the bulk of the weights: that of an expert (or dense) projection */
     const layer_weights *lw = &m->w.layers[m->cfg.num_hidden_layers - 1];
     const mat *w = lw->is_moe ? &lw->experts[0].gate : &lw->dense.gate;
-    return w->dtype == MAT_F32 ? "f32" : w->dtype == MAT_BF16 ? "bf16" : "q8";
+    return mat_type_of(w->dtype)->name;
 }
 
 static void fmt_size(char *buf, size_t n, double bytes) {
