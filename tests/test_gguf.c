@@ -321,6 +321,19 @@ static void test_minimal_files(void **state) {
     assert_int_equal(v, 7);
     gguf_close(&g);
     free(x.b);
+    /* an empty array of strings as the only array (fuzz: the offset-table pool stayed NULL
+     * and NULL + 0 was UBSan's "applying zero offset to null pointer") */
+    x = (bb){0};
+    bb_head(&x, 3, 0, 1);
+    bb_str(&x, "none");
+    bb_u32(&x, GGUF_VAL_ARRAY); bb_u32(&x, GGUF_VAL_STRING); bb_u64(&x, 0);
+    assert_int_equal(gguf_parse_buffer(&g, x.b, x.n, PATH, &err), MOE_OK);
+    const gguf_value *a;
+    assert_int_equal(gguf_get_arr(&g, "none", 1, GGUF_VAL_STRING, &a, &err), MOE_OK);
+    assert_int_equal(a->n, 0);
+    assert_null(a->idx);
+    gguf_close(&g);
+    free(x.b);
 }
 
 /* ====================================================================== getters */

@@ -276,7 +276,7 @@ static int parse_value(rd *r, uint32_t type, int depth, const char *key, gguf_va
         gguf_value sub;
         if (parse_value(r, elem, depth + 1, key, &sub)) return MOE_FAIL;
     }
-    if (depth == 0) v->idx = (const uint64_t *)(uintptr_t)(first + 1);   /* fixed up once the pool stops moving */
+    if (depth == 0 && n) v->idx = (const uint64_t *)(uintptr_t)(first + 1);   /* fixed up once the pool stops moving */
     v->n_bytes = r->pos - start;
     return MOE_OK;
 }
