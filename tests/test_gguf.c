@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "config.h"
@@ -28,6 +29,12 @@
 #include "tokenizer.h"
 
 #define PATH "t.gguf"
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
 
 /* ====================================================================== byte builder */
 
@@ -921,14 +928,19 @@ static void check_gguf_tokenizer(const char *dir, const char *golden) {
     assert_int_equal(gguf_write_buffer(&w, &buf, &len, &err), MOE_OK);
     gguf_writer_free(&w);
     gguf_file g;
+    double t0 = now_s();
     assert_int_equal(gguf_parse_buffer(&g, buf, len, "tok.gguf", &err), MOE_OK);
     tokenizer *tg, *tj;
     int rc = gguf_tokenizer(&g, &tg, &err);
+    double t1 = now_s();
     if (rc) fprintf(stderr, "%s\n", err.msg);
     assert_int_equal(rc, MOE_OK);
     gguf_close(&g);
     free(buf);   /* the tokenizer keeps copies */
+    double t2 = now_s();
     assert_int_equal(tokenizer_load(&tj, dir, &err), MOE_OK);
+    print_message("%s: from %zu bytes of GGUF metadata in %.0f ms, from tokenizer.json in %.0f ms\n", dir, len,
+                  (t1 - t0) * 1e3, (now_s() - t2) * 1e3);
     assert_int_equal(tokenizer_vocab_size(tg), tokenizer_vocab_size(tj));
     assert_int_equal(tokenizer_bos_id(tg), tokenizer_bos_id(tj));
     assert_int_equal(tokenizer_eos_id(tg), tokenizer_eos_id(tj));
