@@ -22,8 +22,12 @@ typedef struct {
     int n_b, b[SEQS_MAX_CONFIGS];      /* the B values */
     int reps, n_gen, n_prompt;
     double *agg_ts;                    /* [n_b, reps] aggregate tokens/s (B tokens per pass) */
+    double *agg_cpu_ts;                /* [n_b, reps] the same over process CPU seconds / threads */
     double experts[SEQS_MAX_CONFIGS];  /* mean distinct routed experts per MoE layer per pass */
     double bytes_pass[SEQS_MAX_CONFIGS];   /* weight bytes a pass reads (model: fixed + distinct experts) */
+    int profile;                       /* --profile: phase times per pass */
+    model_profile prof[SEQS_MAX_CONFIGS];
+    long prof_passes[SEQS_MAX_CONFIGS];
 } seqs_arm;
 
 /* Weight bytes of a decode pass: `fixed` (everything but the routed experts, read once per
@@ -35,7 +39,7 @@ typedef struct { double fixed, per_expert; int n_moe; } seqs_bytes;
  * then n_gen timed passes of B tokens, each sequence fed its own previous argmax.
  * Runs on ctx (its pool as set) with a KV cache of max(b) slots of its own. */
 int seqs_arm_run(const moe_model *m, moe_ctx *ctx, const int *b, int n_b, int n_prompt, int n_gen, int reps,
-                 uint64_t seed, const seqs_bytes *bytes, seqs_arm *out, moe_error *err);
+                 uint64_t seed, const seqs_bytes *bytes, int profile, seqs_arm *out, moe_error *err);
 void seqs_arm_print(FILE *f, const seqs_arm *r, int n_runs);
 json_t *seqs_arm_json(const seqs_arm *r);
 void seqs_arm_free(seqs_arm *r);

@@ -745,7 +745,7 @@ int cmd_bench(int argc, char **argv) {
         seqs_bytes sb = pass_bytes(&e.m);
         for (int k = 0; k < n_cfg; k++) {
             e.c.pool = runs[k].pool;
-            if (seqs_arm_run(&e.m, &e.c, seqs_b, n_seqs, (int)tg_prompt, (int)n_gen, (int)reps, (uint64_t)seed, &sb,
+            if (seqs_arm_run(&e.m, &e.c, seqs_b, n_seqs, (int)tg_prompt, (int)n_gen, (int)reps, (uint64_t)seed, &sb, profile,
                              &seqs_result[n_seqs_runs++], &err)) {
                 fprintf(stderr, "moe bench: %s\n", err.msg);
                 goto done;
