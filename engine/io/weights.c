@@ -223,8 +223,9 @@ int weights_ggml_mat_type(uint32_t ggml) {
 }
 
 int weights_is_gguf(const char *path) {
+    size_t len = strlen(path);
     FILE *f = fopen(path, "rb");
-    if (!f) return 0;
+    if (!f) return len > 5 && !strcmp(path + len - 5, ".gguf");   /* gguf_open will say why it cannot be read */
     char magic[4] = {0};
     int n = (int)fread(magic, 1, 4, f);
     fclose(f);

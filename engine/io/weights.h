@@ -90,7 +90,7 @@ typedef struct {
 
 /* path: a checkpoint directory (safetensors) or a .gguf file (weights_is_gguf). */
 int weights_load(moe_weights *w, const moe_config *cfg, const char *path, const weights_options *opt, moe_error *err);
-/* Whether path names a GGUF file (a regular file starting with "GGUF"). */
+/* Whether path names a GGUF file (a file starting with "GGUF", or an unreadable path ending in .gguf). */
 int weights_is_gguf(const char *path);
 /* The type-table type a ggml tensor type is read as; -1 when moe has no kernels for it. */
 int weights_ggml_mat_type(uint32_t ggml);
