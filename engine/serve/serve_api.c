@@ -243,6 +243,8 @@ int serve_parse_request(serve_kind kind, const char *body, size_t len, const tok
     if (p->sp.top_p == 0.0f) p->sp.top_p = 1e-6f;    /* top_p 0: keep the single most probable */
     if (get_bool(root, "stream", &p->stream, e) < 0) goto done;
     if (get_bool(root, "moe_routing", &p->want_routing, e) < 0) goto done;
+    p->cache_prompt = 1;
+    if (get_bool(root, "cache_prompt", &p->cache_prompt, e) < 0) goto done;
     json_t *so = json_object_get(root, "stream_options");
     if (so && !json_is_null(so)) {
         if (!json_is_object(so)) { serve_fail(e, 400, "stream_options", "'stream_options' must be an object"); goto done; }

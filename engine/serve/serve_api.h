@@ -13,7 +13,8 @@
  *   max_tokens | max_completion_tokens (>= 1; default: until the context is full),
  *   temperature (0 = greedy; default 0.8), top_p, top_k, min_p, seed, stop (string or
  *   up to SERVE_MAX_STOP strings), stream, stream_options.include_usage, n (only 1),
- *   model (checked against the served name when given), moe_routing (bool extension).
+ *   model (checked against the served name when given), moe_routing (bool extension),
+ *   cache_prompt (bool, default true: reuse the longest cached prefix of a slot).
  * Errors: {"error": {"message", "type", "param", "code"}} with the HTTP status as code.
  */
 #ifndef MOE_SERVE_API_H
@@ -56,6 +57,7 @@ typedef struct {
     char *stop[SERVE_MAX_STOP];   /* [n_stop] non-empty stop strings */
     int n_stop;
     int stream, include_usage, want_routing;
+    int cache_prompt;             /* 1 (default): reuse a slot's cached prefix (llama-server's cache_prompt) */
 } serve_params;
 
 void serve_params_free(serve_params *p);

@@ -25,6 +25,7 @@ struct serve_http {
     pthread_mutex_t tok_mu;      /* tokenizer_encode keeps a word cache: one caller at a time */
     int quiesced;                /* atomic */
     unsigned long long n_ids;    /* atomic: response ids */
+    int n_running;               /* atomic: generation requests between submit and their end */
     unsigned long long http_requests[6];   /* atomic: by status class 2xx,4xx,5xx and 401,404,503 */
     double t_start;
 };
@@ -109,7 +110,7 @@ static enum MHD_Result fail(struct MHD_Connection *c, int status, const char *pa
 /* ------------------------------------------------------------------ connection state */
 
 typedef enum {
-    R_NONE, R_CHAT, R_COMPLETION, R_MODELS, R_MODEL, R_TOKENIZE, R_DETOKENIZE, R_PROPS, R_METRICS, R_HEALTH, R_PAGE
+    R_NONE, R_CHAT, R_COMPLETION, R_TEMPLATE, R_MODELS, R_MODEL, R_TOKENIZE, R_DETOKENIZE, R_PROPS, R_METRICS, R_HEALTH, R_PAGE
 } route_id;
 
 typedef struct {
@@ -123,7 +124,7 @@ static const route routes[] = {
     {"/v1/chat/completions", R_CHAT, 1, 0}, {"/chat/completions", R_CHAT, 1, 0},
     {"/v1/completions", R_COMPLETION, 1, 0}, {"/completions", R_COMPLETION, 1, 0},
     {"/v1/models", R_MODELS, 0, 0},          {"/models", R_MODELS, 0, 0},
-    {"/tokenize", R_TOKENIZE, 1, 0},         {"/detokenize", R_DETOKENIZE, 1, 0},
+    {"/apply-template", R_TEMPLATE, 1, 0},   {"/tokenize", R_TOKENIZE, 1, 0},         {"/detokenize", R_DETOKENIZE, 1, 0},
     {"/props", R_PROPS, 0, 0},               {"/metrics", R_METRICS, 0, 0},
     {"/health", R_HEALTH, 0, 1},             {"/v1/health", R_HEALTH, 0, 1},
     {"/", R_PAGE, 0, 1},                     {"/index.html", R_PAGE, 0, 1},
@@ -263,6 +264,7 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
 
 static void stream_free(void *cls) {
     stream_ctx *sc = cls;
+    __atomic_sub_fetch(&sc->h->n_running, 1, __ATOMIC_RELEASE);
     serve_req_cancel(sc->r);   /* no-op once finished; frees the slot if the client left early */
     serve_req_unref(sc->r);
     free(sc->out);
@@ -325,11 +327,14 @@ static enum MHD_Result generate(serve_http *h, struct MHD_Connection *c, conn_st
         serve_params_free(&p);
         return send_error(c, &e);
     }
+    int r_nocache = 0;
     int room = S - n + 1;   /* the last token sampled need not be fed */
     int max_tokens = p.max_tokens < 0 || p.max_tokens > room ? room : p.max_tokens;
+    if (!p.cache_prompt) r_nocache = 1;
     if (!p.seed_given) p.sp.seed = (uint64_t)time(NULL) * 1000003u ^ __atomic_add_fetch(&h->n_ids, 1, __ATOMIC_RELAXED);
     serve_req *r = serve_req_new(ids, n, &p, max_tokens);
     free(ids);
+    if (r) r->no_cache = r_nocache;
     int stream = p.stream, include_usage = p.include_usage;
     serve_params_free(&p);
     if (!r) return fail(c, 500, NULL, "out of memory for the request");
@@ -344,6 +349,7 @@ static enum MHD_Result generate(serve_http *h, struct MHD_Connection *c, conn_st
     unsigned long long id = __atomic_add_fetch(&h->n_ids, 1, __ATOMIC_RELAXED);
     stream_ctx *sc = calloc(1, sizeof *sc);
     if (!sc) { serve_req_cancel(r); serve_req_unref(r); return MHD_NO; }
+    __atomic_add_fetch(&h->n_running, 1, __ATOMIC_RELEASE);
     sc->h = h;
     sc->r = r;
     sc->c = c;
@@ -434,6 +440,18 @@ static enum MHD_Result tokenize_route(serve_http *h, struct MHD_Connection *c, c
     free(ids);
     json_decref(root);
     return send_json(c, 200, json_pack("{s:o}", "tokens", arr));
+}
+
+/* llama-server's /apply-template: the chat request's prompt text, not generated. */
+static enum MHD_Result template_route(serve_http *h, struct MHD_Connection *c, conn_state *cs) {
+    serve_params p;
+    serve_error e;
+    if (!h->tok) return fail(c, 400, "messages", "this checkpoint has no tokenizer.json");
+    if (serve_parse_request(SERVE_CHAT, cs->body ? cs->body : "", cs->len, h->tok, h->m->cfg.vocab_size, &p, &e))
+        return send_error(c, &e);
+    json_t *o = json_pack("{s:o}", "prompt", serve_json_text(p.text, strlen(p.text)));
+    serve_params_free(&p);
+    return send_json(c, 200, o);
 }
 
 static enum MHD_Result detokenize_route(serve_http *h, struct MHD_Connection *c, conn_state *cs) {
@@ -616,6 +634,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
     case R_MODEL:
         if (strcmp(url + 11, h->model_name)) return fail(c, 404, "model", "model '%.100s' is not served here; this server has '%.100s'", url + 11, h->model_name);
         return send_json(c, 200, model_json(h));
+    case R_TEMPLATE: return template_route(h, c, cs);
     case R_TOKENIZE: return tokenize_route(h, c, cs);
     case R_DETOKENIZE: return detokenize_route(h, c, cs);
     case R_PROPS: return props_route(h, c);
@@ -712,6 +731,11 @@ void serve_http_quiesce(serve_http *h) {
 
 void serve_http_stop(serve_http *h) {
     if (!h) return;
+    /* let finished streams deliver their last chunks (up to 10 s) before closing connections */
+    for (int i = 0; i < 1000 && __atomic_load_n(&h->n_running, __ATOMIC_ACQUIRE) > 0; i++) {
+        struct timespec ts = {0, 10 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
     MHD_stop_daemon(h->d);
     pthread_mutex_destroy(&h->tok_mu);
     free(h->model_name);

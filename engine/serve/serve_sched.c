@@ -319,7 +319,7 @@ static int admit(serve_sched *s, serve_req *r) {
     for (int i = 0; i < s->o.n_slots; i++) {
         slot *sl = &s->slots[i];
         if (sl->state != SLOT_FREE) continue;
-        int c = lcp(sl->hist, sl->n_hist, r->prompt, r->n_prompt);
+        int c = r->no_cache ? 0 : lcp(sl->hist, sl->n_hist, r->prompt, r->n_prompt);
         if (c > best_lcp || (c == best_lcp && sl->last_used < s->slots[best].last_used)) { best = i; best_lcp = c; }
     }
     if (best < 0) return -1;

@@ -43,6 +43,7 @@ typedef struct serve_req {
     char *stop[SERVE_MAX_STOP];  /* [n_stop] (owned) */
     int n_stop;
     int want_routing;
+    int no_cache;                /* compute the whole prompt (cache_prompt false) */
     double t_submit;             /* monotonic seconds */
     /* written by the engine thread, guarded by mu */
     pthread_mutex_t mu;

@@ -1,6 +1,7 @@
 /* cmd_serve.c - `moe serve`: an OpenAI-compatible HTTP server that batches its users
  * (engine/serve/: serve_http.c the routes, serve_sched.c the slots and the engine
  * thread, serve_api.c the wire format), with a live page showing the routing. */
+#include <arpa/inet.h>
 #include <limits.h>
 #include <pthread.h>
 #include <signal.h>
@@ -93,6 +94,11 @@ int cmd_serve(int argc, char **argv) {
     if (mtp) {
         fprintf(stderr, "moe serve: --mtp is not yet supported in the batched server (use moe generate --mtp); "
                         "run without it\n");
+        return 2;
+    }
+    struct in6_addr a6;
+    if (strcmp(host, "localhost") && inet_pton(AF_INET, host, &a6) != 1 && inet_pton(AF_INET6, host, &a6) != 1) {
+        fprintf(stderr, "moe serve: --host '%s' is not an IPv4 or IPv6 address (e.g. 127.0.0.1, 0.0.0.0, ::1)\n", host);
         return 2;
     }
     if (api_key && !*api_key) { fprintf(stderr, "moe serve: --api-key is empty\n"); return 2; }
