@@ -312,38 +312,40 @@ static double cpu_now(void) {
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-static double run_pp(moe_model *m, int n_prompt, float *logits, uint64_t *seed, model_profile *prof, double *cpu_s,
+static double run_pp(moe_session *e, int n_prompt, float *logits, uint64_t *seed, model_profile *prof, double *cpu_s,
                      moe_error *err) {
+    const moe_model *m = &e->m;
     int *toks = malloc(sizeof(int) * (size_t)n_prompt);
     if (!toks) { moe_error_set(err, "out of memory"); return -1; }
     random_tokens(toks, n_prompt, m->cfg.vocab_size, seed);
-    m->prof = prof;
+    e->c.prof = prof;
     double t0 = cli_now(), c0 = cpu_now();
-    int rc = model_forward(m, toks, n_prompt, 0, logits, 0, NULL, err);
+    int rc = model_forward_seq(m, &e->c, &e->kv, 0, toks, n_prompt, 0, logits, 0, NULL, err);
     double dt = cli_now() - t0;
     *cpu_s = cpu_now() - c0;
-    m->prof = NULL;
+    e->c.prof = NULL;
     free(toks);
     return rc ? -1 : n_prompt / dt;
 }
 
 /* One decode run: untimed prompt, then n_gen timed single-token steps. */
-static double run_tg(moe_model *m, int n_prompt, int n_gen, float *logits, uint64_t *seed, model_profile *prof,
+static double run_tg(moe_session *e, int n_prompt, int n_gen, float *logits, uint64_t *seed, model_profile *prof,
                      double *argmax_ns, double *cpu_s, moe_error *err) {
+    const moe_model *m = &e->m;
     int toks[256];
     if (n_prompt > 256) n_prompt = 256;
     random_tokens(toks, n_prompt, m->cfg.vocab_size, seed);
-    if (model_forward(m, toks, n_prompt, 0, logits, 0, NULL, err)) return -1;
+    if (model_forward_seq(m, &e->c, &e->kv, 0, toks, n_prompt, 0, logits, 0, NULL, err)) return -1;
     int next = sampler_argmax(logits, m->cfg.vocab_size);
     double busy = 0;
     *cpu_s = 0;
     for (int i = 0; i < n_gen; i++) {
-        m->prof = prof;
+        e->c.prof = prof;
         double t0 = cli_now(), c0 = cpu_now();
-        int rc = model_forward(m, &next, 1, n_prompt + i, logits, 0, NULL, err);
+        int rc = model_forward_seq(m, &e->c, &e->kv, 0, &next, 1, n_prompt + i, logits, 0, NULL, err);
         double t1 = cli_now();
         *cpu_s += cpu_now() - c0;
-        m->prof = NULL;
+        e->c.prof = NULL;
         if (rc) return -1;
         busy += t1 - t0;
         next = sampler_argmax(logits, m->cfg.vocab_size);
@@ -595,7 +597,7 @@ int cmd_bench(int argc, char **argv) {
     opt.n_threads = max_t;
     opt.max_seq = (int)((n_prompt > tg_prompt + n_gen ? n_prompt : tg_prompt + n_gen) + 1 + (mtp ? 2 : 0));
     opt.batch_max = (int)(batch > 0 ? batch : n_prompt > 0 ? n_prompt : 64);
-    moe_model m;
+    moe_session e;
     if (mtp) {   /* before the long load */
         moe_config cfg;
         moe_error cerr = {{0}};
@@ -605,12 +607,12 @@ int cmd_bench(int argc, char **argv) {
             return 1;
         }
     }
-    if (cli_load_model(&m, dir, &opt, "bench", 0)) return 1;      /* stderr: fine with --json */
-    threadpool *own_pool = m.pool;
+    if (cli_load_engine(&e, dir, &opt, 1, "bench", 0)) return 1;      /* stderr: fine with --json */
+    threadpool *own_pool = e.c.pool;
     config_run runs[MAX_THREAD_CONFIGS];
     memset(runs, 0, sizeof runs);
     int rc = 1;
-    float *logits = malloc(sizeof(float) * (size_t)m.cfg.vocab_size);
+    float *logits = malloc(sizeof(float) * (size_t)e.m.cfg.vocab_size);
     if (!logits) { fprintf(stderr, "moe bench: out of memory\n"); goto done; }
     for (int k = 0; k < n_cfg; k++) {
         runs[k].threads = threads[k];
@@ -624,7 +626,7 @@ int cmd_bench(int argc, char **argv) {
             goto done;
         }
         if (threads[k] == max_t) runs[k].pool = own_pool;
-        else if (threads[k] > 1 && !(runs[k].pool = model_pool_create(&m, threads[k]))) {
+        else if (threads[k] > 1 && !(runs[k].pool = model_pool_create(&e.m, threads[k]))) {
             fprintf(stderr, "moe bench: cannot start %d threads\n", threads[k]);
             goto done;
         }
@@ -633,17 +635,17 @@ int cmd_bench(int argc, char **argv) {
     {
         const char *slash = strrchr(dir, '/');
         const char *base = slash && slash[1] ? slash + 1 : dir;
-        snprintf(rp.model, sizeof rp.model, "%s %s %s", m.cfg.model_type, base, mat_fmt_name(&m));
-        fmt_size(rp.size, sizeof rp.size, (double)(m.w.bytes_mapped + m.w.bytes_converted));
-        fmt_count(rp.params, sizeof rp.params, param_count(&m));
+        snprintf(rp.model, sizeof rp.model, "%s %s %s", e.m.cfg.model_type, base, mat_fmt_name(&e.m));
+        fmt_size(rp.size, sizeof rp.size, (double)(e.m.w.bytes_mapped + e.m.w.bytes_converted));
+        fmt_count(rp.params, sizeof rp.params, param_count(&e.m));
         snprintf(rp.backend, sizeof rp.backend, "CPU %s", cpu_kernel_name());
-        rp.bytes_tok = bytes_per_token(&m);
+        rp.bytes_tok = bytes_per_token(&e.m);
     }
     char load_start[64], load_end[64];
     loadavg(load_start, sizeof load_start);
     /* every page of the checkpoint in memory before anything is timed */
     {
-        double t0 = cli_now(), b = prefault(&m);
+        double t0 = cli_now(), b = prefault(&e.m);
         fprintf(stderr, "prefault: touched %.2f GB of mapped tensors in %.2f s\n", b / 1e9, cli_now() - t0);
     }
     /* warm-up, then reps alternating thread counts */
@@ -652,11 +654,11 @@ int cmd_bench(int argc, char **argv) {
     for (int r = -1; r < reps; r++) {
         for (int k = 0; k < n_cfg; k++) {
             config_run *c = &runs[k];
-            m.pool = c->pool;
+            e.c.pool = c->pool;
             int timed = r >= 0;
             if (n_prompt > 0) {
                 double cpu_s = 0;
-                double v = run_pp(&m, (int)n_prompt, logits, &rs, timed && profile ? &c->prof_pp : NULL, &cpu_s, &err);
+                double v = run_pp(&e, (int)n_prompt, logits, &rs, timed && profile ? &c->prof_pp : NULL, &cpu_s, &err);
                 if (v < 0) { fprintf(stderr, "moe bench: %s\n", err.msg); goto done; }
                 if (timed) {
                     c->pp[r] = v;
@@ -668,7 +670,7 @@ int cmd_bench(int argc, char **argv) {
                 double cpu_s = 0;
                 if (timed && c->bw) c->bw[r] = membw_sweeps(&membw_arr, c->pool, 3);
                 int steps = (int)(timed ? n_gen : (n_gen < 16 ? n_gen : 16));
-                double v = run_tg(&m, (int)tg_prompt, steps, logits, &rs,
+                double v = run_tg(&e, (int)tg_prompt, steps, logits, &rs,
                                   timed && profile ? &c->prof_tg : NULL, timed && profile ? &c->argmax_ns : NULL, &cpu_s, &err);
                 if (v < 0) { fprintf(stderr, "moe bench: %s\n", err.msg); goto done; }
                 if (timed) {
@@ -683,7 +685,7 @@ int cmd_bench(int argc, char **argv) {
         }
     }
     fprintf(stderr, "\r%70s\r", "");
-    m.pool = own_pool;
+    e.c.pool = own_pool;
     if (membw_arr.a) {   /* the report's figures: medians of what was measured beside the reps */
         for (int k = 0; k < n_cfg; k++) rp.bw[runs[k].threads > 1] = cli_median(runs[k].bw, (int)reps);
         rp.bw_source = "measured beside each repetition (--membw), median; bw % is the median of the per-rep fractions";
@@ -691,25 +693,25 @@ int cmd_bench(int argc, char **argv) {
     loadavg(load_end, sizeof load_end);
     /* report */
     print_table(tab, &rp, runs, n_cfg, (int)n_prompt, (int)n_gen, (int)reps);
-    size_t kv_tok = model_kv_bytes_per_token(&m);
-    int kv_floats = m.cfg.kv_lora_rank + m.cfg.qk_rope_head_dim;
+    size_t kv_tok = kv_bytes_per_token(&e.kv);
+    int kv_floats = e.m.cfg.kv_lora_rank + e.m.cfg.qk_rope_head_dim;
     fprintf(tab, "\nweights read per decoded token: %.2f MB (attention + router + %d of %d experts + shared + dense + head)\n",
-            rp.bytes_tok / 1e6, m.K, m.cfg.n_routed_experts);
+            rp.bytes_tok / 1e6, e.m.K, e.m.cfg.n_routed_experts);
     fprintf(tab, "on-CPU t/s = tokens / (process CPU seconds / threads): the speed if the runs had not waited for the "
                  "CPU (load average %s at start, %s at end)\n", load_start, load_end);
     fprintf(tab, "memory bandwidth used for bw %%: %.1f GB/s (1 thread), %.1f GB/s (2+ threads): %s\n", rp.bw[0], rp.bw[1],
             rp.bw_source);
     fprintf(tab, "weights: %.1f MiB mapped from the checkpoint + %.1f MiB converted at load (--dtype %s); peak RSS %.1f MiB%s\n",
-            m.w.bytes_mapped / 1048576.0, m.w.bytes_converted / 1048576.0, weights_dtype_name(opt.dtype),
+            e.m.w.bytes_mapped / 1048576.0, e.m.w.bytes_converted / 1048576.0, weights_dtype_name(opt.dtype),
             peak_rss_bytes() / 1048576.0, membw_arr.a ? " (includes the --membw array, --membw-mib)" : "");
     fprintf(tab, "KV cache: %d floats (kv_lora_rank %d + rope %d) x %d layers x 4 B = %zu B per token; %d positions "
                  "allocated = %.2f MiB\n",
-            kv_floats, m.cfg.kv_lora_rank, m.cfg.qk_rope_head_dim, m.w.n_layers, kv_tok, m.s.S,
-            m.s.kv_cache_bytes / 1048576.0);
+            kv_floats, e.m.cfg.kv_lora_rank, e.m.cfg.qk_rope_head_dim, e.m.w.n_layers, kv_tok, e.kv.S,
+            e.kv.bytes / 1048576.0);
     fprintf(tab, "prefill attention products: %s\n", blas_name());
     if (profile) print_profile(tab, runs, n_cfg, (int)n_gen, (int)n_prompt);
     if (mtp) {
-        if (mtp_arm_run(&m, dir, mtp_text, (int)tg_prompt, (int)(n_gen > 1 ? n_gen : 2), (int)reps, (uint64_t)seed,
+        if (mtp_arm_run(&e.m, &e.c, &e.kv, dir, mtp_text, (int)tg_prompt, (int)(n_gen > 1 ? n_gen : 2), (int)reps, (uint64_t)seed,
                         &mtp_result, &err)) {
             fprintf(stderr, "moe bench: %s\n", err.msg);
             goto done;
@@ -729,9 +731,9 @@ int cmd_bench(int argc, char **argv) {
                 json_t *samples = json_array();
                 for (int r = 0; r < reps; r++) json_array_append_new(samples, json_real(v[r]));
                 json_t *o = json_pack("{s:s, s:s, s:s, s:I, s:I, s:s, s:s, s:i, s:s, s:i, s:i, s:f, s:f, s:f, s:o}",
-                                      "model", rp.model, "model_dir", dir, "model_type", m.cfg.model_type,
-                                      "model_size", (json_int_t)(m.w.bytes_mapped + m.w.bytes_converted),
-                                      "model_n_params", (json_int_t)param_count(&m), "backend", rp.backend, "dtype",
+                                      "model", rp.model, "model_dir", dir, "model_type", e.m.cfg.model_type,
+                                      "model_size", (json_int_t)(e.m.w.bytes_mapped + e.m.w.bytes_converted),
+                                      "model_n_params", (json_int_t)param_count(&e.m), "backend", rp.backend, "dtype",
                                       weights_dtype_name(opt.dtype), "n_threads", c->threads, "test", test, "n_prompt",
                                       which == 0 ? n_tok : (int)tg_prompt, "n_gen", which == 0 ? 0 : n_tok, "avg_ts",
                                       mean_of(v, (int)reps), "stddev_ts", sd_of(v, (int)reps), "median_ts",
@@ -761,10 +763,10 @@ int cmd_bench(int argc, char **argv) {
                 json_object_set_new(o, "loadavg_start", json_string(load_start));
                 json_object_set_new(o, "loadavg_end", json_string(load_end));
                 json_object_set_new(o, "peak_rss", json_integer((json_int_t)peak_rss_bytes()));
-                json_object_set_new(o, "weights_mapped", json_integer((json_int_t)m.w.bytes_mapped));
-                json_object_set_new(o, "weights_converted", json_integer((json_int_t)m.w.bytes_converted));
+                json_object_set_new(o, "weights_mapped", json_integer((json_int_t)e.m.w.bytes_mapped));
+                json_object_set_new(o, "weights_converted", json_integer((json_int_t)e.m.w.bytes_converted));
                 json_object_set_new(o, "kv_bytes_per_token", json_integer((json_int_t)kv_tok));
-                json_object_set_new(o, "kv_cache_bytes", json_integer((json_int_t)m.s.kv_cache_bytes));
+                json_object_set_new(o, "kv_cache_bytes", json_integer((json_int_t)e.kv.bytes));
                 json_array_append_new(arr, o);
             }
         }
@@ -776,7 +778,7 @@ int cmd_bench(int argc, char **argv) {
     }
     rc = 0;
 done:
-    m.pool = own_pool;
+    e.c.pool = own_pool;
     for (int k = 0; k < n_cfg; k++) {
         if (runs[k].pool && runs[k].pool != own_pool) threadpool_free(runs[k].pool);
         free(runs[k].pp);
@@ -788,6 +790,6 @@ done:
     free((void *)membw_arr.a);
     free(logits);
     mtp_arm_free(&mtp_result);
-    model_free(&m);
+    session_close(&e);
     return rc;
 }
