@@ -60,12 +60,15 @@ run_check() {
     grep "^serve_check" "$T/check.out"
 }
 
-start_server basic -m models/toy --parallel 4 --max-body 65536 --timeout 2
-[ -n "$port" ] && run_check $port basic "$MOE" models/toy
+# F32 weights: a token's logits are then bit-identical whatever else shares its pass
+# (tests/test_batch.c; with BF16 they agree to ~2e-7, which can flip a sampled draw), so
+# every concurrent answer must equal its serial one exactly.
+start_server basic -m models/toy --parallel 4 --max-body 65536 --timeout 2 --dtype f32
+[ -n "$port" ] && run_check $port basic "$MOE" models/toy f32
 stop_server basic
 
-start_server parallel -m "$L" --ctx 1024 --parallel 16 -q
-[ -n "$port" ] && run_check $port parallel "$MOE" "$L"
+start_server parallel -m "$L" --ctx 1024 --parallel 16 -q --dtype f32
+[ -n "$port" ] && run_check $port parallel "$MOE" "$L" f32
 stop_server parallel
 
 start_server limits -m "$L" --ctx 4096 --parallel 1 --queue 1 --api-key sekret

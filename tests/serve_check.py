@@ -2,10 +2,10 @@
 """serve_check.py - the checks of tests/cli_serve.sh against a running `moe serve`
 (Python standard library only). Usage:
 
-    serve_check.py PORT basic MOE MODEL      routes, chat/completions, streams, usage, stop,
+    serve_check.py PORT basic MOE MODEL [DTYPE]   routes, chat/completions, streams, usage, stop,
                                              routing extension, cache reuse, greedy = moe generate,
                                              32 concurrent requests, every bad-input case
-    serve_check.py PORT parallel MOE MODEL   greedy = moe generate while 15 others decode
+    serve_check.py PORT parallel MOE MODEL [DTYPE]   greedy = moe generate while 15 others decode
     serve_check.py PORT limits KEY PID       401, disconnect frees the slot, 503 queue full,
                                              SIGTERM ends running streams with a final chunk
 
@@ -114,8 +114,11 @@ def wait_metric(port, name, pred, seconds=20):
     return False
 
 
+DTYPE = "auto"
+
+
 def generate(moe, model, prompt, n, no_bos):
-    args = [moe, "generate", "-m", model, "-p", prompt, "--greedy", "-n", str(n), "-t", "1"]
+    args = [moe, "generate", "-m", model, "-p", prompt, "--greedy", "-n", str(n), "-t", "1", "--dtype", DTYPE]
     if no_bos:
         args.append("--no-bos")
     out = subprocess.run(args, capture_output=True, timeout=120).stdout.decode()
@@ -473,7 +476,10 @@ def wait_metric_auth(m, name, want, seconds=20):
 
 
 def main():
+    global DTYPE
     port, what = int(sys.argv[1]), sys.argv[2]
+    if what in ("basic", "parallel") and len(sys.argv) > 5:
+        DTYPE = sys.argv[5]
     try:
         if what == "basic":
             basic(port, sys.argv[3], sys.argv[4])

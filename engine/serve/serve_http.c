@@ -315,7 +315,7 @@ static enum MHD_Result generate(serve_http *h, struct MHD_Connection *c, conn_st
         serve_params_free(&p);
         return fail(c, 400, "prompt", "this checkpoint has no tokenizer.json: give the prompt as token ids");
     }
-    int *ids = NULL, n = 0, S = h->m->s.S;
+    int *ids = NULL, n = 0, S = sched_context(h->sched);
     if (encode_prompt(h, &p, &ids, &n, &e)) { serve_params_free(&p); return send_error(c, &e); }
     if (n == 0) e.status = 0;
     if (n == 0 || n > S) {
@@ -492,7 +492,7 @@ static json_t *model_json(const serve_http *h) {
     const moe_config *c = &h->m->cfg;
     return json_pack("{s:s,s:s,s:I,s:s,s:{s:i,s:i,s:i,s:i,s:i}}", "id", h->model_name, "object", "model", "created",
                      (json_int_t)time(NULL), "owned_by", "moe", "meta", "n_vocab", c->vocab_size, "n_ctx_train",
-                     c->max_position_embeddings, "n_ctx", h->m->s.S, "n_layers", c->num_hidden_layers, "n_experts",
+                     c->max_position_embeddings, "n_ctx", sched_context(h->sched), "n_layers", c->num_hidden_layers, "n_experts",
                      c->n_routed_experts);
 }
 
@@ -552,7 +552,7 @@ static enum MHD_Result metrics_route(serve_http *h, struct MHD_Connection *c) {
 
 static enum MHD_Result props_route(serve_http *h, struct MHD_Connection *c) {
     const moe_config *cfg = &h->m->cfg;
-    json_t *o = json_pack("{s:s,s:i,s:i,s:i,s:o}", "model", h->model_name, "n_ctx", h->m->s.S, "total_slots",
+    json_t *o = json_pack("{s:s,s:i,s:i,s:i,s:o}", "model", h->model_name, "n_ctx", sched_context(h->sched), "total_slots",
                           h->o.n_slots, "n_vocab", cfg->vocab_size, "moe_routing_info", routing_info_json(h));
     return send_json(c, 200, o);
 }

@@ -113,21 +113,18 @@ typedef struct {
     int *r_groups;               /* [L, Gmax] */
     int *r_ngroups;              /* [L] */
     int *r_k;                    /* [L] */
-    float *cache;                /* [n_layers, S, R + dr] this slot's latent KV cache */
 } slot;
 
 struct serve_sched {
-    moe_model *m;
+    const moe_model *m;
+    moe_ctx *c;                  /* the engine thread's context (scratch, pool, observer) */
+    moe_kv *kv;                  /* N slots of S positions */
     const tokenizer *tok;
     sched_options o;
     int S, V, L, E, K, Gmax, B, eos;
     slot *slots;                 /* [N] */
     float *logits;               /* [N, V] one row per slot at most */
-    int *b_token, *b_pos, *b_seq;/* [B + N] the pass */
-    unsigned char *b_want;       /* [B + N] */
-    int b_n;
-    float *own_cache;            /* the model's cache, given back at the end */
-    int cur_seq;                 /* the sequence the single-sequence forward is running */
+    moe_batch batch;             /* [B + N] the pass */
     unsigned long long *load;    /* [L, E] tokens routed to each expert (relaxed atomics) */
     unsigned long step_no;
     int rr;                      /* round-robin start for prefill chunks */
@@ -143,12 +140,12 @@ struct serve_sched {
 
 /* ------------------------------------------------------------------ routing observer */
 
-static void on_route(void *ctx, int layer, int pos, const route_decision *d) {
+static void on_route(void *ctx, int layer, int seq, int pos, const route_decision *d) {
     serve_sched *s = ctx;
     if (layer >= s->L) return;     /* MTP blocks */
     unsigned long long *row = s->load + (size_t)layer * s->E;
     for (int j = 0; j < d->k; j++) __atomic_fetch_add(&row[d->ids[j]], 1ull, __ATOMIC_RELAXED);
-    slot *sl = &s->slots[s->cur_seq];
+    slot *sl = &s->slots[seq];
     if (pos != sl->route_pos || !sl->req || !sl->req->want_routing) return;
     int k = d->k < s->K ? d->k : s->K;
     sl->r_k[layer] = k;
@@ -161,24 +158,11 @@ static void on_route(void *ctx, int layer, int pos, const route_decision *d) {
 
 /* ------------------------------------------------------------------ the forward pass */
 
-/* Runs the pass b_*[0..b_n): each sequence's tokens are contiguous and consecutive.
- * Single-sequence engine: one model_forward per sequence, on that slot's cache. The
- * wanted token of a sequence is its last in the pass; its logits go to row slot->row. */
+/* Runs the pass: every sequence's tokens in ONE model_forward (split into passes of B
+ * only when N decode tokens exceed it). The logits rows come back in batch order of the
+ * wanted tokens, which is the order rows were handed out in step(). */
 static int run_pass(serve_sched *s, moe_error *err) {
-    moe_model *m = s->m;
-    for (int i = 0; i < s->b_n;) {
-        int seq = s->b_seq[i], j = i;
-        while (j < s->b_n && s->b_seq[j] == seq) j++;
-        slot *sl = &s->slots[seq];
-        m->s.kv_cache = sl->cache;
-        s->cur_seq = seq;
-        float *logits = s->b_want[j - 1] ? s->logits + (size_t)sl->row * s->V : NULL;
-        int rc = model_forward(m, s->b_token + i, j - i, s->b_pos[i], logits, 0, NULL, err);
-        m->s.kv_cache = s->own_cache;
-        if (rc) return rc;
-        i = j;
-    }
-    return MOE_OK;
+    return model_forward(s->m, s->c, s->kv, &s->batch, s->logits, NULL, err);
 }
 
 /* ------------------------------------------------------------------ per-slot output */
@@ -326,6 +310,7 @@ static int admit(serve_sched *s, serve_req *r) {
     slot *sl = &s->slots[best];
     int keep = best_lcp < r->n_prompt - 1 ? best_lcp : r->n_prompt - 1;   /* the last token runs for its logits */
     sl->n_hist = keep;
+    kv_keep(s->kv, best, keep);
     sl->req = r;
     sl->state = SLOT_PREFILL;
     sl->n_gen = 0;
@@ -349,18 +334,11 @@ static int admit(serve_sched *s, serve_req *r) {
 
 /* ------------------------------------------------------------------ the engine thread */
 
-static void batch_add(serve_sched *s, int token, int pos, int seq, int want) {
-    s->b_token[s->b_n] = token;
-    s->b_pos[s->b_n] = pos;
-    s->b_seq[s->b_n] = seq;
-    s->b_want[s->b_n] = (unsigned char)want;
-    s->b_n++;
-}
 
 /* One step: build the pass, run it, sample. */
 static void step(serve_sched *s) {
     int N = s->o.n_slots, rows = 0;
-    s->b_n = 0;
+    batch_clear(&s->batch);
     for (int i = 0; i < N; i++) {
         slot *sl = &s->slots[i];
         sl->row = -1;
@@ -368,9 +346,9 @@ static void step(serve_sched *s) {
         if (sl->state != SLOT_DECODE) continue;
         sl->row = rows++;
         sl->route_pos = sl->n_hist;
-        batch_add(s, sl->next, sl->n_hist, i, 1);
+        batch_add(&s->batch, sl->next, sl->n_hist, i, 1);
     }
-    int budget = s->B - s->b_n;
+    int budget = s->B - s->batch.n;
     if (budget < 1) budget = 1;
     int chunk[64] = {0};   /* prompt tokens of each slot in this pass (N <= 64) */
     for (int k = 0; k < N && budget > 0; k++) {
@@ -380,13 +358,13 @@ static void step(serve_sched *s) {
         int left = sl->req->n_prompt - sl->n_hist, take = left < budget ? left : budget;
         int done = take == left;
         for (int j = 0; j < take; j++)
-            batch_add(s, sl->req->prompt[sl->n_hist + j], sl->n_hist + j, i, done && j == take - 1);
+            batch_add(&s->batch, sl->req->prompt[sl->n_hist + j], sl->n_hist + j, i, done && j == take - 1);
         if (done) { sl->row = rows++; sl->route_pos = sl->n_hist + take - 1; }
         chunk[i] = take;
         budget -= take;
     }
     s->rr = (s->rr + 1) % N;
-    if (s->b_n == 0) return;
+    if (s->batch.n == 0) return;
     double t0 = now_s();
     moe_error err = {{0}};
     int rc = run_pass(s, &err), sampled = 0;
@@ -394,7 +372,7 @@ static void step(serve_sched *s) {
     for (int i = 0; i < N; i++) {
         slot *sl = &s->slots[i];
         if (sl->state == SLOT_FREE) continue;
-        if (rc) { slot_finish(s, sl, FINISH_ERROR, err.msg); sl->n_hist = 0; continue; }
+        if (rc) { slot_finish(s, sl, FINISH_ERROR, err.msg); sl->n_hist = 0; kv_clear(s->kv, i); continue; }
         if (sl->state == SLOT_DECODE) {
             sl->hist[sl->n_hist++] = sl->next;
         } else {
@@ -412,7 +390,7 @@ static void step(serve_sched *s) {
     pthread_mutex_lock(&s->mu);
     s->st.gen_tokens += (unsigned long long)sampled;
     s->st.passes++;
-    s->st.batch_tokens += (unsigned long long)s->b_n;
+    s->st.batch_tokens += (unsigned long long)s->batch.n;
     s->st.busy_seconds += now_s() - t0;
     pthread_mutex_unlock(&s->mu);
 }
@@ -498,20 +476,15 @@ void sched_free(serve_sched *s) {
             free(sl->r_groups);
             free(sl->r_ngroups);
             free(sl->r_k);
-            if (sl->cache != s->own_cache) free(sl->cache);
         }
     }
-    if (s->m) {
-        s->m->s.kv_cache = s->own_cache;
-        s->m->on_route = NULL;
-        s->m->on_route_ctx = NULL;
+    if (s->c) {
+        s->c->on_route = NULL;
+        s->c->on_route_ctx = NULL;
     }
     free(s->slots);
     free(s->logits);
-    free(s->b_token);
-    free(s->b_pos);
-    free(s->b_seq);
-    free(s->b_want);
+    batch_free(&s->batch);
     free(s->load);
     free(s->queue);
     pthread_mutex_destroy(&s->mu);
@@ -519,45 +492,38 @@ void sched_free(serve_sched *s) {
     free(s);
 }
 
-int sched_start(serve_sched **out, moe_model *m, const tokenizer *tok, const sched_options *o, moe_error *err) {
+int sched_start(serve_sched **out, const moe_model *m, moe_ctx *c, moe_kv *kv, const tokenizer *tok,
+                const sched_options *o, moe_error *err) {
     *out = NULL;
     if (o->n_slots < 1 || o->n_slots > 64) return moe_error_set(err, "--parallel %d: use 1 to 64 slots", o->n_slots);
+    if (kv->n_slots < o->n_slots) return moe_error_set(err, "the KV cache has %d slots for %d sequences", kv->n_slots, o->n_slots);
     if (o->queue_max < 1) return moe_error_set(err, "--queue %d: must be at least 1", o->queue_max);
     serve_sched *s = calloc(1, sizeof *s);
     if (!s) return moe_error_set(err, "out of memory");
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cv, NULL);
     s->m = m;
+    s->c = c;
+    s->kv = kv;
     s->tok = tok;
     s->o = *o;
-    s->S = m->s.S;
+    s->S = kv->S;
     s->V = m->cfg.vocab_size;
     s->L = m->cfg.num_hidden_layers;
     s->E = m->cfg.n_routed_experts > 0 ? m->cfg.n_routed_experts : 1;
     s->K = m->K > 0 ? m->K : 1;
     s->Gmax = m->cfg.n_group > 0 ? m->cfg.n_group : 1;
-    s->B = o->batch > 0 ? o->batch : m->s.B;
+    s->B = o->batch > 0 && o->batch < c->B ? o->batch : c->B;
     s->eos = m->cfg.eos_token_id;
     if (tok && tokenizer_eos_id(tok) >= 0) s->eos = tokenizer_eos_id(tok);
-    s->own_cache = m->s.kv_cache;
     int N = o->n_slots, cap = s->B + N;
     s->slots = calloc((size_t)N, sizeof *s->slots);
     s->logits = malloc(sizeof(float) * (size_t)N * s->V);
-    s->b_token = malloc(sizeof(int) * (size_t)cap);
-    s->b_pos = malloc(sizeof(int) * (size_t)cap);
-    s->b_seq = malloc(sizeof(int) * (size_t)cap);
-    s->b_want = malloc((size_t)cap);
     s->load = calloc((size_t)s->L * s->E, sizeof *s->load);
     s->queue = calloc((size_t)o->queue_max, sizeof *s->queue);
-    if (!s->slots || !s->logits || !s->b_token || !s->b_pos || !s->b_seq || !s->b_want || !s->load || !s->queue) {
+    if (!s->slots || !s->logits || !s->load || !s->queue || batch_init(&s->batch, cap, err)) {
         sched_free(s);
         return moe_error_set(err, "out of memory for the scheduler");
-    }
-    size_t avail = model_mem_available(), need = (size_t)(N - 1) * m->s.kv_cache_bytes;
-    if (avail && need > avail) {
-        sched_free(s);
-        return moe_error_set(err, "%d slots need %zu MiB of KV cache but %zu MiB are available (lower --parallel or --ctx)",
-                             N, need >> 20, avail >> 20);
     }
     for (int i = 0; i < N; i++) {
         slot *sl = &s->slots[i];
@@ -569,19 +535,19 @@ int sched_start(serve_sched **out, moe_model *m, const tokenizer *tok, const sch
         sl->r_groups = calloc((size_t)s->L * s->Gmax, sizeof(int));
         sl->r_ngroups = calloc((size_t)s->L, sizeof(int));
         sl->r_k = calloc((size_t)s->L, sizeof(int));
-        sl->cache = i == 0 ? s->own_cache : calloc(1, m->s.kv_cache_bytes);
+        kv_clear(kv, i);
         tokenizer_stream_init(&sl->ts);
         sampler_params sp = {.temperature = 0, .top_p = 1};
         if (!sl->hist || !sl->held || !sl->r_ids || !sl->r_w || !sl->r_groups || !sl->r_ngroups || !sl->r_k ||
-            !sl->cache || sampler_init(&sl->smp, s->V, &sp, err)) {
+            sampler_init(&sl->smp, s->V, &sp, err)) {
             sched_free(s);
             return moe_error_set(err, "out of memory for %d slots of %d positions", N, s->S);
         }
     }
     s->st.n_slots = N;
     s->st.kv_total = N * s->S;
-    m->on_route = on_route;
-    m->on_route_ctx = s;
+    c->on_route = on_route;
+    c->on_route_ctx = s;
     if (pthread_create(&s->thread, NULL, engine_main, s)) {
         sched_free(s);
         return moe_error_set(err, "cannot start the engine thread");
@@ -631,3 +597,5 @@ void sched_get_stats(serve_sched *s, sched_stats *st) {
 void sched_expert_load(serve_sched *s, unsigned long long *out) {
     for (size_t i = 0; i < (size_t)s->L * s->E; i++) out[i] = __atomic_load_n(&s->load[i], __ATOMIC_RELAXED);
 }
+
+int sched_context(const serve_sched *s) { return s->S; }

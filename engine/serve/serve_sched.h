@@ -27,6 +27,9 @@
 #include <pthread.h>
 #include <stddef.h>
 
+#include "batch.h"
+#include "context.h"
+#include "kv.h"
 #include "model.h"
 #include "sampler.h"
 #include "serve_api.h"
@@ -95,8 +98,12 @@ typedef struct {
 
 typedef struct serve_sched serve_sched;
 
-/* Starts the engine thread over a loaded model (one KV slot of m->s.S positions per slot). */
-int sched_start(serve_sched **out, moe_model *m, const tokenizer *tok, const sched_options *o, moe_error *err);
+/* Starts the engine thread over a loaded model, a context it will own (its observer is
+ * set) and a cache of at least n_slots slots (S = kv->S positions each). */
+int sched_start(serve_sched **out, const moe_model *m, moe_ctx *c, moe_kv *kv, const tokenizer *tok,
+                const sched_options *o, moe_error *err);
+/* Positions per slot. */
+int sched_context(const serve_sched *s);
 /* Finishes every running and queued request (finish "stop", a final record) and joins
  * the engine thread; later submissions get -2. The scheduler stays readable (stats). */
 void sched_stop(serve_sched *s);

@@ -114,7 +114,7 @@ int cmd_serve(int argc, char **argv) {
 
     moe_error err = {{0}};
     tokenizer *tok = NULL;
-    moe_model m;
+    moe_session e;
     serve_sched *sched = NULL;
     serve_http *http = NULL;
     int rc = 1, have_model = 0;
@@ -125,18 +125,18 @@ int cmd_serve(int argc, char **argv) {
     } else if (tokenizer_load(&tok, dir, &err)) {
         goto fail;
     }
-    if (cli_load_model(&m, dir, &mo, "serve", 0)) goto done;
+    if (cli_load_engine(&e, dir, &mo, (int)parallel, "serve", 0)) goto done;
     have_model = 1;
     sched_options so = {(int)parallel, (int)queue, mo.batch_max};
-    if (sched_start(&sched, &m, tok, &so, &err)) goto fail;
+    if (sched_start(&sched, &e.m, &e.c, &e.kv, tok, &so, &err)) goto fail;
     char nbuf[256];
     serve_http_options ho = {host, (int)port, api_key, (size_t)max_body, (int)timeout,
                              name ? name : base_name(dir, nbuf, sizeof nbuf), (int)parallel,
                              quiet ? NULL : log_line, NULL};
-    if (serve_http_start(&http, sched, &m, tok, &ho, &err)) goto fail;
+    if (serve_http_start(&http, sched, &e.m, tok, &ho, &err)) goto fail;
     int bound = serve_http_port(http);
     fprintf(stderr, "moe serve: listening on http://%s:%d/ (%ld slots x %d tokens, batch %d, queue %ld%s); Ctrl-C stops\n",
-            strchr(host, ':') ? "[::1]" : host, bound, parallel, m.s.S, so.batch > 0 ? so.batch : m.s.B, queue,
+            strchr(host, ':') ? "[::1]" : host, bound, parallel, e.kv.S, so.batch > 0 && so.batch < e.c.B ? so.batch : e.c.B, queue,
             api_key ? ", API key required" : "");
     fprintf(stderr, "moe serve: port %d\n", bound);
     fflush(stderr);
@@ -154,7 +154,7 @@ fail:
 done:
     serve_http_stop(http);
     sched_free(sched);
-    if (have_model) model_free(&m);
+    if (have_model) session_close(&e);
     tokenizer_free(tok);
     if (rc == 0) fprintf(stderr, "moe serve: stopped\n");
     return rc;
