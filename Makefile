@@ -118,6 +118,11 @@ $(BUILD)/bench/kernels_bench: tools/bench/kernels_bench.c $(BUILD)/libmoe.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -O3 -o $@ $< $(BUILD)/libmoe.a $(DEPLIBS)
 
+# load generator for `moe serve` (tools/bench/serve_load.c; docs/serve.md)
+$(BUILD)/bench/serve_load: tools/bench/serve_load.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 -O2 -g -Wall -Wextra -o $@ $< -lpthread
+
 # BENCH_ARGS=--quick for a short run
 bench-kernels: $(BUILD)/bench/kernels_bench
 	./$(BUILD)/bench/kernels_bench $(BENCH_ARGS)
