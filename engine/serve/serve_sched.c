@@ -135,6 +135,7 @@ struct serve_sched {
     int q_head, q_len;
     int stopping;
     int running;                 /* the engine thread exists */
+    int n_busy;                  /* atomic: slots running a request (down before the request's end is signalled) */
     sched_stats st;
 };
 
@@ -221,6 +222,7 @@ static int stop_check(slot *sl, const serve_req *r, size_t *rel) {
 static void slot_finish(serve_sched *s, slot *sl, serve_finish f, const char *msg) {
     serve_req *r = sl->req;
     if (!r) return;
+    __atomic_sub_fetch(&s->n_busy, 1, __ATOMIC_RELEASE);
     pthread_mutex_lock(&r->mu);
     if (f != FINISH_ERROR && sl->held_len) text_append(r, sl->held, sl->held_len);   /* no stop string matched */
     if (f != FINISH_ERROR) {
@@ -313,6 +315,7 @@ static int admit(serve_sched *s, serve_req *r) {
     kv_keep(s->kv, best, keep);
     sl->req = r;
     sl->state = SLOT_PREFILL;
+    __atomic_add_fetch(&s->n_busy, 1, __ATOMIC_RELEASE);
     sl->n_gen = 0;
     sl->held_len = 0;
     sl->last_used = ++s->step_no;
@@ -432,14 +435,12 @@ static void *engine_main(void *arg) {
                 serve_req_unref(r);
             }
         }
-        s->st.busy_slots = n_active(s);
         pthread_mutex_unlock(&s->mu);
         step(s);
         pthread_mutex_lock(&s->mu);
         int used = 0;
         for (int i = 0; i < s->o.n_slots; i++) used += s->slots[i].n_hist;
         s->st.kv_used = used;
-        s->st.busy_slots = n_active(s);
     }
     /* stopping: every request gets its end */
     for (int i = 0; i < s->o.n_slots; i++) slot_finish(s, &s->slots[i], FINISH_STOP, NULL);
@@ -591,6 +592,7 @@ void sched_get_stats(serve_sched *s, sched_stats *st) {
     pthread_mutex_lock(&s->mu);
     *st = s->st;
     st->queue_len = s->q_len;
+    st->busy_slots = __atomic_load_n(&s->n_busy, __ATOMIC_ACQUIRE);
     pthread_mutex_unlock(&s->mu);
 }
 

@@ -2,7 +2,8 @@
  *
  *   make build/bench/serve_load
  *   build/bench/serve_load --port 8080 [--host 127.0.0.1] [-c 1,4,8,16] [-r 4] [-n 64]
- *                          [--prompt TEXT] [--chat] [--api-key KEY]
+ *                          [--prompt TEXT | --ids 1,2,3] [--chat] [--api-key KEY]
+ * (--ids: the prompt as token ids, for checkpoints without a tokenizer)
  *
  * For each concurrency C in the list: C client threads, each sending -r streamed requests
  * one after another (POST /v1/completions, or /v1/chat/completions with --chat, temperature
@@ -33,7 +34,7 @@ typedef struct {
     int ok;
 } result;
 
-static const char *g_host = "127.0.0.1", *g_prompt = "Once upon a time", *g_key = NULL;
+static const char *g_host = "127.0.0.1", *g_prompt = "Once upon a time", *g_key = NULL, *g_ids = NULL;
 static int g_port = 8080, g_reqs = 4, g_max = 64, g_chat = 0;
 
 static double now_s(void) {
@@ -50,6 +51,10 @@ static void one_request(int seed, result *r) {
         snprintf(body, sizeof body,
                  "{\"messages\":[{\"role\":\"user\",\"content\":\"%s\"}],\"max_tokens\":%d,\"temperature\":0.8,"
                  "\"seed\":%d,\"stream\":true,\"stream_options\":{\"include_usage\":true}}", g_prompt, g_max, seed);
+    else if (g_ids)
+        snprintf(body, sizeof body,
+                 "{\"prompt\":[%s],\"max_tokens\":%d,\"temperature\":0.8,\"seed\":%d,\"stream\":true,"
+                 "\"stream_options\":{\"include_usage\":true}}", g_ids, g_max, seed);
     else
         snprintf(body, sizeof body,
                  "{\"prompt\":\"%s\",\"max_tokens\":%d,\"temperature\":0.8,\"seed\":%d,\"stream\":true,"
@@ -124,7 +129,7 @@ int main(int argc, char **argv) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             printf("usage: serve_load --port N [--host 127.0.0.1] [-c 1,4,8,16] [-r REQS_PER_CLIENT] [-n MAX_TOKENS]\n"
-                   "                  [--prompt TEXT] [--chat] [--api-key KEY]\n");
+                   "                  [--prompt TEXT | --ids 1,2,3] [--chat] [--api-key KEY]\n");
             return 0;
         }
         if (!strcmp(a, "--chat")) { g_chat = 1; continue; }
@@ -136,6 +141,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "-n")) g_max = atoi(v);
         else if (!strcmp(a, "--prompt")) g_prompt = v;
         else if (!strcmp(a, "--api-key")) g_key = v;
+        else if (!strcmp(a, "--ids")) g_ids = v;
         else { fprintf(stderr, "serve_load: unknown option %s\n", a); return 2; }
         i++;
     }
