@@ -62,12 +62,13 @@ $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
-# the page of `moe serve`, engine/serve/page.html, as one C string (no external assets)
+# the page of `moe serve`, engine/serve/page.html, as one C string (no external assets;
+# ? is escaped too: -std=c11 would read ?? sequences as trigraphs)
 $(BUILD)/gen/serve_page.c: engine/serve/page.html
 	@mkdir -p $(dir $@)
 	{ echo '/* generated from engine/serve/page.html by the Makefile */'; \
 	  echo 'const char serve_page_html[] ='; \
-	  sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' -e 's/^/"/' -e 's/$$/\\n"/' $<; echo ';'; } >$@
+	  sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' -e 's/?/\\?/g' -e 's/^/"/' -e 's/$$/\\n"/' $<; echo ';'; } >$@
 $(BUILD)/gen/serve_page.o: $(BUILD)/gen/serve_page.c
 	$(CC) $(CFLAGS) -c $< -o $@
 
