@@ -67,7 +67,8 @@ start_server basic -m models/toy --parallel 4 --max-body 65536 --timeout 2 --dty
 [ -n "$port" ] && run_check $port basic "$MOE" models/toy f32
 stop_server basic
 
-start_server parallel -m "$L" --ctx 1024 --parallel 16 -q --dtype f32
+# --batch 20 beside 15 decoding slots: the new prompt is read 5 tokens per pass
+start_server parallel -m "$L" --ctx 1024 --parallel 16 --batch 20 -q --dtype f32
 [ -n "$port" ] && run_check $port parallel "$MOE" "$L" f32
 stop_server parallel
 

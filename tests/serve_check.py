@@ -389,6 +389,10 @@ def parallel(port, moe, model):
     for t in th:
         t.join(60)
     ok(len(ends) == 15 and min(ends) >= t_done, "the others ran past it")
+    m = metrics(port)
+    per_pass = m["moe_batch_tokens_total"] / max(1, m["moe_forward_passes_total"])
+    ok(per_pass > 8, f"tokens share passes: {per_pass:.1f} tokens per pass")
+    ok(m["moe_batch_tokens_total"] <= 20 * m["moe_forward_passes_total"], "no pass beyond --batch 20")
     ok(wait_metric(port, "moe_slots_busy", lambda v: v == 0), "the clients that went away freed their slots")
 
 
