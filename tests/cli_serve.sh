@@ -3,7 +3,7 @@
 # HTTP side with Python's standard library): routes, chat and completions streamed and
 # not, usage, stop strings, the routing extension, cache reuse, greedy = `moe generate`
 # (alone and with 15 other requests decoding), 32 concurrent requests over 4 slots,
-# every bad-input case, API key, disconnects, queue full, SIGTERM, and no sanitizer
+# every bad-input case, --mtp, API key, disconnects, queue full, SIGTERM, and no sanitizer
 # report. Each server gets --port 0 and prints the port it bound.
 MOE=${MOE:-build/moe}
 . tests/lib/harness.sh
@@ -11,7 +11,11 @@ PY=/usr/bin/python3
 [ -x "$PY" ] || PY=python3
 
 "$MOE" serve --help | grep -q "usage: moe serve" && ok || bad "serve --help"
-expect_error "serve --mtp" "not yet supported" "$MOE" serve -m models/toy --mtp
+M0="$T/nomtp"
+mkdir "$M0"
+ln -s "$PWD/models/toy/model.safetensors" "$PWD/models/toy/tokenizer.json" "$PWD/models/toy/tokenizer_config.json" "$M0/"
+sed 's/"num_nextn_predict_layers": 1/"num_nextn_predict_layers": 0/' models/toy/config.json >"$M0/config.json"
+expect_error "serve --mtp without an MTP module" "no MTP module" "$MOE" serve -m "$M0" --mtp --port 0 -q
 expect_error "serve without -m" "-m DIR is required" "$MOE" serve
 expect_error "serve --parallel 0" "--parallel" "$MOE" serve -m models/toy --parallel 0
 expect_error "serve --host name" "not an IPv4 or IPv6 address" "$MOE" serve -m models/toy --host example.invalid --port 0 -q
@@ -66,6 +70,12 @@ run_check() {
 start_server basic -m models/toy --parallel 4 --max-body 65536 --timeout 2 --dtype f32
 [ -n "$port" ] && run_check $port basic "$MOE" models/toy f32
 stop_server basic
+
+# --mtp: every decoding slot's MTP draft verified in the batched pass; greedy answers
+# still equal moe generate (without --mtp), concurrent ones their serial ones
+start_server mtp -m models/toy --parallel 4 --max-body 65536 --timeout 2 --dtype f32 --mtp
+[ -n "$port" ] && run_check $port mtp "$MOE" models/toy f32
+stop_server mtp
 
 # --batch 20 beside 15 decoding slots: the new prompt is read 5 tokens per pass
 start_server parallel -m "$L" --ctx 1024 --parallel 16 --batch 20 -q --dtype f32

@@ -5,6 +5,7 @@
     serve_check.py PORT basic MOE MODEL [DTYPE]   routes, chat/completions, streams, usage, stop,
                                              routing extension, cache reuse, greedy = moe generate,
                                              32 concurrent requests, every bad-input case
+    serve_check.py PORT mtp MOE MODEL [DTYPE]        basic against a --mtp server, drafts accepted
     serve_check.py PORT parallel MOE MODEL [DTYPE]   greedy = moe generate while 15 others decode
     serve_check.py PORT limits KEY PID       401, disconnect frees the slot, 503 queue full,
                                              SIGTERM ends running streams with a final chunk
@@ -482,11 +483,17 @@ def wait_metric_auth(m, name, want, seconds=20):
 def main():
     global DTYPE
     port, what = int(sys.argv[1]), sys.argv[2]
-    if what in ("basic", "parallel") and len(sys.argv) > 5:
+    if what in ("basic", "parallel", "mtp") and len(sys.argv) > 5:
         DTYPE = sys.argv[5]
     try:
         if what == "basic":
             basic(port, sys.argv[3], sys.argv[4])
+        elif what == "mtp":   # the basic checks with --mtp: drafts verified in the batched passes
+            basic(port, sys.argv[3], sys.argv[4])
+            m = metrics(port)
+            ok(m.get("moe_mtp_drafted_total", 0) > 100 and 0 < m.get("moe_mtp_accepted_total", 0) <= m["moe_mtp_drafted_total"],
+               f"MTP drafts made and accepted: {m.get('moe_mtp_drafted_total')} / {m.get('moe_mtp_accepted_total')}")
+            ok(m["moe_tokens_generated_total"] > 1.2 * m["moe_forward_passes_total"], "more tokens than passes with --mtp")
         elif what == "parallel":
             parallel(port, sys.argv[3], sys.argv[4])
         elif what == "limits":

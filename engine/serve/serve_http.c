@@ -523,6 +523,8 @@ static enum MHD_Result metrics_route(serve_http *h, struct MHD_Connection *c) {
            st.busy_seconds > 0 ? st.gen_tokens / st.busy_seconds : 0.0);
     METRIC("batch_tokens_per_second", "gauge", "tokens through the model per busy second", "%.3f",
            st.busy_seconds > 0 ? st.batch_tokens / st.busy_seconds : 0.0);
+    METRIC("mtp_drafted_total", "counter", "MTP drafts verified (--mtp)", "%llu", st.mtp_drafted);
+    METRIC("mtp_accepted_total", "counter", "MTP drafts accepted (--mtp)", "%llu", st.mtp_accepted);
     METRIC("queue_length", "gauge", "requests waiting for a slot", "%d", st.queue_len);
     METRIC("slots_busy", "gauge", "slots running a request", "%d", st.busy_slots);
     METRIC("slots_total", "gauge", "sequence slots (--parallel)", "%d", st.n_slots);

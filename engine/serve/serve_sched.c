@@ -102,17 +102,24 @@ typedef struct {
     int n_gen;                   /* tokens generated for req */
     int row;                     /* logits row in this pass (-1: none) */
     int route_pos;               /* position whose routing is recorded this pass (-1: none) */
+    int route_pos2;              /* --mtp: the drafted token's position (record 1), -1: none */
     unsigned long last_used;     /* step of the last request */
     sampler smp;                 /* [V] scratch; params per request */
     tokenizer_stream ts;
     char *held;                  /* [held_cap] text that may begin a stop string */
     size_t held_len, held_cap;
-    /* routing of route_pos, per main layer */
-    int *r_ids;                  /* [L, K] */
-    float *r_w;                  /* [L, K] */
-    int *r_groups;               /* [L, Gmax] */
-    int *r_ngroups;              /* [L] */
-    int *r_k;                    /* [L] */
+    /* routing of route_pos (record 0) and route_pos2 (record 1), per main layer */
+    int *r_ids;                  /* [2, L, K] */
+    float *r_w;                  /* [2, L, K] */
+    int *r_groups;               /* [2, L, Gmax] */
+    int *r_ngroups;              /* [2, L] */
+    int *r_k;                    /* [2, L] */
+    /* --mtp self-speculative decoding */
+    float *hidden;               /* [S, H] main hidden after the final norm, per cached position */
+    int mtp_valid;               /* MTP positions [0, mtp_valid) are in the slot's MTP cache */
+    int draft;                   /* this step's drafted token (-1: none) */
+    float *q_draft;              /* [V] MTP distribution the draft was drawn from (sampling) */
+    float *p_target;             /* [V] main distribution at the draft's position (sampling) */
 } slot;
 
 struct serve_sched {
@@ -123,8 +130,14 @@ struct serve_sched {
     sched_options o;
     int S, V, L, E, K, Gmax, B, eos;
     slot *slots;                 /* [N] */
-    float *logits;               /* [N, V] one row per slot at most */
-    moe_batch batch;             /* [B + N] the pass */
+    float *logits;               /* [2N, V] one row per slot (two with a draft) */
+    moe_batch batch;             /* [B + 2N] the pass */
+    int H;
+    float *hid_out;              /* --mtp: [B + 2N, H] hidden of every token of the pass */
+    moe_batch mbatch;            /* --mtp: [B + N] the MTP pass (catch-up and drafts) */
+    float *mtp_in;               /* --mtp: [B + N, H] its hidden inputs */
+    float *mtp_logits;           /* --mtp: [N, V] draft logits */
+    unsigned long long n_drafted, n_accepted;   /* --mtp, engine thread only (copied into st per step) */
     unsigned long long *load;    /* [L, E] tokens routed to each expert (relaxed atomics) */
     unsigned long step_no;
     int rr;                      /* round-robin start for prefill chunks */
@@ -147,24 +160,20 @@ static void on_route(void *ctx, int layer, int seq, int pos, const route_decisio
     unsigned long long *row = s->load + (size_t)layer * s->E;
     for (int j = 0; j < d->k; j++) __atomic_fetch_add(&row[d->ids[j]], 1ull, __ATOMIC_RELAXED);
     slot *sl = &s->slots[seq];
-    if (pos != sl->route_pos || !sl->req || !sl->req->want_routing) return;
+    if (!sl->req || !sl->req->want_routing) return;
+    int rec = pos == sl->route_pos ? 0 : pos == sl->route_pos2 ? 1 : -1;
+    if (rec < 0) return;
+    size_t L = (size_t)s->L, lk = (size_t)rec * L * s->K + (size_t)layer * s->K;
     int k = d->k < s->K ? d->k : s->K;
-    sl->r_k[layer] = k;
-    memcpy(sl->r_ids + (size_t)layer * s->K, d->ids, sizeof(int) * (size_t)k);
-    memcpy(sl->r_w + (size_t)layer * s->K, d->weights, sizeof(float) * (size_t)k);
+    sl->r_k[rec * L + layer] = k;
+    memcpy(sl->r_ids + lk, d->ids, sizeof(int) * (size_t)k);
+    memcpy(sl->r_w + lk, d->weights, sizeof(float) * (size_t)k);
     int g = d->n_groups_kept < s->Gmax ? d->n_groups_kept : s->Gmax;
-    sl->r_ngroups[layer] = g;
-    if (g > 0) memcpy(sl->r_groups + (size_t)layer * s->Gmax, d->groups, sizeof(int) * (size_t)g);
+    sl->r_ngroups[rec * L + layer] = g;
+    if (g > 0) memcpy(sl->r_groups + (size_t)rec * L * s->Gmax + (size_t)layer * s->Gmax, d->groups, sizeof(int) * (size_t)g);
 }
 
 /* ------------------------------------------------------------------ the forward pass */
-
-/* Runs the pass: every sequence's tokens in ONE model_forward (split into passes of B
- * only when N decode tokens exceed it). The logits rows come back in batch order of the
- * wanted tokens, which is the order rows were handed out in step(). */
-static int run_pass(serve_sched *s, moe_error *err) {
-    return model_forward(s->m, s->c, s->kv, &s->batch, s->logits, NULL, err);
-}
 
 /* ------------------------------------------------------------------ per-slot output */
 
@@ -241,8 +250,9 @@ static void slot_finish(serve_sched *s, slot *sl, serve_finish f, const char *ms
     serve_req_unref(r);
 }
 
-/* One sampled token for the slot's request. Returns 1 when the request is finished. */
-static int slot_token(serve_sched *s, slot *sl, int tok, int pos) {
+/* One sampled token for the slot's request, its routing in record rec. Returns 1 when the
+ * request is finished. */
+static int slot_token(serve_sched *s, slot *sl, int tok, int pos, int rec) {
     serve_req *r = sl->req;
     if (tok == s->eos) { slot_finish(s, sl, FINISH_STOP, NULL); return 1; }
     sl->n_gen++;
@@ -274,12 +284,12 @@ static int slot_token(serve_sched *s, slot *sl, int tok, int pos) {
     r->tok_pos[i] = pos;
     r->tok_end[i] = r->text_len;
     if (r->want_routing && r->r_ids) {
-        size_t lk = (size_t)s->L * s->K, lg = (size_t)s->L * s->Gmax;
-        memcpy(r->r_ids + i * lk, sl->r_ids, sizeof(int) * lk);
-        memcpy(r->r_w + i * lk, sl->r_w, sizeof(float) * lk);
-        memcpy(r->r_groups + i * lg, sl->r_groups, sizeof(int) * lg);
-        memcpy(r->r_ngroups + (size_t)i * s->L, sl->r_ngroups, sizeof(int) * (size_t)s->L);
-        memcpy(r->r_k + (size_t)i * s->L, sl->r_k, sizeof(int) * (size_t)s->L);
+        size_t lk = (size_t)s->L * s->K, lg = (size_t)s->L * s->Gmax, L = (size_t)s->L;
+        memcpy(r->r_ids + i * lk, sl->r_ids + rec * lk, sizeof(int) * lk);
+        memcpy(r->r_w + i * lk, sl->r_w + rec * lk, sizeof(float) * lk);
+        memcpy(r->r_groups + i * lg, sl->r_groups + rec * lg, sizeof(int) * lg);
+        memcpy(r->r_ngroups + (size_t)i * L, sl->r_ngroups + rec * L, sizeof(int) * L);
+        memcpy(r->r_k + (size_t)i * L, sl->r_k + rec * L, sizeof(int) * L);
     }
     if (!r->t_first) r->t_first = now_s();
     r->n_tok = i + 1;
@@ -323,8 +333,10 @@ static int admit(serve_sched *s, serve_req *r) {
     sl->smp.p = r->sp;
     sl->smp.rng = r->sp.seed * 0x9E3779B97F4A7C15ull + 0x2545F4914F6CDD1Dull;   /* as sampler_init */
     if (!sl->smp.rng) sl->smp.rng = 1;
-    memset(sl->r_k, 0, sizeof(int) * (size_t)s->L);
-    memset(sl->r_ngroups, 0, sizeof(int) * (size_t)s->L);
+    memset(sl->r_k, 0, sizeof(int) * 2 * (size_t)s->L);
+    memset(sl->r_ngroups, 0, sizeof(int) * 2 * (size_t)s->L);
+    /* MTP position p reads (h_p, token p+1): valid while token p+1 was kept */
+    if (sl->mtp_valid > keep - 1) sl->mtp_valid = keep > 0 ? keep - 1 : 0;
     if (r->want_routing && req_routing_alloc(r, s->L, s->K, s->Gmax)) r->want_routing = 0;
     pthread_mutex_lock(&r->mu);
     r->slot = best;
@@ -338,18 +350,111 @@ static int admit(serve_sched *s, serve_req *r) {
 /* ------------------------------------------------------------------ the engine thread */
 
 
-/* One step: build the pass, run it, sample. */
+/* --mtp, before the main pass: per decoding slot, the MTP module catches up over the
+ * positions it lacks (p gets (h_p, token p+1); the pending token x is token n) and, once
+ * caught up, drafts the token after x from the logits of position n-1. One
+ * model_forward_mtp for all slots. Returns the pass's status. */
+static int mtp_draft(serve_sched *s, moe_error *err) {
+    int N = s->o.n_slots, H = s->H, rows = 0, budget = s->mbatch.cap;
+    batch_clear(&s->mbatch);
+    int drow[64];
+    for (int i = 0; i < N; i++) {
+        slot *sl = &s->slots[i];
+        sl->draft = -1;
+        drow[i] = -1;
+        int n = sl->n_hist;
+        if (sl->state != SLOT_DECODE || n + 2 > s->S || budget <= 0) continue;
+        int p0 = sl->mtp_valid, take = n - p0 < budget ? n - p0 : budget;
+        for (int j = 0; j < take; j++) {
+            int p = p0 + j, want = p == n - 1;
+            memcpy(s->mtp_in + (size_t)s->mbatch.n * H, sl->hidden + (size_t)p * H, sizeof(float) * (size_t)H);
+            batch_add(&s->mbatch, p + 1 < n ? sl->hist[p + 1] : sl->next, p, i, want);
+            if (want) drow[i] = rows++;
+        }
+        sl->mtp_valid = p0 + take;
+        budget -= take;
+    }
+    if (s->mbatch.n == 0) return MOE_OK;
+    if (model_forward_mtp(s->m, s->c, s->kv, 0, &s->mbatch, s->mtp_in, s->mtp_logits, NULL, err)) {
+        for (int i = 0; i < N; i++) s->slots[i].mtp_valid = 0;
+        return MOE_FAIL;
+    }
+    for (int i = 0; i < N; i++) {
+        slot *sl = &s->slots[i];
+        if (drow[i] < 0) continue;
+        const float *z = s->mtp_logits + (size_t)drow[i] * s->V;
+        if (sl->smp.p.temperature == 0.0f) {
+            sl->draft = sampler_argmax(z, s->V);
+        } else {
+            sampler_distribution(&sl->smp, z, sl->q_draft);
+            sl->draft = sampler_draw(&sl->smp, sl->q_draft);
+        }
+    }
+    return MOE_OK;
+}
+
+/* --mtp, after the main pass: the slot fed [x, d] at n, n+1; accept d as the rules of
+ * engine/generate.c (greedy: iff the main argmax at n is d; sampling: with probability
+ * min(1, p(d)/q(d)), else a draw from max(0, p - q)), then the bonus token from n+1.
+ * Returns the tokens generated. */
+static int mtp_verify(serve_sched *s, slot *sl, int seq) {
+    int n = sl->n_hist, V = s->V, d = sl->draft;   /* x is fed: hist[n - 1] */
+    const float *z0 = s->logits + (size_t)sl->row * V, *z1 = z0 + V;
+    int greedy = sl->smp.p.temperature == 0.0f, accept;
+    s->n_drafted++;
+    if (greedy) {
+        accept = sampler_argmax(z0, V) == d;
+    } else {
+        sampler_distribution(&sl->smp, z0, sl->p_target);
+        accept = sl->q_draft[d] > 0.0f && sampler_uniform(&sl->smp) * sl->q_draft[d] < sl->p_target[d];
+    }
+    if (accept) {
+        s->n_accepted++;
+        sl->hist[sl->n_hist++] = d;
+        if (slot_token(s, sl, d, n - 1, 0)) return d != s->eos;
+        int b = sampler_sample(&sl->smp, z1);
+        slot_token(s, sl, b, n, 1);
+        return 1 + (b != s->eos);
+    }
+    kv_keep(s->kv, seq, n);   /* drop d at position n */
+    int x;
+    if (greedy) {
+        x = sampler_argmax(z0, V);
+    } else {
+        double mass = 0;
+        for (int i = 0; i < V; i++) {
+            float r = sl->p_target[i] - sl->q_draft[i];
+            sl->p_target[i] = r > 0.0f ? r : 0.0f;
+            mass += sl->p_target[i];
+        }
+        if (mass > 0) for (int i = 0; i < V; i++) sl->p_target[i] = (float)(sl->p_target[i] / mass);
+        else sampler_distribution(&sl->smp, z0, sl->p_target);
+        x = sampler_draw(&sl->smp, sl->p_target);
+    }
+    slot_token(s, sl, x, n - 1, 0);
+    return x != s->eos;
+}
+
+/* One step: (MTP drafts,) build the pass, run it, sample. */
 static void step(serve_sched *s) {
-    int N = s->o.n_slots, rows = 0;
+    int N = s->o.n_slots, rows = 0, rc = MOE_OK, sampled = 0;
+    double t0 = now_s();
+    moe_error err = {{0}};
+    if (s->o.mtp) rc = mtp_draft(s, &err);
     batch_clear(&s->batch);
     for (int i = 0; i < N; i++) {
         slot *sl = &s->slots[i];
         sl->row = -1;
-        sl->route_pos = -1;
+        sl->route_pos = sl->route_pos2 = -1;
         if (sl->state != SLOT_DECODE) continue;
         sl->row = rows++;
         sl->route_pos = sl->n_hist;
         batch_add(&s->batch, sl->next, sl->n_hist, i, 1);
+        if (s->o.mtp && sl->draft >= 0) {
+            rows++;
+            sl->route_pos2 = sl->n_hist + 1;
+            batch_add(&s->batch, sl->draft, sl->n_hist + 1, i, 1);
+        }
     }
     int budget = s->B - s->batch.n;
     if (budget < 1) budget = 1;
@@ -368,16 +473,24 @@ static void step(serve_sched *s) {
     }
     s->rr = (s->rr + 1) % N;
     if (s->batch.n == 0) return;
-    double t0 = now_s();
-    moe_error err = {{0}};
-    int rc = run_pass(s, &err), sampled = 0;
+    if (rc == MOE_OK) rc = model_forward(s->m, s->c, s->kv, &s->batch, s->logits, s->o.mtp ? s->hid_out : NULL, &err);
+    if (rc == MOE_OK && s->o.mtp)   /* keep every position's hidden state for the MTP module */
+        for (int i = 0; i < s->batch.n; i++)
+            memcpy(s->slots[s->batch.seq[i]].hidden + (size_t)s->batch.pos[i] * s->H, s->hid_out + (size_t)i * s->H,
+                   sizeof(float) * (size_t)s->H);
     /* advance every sequence in the pass; sample where logits came back */
     for (int i = 0; i < N; i++) {
         slot *sl = &s->slots[i];
         if (sl->state == SLOT_FREE) continue;
-        if (rc) { slot_finish(s, sl, FINISH_ERROR, err.msg); sl->n_hist = 0; kv_clear(s->kv, i); continue; }
+        if (rc) {
+            slot_finish(s, sl, FINISH_ERROR, err.msg);
+            sl->n_hist = sl->mtp_valid = 0;
+            kv_clear(s->kv, i);
+            continue;
+        }
         if (sl->state == SLOT_DECODE) {
             sl->hist[sl->n_hist++] = sl->next;
+            if (s->o.mtp && sl->draft >= 0) { sampled += mtp_verify(s, sl, i); continue; }
         } else {
             int take = chunk[i];
             if (sl->row < 0 && take == 0) continue;    /* not in this pass */
@@ -387,11 +500,13 @@ static void step(serve_sched *s) {
             sl->state = SLOT_DECODE;
         }
         int tok = sampler_sample(&sl->smp, s->logits + (size_t)sl->row * s->V);
-        slot_token(s, sl, tok, sl->route_pos);
+        slot_token(s, sl, tok, sl->route_pos, 0);
         sampled += tok != s->eos;
     }
     pthread_mutex_lock(&s->mu);
     s->st.gen_tokens += (unsigned long long)sampled;
+    s->st.mtp_drafted = s->n_drafted;
+    s->st.mtp_accepted = s->n_accepted;
     s->st.passes++;
     s->st.batch_tokens += (unsigned long long)s->batch.n;
     s->st.busy_seconds += now_s() - t0;
@@ -477,6 +592,9 @@ void sched_free(serve_sched *s) {
             free(sl->r_groups);
             free(sl->r_ngroups);
             free(sl->r_k);
+            free(sl->hidden);
+            free(sl->q_draft);
+            free(sl->p_target);
         }
     }
     if (s->c) {
@@ -486,6 +604,10 @@ void sched_free(serve_sched *s) {
     free(s->slots);
     free(s->logits);
     batch_free(&s->batch);
+    batch_free(&s->mbatch);
+    free(s->hid_out);
+    free(s->mtp_in);
+    free(s->mtp_logits);
     free(s->load);
     free(s->queue);
     pthread_mutex_destroy(&s->mu);
@@ -517,12 +639,23 @@ int sched_start(serve_sched **out, const moe_model *m, moe_ctx *c, moe_kv *kv, c
     s->B = o->batch > 0 && o->batch < c->B ? o->batch : c->B;
     s->eos = m->cfg.eos_token_id;
     if (tok && tokenizer_eos_id(tok) >= 0) s->eos = tokenizer_eos_id(tok);
-    int N = o->n_slots, cap = s->B + N;
+    int N = o->n_slots, cap = s->B + 2 * N;
+    s->H = m->cfg.hidden_size;
+    if (o->mtp && m->cfg.num_nextn_predict_layers < 1) {
+        sched_free(s);
+        return moe_error_set(err, "--mtp: this checkpoint has no MTP module (num_nextn_predict_layers = 0)");
+    }
     s->slots = calloc((size_t)N, sizeof *s->slots);
-    s->logits = malloc(sizeof(float) * (size_t)N * s->V);
+    s->logits = malloc(sizeof(float) * 2 * (size_t)N * s->V);
     s->load = calloc((size_t)s->L * s->E, sizeof *s->load);
     s->queue = calloc((size_t)o->queue_max, sizeof *s->queue);
-    if (!s->slots || !s->logits || !s->load || !s->queue || batch_init(&s->batch, cap, err)) {
+    if (o->mtp) {
+        s->hid_out = malloc(sizeof(float) * (size_t)cap * s->H);
+        s->mtp_in = malloc(sizeof(float) * (size_t)(s->B + N) * s->H);
+        s->mtp_logits = malloc(sizeof(float) * (size_t)N * s->V);
+    }
+    if (!s->slots || !s->logits || !s->load || !s->queue || batch_init(&s->batch, cap, err) ||
+        (o->mtp && (!s->hid_out || !s->mtp_in || !s->mtp_logits || batch_init(&s->mbatch, s->B + N, err)))) {
         sched_free(s);
         return moe_error_set(err, "out of memory for the scheduler");
     }
@@ -531,16 +664,21 @@ int sched_start(serve_sched **out, const moe_model *m, moe_ctx *c, moe_kv *kv, c
         sl->hist = malloc(sizeof(int) * (size_t)s->S);
         sl->held_cap = 2 * SERVE_MAX_STOP_LEN + 64;
         sl->held = malloc(sl->held_cap);
-        sl->r_ids = calloc((size_t)s->L * s->K, sizeof(int));
-        sl->r_w = calloc((size_t)s->L * s->K, sizeof(float));
-        sl->r_groups = calloc((size_t)s->L * s->Gmax, sizeof(int));
-        sl->r_ngroups = calloc((size_t)s->L, sizeof(int));
-        sl->r_k = calloc((size_t)s->L, sizeof(int));
+        sl->r_ids = calloc(2 * (size_t)s->L * s->K, sizeof(int));
+        sl->r_w = calloc(2 * (size_t)s->L * s->K, sizeof(float));
+        sl->r_groups = calloc(2 * (size_t)s->L * s->Gmax, sizeof(int));
+        sl->r_ngroups = calloc(2 * (size_t)s->L, sizeof(int));
+        sl->r_k = calloc(2 * (size_t)s->L, sizeof(int));
+        if (o->mtp) {
+            sl->hidden = malloc(sizeof(float) * (size_t)s->S * s->H);
+            sl->q_draft = malloc(sizeof(float) * (size_t)s->V);
+            sl->p_target = malloc(sizeof(float) * (size_t)s->V);
+        }
         kv_clear(kv, i);
         tokenizer_stream_init(&sl->ts);
         sampler_params sp = {.temperature = 0, .top_p = 1};
         if (!sl->hist || !sl->held || !sl->r_ids || !sl->r_w || !sl->r_groups || !sl->r_ngroups || !sl->r_k ||
-            sampler_init(&sl->smp, s->V, &sp, err)) {
+            (o->mtp && (!sl->hidden || !sl->q_draft || !sl->p_target)) || sampler_init(&sl->smp, s->V, &sp, err)) {
             sched_free(s);
             return moe_error_set(err, "out of memory for %d slots of %d positions", N, s->S);
         }

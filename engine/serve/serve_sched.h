@@ -86,12 +86,13 @@ serve_routing serve_req_routing(const serve_req *r, int i);
 typedef struct {
     int n_slots;                 /* N */
     int queue_max;               /* requests waiting beyond the slots; more get 503 */
-    int batch;                   /* B tokens per pass (0 = 64) */
+    int batch;                   /* B tokens per pass (0 = the context's) */
+    int mtp;                     /* MTP self-speculative decoding: drafts verified in the batched pass */
 } sched_options;
 
 typedef struct {
     unsigned long long requests, rejected, cancelled, prompt_tokens, cached_tokens, gen_tokens, passes,
-        batch_tokens;
+        batch_tokens, mtp_drafted, mtp_accepted;
     double busy_seconds;         /* time spent in forward passes + sampling */
     int queue_len, busy_slots, n_slots, kv_used, kv_total;
 } sched_stats;

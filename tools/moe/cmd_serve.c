@@ -37,8 +37,9 @@ static void usage(FILE *f) {
             "  --max-body BYTES     largest request body (default 4194304)\n"
             "  --timeout SEC        seconds a client has to send its request (default 30)\n"
             "  --name NAME          the model id /v1/models lists (default: the directory's name)\n"
-            "  --mtp                MTP speculative decoding in the batched pass: not yet supported\n"
-            "  -q, --quiet          no request log on stderr\n");
+            "  --mtp                speculative decoding: each decoding slot's MTP draft is verified in the\n"
+            "                       batched pass (greedy output is unchanged)\n"
+            "  -q, --quiet          no model summary and no request log on stderr\n");
     cli_model_options_usage(f);
     fprintf(f, "  -h, --help\n");
 }
@@ -91,11 +92,6 @@ int cmd_serve(int argc, char **argv) {
 #undef VAL
     }
     if (!dir) { fprintf(stderr, "moe serve: -m DIR is required (see moe serve --help)\n"); return 2; }
-    if (mtp) {
-        fprintf(stderr, "moe serve: --mtp is not yet supported in the batched server (use moe generate --mtp); "
-                        "run without it\n");
-        return 2;
-    }
     struct in6_addr a6;
     if (strcmp(host, "localhost") && inet_pton(AF_INET, host, &a6) != 1 && inet_pton(AF_INET6, host, &a6) != 1) {
         fprintf(stderr, "moe serve: --host '%s' is not an IPv4 or IPv6 address (e.g. 127.0.0.1, 0.0.0.0, ::1)\n", host);
@@ -125,9 +121,9 @@ int cmd_serve(int argc, char **argv) {
     } else if (tokenizer_load(&tok, dir, &err)) {
         goto fail;
     }
-    if (cli_load_engine(&e, dir, &mo, (int)parallel, "serve", 0)) goto done;
+    if (cli_load_engine(&e, dir, &mo, (int)parallel, "serve", quiet)) goto done;
     have_model = 1;
-    sched_options so = {(int)parallel, (int)queue, mo.batch_max};
+    sched_options so = {(int)parallel, (int)queue, mo.batch_max, mtp};
     if (sched_start(&sched, &e.m, &e.c, &e.kv, tok, &so, &err)) goto fail;
     char nbuf[256];
     serve_http_options ho = {host, (int)port, api_key, (size_t)max_body, (int)timeout,
@@ -135,9 +131,9 @@ int cmd_serve(int argc, char **argv) {
                              quiet ? NULL : log_line, NULL};
     if (serve_http_start(&http, sched, &e.m, tok, &ho, &err)) goto fail;
     int bound = serve_http_port(http);
-    fprintf(stderr, "moe serve: listening on http://%s:%d/ (%ld slots x %d tokens, batch %d, queue %ld%s); Ctrl-C stops\n",
+    fprintf(stderr, "moe serve: listening on http://%s:%d/ (%ld slots x %d tokens, batch %d, queue %ld%s%s); Ctrl-C stops\n",
             strchr(host, ':') ? "[::1]" : host, bound, parallel, e.kv.S, so.batch > 0 && so.batch < e.c.B ? so.batch : e.c.B, queue,
-            api_key ? ", API key required" : "");
+            mtp ? ", MTP drafts" : "", api_key ? ", API key required" : "");
     fprintf(stderr, "moe serve: port %d\n", bound);
     fflush(stderr);
     int sig = 0;
