@@ -27,6 +27,8 @@
  *   GB/s      bytes/tok x median tg t/s; "bw%" divides by the memory read bandwidth for
  *             that thread count: measured beside every repetition (--membw with -m),
  *             given (--bw), or the defaults 32.9 GB/s (1 thread) / 51.9 GB/s (2+)
+ *   seqs      (--seqs) B sequences, each prefilled with --tg-prompt random tokens, then -n passes
+ *             of B tokens, one per sequence, each fed its own argmax (tools/moe/bench_seqs.c)
  *   membw     STREAM-like read: sum of a 1 GiB array (--membw-mib) of u64 (AVX2 adds when the
  *             CPU has them), the threads summing disjoint slices. Alone: median of 9
  *             sweeps on 1 and on all threads. With -m: 3 sweeps on the run's own pool
@@ -44,6 +46,7 @@
 #include <sys/resource.h>
 
 #include "bench_mtp.h"
+#include "bench_seqs.h"
 #include "blas.h"
 #include "cli.h"
 #include "commands.h"
@@ -84,6 +87,10 @@ static void usage(FILE *f) {
             "  --mtp               add the MTP arm: greedy decode with and without self-speculation (-n tokens,\n"
             "                      --tg-prompt prompt tokens, -r reps), acceptance, experts read per step\n"
             "  --mtp-text FILE     take the MTP arm's prompts from FILE (tokenized with DIR's tokenizer)\n"
+            "  --seqs B1,B2,...    instead of pp/tg: B independent sequences decoded together, one token of\n"
+            "                      each per pass (llama.cpp batched-bench -npl): aggregate and per-sequence\n"
+            "                      t/s, distinct experts per layer per pass (-n passes after --tg-prompt tokens)\n"
+            "  --act-lowp          decode matvecs with bf16 / int8 activations (kernels/README.md)\n"
             "  --seed S            random tokens (default 42)\n"
             "  -h, --help\n");
 }
@@ -217,6 +224,23 @@ static double bytes_per_token(const moe_model *m) {
     return b + 4.0 * H + mat_bytes(&m->w.lm_head);
 }
 
+/* The decode pass's weight bytes split for --seqs: the routed experts apart (one expert of
+ * one MoE layer, their mean), everything else read once per pass. */
+static seqs_bytes pass_bytes(const moe_model *m) {
+    seqs_bytes sb = { bytes_per_token(m), 0, 0 };
+    const moe_config *c = &m->cfg;
+    double experts = 0;
+    for (int i = 0; i < c->num_hidden_layers; i++) {
+        const layer_weights *lw = &m->w.layers[i];
+        if (!lw->is_moe) continue;
+        sb.n_moe++;
+        for (int e = 0; e < c->n_routed_experts; e++) experts += mlp_bytes(&lw->experts[e]);
+    }
+    if (sb.n_moe) sb.per_expert = experts / ((double)sb.n_moe * c->n_routed_experts);
+    sb.fixed -= sb.per_expert * sb.n_moe * m->K;
+    return sb;
+}
+
 /* Parameters in the checkpoint (FP8 scales not counted). */
 static double param_count(const moe_model *m) {
     double n = 0;
@@ -348,8 +372,12 @@ static double run_tg(moe_session *e, int n_prompt, int n_gen, float *logits, uin
         e->c.prof = NULL;
         if (rc) return -1;
         busy += t1 - t0;
+        /* the argmax alone: its clock starting at t1 also counted the CPU-time read above
+         * (CLOCK_PROCESS_CPUTIME_ID is a system call: 4 us on this Zen 5 guest, far more on
+         * some hypervisors), which is how it once showed 360 us per token on the toy model */
+        double t2 = cli_now();
         next = sampler_argmax(logits, m->cfg.vocab_size);
-        if (argmax_ns) *argmax_ns += (cli_now() - t1) * 1e9;
+        if (argmax_ns) *argmax_ns += (cli_now() - t2) * 1e9;
     }
     return n_gen / busy;
 }
@@ -491,8 +519,11 @@ int cmd_bench(int argc, char **argv) {
     const char *dir = NULL, *threads_arg = NULL;
     long n_prompt = 512, n_gen = 128, reps = 5, batch = 0, tg_prompt = 8, seed = 42, membw_mib = 1024;
     int json = 0, profile = 0, membw = 0, bw_given = 0, mtp = 0;
-    const char *mtp_text = NULL;
+    const char *mtp_text = NULL, *seqs_arg = NULL;
     mtp_arm mtp_result = {0};
+    seqs_arm seqs_result[MAX_THREAD_CONFIGS];
+    int seqs_b[SEQS_MAX_CONFIGS], n_seqs = 0, n_seqs_runs = 0;
+    memset(seqs_result, 0, sizeof seqs_result);
     double bw[2] = {32.9, 51.9};
     model_options opt = {0};
     for (int i = 1; i < argc; i++) {
@@ -539,6 +570,8 @@ int cmd_bench(int argc, char **argv) {
         else if (!strcmp(a, "--mtp")) mtp = 1;
         else if (!strcmp(a, "--mtp-text")) { if (!(mtp_text = cli_value(argc, argv, &i, "bench"))) return 2; mtp = 1; }
         else if (!strcmp(a, "--membw")) membw = 1;
+        else if (!strcmp(a, "--act-lowp")) cli_act_lowp("bench");
+        else if (!strcmp(a, "--seqs")) { if (!(seqs_arg = cli_value(argc, argv, &i, "bench"))) return 2; }
         else {
             fprintf(stderr, "moe bench: unknown option '%s' (see moe bench --help)\n", a);
             return 2;
@@ -564,6 +597,27 @@ int cmd_bench(int argc, char **argv) {
         free(ids);
     } else {
         threads[n_cfg++] = threadpool_default_threads();
+    }
+    if (seqs_arg) {
+        int *ids = NULL;
+        moe_error e = {{0}};
+        int n = cli_parse_ids(seqs_arg, &ids, &e);
+        if (n < 1 || n > SEQS_MAX_CONFIGS) {
+            fprintf(stderr, "moe bench: --seqs wants 1 to %d sequence counts like 1,2,4,8,16 (%s)\n", SEQS_MAX_CONFIGS,
+                    n < 0 ? e.msg : "got none or too many");
+            free(ids);
+            return 2;
+        }
+        for (int k = 0; k < n; k++) {
+            if (ids[k] < 1 || ids[k] > EXPERTS_SEQS_MAX) {
+                fprintf(stderr, "moe bench: --seqs: sequence counts must be in [1, %d]\n", EXPERTS_SEQS_MAX);
+                free(ids);
+                return 2;
+            }
+            seqs_b[n_seqs++] = ids[k];
+        }
+        free(ids);
+        if (mtp) { fprintf(stderr, "moe bench: --seqs and --mtp are separate runs: give one of them\n"); return 2; }
     }
     FILE *tab = json ? stderr : stdout;
     report rp = { dir, "", "", "", "", 0, {bw[0], bw[1]}, bw_given ? "--bw" : "default (this machine kind; --membw measures)" };
@@ -597,6 +651,8 @@ int cmd_bench(int argc, char **argv) {
     opt.n_threads = max_t;
     opt.max_seq = (int)((n_prompt > tg_prompt + n_gen ? n_prompt : tg_prompt + n_gen) + 1 + (mtp ? 2 : 0));
     opt.batch_max = (int)(batch > 0 ? batch : n_prompt > 0 ? n_prompt : 64);
+    for (int k = 0; k < n_seqs; k++)
+        if (seqs_b[k] > opt.batch_max) opt.batch_max = seqs_b[k];   /* one pass holds a token of every sequence */
     moe_session e;
     if (mtp) {   /* before the long load */
         moe_config cfg;
@@ -651,7 +707,7 @@ int cmd_bench(int argc, char **argv) {
     /* warm-up, then reps alternating thread counts */
     uint64_t rs = (uint64_t)seed;
     moe_error err = {{0}};
-    for (int r = -1; r < reps; r++) {
+    for (int r = -1; r < reps && !n_seqs; r++) {   /* --seqs: its own runs instead (below) */
         for (int k = 0; k < n_cfg; k++) {
             config_run *c = &runs[k];
             e.c.pool = c->pool;
@@ -691,8 +747,25 @@ int cmd_bench(int argc, char **argv) {
         rp.bw_source = "measured beside each repetition (--membw), median; bw % is the median of the per-rep fractions";
     }
     loadavg(load_end, sizeof load_end);
+    if (n_seqs) {   /* B sequences per pass, every thread count */
+        seqs_bytes sb = pass_bytes(&e.m);
+        for (int k = 0; k < n_cfg; k++) {
+            e.c.pool = runs[k].pool;
+            if (seqs_arm_run(&e.m, &e.c, seqs_b, n_seqs, (int)tg_prompt, (int)n_gen, (int)reps, (uint64_t)seed, &sb, profile,
+                             &seqs_result[n_seqs_runs++], &err)) {
+                fprintf(stderr, "moe bench: %s\n", err.msg);
+                goto done;
+            }
+        }
+        e.c.pool = own_pool;
+    }
     /* report */
-    print_table(tab, &rp, runs, n_cfg, (int)n_prompt, (int)n_gen, (int)reps);
+    if (!n_seqs) print_table(tab, &rp, runs, n_cfg, (int)n_prompt, (int)n_gen, (int)reps);
+    else {
+        fprintf(tab, "| model | size | params | backend |\n| --- | ---: | ---: | --- |\n| %s | %s | %s | %s |\n", rp.model,
+                rp.size, rp.params, rp.backend);
+        seqs_arm_print(tab, seqs_result, n_seqs_runs);
+    }
     size_t kv_tok = kv_bytes_per_token(&e.kv);
     int kv_floats = e.m.cfg.kv_lora_rank + e.m.cfg.qk_rope_head_dim;
     fprintf(tab, "\nweights read per decoded token: %.2f MB (attention + router + %d of %d experts + shared + dense + head)\n",
@@ -771,6 +844,11 @@ int cmd_bench(int argc, char **argv) {
             }
         }
         if (mtp) json_array_append_new(arr, mtp_arm_json(&mtp_result));
+        for (int k = 0; k < n_seqs_runs; k++) {
+            json_t *sj = seqs_arm_json(&seqs_result[k]);
+            json_array_extend(arr, sj);
+            json_decref(sj);
+        }
         char *s = json_dumps(arr, JSON_INDENT(2) | JSON_REAL_PRECISION(8));
         printf("%s\n", s);
         free(s);
@@ -790,6 +868,7 @@ done:
     free((void *)membw_arr.a);
     free(logits);
     mtp_arm_free(&mtp_result);
+    for (int k = 0; k < n_seqs_runs; k++) seqs_arm_free(&seqs_result[k]);
     session_close(&e);
     return rc;
 }
