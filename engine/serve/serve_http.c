@@ -22,7 +22,6 @@ struct serve_http {
     const tokenizer *tok;
     serve_http_options o;
     char *model_name;
-    pthread_mutex_t tok_mu;      /* tokenizer_encode keeps a word cache: one caller at a time */
     int quiesced;                /* atomic */
     unsigned long long n_ids;    /* atomic: response ids */
     int n_running;               /* atomic: generation requests between submit and their end */
@@ -283,9 +282,7 @@ static int encode_prompt(serve_http *h, const serve_params *p, int **ids, int *n
     }
     int *t = NULL, nt = 0;
     moe_error err = {{0}};
-    pthread_mutex_lock(&h->tok_mu);
     int rc = tokenizer_encode(h->tok, p->text, strlen(p->text), &t, &nt, &err);
-    pthread_mutex_unlock(&h->tok_mu);
     if (rc) return serve_fail(e, 400, p->kind == SERVE_CHAT ? "messages" : "prompt", "cannot tokenize the prompt: %s", err.msg);
     int bos = p->add_bos ? tokenizer_bos_id(h->tok) : -1;
     *ids = malloc(sizeof(int) * (size_t)(nt + 1));
@@ -422,9 +419,7 @@ static enum MHD_Result tokenize_route(serve_http *h, struct MHD_Connection *c, c
     }
     int *ids = NULL, n = 0;
     moe_error err = {{0}};
-    pthread_mutex_lock(&h->tok_mu);
     int rc = tokenizer_encode(h->tok, json_string_value(content), json_string_length(content), &ids, &n, &err);
-    pthread_mutex_unlock(&h->tok_mu);
     if (rc) { json_decref(root); return fail(c, 400, "content", "cannot tokenize: %s", err.msg); }
     json_t *arr = json_array();
     if (json_is_true(sp) && tokenizer_bos_id(h->tok) >= 0) json_array_append_new(arr, json_integer(tokenizer_bos_id(h->tok)));
@@ -478,9 +473,7 @@ static enum MHD_Result detokenize_route(serve_http *h, struct MHD_Connection *c,
     char *text = NULL;
     size_t len = 0;
     moe_error err = {{0}};
-    pthread_mutex_lock(&h->tok_mu);
     int rc = tokenizer_decode(h->tok, ids, (int)n, &text, &len, &err);
-    pthread_mutex_unlock(&h->tok_mu);
     free(ids);
     if (rc) return fail(c, 400, "tokens", "cannot decode: %s", err.msg);
     json_t *o = json_pack("{s:o}", "content", serve_json_text(text, len));
@@ -687,7 +680,6 @@ int serve_http_start(serve_http **out, serve_sched *sched, const moe_model *m, c
     h->o = *o;
     h->t_start = now_s();
     h->model_name = strdup(o->model_name ? o->model_name : "moe");
-    pthread_mutex_init(&h->tok_mu, NULL);
     const char *host = o->host && strcmp(o->host, "localhost") ? o->host : "127.0.0.1";
     struct sockaddr_in a4 = {0};
     struct sockaddr_in6 a6 = {0};
@@ -712,7 +704,6 @@ int serve_http_start(serve_http **out, serve_sched *sched, const moe_model *m, c
                             MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, h, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(256 * 1024),
                             MHD_OPTION_END);
     if (!h->d) {
-        pthread_mutex_destroy(&h->tok_mu);
         free(h->model_name);
         free(h);
         return moe_error_set(err, "cannot listen on %s port %d: %s (is the port in use? try --port 0 for any free port)",
@@ -739,7 +730,6 @@ void serve_http_stop(serve_http *h) {
         nanosleep(&ts, NULL);
     }
     MHD_stop_daemon(h->d);
-    pthread_mutex_destroy(&h->tok_mu);
     free(h->model_name);
     free(h);
 }
