@@ -29,7 +29,7 @@ typedef struct {
  * a VM) that the hardware prefetcher does not cross; on 2 MiB pages the expert phase of
  * `moe bench --seqs 1,8` (M, q8, 1 thread) took ~0.6 of its CPU time (kernels/README.md).
  * Under ASan every buffer is its own allocation, so overflows stay detectable. */
-#define OWNED_CHUNK ((size_t)64 << 20)
+#define OWNED_CHUNK WEIGHTS_CHUNK
 #define OWNED_HUGE ((size_t)2 << 20)
 
 static void *owned_push(loader *ld, void *p) {
