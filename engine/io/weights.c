@@ -25,9 +25,9 @@ typedef struct {
 /* Converted buffers are carved from 64 MiB chunks, 2 MiB aligned and advised
  * MADV_HUGEPAGE (this machine's THP mode is "madvise"); larger ones get their own
  * 2 MiB-aligned buffer. A decode pass touches hundreds of separate expert matrices of
- * ~300 KB: on 4 KiB pages every 4 KiB of weights was a TLB miss (a nested page walk in
- * a VM) that the hardware prefetcher does not cross; on 2 MiB pages the expert phase of
- * `moe bench --seqs 1,8` (M, q8, 1 thread) took ~0.6 of its CPU time (kernels/README.md).
+ * ~300 KB; on 4 KiB pages each 4 KiB is a TLB miss (a nested page walk in a VM) that the
+ * hardware prefetcher does not cross. Measured effect on M q8 is within noise on a quiet
+ * Zen 5 and possibly large under load (kernels/README.md, 2026-12-02).
  * Under ASan every buffer is its own allocation, so overflows stay detectable. */
 #define OWNED_CHUNK WEIGHTS_CHUNK
 #define OWNED_HUGE ((size_t)2 << 20)
