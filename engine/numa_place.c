@@ -258,13 +258,26 @@ static int ref_cmp(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
-/* Frees buffer `ptr` if the weights own it (refs: w->owned sorted by address); 0 if not owned. */
-static int free_owned(moe_weights *w, const owned_ref *refs, const void *ptr) {
-    owned_ref key = { ptr, 0 };
-    const owned_ref *r = bsearch(&key, refs, (size_t)w->n_owned, sizeof *refs, ref_cmp);
-    if (!r) return 0;
-    free(w->owned[r->index]);
-    w->owned[r->index] = NULL;
+/* Frees buffer `ptr` (nb bytes) if the weights own it (refs: w->owned sorted by address); 0 if
+ * not owned. A matrix inside an owned chunk (WEIGHTS_CHUNK, weights.h) gives back the whole
+ * pages it covers (MADV_DONTNEED); the chunk itself is freed with the weights. */
+static int free_owned(moe_weights *w, const owned_ref *refs, const void *ptr, size_t nb) {
+    size_t lo = 0, hi = (size_t)w->n_owned;   /* first ref above ptr */
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if ((uintptr_t)refs[mid].ptr <= (uintptr_t)ptr) lo = mid + 1; else hi = mid;
+    }
+    if (lo == 0) return 0;
+    const owned_ref *r = &refs[lo - 1];
+    uintptr_t start = (uintptr_t)r->ptr, at = (uintptr_t)ptr;
+    if (at == start && w->owned[r->index]) {
+        free(w->owned[r->index]);
+        w->owned[r->index] = NULL;
+        return 1;
+    }
+    if (!w->owned[r->index] || at + nb > start + WEIGHTS_CHUNK) return 0;
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), a = (at + page - 1) / page * page, b = (at + nb) / page * page;
+    if (a < b) (void)madvise((void *)a, b - a, MADV_DONTNEED);
     return 1;
 }
 
@@ -326,6 +339,7 @@ static int copy_experts(numa_plan *p, moe_weights *w, moe_error *err) {
                 return moe_error_set(err, "numa: cannot allocate %.1f MiB for layer %d's experts on node %d",
                                      bytes / 1048576.0, l, p->topo.os_node[k]);
             }
+            (void)madvise(buf, bytes, MADV_HUGEPAGE);   /* as the loader's chunks (weights.c) */
             p->bufs[p->n_bufs] = buf;
             p->buf_bytes[p->n_bufs++] = bytes;
             place_range(p, buf, bytes, MPOL_BIND, p->topo.os_node[k], 0);
@@ -336,7 +350,8 @@ static int copy_experts(numa_plan *p, moe_weights *w, moe_error *err) {
                 for (int i = 0; i < 3; i++) {
                     size_t nb = mat_bytes(x[i]);
                     memcpy(dst, x[i]->data, nb);
-                    if (!free_owned(w, sorted, x[i]->data)) {   /* a view of the file mapping */
+                    if (free_owned(w, sorted, x[i]->data, nb)) p->n_released++;
+                    else {   /* a view of the file mapping */
                         p->bytes_from_map += nb;
                         w->bytes_mapped -= nb;
                         w->bytes_converted += nb;

@@ -66,6 +66,7 @@ typedef struct {
     /* filled by numa_place_weights and the thread hook */
     size_t bytes_copied;                /* expert bytes copied onto their nodes */
     size_t bytes_from_map;              /*   of which were zero-copy views of the file */
+    int n_released;                     /* converted originals given back after their copy */
     size_t bytes_interleaved;           /* bytes given the interleave policy */
     int mbind_failed, mbind_errno;      /* ranges the kernel refused to place */
     int bind_failed;                    /* threads that could not be pinned */

@@ -142,7 +142,7 @@ static int n_mv_variants(mv_variant *v) {
 }
 
 static const int ROWS[] = {1, 7, 33, 257};
-static const int COLS[] = {16, 24, 32, 96, 129, 1000, 1024};
+static const int COLS[] = {16, 24, 32, 96, 112, 129, 1000, 1024};   /* 112: 32-column steps then one of 16 */
 #define NELEM(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
 /* ---------------------------------------------------------------- matvec */
@@ -238,7 +238,8 @@ static void test_matvec_tail_column(void **state) {
 
 static void check_matmul(mat_dtype dt, int exact) {
     static const int mrows[] = {1, 7, 33};
-    static const int ns[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 16};
+    /* every split of n into 4-row tiles of <= 6 tokens up to 3 tiles (kernels/README.md) */
+    static const int ns[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 31};
     mv_variant v[4];
     int nv = n_mv_variants(v);
     for (int ri = 0; ri < NELEM(mrows); ri++)

@@ -65,6 +65,10 @@ typedef struct {
     mat mtp_head;               /* [V, H] shared_head.head (falls back to lm_head) */
 } layer_weights;
 
+/* Converted matrices of up to WEIGHTS_CHUNK / 4 bytes are carved from owned chunks of this
+ * size (2 MiB aligned, MADV_HUGEPAGE; weights.c); larger ones are owned buffers of their own. */
+#define WEIGHTS_CHUNK ((size_t)64 << 20)
+
 typedef struct {
     mat embed;                  /* [V, H] model.embed_tokens */
     layer_weights *layers;      /* [n_layers]; MTP modules at index L.. */
@@ -75,7 +79,8 @@ typedef struct {
     st_set files;               /* the mapped checkpoint (safetensors) */
     gguf_file gguf;             /* or the mapped GGUF file */
     int is_gguf;
-    void **owned;  int n_owned, cap_owned;   /* buffers made at load */
+    void **owned;  int n_owned, cap_owned;   /* buffers made at load: a converted matrix is one
+                                                 of them, or lies inside one of WEIGHTS_CHUNK bytes */
     size_t bytes_mapped;        /* weight bytes used straight from the mapping */
     size_t bytes_converted;     /* weight bytes held in converted buffers */
     int n_converted;            /* matrices converted */
