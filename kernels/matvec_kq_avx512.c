@@ -4,8 +4,9 @@
  * Legend
  *   W [rows, cols] of nb = cols / 256 super-blocks per row; x / X[t] quantized per 256 to
  *   int8 (block_q8_K: f32 dx, qs, 16 sums of 16).
- *   u vector   64 weights of one super-block as unsigned bytes, in column order: Q4_K the
- *              nibbles (0..15), Q6_K the 6-bit q (0..63, i.e. value + 32).
+ *   u vector   64 weights of one super-block as unsigned bytes: Q4_K the nibbles (0..15) of
+ *              one 64-byte load of qs (x is reordered to match: q4k_x_order), Q6_K the 6-bit
+ *              q (0..63, i.e. value + 32) in column order.
  *   products   vpmaddubsw u x -> 32 int16 pair sums (at most 2 * 63 * 127, no saturation),
  *              then vpdpwssd (VNNI; else vpmaddwd + vpaddd) with the pairs' sub-block scales
  *              as int16 -> 16 int32: exact integer sums per super-block.
@@ -14,8 +15,10 @@
  *              into the same f32 accumulator; Q6_K's "- 32" comes off the integer sum as
  *              32 sum_j sc_j bsum_j. Same integers as matvec_rows_q8K_ref; the f32 steps
  *              differ from it only in summation order (tests: tight bound).
- *   tile       RB rows x TB tokens: the u vectors and scales of RB rows are built once per
- *              super-block and used for TB tokens. matvec = tile RB 4 x TB 1; matmul 2 x 4.
+ *   tile       RB rows x TB tokens: per super-block, row by row, the row's u vectors and
+ *              scales are built once and used for the TB tokens (x from L1, as memory
+ *              operands), so nothing but the RB x TB accumulators stays live across rows.
+ *              matvec = tile RB 4 x TB 1; matmul 2 x 4.
  *   prefetch   the matvec discipline (matvec_avx512.c): every line of the rows one row block
  *              ahead into L1 (T0), two blocks ahead into L2 (T1), at least KQ_PF bytes ahead.
  *
@@ -67,17 +70,29 @@ AI __m512i dpw(int vnni, __m512i acc, __m512i a, __m512i b) {
     return vnni ? _mm512_dpwssd_epi32(acc, a, b) : _mm512_add_epi32(acc, _mm512_madd_epi16(a, b));
 }
 
-/* A Q4_K / Q5_K block's 8 scales (bytes 0-7) and 8 mins (bytes 8-15), unpacked from the 12
- * packed bytes four at a time (the same bits as kq_scale_min). */
-AI __m128i kq_scales16(const uint8_t *s) {
-    uint32_t u0, u1, u2;
-    memcpy(&u0, s, 4);
-    memcpy(&u1, s + 4, 4);
-    memcpy(&u2, s + 8, 4);
-    uint32_t sc_lo = u0 & 0x3f3f3f3fu, m_lo = u1 & 0x3f3f3f3fu;
-    uint32_t sc_hi = (u2 & 0x0f0f0f0fu) | (((u0 >> 6) & 0x03030303u) << 4);
-    uint32_t m_hi = ((u2 >> 4) & 0x0f0f0f0fu) | (((u1 >> 6) & 0x03030303u) << 4);
-    return _mm_set_epi32((int)m_hi, (int)m_lo, (int)sc_hi, (int)sc_lo);
+/* The first 16 bytes of a Q4_K / Q5_K block (d, dmin, the 12 scale bytes) -> bytes 0-7 the
+ * 8 scales, 8-15 the 8 mins: kq_scale_min's bits, four sub-blocks at a time in 32-bit lanes
+ * (lane 1 = packed bytes 0-3, lane 2 = bytes 4-7, lane 3 = bytes 8-11). */
+AI __m128i kq_scales16(__m128i v) {
+    __m128i a = _mm_shuffle_epi32(v, _MM_SHUFFLE(3, 2, 3, 1));   /* bytes 0-3, 8-11, 4-7, 8-11 */
+    __m128i b = _mm_shuffle_epi32(v, _MM_SHUFFLE(2, 2, 1, 1));   /* bytes 0-3, 0-3, 4-7, 4-7 */
+    a = _mm_srlv_epi32(a, _mm_set_epi32(4, 0, 0, 0));            /* the mins' high nibbles */
+    a = _mm_and_si128(a, _mm_set_epi32(0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f));
+    b = _mm_and_si128(_mm_srli_epi32(b, 2), _mm_set_epi32(0x30303030, 0, 0x30303030, 0));   /* top 2 bits -> bits 4-5 */
+    return _mm_or_si128(a, b);
+}
+
+/* Q4_K's x order: in each 128 columns the 32-column runs 1 and 2 swapped, so that one 64-byte
+ * load of qs, masked to its low nibbles, meets x[0..31, 64..95] (sub-blocks 0 and 2) and
+ * shifted, x[32..63, 96..127] (1 and 3). In place; bsums and d unchanged. */
+static void q4k_x_order(block_q8_K *xq, size_t nb) {
+    for (size_t b = 0; b < nb; b++)
+        for (int h = 0; h < 2; h++) {
+            int8_t *q = xq[b].qs + 128 * h;
+            __m256i r1 = _mm256_loadu_si256((const __m256i *)(q + 32)), r2 = _mm256_loadu_si256((const __m256i *)(q + 64));
+            _mm256_storeu_si256((__m256i *)(q + 32), r2);
+            _mm256_storeu_si256((__m256i *)(q + 64), r1);
+        }
 }
 
 /* vpshufb control giving int16 lanes 0-7, 8-15, 16-23, 24-31 the bytes i0..i3 of each
@@ -92,15 +107,21 @@ AI __m512i ctrl4(int i0, int i1, int i2, int i3, int hi) {
     return v;
 }
 
+#ifndef KQ_T0
+#define KQ_T0 1
+#endif
+#ifndef KQ_T1X
+#define KQ_T1X 2
+#endif
 AI void prefetch_block(const char *p, size_t ahead, int bytes) {
     for (int o = 0; o < bytes; o += 64) {
-        _mm_prefetch(p + ahead + o, _MM_HINT_T0);
-        _mm_prefetch(p + 2 * ahead + o, _MM_HINT_T1);
+        if (KQ_T0) _mm_prefetch(p + ahead + o, _MM_HINT_T0);
+        if (KQ_T1X) _mm_prefetch(p + KQ_T1X * ahead + o, _MM_HINT_T1);
     }
 }
 
 typedef struct {
-    __m512i q4sc[4];     /* Q4_K: scales of u vector v (sub-blocks 2v, 2v + 1) */
+    __m512i q4sc[4];     /* Q4_K: scales of u vector v (sub-blocks 0|2, 1|3, 4|6, 5|7) */
     __m256i q4min;       /* Q4_K: int16 lanes 2j, 2j + 1 = m_j */
     __m512i q6sc[4];     /* Q6_K: scales 4v .. 4v + 3 on top of the int16 lanes (then >> 8) */
 } kq_ctrl;
@@ -108,7 +129,8 @@ typedef struct {
 AI kq_ctrl kq_ctrl_make(void) {
     kq_ctrl c;
     for (int v = 0; v < 4; v++) {
-        c.q4sc[v] = ctrl4(2 * v, 2 * v, 2 * v + 1, 2 * v + 1, 0);
+        int lo = (v & 2) * 2 + (v & 1);   /* u vector v holds sub-blocks lo and lo + 2 */
+        c.q4sc[v] = ctrl4(lo, lo, lo + 2, lo + 2, 0);
         c.q6sc[v] = ctrl4(4 * v, 4 * v + 1, 4 * v + 2, 4 * v + 3, 1);
     }
     short m[16];
@@ -130,43 +152,34 @@ AI void q4k_tile(const char *w, size_t rs, int nb, int RB, int TB, const block_q
 #pragma GCC unroll 4
         for (int t = 0; t < TB; t++) acc[i][t] = _mm512_setzero_ps();
     for (int k = 0; k < nb; k++) {
-        __m512i u[4][4], sc[4][4];
-        __m256i mn[4];
-        float d[4], dm[4];
 #pragma GCC unroll 4
-        for (int i = 0; i < RB; i++) {
+        for (int i = 0; i < RB; i++) {   /* one row's u vectors and scales, then its TB tokens */
             const block_q4_K *b = (const block_q4_K *)(w + i * rs) + k;
             if (pf) prefetch_block((const char *)b, ahead, (int)sizeof(block_q4_K));
             __m512i a0 = _mm512_loadu_si512(b->qs), a1 = _mm512_loadu_si512(b->qs + 64);
-            __m512i l0 = _mm512_and_si512(a0, m4), h0 = _mm512_and_si512(_mm512_srli_epi16(a0, 4), m4);
-            __m512i l1 = _mm512_and_si512(a1, m4), h1 = _mm512_and_si512(_mm512_srli_epi16(a1, 4), m4);
-            u[i][0] = _mm512_shuffle_i64x2(l0, h0, 0x44);   /* columns 0..63 */
-            u[i][1] = _mm512_shuffle_i64x2(l0, h0, 0xEE);   /* 64..127 */
-            u[i][2] = _mm512_shuffle_i64x2(l1, h1, 0x44);
-            u[i][3] = _mm512_shuffle_i64x2(l1, h1, 0xEE);
-            __m512i s = _mm512_broadcast_i32x4(kq_scales16(b->scales));
+            __m512i u[4], sc[4];
+            u[0] = _mm512_and_si512(a0, m4);                          /* columns 0..31 | 64..95 */
+            u[1] = _mm512_and_si512(_mm512_srli_epi16(a0, 4), m4);    /* 32..63 | 96..127 */
+            u[2] = _mm512_and_si512(a1, m4);
+            u[3] = _mm512_and_si512(_mm512_srli_epi16(a1, 4), m4);
+            __m128i head = _mm_loadu_si128((const __m128i *)b);       /* d, dmin, scales */
+            __m512i s = _mm512_broadcast_i32x4(kq_scales16(head));
 #pragma GCC unroll 4
-            for (int v = 0; v < 4; v++) sc[i][v] = _mm512_shuffle_epi8(s, c->q4sc[v]);
-            mn[i] = _mm256_shuffle_epi8(_mm512_castsi512_si256(s), c->q4min);
-            d[i] = _cvtsh_ss(b->d);
-            dm[i] = _cvtsh_ss(b->dmin);
-        }
+            for (int v = 0; v < 4; v++) sc[v] = _mm512_shuffle_epi8(s, c->q4sc[v]);
+            __m256i mn = _mm256_shuffle_epi8(_mm512_castsi512_si256(s), c->q4min);
+            __m128 dd = _mm_cvtph_ps(head);                           /* lanes 0, 1: d, dmin */
 #pragma GCC unroll 4
-        for (int t = 0; t < TB; t++) {
-            const block_q8_K *xb = XQ + (size_t)t * xs + k;
-            __m512i x[4];
-#pragma GCC unroll 4
-            for (int v = 0; v < 4; v++) x[v] = _mm512_loadu_si512(xb->qs + 64 * v);
-            __m256i bs = _mm256_loadu_si256((const __m256i *)xb->bsums);
-            float dx = xb->d;
-#pragma GCC unroll 4
-            for (int i = 0; i < RB; i++) {
+            for (int t = 0; t < TB; t++) {
+                const block_q8_K *xb = XQ + (size_t)t * xs + k;
                 __m512i is = _mm512_setzero_si512();
 #pragma GCC unroll 4
-                for (int v = 0; v < 4; v++) is = dpw(vnni, is, _mm512_maddubs_epi16(u[i][v], x[v]), sc[i][v]);
-                __m256i ms = _mm256_madd_epi16(mn[i], bs);
-                acc[i][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is), _mm512_set1_ps(d[i] * dx), acc[i][t]);
-                acc[i][t] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(_mm512_zextsi256_si512(ms)), _mm512_set1_ps(dm[i] * dx), acc[i][t]);
+                for (int v = 0; v < 4; v++)
+                    is = dpw(vnni, is, _mm512_maddubs_epi16(u[v], _mm512_loadu_si512(xb->qs + 64 * v)), sc[v]);
+                __m256i ms = _mm256_madd_epi16(mn, _mm256_loadu_si256((const __m256i *)xb->bsums));
+                __m128 f = _mm_mul_ps(dd, _mm_set1_ps(xb->d));           /* d dx, dmin dx */
+                acc[i][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is), _mm512_broadcastss_ps(f), acc[i][t]);
+                acc[i][t] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(_mm512_zextsi256_si512(ms)),
+                                             _mm512_broadcastss_ps(_mm_movehdup_ps(f)), acc[i][t]);
             }
         }
     }
@@ -190,44 +203,35 @@ AI void q6k_tile(const char *w, size_t rs, int nb, int RB, int TB, const block_q
 #pragma GCC unroll 4
         for (int t = 0; t < TB; t++) acc[i][t] = _mm512_setzero_ps();
     for (int k = 0; k < nb; k++) {
-        __m512i u[4][4], sc[4][4];
-        __m256i s16[4];
-        float d[4];
 #pragma GCC unroll 4
         for (int i = 0; i < RB; i++) {
             const block_q6_K *b = (const block_q6_K *)(w + i * rs) + k;
             if (pf) prefetch_block((const char *)b, ahead, (int)sizeof(block_q6_K));
+            __m512i u[4], sc[4];
 #pragma GCC unroll 2
             for (int h = 0; h < 2; h++) {
                 __m512i ql = _mm512_loadu_si512(b->ql + 64 * h);
                 __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(b->qh + 32 * h)));
-                u[i][2 * h] = _mm512_or_si512(_mm512_and_si512(ql, m4), _mm512_and_si512(_mm512_sllv_epi16(qh, sl), m30));
-                u[i][2 * h + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), m4),
-                                                  _mm512_and_si512(_mm512_srlv_epi16(qh, sr), m30));
+                u[2 * h] = _mm512_or_si512(_mm512_and_si512(ql, m4), _mm512_and_si512(_mm512_sllv_epi16(qh, sl), m30));
+                u[2 * h + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), m4),
+                                               _mm512_and_si512(_mm512_srlv_epi16(qh, sr), m30));
             }
             __m128i s8 = _mm_loadu_si128((const __m128i *)b->scales);
             __m512i s = _mm512_broadcast_i32x4(s8);
 #pragma GCC unroll 4
-            for (int v = 0; v < 4; v++) sc[i][v] = _mm512_srai_epi16(_mm512_shuffle_epi8(s, c->q6sc[v]), 8);
-            s16[i] = _mm256_cvtepi8_epi16(s8);
-            d[i] = _cvtsh_ss(b->d);
-        }
+            for (int v = 0; v < 4; v++) sc[v] = _mm512_srai_epi16(_mm512_shuffle_epi8(s, c->q6sc[v]), 8);
+            __m256i s16 = _mm256_cvtepi8_epi16(s8);
+            float d = _cvtsh_ss(b->d);
 #pragma GCC unroll 4
-        for (int t = 0; t < TB; t++) {
-            const block_q8_K *xb = XQ + (size_t)t * xs + k;
-            __m512i x[4];
-#pragma GCC unroll 4
-            for (int v = 0; v < 4; v++) x[v] = _mm512_loadu_si512(xb->qs + 64 * v);
-            __m256i bs = _mm256_loadu_si256((const __m256i *)xb->bsums);
-            float dx = xb->d;
-#pragma GCC unroll 4
-            for (int i = 0; i < RB; i++) {
+            for (int t = 0; t < TB; t++) {
+                const block_q8_K *xb = XQ + (size_t)t * xs + k;
                 __m512i is = _mm512_setzero_si512();
 #pragma GCC unroll 4
-                for (int v = 0; v < 4; v++) is = dpw(vnni, is, _mm512_maddubs_epi16(u[i][v], x[v]), sc[i][v]);
-                __m256i corr = _mm256_slli_epi32(_mm256_madd_epi16(s16[i], bs), 5);   /* 32 sum_j sc_j bsum_j */
+                for (int v = 0; v < 4; v++)
+                    is = dpw(vnni, is, _mm512_maddubs_epi16(u[v], _mm512_loadu_si512(xb->qs + 64 * v)), sc[v]);
+                __m256i corr = _mm256_slli_epi32(_mm256_madd_epi16(s16, _mm256_loadu_si256((const __m256i *)xb->bsums)), 5);   /* 32 sum_j sc_j bsum_j */
                 is = _mm512_sub_epi32(is, _mm512_zextsi256_si512(corr));
-                acc[i][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is), _mm512_set1_ps(d[i] * dx), acc[i][t]);
+                acc[i][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is), _mm512_set1_ps(d * xb->d), acc[i][t]);
             }
         }
     }
@@ -322,10 +326,29 @@ static void kq_matmul(const mat *W, const block_q8_K *XQ, int n, float *Y, int l
     }
 }
 
-void matvec_rows_q8K_q4k_avx512(const mat *W, const block_q8_K *xq, float *y, int row0, int row1) { kq_matvec(W, xq, y, row0, row1); }
+/* The integer entry points take x in ggml's order; Q4_K's tiles want q4k_x_order, so x is
+ * copied (Q4_K matmul: KQ_MATMUL_X_BYTES of tokens at a time) and reordered first. */
+void matvec_rows_q8K_q4k_avx512(const mat *W, const block_q8_K *xq, float *y, int row0, int row1) {
+    size_t nb = (size_t)W->cols / QK_K;
+    if (W->cols > KQ_MAX_COLS) { matvec_rows_q8K_ref(W, xq, y, row0, row1); return; }
+    block_q8_K xp[nb];
+    memcpy(xp, xq, sizeof xp);
+    q4k_x_order(xp, nb);
+    kq_matvec(W, xp, y, row0, row1);
+}
 void matvec_rows_q8K_q6k_avx512(const mat *W, const block_q8_K *xq, float *y, int row0, int row1) { kq_matvec(W, xq, y, row0, row1); }
 void matmul_rows_q8K_q4k_avx512(const mat *W, const block_q8_K *XQ, int n, float *Y, int ldy, int row0, int row1) {
-    kq_matmul(W, XQ, n, Y, ldy, row0, row1);
+    size_t nb = (size_t)W->cols / QK_K;
+    int chunk = (int)(KQ_MATMUL_X_BYTES / (nb * sizeof(block_q8_K)));
+    if (W->cols > KQ_MAX_COLS || chunk < 1) { matmul_rows_q8K_ref(W, XQ, n, Y, ldy, row0, row1); return; }
+    if (chunk > n) chunk = n;
+    block_q8_K xp[(size_t)chunk * nb];
+    for (int t0 = 0; t0 < n; t0 += chunk) {
+        int nt = n - t0 < chunk ? n - t0 : chunk;
+        memcpy(xp, XQ + (size_t)t0 * nb, sizeof(block_q8_K) * nb * (size_t)nt);
+        q4k_x_order(xp, nb * (size_t)nt);
+        kq_matmul(W, xp, nt, Y + (size_t)t0 * ldy, ldy, row0, row1);
+    }
 }
 void matmul_rows_q8K_q6k_avx512(const mat *W, const block_q8_K *XQ, int n, float *Y, int ldy, int row0, int row1) {
     kq_matmul(W, XQ, n, Y, ldy, row0, row1);
@@ -337,6 +360,7 @@ static void kq_matvec_f32(const mat *W, const float *x, float *y, int row0, int 
     if (W->cols > KQ_MAX_COLS) { matvec_rows_ref(W, x, y, row0, row1); return; }
     block_q8_K xq[W->cols / QK_K];
     if (!quantize_row_q8_K_avx512(x, xq, W->cols)) { matvec_rows_ref(W, x, y, row0, row1); return; }
+    if (W->dtype == MAT_Q4_K) q4k_x_order(xq, (size_t)W->cols / QK_K);
     kq_matvec(W, xq, y, row0, row1);
 }
 
@@ -356,6 +380,7 @@ static void kq_matmul_f32(const mat *W, const float *X, int n, float *Y, int ldy
             bad[t] = !quantize_row_q8_K_avx512(X + (size_t)(t0 + t) * W->cols, xq + (size_t)t * nb, W->cols);
             if (bad[t]) memset(xq + (size_t)t * nb, 0, row_q);
         }
+        if (W->dtype == MAT_Q4_K) q4k_x_order(xq, (size_t)nb * nt);
         kq_matmul(W, xq, nt, Y + (size_t)t0 * ldy, ldy, row0, row1);
         for (int t = 0; t < nt; t++)
             if (bad[t]) matmul_rows_ref(W, X + (size_t)(t0 + t) * W->cols, 1, Y + (size_t)(t0 + t) * ldy, ldy, row0, row1);

@@ -1625,6 +1625,30 @@ static void test_ggml_edges(void **state) {
     }
 }
 
+
+/* The pool with ggml weights: matvec_parallel (k-quants: x quantized once for all shares) and
+ * matmul_parallel give the bits of matvec_rows / matmul_rows over all rows. */
+static void test_ggml_parallel(void **state) {
+    (void)state;
+    for (int nt = 1; nt <= 3; nt++) {
+        threadpool *p = threadpool_create(nt);
+        assert_non_null(p);
+        for (int ti = 0; ti < NELEM(GTYPES); ti++) {
+            int rows = 77, cols = 512, n = 5;
+            test_mat W = make_mat(GTYPES[ti], rows, cols, 0);
+            float *x = make_vec(n * cols, 0), *ref = malloc(sizeof(float) * n * rows), *y = malloc(sizeof(float) * n * rows);
+            matvec_rows(&W.m, x, ref, 0, rows);
+            matvec_parallel(p, &W.m, x, y);
+            assert_memory_equal(y, ref, sizeof(float) * rows);
+            matmul_rows(&W.m, x, n, ref, rows, 0, rows);
+            matmul_parallel(p, &W.m, x, n, y, rows);
+            assert_memory_equal(y, ref, sizeof(float) * n * rows);
+            free(W.buf); free(x); free(ref); free(y);
+        }
+        threadpool_free(p);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_blas_sgemm),
@@ -1668,6 +1692,7 @@ int main(void) {
         cmocka_unit_test(test_ggml_matvec_t),
         cmocka_unit_test(test_ggml_scalar_set),
         cmocka_unit_test(test_ggml_edges),
+        cmocka_unit_test(test_ggml_parallel),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
