@@ -189,6 +189,75 @@ AI void q4k_tile(const char *w, size_t rs, int nb, int RB, int TB, const block_q
         for (int i = 0; i < RB; i++) out[(size_t)t * ldo + i] = _mm512_reduce_add_ps(acc[i][t]);
 }
 
+/* 4 Q4_K rows x 1 token (decode): the per-row work that does not touch the 128 quant bytes
+ * -- unpacking scales and mins, converting d and dmin, the mins' dot with x's sums -- done
+ * for the four rows at once, one 128-bit lane per row (their 16-byte heads in one zmm). The
+ * mins go to one accumulator, lanes 4i..4i+3 for row i; y_i = sum(acc_i) - sum(those lanes).
+ * bs32[k * 8 + j]: the sum of x block k over sub-block j (int16). */
+AI void q4k_mv4(const char *w, size_t rs, int nb, const block_q8_K *xq, const int16_t *bs32, float *out,
+                const kq_ctrl *c, int vnni) {
+    __m512 acc[4], accm = _mm512_setzero_ps();
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    const size_t ahead = 4 * rs > KQ_PF ? 4 * rs : KQ_PF;
+    /* vpermw: d_i, dmin_i (words 8i, 8i + 1 of the heads) to words 2i, 2i + 1 */
+    const __m512i idx_dd = _mm512_set_epi16(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                                            0, 0, 0, 0, 0, 0, 0, 0, 25, 24, 17, 16, 9, 8, 1, 0);
+    const __m512i idx_m = _mm512_set_epi32(7, 7, 7, 7, 5, 5, 5, 5, 3, 3, 3, 3, 1, 1, 1, 1);   /* dmin_i dx */
+    const __m512i sh = _mm512_set4_epi32(4, 0, 0, 0);
+    const __m512i ma = _mm512_set4_epi32(0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f);
+    const __m512i mb = _mm512_set4_epi32(0x30303030, 0, 0x30303030, 0);
+    const __m512i mctl = _mm512_set4_epi32((int)0x800f800e, (int)0x800d800c, (int)0x800b800a, (int)0x80098008);
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++) acc[i] = _mm512_setzero_ps();
+    for (int k = 0; k < nb; k++) {
+        const block_q4_K *b0 = (const block_q4_K *)w + k;
+        __m512i hd = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)b0));
+        hd = _mm512_inserti32x4(hd, _mm_loadu_si128((const __m128i *)((const char *)b0 + rs)), 1);
+        hd = _mm512_inserti32x4(hd, _mm_loadu_si128((const __m128i *)((const char *)b0 + 2 * rs)), 2);
+        hd = _mm512_inserti32x4(hd, _mm_loadu_si128((const __m128i *)((const char *)b0 + 3 * rs)), 3);
+        /* kq_scales16 on four lanes */
+        __m512i a = _mm512_srlv_epi32(_mm512_shuffle_epi32(hd, _MM_PERM_DCDB), sh);
+        __m512i bb = _mm512_srli_epi32(_mm512_shuffle_epi32(hd, _MM_PERM_CCBB), 2);
+        __m512i s4 = _mm512_or_si512(_mm512_and_si512(a, ma), _mm512_and_si512(bb, mb));
+        __m256 dd = _mm256_cvtph_ps(_mm512_castsi512_si128(_mm512_permutexvar_epi16(idx_dd, hd)));   /* d0 dm0 d1 dm1 .. */
+        __m512 ddx = _mm512_castps256_ps512(_mm256_mul_ps(dd, _mm256_set1_ps(xq[k].d)));
+        __m512i ms = _mm512_madd_epi16(_mm512_shuffle_epi8(s4, mctl),
+                                       _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(bs32 + 8 * k))));
+        accm = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ms), _mm512_permutexvar_ps(idx_m, ddx), accm);
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; i++) {
+            const block_q4_K *b = (const block_q4_K *)(w + i * rs) + k;
+            prefetch_block((const char *)b, ahead, (int)sizeof(block_q4_K));
+            __m512i a0 = _mm512_loadu_si512(b->qs), a1 = _mm512_loadu_si512(b->qs + 64);
+            __m512i u[4];
+            u[0] = _mm512_and_si512(a0, m4);
+            u[1] = _mm512_and_si512(_mm512_srli_epi16(a0, 4), m4);
+            u[2] = _mm512_and_si512(a1, m4);
+            u[3] = _mm512_and_si512(_mm512_srli_epi16(a1, 4), m4);
+            __m512i s = _mm512_shuffle_i32x4(s4, s4, 0x55 * i);   /* row i's scales in every lane */
+            __m512i is = _mm512_setzero_si512();
+#pragma GCC unroll 4
+            for (int v = 0; v < 4; v++)
+                is = dpw(vnni, is, _mm512_maddubs_epi16(u[v], _mm512_loadu_si512(xq[k].qs + 64 * v)), _mm512_shuffle_epi8(s, c->q4sc[v]));
+            acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is), _mm512_permutexvar_ps(_mm512_set1_epi32(2 * i), ddx), acc[i]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++) {
+        __m128 m = _mm512_extractf32x4_ps(accm, i);
+        m = _mm_add_ps(m, _mm_movehl_ps(m, m));
+        m = _mm_add_ss(m, _mm_movehdup_ps(m));
+        out[i] = _mm512_reduce_add_ps(acc[i]) - _mm_cvtss_f32(m);
+    }
+}
+
+static void q4k_mv4_0(const char *w, size_t rs, int nb, const block_q8_K *xq, const int16_t *bs32, float *out, const kq_ctrl *c) {
+    q4k_mv4(w, rs, nb, xq, bs32, out, c, 0);
+}
+static void q4k_mv4_1(const char *w, size_t rs, int nb, const block_q8_K *xq, const int16_t *bs32, float *out, const kq_ctrl *c) {
+    q4k_mv4(w, rs, nb, xq, bs32, out, c, 1);
+}
+
 /* ---------------------------------------------------------------- Q6_K */
 
 AI void q6k_tile(const char *w, size_t rs, int nb, int RB, int TB, const block_q8_K *XQ, size_t xs,
@@ -303,6 +372,17 @@ static void kq_matvec(const mat *W, const block_q8_K *xq, float *y, int row0, in
     size_t rs = mat_row_bytes(W->dtype, W->cols);
     const char *base = (const char *)W->data;
     int r = row0;
+#ifndef KQ_MV4
+#define KQ_MV4 1
+#endif
+    if (KQ_MV4 && W->dtype == MAT_Q4_K && row1 - row0 >= MV_RB && nb <= KQ_MAX_COLS / QK_K) {
+        int16_t bs32[8 * nb];
+        for (int k = 0; k < nb; k++)
+            for (int j = 0; j < 8; j++) bs32[8 * k + j] = (int16_t)(xq[k].bsums[2 * j] + xq[k].bsums[2 * j + 1]);
+        void (*mv4)(const char *, size_t, int, const block_q8_K *, const int16_t *, float *, const kq_ctrl *) =
+            cpu_get_features()->avx512_vnni ? q4k_mv4_1 : q4k_mv4_0;
+        for (; r + MV_RB <= row1; r += MV_RB) mv4(base + (size_t)r * rs, rs, nb, xq, bs32, y + (r - row0), &c);
+    }
     for (; r + MV_RB <= row1; r += MV_RB) ts->mv4(base + (size_t)r * rs, rs, nb, MV_RB, 1, xq, 0, y + (r - row0), 0, 1, &c, 0);
     for (; r < row1; r++) ts->mv1(base + (size_t)r * rs, rs, nb, 1, 1, xq, 0, y + (r - row0), 0, 1, &c, 0);
 }

@@ -238,9 +238,43 @@ static void accuracy(mat_dtype dt) {
         }
     }
     cpu_set_low_precision(0);
-    printf("  %-5s 512x2048: f32 activations %.2e, low-precision activations %.2e\n", dt_name(dt),
-           sqrt(e_f32 / norm), sqrt(e_low / norm));
+    if (mat_is_kquant(dt))
+        printf("  %-5s 512x2048: activations quantized to q8_K (what matvec_rows does) %.2e\n", dt_name(dt), sqrt(e_f32 / norm));
+    else
+        printf("  %-5s 512x2048: f32 activations %.2e, low-precision activations %.2e\n", dt_name(dt),
+               sqrt(e_f32 / norm), sqrt(e_low / norm));
     free(x); free(y); free_set(&s);
+}
+
+/* Relative RMS error that storing W in format dt adds: of the weights themselves and of y = W x
+ * (double dots, so only the format counts), W and x bell-shaped (sum of three uniforms, a
+ * scale per row), 512 x 2048. Types without a quantizer are skipped. */
+static void format_error(mat_dtype dt) {
+    const mat_type *ty = mat_type_of(dt);
+    if (!ty->from_f32) return;
+    int rows = 512, cols = 2048;
+    float *w = malloc(sizeof(float) * cols), *wq = malloc(sizeof(float) * cols), *x = malloc(sizeof(float) * cols);
+    void *blk = malloc(mat_row_bytes(dt, cols));
+    for (int c = 0; c < cols; c++) x[c] = frand() + frand() + frand();
+    double ew = 0, nw = 0, ey = 0, ny = 0;
+    for (int r = 0; r < rows; r++) {
+        float sc = 0.5f + (float)(r % 5);
+        for (int c = 0; c < cols; c++) w[c] = (frand() + frand() + frand()) * sc;
+        ty->from_f32(w, blk, cols);
+        ty->to_f32(blk, wq, cols);
+        double y = 0, yq = 0;
+        for (int c = 0; c < cols; c++) {
+            ew += ((double)wq[c] - w[c]) * ((double)wq[c] - w[c]);
+            nw += (double)w[c] * w[c];
+            y += (double)w[c] * x[c];
+            yq += (double)wq[c] * x[c];
+        }
+        ey += (yq - y) * (yq - y);
+        ny += y * y;
+    }
+    printf("  %-5s %5.2f bits/weight: weights %.2e, y = W x %.2e\n", ty->name, 8.0 * ty->block_bytes / ty->block_elems,
+           sqrt(ew / nw), sqrt(ey / ny));
+    free(w); free(wq); free(x); free(blk);
 }
 
 /* ---------------------------------------------------------------- main */
@@ -390,6 +424,10 @@ int main(int argc, char **argv) {
     printf("\nlow-precision activation accuracy (relative RMS error vs double):\n");
     accuracy(MAT_BF16);
     accuracy(MAT_Q8);
+    accuracy(MAT_Q4_K);
+    accuracy(MAT_Q6_K);
+    printf("\nerror of the weight formats (relative RMS vs the f32 weights, double-precision dots):\n");
+    for (int dt = 0; dt < MAT_N_TYPES; dt++) format_error((mat_dtype)dt);
 
     printf("\nload average at the end: %.2f\n", loadavg());
     free(x); free(y);
