@@ -6,7 +6,8 @@
  * engine calls. Tests compare every optimized variant with its reference.
  *
  * Notation: a weight matrix W is [rows, cols] row-major (PyTorch [out, in]);
- * y = W x means y[r] = sum_c W[r, c] x[c]. Activations are always f32.
+ * y = W x means y[r] = sum_c W[r, c] x[c]. Activations are f32 at the interface; the
+ * k-quant kernels (Q4_K, Q6_K) quantize them to int8 per 256 inside (see matvec_rows_q8K).
  */
 #ifndef MOE_KERNELS_H
 #define MOE_KERNELS_H
