@@ -55,6 +55,10 @@ void matvec_rows_q4k_avx512(const mat *W, const float *x, float *y, int row0, in
 void matmul_rows_q4k_avx512(const mat *W, const float *X, int n, float *Y, int ldy, int row0, int row1);
 void matvec_rows_q8K_q4k_avx512(const mat *W, const block_q8_K *xq, float *y, int row0, int row1);
 void matmul_rows_q8K_q4k_avx512(const mat *W, const block_q8_K *XQ, int n, float *Y, int ldy, int row0, int row1);
+void matvec_rows_q5k_avx512(const mat *W, const float *x, float *y, int row0, int row1);
+void matmul_rows_q5k_avx512(const mat *W, const float *X, int n, float *Y, int ldy, int row0, int row1);
+void matvec_rows_q8K_q5k_avx512(const mat *W, const block_q8_K *xq, float *y, int row0, int row1);
+void matmul_rows_q8K_q5k_avx512(const mat *W, const block_q8_K *XQ, int n, float *Y, int ldy, int row0, int row1);
 void matvec_rows_q6k_avx512(const mat *W, const float *x, float *y, int row0, int row1);
 void matmul_rows_q6k_avx512(const mat *W, const float *X, int n, float *Y, int ldy, int row0, int row1);
 void matvec_rows_q8K_q6k_avx512(const mat *W, const block_q8_K *xq, float *y, int row0, int row1);

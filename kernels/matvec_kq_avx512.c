@@ -25,6 +25,7 @@
  * Compiled with the AVX-512 flags (Makefile: *_avx512.c); the VNNI instruction is used only
  * when CPUID has it (the two versions of each loop are instantiated from one template).
  */
+#include <stddef.h>
 #include <string.h>
 #include <immintrin.h>
 
@@ -139,13 +140,40 @@ AI kq_ctrl kq_ctrl_make(void) {
     return c;
 }
 
-/* ---------------------------------------------------------------- Q4_K */
+/* ---------------------------------------------------------------- Q4_K, Q5_K */
+
+/* The four u vectors of a Q4_K (q5 = 0) or Q5_K (q5 = 1) block at blk: the nibbles of qs as
+ * two 64-byte loads (columns 0..31 | 64..95, 32..63 | 96..127, ... in q4k_x_order); Q5_K
+ * adds bit j of qh[l] (sub-block j, column l) as 16, from one 32-byte load of qh in both
+ * halves shifted per 16-bit lane: sub-blocks 0|2 by 4|2 left, 1|3 by 3|1, 4|6 by 0|2 right,
+ * 5|7 by 1|3 right. */
+AI void q45_u(const uint8_t *blk, int q5, __m512i u[4]) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    const uint8_t *qs = blk + (q5 ? offsetof(block_q5_K, qs) : offsetof(block_q4_K, qs));
+    __m512i a0 = _mm512_loadu_si512(qs), a1 = _mm512_loadu_si512(qs + 64);
+    u[0] = _mm512_and_si512(a0, m4);                          /* columns 0..31 | 64..95 */
+    u[1] = _mm512_and_si512(_mm512_srli_epi16(a0, 4), m4);    /* 32..63 | 96..127 */
+    u[2] = _mm512_and_si512(a1, m4);
+    u[3] = _mm512_and_si512(_mm512_srli_epi16(a1, 4), m4);
+    if (q5) {
+        const __m512i m10 = _mm512_set1_epi8(0x10);
+        __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(blk + offsetof(block_q5_K, qh))));
+        const __m512i c0 = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1);
+        const __m512i c1 = _mm512_inserti64x4(_mm512_set1_epi16(3), _mm256_set1_epi16(1), 1);
+        const __m512i c2 = _mm512_inserti64x4(_mm512_set1_epi16(0), _mm256_set1_epi16(2), 1);
+        const __m512i c3 = _mm512_inserti64x4(_mm512_set1_epi16(1), _mm256_set1_epi16(3), 1);
+        u[0] = _mm512_or_si512(u[0], _mm512_and_si512(_mm512_sllv_epi16(qh, c0), m10));
+        u[1] = _mm512_or_si512(u[1], _mm512_and_si512(_mm512_sllv_epi16(qh, c1), m10));
+        u[2] = _mm512_or_si512(u[2], _mm512_and_si512(_mm512_srlv_epi16(qh, c2), m10));
+        u[3] = _mm512_or_si512(u[3], _mm512_and_si512(_mm512_srlv_epi16(qh, c3), m10));
+    }
+}
 
 /* RB rows (stride rs bytes) x TB tokens (XQ rows of nb blocks, stride xs blocks); out[t * ldo + i]. */
-AI void q4k_tile(const char *w, size_t rs, int nb, int RB, int TB, const block_q8_K *XQ, size_t xs,
+AI void q45_tile(int q5, const char *w, size_t rs, int nb, int RB, int TB, const block_q8_K *XQ, size_t xs,
                  float *out, size_t ldo, int pf, const kq_ctrl *c, int vnni) {
     __m512 acc[4][4];
-    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    const int bb = q5 ? (int)sizeof(block_q5_K) : (int)sizeof(block_q4_K);
     const size_t ahead = (size_t)RB * rs > KQ_PF ? (size_t)RB * rs : KQ_PF;
 #pragma GCC unroll 4
     for (int i = 0; i < RB; i++)
@@ -154,14 +182,10 @@ AI void q4k_tile(const char *w, size_t rs, int nb, int RB, int TB, const block_q
     for (int k = 0; k < nb; k++) {
 #pragma GCC unroll 4
         for (int i = 0; i < RB; i++) {   /* one row's u vectors and scales, then its TB tokens */
-            const block_q4_K *b = (const block_q4_K *)(w + i * rs) + k;
-            if (pf) prefetch_block((const char *)b, ahead, (int)sizeof(block_q4_K));
-            __m512i a0 = _mm512_loadu_si512(b->qs), a1 = _mm512_loadu_si512(b->qs + 64);
+            const uint8_t *b = (const uint8_t *)w + i * rs + (size_t)k * bb;
+            if (pf) prefetch_block((const char *)b, ahead, bb);
             __m512i u[4], sc[4];
-            u[0] = _mm512_and_si512(a0, m4);                          /* columns 0..31 | 64..95 */
-            u[1] = _mm512_and_si512(_mm512_srli_epi16(a0, 4), m4);    /* 32..63 | 96..127 */
-            u[2] = _mm512_and_si512(a1, m4);
-            u[3] = _mm512_and_si512(_mm512_srli_epi16(a1, 4), m4);
+            q45_u(b, q5, u);
             __m128i head = _mm_loadu_si128((const __m128i *)b);       /* d, dmin, scales */
             __m512i s = _mm512_broadcast_i32x4(kq_scales16(head));
 #pragma GCC unroll 4
@@ -194,10 +218,10 @@ AI void q4k_tile(const char *w, size_t rs, int nb, int RB, int TB, const block_q
  * for the four rows at once, one 128-bit lane per row (their 16-byte heads in one zmm). The
  * mins go to one accumulator, lanes 4i..4i+3 for row i; y_i = sum(acc_i) - sum(those lanes).
  * bs32[k * 8 + j]: the sum of x block k over sub-block j (int16). */
-AI void q4k_mv4(const char *w, size_t rs, int nb, const block_q8_K *xq, const int16_t *bs32, float *out,
+AI void q45_mv4(int q5, const char *w, size_t rs, int nb, const block_q8_K *xq, const int16_t *bs32, float *out,
                 const kq_ctrl *c, int vnni) {
     __m512 acc[4], accm = _mm512_setzero_ps();
-    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    const int blkb = q5 ? (int)sizeof(block_q5_K) : (int)sizeof(block_q4_K);
     const size_t ahead = 4 * rs > KQ_PF ? 4 * rs : KQ_PF;
     /* vpermw: d_i, dmin_i (words 8i, 8i + 1 of the heads) to words 2i, 2i + 1 */
     const __m512i idx_dd = _mm512_set_epi16(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
@@ -210,7 +234,7 @@ AI void q4k_mv4(const char *w, size_t rs, int nb, const block_q8_K *xq, const in
 #pragma GCC unroll 4
     for (int i = 0; i < 4; i++) acc[i] = _mm512_setzero_ps();
     for (int k = 0; k < nb; k++) {
-        const block_q4_K *b0 = (const block_q4_K *)w + k;
+        const char *b0 = w + (size_t)k * blkb;
         __m512i hd = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)b0));
         hd = _mm512_inserti32x4(hd, _mm_loadu_si128((const __m128i *)((const char *)b0 + rs)), 1);
         hd = _mm512_inserti32x4(hd, _mm_loadu_si128((const __m128i *)((const char *)b0 + 2 * rs)), 2);
@@ -226,14 +250,10 @@ AI void q4k_mv4(const char *w, size_t rs, int nb, const block_q8_K *xq, const in
         accm = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ms), _mm512_permutexvar_ps(idx_m, ddx), accm);
 #pragma GCC unroll 4
         for (int i = 0; i < 4; i++) {
-            const block_q4_K *b = (const block_q4_K *)(w + i * rs) + k;
-            prefetch_block((const char *)b, ahead, (int)sizeof(block_q4_K));
-            __m512i a0 = _mm512_loadu_si512(b->qs), a1 = _mm512_loadu_si512(b->qs + 64);
+            const uint8_t *b = (const uint8_t *)w + i * rs + (size_t)k * blkb;
+            prefetch_block((const char *)b, ahead, blkb);
             __m512i u[4];
-            u[0] = _mm512_and_si512(a0, m4);
-            u[1] = _mm512_and_si512(_mm512_srli_epi16(a0, 4), m4);
-            u[2] = _mm512_and_si512(a1, m4);
-            u[3] = _mm512_and_si512(_mm512_srli_epi16(a1, 4), m4);
+            q45_u(b, q5, u);
             __m512i s = _mm512_shuffle_i32x4(s4, s4, 0x55 * i);   /* row i's scales in every lane */
             __m512i is = _mm512_setzero_si512();
 #pragma GCC unroll 4
@@ -251,12 +271,20 @@ AI void q4k_mv4(const char *w, size_t rs, int nb, const block_q8_K *xq, const in
     }
 }
 
-static void q4k_mv4_0(const char *w, size_t rs, int nb, const block_q8_K *xq, const int16_t *bs32, float *out, const kq_ctrl *c) {
-    q4k_mv4(w, rs, nb, xq, bs32, out, c, 0);
-}
-static void q4k_mv4_1(const char *w, size_t rs, int nb, const block_q8_K *xq, const int16_t *bs32, float *out, const kq_ctrl *c) {
-    q4k_mv4(w, rs, nb, xq, bs32, out, c, 1);
-}
+typedef void (*mv4_fn)(const char *, size_t, int, const block_q8_K *, const int16_t *, float *, const kq_ctrl *);
+#define MV4(name, q5, vnni)                                                                                   \
+    static void name(const char *w, size_t rs, int nb, const block_q8_K *xq, const int16_t *bs32, float *out, \
+                     const kq_ctrl *c) { q45_mv4(q5, w, rs, nb, xq, bs32, out, c, vnni); }
+MV4(q4k_mv4_0, 0, 0)
+MV4(q4k_mv4_1, 0, 1)
+MV4(q5k_mv4_0, 1, 0)
+MV4(q5k_mv4_1, 1, 1)
+#undef MV4
+
+AI void q4k_tile(const char *w, size_t rs, int nb, int RB, int TB, const block_q8_K *XQ, size_t xs, float *out,
+                 size_t ldo, int pf, const kq_ctrl *c, int vnni) { q45_tile(0, w, rs, nb, RB, TB, XQ, xs, out, ldo, pf, c, vnni); }
+AI void q5k_tile(const char *w, size_t rs, int nb, int RB, int TB, const block_q8_K *XQ, size_t xs, float *out,
+                 size_t ldo, int pf, const kq_ctrl *c, int vnni) { q45_tile(1, w, rs, nb, RB, TB, XQ, xs, out, ldo, pf, c, vnni); }
 
 /* ---------------------------------------------------------------- Q6_K */
 
@@ -350,6 +378,8 @@ typedef void (*tile_fn)(const char *, size_t, int, int, int, const block_q8_K *,
     }
 TILE_CASES(q4k_tile, 0)
 TILE_CASES(q4k_tile, 1)
+TILE_CASES(q5k_tile, 0)
+TILE_CASES(q5k_tile, 1)
 TILE_CASES(q6k_tile, 0)
 TILE_CASES(q6k_tile, 1)
 
@@ -358,11 +388,12 @@ typedef struct {
 } tile_set;
 
 static const tile_set q4k_tiles[2] = {{q4k_tile_mv4_0, q4k_tile_mv1_0, q4k_tile_mm_0}, {q4k_tile_mv4_1, q4k_tile_mv1_1, q4k_tile_mm_1}};
+static const tile_set q5k_tiles[2] = {{q5k_tile_mv4_0, q5k_tile_mv1_0, q5k_tile_mm_0}, {q5k_tile_mv4_1, q5k_tile_mv1_1, q5k_tile_mm_1}};
 static const tile_set q6k_tiles[2] = {{q6k_tile_mv4_0, q6k_tile_mv1_0, q6k_tile_mm_0}, {q6k_tile_mv4_1, q6k_tile_mv1_1, q6k_tile_mm_1}};
 
 static const tile_set *tiles_for(mat_dtype dt) {
     int vnni = cpu_get_features()->avx512_vnni;
-    return dt == MAT_Q4_K ? &q4k_tiles[vnni] : &q6k_tiles[vnni];
+    return dt == MAT_Q4_K ? &q4k_tiles[vnni] : dt == MAT_Q5_K ? &q5k_tiles[vnni] : &q6k_tiles[vnni];
 }
 
 static void kq_matvec(const mat *W, const block_q8_K *xq, float *y, int row0, int row1) {
@@ -375,12 +406,12 @@ static void kq_matvec(const mat *W, const block_q8_K *xq, float *y, int row0, in
 #ifndef KQ_MV4
 #define KQ_MV4 1
 #endif
-    if (KQ_MV4 && W->dtype == MAT_Q4_K && row1 - row0 >= MV_RB && nb <= KQ_MAX_COLS / QK_K) {
+    if (KQ_MV4 && (W->dtype == MAT_Q4_K || W->dtype == MAT_Q5_K) && row1 - row0 >= MV_RB && nb <= KQ_MAX_COLS / QK_K) {
         int16_t bs32[8 * nb];
         for (int k = 0; k < nb; k++)
             for (int j = 0; j < 8; j++) bs32[8 * k + j] = (int16_t)(xq[k].bsums[2 * j] + xq[k].bsums[2 * j + 1]);
-        void (*mv4)(const char *, size_t, int, const block_q8_K *, const int16_t *, float *, const kq_ctrl *) =
-            cpu_get_features()->avx512_vnni ? q4k_mv4_1 : q4k_mv4_0;
+        int vnni = cpu_get_features()->avx512_vnni;
+        mv4_fn mv4 = W->dtype == MAT_Q5_K ? (vnni ? q5k_mv4_1 : q5k_mv4_0) : (vnni ? q4k_mv4_1 : q4k_mv4_0);
         for (; r + MV_RB <= row1; r += MV_RB) mv4(base + (size_t)r * rs, rs, nb, xq, bs32, y + (r - row0), &c);
     }
     for (; r + MV_RB <= row1; r += MV_RB) ts->mv4(base + (size_t)r * rs, rs, nb, MV_RB, 1, xq, 0, y + (r - row0), 0, 1, &c, 0);
@@ -440,7 +471,7 @@ static void kq_matvec_f32(const mat *W, const float *x, float *y, int row0, int 
     if (W->cols > KQ_MAX_COLS) { matvec_rows_ref(W, x, y, row0, row1); return; }
     block_q8_K xq[W->cols / QK_K];
     if (!quantize_row_q8_K_avx512(x, xq, W->cols)) { matvec_rows_ref(W, x, y, row0, row1); return; }
-    if (W->dtype == MAT_Q4_K) q4k_x_order(xq, (size_t)W->cols / QK_K);
+    if (W->dtype != MAT_Q6_K) q4k_x_order(xq, (size_t)W->cols / QK_K);
     kq_matvec(W, xq, y, row0, row1);
 }
 
@@ -460,7 +491,7 @@ static void kq_matmul_f32(const mat *W, const float *X, int n, float *Y, int ldy
             bad[t] = !quantize_row_q8_K_avx512(X + (size_t)(t0 + t) * W->cols, xq + (size_t)t * nb, W->cols);
             if (bad[t]) memset(xq + (size_t)t * nb, 0, row_q);
         }
-        if (W->dtype == MAT_Q4_K) q4k_x_order(xq, (size_t)nb * nt);
+        if (W->dtype != MAT_Q6_K) q4k_x_order(xq, (size_t)nb * nt);
         kq_matmul(W, xq, nt, Y + (size_t)t0 * ldy, ldy, row0, row1);
         for (int t = 0; t < nt; t++)
             if (bad[t]) matmul_rows_ref(W, X + (size_t)(t0 + t) * W->cols, 1, Y + (size_t)(t0 + t) * ldy, ldy, row0, row1);
@@ -468,6 +499,16 @@ static void kq_matmul_f32(const mat *W, const float *X, int n, float *Y, int ldy
 }
 
 void matvec_rows_q4k_avx512(const mat *W, const float *x, float *y, int row0, int row1) { kq_matvec_f32(W, x, y, row0, row1); }
+void matvec_rows_q5k_avx512(const mat *W, const float *x, float *y, int row0, int row1) { kq_matvec_f32(W, x, y, row0, row1); }
+void matmul_rows_q5k_avx512(const mat *W, const float *X, int n, float *Y, int ldy, int row0, int row1) {
+    kq_matmul_f32(W, X, n, Y, ldy, row0, row1);
+}
+void matvec_rows_q8K_q5k_avx512(const mat *W, const block_q8_K *xq, float *y, int row0, int row1) {
+    matvec_rows_q8K_q4k_avx512(W, xq, y, row0, row1);   /* same x order */
+}
+void matmul_rows_q8K_q5k_avx512(const mat *W, const block_q8_K *XQ, int n, float *Y, int ldy, int row0, int row1) {
+    matmul_rows_q8K_q4k_avx512(W, XQ, n, Y, ldy, row0, row1);
+}
 void matvec_rows_q6k_avx512(const mat *W, const float *x, float *y, int row0, int row1) { kq_matvec_f32(W, x, y, row0, row1); }
 void matmul_rows_q4k_avx512(const mat *W, const float *X, int n, float *Y, int ldy, int row0, int row1) {
     kq_matmul_f32(W, X, n, Y, ldy, row0, row1);

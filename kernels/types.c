@@ -313,9 +313,11 @@ static void q4k_from_f32_row(const float *src, void *dst, int n) {
     {[KSET_SCALAR] = {matvec_rows_ref, matmul_rows_ref, matvec_t_rows_ref, matvec_rows_q8K_ref, matmul_rows_q8K_ref}, \
      [KSET_AVX2] = {matvec_rows_##t##_avx2, matmul_rows_##t##_avx2, NULL, matvec_rows_q8K_##t##_avx2, matmul_rows_q8K_##t##_avx2}, \
      [KSET_AVX512] = {matvec_rows_##t##_avx512, matmul_rows_##t##_avx512, NULL, matvec_rows_q8K_##t##_avx512, matmul_rows_q8K_##t##_avx512}}
-#define KQ_REF_ONLY                                                                            \
+/* Q5_K: the AVX-512 integer kernels only (AVX2 keeps the f32 reference). */
+#define KQ_AVX512_ONLY(t)                                                                      \
     {[KSET_SCALAR] = {matvec_rows_ref, matmul_rows_ref, matvec_t_rows_ref, matvec_rows_q8K_ref, matmul_rows_q8K_ref}, \
-     [KSET_AVX2] = NONE, [KSET_AVX512] = NONE}
+     [KSET_AVX2] = NONE,                                                                       \
+     [KSET_AVX512] = {matvec_rows_##t##_avx512, matmul_rows_##t##_avx512, NULL, matvec_rows_q8K_##t##_avx512, matmul_rows_q8K_##t##_avx512}}
 
 static const mat_type types[MAT_N_TYPES] = {
     [MAT_F32] = {"f32", 1, 4, f32_to_f32_row, f32_from_f32_row, PLAIN_KERNELS(BASE_AVX2, BASE_AVX512)},
@@ -325,7 +327,7 @@ static const mat_type types[MAT_N_TYPES] = {
     [MAT_Q8_0] = {"q8_0", QK8_0, sizeof(block_q8_0), q8_0_to_f32_row, q8_0_from_f32_row, PLAIN_KERNELS(BASE_AVX2, BASE_AVX512)},
     [MAT_Q4_0] = {"q4_0", QK4_0, sizeof(block_q4_0), q4_0_to_f32_row, q4_0_from_f32_row, PLAIN_KERNELS(BASE_AVX2, BASE_AVX512)},
     [MAT_Q4_K] = {"q4_K", QK_K, sizeof(block_q4_K), q4k_to_f32_row, q4k_from_f32_row, KQ_KERNELS(q4k)},
-    [MAT_Q5_K] = {"q5_K", QK_K, sizeof(block_q5_K), q5k_to_f32_row, NULL, KQ_REF_ONLY},
+    [MAT_Q5_K] = {"q5_K", QK_K, sizeof(block_q5_K), q5k_to_f32_row, NULL, KQ_AVX512_ONLY(q5k)},
     [MAT_Q6_K] = {"q6_K", QK_K, sizeof(block_q6_K), q6k_to_f32_row, NULL, KQ_KERNELS(q6k)},
 };
 

@@ -1015,7 +1015,11 @@ static int gcols(mat_dtype dt, int i) {   /* i-th test column count of dt, 0 whe
     const int *c = dt == MAT_F16 ? c1 : mat_type_of(dt)->block_elems == 32 ? c32 : c256;
     return c[i];
 }
-static int has_kq_path(mat_dtype dt) { return dt == MAT_Q4_K || dt == MAT_Q6_K; }
+/* 1 when the SIMD entry points quantize x to q8_K for dt (Q5_K: AVX-512 only). */
+static int has_kq_path_for(mat_dtype dt, const char *variant) {
+    if (dt == MAT_Q5_K) return strcmp(variant, "avx512") == 0 || (strcmp(variant, "dispatch") == 0 && strncmp(cpu_kernel_name(), "avx512", 6) == 0);
+    return dt == MAT_Q4_K || dt == MAT_Q6_K;
+}
 
 /* Packs 8 6-bit (scale, min) pairs as ggml's Q4_K / Q5_K (written from the layout, not the decoder). */
 static void pack_scales(const int *sc, const int *m, uint8_t *out) {
@@ -1267,7 +1271,7 @@ static void check_ggml_matvec(mat_dtype dt, int exact) {
                 matvec_rows_ref(&W.m, x, ref, start, rows);
                 for (int k = 0; k < nv; k++) {
                     if (!v[k].available) continue;
-                    int kq = has_kq_path(dt) && !(k == 0 && strcmp(cpu_kernel_name(), "scalar") == 0);
+                    int kq = has_kq_path_for(dt, v[k].name) && !(k == 0 && strcmp(cpu_kernel_name(), "scalar") == 0);
                     y[rows - start] = 12345.0f;
                     v[k].matvec(&W.m, x, y, start, rows);
                     assert_true(y[rows - start] == 12345.0f);
@@ -1301,7 +1305,7 @@ static void check_ggml_matmul(mat_dtype dt, int exact) {
                 matmul_rows_ref(&W.m, X, n, ref, ldy, row0, rows);
                 for (int k = 0; k < nv; k++) {
                     if (!v[k].available) continue;
-                    int kq = has_kq_path(dt) && !(k == 0 && strcmp(cpu_kernel_name(), "scalar") == 0);
+                    int kq = has_kq_path_for(dt, v[k].name) && !(k == 0 && strcmp(cpu_kernel_name(), "scalar") == 0);
                     for (int i = 0; i < n * ldy; i++) Y[i] = -7.0f;
                     v[k].matmul(&W.m, X, n, Y, ldy, row0, rows);
                     for (int t = 0; t < n; t++)
@@ -1437,6 +1441,8 @@ static int q8K_variants(mat_dtype dt, q8K_variant *v) {
     if (dt == MAT_Q4_K) {
         v[n++] = (q8K_variant){"avx512", matvec_rows_q8K_q4k_avx512, matmul_rows_q8K_q4k_avx512, a5};
         v[n++] = (q8K_variant){"avx2", matvec_rows_q8K_q4k_avx2, matmul_rows_q8K_q4k_avx2, a2};
+    } else if (dt == MAT_Q5_K) {
+        v[n++] = (q8K_variant){"avx512", matvec_rows_q8K_q5k_avx512, matmul_rows_q8K_q5k_avx512, a5};
     } else if (dt == MAT_Q6_K) {
         v[n++] = (q8K_variant){"avx512", matvec_rows_q8K_q6k_avx512, matmul_rows_q8K_q6k_avx512, a5};
         v[n++] = (q8K_variant){"avx2", matvec_rows_q8K_q6k_avx2, matmul_rows_q8K_q6k_avx2, a2};
@@ -1609,7 +1615,7 @@ static void test_ggml_edges(void **state) {
                 for (int r = 0; r < rows; r++) {
                     if (kind == 2) { if (!isnan(y[r])) fail_msg("%s %s NaN x: row %d = %g", v[k].name, mat_type_of(dt)->name, r, y[r]); continue; }
                     if (kind == 3) { assert_true((isnan(y[r]) && isnan(ref[r])) || y[r] == ref[r]); continue; }
-                    double tol = has_kq_path(dt) ? kq_tol(&W.m, r, x) : dot_tol(cols, abs_dot(&W.m, r, x));
+                    double tol = has_kq_path_for(dt, v[k].name) ? kq_tol(&W.m, r, x) : dot_tol(cols, abs_dot(&W.m, r, x));
                     if (fabs((double)y[r] - ref[r]) > tol) fail_msg("%s %s kind %d row %d: %g vs %g", v[k].name, mat_type_of(dt)->name, kind, r, y[r], ref[r]);
                 }
                 if (kind >= 2) {   /* matmul: the bad token only takes the reference */
