@@ -197,6 +197,16 @@ static void q6k_to_f32_row(const void *src, float *dst, int n) {
     }
 }
 
+/* Round to nearest even for |f| < 2^22 without a libm call (x86-64's baseline has no roundss):
+ * adding 1.5 * 2^23 leaves the rounded integer in the low mantissa bits. Callers clamp first. */
+static inline int nearest_int(float f) {
+    float v = f + 12582912.0f;
+    int32_t i;
+    memcpy(&i, &v, sizeof i);
+    return (i & 0x007fffff) - 0x00400000;
+}
+static inline float clampf(float f, float lo, float hi) { return !(f >= lo) ? lo : f > hi ? hi : f; }   /* NaN -> lo */
+
 /* Fit x[i] ~ scale * L[i] - min (L in [0, nmax], min >= 0) minimizing sum w_i err_i^2: start
  * from the range, then try nstep + 1 other grid scales (nmax + rmin + rdelta s) / range,
  * each followed by the closed-form least-squares (scale, min) for its L; keep the best. */
@@ -217,8 +227,7 @@ static float fit_scale_min(int n, int nmax, const float *x, const float *w, uint
     }
     float iscale = nmax / (hi - lo), scale = 1.0f / iscale, best = 0.0f;
     for (int i = 0; i < n; i++) {
-        int l = (int)lrintf(iscale * (x[i] - lo));
-        L[i] = (uint8_t)(l < 0 ? 0 : l > nmax ? nmax : l);
+        L[i] = (uint8_t)nearest_int(clampf(iscale * (x[i] - lo), 0.0f, (float)nmax));
         float e = scale * L[i] + lo - x[i];
         best += w[i] * e * e;
     }
@@ -226,8 +235,7 @@ static float fit_scale_min(int n, int nmax, const float *x, const float *w, uint
     for (int s = 0; s <= nstep; s++) {
         float is = (rmin + rdelta * s + nmax) / (hi - lo), sl = 0, sl2 = 0, sxl = 0;
         for (int i = 0; i < n; i++) {
-            int l = (int)lrintf(is * (x[i] - lo));
-            l = l < 0 ? 0 : l > nmax ? nmax : l;
+            int l = nearest_int(clampf(is * (x[i] - lo), 0.0f, (float)nmax));
             La[i] = (uint8_t)l;
             sl += w[i] * l;
             sl2 += w[i] * l * l;
@@ -271,8 +279,8 @@ static void q4k_from_f32_row(const float *src, void *dst, int n) {
         float inv_s = max_scale > 0 ? 63.0f / max_scale : 0.0f, inv_m = max_min > 0 ? 63.0f / max_min : 0.0f;
         memset(b[k].scales, 0, K_SCALE_SIZE);
         for (int j = 0; j < 8; j++) {
-            long ls = lrintf(inv_s * scales[j]), lm = lrintf(inv_m * mins[j]);
-            uint8_t s = (uint8_t)(ls < 0 ? 0 : ls > 63 ? 63 : ls), m = (uint8_t)(lm < 0 ? 0 : lm > 63 ? 63 : lm);
+            uint8_t s = (uint8_t)nearest_int(clampf(inv_s * scales[j], 0.0f, 63.0f));
+            uint8_t m = (uint8_t)nearest_int(clampf(inv_m * mins[j], 0.0f, 63.0f));
             if (j < 4) {
                 b[k].scales[j] |= s;
                 b[k].scales[j + 4] |= m;
@@ -290,10 +298,7 @@ static void q4k_from_f32_row(const float *src, void *dst, int n) {
             kq_scale_min(j, b[k].scales, &s, &m);
             float dj = d * s, mj = dmin * m;
             if (dj == 0.0f) continue;
-            for (int l = 0; l < 32; l++) {
-                long q = lrintf((x[32 * j + l] + mj) / dj);
-                L[32 * j + l] = (uint8_t)(q < 0 ? 0 : q > 15 ? 15 : q);
-            }
+            for (int l = 0; l < 32; l++) L[32 * j + l] = (uint8_t)nearest_int(clampf((x[32 * j + l] + mj) / dj, 0.0f, 15.0f));
         }
         for (int g = 0; g < 4; g++)
             for (int l = 0; l < 32; l++) b[k].qs[32 * g + l] = (uint8_t)(L[64 * g + l] | (L[64 * g + 32 + l] << 4));

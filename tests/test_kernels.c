@@ -1454,8 +1454,7 @@ static int q8K_variants(mat_dtype dt, q8K_variant *v) {
  * (integer sums below 2^24, d = dx = 1, dmin = 1; Q6_K d = 1/8): equal; random: the f32
  * steps are (nb + a few)-term sums of terms bounded by kq_abs_int (+ the int32 -> f32
  * conversion of lane sums), so (2 nb + 40) eps S. */
-static void test_q8K_kernels(void **state) {
-    (void)state;
+static void check_q8K_kernels(void) {
     static const mat_dtype kt[] = {MAT_Q4_K, MAT_Q5_K, MAT_Q6_K};
     static const int rows_list[] = {1, 2, 3, 4, 5, 7, 8, 33, 67}, nbs[] = {1, 2, 3, 8}, ns[] = {1, 2, 3, 4, 5, 7, 8, 13, 64, 65};
     for (int ti = 0; ti < 3; ti++)
@@ -1506,6 +1505,23 @@ static void test_q8K_kernels(void **state) {
                     }
                     free(W.buf); free(XQ); free(ref); free(Y);
                 }
+}
+
+static void test_q8K_kernels(void **state) {
+    (void)state;
+    check_q8K_kernels();
+}
+
+/* The AVX-512 k-quant kernels without VNNI (vpmaddwd + vpaddd instead of vpdpwssd): the same
+ * integers. On a CPU with VNNI the feature flag is turned off for this test (the kernels read
+ * it per call), then back on. */
+static void test_q8K_kernels_no_vnni(void **state) {
+    (void)state;
+    cpu_features *f = (cpu_features *)cpu_get_features();
+    int had = f->avx512_vnni;
+    f->avx512_vnni = 0;
+    check_q8K_kernels();
+    f->avx512_vnni = had;
 }
 
 /* The integer reference computes the f32 reference's function: with x = dx * xq exactly
@@ -1693,6 +1709,7 @@ int main(void) {
         cmocka_unit_test(test_quantize_q8K),
         cmocka_unit_test(test_q8K_ref_algebra),
         cmocka_unit_test(test_q8K_kernels),
+        cmocka_unit_test(test_q8K_kernels_no_vnni),
         cmocka_unit_test(test_ggml_matvec),
         cmocka_unit_test(test_ggml_matmul),
         cmocka_unit_test(test_ggml_matvec_t),
