@@ -114,6 +114,25 @@ AI __m512i ctrl4(int i0, int i1, int i2, int i3, int hi) {
 #ifndef KQ_T1X
 #define KQ_T1X 2
 #endif
+/* 128-bit lane i of v in every lane / as a vector: immediates even where i is only constant
+ * after unrolling (-O1 builds do not fold it). */
+AI __m512i lane_bcast(__m512i v, int i) {
+    switch (i) {
+    case 0: return _mm512_shuffle_i32x4(v, v, 0x00);
+    case 1: return _mm512_shuffle_i32x4(v, v, 0x55);
+    case 2: return _mm512_shuffle_i32x4(v, v, 0xAA);
+    default: return _mm512_shuffle_i32x4(v, v, 0xFF);
+    }
+}
+AI __m128 lane_ps(__m512 v, int i) {
+    switch (i) {
+    case 0: return _mm512_extractf32x4_ps(v, 0);
+    case 1: return _mm512_extractf32x4_ps(v, 1);
+    case 2: return _mm512_extractf32x4_ps(v, 2);
+    default: return _mm512_extractf32x4_ps(v, 3);
+    }
+}
+
 AI void prefetch_block(const char *p, size_t ahead, int bytes) {
     for (int o = 0; o < bytes; o += 64) {
         if (KQ_T0) _mm_prefetch(p + ahead + o, _MM_HINT_T0);
@@ -254,7 +273,7 @@ AI void q45_mv4(int q5, const char *w, size_t rs, int nb, const block_q8_K *xq, 
             prefetch_block((const char *)b, ahead, blkb);
             __m512i u[4];
             q45_u(b, q5, u);
-            __m512i s = _mm512_shuffle_i32x4(s4, s4, 0x55 * i);   /* row i's scales in every lane */
+            __m512i s = lane_bcast(s4, i);   /* row i's scales in every lane */
             __m512i is = _mm512_setzero_si512();
 #pragma GCC unroll 4
             for (int v = 0; v < 4; v++)
@@ -264,7 +283,7 @@ AI void q45_mv4(int q5, const char *w, size_t rs, int nb, const block_q8_K *xq, 
     }
 #pragma GCC unroll 4
     for (int i = 0; i < 4; i++) {
-        __m128 m = _mm512_extractf32x4_ps(accm, i);
+        __m128 m = lane_ps(accm, i);
         m = _mm_add_ps(m, _mm_movehl_ps(m, m));
         m = _mm_add_ss(m, _mm_movehdup_ps(m));
         out[i] = _mm512_reduce_add_ps(acc[i]) - _mm_cvtss_f32(m);
