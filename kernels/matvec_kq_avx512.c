@@ -6,7 +6,8 @@
  *   int8 (block_q8_K: f32 dx, qs, 16 sums of 16).
  *   u vector   64 weights of one super-block as unsigned bytes: Q4_K the nibbles (0..15) of
  *              one 64-byte load of qs (x is reordered to match: q4k_x_order), Q6_K the 6-bit
- *              q (0..63, i.e. value + 32) in column order.
+ *              q (0..63, i.e. value + 32) in column order (nibble | high bits in one
+ *              vpternlogd).
  *   products   vpmaddubsw u x -> 32 int16 pair sums (at most 2 * 63 * 127, no saturation),
  *              then vpdpwssd (VNNI; else vpmaddwd + vpaddd) with the pairs' sub-block scales
  *              as int16 -> 16 int32: exact integer sums per super-block.
@@ -143,7 +144,7 @@ AI void prefetch_block(const char *p, size_t ahead, int bytes) {
 typedef struct {
     __m512i q4sc[4];     /* Q4_K: scales of u vector v (sub-blocks 0|2, 1|3, 4|6, 5|7) */
     __m256i q4min;       /* Q4_K: int16 lanes 2j, 2j + 1 = m_j */
-    __m512i q6sc[4];     /* Q6_K: scales 4v .. 4v + 3 on top of the int16 lanes (then >> 8) */
+    __m512i q6sc[2];     /* Q6_K: vpshufb picking int16 word L (4 + L) in 128-bit lane L */
 } kq_ctrl;
 
 AI kq_ctrl kq_ctrl_make(void) {
@@ -151,7 +152,11 @@ AI kq_ctrl kq_ctrl_make(void) {
     for (int v = 0; v < 4; v++) {
         int lo = (v & 2) * 2 + (v & 1);   /* u vector v holds sub-blocks lo and lo + 2 */
         c.q4sc[v] = ctrl4(lo, lo, lo + 2, lo + 2, 0);
-        c.q6sc[v] = ctrl4(4 * v, 4 * v + 1, 4 * v + 2, 4 * v + 3, 1);
+    }
+    for (int half = 0; half < 2; half++) {   /* int16 word 4 half + L of each lane, in lane L */
+        char b[64];
+        for (int i = 0; i < 64; i++) b[i] = (char)(2 * (4 * half + i / 16) + (i & 1));
+        c.q6sc[half] = _mm512_loadu_si512(b);
     }
     short m[16];
     for (int i = 0; i < 16; i++) m[i] = (short)(0x8000 | (8 + i / 2));
@@ -310,9 +315,13 @@ AI void q5k_tile(const char *w, size_t rs, int nb, int RB, int TB, const block_q
 AI void q6k_tile(const char *w, size_t rs, int nb, int RB, int TB, const block_q8_K *XQ, size_t xs,
                  float *out, size_t ldo, int pf, const kq_ctrl *c, int vnni) {
     __m512 acc[4][4];
-    const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
-    const __m512i sl = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1);   /* qh shifts, lo nibbles */
-    const __m512i sr = _mm512_inserti64x4(_mm512_set1_epi16(0), _mm256_set1_epi16(2), 1);   /* hi nibbles */
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    /* the two high bits of the low-nibble half (qh bits 0-1 | 2-3) and of the high half
+     * (4-5 | 6-7), masked first so that the shift leaves exactly bits 4-5 */
+    const __m512i mlo = _mm512_inserti64x4(_mm512_set1_epi8(0x03), _mm256_set1_epi8(0x0C), 1);
+    const __m512i mhi = _mm512_inserti64x4(_mm512_set1_epi8(0x30), _mm256_set1_epi8((char)0xC0), 1);
+    const __m512i sl = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1);
+    const __m512i sr = _mm512_inserti64x4(_mm512_set1_epi16(0), _mm256_set1_epi16(2), 1);
     const size_t ahead = (size_t)RB * rs > KQ_PF ? (size_t)RB * rs : KQ_PF;
 #pragma GCC unroll 4
     for (int i = 0; i < RB; i++)
@@ -328,15 +337,17 @@ AI void q6k_tile(const char *w, size_t rs, int nb, int RB, int TB, const block_q
             for (int h = 0; h < 2; h++) {
                 __m512i ql = _mm512_loadu_si512(b->ql + 64 * h);
                 __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(b->qh + 32 * h)));
-                u[2 * h] = _mm512_or_si512(_mm512_and_si512(ql, m4), _mm512_and_si512(_mm512_sllv_epi16(qh, sl), m30));
-                u[2 * h + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), m4),
-                                               _mm512_and_si512(_mm512_srlv_epi16(qh, sr), m30));
+                /* (A & C) | B = ternary 0xEC: nibble | high bits */
+                u[2 * h] = _mm512_ternarylogic_epi32(ql, _mm512_sllv_epi16(_mm512_and_si512(qh, mlo), sl), m4, 0xEC);
+                u[2 * h + 1] = _mm512_ternarylogic_epi32(_mm512_srli_epi16(ql, 4), _mm512_srlv_epi16(_mm512_and_si512(qh, mhi), sr), m4, 0xEC);
             }
-            __m128i s8 = _mm_loadu_si128((const __m128i *)b->scales);
-            __m512i s = _mm512_broadcast_i32x4(s8);
-#pragma GCC unroll 4
-            for (int v = 0; v < 4; v++) sc[v] = _mm512_srai_epi16(_mm512_shuffle_epi8(s, c->q6sc[v]), 8);
-            __m256i s16 = _mm256_cvtepi8_epi16(s8);
+            __m256i s16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)b->scales));
+            __m512i s16z = _mm512_castsi256_si512(s16);
+            __m512i slo = _mm512_shuffle_i32x4(s16z, s16z, 0x00), shi = _mm512_shuffle_i32x4(s16z, s16z, 0x55);   /* scales 0-7 | 8-15 in every lane */
+            sc[0] = _mm512_shuffle_epi8(slo, c->q6sc[0]);
+            sc[1] = _mm512_shuffle_epi8(slo, c->q6sc[1]);
+            sc[2] = _mm512_shuffle_epi8(shi, c->q6sc[0]);
+            sc[3] = _mm512_shuffle_epi8(shi, c->q6sc[1]);
             float d = _cvtsh_ss(b->d);
 #pragma GCC unroll 4
             for (int t = 0; t < TB; t++) {
