@@ -83,25 +83,28 @@ static void load_progress(void *ctx, int done, int total) {
     if (done >= total) { fprintf(stderr, "\n"); c->shown = 2; }
 }
 
-int cli_load_model(moe_model *m, const char *dir, const model_options *opt, const char *cmd, int quiet) {
+int cli_load_engine(moe_session *e, const char *dir, const model_options *opt, int n_slots, const char *cmd, int quiet) {
     moe_error err = {{0}};
     double t0 = cli_now();
     load_clock clock = { t0, 0 };
     model_options o = *opt;
+    moe_model *m = &e->m;
     if (!quiet && !o.progress) { o.progress = load_progress; o.progress_ctx = &clock; }
-    if (model_load(m, dir, &o, &err)) {
+    if (session_open(e, dir, &o, n_slots, &err)) {
         fprintf(stderr, "moe %s: %s\n", cmd, err.msg);
         return MOE_FAIL;
     }
     if (!quiet) {
         const moe_config *c = &m->cfg;
+        char slots[32];
+        snprintf(slots, sizeof slots, "%d slots x ", n_slots);
         fprintf(stderr,
                 "model %s: %s, %d layers (+%d MTP), H=%d, %d heads, E=%d top-%d, V=%d | weights %s: %.1f MiB mapped, "
-                "%.1f MiB converted | KV cache %d tokens x %zu B = %.1f MiB | kernels %s | load %.2f s\n",
+                "%.1f MiB converted | KV cache %s%d tokens x %zu B = %.1f MiB | kernels %s | load %.2f s\n",
                 dir, c->model_type, c->num_hidden_layers, c->num_nextn_predict_layers, c->hidden_size,
                 c->num_attention_heads, c->n_routed_experts, m->K, c->vocab_size, weights_dtype_name(o.dtype),
-                m->w.bytes_mapped / 1048576.0, m->w.bytes_converted / 1048576.0, m->s.S,
-                model_kv_bytes_per_token(m), m->s.kv_cache_bytes / 1048576.0, cpu_kernel_name(), cli_now() - t0);
+                m->w.bytes_mapped / 1048576.0, m->w.bytes_converted / 1048576.0, n_slots > 1 ? slots : "", e->kv.S,
+                kv_bytes_per_token(&e->kv), e->kv.bytes / 1048576.0, cpu_kernel_name(), cli_now() - t0);
     }
     if (o.numa != NUMA_OFF) {   /* even when quiet: the user asked for placement */
         char line[2048];
@@ -158,8 +161,8 @@ int cli_input_tokens(const char *dir, const moe_config *cfg, const char *ids, co
     char path[4096];
     snprintf(path, sizeof path, "%s/tokenizer.json", dir);
     int *body = NULL, nb = 0, bos = -1;
-    if (file_exists(path)) {
-        if (tokenizer_load(tok, dir, &err) || tokenizer_encode(*tok, text, len, &body, &nb, &err)) {
+    if (file_exists(path) || weights_is_gguf(dir)) {
+        if (model_tokenizer_load(tok, dir, &err) || tokenizer_encode(*tok, text, len, &body, &nb, &err)) {
             fprintf(stderr, "moe %s: %s\n", cmd, err.msg);
             free(text);
             tokenizer_free(*tok);
@@ -289,7 +292,21 @@ int cli_model_option(int argc, char **argv, int *i, const char *cmd, model_optio
         o->numa = (numa_mode)mode;
         return 1;
     }
+    if (!strcmp(a, "--act-lowp")) {
+        cli_act_lowp(cmd);
+        return 1;
+    }
     return cli_route_knob(argc, argv, i, cmd, &o->routing);
+}
+
+void cli_act_lowp(const char *cmd) {
+    const cpu_features *f = cpu_get_features();
+    cpu_set_low_precision(1);
+    fprintf(stderr, "moe %s: --act-lowp: decode products round the activations to %s%s%s (about 1e-3 relative error "
+                    "per product, kernels/README.md); prefill and batches keep f32 activations\n", cmd,
+            f->avx512_bf16 ? "bf16 for BF16 weights (vdpbf16ps)" : "",
+            f->avx512_bf16 && (f->avx512_vnni || f->avx2_fma) ? " and " : "",
+            f->avx512_vnni ? "int8 for Q8 weights (VNNI)" : f->avx2_fma ? "int8 for Q8 weights (AVX2)" : "");
 }
 
 void cli_model_options_usage(FILE *f) {
@@ -298,6 +315,7 @@ void cli_model_options_usage(FILE *f) {
             "  --dtype D            weight format: auto (as stored, default) | f32 | bf16 | q8\n"
             "  --batch N            tokens per forward chunk (default 64)\n"
             "  --numa M             NUMA placement: off (default) | interleave | partition (README: --numa)\n"
+            "  --act-lowp           decode with bf16 / int8 activations (BF16 / Q8 weights): faster, less exact\n"
             "  --experts-per-token K, --no-group-limit, --no-route-bias   routing experiments (each says it is on)\n");
 }
 

@@ -23,8 +23,7 @@ static void usage(FILE *f) {
             "checkpoint's chat template. Empty line or /exit or end of input ends the chat.\n"
             "\n"
             "options:\n"
-            "  -s, --system TEXT    a system message\n"
-            "  --mtp                speculative decoding with the MTP module\n");
+            "  -s, --system TEXT    a system message\n");
     genopts_usage(f);
     fprintf(f, "  -h, --help\n");
 }
@@ -79,7 +78,6 @@ int cmd_chat(int argc, char **argv) {
     genopts o;
     genopts_defaults(&o);
     const char *system_msg = NULL;
-    int mtp = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
@@ -87,14 +85,13 @@ int cmd_chat(int argc, char **argv) {
         if (r < 0) return 2;
         if (r > 0) continue;
         if (!strcmp(a, "-s") || !strcmp(a, "--system")) { if (!(system_msg = cli_value(argc, argv, &i, "chat"))) return 2; }
-        else if (!strcmp(a, "--mtp")) mtp = 1;
         else { fprintf(stderr, "moe chat: unknown option '%s' (see moe chat --help)\n", a); return 2; }
     }
     if (genopts_finish(&o, "chat")) return 2;
 
     moe_error err = {{0}};
     tokenizer *tok = NULL;
-    moe_model m;
+    moe_session e;
     int have_model = 0, rc = 1, interactive = isatty(0);
     sampler smp = {0};
     generator g = {0};
@@ -102,19 +99,20 @@ int cmd_chat(int argc, char **argv) {
     int n_msgs = 0, cap_msgs = 0;
     char *line = NULL;
     size_t line_cap = 0;
-    if (tokenizer_load(&tok, o.model_dir, &err)) goto fail;
+    if (model_tokenizer_load(&tok, o.model_dir, &err)) goto fail;
     if (!tokenizer_chat_template(tok)) {
         moe_error_set(&err, "%s: no chat_template (moe chat needs tokenizer_config.json with one)",
                       tokenizer_config_path(tok)[0] ? tokenizer_config_path(tok) : o.model_dir);
         goto fail;
     }
-    if (cli_load_model(&m, o.model_dir, &o.model, "chat", !o.verbose)) goto done;
+    if (cli_load_engine(&e, o.model_dir, &o.model, 1, "chat", !o.verbose)) goto done;
     have_model = 1;
-    if (sampler_init(&smp, m.cfg.vocab_size, &o.sampling, &err) || generator_init(&g, &m, tok, &smp, &err)) goto fail;
-    if (mtp) {
+    if (sampler_init(&smp, e.m.cfg.vocab_size, &o.sampling, &err) || generator_init(&g, &e.m, &e.c, &e.kv, 0, tok, &smp, &err)) goto fail;
+    if (o.mtp) {
         size_t extra;
-        if (generator_enable_mtp(&g, &extra, &err)) goto fail;
-        fprintf(stderr, "moe chat: --mtp: speculative decoding with the MTP module (keeps hidden states: %.1f MiB)\n",
+        if (generator_enable_mtp(&g, (mtp_mode)o.mtp, &extra, &err)) goto fail;
+        fprintf(stderr, "moe chat: --mtp (%s): speculative decoding with the MTP module (keeps hidden states: %.1f MiB)\n",
+                o.mtp == MTP_ALWAYS ? "always" : "auto",
                 extra / 1048576.0);
     }
     cap_msgs = 16;
@@ -142,16 +140,16 @@ int cmd_chat(int argc, char **argv) {
         int erc = tokenizer_encode(tok, prompt, strlen(prompt), &ids, &n_ids, &err);
         free(prompt);
         if (erc) goto fail;
-        if (n_ids + 1 > m.s.S) {
+        if (n_ids + 1 > e.kv.S) {
             free(ids);
-            moe_error_set(&err, "the conversation has %d tokens, more than the context of %d (raise --ctx)", n_ids, m.s.S);
+            moe_error_set(&err, "the conversation has %d tokens, more than the context of %d (raise --ctx)", n_ids, e.kv.S);
             goto fail;
         }
         int prc = generator_prompt(&g, ids, n_ids, &err);
         free(ids);
         if (prc) goto fail;
         text_buf reply = {0};
-        int max_new = o.max_new < m.s.S - n_ids ? o.max_new : m.s.S - n_ids;
+        int max_new = o.max_new < e.kv.S - n_ids ? o.max_new : e.kv.S - n_ids;
         if (generator_run(&g, max_new, emit_reply, &reply, &err) || reply.failed) { free(reply.buf); goto fail; }
         printf("\n");
         fflush(stdout);
@@ -177,7 +175,7 @@ done:
     free(line);
     generator_free(&g);
     sampler_free(&smp);
-    if (have_model) model_free(&m);
+    if (have_model) session_close(&e);
     tokenizer_free(tok);
     return rc;
 }
