@@ -36,9 +36,7 @@ const cpu_features *cpu_get_features(void) {
 
 typedef struct {
     const char *name;
-    void (*matvec)(const mat *, const float *, float *, int, int);
-    void (*matmul)(const mat *, const float *, int, float *, int, int, int);
-    void (*matvec_t)(const mat *, const float *, float *, int, int);
+    int kset;                                                              /* KSET_*: column of the type table */
     void (*q8q8)(const mat *, const block_q8 *, float *, int, int);        /* NULL: no fast path */
     void (*bf16bf16)(const mat *, const uint16_t *, float *, int, int);    /* NULL: no fast path */
     void (*rmsnorm)(float *, const float *, const float *, int, float);
@@ -49,22 +47,23 @@ typedef struct {
     int (*vec_argmax)(const float *, int);
     void (*quantize_q8)(const float *, block_q8 *, int);
     void (*quantize_bf16)(const float *, uint16_t *, int);
+    int (*quantize_q8K)(const float *, block_q8_K *, int);
 } kernel_set;
 
 static const kernel_set set_scalar = {
-    "scalar", matvec_rows_ref, matmul_rows_ref, matvec_t_rows_ref, NULL, NULL,
+    "scalar", KSET_SCALAR, NULL, NULL,
     rmsnorm_ref, softmax_ref, silu_mul_ref, vec_dot_ref, vec_axpy_ref, vec_argmax_ref,
-    quantize_row_q8_ref, quantize_row_bf16_ref,
+    quantize_row_q8_ref, quantize_row_bf16_ref, quantize_row_q8_K_ref,
 };
 static const kernel_set set_avx2 = {
-    "avx2", matvec_rows_avx2, matmul_rows_avx2, matvec_t_rows_avx2, matvec_rows_q8q8_avx2, NULL,
+    "avx2", KSET_AVX2, matvec_rows_q8q8_avx2, NULL,
     rmsnorm_avx2, softmax_avx2, silu_mul_avx2, vec_dot_avx2, vec_axpy_avx2, vec_argmax_ref,
-    quantize_row_q8_avx2, quantize_row_bf16_ref,
+    quantize_row_q8_avx2, quantize_row_bf16_ref, quantize_row_q8_K_avx2,
 };
 static kernel_set set_avx512 = {
-    "avx512", matvec_rows_avx512, matmul_rows_avx512, matvec_t_rows_avx512, matvec_rows_q8q8_avx2, NULL,
+    "avx512", KSET_AVX512, matvec_rows_q8q8_avx2, NULL,
     rmsnorm_avx512, softmax_avx512, silu_mul_avx512, vec_dot_avx512, vec_axpy_avx512, vec_argmax_avx512,
-    quantize_row_q8_avx512, quantize_row_bf16_avx512,
+    quantize_row_q8_avx512, quantize_row_bf16_avx512, quantize_row_q8_K_avx512,
 };
 
 static const kernel_set *active = &set_scalar;
@@ -85,12 +84,39 @@ static const kernel_set *best_set(void) {
     return &set_scalar;
 }
 
-__attribute__((constructor)) static void cpu_init(void) { active = best_set(); }
+static void resolve_kernels(void);
+__attribute__((constructor)) static void cpu_init(void) {
+    resolve_kernels();
+    active = best_set();
+}
 
 void cpu_force_scalar(int on) { active = on ? &set_scalar : best_set(); }
 const char *cpu_kernel_name(void) { return active->name; }
 void cpu_set_low_precision(int on) { low_precision = on; }
 int cpu_low_precision(void) { return low_precision; }
+
+/* ---------------------------------------------------------------- the type table's kernels */
+
+/* resolved[kset][dt]: the type table's kernels with every NULL taken from the simpler sets. */
+static mat_kernels resolved[KSET_N][MAT_N_TYPES];
+static int resolved_ready;
+
+#define FILL(op) if (!k.op) k.op = resolved[s - 1][dt].op
+static void resolve_kernels(void) {
+    for (int s = 0; s < KSET_N; s++)
+        for (int dt = 0; dt < MAT_N_TYPES; dt++) {
+            mat_kernels k = mat_type_of((mat_dtype)dt)->k[s];
+            if (s > 0) { FILL(matvec); FILL(matmul); FILL(matvec_t); FILL(matvec_q8K); FILL(matmul_q8K); }
+            resolved[s][dt] = k;
+        }
+    resolved_ready = 1;
+}
+#undef FILL
+
+const mat_kernels *mat_kernels_resolved(mat_dtype dt, int kset) {
+    if (!resolved_ready) resolve_kernels();
+    return &resolved[kset][dt];
+}
 
 /* ---------------------------------------------------------------- entry points */
 
@@ -113,7 +139,7 @@ void matvec_rows(const mat *W, const float *x, float *y, int row0, int row1) {
             return;
         }
     }
-    k->matvec(W, x, y, row0, row1);
+    mat_kernels_resolved(W->dtype, k->kset)->matvec(W, x, y, row0, row1);
 }
 
 /* Tokens per pass over W's rows in matmul_rows: the kernels sweep every token for each
@@ -125,12 +151,25 @@ void matvec_rows(const mat *W, const float *x, float *y, int row0, int row1) {
 void matmul_rows(const mat *W, const float *X, int n, float *Y, int ldy, int row0, int row1) {
     for (int t0 = 0; t0 < n; t0 += MATMUL_TOKEN_CHUNK) {
         int nt = n - t0 < MATMUL_TOKEN_CHUNK ? n - t0 : MATMUL_TOKEN_CHUNK;
-        active->matmul(W, X + (size_t)t0 * W->cols, nt, Y + (size_t)t0 * ldy, ldy, row0, row1);
+        mat_kernels_resolved(W->dtype, active->kset)->matmul(W, X + (size_t)t0 * W->cols, nt, Y + (size_t)t0 * ldy, ldy, row0, row1);
     }
 }
 
 void matvec_t_rows(const mat *W, const float *x, float *y, int row0, int row1) {
-    active->matvec_t(W, x, y, row0, row1);
+    mat_kernels_resolved(W->dtype, active->kset)->matvec_t(W, x, y, row0, row1);
+}
+
+void matvec_rows_q8K(const mat *W, const block_q8_K *xq, float *y, int row0, int row1) {
+    mat_kernels_resolved(W->dtype, active->kset)->matvec_q8K(W, xq, y, row0, row1);
+}
+
+void matmul_rows_q8K(const mat *W, const block_q8_K *XQ, int n, float *Y, int ldy, int row0, int row1) {
+    mat_kernels_resolved(W->dtype, active->kset)->matmul_q8K(W, XQ, n, Y, ldy, row0, row1);
+}
+
+int cpu_q8K_path(const mat *W) {
+    const mat_kernels *k = mat_kernels_resolved(W->dtype, active->kset);
+    return mat_is_kquant(W->dtype) && k->matvec_q8K && k->matvec != matvec_rows_ref && W->cols <= KQ_MAX_COLS;
 }
 
 void matvec_rows_q8q8(const mat *W, const block_q8 *xq, float *y, int row0, int row1) {
@@ -161,3 +200,4 @@ int vec_argmax(const float *x, int n) { return active->vec_argmax(x, n); }
 void vec_axpy(float *y, float a, const float *x, int n) { active->vec_axpy(y, a, x, n); }
 void quantize_row_q8(const float *x, block_q8 *out, int n) { active->quantize_q8(x, out, n); }
 void quantize_row_bf16(const float *x, uint16_t *out, int n) { active->quantize_bf16(x, out, n); }
+int quantize_row_q8_K(const float *x, block_q8_K *out, int n) { return active->quantize_q8K(x, out, n); }

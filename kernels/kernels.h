@@ -6,7 +6,8 @@
  * engine calls. Tests compare every optimized variant with its reference.
  *
  * Notation: a weight matrix W is [rows, cols] row-major (PyTorch [out, in]);
- * y = W x means y[r] = sum_c W[r, c] x[c]. Activations are always f32.
+ * y = W x means y[r] = sum_c W[r, c] x[c]. Activations are f32 at the interface; the
+ * k-quant kernels (Q4_K, Q6_K) quantize them to int8 per 256 inside (see matvec_rows_q8K).
  */
 #ifndef MOE_KERNELS_H
 #define MOE_KERNELS_H
@@ -19,9 +20,17 @@
 typedef enum {
     MAT_F32 = 0,   /* float[rows * cols] */
     MAT_BF16 = 1,  /* uint16_t[rows * cols], bfloat16 bit patterns */
-    MAT_Q8 = 2,    /* rows of blocks of QK8 int8 values with one f32 scale each; cols % QK8 == 0 */
+    MAT_Q8 = 2,    /* moe's own: rows of block_q8 (f32 scale + QK8 int8); cols % QK8 == 0 */
+    /* ggml's GGUF blocks, bit for bit (llama.cpp ggml-common.h), so GGUF tensors are used in
+     * place; values exactly as ggml's dequantize_row_* (see kernels/types.c). */
+    MAT_F16 = 3,   /* uint16_t[rows * cols], IEEE half (GGML_TYPE_F16) */
+    MAT_Q8_0 = 4,  /* block_q8_0: 32 elements, 34 bytes (GGML_TYPE_Q8_0) */
+    MAT_Q4_0 = 5,  /* block_q4_0: 32 elements, 18 bytes (GGML_TYPE_Q4_0) */
+    MAT_Q4_K = 6,  /* block_q4_K: 256 elements, 144 bytes (GGML_TYPE_Q4_K); moe's --dtype q4 */
+    MAT_Q5_K = 7,  /* block_q5_K: 256 elements, 176 bytes (GGML_TYPE_Q5_K) */
+    MAT_Q6_K = 8,  /* block_q6_K: 256 elements, 210 bytes (GGML_TYPE_Q6_K) */
 } mat_dtype;
-#define MAT_N_TYPES 3   /* entries of the type table (kernels/types.c) */
+#define MAT_N_TYPES 9   /* entries of the type table (kernels/types.c) */
 
 #define QK8 32
 typedef struct {
@@ -29,20 +38,78 @@ typedef struct {
     int8_t q[QK8];
 } block_q8;
 
+/* ---- ggml's blocks (all fields little-endian, no padding: sizes are static-asserted in
+ * types.c). f16 fields are IEEE half bit patterns (f16_to_f32). */
+#define QK8_0 32
 typedef struct {
-    mat_dtype dtype;
-    int rows, cols;
-    const void *data;     /* layout given by dtype; rows * cols elements (Q8: rows * cols/QK8 blocks) */
-} mat;
+    uint16_t d;           /* f16 scale */
+    int8_t qs[QK8_0];     /* value i = d * qs[i] */
+} block_q8_0;             /* 34 bytes */
+
+#define QK4_0 32
+typedef struct {
+    uint16_t d;           /* f16 scale */
+    uint8_t qs[QK4_0 / 2];/* element i < 16: low nibble of qs[i]; i >= 16: high nibble of qs[i - 16]; value d * (q - 8) */
+} block_q4_0;             /* 18 bytes */
+
+#define QK_K 256          /* elements of a k-quant super-block */
+#define K_SCALE_SIZE 12
+typedef struct {
+    uint16_t d;           /* f16 super-block scale of the 6-bit sub-block scales */
+    uint16_t dmin;        /* f16 super-block scale of the 6-bit sub-block mins */
+    uint8_t scales[K_SCALE_SIZE]; /* 8 (scale, min) pairs of 6 bits, packed (get_scale_min_k4 in types.c) */
+    uint8_t qs[QK_K / 2]; /* 4-bit q; 64 elements per 32 bytes: low nibbles the first 32, high the next 32 */
+} block_q4_K;             /* 144 bytes; element in sub-block j: d*sc_j*q - dmin*m_j */
+
+typedef struct {
+    uint16_t d, dmin;     /* as block_q4_K */
+    uint8_t scales[K_SCALE_SIZE];
+    uint8_t qh[QK_K / 8]; /* 5th bit: element 64 g + l (l < 32) has bit 2 g of qh[l], 64 g + 32 + l bit 2 g + 1 */
+    uint8_t qs[QK_K / 2]; /* low 4 bits, as block_q4_K */
+} block_q5_K;             /* 176 bytes */
+
+typedef struct {
+    uint8_t ql[QK_K / 2]; /* low 4 bits (layout in types.c: q6k_to_f32) */
+    uint8_t qh[QK_K / 4]; /* high 2 bits */
+    int8_t scales[QK_K / 16]; /* one int8 scale per 16 elements */
+    uint16_t d;           /* f16 super-block scale; value d * scales[j] * (q - 32) */
+} block_q6_K;             /* 210 bytes */
+
+/* Activations quantized for the k-quant integer kernels (as ggml's block_q8_K). */
+typedef struct {
+    float d;              /* value i = d * qs[i] */
+    int8_t qs[QK_K];
+    int16_t bsums[QK_K / 16]; /* sum of qs over each 16 elements */
+} block_q8_K;             /* 292 bytes */
+
 
 /* The type table (kernels/types.c): one entry per weight format. A row of `cols`
  * elements (cols % block_elems == 0) is cols / block_elems blocks of block_bytes. */
 typedef struct {
-    const char *name;                                     /* "f32", "bf16", "q8", ... */
+    mat_dtype dtype;
+    int rows, cols;
+    const void *data;     /* layout given by dtype; each row is cols / block_elems blocks (mat_row_bytes) */
+} mat;
+
+/* The matrix kernels of one type for one kernel set (kernels/cpu.c): NULL = none of its own
+ * (the next simpler set's is used: avx512 -> avx2 -> scalar). */
+typedef struct {
+    void (*matvec)(const mat *W, const float *x, float *y, int row0, int row1);
+    void (*matmul)(const mat *W, const float *X, int n, float *Y, int ldy, int row0, int row1);
+    void (*matvec_t)(const mat *W, const float *x, float *y, int row0, int row1);
+    /* k-quants only (else NULL): the integer kernels with x already quantized (block_q8_K) */
+    void (*matvec_q8K)(const mat *W, const block_q8_K *xq, float *y, int row0, int row1);
+    void (*matmul_q8K)(const mat *W, const block_q8_K *XQ, int n, float *Y, int ldy, int row0, int row1);
+} mat_kernels;
+enum { KSET_SCALAR, KSET_AVX2, KSET_AVX512, KSET_N };
+
+typedef struct {
+    const char *name;                                     /* "f32", "bf16", "q8", "q4_K", ... */
     int block_elems;                                      /* elements per block (1: plain) */
     int block_bytes;                                      /* bytes per block */
     void (*to_f32)(const void *src, float *dst, int n);   /* n elements of a row, n % block_elems == 0 */
     void (*from_f32)(const float *src, void *dst, int n); /* NULL: not a target of conversion */
+    mat_kernels k[KSET_N];                                /* [KSET_SCALAR] is the reference; others may be NULL */
 } mat_type;
 
 /* The entry of `dt`, or NULL for a value outside the table. */
@@ -79,6 +146,21 @@ void matvec_rows_q8q8_ref(const mat *W, const block_q8 *xq, float *y, int row0, 
 void matvec_rows_bf16bf16(const mat *W, const uint16_t *xb, float *y, int row0, int row1);
 void matvec_rows_bf16bf16_ref(const mat *W, const uint16_t *xb, float *y, int row0, int row1);
 
+/* k-quant weights (MAT_Q4_K, MAT_Q5_K, MAT_Q6_K) times activations quantized to block_q8_K
+ * (quantize_row_q8_K): per super-block an exact integer dot, then scaled in f32:
+ *   y = sum_b (d_b dx_b) sum_j sc_j (q_j . xq_j) - sum_b (dmin_b dx_b) sum_j m_j sum(xq_j)
+ * (Q6_K: sum_b d_b dx_b sum_j sc_j ((q_j - 32) . xq_j), no mins). With a SIMD kernel set,
+ * matvec_rows / matmul_rows compute exactly this for k-quant weights (x quantized per call,
+ * unless x holds Inf / NaN or is nearly subnormal: then the f32 reference); matvec_rows_ref
+ * is the f32-activation definition it approximates (bound: kernels/README.md). XQ is n rows
+ * of cols / QK_K blocks. W->cols % QK_K == 0. */
+void matvec_rows_q8K(const mat *W, const block_q8_K *xq, float *y, int row0, int row1);
+void matvec_rows_q8K_ref(const mat *W, const block_q8_K *xq, float *y, int row0, int row1);
+void matmul_rows_q8K(const mat *W, const block_q8_K *XQ, int n, float *Y, int ldy, int row0, int row1);
+void matmul_rows_q8K_ref(const mat *W, const block_q8_K *XQ, int n, float *Y, int ldy, int row0, int row1);
+/* 1 for the types above (the ones matvec_rows_q8K takes). */
+int mat_is_kquant(mat_dtype dt);
+
 /* ---------------------------------------------------------------- conversions */
 
 static inline float bf16_to_f32(uint16_t h) {
@@ -86,11 +168,17 @@ static inline float bf16_to_f32(uint16_t h) {
     return v.f;
 }
 uint16_t f32_to_bf16(float f);          /* round to nearest even, NaN kept */
-float f16_to_f32(uint16_t h);
+float f16_to_f32(uint16_t h);          /* exact (every half is an f32) */
+uint16_t f16_from_f32(float f);           /* round to nearest even; overflow -> inf, NaN kept */
 float fp8_e4m3_to_f32(uint8_t b);       /* e4m3fn: no inf, 0x7F/0xFF are NaN */
 /* Quantizes n floats (n % QK8 == 0) into n / QK8 blocks. */
 void quantize_row_q8(const float *x, block_q8 *out, int n);
 void quantize_row_q8_ref(const float *x, block_q8 *out, int n);
+/* Quantizes n floats (n % QK_K == 0) into n / QK_K block_q8_K: d = max|x| / 127,
+ * qs = round-to-even(x * (127 / max|x|)), bsums exact. Returns 0 (out unspecified) if x
+ * holds an Inf or NaN, or a block whose max|x| is below 1e-30 but not 0. */
+int quantize_row_q8_K(const float *x, block_q8_K *out, int n);
+int quantize_row_q8_K_ref(const float *x, block_q8_K *out, int n);
 /* Rounds n floats to bf16 (round to nearest even, as f32_to_bf16). */
 void quantize_row_bf16(const float *x, uint16_t *out, int n);
 void quantize_row_bf16_ref(const float *x, uint16_t *out, int n);

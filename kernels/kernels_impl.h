@@ -14,6 +14,22 @@
 
 /* MAT_Q8 / MAT_BF16 when matvec_rows would use low-precision activations for W, else 0. */
 int cpu_lowp_kind(const mat *W);
+/* 1 when matvec_rows would quantize x to block_q8_K for W (k-quant weights, a SIMD kernel
+ * set, cols <= KQ_MAX_COLS): threadpool.c then quantizes once per call. */
+int cpu_q8K_path(const mat *W);
+/* The kernels of type dt for kernel set kset with every NULL filled from the simpler sets
+ * (avx512 -> avx2 -> scalar); what the per-ISA entry points use for types they do not
+ * handle themselves. */
+const mat_kernels *mat_kernels_resolved(mat_dtype dt, int kset);
+/* Scale and min of sub-block j (0..7) of a Q4_K / Q5_K block's 12 packed bytes. */
+void kq_scale_min(int j, const uint8_t *scales, uint8_t *sc, uint8_t *m);
+
+/* Longest row of k-quant weights whose x the matvec kernels quantize on their own stack
+ * (256 blocks of 292 bytes = 73 KiB); longer rows take the f32 reference. */
+#define KQ_MAX_COLS 65536
+/* Bytes of quantized X (block_q8_K rows) the k-quant matmul kernels keep on their stack per
+ * pass over the rows (fits L2; tokens per pass = this / row bytes, at least 1). */
+#define KQ_MATMUL_X_BYTES (256 * 1024)
 
 /* ---------------------------------------------------------------- AVX-512 */
 
@@ -31,6 +47,22 @@ void vec_axpy_avx512(float *y, float a, const float *x, int n);
 int vec_argmax_avx512(const float *x, int n);
 void quantize_row_q8_avx512(const float *x, block_q8 *out, int n);
 void quantize_row_bf16_avx512(const float *x, uint16_t *out, int n);
+int quantize_row_q8_K_avx512(const float *x, block_q8_K *out, int n);
+
+/* k-quants (matvec_kq_avx512.c): the integer kernels (VNNI vpdpwssd when present) and the
+ * f32-x entry points that quantize x first. */
+void matvec_rows_q4k_avx512(const mat *W, const float *x, float *y, int row0, int row1);
+void matmul_rows_q4k_avx512(const mat *W, const float *X, int n, float *Y, int ldy, int row0, int row1);
+void matvec_rows_q8K_q4k_avx512(const mat *W, const block_q8_K *xq, float *y, int row0, int row1);
+void matmul_rows_q8K_q4k_avx512(const mat *W, const block_q8_K *XQ, int n, float *Y, int ldy, int row0, int row1);
+void matvec_rows_q5k_avx512(const mat *W, const float *x, float *y, int row0, int row1);
+void matmul_rows_q5k_avx512(const mat *W, const float *X, int n, float *Y, int ldy, int row0, int row1);
+void matvec_rows_q8K_q5k_avx512(const mat *W, const block_q8_K *xq, float *y, int row0, int row1);
+void matmul_rows_q8K_q5k_avx512(const mat *W, const block_q8_K *XQ, int n, float *Y, int ldy, int row0, int row1);
+void matvec_rows_q6k_avx512(const mat *W, const float *x, float *y, int row0, int row1);
+void matmul_rows_q6k_avx512(const mat *W, const float *X, int n, float *Y, int ldy, int row0, int row1);
+void matvec_rows_q8K_q6k_avx512(const mat *W, const block_q8_K *xq, float *y, int row0, int row1);
+void matmul_rows_q8K_q6k_avx512(const mat *W, const block_q8_K *XQ, int n, float *Y, int ldy, int row0, int row1);
 
 /* ---------------------------------------------------------------- AVX2 + FMA */
 
@@ -45,5 +77,16 @@ void silu_mul_avx2(float *gate, const float *up, int n);
 float vec_dot_avx2(const float *a, const float *b, int n);
 void vec_axpy_avx2(float *y, float a, const float *x, int n);
 void quantize_row_q8_avx2(const float *x, block_q8 *out, int n);
+int quantize_row_q8_K_avx2(const float *x, block_q8_K *out, int n);
+
+/* k-quants (matvec_kq_avx2.c), as the AVX-512 ones. */
+void matvec_rows_q4k_avx2(const mat *W, const float *x, float *y, int row0, int row1);
+void matmul_rows_q4k_avx2(const mat *W, const float *X, int n, float *Y, int ldy, int row0, int row1);
+void matvec_rows_q8K_q4k_avx2(const mat *W, const block_q8_K *xq, float *y, int row0, int row1);
+void matmul_rows_q8K_q4k_avx2(const mat *W, const block_q8_K *XQ, int n, float *Y, int ldy, int row0, int row1);
+void matvec_rows_q6k_avx2(const mat *W, const float *x, float *y, int row0, int row1);
+void matmul_rows_q6k_avx2(const mat *W, const float *X, int n, float *Y, int ldy, int row0, int row1);
+void matvec_rows_q8K_q6k_avx2(const mat *W, const block_q8_K *xq, float *y, int row0, int row1);
+void matmul_rows_q8K_q6k_avx2(const mat *W, const block_q8_K *XQ, int n, float *Y, int ldy, int row0, int row1);
 
 #endif

@@ -22,8 +22,8 @@ static size_t row_stride(const mat *W) {
     case MAT_F32: return (size_t)W->cols * 4;
     case MAT_BF16: return (size_t)W->cols * 2;
     case MAT_Q8: return (size_t)(W->cols / QK8) * sizeof(block_q8);
+    default: return mat_row_bytes(W->dtype, W->cols);
     }
-    return 0;
 }
 
 /* Lane mask with the first rem (1..7) lanes set. */
@@ -48,6 +48,27 @@ AI __m256 w_load(const char *row, int dt, int k, int rem, __m256i m) {
             h = _mm_loadu_si128((const __m128i *)p);
         }
         return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    } else if (dt == MAT_F16) {
+        const uint16_t *p = (const uint16_t *)row + k;
+        __m128i h;
+        if (rem) {
+            uint16_t buf[8] = {0};
+            memcpy(buf, p, (size_t)rem * 2);
+            h = _mm_loadu_si128((const __m128i *)buf);
+        } else {
+            h = _mm_loadu_si128((const __m128i *)p);
+        }
+        return _mm256_cvtph_ps(h);
+    } else if (dt == MAT_Q8_0) {   /* cols % 32 == 0: never a tail */
+        const block_q8_0 *b = (const block_q8_0 *)row + (k >> 5);
+        __m128i q = _mm_loadl_epi64((const __m128i *)(b->qs + (k & 31)));
+        return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), _mm256_set1_ps(_cvtsh_ss(b->d)));
+    } else if (dt == MAT_Q4_0) {   /* columns 0..15 of a block: low nibbles, 16..31: high */
+        const block_q4_0 *b = (const block_q4_0 *)row + (k >> 5);
+        __m256i q = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(b->qs + (k & 15))));
+        if (k & 16) q = _mm256_srli_epi32(q, 4);
+        q = _mm256_sub_epi32(_mm256_and_si256(q, _mm256_set1_epi32(15)), _mm256_set1_epi32(8));
+        return _mm256_mul_ps(_mm256_cvtepi32_ps(q), _mm256_set1_ps(_cvtsh_ss(b->d)));
     } else {
         const block_q8 *b = (const block_q8 *)row + (k >> 5);
         __m128i q = _mm_loadl_epi64((const __m128i *)(b->q + (k & 31)));
@@ -131,6 +152,10 @@ void matvec_rows_avx2(const mat *W, const float *x, float *y, int row0, int row1
     case MAT_F32: mv_dtype(W, MAT_F32, x, y, row0, row1); break;
     case MAT_BF16: mv_dtype(W, MAT_BF16, x, y, row0, row1); break;
     case MAT_Q8: mv_dtype(W, MAT_Q8, x, y, row0, row1); break;
+    case MAT_F16: mv_dtype(W, MAT_F16, x, y, row0, row1); break;
+    case MAT_Q8_0: mv_dtype(W, MAT_Q8_0, x, y, row0, row1); break;
+    case MAT_Q4_0: mv_dtype(W, MAT_Q4_0, x, y, row0, row1); break;
+    default: mat_kernels_resolved(W->dtype, KSET_AVX2)->matvec(W, x, y, row0, row1); break;
     }
 }
 
@@ -208,6 +233,10 @@ void matmul_rows_avx2(const mat *W, const float *X, int n, float *Y, int ldy, in
     case MAT_F32: mm_dtype(W, MAT_F32, X, n, Y, ldy, row0, row1); break;
     case MAT_BF16: mm_dtype(W, MAT_BF16, X, n, Y, ldy, row0, row1); break;
     case MAT_Q8: mm_dtype(W, MAT_Q8, X, n, Y, ldy, row0, row1); break;
+    case MAT_F16: mm_dtype(W, MAT_F16, X, n, Y, ldy, row0, row1); break;
+    case MAT_Q8_0: mm_dtype(W, MAT_Q8_0, X, n, Y, ldy, row0, row1); break;
+    case MAT_Q4_0: mm_dtype(W, MAT_Q4_0, X, n, Y, ldy, row0, row1); break;
+    default: mat_kernels_resolved(W->dtype, KSET_AVX2)->matmul(W, X, n, Y, ldy, row0, row1); break;
     }
 }
 
@@ -274,6 +303,10 @@ void matvec_t_rows_avx2(const mat *W, const float *x, float *y, int row0, int ro
     case MAT_F32: tmv_dtype(W, MAT_F32, x, y, row0, row1); break;
     case MAT_BF16: tmv_dtype(W, MAT_BF16, x, y, row0, row1); break;
     case MAT_Q8: tmv_dtype(W, MAT_Q8, x, y, row0, row1); break;
+    case MAT_F16: tmv_dtype(W, MAT_F16, x, y, row0, row1); break;
+    case MAT_Q8_0: tmv_dtype(W, MAT_Q8_0, x, y, row0, row1); break;
+    case MAT_Q4_0: tmv_dtype(W, MAT_Q4_0, x, y, row0, row1); break;
+    default: mat_kernels_resolved(W->dtype, KSET_AVX2)->matvec_t(W, x, y, row0, row1); break;
     }
 }
 

@@ -55,13 +55,16 @@ static size_t row_stride(const mat *W) {
     case MAT_F32: return (size_t)W->cols * 4;
     case MAT_BF16: return (size_t)W->cols * 2;
     case MAT_Q8: return (size_t)(W->cols / QK8) * sizeof(block_q8);
+    default: return mat_row_bytes(W->dtype, W->cols);
     }
-    return 0;
 }
 
 /* Byte offset of column k in a row of dtype dt (Q8: inside its block's int8 values). */
 AI size_t w_offset(int dt, int k) {
-    return dt == MAT_F32 ? (size_t)k * 4 : dt == MAT_BF16 ? (size_t)k * 2 : (size_t)(k >> 5) * sizeof(block_q8) + 4 + (k & 31);
+    return dt == MAT_F32 ? (size_t)k * 4 : dt == MAT_BF16 || dt == MAT_F16 ? (size_t)k * 2
+         : dt == MAT_Q8_0 ? (size_t)(k >> 5) * sizeof(block_q8_0) + 2 + (k & 31)
+         : dt == MAT_Q4_0 ? (size_t)(k >> 5) * sizeof(block_q4_0) + 2 + (k & 15)
+                          : (size_t)(k >> 5) * sizeof(block_q8) + 4 + (k & 31);
 }
 
 /* 16 weights of a row starting at column k as f32; masked: only the lanes in m
@@ -74,6 +77,19 @@ AI __m512 w_load(const char *row, int dt, int k, __mmask16 m, int masked) {
         const uint16_t *p = (const uint16_t *)row + k;
         __m256i h = masked ? _mm256_maskz_loadu_epi16(m, p) : _mm256_loadu_si256((const __m256i *)p);
         return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    } else if (dt == MAT_F16) {
+        const uint16_t *p = (const uint16_t *)row + k;
+        return _mm512_cvtph_ps(masked ? _mm256_maskz_loadu_epi16(m, p) : _mm256_loadu_si256((const __m256i *)p));
+    } else if (dt == MAT_Q8_0) {   /* cols % 32 == 0: never masked */
+        const block_q8_0 *b = (const block_q8_0 *)row + (k >> 5);
+        __m128i q = _mm_loadu_si128((const __m128i *)(b->qs + (k & 31)));
+        return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)), _mm512_set1_ps(_cvtsh_ss(b->d)));
+    } else if (dt == MAT_Q4_0) {   /* columns 0..15 of a block: low nibbles, 16..31: high */
+        const block_q4_0 *b = (const block_q4_0 *)row + (k >> 5);
+        __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)b->qs));
+        if (k & 16) q = _mm512_srli_epi32(q, 4);
+        q = _mm512_sub_epi32(_mm512_and_si512(q, _mm512_set1_epi32(15)), _mm512_set1_epi32(8));
+        return _mm512_mul_ps(_mm512_cvtepi32_ps(q), _mm512_set1_ps(_cvtsh_ss(b->d)));
     } else { /* Q8: cols % 32 == 0, so never masked */
         const block_q8 *b = (const block_q8 *)row + (k >> 5);
         __m128i q = _mm_loadu_si128((const __m128i *)(b->q + (k & 31)));
@@ -98,6 +114,12 @@ AI void mv_block(const char *w, size_t rs, int dt, int RB, const float *x, int c
             for (int i = 0; i < RB; i++) {
                 _mm_prefetch(row[i] + (size_t)k * 4 + RB * rs, _MM_HINT_T0);
                 _mm_prefetch(row[i] + (size_t)k * 4 + 2 * RB * rs, _MM_HINT_T1);
+            }
+        if ((dt == MAT_F16 || dt == MAT_Q8_0 || dt == MAT_Q4_0) && (k & 31) == 0)   /* <= 64 bytes per 32 columns */
+#pragma GCC unroll 4
+            for (int i = 0; i < RB; i++) {
+                _mm_prefetch(row[i] + w_offset(dt, k) + RB * rs, _MM_HINT_T0);
+                _mm_prefetch(row[i] + w_offset(dt, k) + 2 * RB * rs, _MM_HINT_T1);
             }
         if (pf_short)
 #pragma GCC unroll 4
@@ -292,6 +314,10 @@ void matvec_rows_avx512(const mat *W, const float *x, float *y, int row0, int ro
     case MAT_F32: mv_dtype(W, MAT_F32, x, y, row0, row1); break;
     case MAT_BF16: mv_dtype(W, MAT_BF16, x, y, row0, row1); break;
     case MAT_Q8: mv_dtype(W, MAT_Q8, x, y, row0, row1); break;
+    case MAT_F16: mv_dtype(W, MAT_F16, x, y, row0, row1); break;
+    case MAT_Q8_0: mv_dtype(W, MAT_Q8_0, x, y, row0, row1); break;
+    case MAT_Q4_0: mv_dtype(W, MAT_Q4_0, x, y, row0, row1); break;
+    default: mat_kernels_resolved(W->dtype, KSET_AVX512)->matvec(W, x, y, row0, row1); break;
     }
 }
 
@@ -427,6 +453,10 @@ void matmul_rows_avx512(const mat *W, const float *X, int n, float *Y, int ldy, 
     case MAT_F32: mm_dtype(W, MAT_F32, X, n, Y, ldy, row0, row1); break;
     case MAT_BF16: mm_dtype(W, MAT_BF16, X, n, Y, ldy, row0, row1); break;
     case MAT_Q8: mm_dtype(W, MAT_Q8, X, n, Y, ldy, row0, row1); break;
+    case MAT_F16: mm_dtype(W, MAT_F16, X, n, Y, ldy, row0, row1); break;
+    case MAT_Q8_0: mm_dtype(W, MAT_Q8_0, X, n, Y, ldy, row0, row1); break;
+    case MAT_Q4_0: mm_dtype(W, MAT_Q4_0, X, n, Y, ldy, row0, row1); break;
+    default: mat_kernels_resolved(W->dtype, KSET_AVX512)->matmul(W, X, n, Y, ldy, row0, row1); break;
     }
 }
 
@@ -508,6 +538,10 @@ void matvec_t_rows_avx512(const mat *W, const float *x, float *y, int row0, int 
     case MAT_F32: tmv_dtype(W, MAT_F32, x, y, row0, row1); break;
     case MAT_BF16: tmv_dtype(W, MAT_BF16, x, y, row0, row1); break;
     case MAT_Q8: tmv_dtype(W, MAT_Q8, x, y, row0, row1); break;
+    case MAT_F16: tmv_dtype(W, MAT_F16, x, y, row0, row1); break;
+    case MAT_Q8_0: tmv_dtype(W, MAT_Q8_0, x, y, row0, row1); break;
+    case MAT_Q4_0: tmv_dtype(W, MAT_Q4_0, x, y, row0, row1); break;
+    default: mat_kernels_resolved(W->dtype, KSET_AVX512)->matvec_t(W, x, y, row0, row1); break;
     }
 }
 

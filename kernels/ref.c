@@ -3,7 +3,9 @@
 #include <math.h>
 #include <string.h>
 
-#include "kernels.h"
+#include <float.h>
+
+#include "kernels_impl.h"
 
 /* ---------------------------------------------------------------- conversions */
 
@@ -28,6 +30,19 @@ float f16_to_f32(uint16_t h) {
     return v.f;
 }
 
+uint16_t f16_from_f32(float f) {
+    union { float f; uint32_t u; } v = { f };
+    uint16_t sign = (uint16_t)((v.u >> 16) & 0x8000u);
+    uint32_t a = v.u & 0x7fffffffu;
+    if (a > 0x7f800000u) return (uint16_t)(sign | 0x7e00u | ((a >> 13) & 0x3ffu));   /* NaN stays NaN (quiet) */
+    if (a >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u);   /* >= 65520 (half way past 65504): inf */
+    if (a < 0x38800000u)                                        /* below 2^-14: a subnormal half, m * 2^-24 */
+        return (uint16_t)(sign | (uint16_t)lrintf(fabsf(f) * 16777216.0f));   /* exact product; 1024 = 2^-14 */
+    uint32_t h = (a >> 13) - (112u << 10), rest = a & 0x1fffu;
+    if (rest > 0x1000u || (rest == 0x1000u && (h & 1))) h++;    /* to nearest even; a carry bumps the exponent */
+    return (uint16_t)(sign | h);
+}
+
 float fp8_e4m3_to_f32(uint8_t b) {
     int sign = b >> 7, exp = (b >> 3) & 0xf, man = b & 7;
     float f;
@@ -46,6 +61,28 @@ void quantize_row_q8_ref(const float *x, block_q8 *out, int n) {
         out[b].scale = scale;
         for (int i = 0; i < QK8; i++) out[b].q[i] = (int8_t)lrintf(xb[i] * inv);
     }
+}
+
+int quantize_row_q8_K_ref(const float *x, block_q8_K *out, int n) {
+    for (int b = 0; b < n / QK_K; b++) {
+        const float *xb = x + (size_t)b * QK_K;
+        float amax = 0.0f;
+        for (int i = 0; i < QK_K; i++) {
+            float a = fabsf(xb[i]);
+            if (!(a <= FLT_MAX)) return 0;   /* Inf or NaN */
+            amax = fmaxf(amax, a);
+        }
+        if (amax > 0.0f && amax < 1e-30f) return 0;
+        float id = amax > 0.0f ? 127.0f / amax : 0.0f;
+        out[b].d = amax / 127.0f;
+        for (int i = 0; i < QK_K; i++) out[b].qs[i] = (int8_t)lrintf(xb[i] * id);
+        for (int g = 0; g < QK_K / 16; g++) {
+            int s = 0;
+            for (int i = 0; i < 16; i++) s += out[b].qs[16 * g + i];
+            out[b].bsums[g] = (int16_t)s;
+        }
+    }
+    return 1;
 }
 
 void quantize_row_bf16_ref(const float *x, uint16_t *out, int n) {
@@ -78,6 +115,16 @@ static float row_dot_ref(const mat *W, int r, const float *x) {
         }
         break;
     }
+    default: {   /* block formats: each block through the type's to_f32, then in column order */
+        const mat_type *t = mat_type_of(W->dtype);
+        const unsigned char *row = (const unsigned char *)W->data + (size_t)r * mat_row_bytes(W->dtype, W->cols);
+        float w[QK_K];
+        for (int k = 0; k < W->cols / t->block_elems; k++) {
+            t->to_f32(row + (size_t)k * t->block_bytes, w, t->block_elems);
+            for (int i = 0; i < t->block_elems; i++) acc += w[i] * x[k * t->block_elems + i];
+        }
+        break;
+    }
     }
     return acc;
 }
@@ -91,8 +138,27 @@ void matmul_rows_ref(const mat *W, const float *X, int n, float *Y, int ldy, int
         for (int r = row0; r < row1; r++) Y[(size_t)t * ldy + r] = row_dot_ref(W, r, X + (size_t)t * W->cols);
 }
 
-/* Column by column, rows in order; the first row's product starts the sum (keeps -0). */
+/* Column by column, rows in order; the first row's product starts the sum (keeps -0).
+ * Block formats go row by row (each block dequantized once), the same operations per column. */
 void matvec_t_rows_ref(const mat *W, const float *x, float *y, int row0, int row1) {
+    if (W->dtype != MAT_F32 && W->dtype != MAT_BF16 && W->dtype != MAT_Q8) {
+        const mat_type *t = mat_type_of(W->dtype);
+        int be = t->block_elems;
+        size_t rb = mat_row_bytes(W->dtype, W->cols);
+        float w[QK_K];
+        if (row0 >= row1) memset(y, 0, sizeof(float) * (size_t)W->cols);
+        for (int r = row0; r < row1; r++) {
+            const unsigned char *row = (const unsigned char *)W->data + (size_t)r * rb;
+            float xr = x[r - row0];
+            for (int k = 0; k < W->cols / be; k++) {
+                t->to_f32(row + (size_t)k * t->block_bytes, w, be);
+                float *yk = y + (size_t)k * be;
+                if (r == row0) for (int i = 0; i < be; i++) yk[i] = xr * w[i];
+                else for (int i = 0; i < be; i++) yk[i] += xr * w[i];
+            }
+        }
+        return;
+    }
     for (int c = 0; c < W->cols; c++) {
         float acc = row0 < row1 ? x[0] * mat_get(W, row0, c) : 0.0f;
         for (int r = row0 + 1; r < row1; r++) acc += x[r - row0] * mat_get(W, r, c);
@@ -113,6 +179,68 @@ void matvec_rows_q8q8_ref(const mat *W, const block_q8 *xq, float *y, int row0, 
         }
         y[r - row0] = acc;
     }
+}
+
+/* k-quant weights x block_q8_K activations (kernels.h): the integer sums of each super-block
+ * exactly, then acc += (d dx) isum and accm += (dmin dx) msum in block order; y = acc - accm. */
+static float kq_row_dot_ref(const mat *W, int r, const block_q8_K *xq) {
+    int nb = W->cols / QK_K;
+    const unsigned char *row = (const unsigned char *)W->data + (size_t)r * mat_row_bytes(W->dtype, W->cols);
+    float acc = 0.0f, accm = 0.0f;
+    for (int b = 0; b < nb; b++) {
+        const int8_t *q8 = xq[b].qs;
+        int32_t isum = 0, msum = 0;
+        if (W->dtype == MAT_Q6_K) {
+            const block_q6_K *w = (const block_q6_K *)row + b;
+            for (int h = 0; h < 2; h++) {
+                const uint8_t *ql = w->ql + 64 * h, *qh = w->qh + 32 * h;
+                for (int l = 0; l < 32; l++) {
+                    int q[4] = {((ql[l] & 0x0F) | (((qh[l] >> 0) & 3) << 4)) - 32, ((ql[l + 32] & 0x0F) | (((qh[l] >> 2) & 3) << 4)) - 32,
+                                ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32, ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32};
+                    for (int i = 0; i < 4; i++) {
+                        int e = 128 * h + 32 * i + l;
+                        isum += w->scales[e / 16] * q[i] * q8[e];
+                    }
+                }
+            }
+            acc += f16_to_f32(w->d) * xq[b].d * (float)isum;
+            continue;
+        }
+        const uint8_t *scales, *qs, *qh = NULL;
+        uint16_t d16, dmin16;
+        if (W->dtype == MAT_Q4_K) {
+            const block_q4_K *w = (const block_q4_K *)row + b;
+            scales = w->scales; qs = w->qs; d16 = w->d; dmin16 = w->dmin;
+        } else {
+            const block_q5_K *w = (const block_q5_K *)row + b;
+            scales = w->scales; qs = w->qs; qh = w->qh; d16 = w->d; dmin16 = w->dmin;
+        }
+        for (int j = 0; j < 8; j++) {
+            uint8_t sc, m;
+            kq_scale_min(j, scales, &sc, &m);
+            int g = j / 2, hi = j & 1, s = 0;
+            for (int l = 0; l < 32; l++) {
+                int q = hi ? qs[32 * g + l] >> 4 : qs[32 * g + l] & 0x0F;
+                if (qh && (qh[l] >> j) & 1) q += 16;
+                s += q * q8[32 * j + l];
+            }
+            isum += sc * s;
+            msum += m * (xq[b].bsums[2 * j] + xq[b].bsums[2 * j + 1]);
+        }
+        acc += f16_to_f32(d16) * xq[b].d * (float)isum;
+        accm += f16_to_f32(dmin16) * xq[b].d * (float)msum;
+    }
+    return acc - accm;
+}
+
+void matvec_rows_q8K_ref(const mat *W, const block_q8_K *xq, float *y, int row0, int row1) {
+    for (int r = row0; r < row1; r++) y[r - row0] = kq_row_dot_ref(W, r, xq);
+}
+
+void matmul_rows_q8K_ref(const mat *W, const block_q8_K *XQ, int n, float *Y, int ldy, int row0, int row1) {
+    int nb = W->cols / QK_K;
+    for (int t = 0; t < n; t++)
+        for (int r = row0; r < row1; r++) Y[(size_t)t * ldy + r] = kq_row_dot_ref(W, r, XQ + (size_t)t * nb);
 }
 
 /* BF16 weights x bf16 activations, f32 accumulation in column order. */

@@ -283,7 +283,7 @@ typedef struct {
     const mat *W;
     const float *x;            /* matvec / matmul activations */
     const void *xlow;          /* quantized x (low precision), or NULL */
-    int lowp;                  /* MAT_Q8 / MAT_BF16 / 0 */
+    int lowp;                  /* MAT_Q8 / MAT_BF16 / MAT_Q4_K (any k-quant: xlow is block_q8_K) / 0 */
     int n, ldy;
     float *y;
 } mv_job;
@@ -301,7 +301,8 @@ static void matvec_share(void *arg, int id, int nt) {
     int r0, r1;
     threadpool_split_rows(j->W->rows, id, nt, &r0, &r1);
     if (r0 >= r1) return;
-    if (j->lowp == MAT_Q8) matvec_rows_q8q8(j->W, j->xlow, j->y + r0, r0, r1);
+    if (j->lowp == MAT_Q4_K) matvec_rows_q8K(j->W, j->xlow, j->y + r0, r0, r1);
+    else if (j->lowp == MAT_Q8) matvec_rows_q8q8(j->W, j->xlow, j->y + r0, r0, r1);
     else if (j->lowp == MAT_BF16) matvec_rows_bf16bf16(j->W, j->xlow, j->y + r0, r0, r1);
     else matvec_rows(j->W, j->x, j->y + r0, r0, r1);
 }
@@ -318,7 +319,13 @@ static void *scratch_get(threadpool *p, size_t bytes) {
 void matvec_parallel(threadpool *p, const mat *W, const float *x, float *y) {
     mv_job j = {W, x, NULL, 0, 1, 0, y};
     int kind = cpu_lowp_kind(W);
-    if (kind && p) {
+    if (p && cpu_q8K_path(W)) {   /* k-quants: x to block_q8_K once, not once per share (same bits) */
+        block_q8_K *buf = scratch_get(p, (size_t)(W->cols / QK_K) * sizeof(block_q8_K));
+        if (buf && quantize_row_q8_K(x, buf, W->cols)) {   /* else: per share, through the f32 fallback */
+            j.xlow = buf;
+            j.lowp = MAT_Q4_K;
+        }
+    } else if (kind && p) {
         size_t bytes = kind == MAT_Q8 ? (size_t)(W->cols / QK8) * sizeof(block_q8) : (size_t)W->cols * 2;
         void *buf = scratch_get(p, bytes);
         if (buf) {   /* else: each thread quantizes on its own (matvec_rows) */

@@ -55,6 +55,60 @@ static void usleep_for_test(long us) {
     nanosleep(&ts, NULL);
 }
 
+/* Row r of W as f32 (mat_get's values), cached: the tolerances read whole rows. make_mat
+ * invalidates the cache (a new matrix may reuse a freed one's address). */
+static struct { const void *data; int dtype, cols, r; float *row; int cap; } rc = {NULL, -1, 0, -1, NULL, 0};
+static void row_cache_reset(void) { rc.data = NULL; }
+static const float *row_f32(const mat *W, int r) {
+    if (rc.data != W->data || rc.dtype != (int)W->dtype || rc.cols != W->cols || rc.r != r) {
+        if (rc.cap < W->cols) { free(rc.row); rc.row = malloc(sizeof(float) * (size_t)W->cols); rc.cap = W->cols; }
+        mat_type_of(W->dtype)->to_f32((const char *)W->data + (size_t)r * mat_row_bytes(W->dtype, W->cols), rc.row, W->cols);
+        rc.data = W->data; rc.dtype = (int)W->dtype; rc.cols = W->cols; rc.r = r;
+    }
+    return rc.row;
+}
+
+static uint16_t f16_of(float f) { return f16_from_f32(f); }
+
+/* rows x cols of a ggml block type: random bits in every quant field, with scales that keep
+ * values near [-1, 1] (random: d, dmin from f16 of small random values; some negative d);
+ * exact: d = 1 (Q6_K 1/8), dmin = 1, so every value is a small integer (or eighth). */
+static void *make_ggml_rows(mat_dtype dt, int rows, int cols, int exact) {
+    size_t bytes = (size_t)rows * mat_row_bytes(dt, cols);
+    unsigned char *buf = malloc(bytes ? bytes : 1);
+    for (size_t i = 0; i < bytes; i++) buf[i] = (unsigned char)rng_u32();
+    size_t n = (size_t)rows * cols;
+    switch (dt) {
+    case MAT_F16:
+        for (size_t i = 0; i < n; i++) ((uint16_t *)buf)[i] = f16_of(exact ? (float)rng_int(-3, 3) : rng_uniform());
+        break;
+    case MAT_Q8_0:
+        for (size_t i = 0; i < n / QK8_0; i++) {
+            block_q8_0 *b = (block_q8_0 *)buf + i;
+            b->d = f16_of(exact ? ((i & 1) ? 0.5f : 1.0f) : rng_uniform() / 127.0f);
+            if (exact) for (int j = 0; j < QK8_0; j++) b->qs[j] = (int8_t)rng_int(-8, 8);
+        }
+        break;
+    case MAT_Q4_0:
+        for (size_t i = 0; i < n / QK4_0; i++) ((block_q4_0 *)buf)[i].d = f16_of(exact ? ((i & 1) ? 0.5f : 1.0f) : rng_uniform() / 8.0f);
+        break;
+    case MAT_Q4_K: case MAT_Q5_K:
+        for (size_t i = 0; i < n / QK_K; i++) {
+            block_q4_K *b4 = (block_q4_K *)buf + i;      /* d, dmin at the same place in both */
+            block_q5_K *b5 = (block_q5_K *)buf + i;
+            uint16_t *d = dt == MAT_Q4_K ? &b4->d : &b5->d, *dm = dt == MAT_Q4_K ? &b4->dmin : &b5->dmin;
+            *d = f16_of(exact ? 1.0f : (rng_uniform() + 1.0f) / 1000.0f);
+            *dm = f16_of(exact ? 1.0f : (rng_uniform() + 1.0f) / 2000.0f);
+        }
+        break;
+    case MAT_Q6_K:
+        for (size_t i = 0; i < n / QK_K; i++) ((block_q6_K *)buf)[i].d = f16_of(exact ? 0.125f : rng_uniform() / 4000.0f);
+        break;
+    default: break;
+    }
+    return buf;
+}
+
 /* A matrix of the given dtype; exact: small integers (Q8: scales 1 or 0.5). */
 typedef struct {
     mat m;
@@ -63,6 +117,7 @@ typedef struct {
 
 static test_mat make_mat(mat_dtype dt, int rows, int cols, int exact) {
     test_mat t = {{dt, rows, cols, NULL}, NULL};
+    row_cache_reset();
     size_t n = (size_t)rows * cols;
     if (dt == MAT_F32) {
         float *w = malloc(n * sizeof *w);
@@ -72,7 +127,7 @@ static test_mat make_mat(mat_dtype dt, int rows, int cols, int exact) {
         uint16_t *w = malloc(n * sizeof *w);
         for (size_t i = 0; i < n; i++) w[i] = f32_to_bf16(exact ? (float)rng_int(-3, 3) : rng_uniform());
         t.buf = w;
-    } else {
+    } else if (dt == MAT_Q8) {
         block_q8 *b = malloc(n / QK8 * sizeof *b);
         float row[4096];
         for (int r = 0; r < rows; r++) {
@@ -88,6 +143,8 @@ static test_mat make_mat(mat_dtype dt, int rows, int cols, int exact) {
             }
         }
         t.buf = b;
+    } else {
+        t.buf = make_ggml_rows(dt, rows, cols, exact);
     }
     t.m.data = t.buf;
     return t;
@@ -101,8 +158,9 @@ static float *make_vec(int n, int exact) {
 
 /* S = sum_c |W[r, c] x[c]| in double. */
 static double abs_dot(const mat *W, int r, const float *x) {
+    const float *w = row_f32(W, r);
     double s = 0.0;
-    for (int c = 0; c < W->cols; c++) s += fabs((double)mat_get(W, r, c) * x[c]);
+    for (int c = 0; c < W->cols; c++) s += fabs((double)w[c] * x[c]);
     return s;
 }
 
@@ -949,6 +1007,671 @@ static void test_blas_sgemm(void **state) {
         }
 }
 
+/* ---------------------------------------------------------------- ggml block types */
+
+/* The ggml types (MAT_F16 ...), their column counts (multiples of the block; F16 any). */
+static const mat_dtype GTYPES[] = {MAT_F16, MAT_Q8_0, MAT_Q4_0, MAT_Q4_K, MAT_Q5_K, MAT_Q6_K};
+static int gcols(mat_dtype dt, int i) {   /* i-th test column count of dt, 0 when past the list */
+    static const int c1[] = {16, 17, 31, 100, 1000, 0}, c32[] = {32, 96, 256, 288, 1024, 0}, c256[] = {256, 512, 768, 2048, 0};
+    const int *c = dt == MAT_F16 ? c1 : mat_type_of(dt)->block_elems == 32 ? c32 : c256;
+    return c[i];
+}
+/* 1 when the SIMD entry points quantize x to q8_K for dt (Q5_K: AVX-512 only). */
+static int has_kq_path_for(mat_dtype dt, const char *variant) {
+    if (dt == MAT_Q5_K) return strcmp(variant, "avx512") == 0 || (strcmp(variant, "dispatch") == 0 && strncmp(cpu_kernel_name(), "avx512", 6) == 0);
+    return dt == MAT_Q4_K || dt == MAT_Q6_K;
+}
+
+/* Packs 8 6-bit (scale, min) pairs as ggml's Q4_K / Q5_K (written from the layout, not the decoder). */
+static void pack_scales(const int *sc, const int *m, uint8_t *out) {
+    memset(out, 0, K_SCALE_SIZE);
+    for (int j = 0; j < 8; j++) {
+        if (j < 4) {
+            out[j] = (uint8_t)sc[j];
+            out[j + 4] = (uint8_t)m[j];
+        } else {
+            out[j + 4] = (uint8_t)((sc[j] & 15) | ((m[j] & 15) << 4));
+            out[j - 4] |= (uint8_t)((sc[j] >> 4) << 6);
+            out[j] |= (uint8_t)((m[j] >> 4) << 6);
+        }
+    }
+}
+
+static void expect_row(mat_dtype dt, const void *blocks, int n, const double *want) {
+    float got[512];
+    mat_type_of(dt)->to_f32(blocks, got, n);
+    mat W = {dt, 1, n, blocks};
+    for (int i = 0; i < n; i++) {
+        if (got[i] != want[i]) fail_msg("%s element %d: %.9g, want %.9g", mat_type_of(dt)->name, i, got[i], want[i]);
+        assert_true(mat_get(&W, 0, i) == got[i]);
+    }
+}
+
+/* Every type's to_f32 on blocks built by hand with known scales and quants: the values are
+ * exact dyadic numbers, so equality is the test. */
+static void test_ggml_dequant_hand(void **state) {
+    (void)state;
+    double want[512];
+    /* f16: known bit patterns */
+    static const struct { uint16_t h; double v; } hv[] = {
+        {0x3C00, 1}, {0xC000, -2}, {0x7BFF, 65504}, {0x0001, 5.9604644775390625e-08}, {0x03FF, 1023 * 5.9604644775390625e-08},
+        {0x0400, 6.103515625e-05}, {0x8000, -0.0}, {0x3555, 0.333251953125}, {0x3C01, 1.0009765625}, {0xFBFF, -65504}};
+    uint16_t h[10];
+    for (int i = 0; i < 10; i++) { h[i] = hv[i].h; want[i] = hv[i].v; }
+    expect_row(MAT_F16, h, 10, want);
+    assert_true(isinf(f16_to_f32(0x7C00)) && f16_to_f32(0x7C00) > 0 && isinf(f16_to_f32(0xFC00)) && isnan(f16_to_f32(0x7E00)));
+    assert_true(signbit(f16_to_f32(0x8000)));
+    /* q8_0: d = 0.5, then d = -1 */
+    block_q8_0 q8[2];
+    q8[0].d = 0x3800;
+    q8[1].d = 0xBC00;
+    for (int i = 0; i < 32; i++) {
+        q8[0].qs[i] = (int8_t)(8 * i - 128); want[i] = 0.5 * (8 * i - 128);
+        q8[1].qs[i] = (int8_t)(i - 16); want[32 + i] = -(double)(i - 16);
+    }
+    expect_row(MAT_Q8_0, q8, 64, want);
+    /* q4_0: d = 2; byte i holds element i (low) and i + 16 (high) */
+    block_q4_0 q4;
+    q4.d = 0x4000;
+    for (int i = 0; i < 16; i++) {
+        q4.qs[i] = (uint8_t)(i | ((15 - i) << 4));
+        want[i] = 2.0 * (i - 8);
+        want[16 + i] = 2.0 * (7 - i);
+    }
+    expect_row(MAT_Q4_0, &q4, 32, want);
+    /* q4_K / q5_K: d = 1, dmin = 0.25, scales and mins across the 6-bit range */
+    static const int sc[8] = {1, 2, 33, 63, 17, 40, 5, 62}, mn[8] = {0, 3, 63, 10, 48, 1, 31, 33};
+    block_q4_K k4;
+    block_q5_K k5;
+    k4.d = k5.d = 0x3C00;
+    k4.dmin = k5.dmin = 0x3400;
+    pack_scales(sc, mn, k4.scales);
+    pack_scales(sc, mn, k5.scales);
+    memset(k5.qh, 0, sizeof k5.qh);
+    for (int g = 0; g < 4; g++)
+        for (int l = 0; l < 32; l++) {
+            int e0 = 64 * g + l, e1 = e0 + 32;
+            int a = (e0 * 7) % 16, b = (e1 * 7) % 16;
+            k4.qs[32 * g + l] = (uint8_t)(a | (b << 4));
+            int a5 = (e0 * 11) % 32, b5 = (e1 * 11) % 32;
+            k5.qs[32 * g + l] = (uint8_t)((a5 & 15) | ((b5 & 15) << 4));
+            k5.qh[l] |= (uint8_t)(((a5 >> 4) << (2 * g)) | ((b5 >> 4) << (2 * g + 1)));
+        }
+    for (int e = 0; e < 256; e++) want[e] = (double)sc[e / 32] * ((e * 7) % 16) - 0.25 * mn[e / 32];
+    expect_row(MAT_Q4_K, &k4, 256, want);
+    for (int e = 0; e < 256; e++) want[e] = (double)sc[e / 32] * ((e * 11) % 32) - 0.25 * mn[e / 32];
+    expect_row(MAT_Q5_K, &k5, 256, want);
+    /* q6_K: d = 0.25, int8 scales including -128 and 127 */
+    static const int s6[16] = {-128, 127, -1, 0, 5, -7, 64, -64, 1, 2, 3, -3, 100, -100, 31, -32};
+    block_q6_K k6;
+    k6.d = 0x3400;
+    for (int j = 0; j < 16; j++) k6.scales[j] = (int8_t)s6[j];
+    int L[256];
+    for (int e = 0; e < 256; e++) L[e] = (e * 13) % 64;
+    for (int hh = 0; hh < 2; hh++)
+        for (int l = 0; l < 32; l++) {
+            const int *q = L + 128 * hh;
+            k6.ql[64 * hh + l] = (uint8_t)((q[l] & 15) | ((q[l + 64] & 15) << 4));
+            k6.ql[64 * hh + l + 32] = (uint8_t)((q[l + 32] & 15) | ((q[l + 96] & 15) << 4));
+            k6.qh[32 * hh + l] = (uint8_t)((q[l] >> 4) | ((q[l + 32] >> 4) << 2) | ((q[l + 64] >> 4) << 4) | ((q[l + 96] >> 4) << 6));
+        }
+    for (int e = 0; e < 256; e++) want[e] = 0.25 * s6[e / 16] * (L[e] - 32);
+    expect_row(MAT_Q6_K, &k6, 256, want);
+    /* the table: block sizes as in GGUF */
+    assert_int_equal(mat_type_of(MAT_Q4_K)->block_bytes, 144);
+    assert_int_equal(mat_type_of(MAT_Q5_K)->block_bytes, 176);
+    assert_int_equal(mat_type_of(MAT_Q6_K)->block_bytes, 210);
+    assert_int_equal(mat_type_of(MAT_Q8_0)->block_bytes, 34);
+    assert_int_equal(mat_type_of(MAT_Q4_0)->block_bytes, 18);
+    assert_int_equal((int)mat_row_bytes(MAT_Q4_K, 7168), 28 * 144);
+    assert_null(mat_type_of((mat_dtype)MAT_N_TYPES));
+}
+
+/* f16_from_f32: known roundings (ties to even, subnormals, overflow), every half back to
+ * itself, and a sweep of f32 bit patterns against the compiler's _Float16 conversion. */
+static void test_f16_from_f32(void **state) {
+    (void)state;
+    static const struct { float f; uint16_t h; } k[] = {
+        {1.0f, 0x3C00}, {0.33333334f, 0x3555}, {65504.0f, 0x7BFF}, {65519.0f, 0x7BFF}, {65520.0f, 0x7C00},
+        {-1e10f, 0xFC00}, {0x1p-25f, 0x0000}, {0x1.8p-24f, 0x0002}, {0x1.8p-25f, 0x0001}, {-0.0f, 0x8000},
+        {1.0f + 0x1p-11f, 0x3C00}, {1.0f + 0x3p-11f, 0x3C02}, {0x1.ffcp-15f, 0x0400}, {0x1p-14f, 0x0400}};
+    for (size_t i = 0; i < sizeof k / sizeof k[0]; i++)
+        if (f16_from_f32(k[i].f) != k[i].h) fail_msg("f16_from_f32(%a) = %04x, want %04x", k[i].f, f16_from_f32(k[i].f), k[i].h);
+    assert_true(isnan(f16_to_f32(f16_from_f32(NAN))));
+    for (uint32_t h = 0; h < 65536; h++) {
+        float f = f16_to_f32((uint16_t)h);
+        if (isnan(f)) { assert_true(isnan(f16_to_f32(f16_from_f32(f)))); continue; }
+        assert_int_equal(f16_from_f32(f), h);
+    }
+    for (uint64_t u = 0; u < (1ull << 32); u += 4093) {
+        union { uint32_t u; float f; } v = {(uint32_t)u};
+        _Float16 c = (_Float16)v.f;
+        uint16_t want;
+        memcpy(&want, &c, 2);
+        uint16_t got = f16_from_f32(v.f);
+        if (isnan(v.f)) { assert_true(isnan(f16_to_f32(got))); continue; }
+        if (got != want) fail_msg("f16_from_f32(%a) = %04x, _Float16 %04x", v.f, got, want);
+    }
+}
+
+/* from_f32 -> to_f32 within each format's bound. */
+static void test_ggml_roundtrip(void **state) {
+    (void)state;
+    enum { N = 2048 };
+    float *x = malloc(sizeof(float) * N), *y = malloc(sizeof(float) * N);
+    void *buf = malloc(mat_row_bytes(MAT_F16, N));
+    for (int kind = 0; kind < 4; kind++) {
+        /* 0: uniform; 1: sum of uniforms (bell-shaped) with a scale per 32; 2: outliers; 3: one-signed */
+        for (int i = 0; i < N; i++) {
+            float v = kind == 1 ? (rng_uniform() + rng_uniform() + rng_uniform()) * (float)(1 + (i / 32) % 7) : rng_uniform();
+            if (kind == 2 && i % 97 == 0) v *= 40.0f;
+            if (kind == 3) v = fabsf(v) + 0.25f;
+            x[i] = v;
+        }
+        for (int i = 0; i < 64; i++) x[256 + i] = 0.0f;   /* zero sub-blocks / blocks */
+        /* f16: relative 2^-11 */
+        mat_type_of(MAT_F16)->from_f32(x, buf, N);
+        mat_type_of(MAT_F16)->to_f32(buf, y, N);
+        for (int i = 0; i < N; i++) assert_true(fabs((double)y[i] - x[i]) <= 0x1p-11 * fabs(x[i]));
+        /* q8_0: q = round(x / d), d = amax / 127 rounded to f16: |err| <= d/2 + 127 d 2^-11 */
+        mat_type_of(MAT_Q8_0)->from_f32(x, buf, N);
+        mat_type_of(MAT_Q8_0)->to_f32(buf, y, N);
+        for (int b = 0; b < N / 32; b++) {
+            double amax = 0;
+            for (int i = 0; i < 32; i++) amax = fmax(amax, fabs(x[32 * b + i]));
+            for (int i = 0; i < 32; i++)
+                if (fabs((double)y[32 * b + i] - x[32 * b + i]) > amax / 127 * (0.5 + 127 * 0x1p-11) + 1e-30)
+                    fail_msg("q8_0 kind %d element %d: %g vs %g", kind, 32 * b + i, y[32 * b + i], x[32 * b + i]);
+        }
+        /* q4_0: d = -max/8; round to nearest except at the clamped end (q 16 -> 15): |err| <= |d| (1 + 2^-8) */
+        mat_type_of(MAT_Q4_0)->from_f32(x, buf, N);
+        mat_type_of(MAT_Q4_0)->to_f32(buf, y, N);
+        for (int b = 0; b < N / 32; b++) {
+            double amax = 0;
+            for (int i = 0; i < 32; i++) amax = fmax(amax, fabs(x[32 * b + i]));
+            for (int i = 0; i < 32; i++) {
+                double e = fabs((double)y[32 * b + i] - x[32 * b + i]), lim = amax / 8 * (1 + 0x1p-8);
+                if (fabs(x[32 * b + i]) == amax) lim = amax * 0x1p-10;   /* the extreme maps to q = 0: exact but d's f16 rounding */
+                if (e > lim + 1e-30) fail_msg("q4_0 kind %d element %d: %g vs %g", kind, 32 * b + i, y[32 * b + i], x[32 * b + i]);
+            }
+        }
+        /* q4_K: each value is rounded onto its sub-block's stored grid dj q - mj, q = 0..15
+         * (dj = d sc_j, mj = dmin m_j): within dj / 2 of x, or the nearer end of the grid when x
+         * lies outside it (the 6-bit scales can leave an extreme just outside). Quality: the RMS
+         * error is at most that of a plain 15-step grid over each sub-block's range including 0
+         * (range / 15 / sqrt(12); Q4_K's grid always reaches 0, min >= 0): the fit gains what
+         * the 6-bit rounding of scales and mins loses (measured 0.88-0.91 of it here). */
+        mat_type_of(MAT_Q4_K)->from_f32(x, buf, N);
+        mat_type_of(MAT_Q4_K)->to_f32(buf, y, N);
+        double se = 0, sstep = 0;
+        for (int j = 0; j < N / 32; j++) {
+            const block_q4_K *b = (const block_q4_K *)buf + j / 8;
+            uint8_t sc, m;
+            kq_scale_min(j % 8, b->scales, &sc, &m);
+            double dj = (double)f16_to_f32(b->d) * sc, mj = (double)f16_to_f32(b->dmin) * m;
+            double lo = 0, hi = 0;
+            for (int i = 0; i < 32; i++) { lo = fmin(lo, x[32 * j + i]); hi = fmax(hi, x[32 * j + i]); }
+            for (int i = 0; i < 32; i++) {
+                double xv = x[32 * j + i], e = fabs((double)y[32 * j + i] - xv);
+                double out = xv < -mj ? -mj - xv : xv > 15 * dj - mj ? xv - (15 * dj - mj) : 0;
+                se += e * e;
+                if (e > fmax(dj / 2, out) * (1 + 1e-5) + 1e-6 * (hi - lo) + 1e-30)
+                    fail_msg("q4_K kind %d element %d: %g vs %g (dj %g, mj %g)", kind, 32 * j + i, y[32 * j + i], xv, dj, mj);
+            }
+            sstep += 32 * ((hi - lo) / 15) * ((hi - lo) / 15) / 12;
+        }
+        if (!(se <= sstep)) fail_msg("q4_K kind %d: rms error %g vs step rms %g", kind, sqrt(se / N), sqrt(sstep / N));
+        for (int i = 256; i < 320; i++) assert_true(y[i] == 0.0f);   /* zero sub-blocks stay zero */
+    }
+    /* all-zero and constant blocks */
+    for (int i = 0; i < 256; i++) x[i] = 0.0f;
+    for (int t = 0; t < NELEM(GTYPES); t++) {
+        const mat_type *ty = mat_type_of(GTYPES[t]);
+        if (!ty->from_f32) continue;
+        ty->from_f32(x, buf, 256);
+        ty->to_f32(buf, y, 256);
+        for (int i = 0; i < 256; i++) assert_true(y[i] == 0.0f);
+    }
+    free(x); free(y); free(buf);
+}
+
+/* ---- matrix kernels for the ggml types */
+
+/* Bound on |y(x quantized to q8_K) - y(f32 x)| for row r: each x moves by at most
+ * dx/2 (dx = max|x_block| / 127, plus the rounding of x * 127/max), so y by at most
+ * sum_b dx_b / 2 sum_{i in b} |w_i|; plus the f32 rounding of both sides (dot_tol of the
+ * larger sum, twice: the integer path's f32 steps are a (nb + 16)-term sum, fewer than cols). */
+static double kq_tol(const mat *W, int r, const float *x) {
+    double t = 0, S = 0;
+    const float *wr = row_f32(W, r);
+    for (int b = 0; b < W->cols / QK_K; b++) {
+        double amax = 0, sw = 0;
+        for (int i = 0; i < QK_K; i++) {
+            int c = b * QK_K + i;
+            double w = fabs((double)wr[c]);
+            amax = fmax(amax, fabs(x[c]));
+            sw += w;
+            S += w * fabs(x[c]);
+        }
+        t += amax / 127 * (0.5 + 1e-5) * sw;
+    }
+    return t + 2 * dot_tol(W->cols, S + t);
+}
+
+static void check_ggml_matvec(mat_dtype dt, int exact) {
+    mv_variant v[4];
+    int nv = n_mv_variants(v);
+    static const int rows_list[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 33, 67};
+    for (int ri = 0; ri < NELEM(rows_list); ri++)
+        for (int ci = 0; gcols(dt, ci); ci++) {
+            int rows = rows_list[ri], cols = gcols(dt, ci);
+            test_mat W = make_mat(dt, rows, cols, exact);
+            float *x = make_vec(cols, exact);
+            float *ref = malloc(sizeof(float) * rows), *y = malloc(sizeof(float) * (rows + 1));
+            for (int start = 0; start <= (rows > 1); start++) {
+                matvec_rows_ref(&W.m, x, ref, start, rows);
+                for (int k = 0; k < nv; k++) {
+                    if (!v[k].available) continue;
+                    int kq = has_kq_path_for(dt, v[k].name) && !(k == 0 && strcmp(cpu_kernel_name(), "scalar") == 0);
+                    y[rows - start] = 12345.0f;
+                    v[k].matvec(&W.m, x, y, start, rows);
+                    assert_true(y[rows - start] == 12345.0f);
+                    for (int r = start; r < rows; r++) {
+                        double tol = kq ? kq_tol(&W.m, r, x) : exact ? 0.0 : dot_tol(cols, abs_dot(&W.m, r, x));
+                        if (fabs((double)y[r - start] - ref[r - start]) > tol)
+                            fail_msg("matvec %s %s exact %d rows %d cols %d row %d: %g vs %g (tol %g)", v[k].name,
+                                     mat_type_of(dt)->name, exact, rows, cols, r, y[r - start], ref[r - start], tol);
+                    }
+                }
+            }
+            free(W.buf); free(x); free(ref); free(y);
+        }
+}
+
+static void check_ggml_matmul(mat_dtype dt, int exact) {
+    mv_variant v[4];
+    int nv = n_mv_variants(v);
+    static const int rows_list[] = {1, 2, 3, 5, 8, 33};
+    static const int ns[] = {1, 2, 3, 4, 5, 7, 8, 9, 17, 64, 65};
+    for (int ri = 0; ri < NELEM(rows_list); ri++)
+        for (int ci = 0; gcols(dt, ci) && ci < 3; ci++)
+            for (int ni = 0; ni < NELEM(ns); ni++) {
+                int rows = rows_list[ri], cols = gcols(dt, ci), n = ns[ni], ldy = rows + 3;
+                if (n > 9 && rows > 8) continue;   /* time */
+                test_mat W = make_mat(dt, rows, cols, exact);
+                float *X = make_vec(n * cols, exact);
+                float *ref = malloc(sizeof(float) * n * ldy), *Y = malloc(sizeof(float) * n * ldy);
+                int row0 = rows > 1 ? 1 : 0;
+                for (int i = 0; i < n * ldy; i++) ref[i] = -7.0f;
+                matmul_rows_ref(&W.m, X, n, ref, ldy, row0, rows);
+                for (int k = 0; k < nv; k++) {
+                    if (!v[k].available) continue;
+                    int kq = has_kq_path_for(dt, v[k].name) && !(k == 0 && strcmp(cpu_kernel_name(), "scalar") == 0);
+                    for (int i = 0; i < n * ldy; i++) Y[i] = -7.0f;
+                    v[k].matmul(&W.m, X, n, Y, ldy, row0, rows);
+                    for (int t = 0; t < n; t++)
+                        for (int r = 0; r < ldy; r++) {
+                            float got = Y[t * ldy + r], want = ref[t * ldy + r];
+                            const float *xt = X + (size_t)t * cols;
+                            double tol = (r < row0 || r >= rows) ? 0.0 : kq ? kq_tol(&W.m, r, xt) : exact ? 0.0 : dot_tol(cols, abs_dot(&W.m, r, xt));
+                            if (fabs((double)got - want) > tol)
+                                fail_msg("matmul %s %s exact %d rows %d cols %d n %d t %d r %d: %g vs %g (tol %g)", v[k].name,
+                                         mat_type_of(dt)->name, exact, rows, cols, n, t, r, got, want, tol);
+                        }
+                }
+                free(W.buf); free(X); free(ref); free(Y);
+            }
+}
+
+/* Transposed matvec: rows 1..67 of a range starting at row 1; one row with x = {1} is the
+ * row as f32, bit for bit. */
+static void check_ggml_matvec_t(mat_dtype dt, int exact) {
+    mv_variant v[4];
+    int nv = n_mv_variants(v);
+    const float one = 1.0f;
+    for (int nr = 1; nr <= 67; nr += (nr < 9 ? 1 : 11))
+        for (int ci = 0; gcols(dt, ci) && ci < 3; ci++) {
+            int cols = gcols(dt, ci), row0 = 1, row1 = 1 + nr;
+            test_mat W = make_mat(dt, nr + 2, cols, exact);
+            float *x = make_vec(nr, exact), *ref = malloc(sizeof(float) * cols), *y = malloc(sizeof(float) * (cols + 1));
+            float *row = malloc(sizeof(float) * cols);
+            mat_type_of(dt)->to_f32((const char *)W.buf + mat_row_bytes(dt, cols), row, cols);
+            matvec_t_rows_ref(&W.m, x, ref, row0, row1);
+            for (int k = 0; k < nv; k++) {
+                if (!v[k].available) continue;
+                for (int c = 0; c <= cols; c++) y[c] = 12345.0f;
+                v[k].matvec_t(&W.m, x, y, row0, row1);
+                assert_true(y[cols] == 12345.0f);
+                for (int c = 0; c < cols; c++) {
+                    double tol = exact ? 0.0 : dot_tol(nr, abs_dot_t(&W.m, c, x, row0, row1));
+                    if (fabs((double)y[c] - ref[c]) > tol)
+                        fail_msg("matvec_t %s %s rows %d cols %d col %d: %g vs %g", v[k].name, mat_type_of(dt)->name, nr, cols, c, y[c], ref[c]);
+                }
+                v[k].matvec_t(&W.m, &one, y, 1, 2);
+                assert_memory_equal(y, row, sizeof(float) * cols);
+                v[k].matvec_t(&W.m, &one, y, 2, 2);
+                for (int c = 0; c < cols; c++) assert_true(y[c] == 0.0f);
+            }
+            free(W.buf); free(x); free(ref); free(y); free(row);
+        }
+}
+
+static void test_ggml_matvec(void **state) {
+    (void)state;
+    for (int t = 0; t < NELEM(GTYPES); t++) { check_ggml_matvec(GTYPES[t], 1); check_ggml_matvec(GTYPES[t], 0); }
+}
+static void test_ggml_matmul(void **state) {
+    (void)state;
+    for (int t = 0; t < NELEM(GTYPES); t++) { check_ggml_matmul(GTYPES[t], 1); check_ggml_matmul(GTYPES[t], 0); }
+}
+static void test_ggml_matvec_t(void **state) {
+    (void)state;
+    for (int t = 0; t < NELEM(GTYPES); t++) { check_ggml_matvec_t(GTYPES[t], 1); check_ggml_matvec_t(GTYPES[t], 0); }
+}
+
+/* The same tests with the scalar kernel set (the dispatching entry points then are the
+ * references for every type, also the k-quants). */
+static void test_ggml_scalar_set(void **state) {
+    (void)state;
+    cpu_force_scalar(1);
+    check_ggml_matvec(MAT_Q4_K, 0);
+    check_ggml_matmul(MAT_Q6_K, 0);
+    cpu_force_scalar(0);
+}
+
+/* ---- the q8_K integer path */
+
+/* xq for nb blocks: exact (d = 1, qs in [-2, 2]) or x quantized. */
+static block_q8_K *make_xq(int nb, int exact) {
+    block_q8_K *xq = malloc(sizeof *xq * (size_t)(nb > 0 ? nb : 1));
+    if (exact) {
+        for (int b = 0; b < nb; b++) {
+            xq[b].d = 1.0f;
+            for (int i = 0; i < QK_K; i++) xq[b].qs[i] = (int8_t)rng_int(-2, 2);
+            for (int g = 0; g < 16; g++) {
+                int s = 0;
+                for (int i = 0; i < 16; i++) s += xq[b].qs[16 * g + i];
+                xq[b].bsums[g] = (int16_t)s;
+            }
+        }
+    } else {
+        float *x = make_vec(nb * QK_K, 0);
+        for (int i = 0; i < nb * QK_K; i++) x[i] *= (float)(1 + (i / 256) % 3);
+        assert_true(quantize_row_q8_K_ref(x, xq, nb * QK_K));
+        free(x);
+    }
+    return xq;
+}
+
+/* sum over the terms of the integer algorithm of |term| (the scale of its f32 rounding):
+ * |d dx| sum |sc_j u_i xq_i| (Q6_K: u = q with its +32, and the 32 bsum correction) +
+ * |dmin dx| sum |m_j bsum_j|. */
+static double kq_abs_int(const mat *W, int r, const block_q8_K *xq) {
+    int nb = W->cols / QK_K;
+    double S = 0;
+    for (int b = 0; b < nb; b++) {
+        const unsigned char *blk = (const unsigned char *)W->data + (size_t)r * mat_row_bytes(W->dtype, W->cols) + (size_t)b * mat_type_of(W->dtype)->block_bytes;
+        double dx = fabs(xq[b].d);
+        if (W->dtype == MAT_Q6_K) {
+            const block_q6_K *w = (const block_q6_K *)blk;
+            for (int i = 0; i < QK_K; i++) S += fabs(f16_to_f32(w->d)) * dx * abs(w->scales[i / 16]) * 96.0 * abs(xq[b].qs[i]);
+        } else {
+            const block_q4_K *w = (const block_q4_K *)blk;   /* d, dmin, scales at the same place in Q5_K */
+            for (int j = 0; j < 8; j++) {
+                uint8_t sc, m;
+                kq_scale_min(j, w->scales, &sc, &m);
+                for (int i = 0; i < 32; i++) S += fabs(f16_to_f32(w->d)) * dx * sc * 31.0 * abs(xq[b].qs[32 * j + i]);
+                S += fabs(f16_to_f32(w->dmin)) * dx * m * abs(xq[b].bsums[2 * j] + xq[b].bsums[2 * j + 1]);
+            }
+        }
+    }
+    return S;
+}
+
+typedef struct {
+    const char *name;
+    void (*mv)(const mat *, const block_q8_K *, float *, int, int);
+    void (*mm)(const mat *, const block_q8_K *, int, float *, int, int, int);
+    int ok;
+} q8K_variant;
+
+static int q8K_variants(mat_dtype dt, q8K_variant *v) {
+    const cpu_features *f = cpu_get_features();
+    int n = 0, a5 = f->avx512f && f->avx2_fma, a2 = f->avx2_fma;
+    v[n++] = (q8K_variant){"dispatch", matvec_rows_q8K, matmul_rows_q8K, 1};
+    if (dt == MAT_Q4_K) {
+        v[n++] = (q8K_variant){"avx512", matvec_rows_q8K_q4k_avx512, matmul_rows_q8K_q4k_avx512, a5};
+        v[n++] = (q8K_variant){"avx2", matvec_rows_q8K_q4k_avx2, matmul_rows_q8K_q4k_avx2, a2};
+    } else if (dt == MAT_Q5_K) {
+        v[n++] = (q8K_variant){"avx512", matvec_rows_q8K_q5k_avx512, matmul_rows_q8K_q5k_avx512, a5};
+    } else if (dt == MAT_Q6_K) {
+        v[n++] = (q8K_variant){"avx512", matvec_rows_q8K_q6k_avx512, matmul_rows_q8K_q6k_avx512, a5};
+        v[n++] = (q8K_variant){"avx2", matvec_rows_q8K_q6k_avx2, matmul_rows_q8K_q6k_avx2, a2};
+    }
+    return n;
+}
+
+/* Every integer kernel against matvec_rows_q8K_ref / matmul_rows_q8K_ref: exact data
+ * (integer sums below 2^24, d = dx = 1, dmin = 1; Q6_K d = 1/8): equal; random: the f32
+ * steps are (nb + a few)-term sums of terms bounded by kq_abs_int (+ the int32 -> f32
+ * conversion of lane sums), so (2 nb + 40) eps S. */
+static void check_q8K_kernels(void) {
+    static const mat_dtype kt[] = {MAT_Q4_K, MAT_Q5_K, MAT_Q6_K};
+    static const int rows_list[] = {1, 2, 3, 4, 5, 7, 8, 33, 67}, nbs[] = {1, 2, 3, 8}, ns[] = {1, 2, 3, 4, 5, 7, 8, 13, 64, 65};
+    for (int ti = 0; ti < 3; ti++)
+        for (int exact = 1; exact >= 0; exact--)
+            for (int ri = 0; ri < NELEM(rows_list); ri++)
+                for (int bi = 0; bi < NELEM(nbs); bi++) {
+                    mat_dtype dt = kt[ti];
+                    int rows = rows_list[ri], nb = nbs[bi], cols = nb * QK_K;
+                    if (exact && nb > 3) continue;
+                    q8K_variant v[4];
+                    int nv = q8K_variants(dt, v);
+                    test_mat W = make_mat(dt, rows, cols, exact);
+                    int nmax = rows <= 8 ? 65 : 5, ldy = rows + 2, row0 = rows > 1 ? 1 : 0;
+                    block_q8_K *XQ = make_xq(nb * nmax, exact);
+                    float *ref = malloc(sizeof(float) * nmax * ldy), *Y = malloc(sizeof(float) * nmax * ldy);
+                    /* matvec, rows [row0, rows) */
+                    matvec_rows_q8K_ref(&W.m, XQ, ref, row0, rows);
+                    for (int k = 0; k < nv; k++) {
+                        if (!v[k].ok) continue;
+                        Y[rows - row0] = 777.0f;
+                        v[k].mv(&W.m, XQ, Y, row0, rows);
+                        assert_true(Y[rows - row0] == 777.0f);
+                        for (int r = row0; r < rows; r++) {
+                            double tol = exact ? 0.0 : (2 * nb + 40) * (double)FLT_EPSILON * kq_abs_int(&W.m, r, XQ) + 1e-30;
+                            if (fabs((double)Y[r - row0] - ref[r - row0]) > tol)
+                                fail_msg("q8K matvec %s %s rows %d nb %d r %d: %.9g vs %.9g (tol %g)", v[k].name,
+                                         mat_type_of(dt)->name, rows, nb, r, Y[r - row0], ref[r - row0], tol);
+                        }
+                    }
+                    /* matmul */
+                    for (int ni = 0; ni < NELEM(ns) && ns[ni] <= nmax; ni++) {
+                        int n = ns[ni];
+                        for (int i = 0; i < n * ldy; i++) ref[i] = -7.0f;
+                        matmul_rows_q8K_ref(&W.m, XQ, n, ref, ldy, row0, rows);
+                        for (int k = 0; k < nv; k++) {
+                            if (!v[k].ok) continue;
+                            for (int i = 0; i < n * ldy; i++) Y[i] = -7.0f;
+                            v[k].mm(&W.m, XQ, n, Y, ldy, row0, rows);
+                            for (int t = 0; t < n; t++)
+                                for (int r = 0; r < ldy; r++) {
+                                    double tol = (exact || r < row0 || r >= rows) ? 0.0
+                                               : (2 * nb + 40) * (double)FLT_EPSILON * kq_abs_int(&W.m, r, XQ + (size_t)t * nb) + 1e-30;
+                                    if (fabs((double)Y[t * ldy + r] - ref[t * ldy + r]) > tol)
+                                        fail_msg("q8K matmul %s %s rows %d nb %d n %d t %d r %d: %.9g vs %.9g", v[k].name,
+                                                 mat_type_of(dt)->name, rows, nb, n, t, r, Y[t * ldy + r], ref[t * ldy + r]);
+                                }
+                        }
+                    }
+                    free(W.buf); free(XQ); free(ref); free(Y);
+                }
+}
+
+static void test_q8K_kernels(void **state) {
+    (void)state;
+    check_q8K_kernels();
+}
+
+/* The AVX-512 k-quant kernels without VNNI (vpmaddwd + vpaddd instead of vpdpwssd): the same
+ * integers. On a CPU with VNNI the feature flag is turned off for this test (the kernels read
+ * it per call), then back on. */
+static void test_q8K_kernels_no_vnni(void **state) {
+    (void)state;
+    cpu_features *f = (cpu_features *)cpu_get_features();
+    int had = f->avx512_vnni;
+    f->avx512_vnni = 0;
+    check_q8K_kernels();
+    f->avx512_vnni = had;
+}
+
+/* The integer reference computes the f32 reference's function: with x = dx * xq exactly
+ * (dx a power of two), matvec_rows_q8K_ref and matvec_rows_ref agree within both sides'
+ * rounding. Checks the algebra (mins, Q6_K's -32, the sub-block order). */
+static void test_q8K_ref_algebra(void **state) {
+    (void)state;
+    static const mat_dtype kt[] = {MAT_Q4_K, MAT_Q5_K, MAT_Q6_K};
+    for (int ti = 0; ti < 3; ti++) {
+        int rows = 9, nb = 3, cols = nb * QK_K;
+        test_mat W = make_mat(kt[ti], rows, cols, 0);
+        block_q8_K *xq = make_xq(nb, 1);
+        float *x = malloc(sizeof(float) * cols), yi[9], yf[9];
+        for (int b = 0; b < nb; b++) {
+            xq[b].d = ldexpf(1.0f, -3 - b);
+            for (int i = 0; i < QK_K; i++) {
+                xq[b].qs[i] = (int8_t)rng_int(-127, 127);
+                x[b * QK_K + i] = xq[b].d * xq[b].qs[i];
+            }
+            for (int g = 0; g < 16; g++) {
+                int s = 0;
+                for (int i = 0; i < 16; i++) s += xq[b].qs[16 * g + i];
+                xq[b].bsums[g] = (int16_t)s;
+            }
+        }
+        matvec_rows_q8K_ref(&W.m, xq, yi, 0, rows);
+        matvec_rows_ref(&W.m, x, yf, 0, rows);
+        for (int r = 0; r < rows; r++) {
+            double tol = dot_tol(cols, abs_dot(&W.m, r, x)) + (nb + 24) * (double)FLT_EPSILON * kq_abs_int(&W.m, r, xq);
+            if (fabs((double)yi[r] - yf[r]) > tol) fail_msg("%s row %d: integer %g, f32 %g", mat_type_of(kt[ti])->name, r, yi[r], yf[r]);
+        }
+        free(W.buf); free(xq); free(x);
+    }
+}
+
+/* quantize_row_q8_K: every variant bit-identical to the reference; |x - d q| <= d/2 (+ the
+ * rounding of x * 127/max); bsums the sums of 16; 0 for Inf, NaN, a nearly subnormal block. */
+static void test_quantize_q8K(void **state) {
+    (void)state;
+    const cpu_features *f = cpu_get_features();
+    struct { int (*fn)(const float *, block_q8_K *, int); int ok; } v[] = {
+        {quantize_row_q8_K, 1}, {quantize_row_q8_K_avx512, f->avx512f && f->avx2_fma}, {quantize_row_q8_K_avx2, f->avx2_fma}};
+    int n = 4 * QK_K;
+    float *x = make_vec(n, 0);
+    for (int i = 0; i < n; i++) x[i] *= (i % 7) ? 3.0f : 0.001f;
+    for (int i = 256; i < 512; i++) x[i] = 0.0f;   /* an all-zero block */
+    x[600] = 1e-40f; x[601] = 1e30f;               /* subnormal next to huge */
+    for (int i = 0; i < 16; i++) x[800 + i] = 127.0f / 2 * (float)(i - 8) / 8;   /* ties after scaling */
+    block_q8_K a[4], b[4];
+    assert_true(quantize_row_q8_K_ref(x, a, n));
+    for (int k = 0; k < 3; k++) {
+        if (!v[k].ok) continue;
+        memset(b, 0x55, sizeof b);
+        assert_true(v[k].fn(x, b, n));
+        assert_memory_equal(a, b, sizeof a);
+    }
+    for (int blk = 0; blk < 4; blk++)
+        for (int i = 0; i < QK_K; i++) {
+            double e = fabs((double)x[blk * QK_K + i] - (double)a[blk].d * a[blk].qs[i]);
+            assert_true(e <= a[blk].d * (0.5 + 1e-5) + 1e-37);
+            if (i % 16 == 0) {
+                int s = 0;
+                for (int j = 0; j < 16; j++) s += a[blk].qs[i + j];
+                assert_int_equal(s, a[blk].bsums[i / 16]);
+            }
+        }
+    for (int kind = 0; kind < 4; kind++) {
+        float *z = make_vec(n, 0);
+        if (kind == 0) z[300] = NAN;
+        if (kind == 1) z[5] = -INFINITY;
+        if (kind == 2) for (int i = 512; i < 768; i++) z[i] = 1e-35f * (float)(i % 3);
+        if (kind == 3) z[n - 1] = NAN;
+        for (int k = 0; k < 3; k++)
+            if (v[k].ok) assert_int_equal(v[k].fn(z, b, n), 0);
+        assert_int_equal(quantize_row_q8_K_ref(z, b, n), 0);
+        free(z);
+    }
+    free(x);
+}
+
+/* Edge cases through matvec_rows / matmul_rows for every ggml type: zero weights give 0;
+ * huge x (1e30, finite) stays within the bound relative to its size; NaN or Inf in x takes
+ * the f32 reference, so y is bit for bit the reference's (NaN in every row for NaN). */
+static void test_ggml_edges(void **state) {
+    (void)state;
+    mv_variant v[4];
+    int nv = n_mv_variants(v);
+    for (int ti = 0; ti < NELEM(GTYPES); ti++) {
+        mat_dtype dt = GTYPES[ti];
+        int rows = 6, cols = 512;
+        test_mat W = make_mat(dt, rows, cols, 0);
+        test_mat Z = make_mat(dt, rows, cols, 0);
+        memset(Z.buf, 0, mat_bytes(&Z.m));
+        row_cache_reset();
+        float x[512], y[6], ref[6], Y[2 * 6];
+        for (int kind = 0; kind < 4; kind++) {
+            for (int i = 0; i < cols; i++) x[i] = rng_uniform();
+            if (kind == 1) for (int i = 0; i < cols; i++) x[i] *= 1e30f;
+            if (kind == 2) x[333] = NAN;
+            if (kind == 3) x[17] = INFINITY;
+            matvec_rows_ref(&W.m, x, ref, 0, rows);
+            for (int k = 0; k < nv; k++) {
+                if (!v[k].available) continue;
+                v[k].matvec(&Z.m, x, y, 0, rows);
+                for (int r = 0; r < rows; r++) assert_true(kind >= 2 ? isnan(y[r]) || y[r] == 0.0f : y[r] == 0.0f);
+                v[k].matvec(&W.m, x, y, 0, rows);
+                for (int r = 0; r < rows; r++) {
+                    if (kind == 2) { if (!isnan(y[r])) fail_msg("%s %s NaN x: row %d = %g", v[k].name, mat_type_of(dt)->name, r, y[r]); continue; }
+                    if (kind == 3) { assert_true((isnan(y[r]) && isnan(ref[r])) || y[r] == ref[r]); continue; }
+                    double tol = has_kq_path_for(dt, v[k].name) ? kq_tol(&W.m, r, x) : dot_tol(cols, abs_dot(&W.m, r, x));
+                    if (fabs((double)y[r] - ref[r]) > tol) fail_msg("%s %s kind %d row %d: %g vs %g", v[k].name, mat_type_of(dt)->name, kind, r, y[r], ref[r]);
+                }
+                if (kind >= 2) {   /* matmul: the bad token only takes the reference */
+                    float X2[1024];
+                    for (int i = 0; i < cols; i++) { X2[i] = rng_uniform(); X2[cols + i] = x[i]; }
+                    v[k].matmul(&W.m, X2, 2, Y, rows, 0, rows);
+                    for (int r = 0; r < rows; r++) assert_true((isnan(Y[rows + r]) && isnan(ref[r])) || Y[rows + r] == ref[r]);
+                    for (int r = 0; r < rows; r++) assert_true(isfinite(Y[r]));
+                }
+            }
+        }
+        free(W.buf); free(Z.buf);
+    }
+}
+
+
+/* The pool with ggml weights: matvec_parallel (k-quants: x quantized once for all shares) and
+ * matmul_parallel give the bits of matvec_rows / matmul_rows over all rows. */
+static void test_ggml_parallel(void **state) {
+    (void)state;
+    for (int nt = 1; nt <= 3; nt++) {
+        threadpool *p = threadpool_create(nt);
+        assert_non_null(p);
+        for (int ti = 0; ti < NELEM(GTYPES); ti++) {
+            int rows = 77, cols = 512, n = 5;
+            test_mat W = make_mat(GTYPES[ti], rows, cols, 0);
+            float *x = make_vec(n * cols, 0), *ref = malloc(sizeof(float) * n * rows), *y = malloc(sizeof(float) * n * rows);
+            matvec_rows(&W.m, x, ref, 0, rows);
+            matvec_parallel(p, &W.m, x, y);
+            assert_memory_equal(y, ref, sizeof(float) * rows);
+            matmul_rows(&W.m, x, n, ref, rows, 0, rows);
+            matmul_parallel(p, &W.m, x, n, y, rows);
+            assert_memory_equal(y, ref, sizeof(float) * n * rows);
+            free(W.buf); free(x); free(ref); free(y);
+        }
+        threadpool_free(p);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_blas_sgemm),
@@ -981,6 +1704,19 @@ int main(void) {
         cmocka_unit_test(test_threadpool_alternating_counts),
         cmocka_unit_test(test_matvec_parallel),
         cmocka_unit_test(test_matvec_parallel_batch),
+        cmocka_unit_test(test_ggml_dequant_hand),
+        cmocka_unit_test(test_f16_from_f32),
+        cmocka_unit_test(test_ggml_roundtrip),
+        cmocka_unit_test(test_quantize_q8K),
+        cmocka_unit_test(test_q8K_ref_algebra),
+        cmocka_unit_test(test_q8K_kernels),
+        cmocka_unit_test(test_q8K_kernels_no_vnni),
+        cmocka_unit_test(test_ggml_matvec),
+        cmocka_unit_test(test_ggml_matmul),
+        cmocka_unit_test(test_ggml_matvec_t),
+        cmocka_unit_test(test_ggml_scalar_set),
+        cmocka_unit_test(test_ggml_edges),
+        cmocka_unit_test(test_ggml_parallel),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

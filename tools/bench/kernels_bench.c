@@ -15,7 +15,9 @@
  *   --cpu-clock  time 1-thread cases with the thread's CPU time instead of the
  *            wall clock (on a busy shared machine: excludes preemption).
  *
- * Usage: kernels_bench [--quick] [--reps N] [--bw1 GBs] [--bw2 GBs] [--scalar] [--cpu-clock]
+ *   --types  only these weight types (type-table names: f32,bf16,q8,f16,q8_0,q4_0,q4_K,q5_K,q6_K).
+ *
+ * Usage: kernels_bench [--quick] [--reps N] [--bw1 GBs] [--bw2 GBs] [--scalar] [--cpu-clock] [--types LIST]
  */
 #include <math.h>
 #include <pthread.h>
@@ -69,7 +71,22 @@ static float frand(void) {
     return (float)((double)(rng >> 11) / 9007199254740992.0 * 2.0 - 1.0);
 }
 
-static const char *dt_name[] = {"f32", "bf16", "q8"};
+static const char *dt_name(mat_dtype dt) { return mat_type_of(dt)->name; }
+
+/* --types: the dtypes to run (names from the type table, comma-separated; default all). */
+static int type_on[MAT_N_TYPES];
+static int parse_types(const char *list) {
+    for (int i = 0; i < MAT_N_TYPES; i++) type_on[i] = 0;
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", list);
+    for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ",")) {
+        int found = 0;
+        for (int i = 0; i < MAT_N_TYPES; i++)
+            if (!strcmp(tok, mat_type_of((mat_dtype)i)->name)) type_on[i] = found = 1;
+        if (!found) { fprintf(stderr, "--types: unknown type '%s'\n", tok); return 0; }
+    }
+    return 1;
+}
 
 /* n_copies matrices of one dtype with random weights (copies share values). */
 typedef struct {
@@ -86,11 +103,19 @@ static mat_set make_set(mat_dtype dt, int rows, int cols, size_t min_total) {
     mat_set s = {calloc((size_t)copies, sizeof(mat)), copies, NULL};
     char *buf = aligned_alloc(64, (bytes * copies + 63) / 64 * 64);
     float *row = malloc(sizeof(float) * cols);
+    const mat_type *ty = mat_type_of(dt);
+    size_t rb = mat_row_bytes(dt, cols);
     for (int r = 0; r < rows; r++) {
         for (int c = 0; c < cols; c++) row[c] = frand();
-        if (dt == MAT_F32) memcpy(buf + (size_t)r * cols * 4, row, (size_t)cols * 4);
-        else if (dt == MAT_BF16) quantize_row_bf16(row, (uint16_t *)buf + (size_t)r * cols, cols);
-        else quantize_row_q8(row, (block_q8 *)buf + (size_t)r * (cols / QK8), cols);
+        char *dst = buf + (size_t)r * rb;
+        if (ty->from_f32) ty->from_f32(row, dst, cols);
+        else if (dt == MAT_Q6_K || dt == MAT_Q5_K) {   /* no quantizer: random bits, scales near [-1, 1] */
+            for (size_t i = 0; i < rb; i++) dst[i] = (char)(frand() * 127);
+            for (int b = 0; b < cols / QK_K; b++) {
+                if (dt == MAT_Q6_K) ((block_q6_K *)dst)[b].d = f16_from_f32(1.0f / 4000);
+                else { ((block_q5_K *)dst)[b].d = f16_from_f32(1.0f / 1000); ((block_q5_K *)dst)[b].dmin = f16_from_f32(1.0f / 2000); }
+            }
+        }
     }
     for (int k = 1; k < copies; k++) memcpy(buf + k * bytes, buf, bytes);
     for (int k = 0; k < copies; k++) s.m[k] = (mat){dt, rows, cols, buf + k * bytes};
@@ -213,15 +238,50 @@ static void accuracy(mat_dtype dt) {
         }
     }
     cpu_set_low_precision(0);
-    printf("  %-5s 512x2048: f32 activations %.2e, low-precision activations %.2e\n", dt_name[dt],
-           sqrt(e_f32 / norm), sqrt(e_low / norm));
+    if (mat_is_kquant(dt))
+        printf("  %-5s 512x2048: activations quantized to q8_K (what matvec_rows does) %.2e\n", dt_name(dt), sqrt(e_f32 / norm));
+    else
+        printf("  %-5s 512x2048: f32 activations %.2e, low-precision activations %.2e\n", dt_name(dt),
+               sqrt(e_f32 / norm), sqrt(e_low / norm));
     free(x); free(y); free_set(&s);
+}
+
+/* Relative RMS error that storing W in format dt adds: of the weights themselves and of y = W x
+ * (double dots, so only the format counts), W and x bell-shaped (sum of three uniforms, a
+ * scale per row), 512 x 2048. Types without a quantizer are skipped. */
+static void format_error(mat_dtype dt) {
+    const mat_type *ty = mat_type_of(dt);
+    if (!ty->from_f32) return;
+    int rows = 512, cols = 2048;
+    float *w = malloc(sizeof(float) * cols), *wq = malloc(sizeof(float) * cols), *x = malloc(sizeof(float) * cols);
+    void *blk = malloc(mat_row_bytes(dt, cols));
+    for (int c = 0; c < cols; c++) x[c] = frand() + frand() + frand();
+    double ew = 0, nw = 0, ey = 0, ny = 0;
+    for (int r = 0; r < rows; r++) {
+        float sc = 0.5f + (float)(r % 5);
+        for (int c = 0; c < cols; c++) w[c] = (frand() + frand() + frand()) * sc;
+        ty->from_f32(w, blk, cols);
+        ty->to_f32(blk, wq, cols);
+        double y = 0, yq = 0;
+        for (int c = 0; c < cols; c++) {
+            ew += ((double)wq[c] - w[c]) * ((double)wq[c] - w[c]);
+            nw += (double)w[c] * w[c];
+            y += (double)w[c] * x[c];
+            yq += (double)wq[c] * x[c];
+        }
+        ey += (yq - y) * (yq - y);
+        ny += y * y;
+    }
+    printf("  %-5s %5.2f bits/weight: weights %.2e, y = W x %.2e\n", ty->name, 8.0 * ty->block_bytes / ty->block_elems,
+           sqrt(ew / nw), sqrt(ey / ny));
+    free(w); free(wq); free(x); free(blk);
 }
 
 /* ---------------------------------------------------------------- main */
 
 int main(int argc, char **argv) {
     int reps = 9, quick = 0;
+    for (int i = 0; i < MAT_N_TYPES; i++) type_on[i] = 1;
     double bw[3] = {0, 32.9, 51.9};
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--quick")) quick = 1;
@@ -230,7 +290,8 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--bw1") && i + 1 < argc) bw[1] = atof(argv[++i]);
         else if (!strcmp(argv[i], "--bw2") && i + 1 < argc) bw[2] = atof(argv[++i]);
-        else { fprintf(stderr, "usage: %s [--quick] [--reps N] [--bw1 GBs] [--bw2 GBs] [--scalar] [--cpu-clock]\n", argv[0]); return 2; }
+        else if (!strcmp(argv[i], "--types") && i + 1 < argc) { if (!parse_types(argv[++i])) return 2; }
+        else { fprintf(stderr, "usage: %s [--quick] [--reps N] [--bw1 GBs] [--bw2 GBs] [--scalar] [--cpu-clock] [--types f32,q4_K,...]\n", argv[0]); return 2; }
     }
     if (quick) reps = 5;
     blas_init();
@@ -287,11 +348,12 @@ int main(int argc, char **argv) {
            bw[1], bw[2]);
     printf("  %-12s %-10s %24s %24s %10s %10s\n", "shape", "dtype", "cold 1 thread", "cold 2 threads", "hot 1 thr", "hot 2 thr");
     for (int si = 0; si < n_shapes; si++)
-        for (int variant = 0; variant < 5; variant++) {
-            /* variants: f32, bf16, q8, bf16 low precision, q8 low precision */
-            mat_dtype dt = variant < 3 ? (mat_dtype)variant : variant == 3 ? MAT_BF16 : MAT_Q8;
-            int low = variant >= 3;
+        for (int variant = 0; variant < MAT_N_TYPES + 2; variant++) {
+            /* variants: every type, then bf16 and q8 with low-precision activations */
+            mat_dtype dt = variant < MAT_N_TYPES ? (mat_dtype)variant : variant == MAT_N_TYPES ? MAT_BF16 : MAT_Q8;
+            int low = variant >= MAT_N_TYPES;
             int rows = shapes[si][0], cols = shapes[si][1];
+            if (!type_on[dt] || (low && quick)) continue;
             mat_set s = make_set(dt, rows, cols, cold_total);
             cpu_set_low_precision(low);
             double gb = (double)mat_bytes(&s.m[0]) / 1e9, g[3][2];
@@ -303,7 +365,7 @@ int main(int argc, char **argv) {
             cpu_set_low_precision(0);
             char shape[32], dname[16];
             snprintf(shape, sizeof shape, "%dx%d", rows, cols);
-            snprintf(dname, sizeof dname, "%s%s", dt_name[dt], low ? (dt == MAT_Q8 ? "xq8" : "xbf16") : "");
+            snprintf(dname, sizeof dname, "%s%s", dt_name(dt), low ? (dt == MAT_Q8 ? "xq8" : "xbf16") : "");
             printf("  %-12s %-10s %8.1f (%3.0f%%, %3.0f%%) %10.1f (%3.0f%%, %3.0f%%) %10.1f %10.1f\n", shape, dname,
                    g[1][0], 100 * g[1][0] / bw[1], 100 * g[1][0] / rb1, g[2][0], 100 * g[2][0] / bw[2],
                    100 * g[2][0] / rb2, g[1][1], g[2][1]);
@@ -330,7 +392,8 @@ int main(int argc, char **argv) {
     static const int ns[] = {2, 8, 16, 64};
     int mm_rows = 2048, mm_cols = 1024;
     printf("  %-6s %-4s %12s %12s\n", "dtype", "n", "1 thread", "2 threads");
-    for (int dt = 0; dt < 3; dt++) {
+    for (int dt = 0; dt < MAT_N_TYPES; dt++) {
+        if (!type_on[dt]) continue;
         mat_set s = make_set((mat_dtype)dt, mm_rows, mm_cols, cold_total);
         for (int ni = 0; ni < 4; ni++) {
             double f[3];
@@ -338,7 +401,7 @@ int main(int argc, char **argv) {
                 bench_case b = {pools[nt], &s, 0, ns[ni], x, y};
                 f[nt] = 2.0 * mm_rows * mm_cols * ns[ni] / time_case(&b, reps) / 1e9;
             }
-            printf("  %-6s %-4d %12.1f %12.1f\n", dt_name[dt], ns[ni], f[1], f[2]);
+            printf("  %-6s %-4d %12.1f %12.1f\n", dt_name((mat_dtype)dt), ns[ni], f[1], f[2]);
         }
         free_set(&s);
     }
@@ -361,6 +424,10 @@ int main(int argc, char **argv) {
     printf("\nlow-precision activation accuracy (relative RMS error vs double):\n");
     accuracy(MAT_BF16);
     accuracy(MAT_Q8);
+    accuracy(MAT_Q4_K);
+    accuracy(MAT_Q6_K);
+    printf("\nerror of the weight formats (relative RMS vs the f32 weights, double-precision dots):\n");
+    for (int dt = 0; dt < MAT_N_TYPES; dt++) format_error((mat_dtype)dt);
 
     printf("\nload average at the end: %.2f\n", loadavg());
     free(x); free(y);

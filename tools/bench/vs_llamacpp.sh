@@ -4,7 +4,8 @@
 # llama.cpp: a CPU build with native flags of the llama.cpp source that the npm package
 # node-llama-cpp carries as a git bundle (a package registry is all this machine reaches):
 #   tools/bench/vs_llamacpp.sh setup           # npm package -> source -> cmake build of
-#                                              # llama-bench in $LLAMA_DIR (default /work/llama.cpp)
+#                                              # llama-bench, llama-quantize, llama-server in
+#                                              # $LLAMA_DIR (default /work/llama.cpp)
 #   tools/bench/vs_llamacpp.sh convert         # S and M checkpoints -> GGUF (tools/bench/to_gguf.py)
 #   tools/bench/vs_llamacpp.sh check           # both engines' logits on S (f32): the same function?
 #   tools/bench/vs_llamacpp.sh run             # ROUNDS rounds, each: every configuration, llama.cpp
@@ -32,8 +33,8 @@ setup)
     bundle="$LLAMA_DIR/npm/node_modules/node-llama-cpp/llama/gitRelease.bundle"
     [ -d "$LLAMA_DIR/src" ] || git clone -q "$bundle" "$LLAMA_DIR/src"
     cmake -S "$LLAMA_DIR/src" -B "$LLAMA_DIR/src/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-        -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF
-    ninja -C "$LLAMA_DIR/src/build" llama-bench
+        -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=ON
+    ninja -C "$LLAMA_DIR/src/build" llama-bench llama-quantize llama-server
     L="$LLAMA_DIR/src"
     cc -O2 tools/bench/llamacpp_logits.c -I"$L/include" -I"$L/ggml/include" -L"$L/build/bin" -lllama \
         -Wl,-rpath,"$L/build/bin" -o "$LLAMA_DIR/llamacpp_logits"
