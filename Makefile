@@ -21,7 +21,7 @@ DEPCFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null) -I/usr/include/x86
 DEPLIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -ljansson -lpcre2-8) -lnuma -lpthread -lm -ldl
 
 # the library's folders (README's layout table); each is on the include path
-LIB_DIRS := engine engine/io engine/text engine/analysis kernels
+LIB_DIRS := engine engine/io engine/text engine/analysis engine/ep kernels
 SRC_DIRS := $(LIB_DIRS) tools/moe
 
 CFLAGS  := -std=c11 -D_GNU_SOURCE -g $(OPT) -Wall -Wextra -Wno-unused-parameter -Wshadow \

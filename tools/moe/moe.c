@@ -20,6 +20,7 @@ static const command commands[] = {
     {"logits", cmd_logits, "run token ids through a checkpoint, write logits/MTP logits/routing (safetensors)"},
     {"mkckpt", cmd_mkckpt, "write a random-weight checkpoint of any DeepSeek shape (or --plan its memory)"},
     {"bench", cmd_bench, "prefill/decode tokens/s (llama-bench style), bytes per token, memory bandwidth, --profile"},
+    {"eplb", cmd_eplb, "plan expert parallelism: which rank holds which experts, from moe route's counts (DeepSeek EPLB)"},
 };
 static const int n_commands = (int)(sizeof commands / sizeof commands[0]);
 
