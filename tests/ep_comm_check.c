@@ -15,8 +15,9 @@
  *                 contiguous blocks; each rank computes the unweighted outputs of the (token,
  *                 choice) slots of its experts, allgathers them, and reduces in the one fixed
  *                 order; the result must be bit-identical to the same reduction done alone
- *   hash          every rank hashes the same "config + tensor table": ep_check_same passes
- *   hash-mismatch the last rank hashes another: every rank ends with one line, exit 3
+ *   hash          every rank hashes config.json + the tensor table of tests/data/golden/tiny-bf16
+ *                 (ep_hash_checkpoint): ep_check_same passes
+ *   hash-mismatch the last rank opens mix-f32 instead: every rank ends with one line, exit 3
  *   early-exit    the last rank _exits(5) without a word right after init; the others wait
  *                 in an allgather: every rank must end (the launcher's SIGTERM, or the timeout)
  *   hang          the last rank sleeps 60 s; rank 0 times out (MOE_EP_TIMEOUT) and aborts all
@@ -28,7 +29,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "ep_comm.h"
+#include "ep.h"
+#include "json_util.h"
 
 static ep_comm C;
 
@@ -202,8 +204,17 @@ static int mode_moe(void) {
 
 static int mode_hash(int mismatch) {
     moe_error err = {{0}};
-    const char *what = (mismatch && C.rank == C.size - 1 && C.size > 1) ? "config B" : "config A";
-    uint64_t h = ep_hash(EP_HASH_INIT, what, strlen(what));
+    /* the same checkpoint everywhere, or another one on the last rank */
+    const char *dir = (mismatch && C.rank == C.size - 1 && C.size > 1) ? "tests/data/golden/mix-f32"
+                                                                      : "tests/data/golden/tiny-bf16";
+    char path[512], *cfg;
+    size_t len;
+    st_set st;
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    if (file_read_all(path, 1 << 20, &cfg, &len, &err) || st_open_dir(&st, dir, &err)) die(&err);
+    uint64_t h = ep_hash_checkpoint(cfg, len, &st, "f32");
+    free(cfg);
+    st_close(&st);
     if (ep_check_same(&C, h, "the config + tensor table hash", &err)) die_all(3, &err);
     ok(mismatch ? "hash-mismatch" : "hash", NULL);
     return 0;
