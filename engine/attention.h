@@ -1,15 +1,13 @@
-/* attention.h - Multi-head Latent Attention (MLA) for one layer. */
+/* attention.h - Multi-head Latent Attention (MLA) for one layer of a pass. */
 #ifndef MOE_ATTENTION_H
 #define MOE_ATTENTION_H
 
 #include "model.h"
 
-/* xn: [n, H] input_layernorm output of tokens at positions pos..pos+n-1; out: [n, H].
- * Appends (c_kv, k_pe) of these tokens to the layer's latent cache, then attends
- * causally over positions 0..pos+t. Uses m->opt.attn (absorbed or naive). */
-void attention_forward(moe_model *m, int layer, const float *xn, int n, int pos, float *out);
-
-/* Pointer to the cache row (c_kv [R] then k_pe [dr]) of `layer` at position `p`. */
-float *attention_cache_row(const moe_model *m, int layer, int p);
+/* xn: [n, H] input_layernorm output of the pass's tokens (c->n, each at c->pos[t] of slot
+ * c->seq[t]); out: [n, H]. Writes (c_kv, k_pe) of these tokens into their sequences' latent
+ * cache, then each attends causally over its own sequence's positions 0..pos.
+ * Uses m->opt.attn (absorbed or naive). */
+void attention_forward(const moe_model *m, moe_ctx *c, int layer, const float *xn, float *out);
 
 #endif

@@ -11,14 +11,20 @@ static double now_seconds(void) {
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-int generator_init(generator *g, moe_model *m, const tokenizer *tok, sampler *s, moe_error *err) {
+int generator_init(generator *g, const moe_model *m, moe_ctx *ctx, moe_kv *kv, int slot, const tokenizer *tok, sampler *s,
+                   moe_error *err) {
     memset(g, 0, sizeof *g);
+    if (slot < 0 || slot >= kv->n_slots) return moe_error_set(err, "KV slot %d does not exist (%d slots)", slot, kv->n_slots);
     g->model = m;
+    g->ctx = ctx;
+    g->kv = kv;
+    g->slot = slot;
+    kv_clear(kv, slot);
     g->tok = tok;
     g->smp = s;
     g->eos_id = m->cfg.eos_token_id;
     if (tok && tokenizer_eos_id(tok) >= 0) g->eos_id = tokenizer_eos_id(tok);
-    g->history = malloc(sizeof(int) * (size_t)m->s.S);
+    g->history = malloc(sizeof(int) * (size_t)kv->S);
     g->logits = malloc(sizeof(float) * (size_t)m->cfg.vocab_size);
     tokenizer_stream_init(&g->stream);
     if (!g->history || !g->logits) {
@@ -30,6 +36,7 @@ int generator_init(generator *g, moe_model *m, const tokenizer *tok, sampler *s,
 
 void generator_free(generator *g) {
     free(g->hidden);
+    free(g->mtp_next);
     free(g->verify_logits);
     free(g->draft_logits);
     free(g->p_target);
@@ -45,15 +52,16 @@ void generator_free(generator *g) {
 int generator_enable_mtp(generator *g, size_t *extra_bytes, moe_error *err) {
     const moe_config *c = &g->model->cfg;
     if (c->num_nextn_predict_layers < 1) return moe_error_set(err, "this checkpoint has no MTP module (num_nextn_predict_layers = 0)");
-    size_t S = (size_t)g->model->s.S, H = (size_t)c->hidden_size, V = (size_t)c->vocab_size;
+    size_t S = (size_t)g->kv->S, H = (size_t)c->hidden_size, V = (size_t)c->vocab_size;
     g->hidden = malloc(sizeof(float) * S * H);
+    g->mtp_next = malloc(sizeof(int) * S);
     g->verify_logits = malloc(sizeof(float) * 2 * V);
     g->draft_logits = malloc(sizeof(float) * V);
     g->p_target = malloc(sizeof(float) * V);
     g->q_draft = malloc(sizeof(float) * V);
-    if (!g->hidden || !g->verify_logits || !g->draft_logits || !g->p_target || !g->q_draft)
+    if (!g->hidden || !g->mtp_next || !g->verify_logits || !g->draft_logits || !g->p_target || !g->q_draft)
         return moe_error_set(err, "out of memory for MTP decoding (%zu MiB of hidden states)", (S * H * 4) >> 20);
-    if (extra_bytes) *extra_bytes = sizeof(float) * (S * H + 5 * V);
+    if (extra_bytes) *extra_bytes = sizeof(float) * (S * H + 5 * V) + sizeof(int) * S;
     g->use_mtp = 1;
     g->mtp_valid = 0;
     g->n_history = 0;    /* the main hidden states of cached positions are unknown: recompute */
@@ -68,11 +76,10 @@ static int mtp_catch_up(generator *g, int pending, moe_error *err) {
     int H = g->model->cfg.hidden_size;
     if (g->mtp_valid >= last) return MOE_OK;
     int p0 = g->mtp_valid, cnt = last - p0;
-    int *next = malloc(sizeof(int) * (size_t)cnt);
-    if (!next) return moe_error_set(err, "out of memory");
+    int *next = g->mtp_next;
     for (int i = 0; i < cnt; i++) next[i] = p0 + i + 1 < n ? g->history[p0 + i + 1] : pending;
-    int rc = model_forward_mtp(g->model, 0, g->hidden + (size_t)p0 * H, next, cnt, p0, g->draft_logits, 0, NULL, err);
-    free(next);
+    int rc = model_forward_mtp_seq(g->model, g->ctx, g->kv, 0, g->slot, g->hidden + (size_t)p0 * H, next, cnt, p0,
+                                   g->draft_logits, 0, NULL, err);
     if (rc == MOE_OK) g->mtp_valid = last;
     return rc;
 }
@@ -80,7 +87,7 @@ static int mtp_catch_up(generator *g, int pending, moe_error *err) {
 /* ------------------------------------------------------------------ prompt */
 
 int generator_prompt(generator *g, const int *tokens, int n, moe_error *err) {
-    int S = g->model->s.S;
+    int S = g->kv->S;
     if (n < 1) return moe_error_set(err, "the prompt is empty (no tokens)");
     if (n > S)
         return moe_error_set(err, "the prompt has %d tokens but the context holds %d (raise --ctx, or --truncate)", n, S);
@@ -90,8 +97,9 @@ int generator_prompt(generator *g, const int *tokens, int n, moe_error *err) {
     double t0 = now_seconds();
     int H = g->model->cfg.hidden_size;
     float *hidden = g->use_mtp ? g->hidden + (size_t)keep * H : NULL;
-    if (model_forward(g->model, tokens + keep, n - keep, keep, g->logits, 0, hidden, err)) {
+    if (model_forward_seq(g->model, g->ctx, g->kv, g->slot, tokens + keep, n - keep, keep, g->logits, 0, hidden, err)) {
         g->n_history = keep;   /* positions >= keep are no longer trustworthy */
+        kv_keep(g->kv, g->slot, keep);
         if (g->mtp_valid > keep - 1) g->mtp_valid = keep > 0 ? keep - 1 : 0;
         return MOE_FAIL;
     }
@@ -138,8 +146,9 @@ static int run_plain(generator *g, int max_new, generate_emit emit, void *ctx, m
         int stop = emit_token(g, id, emit, ctx, err);
         if (stop < 0) return MOE_FAIL;
         if (stop || g->n_generated == max_new) break;  /* the last token need not be fed */
-        if (g->n_history >= g->model->s.S) break;      /* context full */
-        if (model_forward(g->model, &id, 1, g->n_history, g->logits, 0, NULL, err)) return MOE_FAIL;
+        if (g->n_history >= g->kv->S) break;           /* context full */
+        if (model_forward_seq(g->model, g->ctx, g->kv, g->slot, &id, 1, g->n_history, g->logits, 0, NULL, err))
+            return MOE_FAIL;
         g->history[g->n_history++] = id;
     }
     return MOE_OK;
@@ -154,8 +163,8 @@ static int run_plain(generator *g, int max_new, generate_emit emit, void *ctx, m
  *      bonus token comes from p'. On rejection, draw from max(0, p - q) (greedy: argmax p);
  *      the cache entry written for d at n+1 is simply overwritten by the next pass. */
 static int run_mtp(generator *g, int max_new, generate_emit emit, void *ctx, moe_error *err) {
-    moe_model *m = g->model;
-    int V = m->cfg.vocab_size, H = m->cfg.hidden_size, S = m->s.S;
+    const moe_model *m = g->model;
+    int V = m->cfg.vocab_size, H = m->cfg.hidden_size, S = g->kv->S;
     int x = sampler_sample(g->smp, g->logits);
     int stop = emit_token(g, x, emit, ctx, err);
     while (stop == 0 && g->n_generated < max_new) {
@@ -173,7 +182,8 @@ static int run_mtp(generator *g, int max_new, generate_emit emit, void *ctx, moe
         g->n_drafted++;
         /* 2. verify [x, d] */
         int pair[2] = {x, d};
-        if (model_forward(m, pair, 2, n, g->verify_logits, 1, g->hidden + (size_t)n * H, err)) return MOE_FAIL;
+        if (model_forward_seq(m, g->ctx, g->kv, g->slot, pair, 2, n, g->verify_logits, 1, g->hidden + (size_t)n * H, err))
+            return MOE_FAIL;
         g->history[g->n_history++] = x;
         g->n_steps++;
         /* 3. accept or reject */

@@ -1,7 +1,7 @@
-/* generate.h - the generation loop: keep the KV cache in step with a token
- * history, sample, stream whole UTF-8 characters, time it.
+/* generate.h - the generation loop of one sequence on a KV slot: keep the slot in step
+ * with a token history, sample, stream whole UTF-8 characters, time it.
  *
- * The cache always holds exactly `history` (positions 0..n_history-1). Setting a
+ * The slot always holds exactly `history` (positions 0..n_history-1). Setting a
  * new prompt reuses the longest common prefix with what the cache holds, so a
  * chat re-renders its whole conversation each turn and only the new tokens are
  * computed.
@@ -18,7 +18,10 @@
 typedef int (*generate_emit)(void *ctx, int id, const char *text, size_t len);
 
 typedef struct {
-    moe_model *model;
+    const moe_model *model;
+    moe_ctx *ctx;         /* the context its passes run in */
+    moe_kv *kv;           /* the cache, and its slot */
+    int slot;
     const tokenizer *tok;
     sampler *smp;
     int *history;         /* [S] token ids whose K/V are in the cache */
@@ -29,6 +32,7 @@ typedef struct {
     /* MTP self-speculative decoding (generator_enable_mtp) */
     int use_mtp;
     float *hidden;        /* [S, H] main hidden after the final norm, per cached position */
+    int *mtp_next;        /* [S] the tokens fed to the MTP module (mtp_catch_up) */
     int mtp_valid;        /* MTP cache positions [0, mtp_valid) agree with history */
     float *verify_logits; /* [2, V] */
     float *draft_logits;  /* [V] MTP logits of the newest position */
@@ -42,7 +46,9 @@ typedef struct {
     double gen_seconds;
 } generator;
 
-int generator_init(generator *g, moe_model *m, const tokenizer *tok, sampler *s, moe_error *err);
+/* A sequence on `slot` of kv, run in ctx. The slot is cleared. */
+int generator_init(generator *g, const moe_model *m, moe_ctx *ctx, moe_kv *kv, int slot, const tokenizer *tok, sampler *s,
+                   moe_error *err);
 void generator_free(generator *g);
 
 /* Turns on MTP self-speculative decoding: the MTP module drafts the token after

@@ -20,7 +20,3 @@ void linear(struct threadpool *pool, const mat *W, const float *X, int n, float 
     if (n == 1) matvec_rows(W, X, Y, 0, W->rows);
     else matmul_rows(W, X, n, Y, W->rows, 0, W->rows);
 }
-
-void linear_rows(struct threadpool *pool, const mat *W, const float *X, int n, float *Y, int ldy, int row0, int row1) {
-    for (int t = 0; t < n; t++) matvec_rows(W, X + (size_t)t * W->cols, Y + (size_t)t * ldy, row0, row1);
-}

@@ -8,7 +8,5 @@
 
 struct threadpool;
 void linear(struct threadpool *pool, const mat *W, const float *X, int n, float *Y);
-/* Rows [row0, row1) only, written to Y[t * ldy + (r - row0)]. */
-void linear_rows(struct threadpool *pool, const mat *W, const float *X, int n, float *Y, int ldy, int row0, int row1);
 
 #endif

@@ -1,7 +1,8 @@
 /* moe.c - dense SwiGLU MLP and the MoE block (spec section 4).
  *
  * Notation: H hidden, E experts, K experts per token, Im expert width,
- * Ns shared multiplier (ONE shared MLP of width Im*Ns), n tokens in the chunk,
+ * Ns shared multiplier (ONE shared MLP of width Im*Ns), n tokens in the pass (of any
+ * sequences: the grouping by expert does not care whose a token is),
  * P worker shares of the thread pool.
  *
  *   y_t = sum_{j<K} w_tj Expert_{id_tj}(x_t) + SharedExpert(x_t)
@@ -33,12 +34,11 @@
 
 /* ------------------------------------------------------------------ SwiGLU */
 
-void mlp_forward(moe_model *m, const mlp_weights *w, int width, const float *x, int n, float *out) {
-    model_state *s = &m->s;
-    linear(m->pool, &w->gate, x, n, s->gate);
-    linear(m->pool, &w->up, x, n, s->up);
-    silu_mul(s->gate, s->up, n * width);
-    linear(m->pool, &w->down, s->gate, n, out);
+void mlp_forward(moe_ctx *c, const mlp_weights *w, int width, const float *x, int n, float *out) {
+    linear(c->pool, &w->gate, x, n, c->gate);
+    linear(c->pool, &w->up, x, n, c->up);
+    silu_mul(c->gate, c->up, n * width);
+    linear(c->pool, &w->down, c->gate, n, out);
 }
 
 /* One thread's SwiGLU over n tokens, with the caller's scratch gate/up [n, width]. */
@@ -59,7 +59,8 @@ static void mlp_local(const mlp_weights *w, int width, const float *x, int n, fl
 /* ------------------------------------------------------------------ expert work items */
 
 typedef struct {
-    moe_model *m;
+    const moe_model *m;
+    moe_ctx *c;
     const layer_weights *lw;
     const float *xn;          /* [n, H] */
     int n;
@@ -74,8 +75,8 @@ typedef struct {
 
 /* Item i: expert s->expert_item[i] over its tokens, or the shared expert (-1) over all n. */
 static void run_item(expert_job *job, int item, int share) {
-    moe_model *m = job->m;
-    model_state *s = &m->s;
+    const moe_model *m = job->m;
+    moe_ctx *s = job->c;
     const moe_config *c = &m->cfg;
     int H = c->hidden_size, e = s->expert_item[item];
     size_t scratch = (size_t)s->B * s->ffn_width;
@@ -94,8 +95,8 @@ static void run_item(expert_job *job, int item, int share) {
 
 /* Partition: the shared expert (item 0) if free, then this thread's node, then the others. */
 static void expert_share_by_node(expert_job *job, int share) {
-    moe_model *m = job->m;
-    int home = numa_thread_node(&m->numa, threadpool_self(), threadpool_threads(m->pool));
+    const moe_model *m = job->m;
+    int home = numa_thread_node(&m->numa, threadpool_self(), threadpool_threads(job->c->pool));
     if (job->lw->has_shared && !atomic_exchange(&job->shared_taken, 1)) run_item(job, 0, share);
     for (int d = 0; d < job->n_groups; d++) {
         int g = (home + d) % job->n_groups;
@@ -120,21 +121,20 @@ static void expert_share(void *arg, int share, int n_shares) {
 
 /* ------------------------------------------------------------------ MoE */
 
-void moe_forward(moe_model *m, int layer, const float *xn, int n, int pos, float *out) {
+void moe_forward(const moe_model *m, moe_ctx *s, int layer, const float *xn, float *out) {
     const moe_config *c = &m->cfg;
     const layer_weights *lw = &m->w.layers[layer];
-    model_state *s = &m->s;
-    int H = c->hidden_size, E = c->n_routed_experts, K = m->K;
+    int H = c->hidden_size, E = c->n_routed_experts, K = m->K, n = s->n;
 
-    uint64_t t0 = profile_start(m);
+    uint64_t t0 = profile_start(s);
     /* 1. route every token */
-    linear(m->pool, &lw->router, xn, n, s->logits_b);          /* [n, E] gate logits */
+    linear(s->pool, &lw->router, xn, n, s->logits_b);          /* [n, E] gate logits */
     for (int t = 0; t < n; t++) {
         route_decision d;
         router_select(c, &m->opt.routing, s->logits_b + (size_t)t * E, lw->router_bias, &s->router, &d);
         memcpy(s->route_ids + (size_t)t * K, d.ids, sizeof(int) * (size_t)K);
         memcpy(s->route_w + (size_t)t * K, d.weights, sizeof(float) * (size_t)K);
-        if (m->on_route) m->on_route(m->on_route_ctx, layer, pos + t, &d);
+        if (s->on_route) s->on_route(s->on_route_ctx, layer, s->seq[t], s->pos[t], &d);
     }
     /* 2. group (token, weight) pairs by expert; remember each pair's slot */
     memset(s->expert_count, 0, sizeof(int) * (size_t)E);
@@ -149,10 +149,10 @@ void moe_forward(moe_model *m, int layer, const float *xn, int n, int pos, float
             s->expert_w[slot] = s->route_w[t * K + j];
             s->token_slot[t * K + j] = slot;
         }
-    t0 = profile_mark(m, PHASE_ROUTER, t0);
+    t0 = profile_mark(s, PHASE_ROUTER, t0);
     /* 3. the work items, the biggest first (shared expert, then experts by token count);
      *    with --numa partition, the experts grouped by node, each group biggest first */
-    expert_job job = { .m = m, .lw = lw, .xn = xn, .n = n };
+    expert_job job = { .m = m, .c = s, .lw = lw, .xn = xn, .n = n };
     int by_node = m->numa.expert_node != NULL, n_groups = by_node ? m->numa.topo.n_nodes : 1;
     int n_items = 0;
     if (lw->has_shared) s->expert_item[n_items++] = -1;
@@ -171,9 +171,9 @@ void moe_forward(moe_model *m, int layer, const float *xn, int n, int pos, float
     job.group_start[n_groups] = n_items;
     job.n_items = n_items;
     job.n_groups = by_node ? n_groups : 0;
-    if (m->pool && threadpool_threads(m->pool) > 1 && n_items > 1) threadpool_run(m->pool, expert_share, &job);
+    if (s->pool && threadpool_threads(s->pool) > 1 && n_items > 1) threadpool_run(s->pool, expert_share, &job);
     else expert_share(&job, 0, 1);
-    t0 = profile_mark(m, PHASE_EXPERTS, t0);   /* routed and shared experts run as one pool job */
+    t0 = profile_mark(s, PHASE_EXPERTS, t0);   /* routed and shared experts run as one pool job */
     /* 4. reduce in a fixed order: each token's routed experts by expert id, then the shared one */
     for (int t = 0; t < n; t++) {
         float *y = out + (size_t)t * H;
@@ -185,5 +185,5 @@ void moe_forward(moe_model *m, int layer, const float *xn, int n, int pos, float
         for (int j = 0; j < K; j++) vec_axpy(y, s->expert_w[slots[j]], s->slot_out + (size_t)slots[j] * H, H);
         if (lw->has_shared) vec_axpy(y, 1.0f, s->shared_out + (size_t)t * H, H);
     }
-    profile_mark(m, PHASE_EXPERTS, t0);
+    profile_mark(s, PHASE_EXPERTS, t0);
 }

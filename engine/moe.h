@@ -5,11 +5,12 @@
 #include "model.h"
 
 /* out[n, H] = down( silu(gate x) * up x ) for n tokens x [n, H]; width = the MLP's hidden width. */
-void mlp_forward(moe_model *m, const mlp_weights *w, int width, const float *x, int n, float *out);
+void mlp_forward(moe_ctx *c, const mlp_weights *w, int width, const float *x, int n, float *out);
 
-/* out[n, H] = sum_j w_j Expert_{id_j}(x) + SharedExpert(x), routing each token (router.h);
- * tokens are grouped by expert so each active expert runs once over its tokens.
- * `layer` and positions pos.. are reported to m->on_route. */
-void moe_forward(moe_model *m, int layer, const float *xn, int n, int pos, float *out);
+/* out[n, H] = sum_j w_j Expert_{id_j}(x) + SharedExpert(x) for the pass's c->n tokens,
+ * routing each token (router.h); tokens are grouped by expert so each active expert runs
+ * once over its tokens, whichever sequences they belong to. Every decision is reported to
+ * c->on_route with the layer and the token's sequence and position. */
+void moe_forward(const moe_model *m, moe_ctx *c, int layer, const float *xn, float *out);
 
 #endif

@@ -52,6 +52,25 @@ printf 'the cat and the dog sat on the mat and the bird sang in the tree' >"$T/h
 mkdir "$T/tk" && for f in tests/data/golden/tiny-bf16/*; do ln -s "$PWD/$f" "$T/tk/"; done && cp tests/data/tiny-tokenizer/*.json "$T/tk/"
 "$MOE" bench -m "$T/tk" -p 0 -n 8 -r 2 -t 1 --mtp-text "$T/held.txt" --json >"$T/out" 2>/dev/null &&
     grep -q '"test": "mtp"' "$T/out" && grep -q "held.txt" "$T/out" && ok || bad "--mtp-text --json: $(cat "$T/out")"
+# many sequences: one row per thread count and B, B = 1 reads 8-of-16 experts' worth, more B more distinct experts
+if "$MOE" bench -m "$T/c" --seqs 1,4 -n 4 -r 2 -t 1,2 >"$T/out" 2>"$T/err"; then
+    [ "$(grep -c '^| *[12] | *[14] |' "$T/out")" -eq 4 ] && ok || bad "--seqs rows: $(cat "$T/out")"
+    grep -q '^| *1 | *1 | .* | *1.00 | .* | *1.00 | *4.00 |' "$T/out" && ok || bad "--seqs B=1 reads K experts per layer: $(cat "$T/out")"
+    b4=$(grep '^| *1 | *4 |' "$T/out" | awk -F'|' '{print $9 + 0}')
+    awk -v x="$b4" 'BEGIN { exit !(x > 4 && x <= 16) }' && ok || bad "--seqs B=4 distinct experts $b4 not in (4, 16]"
+else bad "bench --seqs: $(cat "$T/err")"; fi
+"$MOE" bench -m "$T/c" --seqs 2 -n 3 -r 1 -t 1 --json >"$T/json" 2>/dev/null &&
+    grep -q '"test": "seqs"' "$T/json" && grep -q '"n_seqs": 2' "$T/json" && grep -q '"experts_per_layer_pass"' "$T/json" &&
+    ok || bad "--seqs --json: $(cat "$T/json")"
+expect_error "bad seqs" "--seqs wants" "$MOE" bench -m "$T/c" --seqs x
+expect_error "too many seqs" "sequence counts must be in" "$MOE" bench -m "$T/c" --seqs 65
+# --plan's bytes read per decoded token are the engine's own (the loader's formats): q8 and bf16
+for dt in q8 bf16; do
+    plan=$("$MOE" mkckpt --config "$T/tiny.json" --shape S --plan 2>&1 | awk -v d="$dt" '$1 == d { v = $4 } END { print v }')
+    eng=$("$MOE" bench -m "$T/c" -p 0 -n 1 -r 1 -t 1 --dtype "$dt" --json 2>/dev/null |
+          awk -F': ' '/"weight_bytes_per_token"/ { printf "%.2f", $2 / 1e6 }')
+    [ -n "$plan" ] && [ "$plan" = "$eng" ] && ok || bad "--plan $dt read/token $plan MB vs bench $eng MB"
+done
 expect_error "mtp without MTP module" "no MTP module" "$MOE" bench -m tests/data/golden/v2lite-f32 -p 0 -n 4 -r 1 -t 1 --mtp
 expect_error "missing model" "-m DIR is required" "$MOE" bench
 expect_error "missing dir" "nowhere/config.json" "$MOE" bench -m "$T/nowhere"

@@ -19,7 +19,7 @@
 
 #include "chat.h"
 #include "config.h"
-#include "model.h"
+#include "session.h"
 #include "rope.h"
 #include "safetensors.h"
 #include "tokenizer.h"
@@ -87,11 +87,11 @@ static void write_config(const char *patch) {
 
 /* Loads tmpdir as a model; expects failure whose message contains every given substring. */
 static void expect_load_error(const char *want1, const char *want2) {
-    moe_model m;
+    moe_session m;
     moe_error err = {{0}};
     model_options opt = { .max_seq = 16 };
-    int rc = model_load(&m, tmpdir, &opt, &err);
-    if (rc == 0) { model_free(&m); fail_msg("loaded, but expected an error containing \"%s\"", want1); }
+    int rc = session_open(&m, tmpdir, &opt, 1, &err);
+    if (rc == 0) { session_close(&m); fail_msg("loaded, but expected an error containing \"%s\"", want1); }
     if (!strstr(err.msg, want1) || (want2 && !strstr(err.msg, want2)))
         fail_msg("error \"%s\" lacks \"%s\"/\"%s\"", err.msg, want1, want2 ? want2 : "");
     assert_null(strchr(err.msg, '\n'));     /* one line */
@@ -188,10 +188,10 @@ static void test_index_names_wrong_shard(void **state) {
     const char *idx = "{\"weight_map\": {\"model.norm.weight\": \"model-00001-of-00003.safetensors\","
                       " \"model.embed_tokens.weight\": \"model-00003-of-00003.safetensors\"}}";
     write_bytes("model.safetensors.index.json", idx, strlen(idx));
-    moe_model m;
+    moe_session m;
     moe_error err = {{0}};
     model_options opt = { .max_seq = 4 };
-    if (model_load(&m, tmpdir, &opt, &err) == 0) { model_free(&m); fail_msg("loaded a wrong index"); }
+    if (session_open(&m, tmpdir, &opt, 1, &err) == 0) { session_close(&m); fail_msg("loaded a wrong index"); }
     assert_non_null(strstr(err.msg, "is not in shard"));
 }
 
@@ -320,20 +320,20 @@ static void test_truncated_checkpoint(void **state) {
 
 static void test_token_out_of_vocab(void **state) {
     (void)state;
-    moe_model m;
+    moe_session m;
     moe_error err = {{0}};
     model_options opt = { .max_seq = 8 };
-    assert_int_equal(model_load(&m, BASE, &opt, &err), 0);
+    assert_int_equal(session_open(&m, BASE, &opt, 1, &err), 0);
     int toks[3] = {5, 512, 7};
-    assert_int_not_equal(model_forward(&m, toks, 3, 0, NULL, 0, NULL, &err), 0);
+    assert_int_not_equal(model_forward_seq(&m.m, &m.c, &m.kv, 0, toks, 3, 0, NULL, 0, NULL, &err), 0);
     assert_non_null(strstr(err.msg, "token id 512"));
     int neg = -1;
-    assert_int_not_equal(model_forward(&m, &neg, 1, 0, NULL, 0, NULL, &err), 0);
+    assert_int_not_equal(model_forward_seq(&m.m, &m.c, &m.kv, 0, &neg, 1, 0, NULL, 0, NULL, &err), 0);
     int ok[2] = {1, 2};
-    assert_int_not_equal(model_forward(&m, ok, 2, 7, NULL, 0, NULL, &err), 0);   /* 7..8 beyond context 8 */
+    assert_int_not_equal(model_forward_seq(&m.m, &m.c, &m.kv, 0, ok, 2, 7, NULL, 0, NULL, &err), 0);   /* 7..8 beyond context 8 */
     assert_non_null(strstr(err.msg, "context"));
-    assert_int_equal(model_forward(&m, ok, 2, 0, NULL, 0, NULL, &err), 0);       /* the control */
-    model_free(&m);
+    assert_int_equal(model_forward_seq(&m.m, &m.c, &m.kv, 0, ok, 2, 0, NULL, 0, NULL, &err), 0);       /* the control */
+    session_close(&m);
 }
 
 /* ------------------------------------------------------------------ resource limits (issue 8) */
@@ -373,22 +373,22 @@ static void test_index_newline_in_shard_name(void **state) {
 /* A context whose KV cache exceeds the available memory fails before allocating. */
 static void test_kv_cache_too_big(void **state) {
     (void)state;
-    moe_model m;
+    moe_session m;
     moe_error err = {{0}};
     model_options opt = { .max_seq = 1 << 30 };
-    if (model_load(&m, BASE, &opt, &err) == 0) { model_free(&m); fail_msg("a 2^30-token KV cache loaded"); }
+    if (session_open(&m, BASE, &opt, 1, &err) == 0) { session_close(&m); fail_msg("a 2^30-token KV cache loaded"); }
     if (!strstr(err.msg, "KV cache for 1073741824 tokens needs") || !strstr(err.msg, "GiB are available (lower --ctx)"))
         fail_msg("error \"%s\"", err.msg);
     /* the same with the available memory pinned low (MOE_MEM_AVAILABLE, bytes) */
     setenv("MOE_MEM_AVAILABLE", "1000", 1);
     opt.max_seq = 64;
-    int rc = model_load(&m, BASE, &opt, &err);
+    int rc = session_open(&m, BASE, &opt, 1, &err);
     unsetenv("MOE_MEM_AVAILABLE");
-    if (rc == 0) { model_free(&m); fail_msg("loaded with 1000 bytes available"); }
+    if (rc == 0) { session_close(&m); fail_msg("loaded with 1000 bytes available"); }
     assert_non_null(strstr(err.msg, "KV cache for 64 tokens needs"));
     opt.max_seq = 64;   /* the control */
-    assert_int_equal(model_load(&m, BASE, &opt, &err), 0);
-    model_free(&m);
+    assert_int_equal(session_open(&m, BASE, &opt, 1, &err), 0);
+    session_close(&m);
 }
 
 /* A tokenizer.json vocab id at or above 2^24 is refused (the per-id tables are sized by the

@@ -20,7 +20,7 @@
 #include <cmocka.h>
 
 #include "generate.h"
-#include "model.h"
+#include "session.h"
 #include "sampler.h"
 
 #define MODEL "tests/data/golden/tiny-bf16"
@@ -105,13 +105,13 @@ static int collect(void *ctx, int id, const char *text, size_t len) {
     return 0;
 }
 
-static void generate_ids(moe_model *m, const int *prompt, int n_prompt, int max_new, int mtp, sampler_params sp,
+static void generate_ids(moe_session *m, const int *prompt, int n_prompt, int max_new, int mtp, sampler_params sp,
                          collected *out, generator *keep) {
     moe_error err = {{0}};
     sampler s;
     generator g;
-    assert_int_equal(sampler_init(&s, m->cfg.vocab_size, &sp, &err), 0);
-    assert_int_equal(generator_init(&g, m, NULL, &s, &err), 0);
+    assert_int_equal(sampler_init(&s, m->m.cfg.vocab_size, &sp, &err), 0);
+    assert_int_equal(generator_init(&g, &m->m, &m->c, &m->kv, 0, NULL, &s, &err), 0);
     g.eos_id = -1;   /* random weights: never stop early */
     if (mtp) assert_int_equal(generator_enable_mtp(&g, NULL, &err), 0);
     assert_int_equal(generator_prompt(&g, prompt, n_prompt, &err), 0);
@@ -129,16 +129,16 @@ static void generate_ids(moe_model *m, const int *prompt, int n_prompt, int max_
 
 static void test_mtp_greedy_identical(void **state) {
     (void)state;
-    moe_model m;
+    moe_session m;
     moe_error err = {{0}};
     model_options opt = { .max_seq = 128 };
-    assert_int_equal(model_load(&m, MODEL, &opt, &err), 0);
+    assert_int_equal(session_open(&m, MODEL, &opt, 1, &err), 0);
     sampler_params greedy = { .temperature = 0.0f, .top_p = 1.0f };
     int lengths[] = {1, 2, 3, 7, 20, 50};
     for (int pi = 0; pi < 6; pi++) {
         int prompt[8];
         int np = 1 + pi % 5;
-        for (int i = 0; i < np; i++) prompt[i] = (pi * 97 + i * 31 + 5) % m.cfg.vocab_size;
+        for (int i = 0; i < np; i++) prompt[i] = (pi * 97 + i * 31 + 5) % m.m.cfg.vocab_size;
         for (int li = 0; li < 6; li++) {
             collected plain, spec;
             generate_ids(&m, prompt, np, lengths[li], 0, greedy, &plain, NULL);
@@ -149,68 +149,68 @@ static void test_mtp_greedy_identical(void **state) {
                              plain.ids[i], spec.ids[i]);
         }
     }
-    model_free(&m);
+    session_close(&m);
 }
 
 /* After MTP decoding with rejections, the cache must equal a fresh prefill. */
 static void test_mtp_cache_consistent(void **state) {
     (void)state;
     moe_error err = {{0}};
-    moe_model a, b;
+    moe_session a, b;
     model_options opt = { .max_seq = 96 };
-    assert_int_equal(model_load(&a, MODEL, &opt, &err), 0);
-    assert_int_equal(model_load(&b, MODEL, &opt, &err), 0);
+    assert_int_equal(session_open(&a, MODEL, &opt, 1, &err), 0);
+    assert_int_equal(session_open(&b, MODEL, &opt, 1, &err), 0);
     int prompt[3] = {11, 200, 37};
     sampler_params sp = { .temperature = 0.9f, .top_p = 1.0f, .seed = 7 };   /* sampled: the rejection path */
     collected out;
     generator g;
     generate_ids(&a, prompt, 3, 40, 1, sp, &out, &g);
     assert_true(g.n_accepted < g.n_drafted);          /* some drafts were rejected */
-    int n = g.n_history, V = a.cfg.vocab_size;
+    int n = g.n_history, V = a.m.cfg.vocab_size;
     assert_true(n >= 3 + 40 - 2);
     /* one more token through the speculative model's cache vs a fresh prefill of the history + it */
     int *hist = malloc(sizeof(int) * (size_t)(n + 1));
     memcpy(hist, g.history, sizeof(int) * (size_t)n);
     hist[n] = 123;
     float *la = malloc(sizeof(float) * V), *lb = malloc(sizeof(float) * V);
-    assert_int_equal(model_forward(&a, &hist[n], 1, n, la, 0, NULL, &err), 0);
-    assert_int_equal(model_forward(&b, hist, n + 1, 0, lb, 0, NULL, &err), 0);
+    assert_int_equal(model_forward_seq(&a.m, &a.c, &a.kv, 0, &hist[n], 1, n, la, 0, NULL, &err), 0);
+    assert_int_equal(model_forward_seq(&b.m, &b.c, &b.kv, 0, hist, n + 1, 0, lb, 0, NULL, &err), 0);
     double num = 0, den = 0;
     for (int i = 0; i < V; i++) { num = fmax(num, fabs(la[i] - lb[i])); den = fmax(den, fabs(lb[i])); }
     if (num / den > 1e-5) fail_msg("cache after MTP decoding differs from a fresh prefill: %.3e", num / den);
     free(hist); free(la); free(lb);
     generator_free(&g);
-    model_free(&a);
-    model_free(&b);
+    session_close(&a);
+    session_close(&b);
 }
 
 /* A second prompt that extends the first reuses the cache, and matches a fresh run. */
 static void test_prompt_prefix_reuse(void **state) {
     (void)state;
     moe_error err = {{0}};
-    moe_model m;
+    moe_session m;
     model_options opt = { .max_seq = 64 };
-    assert_int_equal(model_load(&m, MODEL, &opt, &err), 0);
+    assert_int_equal(session_open(&m, MODEL, &opt, 1, &err), 0);
     sampler s;
     sampler_params greedy = { .temperature = 0.0f, .top_p = 1.0f };
-    assert_int_equal(sampler_init(&s, m.cfg.vocab_size, &greedy, &err), 0);
+    assert_int_equal(sampler_init(&s, m.m.cfg.vocab_size, &greedy, &err), 0);
     generator g;
-    assert_int_equal(generator_init(&g, &m, NULL, &s, &err), 0);
+    assert_int_equal(generator_init(&g, &m.m, &m.c, &m.kv, 0, NULL, &s, &err), 0);
     int turn1[4] = {1, 2, 3, 4}, turn2[7] = {1, 2, 3, 4, 9, 8, 7};
     assert_int_equal(generator_prompt(&g, turn1, 4, &err), 0);
     assert_int_equal(generator_prompt(&g, turn2, 7, &err), 0);
     assert_int_equal(g.n_prompt_computed, 3);          /* only the new tokens ran */
-    int V = m.cfg.vocab_size;
+    int V = m.m.cfg.vocab_size;
     float *want = malloc(sizeof(float) * V);
-    moe_model fresh;
-    assert_int_equal(model_load(&fresh, MODEL, &opt, &err), 0);
-    assert_int_equal(model_forward(&fresh, turn2, 7, 0, want, 0, NULL, &err), 0);
+    moe_session fresh;
+    assert_int_equal(session_open(&fresh, MODEL, &opt, 1, &err), 0);
+    assert_int_equal(model_forward_seq(&fresh.m, &fresh.c, &fresh.kv, 0, turn2, 7, 0, want, 0, NULL, &err), 0);
     for (int i = 0; i < V; i++) assert_true(fabsf(want[i] - g.logits[i]) <= 1e-5f * (1 + fabsf(want[i])));
     /* a diverging prompt rolls back to the common prefix */
     int other[5] = {1, 2, 5, 5, 5};
     assert_int_equal(generator_prompt(&g, other, 5, &err), 0);
     assert_int_equal(g.n_prompt_computed, 3);
-    assert_int_equal(model_forward(&fresh, other, 5, 0, want, 0, NULL, &err), 0);
+    assert_int_equal(model_forward_seq(&fresh.m, &fresh.c, &fresh.kv, 0, other, 5, 0, want, 0, NULL, &err), 0);
     for (int i = 0; i < V; i++) assert_true(fabsf(want[i] - g.logits[i]) <= 1e-5f * (1 + fabsf(want[i])));
     /* a prompt longer than the context is an error that says the limit */
     int *big = calloc(65, sizeof(int));
@@ -220,8 +220,8 @@ static void test_prompt_prefix_reuse(void **state) {
     free(want);
     generator_free(&g);
     sampler_free(&s);
-    model_free(&m);
-    model_free(&fresh);
+    session_close(&m);
+    session_close(&fresh);
 }
 
 int main(void) {

@@ -20,7 +20,7 @@
 #include <string.h>
 #include <cmocka.h>
 
-#include "model.h"
+#include "session.h"
 #include "safetensors.h"
 #include "sampler.h"
 
@@ -34,7 +34,7 @@ typedef struct {
     float *weights;               /* [n_layers, T, K] */
 } engine_run;
 
-static void on_route(void *ctx, int layer, int pos, const route_decision *d) {
+static void on_route(void *ctx, int layer, int seq, int pos, const route_decision *d) {
     engine_run *r = ctx;
     assert_true(layer < r->n_layers && pos < r->T && d->k == r->K);
     memcpy(r->ids + ((size_t)layer * r->T + pos) * r->K, d->ids, sizeof(int) * r->K);
@@ -45,42 +45,42 @@ static void on_route(void *ctx, int layer, int pos, const route_decision *d) {
 static void run_engine(const char *name, const int *tokens, int T, int decode, attn_mode attn, engine_run *r) {
     char dir[256];
     snprintf(dir, sizeof dir, GOLDEN "%s", name);
-    moe_model m;
+    moe_session m;
     moe_error err = {{0}};
     /* prefill in chunks of 8 + 4: the first attends through matrix products, the second token by token */
     model_options opt = { .max_seq = T, .attn = attn, .batch_max = decode ? 1 : 8 };
-    if (model_load(&m, dir, &opt, &err)) fail_msg("load %s: %s", dir, err.msg);
-    int V = m.cfg.vocab_size, H = m.cfg.hidden_size;
+    if (session_open(&m, dir, &opt, 1, &err)) fail_msg("load %s: %s", dir, err.msg);
+    int V = m.m.cfg.vocab_size, H = m.m.cfg.hidden_size;
     memset(r, 0, sizeof *r);
-    r->T = T; r->V = V; r->K = m.K > 0 ? m.K : 1; r->n_layers = m.w.n_layers;
+    r->T = T; r->V = V; r->K = m.m.K > 0 ? m.m.K : 1; r->n_layers = m.m.w.n_layers;
     r->logits = calloc((size_t)T * V, sizeof(float));
     r->mtp_logits = calloc((size_t)T * V, sizeof(float));
     r->ids = calloc((size_t)r->n_layers * T * r->K, sizeof(int));
     r->weights = calloc((size_t)r->n_layers * T * r->K, sizeof(float));
     float *hidden = calloc((size_t)T * H, sizeof(float));
     int *next = calloc((size_t)T, sizeof(int));
-    m.on_route = on_route;
-    m.on_route_ctx = r;
+    m.c.on_route = on_route;
+    m.c.on_route_ctx = r;
     if (decode) {
         for (int t = 0; t < T; t++)
-            assert_int_equal(model_forward(&m, tokens + t, 1, t, r->logits + (size_t)t * V, 1, hidden + (size_t)t * H, &err), 0);
+            assert_int_equal(model_forward_seq(&m.m, &m.c, &m.kv, 0, tokens + t, 1, t, r->logits + (size_t)t * V, 1, hidden + (size_t)t * H, &err), 0);
     } else {
-        assert_int_equal(model_forward(&m, tokens, T, 0, r->logits, 1, hidden, &err), 0);
+        assert_int_equal(model_forward_seq(&m.m, &m.c, &m.kv, 0, tokens, T, 0, r->logits, 1, hidden, &err), 0);
     }
-    if (m.cfg.num_nextn_predict_layers) {
+    if (m.m.cfg.num_nextn_predict_layers) {
         for (int t = 0; t + 1 < T; t++) next[t] = tokens[t + 1];
         next[T - 1] = sampler_argmax(r->logits + (size_t)(T - 1) * V, V);
         if (decode) {
             for (int t = 0; t < T; t++)
-                assert_int_equal(model_forward_mtp(&m, 0, hidden + (size_t)t * H, next + t, 1, t,
+                assert_int_equal(model_forward_mtp_seq(&m.m, &m.c, &m.kv, 0, 0, hidden + (size_t)t * H, next + t, 1, t,
                                                    r->mtp_logits + (size_t)t * V, 1, NULL, &err), 0);
         } else {
-            assert_int_equal(model_forward_mtp(&m, 0, hidden, next, T, 0, r->mtp_logits, 1, NULL, &err), 0);
+            assert_int_equal(model_forward_mtp_seq(&m.m, &m.c, &m.kv, 0, 0, hidden, next, T, 0, r->mtp_logits, 1, NULL, &err), 0);
         }
     }
     free(hidden);
     free(next);
-    model_free(&m);
+    session_close(&m);
 }
 
 static void run_free(engine_run *r) {
@@ -207,15 +207,15 @@ static void test_negative_control_no_bias(void **state) {
     assert_int_equal(st_open_file(&ref, GOLDEN "tiny-bf16.ref.safetensors", &err), 0);
     const st_tensor *tt = st_find(&ref, "tokens");
     int T = (int)tt->numel;
-    moe_model m;
+    moe_session m;
     model_options opt = { .max_seq = T, .routing = { .no_route_bias = 1 } };
-    assert_int_equal(model_load(&m, GOLDEN "tiny-bf16", &opt, &err), 0);
-    float *logits = calloc((size_t)T * m.cfg.vocab_size, sizeof(float));
-    assert_int_equal(model_forward(&m, tt->data, T, 0, logits, 1, NULL, &err), 0);
+    assert_int_equal(session_open(&m, GOLDEN "tiny-bf16", &opt, 1, &err), 0);
+    float *logits = calloc((size_t)T * m.m.cfg.vocab_size, sizeof(float));
+    assert_int_equal(model_forward_seq(&m.m, &m.c, &m.kv, 0, tt->data, T, 0, logits, 1, NULL, &err), 0);
     const double *want = ref_tensor(&ref, "logits", ST_F64);
-    assert_true(rel_err_f64(logits, want, (size_t)T * m.cfg.vocab_size) > 1e-2);
+    assert_true(rel_err_f64(logits, want, (size_t)T * m.m.cfg.vocab_size) > 1e-2);
     free(logits);
-    model_free(&m);
+    session_close(&m);
     st_close(&ref);
 }
 
@@ -223,18 +223,18 @@ static void test_negative_control_no_bias(void **state) {
  * close to the reference (int8 blocks of 32: a few percent, measured ~1e-2 relative). */
 static void test_q8_rows_and_logits(void **state) {
     (void)state;
-    moe_model m;
+    moe_session m;
     moe_error err = {{0}};
     model_options opt = { .max_seq = 12, .dtype = WEIGHTS_Q8 };
-    assert_int_equal(model_load(&m, GOLDEN "tiny-bf16", &opt, &err), 0);
-    const mat *W = &m.w.layers[0].kv_b;
+    assert_int_equal(session_open(&m, GOLDEN "tiny-bf16", &opt, 1, &err), 0);
+    const mat *W = &m.m.w.layers[0].kv_b;
     assert_int_equal(W->dtype, MAT_Q8);
     /* converted tensors gave their mapped pages back (st_tensor_release); the embedding,
      * used as stored, did not; the output head is Q8 too */
-    assert_true(st_find(&m.w.files, "model.layers.0.self_attn.kv_b_proj.weight")->released);
-    assert_false(st_find(&m.w.files, "model.embed_tokens.weight")->released);
-    assert_int_equal(m.w.embed.dtype, MAT_BF16);
-    assert_int_equal(m.w.lm_head.dtype, m.cfg.tie_word_embeddings ? MAT_BF16 : MAT_Q8);
+    assert_true(st_find(&m.m.w.files, "model.layers.0.self_attn.kv_b_proj.weight")->released);
+    assert_false(st_find(&m.m.w.files, "model.embed_tokens.weight")->released);
+    assert_int_equal(m.m.w.embed.dtype, MAT_BF16);
+    assert_int_equal(m.m.w.lm_head.dtype, m.m.cfg.tie_word_embeddings ? MAT_BF16 : MAT_Q8);
     float *row = malloc(sizeof(float) * (size_t)W->cols);
     for (int r = 0; r < W->rows; r += 7) {
         mat_row_f32(W, r, row);
@@ -244,14 +244,14 @@ static void test_q8_rows_and_logits(void **state) {
     st_set ref;
     assert_int_equal(st_open_file(&ref, GOLDEN "tiny-bf16.ref.safetensors", &err), 0);
     const st_tensor *tt = st_find(&ref, "tokens");
-    int T = (int)tt->numel, V = m.cfg.vocab_size;
+    int T = (int)tt->numel, V = m.m.cfg.vocab_size;
     float *logits = calloc((size_t)T * V, sizeof(float));
-    assert_int_equal(model_forward(&m, tt->data, T, 0, logits, 1, NULL, &err), 0);
+    assert_int_equal(model_forward_seq(&m.m, &m.c, &m.kv, 0, tt->data, T, 0, logits, 1, NULL, &err), 0);
     double e = rel_err_f64(logits, ref_tensor(&ref, "logits", ST_F64), (size_t)T * V);
     if (e > 0.1) fail_msg("q8 logits rel.err %.3e", e);
     free(logits);
     st_close(&ref);
-    model_free(&m);
+    session_close(&m);
 }
 
 /* A prefill chunk longer than the attention's query block (ATTEND_QUERY_BLOCK = 64): 150
@@ -265,21 +265,21 @@ static void test_long_chunk_vs_decode(void **state) {
         char dir[256];
         snprintf(dir, sizeof dir, GOLDEN "%s", cases[ci]);
         int T = 220, split = 150;
-        moe_model a, b;
+        moe_session a, b;
         moe_error err = {{0}};
         model_options oa = { .max_seq = T, .batch_max = split }, ob = { .max_seq = T, .batch_max = 1 };
-        assert_int_equal(model_load(&a, dir, &oa, &err), 0);
-        assert_int_equal(model_load(&b, dir, &ob, &err), 0);
-        int V = a.cfg.vocab_size, *tok = malloc(sizeof(int) * T);
+        assert_int_equal(session_open(&a, dir, &oa, 1, &err), 0);
+        assert_int_equal(session_open(&b, dir, &ob, 1, &err), 0);
+        int V = a.m.cfg.vocab_size, *tok = malloc(sizeof(int) * T);
         for (int t = 0; t < T; t++) tok[t] = (t * 37 + 11) % V;
         float *la = malloc(sizeof(float) * (size_t)T * V), *lb = malloc(sizeof(float) * (size_t)T * V);
-        assert_int_equal(model_forward(&a, tok, split, 0, la, 1, NULL, &err), 0);
-        assert_int_equal(model_forward(&a, tok + split, T - split, split, la + (size_t)split * V, 1, NULL, &err), 0);
-        for (int t = 0; t < T; t++) assert_int_equal(model_forward(&b, tok + t, 1, t, lb + (size_t)t * V, 1, NULL, &err), 0);
+        assert_int_equal(model_forward_seq(&a.m, &a.c, &a.kv, 0, tok, split, 0, la, 1, NULL, &err), 0);
+        assert_int_equal(model_forward_seq(&a.m, &a.c, &a.kv, 0, tok + split, T - split, split, la + (size_t)split * V, 1, NULL, &err), 0);
+        for (int t = 0; t < T; t++) assert_int_equal(model_forward_seq(&b.m, &b.c, &b.kv, 0, tok + t, 1, t, lb + (size_t)t * V, 1, NULL, &err), 0);
         double e = rel_err_f32(la, lb, (size_t)T * V);
         if (e > 1e-5) fail_msg("%s: long-chunk prefill vs decode rel.err %.3e", cases[ci], e);
         free(tok); free(la); free(lb);
-        model_free(&a); model_free(&b);
+        session_close(&a); session_close(&b);
     }
 }
 

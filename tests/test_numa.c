@@ -19,7 +19,7 @@
 #include <cmocka.h>
 #include <numaif.h>
 
-#include "model.h"
+#include "session.h"
 #include "numa_place.h"
 
 #define GIB ((size_t)1 << 30)
@@ -177,33 +177,33 @@ static float *run(numa_mode mode, const numa_topology *sim, int threads, weights
     sched_getaffinity(0, sizeof saved, &saved);   /* the pool pins the calling thread too */
     int policy_before = -1, policy_after = -2;
     get_mempolicy(&policy_before, NULL, 0, NULL, 0);
-    moe_model m;
+    moe_session m;
     moe_error err = {{0}};
     model_options opt = { .max_seq = T + 1, .batch_max = 3, .n_threads = threads, .dtype = dtype, .numa = mode,
                           .numa_topo = sim };
-    if (model_load(&m, CKPT, &opt, &err)) fail_msg("load: %s", err.msg);
+    if (session_open(&m, CKPT, &opt, 1, &err)) fail_msg("load: %s", err.msg);
     get_mempolicy(&policy_after, NULL, 0, NULL, 0);
     assert_int_equal(policy_after, policy_before);    /* the load's interleave policy is undone */
-    int V = m.cfg.vocab_size, H = m.cfg.hidden_size;
+    int V = m.m.cfg.vocab_size, H = m.m.cfg.hidden_size;
     float *out = calloc((size_t)(2 * T + 1) * V, sizeof(float));
     float *hidden = calloc((size_t)T * H, sizeof(float));
     int next[T];
-    assert_int_equal(model_forward(&m, tokens, T - 1, 0, out, 1, hidden, &err), MOE_OK);
-    assert_int_equal(model_forward(&m, tokens + T - 1, 1, T - 1, out + (size_t)(T - 1) * V, 1,
+    assert_int_equal(model_forward_seq(&m.m, &m.c, &m.kv, 0, tokens, T - 1, 0, out, 1, hidden, &err), MOE_OK);
+    assert_int_equal(model_forward_seq(&m.m, &m.c, &m.kv, 0, tokens + T - 1, 1, T - 1, out + (size_t)(T - 1) * V, 1,
                                    hidden + (size_t)(T - 1) * H, &err), MOE_OK);
     for (int t = 0; t < T; t++) next[t] = tokens[(t + 1) % T];
-    assert_int_equal(model_forward_mtp(&m, 0, hidden, next, T, 0, out + (size_t)T * V, 1, NULL, &err), MOE_OK);
+    assert_int_equal(model_forward_mtp_seq(&m.m, &m.c, &m.kv, 0, 0, hidden, next, T, 0, out + (size_t)T * V, 1, NULL, &err), MOE_OK);
     if (plan_out) {
-        *plan_out = m.numa;
+        *plan_out = m.m.numa;
         plan_out->bufs = NULL;
         plan_out->buf_bytes = NULL;
         plan_out->expert_node = NULL;
         int freed = 0;
-        for (int i = 0; i < m.w.n_owned; i++) freed += m.w.owned[i] == NULL;
+        for (int i = 0; i < m.m.w.n_owned; i++) freed += m.m.w.owned[i] == NULL;
         plan_out->n_bufs = freed;     /* reused: owned buffers freed by the copy */
     }
     free(hidden);
-    model_free(&m);
+    session_close(&m);
     sched_setaffinity(0, sizeof saved, &saved);
     return out;
 }
@@ -212,12 +212,12 @@ static void test_logits_identical(void **state) {
     (void)state;
     size_t n = 0;
     {
-        moe_model m;
+        moe_session m;
         moe_error err = {{0}};
         model_options opt = {0};
-        if (model_load(&m, CKPT, &opt, &err)) fail_msg("load: %s", err.msg);
-        n = (size_t)(2 * T + 1) * m.cfg.vocab_size * sizeof(float);
-        model_free(&m);
+        if (session_open(&m, CKPT, &opt, 1, &err)) fail_msg("load: %s", err.msg);
+        n = (size_t)(2 * T + 1) * m.m.cfg.vocab_size * sizeof(float);
+        session_close(&m);
     }
     int cpus[2] = {1, 1};
     numa_topology_simulate(&topo, 2, cpus, GIB);

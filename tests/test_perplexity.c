@@ -16,7 +16,7 @@
 #include <string.h>
 #include <cmocka.h>
 
-#include "model.h"
+#include "session.h"
 #include "perplexity.h"
 
 #define DIR "tests/data/golden/tiny-bf16"
@@ -29,11 +29,11 @@ static void make_tokens(int *tok, int V) {
 }
 
 /* nll of tokens[a..b) predicted inside one window starting at a, by one full forward pass. */
-static double direct_window(moe_model *m, const int *tok, int a, int b) {
-    int V = m->cfg.vocab_size, n = b - a;
+static double direct_window(moe_session *m, const int *tok, int a, int b) {
+    int V = m->m.cfg.vocab_size, n = b - a;
     float *logits = malloc(sizeof(float) * (size_t)n * V);
     moe_error err = {{0}};
-    assert_int_equal(model_forward(m, tok + a, n, 0, logits, 1, NULL, &err), 0);
+    assert_int_equal(model_forward_seq(&m->m, &m->c, &m->kv, 0, tok + a, n, 0, logits, 1, NULL, &err), 0);
     double nll = 0;
     for (int t = 0; t + 1 < n; t++) {
         const float *l = logits + (size_t)t * V;
@@ -46,39 +46,39 @@ static double direct_window(moe_model *m, const int *tok, int a, int b) {
     return nll;
 }
 
-static void load(moe_model *m, int batch, const router_options *ro) {
+static void load(moe_session *m, int batch, const router_options *ro) {
     model_options opt = { .max_seq = T, .batch_max = batch };
     if (ro) opt.routing = *ro;
     moe_error err = {{0}};
-    if (model_load(m, DIR, &opt, &err)) fail_msg("%s", err.msg);
+    if (session_open(m, DIR, &opt, 1, &err)) fail_msg("%s", err.msg);
 }
 
 static void test_one_window(void **state) {
     (void)state;
-    moe_model m;
+    moe_session m;
     load(&m, 64, NULL);
     int tok[T];
-    make_tokens(tok, m.cfg.vocab_size);
+    make_tokens(tok, m.m.cfg.vocab_size);
     perplexity_result r;
     moe_error err = {{0}};
-    assert_int_equal(perplexity_eval(&m, tok, T, T, &r, &err), 0);
+    assert_int_equal(perplexity_eval(&m.m, &m.c, &m.kv, 0, tok, T, T, &r, &err), 0);
     assert_int_equal(r.predicted, T - 1);
     assert_int_equal(r.windows, 1);
     double d = direct_window(&m, tok, 0, T);
     assert_true(fabs(r.nll - d) <= 1e-9 * fabs(d));
-    model_free(&m);
+    session_close(&m);
 }
 
 static void test_windows_and_chunks(void **state) {
     (void)state;
-    moe_model m, ref;
+    moe_session m, ref;
     load(&m, 4, NULL);        /* chunks of 4 inside windows of 6 */
     load(&ref, 64, NULL);
     int tok[T];
-    make_tokens(tok, m.cfg.vocab_size);
+    make_tokens(tok, m.m.cfg.vocab_size);
     perplexity_result r;
     moe_error err = {{0}};
-    assert_int_equal(perplexity_eval(&m, tok, T, 6, &r, &err), 0);
+    assert_int_equal(perplexity_eval(&m.m, &m.c, &m.kv, 0, tok, T, 6, &r, &err), 0);
     assert_int_equal(r.predicted, T - 1);
     double d = 0;
     int windows = 0;
@@ -89,44 +89,44 @@ static void test_windows_and_chunks(void **state) {
     }
     assert_int_equal(r.windows, windows);
     assert_true(fabs(r.nll - d) <= 1e-5 * fabs(d));   /* chunked vs one pass: float rounding only */
-    model_free(&m);
-    model_free(&ref);
+    session_close(&m);
+    session_close(&ref);
 }
 
 static void test_knob_changes_result(void **state) {
     (void)state;
-    moe_model a, b;
+    moe_session a, b;
     router_options ro = { .experts_per_token = 2 };
     load(&a, 64, NULL);
     load(&b, 64, &ro);
     int tok[T];
-    make_tokens(tok, a.cfg.vocab_size);
+    make_tokens(tok, a.m.cfg.vocab_size);
     perplexity_result ra, rb;
     moe_error err = {{0}};
-    assert_int_equal(perplexity_eval(&a, tok, T, T, &ra, &err), 0);
-    assert_int_equal(perplexity_eval(&b, tok, T, T, &rb, &err), 0);
+    assert_int_equal(perplexity_eval(&a.m, &a.c, &a.kv, 0, tok, T, T, &ra, &err), 0);
+    assert_int_equal(perplexity_eval(&b.m, &b.c, &b.kv, 0, tok, T, T, &rb, &err), 0);
     assert_true(fabs(ra.nll - rb.nll) > 1e-6);
-    model_free(&a);
-    model_free(&b);
+    session_close(&a);
+    session_close(&b);
 }
 
 static void test_bad_input(void **state) {
     (void)state;
-    moe_model m;
+    moe_session m;
     load(&m, 64, NULL);
     int tok[T];
-    make_tokens(tok, m.cfg.vocab_size);
+    make_tokens(tok, m.m.cfg.vocab_size);
     perplexity_result r;
     moe_error err = {{0}};
-    assert_int_equal(perplexity_eval(&m, tok, 1, T, &r, &err), MOE_FAIL);
+    assert_int_equal(perplexity_eval(&m.m, &m.c, &m.kv, 0, tok, 1, T, &r, &err), MOE_FAIL);
     assert_non_null(strstr(err.msg, "nothing to predict"));
-    assert_int_equal(perplexity_eval(&m, tok, T, T + 1, &r, &err), MOE_FAIL);
+    assert_int_equal(perplexity_eval(&m.m, &m.c, &m.kv, 0, tok, T, T + 1, &r, &err), MOE_FAIL);
     assert_non_null(strstr(err.msg, "window"));
     assert_null(strchr(err.msg, '\n'));
     tok[3] = 99999;
-    assert_int_equal(perplexity_eval(&m, tok, T, T, &r, &err), MOE_FAIL);
+    assert_int_equal(perplexity_eval(&m.m, &m.c, &m.kv, 0, tok, T, T, &r, &err), MOE_FAIL);
     assert_non_null(strstr(err.msg, "token id 99999"));
-    model_free(&m);
+    session_close(&m);
 }
 
 int main(void) {

@@ -23,7 +23,7 @@
 #include <string.h>
 #include <cmocka.h>
 
-#include "model.h"
+#include "session.h"
 #include "routestats.h"
 
 #define GOLDEN "tests/data/golden/"
@@ -64,7 +64,7 @@ static void check_trace_json(const route_decision *d, int layer, int pos) {
     json_decref(o);
 }
 
-static void on_route(void *ctx, int layer, int pos, const route_decision *d) {
+static void on_route(void *ctx, int layer, int seq, int pos, const route_decision *d) {
     capture *c = ctx;
     assert_true(layer >= 0 && layer < c->Lt && pos >= 0 && pos < c->T);
     assert_int_equal(d->k, c->K);
@@ -88,14 +88,14 @@ static void on_route(void *ctx, int layer, int pos, const route_decision *d) {
 static void run_model(const char *name, const router_options *ro, capture *c, routestats *rs, int coact_layer) {
     char dir[256];
     snprintf(dir, sizeof dir, GOLDEN "%s", name);
-    moe_model m;
+    moe_session m;
     moe_error err = {{0}};
     model_options opt = { .max_seq = T_TOK, .batch_max = 7 };   /* 7: several chunks */
     if (ro) opt.routing = *ro;
-    if (model_load(&m, dir, &opt, &err)) fail_msg("load %s: %s", dir, err.msg);
-    int T = T_TOK, V = m.cfg.vocab_size, H = m.cfg.hidden_size;
+    if (session_open(&m, dir, &opt, 1, &err)) fail_msg("load %s: %s", dir, err.msg);
+    int T = T_TOK, V = m.m.cfg.vocab_size, H = m.m.cfg.hidden_size;
     memset(c, 0, sizeof *c);
-    c->Lt = m.w.n_layers; c->E = m.cfg.n_routed_experts; c->K = m.K; c->T = T;
+    c->Lt = m.m.w.n_layers; c->E = m.m.cfg.n_routed_experts; c->K = m.m.K; c->T = T;
     c->ids = calloc((size_t)c->Lt * T * c->K, sizeof(int));
     c->weights = calloc((size_t)c->Lt * T * c->K, sizeof(float));
     c->mass = calloc((size_t)c->Lt * T, sizeof(double));
@@ -103,22 +103,22 @@ static void run_model(const char *name, const router_options *ro, capture *c, ro
     c->kept = calloc((size_t)c->Lt * T, sizeof(int));
     c->seen = calloc((size_t)c->Lt * T, 1);
     if (rs) {
-        if (routestats_init(rs, &m.cfg, m.K, coact_layer, &err)) fail_msg("routestats_init: %s", err.msg);
+        if (routestats_init(rs, &m.m.cfg, m.m.K, coact_layer, &err)) fail_msg("routestats_init: %s", err.msg);
         c->rs = rs;
     }
     int tokens[T_TOK], next[T_TOK];
     unsigned x = 12345;
     for (int t = 0; t < T; t++) { x = x * 1103515245u + 12345u; tokens[t] = (int)((x >> 8) % (unsigned)V); }
     float *hidden = calloc((size_t)T * H, sizeof(float));
-    m.on_route = on_route;
-    m.on_route_ctx = c;
-    assert_int_equal(model_forward(&m, tokens, T, 0, NULL, 0, hidden, &err), 0);
-    if (m.cfg.num_nextn_predict_layers) {
+    m.c.on_route = on_route;
+    m.c.on_route_ctx = c;
+    assert_int_equal(model_forward_seq(&m.m, &m.c, &m.kv, 0, tokens, T, 0, NULL, 0, hidden, &err), 0);
+    if (m.m.cfg.num_nextn_predict_layers) {
         for (int t = 0; t < T; t++) next[t] = tokens[(t + 1) % T];
-        assert_int_equal(model_forward_mtp(&m, 0, hidden, next, T, 0, NULL, 0, NULL, &err), 0);
+        assert_int_equal(model_forward_mtp_seq(&m.m, &m.c, &m.kv, 0, 0, hidden, next, T, 0, NULL, 0, NULL, &err), 0);
     }
     free(hidden);
-    model_free(&m);
+    session_close(&m);
 }
 
 static void capture_free(capture *c) {
@@ -343,9 +343,9 @@ static void test_bad_k(void **state) {
     routestats rs;
     assert_int_equal(routestats_init(&rs, &cfg, 257, -1, &err), MOE_FAIL);
     assert_non_null(strstr(err.msg, "must be in [1, 256]"));
-    moe_model m;
+    moe_session m;
     model_options opt = { .routing = { .experts_per_token = 300 } };
-    assert_int_equal(model_load(&m, GOLDEN "tiny-bf16", &opt, &err), MOE_FAIL);
+    assert_int_equal(session_open(&m, GOLDEN "tiny-bf16", &opt, 1, &err), MOE_FAIL);
     assert_non_null(strstr(err.msg, "experts per token = 300"));
 }
 

@@ -17,7 +17,7 @@
 #include <cmocka.h>
 
 #include "generate.h"
-#include "model.h"
+#include "session.h"
 #include "safetensors.h"
 
 #define TOY "models/toy"
@@ -43,27 +43,27 @@ static void check_mode(int decode) {
     assert_int_equal(lt->dtype, ST_F32);
     int T = (int)tt->numel;
     const int *tokens = tt->data;
-    moe_model m;
+    moe_session m;
     model_options opt = { .max_seq = T };
-    if (model_load(&m, TOY, &opt, &err)) fail_msg("%s", err.msg);
-    int V = m.cfg.vocab_size, H = m.cfg.hidden_size;
+    if (session_open(&m, TOY, &opt, 1, &err)) fail_msg("%s", err.msg);
+    int V = m.m.cfg.vocab_size, H = m.m.cfg.hidden_size;
     assert_int_equal(lt->shape[1], V);
     float *logits = calloc((size_t)T * V, sizeof(float)), *mtp = calloc((size_t)T * V, sizeof(float));
     float *hidden = calloc((size_t)T * H, sizeof(float));
     int *next = calloc((size_t)T, sizeof(int));
     if (decode) {
         for (int t = 0; t < T; t++)
-            assert_int_equal(model_forward(&m, tokens + t, 1, t, logits + (size_t)t * V, 1, hidden + (size_t)t * H, &err), 0);
+            assert_int_equal(model_forward_seq(&m.m, &m.c, &m.kv, 0, tokens + t, 1, t, logits + (size_t)t * V, 1, hidden + (size_t)t * H, &err), 0);
     } else {
-        assert_int_equal(model_forward(&m, tokens, T, 0, logits, 1, hidden, &err), 0);
+        assert_int_equal(model_forward_seq(&m.m, &m.c, &m.kv, 0, tokens, T, 0, logits, 1, hidden, &err), 0);
     }
     for (int t = 0; t + 1 < T; t++) next[t] = tokens[t + 1];
     next[T - 1] = sampler_argmax(logits + (size_t)(T - 1) * V, V);
-    assert_int_equal(model_forward_mtp(&m, 0, hidden, next, T, 0, mtp, 1, NULL, &err), 0);
+    assert_int_equal(model_forward_mtp_seq(&m.m, &m.c, &m.kv, 0, 0, hidden, next, T, 0, mtp, 1, NULL, &err), 0);
     double e1 = rel_err(logits, lt->data, (size_t)T * V), e2 = rel_err(mtp, mt->data, (size_t)T * V);
     if (e1 > 1e-4 || e2 > 1e-4) fail_msg("%s: logits rel.err %.3e, MTP logits %.3e (limit 1e-4)", decode ? "decode" : "prefill", e1, e2);
     free(logits); free(mtp); free(hidden); free(next);
-    model_free(&m);
+    session_close(&m);
     st_close(&g);
 }
 
@@ -85,18 +85,18 @@ static void test_toy_mtp_greedy_identical_with_acceptance(void **state) {
     if (st_open_file(&g, GOLDEN, &err)) fail_msg("%s", err.msg);
     const int *text = st_find(&g, "tokens")->data;
     int T = (int)st_find(&g, "tokens")->numel;
-    moe_model m;
+    moe_session m;
     model_options opt = { .max_seq = 256 };
-    assert_int_equal(model_load(&m, TOY, &opt, &err), 0);
+    assert_int_equal(session_open(&m, TOY, &opt, 1, &err), 0);
     sampler_params greedy = { .temperature = 0.0f, .top_p = 1.0f };
     sampler s;
-    assert_int_equal(sampler_init(&s, m.cfg.vocab_size, &greedy, &err), 0);
+    assert_int_equal(sampler_init(&s, m.m.cfg.vocab_size, &greedy, &err), 0);
     long accepted = 0, drafted = 0;
     for (int start = 0; start + 8 <= T; start += 8) {
         collected out[2];
         for (int arm = 0; arm < 2; arm++) {
             generator gen;
-            assert_int_equal(generator_init(&gen, &m, NULL, &s, &err), 0);
+            assert_int_equal(generator_init(&gen, &m.m, &m.c, &m.kv, 0, NULL, &s, &err), 0);
             gen.eos_id = -1;
             if (arm) assert_int_equal(generator_enable_mtp(&gen, NULL, &err), 0);
             assert_int_equal(generator_prompt(&gen, text + start, 8, &err), 0);
@@ -112,7 +112,7 @@ static void test_toy_mtp_greedy_identical_with_acceptance(void **state) {
     assert_true(accepted > 0);            /* the acceptance path ran */
     assert_true(accepted < drafted);      /* and the rejection path */
     sampler_free(&s);
-    model_free(&m);
+    session_close(&m);
     st_close(&g);
 }
 

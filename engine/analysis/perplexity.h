@@ -20,8 +20,9 @@ typedef struct {
     int windows;
 } perplexity_result;
 
-/* window: N (2 <= N <= the model's context m->s.S). Uses and overwrites the KV cache. */
-int perplexity_eval(moe_model *m, const int *tokens, int T, int window, perplexity_result *out, moe_error *err);
+/* window: N (2 <= N <= kv->S). Uses and overwrites KV slot `slot`. */
+int perplexity_eval(const moe_model *m, moe_ctx *c, moe_kv *kv, int slot, const int *tokens, int T, int window,
+                    perplexity_result *out, moe_error *err);
 
 /* log softmax(logits [V])[target], in double. */
 double perplexity_log_prob(const float *logits, int V, int target);

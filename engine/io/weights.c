@@ -12,6 +12,7 @@
 typedef struct {
     moe_weights *w;
     const moe_config *cfg;
+    const ckpt_layout *layout;   /* the names of the checkpoint's tensors */
     weights_dtype dtype;
     moe_error *err;
     int done, total;             /* progress, in tensors */
@@ -127,13 +128,21 @@ static int source_init(loader *ld, source *s, const st_tensor *t, const char *na
 
 /* ------------------------------------------------------------------ matrices and vectors */
 
-/* What a matrix is, for --dtype q8: projections and the output heads (lm_head, the MTP
- * head: 30% of a decoded token's bytes in the M shape) become Q8, as llama.cpp's q8_0 does;
- * TABLE (embeddings: one row read per token; the router: it decides, and is small) stays
- * BF16. */
-typedef enum { KIND_PROJECTION, KIND_HEAD, KIND_TABLE } mat_kind;
+/* ------------------------------------------------------------------ compute formats */
 
-static int load_matrix(loader *ld, mat *m, const char *name, int64_t rows, int64_t cols, mat_kind kind) {
+mat_dtype weights_target(weights_dtype d, tensor_kind kind, st_dtype stored, int64_t cols) {
+    switch (d) {
+    case WEIGHTS_F32: return MAT_F32;
+    case WEIGHTS_BF16: return MAT_BF16;
+    /* projections and the output heads (lm_head, the MTP head: 30% of a decoded token's bytes
+     * in the M shape) become Q8, as llama.cpp's q8_0 does; tables (embeddings: one row read
+     * per token; the router: it decides, and is small) stay BF16 */
+    case WEIGHTS_Q8: return kind != KIND_TABLE && cols % QK8 == 0 ? MAT_Q8 : MAT_BF16;
+    default: return stored == ST_BF16 ? MAT_BF16 : MAT_F32;
+    }
+}
+
+static int load_matrix(loader *ld, mat *m, const char *name, int64_t rows, int64_t cols, tensor_kind kind) {
     const st_tensor *t = find_checked(ld, name, rows, cols);
     if (!t) return MOE_FAIL;
     source src;
@@ -141,14 +150,7 @@ static int load_matrix(loader *ld, mat *m, const char *name, int64_t rows, int64
     m->rows = (int)rows;
     m->cols = (int)cols;
     progress_tick(ld);
-    /* choose the compute format */
-    mat_dtype target;
-    switch (ld->dtype) {
-    case WEIGHTS_F32: target = MAT_F32; break;
-    case WEIGHTS_BF16: target = MAT_BF16; break;
-    case WEIGHTS_Q8: target = (kind != KIND_TABLE && cols % QK8 == 0) ? MAT_Q8 : MAT_BF16; break;
-    default: target = t->dtype == ST_BF16 ? MAT_BF16 : MAT_F32; break;
-    }
+    mat_dtype target = weights_target(ld->dtype, kind, t->dtype, cols);
     m->dtype = target;
     /* zero-copy when the stored bytes already are the compute format */
     if ((target == MAT_F32 && t->dtype == ST_F32 && (uintptr_t)t->data % 4 == 0) ||
@@ -196,89 +198,81 @@ static int load_vector(loader *ld, const float **v, const char *name, int64_t n)
     return MOE_OK;
 }
 
+/* ------------------------------------------------------------------ by role */
+
+/* The tensor of `role` (layer, expert) in the checkpoint's layout, shape from the config. */
+static int load_role_matrix(loader *ld, mat *m, tensor_role role, int layer, int expert) {
+    char n[512];
+    int64_t rows, cols;
+    layout_shape(ld->cfg, role, &rows, &cols);
+    return load_matrix(ld, m, layout_name(ld->layout, role, layer, expert, n, sizeof n), rows, cols, layout_kind(role));
+}
+
+static int load_role_vector(loader *ld, const float **v, tensor_role role, int layer) {
+    char n[512];
+    int64_t rows, cols;
+    layout_shape(ld->cfg, role, &rows, &cols);
+    return load_vector(ld, v, layout_name(ld->layout, role, layer, 0, n, sizeof n), rows);
+}
+
+/* Whether the optional tensor of `role` is in the checkpoint. */
+static int has_role(loader *ld, tensor_role role, int layer) {
+    char n[512];
+    return st_find(&ld->w->files, layout_name(ld->layout, role, layer, 0, n, sizeof n)) != NULL;
+}
+
 /* ------------------------------------------------------------------ layers */
 
-static int load_mlp(loader *ld, mlp_weights *m, const char *prefix, int width) {
-    char n[512];
-    int H = ld->cfg->hidden_size;
-    snprintf(n, sizeof n, "%sgate_proj.weight", prefix);
-    if (load_matrix(ld, &m->gate, n, width, H, KIND_PROJECTION)) return MOE_FAIL;
-    snprintf(n, sizeof n, "%sup_proj.weight", prefix);
-    if (load_matrix(ld, &m->up, n, width, H, KIND_PROJECTION)) return MOE_FAIL;
-    snprintf(n, sizeof n, "%sdown_proj.weight", prefix);
-    return load_matrix(ld, &m->down, n, H, width, KIND_PROJECTION);
+/* gate, up, down of one MLP: roles first .. first + 2 */
+static int load_mlp(loader *ld, mlp_weights *m, tensor_role first, int layer, int expert) {
+    return load_role_matrix(ld, &m->gate, first, layer, expert) || load_role_matrix(ld, &m->up, first + 1, layer, expert) ||
+           load_role_matrix(ld, &m->down, first + 2, layer, expert);
 }
 
 static int load_layer(loader *ld, layer_weights *lw, int i) {
     const moe_config *c = ld->cfg;
-    int H = c->hidden_size, nh = c->num_attention_heads, dq = c->qk_nope_head_dim + c->qk_rope_head_dim;
-    int R = c->kv_lora_rank, dr = c->qk_rope_head_dim;
-    char p[128], n[512];
-    snprintf(p, sizeof p, "model.layers.%d.", i);
-#define NAME(s) (snprintf(n, sizeof n, "%s%s", p, s), n)
-    if (load_vector(ld, &lw->input_norm, NAME("input_layernorm.weight"), H) ||
-        load_vector(ld, &lw->post_norm, NAME("post_attention_layernorm.weight"), H))
+    if (load_role_vector(ld, &lw->input_norm, T_INPUT_NORM, i) || load_role_vector(ld, &lw->post_norm, T_POST_NORM, i))
         return MOE_FAIL;
     if (c->q_lora_rank > 0) {
-        if (load_matrix(ld, &lw->q_a, NAME("self_attn.q_a_proj.weight"), c->q_lora_rank, H, KIND_PROJECTION) ||
-            load_vector(ld, &lw->q_a_norm, NAME("self_attn.q_a_layernorm.weight"), c->q_lora_rank) ||
-            load_matrix(ld, &lw->q_b, NAME("self_attn.q_b_proj.weight"), (int64_t)nh * dq, c->q_lora_rank, KIND_PROJECTION))
+        if (load_role_matrix(ld, &lw->q_a, T_Q_A, i, 0) || load_role_vector(ld, &lw->q_a_norm, T_Q_A_NORM, i) ||
+            load_role_matrix(ld, &lw->q_b, T_Q_B, i, 0))
             return MOE_FAIL;
-    } else if (load_matrix(ld, &lw->q, NAME("self_attn.q_proj.weight"), (int64_t)nh * dq, H, KIND_PROJECTION)) {
+    } else if (load_role_matrix(ld, &lw->q, T_Q, i, 0)) {
         return MOE_FAIL;
     }
-    if (load_matrix(ld, &lw->kv_a, NAME("self_attn.kv_a_proj_with_mqa.weight"), R + dr, H, KIND_PROJECTION) ||
-        load_vector(ld, &lw->kv_a_norm, NAME("self_attn.kv_a_layernorm.weight"), R) ||
-        load_matrix(ld, &lw->kv_b, NAME("self_attn.kv_b_proj.weight"),
-                    (int64_t)nh * (c->qk_nope_head_dim + c->v_head_dim), R, KIND_PROJECTION) ||
-        load_matrix(ld, &lw->o, NAME("self_attn.o_proj.weight"), H, (int64_t)nh * c->v_head_dim, KIND_PROJECTION))
+    if (load_role_matrix(ld, &lw->kv_a, T_KV_A, i, 0) || load_role_vector(ld, &lw->kv_a_norm, T_KV_A_NORM, i) ||
+        load_role_matrix(ld, &lw->kv_b, T_KV_B, i, 0) || load_role_matrix(ld, &lw->o, T_O, i, 0))
         return MOE_FAIL;
     lw->is_moe = config_layer_is_moe(c, i);
     if (!lw->is_moe) {
         if (c->intermediate_size < 1)
             return moe_error_set(ld->err, "config.json: layer %d is dense but intermediate_size is missing", i);
-        return load_mlp(ld, &lw->dense, NAME("mlp."), c->intermediate_size);
+        return load_mlp(ld, &lw->dense, T_DENSE_GATE, i, 0);
     }
     int E = c->n_routed_experts;
-    if (load_matrix(ld, &lw->router, NAME("mlp.gate.weight"), E, H, KIND_TABLE)) return MOE_FAIL;
-    const char *bias_name = NAME("mlp.gate.e_score_correction_bias");
-    if (c->topk_method == TOPK_NOAUX_TC || st_find(&ld->w->files, bias_name)) {
-        if (load_vector(ld, &lw->router_bias, bias_name, E)) return MOE_FAIL;
-    }
+    if (load_role_matrix(ld, &lw->router, T_ROUTER, i, 0)) return MOE_FAIL;
+    if ((c->topk_method == TOPK_NOAUX_TC || has_role(ld, T_ROUTER_BIAS, i)) &&
+        load_role_vector(ld, &lw->router_bias, T_ROUTER_BIAS, i))
+        return MOE_FAIL;
     lw->experts = calloc((size_t)E, sizeof(mlp_weights));
     if (!lw->experts) return moe_error_set(ld->err, "out of memory");
-    for (int e = 0; e < E; e++) {
-        char ep[160];
-        snprintf(ep, sizeof ep, "%smlp.experts.%d.", p, e);
-        if (load_mlp(ld, &lw->experts[e], ep, c->moe_intermediate_size)) return MOE_FAIL;
-    }
+    for (int e = 0; e < E; e++)
+        if (load_mlp(ld, &lw->experts[e], T_EXPERT_GATE, i, e)) return MOE_FAIL;
     lw->has_shared = c->n_shared_experts > 0;
-    if (lw->has_shared && load_mlp(ld, &lw->shared, NAME("mlp.shared_experts."), c->moe_intermediate_size * c->n_shared_experts))
-        return MOE_FAIL;
+    if (lw->has_shared && load_mlp(ld, &lw->shared, T_SHARED_GATE, i, 0)) return MOE_FAIL;
     return MOE_OK;
-#undef NAME
 }
 
 static int load_mtp_extras(loader *ld, layer_weights *lw, int i) {
-    const moe_config *c = ld->cfg;
-    int H = c->hidden_size;
-    char n[512];
-#define NAME(s) (snprintf(n, sizeof n, "model.layers.%d.%s", i, s), n)
-    if (load_vector(ld, &lw->enorm, NAME("enorm.weight"), H) || load_vector(ld, &lw->hnorm, NAME("hnorm.weight"), H) ||
-        load_matrix(ld, &lw->eh_proj, NAME("eh_proj.weight"), H, 2 * H, KIND_PROJECTION) ||
-        load_vector(ld, &lw->head_norm, NAME("shared_head.norm.weight"), H))
+    if (load_role_vector(ld, &lw->enorm, T_MTP_ENORM, i) || load_role_vector(ld, &lw->hnorm, T_MTP_HNORM, i) ||
+        load_role_matrix(ld, &lw->eh_proj, T_MTP_EH_PROJ, i, 0) || load_role_vector(ld, &lw->head_norm, T_MTP_HEAD_NORM, i))
         return MOE_FAIL;
     /* the release stores copies of the embedding and head; use them if present */
     lw->mtp_embed = ld->w->embed;
     lw->mtp_head = ld->w->lm_head;
-    if (st_find(&ld->w->files, NAME("embed_tokens.weight")) &&
-        load_matrix(ld, &lw->mtp_embed, n, c->vocab_size, H, KIND_TABLE))
-        return MOE_FAIL;
-    if (st_find(&ld->w->files, NAME("shared_head.head.weight")) &&
-        load_matrix(ld, &lw->mtp_head, n, c->vocab_size, H, KIND_HEAD))
-        return MOE_FAIL;
+    if (has_role(ld, T_MTP_EMBED, i) && load_role_matrix(ld, &lw->mtp_embed, T_MTP_EMBED, i, 0)) return MOE_FAIL;
+    if (has_role(ld, T_MTP_HEAD, i) && load_role_matrix(ld, &lw->mtp_head, T_MTP_HEAD, i, 0)) return MOE_FAIL;
     return MOE_OK;
-#undef NAME
 }
 
 /* ------------------------------------------------------------------ public */
@@ -286,16 +280,15 @@ static int load_mtp_extras(loader *ld, layer_weights *lw, int i) {
 int weights_load(moe_weights *w, const moe_config *cfg, const char *dir, const weights_options *opt, moe_error *err) {
     memset(w, 0, sizeof *w);
     if (st_open_dir(&w->files, dir, err)) return MOE_FAIL;
-    loader ld = { w, cfg, opt ? opt->dtype : WEIGHTS_AUTO, err, 0, w->files.n_tensors, opt };
-    int H = cfg->hidden_size, V = cfg->vocab_size, nl = cfg->num_hidden_layers + cfg->num_nextn_predict_layers;
+    loader ld = { w, cfg, &LAYOUT_HF, opt ? opt->dtype : WEIGHTS_AUTO, err, 0, w->files.n_tensors, opt };
+    int nl = cfg->num_hidden_layers + cfg->num_nextn_predict_layers;
     w->layers = calloc((size_t)nl, sizeof(layer_weights));
     if (!w->layers) { moe_error_set(err, "out of memory"); goto fail; }
     w->n_layers = nl;
-    if (load_matrix(&ld, &w->embed, "model.embed_tokens.weight", V, H, KIND_TABLE) ||
-        load_vector(&ld, &w->final_norm, "model.norm.weight", H))
+    if (load_role_matrix(&ld, &w->embed, T_EMBED, 0, 0) || load_role_vector(&ld, &w->final_norm, T_FINAL_NORM, 0))
         goto fail;
-    if (cfg->tie_word_embeddings && !st_find(&w->files, "lm_head.weight")) w->lm_head = w->embed;
-    else if (load_matrix(&ld, &w->lm_head, "lm_head.weight", V, H, KIND_HEAD)) goto fail;
+    if (cfg->tie_word_embeddings && !has_role(&ld, T_LM_HEAD, 0)) w->lm_head = w->embed;
+    else if (load_role_matrix(&ld, &w->lm_head, T_LM_HEAD, 0, 0)) goto fail;
     for (int i = 0; i < nl; i++) {
         if (load_layer(&ld, &w->layers[i], i)) goto fail;
         if (i >= cfg->num_hidden_layers && load_mtp_extras(&ld, &w->layers[i], i)) goto fail;

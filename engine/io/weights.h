@@ -19,6 +19,7 @@
 #include "config.h"
 #include "error.h"
 #include "kernels.h"
+#include "layout.h"
 #include "safetensors.h"
 
 typedef enum {
@@ -89,6 +90,10 @@ void weights_free(moe_weights *w);
 const char *weights_dtype_name(weights_dtype d);
 /* Parses "auto" | "f32" | "bf16" | "q8"; returns -1 if unknown. */
 int weights_dtype_parse(const char *s);
+
+/* The compute format of a weight of `kind` stored as `stored` with `cols` columns, under
+ * --dtype d: the one rule the loader and `moe mkckpt --plan` share. */
+mat_dtype weights_target(weights_dtype d, tensor_kind kind, st_dtype stored, int64_t cols);
 
 /* Row r of an embedding-like matrix as f32. */
 void mat_row_f32(const mat *W, int r, float *out);

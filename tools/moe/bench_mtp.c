@@ -9,48 +9,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bench_experts.h"
 #include "cli.h"
 #include "generate.h"
 #include "json_util.h"
 #include "sampler.h"
 #include "tokenizer.h"
-
-/* ------------------------------------------------------------------ distinct experts per pass */
-
-typedef struct {
-    int n_main_layers, E;
-    unsigned long *last_call;    /* [L] pass id of the set being collected */
-    unsigned char *seen;         /* [L, E] experts of that pass */
-    int *count;                  /* [L] distinct experts so far in that pass */
-    int *tokens;                 /* [L] tokens routed in that pass */
-    double sum_distinct[2];      /* finished passes: [single-token, two-token] */
-    long n_passes[2];
-    const moe_model *m;
-} expert_counter;
-
-static void counter_close(expert_counter *c, int l) {
-    if (c->tokens[l] == 1 || c->tokens[l] == 2) {
-        c->sum_distinct[c->tokens[l] - 1] += c->count[l];
-        c->n_passes[c->tokens[l] - 1]++;
-    }
-    memset(c->seen + (size_t)l * c->E, 0, (size_t)c->E);
-    c->count[l] = c->tokens[l] = 0;
-}
-
-static void count_route(void *ctx, int layer, int pos, const route_decision *d) {
-    (void)pos;
-    expert_counter *c = ctx;
-    if (layer >= c->n_main_layers) return;            /* the MTP block's own routing is not a main pass */
-    if (c->last_call[layer] != c->m->n_forward_calls) {
-        counter_close(c, layer);
-        c->last_call[layer] = c->m->n_forward_calls;
-    }
-    c->tokens[layer]++;
-    for (int j = 0; j < d->k; j++) {
-        unsigned char *s = c->seen + (size_t)layer * c->E + d->ids[j];
-        if (!*s) { *s = 1; c->count[layer]++; }
-    }
-}
 
 /* ------------------------------------------------------------------ prompts */
 
@@ -68,9 +32,9 @@ static int prompts_from_text(const char *model_dir, const char *file, int **ids,
 
 /* ------------------------------------------------------------------ one decode */
 
-static int decode(moe_model *m, const int *prompt, int n_prompt, int n_gen, int mtp, generator *g, sampler *s,
-                  int *out_ids, double *tps, moe_error *err) {
-    if (generator_init(g, m, NULL, s, err)) return MOE_FAIL;
+static int decode(const moe_model *m, moe_ctx *c, moe_kv *kv, const int *prompt, int n_prompt, int n_gen, int mtp,
+                  generator *g, sampler *s, int *out_ids, double *tps, moe_error *err) {
+    if (generator_init(g, m, c, kv, 0, NULL, s, err)) return MOE_FAIL;
     g->eos_id = -1;                                   /* always n_gen tokens */
     int rc = (mtp && generator_enable_mtp(g, NULL, err)) || generator_prompt(g, prompt, n_prompt, err) ||
                      generator_run(g, n_gen, NULL, NULL, err)
@@ -87,7 +51,7 @@ static int decode(moe_model *m, const int *prompt, int n_prompt, int n_gen, int 
 
 /* ------------------------------------------------------------------ the arm */
 
-int mtp_arm_run(moe_model *m, const char *model_dir, const char *text_file, int n_prompt, int n_gen, int reps,
+int mtp_arm_run(const moe_model *m, moe_ctx *ctx, moe_kv *kv, const char *model_dir, const char *text_file, int n_prompt, int n_gen, int reps,
                 uint64_t seed, mtp_arm *r, moe_error *err) {
     memset(r, 0, sizeof *r);
     r->reps = reps;
@@ -95,7 +59,7 @@ int mtp_arm_run(moe_model *m, const char *model_dir, const char *text_file, int 
     r->n_prompt = n_prompt;
     r->prompt_source = text_file ? text_file : "random tokens";
     if (m->cfg.num_nextn_predict_layers < 1) return moe_error_set(err, "--mtp: this checkpoint has no MTP module");
-    if (n_prompt + n_gen + 2 > m->s.S) return moe_error_set(err, "--mtp: context too small");
+    if (n_prompt + n_gen + 2 > kv->S) return moe_error_set(err, "--mtp: context too small");
     int *text_ids = NULL, n_text = 0;
     if (text_file) {
         if (prompts_from_text(model_dir, text_file, &text_ids, &n_text, err)) return MOE_FAIL;
@@ -104,9 +68,8 @@ int mtp_arm_run(moe_model *m, const char *model_dir, const char *text_file, int 
             return moe_error_set(err, "%s: %d tokens, fewer than one %d-token prompt", text_file, n_text, n_prompt);
         }
     }
-    int L = m->cfg.num_hidden_layers, E = m->cfg.n_routed_experts > 0 ? m->cfg.n_routed_experts : 1;
-    expert_counter cnt = { L, E, calloc((size_t)L, sizeof(unsigned long)), calloc((size_t)L * E, 1),
-                           calloc((size_t)L, sizeof(int)), calloc((size_t)L, sizeof(int)), {0, 0}, {0, 0}, m };
+    expert_counter cnt;
+    if (expert_counter_init(&cnt, m, ctx, err)) { free(text_ids); return MOE_FAIL; }
     r->plain_ts = calloc((size_t)reps, sizeof(double));
     r->mtp_ts = calloc((size_t)reps, sizeof(double));
     int *prompt = malloc(sizeof(int) * (size_t)n_prompt);
@@ -114,15 +77,15 @@ int mtp_arm_run(moe_model *m, const char *model_dir, const char *text_file, int 
     int rc = MOE_FAIL;
     sampler smp = {0};
     sampler_params greedy = { .temperature = 0.0f, .top_p = 1.0f };
-    route_observer saved = m->on_route;
-    void *saved_ctx = m->on_route_ctx;
-    if (!cnt.last_call || !cnt.seen || !cnt.count || !cnt.tokens || !r->plain_ts || !r->mtp_ts || !prompt || !out_plain ||
+    route_observer saved = ctx->on_route;
+    void *saved_ctx = ctx->on_route_ctx;
+    if (!r->plain_ts || !r->mtp_ts || !prompt || !out_plain ||
         !out_mtp || sampler_init(&smp, m->cfg.vocab_size, &greedy, err)) {
         if (!err->msg[0]) moe_error_set(err, "out of memory");
         goto done;
     }
-    m->on_route = count_route;
-    m->on_route_ctx = &cnt;
+    ctx->on_route = expert_counter_observe;
+    ctx->on_route_ctx = &cnt;
     uint64_t st = seed * 0x9E3779B97F4A7C15ull + 1;
     for (int rep = 0; rep < reps; rep++) {
         if (text_ids) {
@@ -139,25 +102,25 @@ int mtp_arm_run(moe_model *m, const char *model_dir, const char *text_file, int 
             double tps = 0;
             int *out = arm ? out_mtp : out_plain;
             /* pass counting: close open sets so each arm's passes stay its own */
-            for (int l = 0; l < L; l++) counter_close(&cnt, l);
-            double before[2] = {cnt.sum_distinct[0], cnt.sum_distinct[1]};
-            long before_n[2] = {cnt.n_passes[0], cnt.n_passes[1]};
-            int drc = decode(m, prompt, n_prompt, n_gen, arm, &g, &smp, out, &tps, err);
-            for (int l = 0; l < L; l++) counter_close(&cnt, l);
+            expert_counter_close(&cnt);
+            double before[2] = {cnt.sum_distinct[1], cnt.sum_distinct[2]};
+            long before_n[2] = {cnt.n_sets[1], cnt.n_sets[2]};
+            int drc = decode(m, ctx, kv, prompt, n_prompt, n_gen, arm, &g, &smp, out, &tps, err);
+            expert_counter_close(&cnt);
             if (drc) { generator_free(&g); goto done; }
             if (arm == 0) {
                 r->plain_ts[rep] = tps;
                 /* plain decoding: only its single-token passes count */
-                cnt.sum_distinct[1] = before[1];
-                cnt.n_passes[1] = before_n[1];
+                cnt.sum_distinct[2] = before[1];
+                cnt.n_sets[2] = before_n[1];
             } else {
                 r->mtp_ts[rep] = tps;
                 r->drafted += g.n_drafted;
                 r->accepted += g.n_accepted;
                 r->steps += g.n_steps;
                 r->generated += g.n_generated;
-                cnt.sum_distinct[0] = before[0];   /* in the MTP arm only verification passes count */
-                cnt.n_passes[0] = before_n[0];
+                cnt.sum_distinct[1] = before[0];   /* in the MTP arm only verification passes count */
+                cnt.n_sets[1] = before_n[0];
                 int fed_plain = n_gen - 1, fed_mtp = g.n_history - n_prompt;
                 int same = fed_mtp >= fed_plain && !memcmp(out_plain, out_mtp, sizeof(int) * (size_t)fed_plain);
                 if (!same) r->mismatches++;
@@ -167,14 +130,14 @@ int mtp_arm_run(moe_model *m, const char *model_dir, const char *text_file, int 
         fprintf(stderr, "\rmtp rep %d/%d: plain %.1f t/s, mtp %.1f t/s   ", rep + 1, reps, r->plain_ts[rep], r->mtp_ts[rep]);
     }
     fprintf(stderr, "\r%60s\r", "");
-    r->experts_plain = cnt.n_passes[0] ? cnt.sum_distinct[0] / (double)cnt.n_passes[0] : 0;   /* per layer */
-    r->experts_verify = cnt.n_passes[1] ? cnt.sum_distinct[1] / (double)cnt.n_passes[1] : 0;
+    r->experts_plain = expert_counter_mean(&cnt, 1);   /* per layer */
+    r->experts_verify = expert_counter_mean(&cnt, 2);
     rc = MOE_OK;
 done:
-    m->on_route = saved;
-    m->on_route_ctx = saved_ctx;
+    ctx->on_route = saved;
+    ctx->on_route_ctx = saved_ctx;
     sampler_free(&smp);
-    free(cnt.last_call); free(cnt.seen); free(cnt.count); free(cnt.tokens);
+    expert_counter_free(&cnt);
     free(prompt); free(out_plain); free(out_mtp); free(text_ids);
     return rc;
 }

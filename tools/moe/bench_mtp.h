@@ -23,7 +23,7 @@ typedef struct {
 /* Runs `reps` rounds, alternating plain and MTP greedy decoding of n_gen tokens after
  * n_prompt-token prompts: windows of text_file (tokenized with the model dir's
  * tokenizer) or, when text_file is NULL, random tokens from `seed`. */
-int mtp_arm_run(moe_model *m, const char *model_dir, const char *text_file, int n_prompt, int n_gen, int reps,
+int mtp_arm_run(const moe_model *m, moe_ctx *ctx, moe_kv *kv, const char *model_dir, const char *text_file, int n_prompt, int n_gen, int reps,
                 uint64_t seed, mtp_arm *out, moe_error *err);
 void mtp_arm_print(FILE *f, const mtp_arm *r);
 json_t *mtp_arm_json(const mtp_arm *r);

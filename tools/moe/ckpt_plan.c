@@ -82,7 +82,8 @@ typedef struct {
     int fail;
 } builder;
 
-static ckpt_tensor *add(builder *b, const char *name, int64_t rows, int64_t cols, int ndim, ckpt_init init) {
+/* A tensor of `role` (layer, expert), named and shaped by the Hugging Face layout. */
+static ckpt_tensor *add(builder *b, tensor_role role, int layer, int expert, ckpt_init init) {
     ckpt_plan *p = b->p;
     if (b->fail) return NULL;
     if (p->n == p->cap) {
@@ -94,68 +95,60 @@ static ckpt_tensor *add(builder *b, const char *name, int64_t rows, int64_t cols
     }
     ckpt_tensor *t = &p->t[p->n++];
     memset(t, 0, sizeof *t);
-    snprintf(t->name, sizeof t->name, "%s", name);
-    t->rows = rows; t->cols = cols; t->ndim = ndim; t->init = init; t->gain = 1.0f;
-    t->seed_key = ckpt_name_hash(name);
-    t->use = ndim == 1 ? USE_VECTOR : USE_ALWAYS;
+    layout_name(&LAYOUT_HF, role, layer, expert, t->name, sizeof t->name);
+    int64_t rows, cols;
+    layout_shape(b->c, role, &rows, &cols);
+    t->role = role;
+    t->ndim = cols ? 2 : 1;
+    t->rows = cols ? rows : 1;
+    t->cols = cols ? cols : rows;
+    t->init = init; t->gain = 1.0f;
+    t->seed_key = ckpt_name_hash(t->name);
+    t->use = t->ndim == 1 ? USE_VECTOR : USE_ALWAYS;
     t->expert_layer = -1;
     return t;
 }
 
-static void vec(builder *b, const char *name, int64_t n, ckpt_init init) { add(b, name, 1, n, 1, init); }
+static void vec(builder *b, tensor_role role, int layer, ckpt_init init) { add(b, role, layer, 0, init); }
 
-static ckpt_tensor *lin(builder *b, const char *name, int64_t out_f, int64_t in_f, float gain) {
-    ckpt_tensor *t = add(b, name, out_f, in_f, 2, INIT_LINEAR);
+static ckpt_tensor *lin(builder *b, tensor_role role, int layer, int expert, float gain) {
+    ckpt_tensor *t = add(b, role, layer, expert, INIT_LINEAR);
     if (t) { t->gain = gain; t->projection = 1; }
     return t;
 }
 
-static void mlp(builder *b, const char *prefix, int64_t width, int expert_layer) {
-    char n[160];
-    int64_t H = b->c->hidden_size;
-    static const char *parts[3] = {"gate_proj.weight", "up_proj.weight", "down_proj.weight"};
+/* gate, up, down: roles first .. first + 2 */
+static void mlp(builder *b, tensor_role first, int layer, int expert, int expert_layer) {
     for (int k = 0; k < 3; k++) {
-        snprintf(n, sizeof n, "%s%s", prefix, parts[k]);
-        ckpt_tensor *t = k < 2 ? lin(b, n, width, H, 1.0f) : lin(b, n, H, width, 0.5f);
+        ckpt_tensor *t = lin(b, first + k, layer, expert, k < 2 ? 1.0f : 0.5f);
         if (t && expert_layer >= 0) { t->use = USE_EXPERT; t->expert_layer = expert_layer; }
     }
 }
 
 static void decoder(builder *b, int i, int moe) {
     const moe_config *c = b->c;
-    int64_t H = c->hidden_size, nh = c->num_attention_heads, dn = c->qk_nope_head_dim, dr = c->qk_rope_head_dim;
-    int64_t dv = c->v_head_dim, rq = c->q_lora_rank, R = c->kv_lora_rank;
-    char p[64], n[160];
-    snprintf(p, sizeof p, "model.layers.%d.", i);
-#define NAME(s) (snprintf(n, sizeof n, "%s%s", p, s), n)
-    if (rq == 0) {
-        lin(b, NAME("self_attn.q_proj.weight"), nh * (dn + dr), H, 1.0f);
+    if (c->q_lora_rank == 0) {
+        lin(b, T_Q, i, 0, 1.0f);
     } else {
-        lin(b, NAME("self_attn.q_a_proj.weight"), rq, H, 1.0f);
-        vec(b, NAME("self_attn.q_a_layernorm.weight"), rq, INIT_NORM);
-        lin(b, NAME("self_attn.q_b_proj.weight"), nh * (dn + dr), rq, 1.0f);
+        lin(b, T_Q_A, i, 0, 1.0f);
+        vec(b, T_Q_A_NORM, i, INIT_NORM);
+        lin(b, T_Q_B, i, 0, 1.0f);
     }
-    lin(b, NAME("self_attn.kv_a_proj_with_mqa.weight"), R + dr, H, 1.0f);
-    vec(b, NAME("self_attn.kv_a_layernorm.weight"), R, INIT_NORM);
-    lin(b, NAME("self_attn.kv_b_proj.weight"), nh * (dn + dv), R, 1.0f);
-    lin(b, NAME("self_attn.o_proj.weight"), H, nh * dv, 0.5f);
+    lin(b, T_KV_A, i, 0, 1.0f);
+    vec(b, T_KV_A_NORM, i, INIT_NORM);
+    lin(b, T_KV_B, i, 0, 1.0f);
+    lin(b, T_O, i, 0, 0.5f);
     if (moe) {
-        int64_t E = c->n_routed_experts;
-        ckpt_tensor *g = lin(b, NAME("mlp.gate.weight"), E, H, 1.0f);
+        ckpt_tensor *g = lin(b, T_ROUTER, i, 0, 1.0f);
         if (g) g->projection = 0;     /* the router stays BF16 in FP8 checkpoints */
-        if (c->topk_method == TOPK_NOAUX_TC) vec(b, NAME("mlp.gate.e_score_correction_bias"), E, INIT_BIAS);
-        for (int e = 0; e < E; e++) {
-            char ep[96];
-            snprintf(ep, sizeof ep, "%smlp.experts.%d.", p, e);
-            mlp(b, ep, c->moe_intermediate_size, i);
-        }
-        if (c->n_shared_experts) mlp(b, NAME("mlp.shared_experts."), (int64_t)c->moe_intermediate_size * c->n_shared_experts, -1);
+        if (c->topk_method == TOPK_NOAUX_TC) vec(b, T_ROUTER_BIAS, i, INIT_BIAS);
+        for (int e = 0; e < c->n_routed_experts; e++) mlp(b, T_EXPERT_GATE, i, e, i);
+        if (c->n_shared_experts) mlp(b, T_SHARED_GATE, i, 0, -1);
     } else {
-        mlp(b, NAME("mlp."), c->intermediate_size, -1);
+        mlp(b, T_DENSE_GATE, i, 0, -1);
     }
-    vec(b, NAME("input_layernorm.weight"), H, INIT_NORM);
-    vec(b, NAME("post_attention_layernorm.weight"), H, INIT_NORM);
-#undef NAME
+    vec(b, T_INPUT_NORM, i, INIT_NORM);
+    vec(b, T_POST_NORM, i, INIT_NORM);
 }
 
 /* Marks every tensor from index `from` as used only by the MTP head. */
@@ -166,35 +159,30 @@ static void mark_mtp(builder *b, int from) {
 int ckpt_plan_build(ckpt_plan *p, const moe_config *c, moe_error *err) {
     memset(p, 0, sizeof *p);
     builder b = { p, c, err, 0 };
-    int64_t V = c->vocab_size, H = c->hidden_size;
     int L = c->num_hidden_layers;
-    ckpt_tensor *t = add(&b, "model.embed_tokens.weight", V, H, 2, INIT_EMBED);
+    char embed[96], head[96];
+    layout_name(&LAYOUT_HF, T_EMBED, 0, 0, embed, sizeof embed);
+    layout_name(&LAYOUT_HF, T_LM_HEAD, 0, 0, head, sizeof head);
+    ckpt_tensor *t = add(&b, T_EMBED, 0, 0, INIT_EMBED);
     if (t) t->use = USE_ROW;
     for (int i = 0; i < L; i++) decoder(&b, i, config_layer_is_moe(c, i));
-    vec(&b, "model.norm.weight", H, INIT_NORM);
-    if (!c->tie_word_embeddings) lin(&b, "lm_head.weight", V, H, 1.0f);
+    vec(&b, T_FINAL_NORM, 0, INIT_NORM);
+    if (!c->tie_word_embeddings) lin(&b, T_LM_HEAD, 0, 0, 1.0f);
     if (b.fail) { ckpt_plan_free(p); return MOE_FAIL; }
-    /* the head is not a projection for FP8 / q8 purposes */
+    /* the head is not a projection for FP8 purposes */
     if (!c->tie_word_embeddings) p->t[p->n - 1].projection = 0;
     for (int k = 0; k < c->num_nextn_predict_layers; k++) {
         int i = L + k, from = p->n;
-        char n[160];
-        snprintf(n, sizeof n, "model.layers.%d.embed_tokens.weight", i);
-        if ((t = add(&b, n, V, H, 2, INIT_EMBED))) t->seed_key = ckpt_name_hash("model.embed_tokens.weight");
-        snprintf(n, sizeof n, "model.layers.%d.enorm.weight", i);
-        vec(&b, n, H, INIT_NORM);
-        snprintf(n, sizeof n, "model.layers.%d.hnorm.weight", i);
-        vec(&b, n, H, INIT_NORM);
-        snprintf(n, sizeof n, "model.layers.%d.eh_proj.weight", i);
-        if ((t = lin(&b, n, H, 2 * H, 1.0f))) t->projection = 0;   /* BF16 in the release */
+        if ((t = add(&b, T_MTP_EMBED, i, 0, INIT_EMBED))) t->seed_key = ckpt_name_hash(embed);
+        vec(&b, T_MTP_ENORM, i, INIT_NORM);
+        vec(&b, T_MTP_HNORM, i, INIT_NORM);
+        if ((t = lin(&b, T_MTP_EH_PROJ, i, 0, 1.0f))) t->projection = 0;   /* BF16 in the release */
         decoder(&b, i, 1);
-        snprintf(n, sizeof n, "model.layers.%d.shared_head.norm.weight", i);
-        vec(&b, n, H, INIT_NORM);
-        snprintf(n, sizeof n, "model.layers.%d.shared_head.head.weight", i);
-        if ((t = lin(&b, n, V, H, 1.0f))) {
+        vec(&b, T_MTP_HEAD_NORM, i, INIT_NORM);
+        if ((t = lin(&b, T_MTP_HEAD, i, 0, 1.0f))) {
             t->projection = 0;
-            if (c->tie_word_embeddings) { t->init = INIT_EMBED; t->seed_key = ckpt_name_hash("model.embed_tokens.weight"); }
-            else t->seed_key = ckpt_name_hash("lm_head.weight");
+            if (c->tie_word_embeddings) { t->init = INIT_EMBED; t->seed_key = ckpt_name_hash(embed); }
+            else t->seed_key = ckpt_name_hash(head);
         }
         if (b.fail) { ckpt_plan_free(p); return MOE_FAIL; }
         mark_mtp(&b, from);

@@ -1,6 +1,6 @@
 /* ckpt_plan.h - named model shapes and the tensor plan of a DeepSeek-V3-family
  * checkpoint: every Hugging Face tensor name, its shape and how mkckpt fills it,
- * in the order of ../shared/reference/mkckpt.py tensor_plan(). Also the memory
+ * in the order of tools/reference/mkckpt.py tensor_plan(). Also the memory
  * arithmetic of `moe mkckpt --plan` (parameters, bytes per format, bytes read
  * per decoded token, KV cache per token).
  *
@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "config.h"
+#include "layout.h"
 
 /* ---------------------------------------------------------------- shapes */
 
@@ -40,6 +41,7 @@ typedef enum {
 
 typedef struct {
     char name[96];
+    tensor_role role;         /* what it is (engine/io/layout.h): its name, shape and kind come from there */
     int64_t rows, cols;       /* 1-D tensors: rows = 1, ndim = 1 */
     int ndim;
     ckpt_init init;

@@ -83,25 +83,28 @@ static void load_progress(void *ctx, int done, int total) {
     if (done >= total) { fprintf(stderr, "\n"); c->shown = 2; }
 }
 
-int cli_load_model(moe_model *m, const char *dir, const model_options *opt, const char *cmd, int quiet) {
+int cli_load_engine(moe_session *e, const char *dir, const model_options *opt, int n_slots, const char *cmd, int quiet) {
     moe_error err = {{0}};
     double t0 = cli_now();
     load_clock clock = { t0, 0 };
     model_options o = *opt;
+    moe_model *m = &e->m;
     if (!quiet && !o.progress) { o.progress = load_progress; o.progress_ctx = &clock; }
-    if (model_load(m, dir, &o, &err)) {
+    if (session_open(e, dir, &o, n_slots, &err)) {
         fprintf(stderr, "moe %s: %s\n", cmd, err.msg);
         return MOE_FAIL;
     }
     if (!quiet) {
         const moe_config *c = &m->cfg;
+        char slots[32];
+        snprintf(slots, sizeof slots, "%d slots x ", n_slots);
         fprintf(stderr,
                 "model %s: %s, %d layers (+%d MTP), H=%d, %d heads, E=%d top-%d, V=%d | weights %s: %.1f MiB mapped, "
-                "%.1f MiB converted | KV cache %d tokens x %zu B = %.1f MiB | kernels %s | load %.2f s\n",
+                "%.1f MiB converted | KV cache %s%d tokens x %zu B = %.1f MiB | kernels %s | load %.2f s\n",
                 dir, c->model_type, c->num_hidden_layers, c->num_nextn_predict_layers, c->hidden_size,
                 c->num_attention_heads, c->n_routed_experts, m->K, c->vocab_size, weights_dtype_name(o.dtype),
-                m->w.bytes_mapped / 1048576.0, m->w.bytes_converted / 1048576.0, m->s.S,
-                model_kv_bytes_per_token(m), m->s.kv_cache_bytes / 1048576.0, cpu_kernel_name(), cli_now() - t0);
+                m->w.bytes_mapped / 1048576.0, m->w.bytes_converted / 1048576.0, n_slots > 1 ? slots : "", e->kv.S,
+                kv_bytes_per_token(&e->kv), e->kv.bytes / 1048576.0, cpu_kernel_name(), cli_now() - t0);
     }
     if (o.numa != NUMA_OFF) {   /* even when quiet: the user asked for placement */
         char line[2048];

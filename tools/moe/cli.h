@@ -5,7 +5,7 @@
 
 #include <stdio.h>
 
-#include "model.h"
+#include "session.h"
 
 /* Parses "5,17,300" into a malloc'ed array; returns count, or -1 with a message in err. */
 int cli_parse_ids(const char *s, int **out, moe_error *err);
@@ -16,9 +16,11 @@ const char *cli_value(int argc, char **argv, int *i, const char *cmd);
 /* Parses an integer option value in [lo, hi]; prints an error naming opt and returns 0 on failure. */
 int cli_int(const char *s, long lo, long hi, const char *cmd, const char *opt, long *out);
 
-/* Loads a model with a progress line on stderr for long loads, then prints one
- * summary line (shape, dtype, resident bytes, KV cache). Returns MOE_OK or prints the error. */
-int cli_load_model(moe_model *m, const char *dir, const model_options *opt, const char *cmd, int quiet);
+
+/* Loads a model with a progress line on stderr for long loads, makes its context and a
+ * KV cache of n_slots slots, then prints one summary line (shape, dtype, resident bytes,
+ * KV cache). Returns MOE_OK or prints the error. */
+int cli_load_engine(moe_session *e, const char *dir, const model_options *opt, int n_slots, const char *cmd, int quiet);
 
 /* The input as token ids, from exactly one of: ids ("5,17,300", used as given), prompt
  * text, or a text file. Text is encoded with DIR's tokenizer.json, BOS first when the

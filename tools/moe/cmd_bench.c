@@ -27,6 +27,8 @@
  *   GB/s      bytes/tok x median tg t/s; "bw%" divides by the memory read bandwidth for
  *             that thread count: measured beside every repetition (--membw with -m),
  *             given (--bw), or the defaults 32.9 GB/s (1 thread) / 51.9 GB/s (2+)
+ *   seqs      (--seqs) B sequences, each prefilled with --tg-prompt random tokens, then -n passes
+ *             of B tokens, one per sequence, each fed its own argmax (tools/moe/bench_seqs.c)
  *   membw     STREAM-like read: sum of a 1 GiB array (--membw-mib) of u64 (AVX2 adds when the
  *             CPU has them), the threads summing disjoint slices. Alone: median of 9
  *             sweeps on 1 and on all threads. With -m: 3 sweeps on the run's own pool
@@ -44,6 +46,7 @@
 #include <sys/resource.h>
 
 #include "bench_mtp.h"
+#include "bench_seqs.h"
 #include "blas.h"
 #include "cli.h"
 #include "commands.h"
@@ -84,6 +87,9 @@ static void usage(FILE *f) {
             "  --mtp               add the MTP arm: greedy decode with and without self-speculation (-n tokens,\n"
             "                      --tg-prompt prompt tokens, -r reps), acceptance, experts read per step\n"
             "  --mtp-text FILE     take the MTP arm's prompts from FILE (tokenized with DIR's tokenizer)\n"
+            "  --seqs B1,B2,...    instead of pp/tg: B independent sequences decoded together, one token of\n"
+            "                      each per pass (llama.cpp batched-bench -npl): aggregate and per-sequence\n"
+            "                      t/s, distinct experts per layer per pass (-n passes after --tg-prompt tokens)\n"
             "  --seed S            random tokens (default 42)\n"
             "  -h, --help\n");
 }
@@ -217,6 +223,23 @@ static double bytes_per_token(const moe_model *m) {
     return b + 4.0 * H + mat_bytes(&m->w.lm_head);
 }
 
+/* The decode pass's weight bytes split for --seqs: the routed experts apart (one expert of
+ * one MoE layer, their mean), everything else read once per pass. */
+static seqs_bytes pass_bytes(const moe_model *m) {
+    seqs_bytes sb = { bytes_per_token(m), 0, 0 };
+    const moe_config *c = &m->cfg;
+    double experts = 0;
+    for (int i = 0; i < c->num_hidden_layers; i++) {
+        const layer_weights *lw = &m->w.layers[i];
+        if (!lw->is_moe) continue;
+        sb.n_moe++;
+        for (int e = 0; e < c->n_routed_experts; e++) experts += mlp_bytes(&lw->experts[e]);
+    }
+    if (sb.n_moe) sb.per_expert = experts / ((double)sb.n_moe * c->n_routed_experts);
+    sb.fixed -= sb.per_expert * sb.n_moe * m->K;
+    return sb;
+}
+
 /* Parameters in the checkpoint (FP8 scales not counted). */
 static double param_count(const moe_model *m) {
     double n = 0;
@@ -312,38 +335,40 @@ static double cpu_now(void) {
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-static double run_pp(moe_model *m, int n_prompt, float *logits, uint64_t *seed, model_profile *prof, double *cpu_s,
+static double run_pp(moe_session *e, int n_prompt, float *logits, uint64_t *seed, model_profile *prof, double *cpu_s,
                      moe_error *err) {
+    const moe_model *m = &e->m;
     int *toks = malloc(sizeof(int) * (size_t)n_prompt);
     if (!toks) { moe_error_set(err, "out of memory"); return -1; }
     random_tokens(toks, n_prompt, m->cfg.vocab_size, seed);
-    m->prof = prof;
+    e->c.prof = prof;
     double t0 = cli_now(), c0 = cpu_now();
-    int rc = model_forward(m, toks, n_prompt, 0, logits, 0, NULL, err);
+    int rc = model_forward_seq(m, &e->c, &e->kv, 0, toks, n_prompt, 0, logits, 0, NULL, err);
     double dt = cli_now() - t0;
     *cpu_s = cpu_now() - c0;
-    m->prof = NULL;
+    e->c.prof = NULL;
     free(toks);
     return rc ? -1 : n_prompt / dt;
 }
 
 /* One decode run: untimed prompt, then n_gen timed single-token steps. */
-static double run_tg(moe_model *m, int n_prompt, int n_gen, float *logits, uint64_t *seed, model_profile *prof,
+static double run_tg(moe_session *e, int n_prompt, int n_gen, float *logits, uint64_t *seed, model_profile *prof,
                      double *argmax_ns, double *cpu_s, moe_error *err) {
+    const moe_model *m = &e->m;
     int toks[256];
     if (n_prompt > 256) n_prompt = 256;
     random_tokens(toks, n_prompt, m->cfg.vocab_size, seed);
-    if (model_forward(m, toks, n_prompt, 0, logits, 0, NULL, err)) return -1;
+    if (model_forward_seq(m, &e->c, &e->kv, 0, toks, n_prompt, 0, logits, 0, NULL, err)) return -1;
     int next = sampler_argmax(logits, m->cfg.vocab_size);
     double busy = 0;
     *cpu_s = 0;
     for (int i = 0; i < n_gen; i++) {
-        m->prof = prof;
+        e->c.prof = prof;
         double t0 = cli_now(), c0 = cpu_now();
-        int rc = model_forward(m, &next, 1, n_prompt + i, logits, 0, NULL, err);
+        int rc = model_forward_seq(m, &e->c, &e->kv, 0, &next, 1, n_prompt + i, logits, 0, NULL, err);
         double t1 = cli_now();
         *cpu_s += cpu_now() - c0;
-        m->prof = NULL;
+        e->c.prof = NULL;
         if (rc) return -1;
         busy += t1 - t0;
         next = sampler_argmax(logits, m->cfg.vocab_size);
@@ -489,8 +514,11 @@ int cmd_bench(int argc, char **argv) {
     const char *dir = NULL, *threads_arg = NULL;
     long n_prompt = 512, n_gen = 128, reps = 5, batch = 0, tg_prompt = 8, seed = 42, membw_mib = 1024;
     int json = 0, profile = 0, membw = 0, bw_given = 0, mtp = 0;
-    const char *mtp_text = NULL;
+    const char *mtp_text = NULL, *seqs_arg = NULL;
     mtp_arm mtp_result = {0};
+    seqs_arm seqs_result[MAX_THREAD_CONFIGS];
+    int seqs_b[SEQS_MAX_CONFIGS], n_seqs = 0, n_seqs_runs = 0;
+    memset(seqs_result, 0, sizeof seqs_result);
     double bw[2] = {32.9, 51.9};
     model_options opt = {0};
     for (int i = 1; i < argc; i++) {
@@ -537,6 +565,7 @@ int cmd_bench(int argc, char **argv) {
         else if (!strcmp(a, "--mtp")) mtp = 1;
         else if (!strcmp(a, "--mtp-text")) { if (!(mtp_text = cli_value(argc, argv, &i, "bench"))) return 2; mtp = 1; }
         else if (!strcmp(a, "--membw")) membw = 1;
+        else if (!strcmp(a, "--seqs")) { if (!(seqs_arg = cli_value(argc, argv, &i, "bench"))) return 2; }
         else {
             fprintf(stderr, "moe bench: unknown option '%s' (see moe bench --help)\n", a);
             return 2;
@@ -562,6 +591,27 @@ int cmd_bench(int argc, char **argv) {
         free(ids);
     } else {
         threads[n_cfg++] = threadpool_default_threads();
+    }
+    if (seqs_arg) {
+        int *ids = NULL;
+        moe_error e = {{0}};
+        int n = cli_parse_ids(seqs_arg, &ids, &e);
+        if (n < 1 || n > SEQS_MAX_CONFIGS) {
+            fprintf(stderr, "moe bench: --seqs wants 1 to %d sequence counts like 1,2,4,8,16 (%s)\n", SEQS_MAX_CONFIGS,
+                    n < 0 ? e.msg : "got none or too many");
+            free(ids);
+            return 2;
+        }
+        for (int k = 0; k < n; k++) {
+            if (ids[k] < 1 || ids[k] > EXPERTS_SEQS_MAX) {
+                fprintf(stderr, "moe bench: --seqs: sequence counts must be in [1, %d]\n", EXPERTS_SEQS_MAX);
+                free(ids);
+                return 2;
+            }
+            seqs_b[n_seqs++] = ids[k];
+        }
+        free(ids);
+        if (mtp) { fprintf(stderr, "moe bench: --seqs and --mtp are separate runs: give one of them\n"); return 2; }
     }
     FILE *tab = json ? stderr : stdout;
     report rp = { dir, "", "", "", "", 0, {bw[0], bw[1]}, bw_given ? "--bw" : "default (this machine kind; --membw measures)" };
@@ -595,7 +645,9 @@ int cmd_bench(int argc, char **argv) {
     opt.n_threads = max_t;
     opt.max_seq = (int)((n_prompt > tg_prompt + n_gen ? n_prompt : tg_prompt + n_gen) + 1 + (mtp ? 2 : 0));
     opt.batch_max = (int)(batch > 0 ? batch : n_prompt > 0 ? n_prompt : 64);
-    moe_model m;
+    for (int k = 0; k < n_seqs; k++)
+        if (seqs_b[k] > opt.batch_max) opt.batch_max = seqs_b[k];   /* one pass holds a token of every sequence */
+    moe_session e;
     if (mtp) {   /* before the long load */
         moe_config cfg;
         moe_error cerr = {{0}};
@@ -605,12 +657,12 @@ int cmd_bench(int argc, char **argv) {
             return 1;
         }
     }
-    if (cli_load_model(&m, dir, &opt, "bench", 0)) return 1;      /* stderr: fine with --json */
-    threadpool *own_pool = m.pool;
+    if (cli_load_engine(&e, dir, &opt, 1, "bench", 0)) return 1;      /* stderr: fine with --json */
+    threadpool *own_pool = e.c.pool;
     config_run runs[MAX_THREAD_CONFIGS];
     memset(runs, 0, sizeof runs);
     int rc = 1;
-    float *logits = malloc(sizeof(float) * (size_t)m.cfg.vocab_size);
+    float *logits = malloc(sizeof(float) * (size_t)e.m.cfg.vocab_size);
     if (!logits) { fprintf(stderr, "moe bench: out of memory\n"); goto done; }
     for (int k = 0; k < n_cfg; k++) {
         runs[k].threads = threads[k];
@@ -624,7 +676,7 @@ int cmd_bench(int argc, char **argv) {
             goto done;
         }
         if (threads[k] == max_t) runs[k].pool = own_pool;
-        else if (threads[k] > 1 && !(runs[k].pool = model_pool_create(&m, threads[k]))) {
+        else if (threads[k] > 1 && !(runs[k].pool = model_pool_create(&e.m, threads[k]))) {
             fprintf(stderr, "moe bench: cannot start %d threads\n", threads[k]);
             goto done;
         }
@@ -633,30 +685,30 @@ int cmd_bench(int argc, char **argv) {
     {
         const char *slash = strrchr(dir, '/');
         const char *base = slash && slash[1] ? slash + 1 : dir;
-        snprintf(rp.model, sizeof rp.model, "%s %s %s", m.cfg.model_type, base, mat_fmt_name(&m));
-        fmt_size(rp.size, sizeof rp.size, (double)(m.w.bytes_mapped + m.w.bytes_converted));
-        fmt_count(rp.params, sizeof rp.params, param_count(&m));
+        snprintf(rp.model, sizeof rp.model, "%s %s %s", e.m.cfg.model_type, base, mat_fmt_name(&e.m));
+        fmt_size(rp.size, sizeof rp.size, (double)(e.m.w.bytes_mapped + e.m.w.bytes_converted));
+        fmt_count(rp.params, sizeof rp.params, param_count(&e.m));
         snprintf(rp.backend, sizeof rp.backend, "CPU %s", cpu_kernel_name());
-        rp.bytes_tok = bytes_per_token(&m);
+        rp.bytes_tok = bytes_per_token(&e.m);
     }
     char load_start[64], load_end[64];
     loadavg(load_start, sizeof load_start);
     /* every page of the checkpoint in memory before anything is timed */
     {
-        double t0 = cli_now(), b = prefault(&m);
+        double t0 = cli_now(), b = prefault(&e.m);
         fprintf(stderr, "prefault: touched %.2f GB of mapped tensors in %.2f s\n", b / 1e9, cli_now() - t0);
     }
     /* warm-up, then reps alternating thread counts */
     uint64_t rs = (uint64_t)seed;
     moe_error err = {{0}};
-    for (int r = -1; r < reps; r++) {
+    for (int r = -1; r < reps && !n_seqs; r++) {   /* --seqs: its own runs instead (below) */
         for (int k = 0; k < n_cfg; k++) {
             config_run *c = &runs[k];
-            m.pool = c->pool;
+            e.c.pool = c->pool;
             int timed = r >= 0;
             if (n_prompt > 0) {
                 double cpu_s = 0;
-                double v = run_pp(&m, (int)n_prompt, logits, &rs, timed && profile ? &c->prof_pp : NULL, &cpu_s, &err);
+                double v = run_pp(&e, (int)n_prompt, logits, &rs, timed && profile ? &c->prof_pp : NULL, &cpu_s, &err);
                 if (v < 0) { fprintf(stderr, "moe bench: %s\n", err.msg); goto done; }
                 if (timed) {
                     c->pp[r] = v;
@@ -668,7 +720,7 @@ int cmd_bench(int argc, char **argv) {
                 double cpu_s = 0;
                 if (timed && c->bw) c->bw[r] = membw_sweeps(&membw_arr, c->pool, 3);
                 int steps = (int)(timed ? n_gen : (n_gen < 16 ? n_gen : 16));
-                double v = run_tg(&m, (int)tg_prompt, steps, logits, &rs,
+                double v = run_tg(&e, (int)tg_prompt, steps, logits, &rs,
                                   timed && profile ? &c->prof_tg : NULL, timed && profile ? &c->argmax_ns : NULL, &cpu_s, &err);
                 if (v < 0) { fprintf(stderr, "moe bench: %s\n", err.msg); goto done; }
                 if (timed) {
@@ -683,33 +735,50 @@ int cmd_bench(int argc, char **argv) {
         }
     }
     fprintf(stderr, "\r%70s\r", "");
-    m.pool = own_pool;
+    e.c.pool = own_pool;
     if (membw_arr.a) {   /* the report's figures: medians of what was measured beside the reps */
         for (int k = 0; k < n_cfg; k++) rp.bw[runs[k].threads > 1] = cli_median(runs[k].bw, (int)reps);
         rp.bw_source = "measured beside each repetition (--membw), median; bw % is the median of the per-rep fractions";
     }
     loadavg(load_end, sizeof load_end);
+    if (n_seqs) {   /* B sequences per pass, every thread count */
+        seqs_bytes sb = pass_bytes(&e.m);
+        for (int k = 0; k < n_cfg; k++) {
+            e.c.pool = runs[k].pool;
+            if (seqs_arm_run(&e.m, &e.c, seqs_b, n_seqs, (int)tg_prompt, (int)n_gen, (int)reps, (uint64_t)seed, &sb, profile,
+                             &seqs_result[n_seqs_runs++], &err)) {
+                fprintf(stderr, "moe bench: %s\n", err.msg);
+                goto done;
+            }
+        }
+        e.c.pool = own_pool;
+    }
     /* report */
-    print_table(tab, &rp, runs, n_cfg, (int)n_prompt, (int)n_gen, (int)reps);
-    size_t kv_tok = model_kv_bytes_per_token(&m);
-    int kv_floats = m.cfg.kv_lora_rank + m.cfg.qk_rope_head_dim;
+    if (!n_seqs) print_table(tab, &rp, runs, n_cfg, (int)n_prompt, (int)n_gen, (int)reps);
+    else {
+        fprintf(tab, "| model | size | params | backend |\n| --- | ---: | ---: | --- |\n| %s | %s | %s | %s |\n", rp.model,
+                rp.size, rp.params, rp.backend);
+        seqs_arm_print(tab, seqs_result, n_seqs_runs);
+    }
+    size_t kv_tok = kv_bytes_per_token(&e.kv);
+    int kv_floats = e.m.cfg.kv_lora_rank + e.m.cfg.qk_rope_head_dim;
     fprintf(tab, "\nweights read per decoded token: %.2f MB (attention + router + %d of %d experts + shared + dense + head)\n",
-            rp.bytes_tok / 1e6, m.K, m.cfg.n_routed_experts);
+            rp.bytes_tok / 1e6, e.m.K, e.m.cfg.n_routed_experts);
     fprintf(tab, "on-CPU t/s = tokens / (process CPU seconds / threads): the speed if the runs had not waited for the "
                  "CPU (load average %s at start, %s at end)\n", load_start, load_end);
     fprintf(tab, "memory bandwidth used for bw %%: %.1f GB/s (1 thread), %.1f GB/s (2+ threads): %s\n", rp.bw[0], rp.bw[1],
             rp.bw_source);
     fprintf(tab, "weights: %.1f MiB mapped from the checkpoint + %.1f MiB converted at load (--dtype %s); peak RSS %.1f MiB%s\n",
-            m.w.bytes_mapped / 1048576.0, m.w.bytes_converted / 1048576.0, weights_dtype_name(opt.dtype),
+            e.m.w.bytes_mapped / 1048576.0, e.m.w.bytes_converted / 1048576.0, weights_dtype_name(opt.dtype),
             peak_rss_bytes() / 1048576.0, membw_arr.a ? " (includes the --membw array, --membw-mib)" : "");
     fprintf(tab, "KV cache: %d floats (kv_lora_rank %d + rope %d) x %d layers x 4 B = %zu B per token; %d positions "
                  "allocated = %.2f MiB\n",
-            kv_floats, m.cfg.kv_lora_rank, m.cfg.qk_rope_head_dim, m.w.n_layers, kv_tok, m.s.S,
-            m.s.kv_cache_bytes / 1048576.0);
+            kv_floats, e.m.cfg.kv_lora_rank, e.m.cfg.qk_rope_head_dim, e.m.w.n_layers, kv_tok, e.kv.S,
+            e.kv.bytes / 1048576.0);
     fprintf(tab, "prefill attention products: %s\n", blas_name());
     if (profile) print_profile(tab, runs, n_cfg, (int)n_gen, (int)n_prompt);
     if (mtp) {
-        if (mtp_arm_run(&m, dir, mtp_text, (int)tg_prompt, (int)(n_gen > 1 ? n_gen : 2), (int)reps, (uint64_t)seed,
+        if (mtp_arm_run(&e.m, &e.c, &e.kv, dir, mtp_text, (int)tg_prompt, (int)(n_gen > 1 ? n_gen : 2), (int)reps, (uint64_t)seed,
                         &mtp_result, &err)) {
             fprintf(stderr, "moe bench: %s\n", err.msg);
             goto done;
@@ -729,9 +798,9 @@ int cmd_bench(int argc, char **argv) {
                 json_t *samples = json_array();
                 for (int r = 0; r < reps; r++) json_array_append_new(samples, json_real(v[r]));
                 json_t *o = json_pack("{s:s, s:s, s:s, s:I, s:I, s:s, s:s, s:i, s:s, s:i, s:i, s:f, s:f, s:f, s:o}",
-                                      "model", rp.model, "model_dir", dir, "model_type", m.cfg.model_type,
-                                      "model_size", (json_int_t)(m.w.bytes_mapped + m.w.bytes_converted),
-                                      "model_n_params", (json_int_t)param_count(&m), "backend", rp.backend, "dtype",
+                                      "model", rp.model, "model_dir", dir, "model_type", e.m.cfg.model_type,
+                                      "model_size", (json_int_t)(e.m.w.bytes_mapped + e.m.w.bytes_converted),
+                                      "model_n_params", (json_int_t)param_count(&e.m), "backend", rp.backend, "dtype",
                                       weights_dtype_name(opt.dtype), "n_threads", c->threads, "test", test, "n_prompt",
                                       which == 0 ? n_tok : (int)tg_prompt, "n_gen", which == 0 ? 0 : n_tok, "avg_ts",
                                       mean_of(v, (int)reps), "stddev_ts", sd_of(v, (int)reps), "median_ts",
@@ -761,14 +830,19 @@ int cmd_bench(int argc, char **argv) {
                 json_object_set_new(o, "loadavg_start", json_string(load_start));
                 json_object_set_new(o, "loadavg_end", json_string(load_end));
                 json_object_set_new(o, "peak_rss", json_integer((json_int_t)peak_rss_bytes()));
-                json_object_set_new(o, "weights_mapped", json_integer((json_int_t)m.w.bytes_mapped));
-                json_object_set_new(o, "weights_converted", json_integer((json_int_t)m.w.bytes_converted));
+                json_object_set_new(o, "weights_mapped", json_integer((json_int_t)e.m.w.bytes_mapped));
+                json_object_set_new(o, "weights_converted", json_integer((json_int_t)e.m.w.bytes_converted));
                 json_object_set_new(o, "kv_bytes_per_token", json_integer((json_int_t)kv_tok));
-                json_object_set_new(o, "kv_cache_bytes", json_integer((json_int_t)m.s.kv_cache_bytes));
+                json_object_set_new(o, "kv_cache_bytes", json_integer((json_int_t)e.kv.bytes));
                 json_array_append_new(arr, o);
             }
         }
         if (mtp) json_array_append_new(arr, mtp_arm_json(&mtp_result));
+        for (int k = 0; k < n_seqs_runs; k++) {
+            json_t *sj = seqs_arm_json(&seqs_result[k]);
+            json_array_extend(arr, sj);
+            json_decref(sj);
+        }
         char *s = json_dumps(arr, JSON_INDENT(2) | JSON_REAL_PRECISION(8));
         printf("%s\n", s);
         free(s);
@@ -776,7 +850,7 @@ int cmd_bench(int argc, char **argv) {
     }
     rc = 0;
 done:
-    m.pool = own_pool;
+    e.c.pool = own_pool;
     for (int k = 0; k < n_cfg; k++) {
         if (runs[k].pool && runs[k].pool != own_pool) threadpool_free(runs[k].pool);
         free(runs[k].pp);
@@ -788,6 +862,7 @@ done:
     free((void *)membw_arr.a);
     free(logits);
     mtp_arm_free(&mtp_result);
-    model_free(&m);
+    for (int k = 0; k < n_seqs_runs; k++) seqs_arm_free(&seqs_result[k]);
+    session_close(&e);
     return rc;
 }

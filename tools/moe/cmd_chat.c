@@ -94,7 +94,7 @@ int cmd_chat(int argc, char **argv) {
 
     moe_error err = {{0}};
     tokenizer *tok = NULL;
-    moe_model m;
+    moe_session e;
     int have_model = 0, rc = 1, interactive = isatty(0);
     sampler smp = {0};
     generator g = {0};
@@ -108,9 +108,9 @@ int cmd_chat(int argc, char **argv) {
                       tokenizer_config_path(tok)[0] ? tokenizer_config_path(tok) : o.model_dir);
         goto fail;
     }
-    if (cli_load_model(&m, o.model_dir, &o.model, "chat", !o.verbose)) goto done;
+    if (cli_load_engine(&e, o.model_dir, &o.model, 1, "chat", !o.verbose)) goto done;
     have_model = 1;
-    if (sampler_init(&smp, m.cfg.vocab_size, &o.sampling, &err) || generator_init(&g, &m, tok, &smp, &err)) goto fail;
+    if (sampler_init(&smp, e.m.cfg.vocab_size, &o.sampling, &err) || generator_init(&g, &e.m, &e.c, &e.kv, 0, tok, &smp, &err)) goto fail;
     if (mtp) {
         size_t extra;
         if (generator_enable_mtp(&g, &extra, &err)) goto fail;
@@ -142,16 +142,16 @@ int cmd_chat(int argc, char **argv) {
         int erc = tokenizer_encode(tok, prompt, strlen(prompt), &ids, &n_ids, &err);
         free(prompt);
         if (erc) goto fail;
-        if (n_ids + 1 > m.s.S) {
+        if (n_ids + 1 > e.kv.S) {
             free(ids);
-            moe_error_set(&err, "the conversation has %d tokens, more than the context of %d (raise --ctx)", n_ids, m.s.S);
+            moe_error_set(&err, "the conversation has %d tokens, more than the context of %d (raise --ctx)", n_ids, e.kv.S);
             goto fail;
         }
         int prc = generator_prompt(&g, ids, n_ids, &err);
         free(ids);
         if (prc) goto fail;
         text_buf reply = {0};
-        int max_new = o.max_new < m.s.S - n_ids ? o.max_new : m.s.S - n_ids;
+        int max_new = o.max_new < e.kv.S - n_ids ? o.max_new : e.kv.S - n_ids;
         if (generator_run(&g, max_new, emit_reply, &reply, &err) || reply.failed) { free(reply.buf); goto fail; }
         printf("\n");
         fflush(stdout);
@@ -177,7 +177,7 @@ done:
     free(line);
     generator_free(&g);
     sampler_free(&smp);
-    if (have_model) model_free(&m);
+    if (have_model) session_close(&e);
     tokenizer_free(tok);
     return rc;
 }

@@ -87,7 +87,7 @@ int cmd_generate(int argc, char **argv) {
     }
     tokenizer *tok = NULL;
     int *ids = NULL, n_ids = 0, rc = 1;
-    moe_model m;
+    moe_session e;
     int have_model = 0;
     sampler smp = {0};
     generator g = {0};
@@ -103,21 +103,21 @@ int cmd_generate(int argc, char **argv) {
     memcpy(ids + n_ids, text_ids, sizeof(int) * (size_t)n_text);
     n_ids += n_text;
     free(text_ids);
-    if (cli_load_model(&m, o.model_dir, &o.model, "generate", !o.verbose)) goto done;
+    if (cli_load_engine(&e, o.model_dir, &o.model, 1, "generate", !o.verbose)) goto done;
     have_model = 1;
-    if (n_ids > m.s.S) {
+    if (n_ids > e.kv.S) {
         if (!truncate) {
             moe_error_set(&err, "the prompt has %d tokens but the context holds %d (raise --ctx up to %d, or --truncate)",
-                          n_ids, m.s.S, m.cfg.max_position_embeddings);
+                          n_ids, e.kv.S, e.m.cfg.max_position_embeddings);
             goto fail;
         }
-        int keep = m.s.S / 2;
+        int keep = e.kv.S / 2;
         fprintf(stderr, "moe generate: warning: prompt of %d tokens truncated to its last %d (context %d)\n", n_ids, keep,
-                m.s.S);
+                e.kv.S);
         memmove(ids, ids + n_ids - keep, sizeof(int) * (size_t)keep);
         n_ids = keep;
     }
-    if (sampler_init(&smp, m.cfg.vocab_size, &o.sampling, &err) || generator_init(&g, &m, tok, &smp, &err)) goto fail;
+    if (sampler_init(&smp, e.m.cfg.vocab_size, &o.sampling, &err) || generator_init(&g, &e.m, &e.c, &e.kv, 0, tok, &smp, &err)) goto fail;
     if (mtp) {
         size_t extra;
         if (generator_enable_mtp(&g, &extra, &err)) goto fail;
@@ -140,7 +140,7 @@ fail:
 done:
     generator_free(&g);
     sampler_free(&smp);
-    if (have_model) model_free(&m);
+    if (have_model) session_close(&e);
     tokenizer_free(tok);
     free(ids);
     free(file_text);

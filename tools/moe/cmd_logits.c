@@ -38,7 +38,7 @@ typedef struct {
     unsigned char *seen;  /* [L_total] */
 } route_record;
 
-static void record_route(void *ctx, int layer, int pos, const route_decision *d) {
+static void record_route(void *ctx, int layer, int seq, int pos, const route_decision *d) {
     route_record *r = ctx;
     if (layer >= r->L_total || pos >= r->T) return;
     r->seen[layer] = 1;
@@ -84,11 +84,11 @@ int cmd_logits(int argc, char **argv) {
         return 1;
     }
     opt.max_seq = T;
-    moe_model m;
-    if (cli_load_model(&m, dir, &opt, "logits", 1)) { free(tokens); return 1; }
-    const moe_config *c = &m.cfg;
+    moe_session e;
+    if (cli_load_engine(&e, dir, &opt, 1, "logits", 1)) { free(tokens); return 1; }
+    const moe_config *c = &e.m.cfg;
     int V = c->vocab_size, H = c->hidden_size, n_mtp = c->num_nextn_predict_layers;
-    int L_total = c->num_hidden_layers + n_mtp, K = m.K > 0 ? m.K : 1;
+    int L_total = c->num_hidden_layers + n_mtp, K = e.m.K > 0 ? e.m.K : 1;
     route_record rec = { T, K, L_total, calloc((size_t)L_total * T * K, sizeof(int)),
                          calloc((size_t)L_total * T * K, sizeof(float)), calloc((size_t)L_total, 1) };
     float *logits = malloc(sizeof(float) * (size_t)T * V), *hidden = malloc(sizeof(float) * (size_t)T * H);
@@ -99,13 +99,13 @@ int cmd_logits(int argc, char **argv) {
         fprintf(stderr, "moe logits: out of memory\n");
         goto done;
     }
-    m.on_route = record_route;
-    m.on_route_ctx = &rec;
+    e.c.on_route = record_route;
+    e.c.on_route_ctx = &rec;
     /* main model */
     if (decode) {
         for (int t = 0; t < T; t++)
-            if (model_forward(&m, tokens + t, 1, t, logits + (size_t)t * V, 1, hidden + (size_t)t * H, &err)) goto fail;
-    } else if (model_forward(&m, tokens, T, 0, logits, 1, hidden, &err)) {
+            if (model_forward_seq(&e.m, &e.c, &e.kv, 0, tokens + t, 1, t, logits + (size_t)t * V, 1, hidden + (size_t)t * H, &err)) goto fail;
+    } else if (model_forward_seq(&e.m, &e.c, &e.kv, 0, tokens, T, 0, logits, 1, hidden, &err)) {
         goto fail;
     }
     /* MTP: position t gets (hidden_t, token t+1); the last position the greedy next token */
@@ -114,10 +114,10 @@ int cmd_logits(int argc, char **argv) {
         mtp_tokens[T - 1] = sampler_argmax(logits + (size_t)(T - 1) * V, V);
         if (decode) {
             for (int t = 0; t < T; t++)
-                if (model_forward_mtp(&m, 0, hidden + (size_t)t * H, mtp_tokens + t, 1, t, mtp_logits + (size_t)t * V, 1,
+                if (model_forward_mtp_seq(&e.m, &e.c, &e.kv, 0, 0, hidden + (size_t)t * H, mtp_tokens + t, 1, t, mtp_logits + (size_t)t * V, 1,
                                       NULL, &err))
                     goto fail;
-        } else if (model_forward_mtp(&m, 0, hidden, mtp_tokens, T, 0, mtp_logits, 1, NULL, &err)) {
+        } else if (model_forward_mtp_seq(&e.m, &e.c, &e.kv, 0, 0, hidden, mtp_tokens, T, 0, mtp_logits, 1, NULL, &err)) {
             goto fail;
         }
     }
@@ -156,6 +156,6 @@ fail:
 done:
     free(rec.ids); free(rec.weights); free(rec.seen);
     free(logits); free(hidden); free(mtp_logits); free(mtp_tokens); free(tokens);
-    model_free(&m);
+    session_close(&e);
     return rc;
 }

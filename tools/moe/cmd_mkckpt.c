@@ -511,20 +511,12 @@ static void print_count(FILE *f, const char *label, double v, const char *unit) 
     else fprintf(f, "%s%.0f %s", label, v, unit);
 }
 
-/* Bytes one element of t occupies in the engine's compute format (f32 / bf16 / q8). */
+/* Bytes one element of t occupies in the engine's compute format (f32 / bf16 / q8): the
+ * loader's own rule (weights_target) for t's kind, on a checkpoint stored as bf16. */
 static double engine_elem_bytes(const ckpt_tensor *t, weights_dtype d) {
     if (t->ndim == 1) return 4;                      /* norms and biases are always f32 */
-    switch (d) {
-    case WEIGHTS_F32: return 4;
-    case WEIGHTS_BF16: return 2;
-    case WEIGHTS_Q8: {
-        /* engine: q8 for projections (eh_proj too) with cols % 32 == 0; tables (embed, heads, router) bf16 */
-        int table = strstr(t->name, "embed_tokens") || strstr(t->name, "lm_head") || strstr(t->name, "shared_head.head") ||
-                    strstr(t->name, "mlp.gate.weight");
-        return !table && t->cols % QK8 == 0 ? (double)sizeof(block_q8) / QK8 : 2;
-    }
-    default: return 4;
-    }
+    mat_dtype md = weights_target(d == WEIGHTS_AUTO ? WEIGHTS_BF16 : d, layout_kind(t->role), ST_BF16, t->cols);
+    return (double)mat_row_bytes(md, (int)t->cols) / (double)t->cols;
 }
 
 enum { PART_ATTN, PART_ROUTER, PART_EXPERTS, PART_SHARED, PART_DENSE, PART_HEAD, PART_EMBED, PART_NORMS, N_PARTS };

@@ -80,21 +80,21 @@ int cmd_ppl(int argc, char **argv) {
     int S = ctx > 0 ? (int)ctx : (T < limit ? T : limit);
     if (S > T) S = T;
     opt.max_seq = S;
-    moe_model m;
-    if (cli_load_model(&m, dir, &opt, "ppl", 0)) { free(tokens); return 1; }
+    moe_session e;
+    if (cli_load_engine(&e, dir, &opt, 1, "ppl", 0)) { free(tokens); return 1; }
     int rc = 1;
     perplexity_result res;
     double t0 = cli_now();
-    if (perplexity_eval(&m, tokens, T, S, &res, &err)) {
+    if (perplexity_eval(&e.m, &e.c, &e.kv, 0, tokens, T, S, &res, &err)) {
         fprintf(stderr, "moe ppl: %s\n", err.msg);
         goto done;
     }
     double secs = cli_now() - t0, npt = res.nll / res.predicted;
     printf("ppl: %d tokens, %ld predicted, %.4f nats/token, perplexity %.4f  (ctx %d, %d window%s, top-%d, %.1f s)\n", T,
-           res.predicted, npt, exp(npt), S, res.windows, res.windows == 1 ? "" : "s", m.K, secs);
+           res.predicted, npt, exp(npt), S, res.windows, res.windows == 1 ? "" : "s", e.m.K, secs);
     rc = 0;
 done:
     free(tokens);
-    model_free(&m);
+    session_close(&e);
     return rc;
 }

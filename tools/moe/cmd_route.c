@@ -76,7 +76,8 @@ typedef struct {
 
 typedef struct {
     routestats *rs;
-    moe_model *m;
+    const moe_model *m;
+    const moe_kv *kv;
     const int *tokens;        /* the whole input */
     int win0;                 /* absolute index of the window's position 0 */
     const struct tokenizer *tok;
@@ -90,7 +91,7 @@ typedef struct {
     int fail;
 } route_run;
 
-static void on_route(void *ctx, int layer, int pos, const route_decision *d) {
+static void on_route(void *ctx, int layer, int seq, int pos, const route_decision *d) {
     route_run *r = ctx;
     routestats_observe(r->rs, layer, pos, d);
     int abs_pos = r->win0 + pos;
@@ -203,7 +204,7 @@ static void print_explain(const route_run *r, const float *main_logits, const fl
     printf("  ordinary multi-head attention would cache K [nh*dq = %d*%d] + V [nh*dv = %d*%d] = %d floats = %d bytes "
            "(%.1fx more)\n", nh, dq, nh, dv, nh * (dq + dv), nh * (dq + dv) * 4, (double)nh * (dq + dv) / (R + dr));
     printf("  (2*nh*dq = %d floats if V had the key's width)  whole model: %zu bytes per token over %d layers\n",
-           2 * nh * dq, model_kv_bytes_per_token(m), m->w.n_layers);
+           2 * nh * dq, kv_bytes_per_token(r->kv), m->w.n_layers);
     const char *method = c->topk_method == TOPK_NOAUX_TC ? "noaux_tc"
                        : c->topk_method == TOPK_GROUP_LIMITED_GREEDY ? "group_limited_greedy" : "greedy";
     for (int l = 0; l < r->Lt; l++) {
@@ -402,13 +403,13 @@ int cmd_route(int argc, char **argv) {
     int S = ctx > 0 ? (int)ctx : (T < limit ? T : limit);
     if (S > T) S = T;
     opt.max_seq = S;
-    moe_model m;
-    if (cli_load_model(&m, dir, &opt, "route", 0)) { free(tokens); tokenizer_free(tok); return 1; }
-    const moe_config *c = &m.cfg;
-    int V = c->vocab_size, H = c->hidden_size, B = m.s.B, n_mtp = c->num_nextn_predict_layers;
+    moe_session eng;
+    if (cli_load_engine(&eng, dir, &opt, 1, "route", 0)) { free(tokens); tokenizer_free(tok); return 1; }
+    const moe_config *c = &eng.m.cfg;
+    int V = c->vocab_size, H = c->hidden_size, B = eng.c.B, n_mtp = c->num_nextn_predict_layers;
 
     routestats rs;
-    route_run run = { .rs = &rs, .m = &m, .tokens = tokens, .tok = tok, .trace = trace, .B = B, .Lt = Lt,
+    route_run run = { .rs = &rs, .m = &eng.m, .kv = &eng.kv, .tokens = tokens, .tok = tok, .trace = trace, .B = B, .Lt = Lt,
                       .explain = (int)explain };
     float *hidden = malloc(sizeof(float) * (size_t)B * H), *logits = malloc(sizeof(float) * (size_t)B * V);
     float *mtp_logits = malloc(sizeof(float) * (size_t)B * V);
@@ -420,7 +421,7 @@ int cmd_route(int argc, char **argv) {
         run.lines_json = calloc((size_t)B * Lt, sizeof(char *));
         run.lines_text = calloc((size_t)B * Lt, sizeof(char *));
     }
-    if (routestats_init(&rs, c, m.K, (int)coact_layer, &err)) {
+    if (routestats_init(&rs, c, eng.m.K, (int)coact_layer, &err)) {
         fprintf(stderr, "moe route: %s\n", err.msg);
         free(hidden); free(logits); free(mtp_logits); free(next); free(run.ex);
         free(run.lines_json); free(run.lines_text);
@@ -434,8 +435,8 @@ int cmd_route(int argc, char **argv) {
         snprintf(path, sizeof path, "%s.trace.jsonl", prefix);
         if (!(run.trace_file = fopen(path, "w"))) { fprintf(stderr, "moe route: %s: cannot write\n", path); goto done; }
     }
-    m.on_route = on_route;
-    m.on_route_ctx = &run;
+    eng.c.on_route = on_route;
+    eng.c.on_route_ctx = &run;
 
     /* prefill: windows of S positions, chunks of B tokens */
     double t0 = cli_now();
@@ -446,11 +447,11 @@ int cmd_route(int argc, char **argv) {
             int nb = n - c0 < B ? n - c0 : B;
             int has_ex = explain >= w0 + c0 && explain < w0 + c0 + nb;
             run.chunk0 = c0;
-            if (model_forward(&m, tokens + w0 + c0, nb, c0, logits, 1, hidden, &err)) goto fail;
+            if (model_forward_seq(&eng.m, &eng.c, &eng.kv, 0, tokens + w0 + c0, nb, c0, logits, 1, hidden, &err)) goto fail;
             if (n_mtp) {
                 for (int t = 0; t < nb; t++)
                     next[t] = w0 + c0 + t + 1 < T ? tokens[w0 + c0 + t + 1] : sampler_argmax(logits + (size_t)t * V, V);
-                if (model_forward_mtp(&m, 0, hidden, next, nb, c0, mtp_logits, 1, NULL, &err)) goto fail;
+                if (model_forward_mtp_seq(&eng.m, &eng.c, &eng.kv, 0, 0, hidden, next, nb, c0, mtp_logits, 1, NULL, &err)) goto fail;
             }
             if (has_ex) {
                 int t = (int)explain - w0 - c0;
@@ -485,14 +486,14 @@ int cmd_route(int argc, char **argv) {
         snprintf(meta, sizeof meta,
                  "{\"model\": \"%s\", \"tokens\": %d, \"window\": %d, \"experts_per_token\": %d, "
                  "\"no_group_limit\": %s, \"no_route_bias\": %s, \"seconds\": %.3f}",
-                 name, T, S, m.K, opt.routing.no_group_limit ? "true" : "false",
+                 name, T, S, eng.m.K, opt.routing.no_group_limit ? "true" : "false",
                  opt.routing.no_route_bias ? "true" : "false", secs);
         snprintf(path, sizeof path, "%s.summary.json", prefix);
         if (routestats_write_summary_json(&rs, path, meta, &err)) goto fail;
     }
     {
         char title[512];
-        snprintf(title, sizeof title, "%s: %d tokens, top-%d of %d experts%s%s", dir, T, m.K, c->n_routed_experts,
+        snprintf(title, sizeof title, "%s: %d tokens, top-%d of %d experts%s%s", dir, T, eng.m.K, c->n_routed_experts,
                  opt.routing.no_group_limit ? ", no group limit" : "", opt.routing.no_route_bias ? ", no route bias" : "");
         snprintf(path, sizeof path, "%s.load.svg", prefix);
         if (routeplot_load_svg(&rs, c, title, path, &err)) goto fail;
@@ -520,7 +521,7 @@ done:
     free(hidden); free(logits); free(mtp_logits); free(next); free(ex_main); free(ex_mtp);
     routestats_free(&rs);
 out_model:
-    model_free(&m);
+    session_close(&eng);
     free(tokens);
     tokenizer_free(tok);
     return rc;

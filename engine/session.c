@@ -1,0 +1,21 @@
+/* session.c - model + context + KV cache in one (see session.h). */
+#include "session.h"
+
+#include <string.h>
+
+int session_open(moe_session *s, const char *path, const model_options *opt, int n_slots, moe_error *err) {
+    memset(s, 0, sizeof *s);
+    if (model_load(&s->m, path, opt, err)) return MOE_FAIL;
+    if (kv_init(&s->kv, &s->m, n_slots, 0, err) || ctx_init(&s->c, &s->m, err)) {   /* the cache is checked first */
+        session_close(s);
+        return MOE_FAIL;
+    }
+    return MOE_OK;
+}
+
+void session_close(moe_session *s) {
+    kv_free(&s->kv);
+    ctx_free(&s->c);
+    model_free(&s->m);
+    memset(s, 0, sizeof *s);
+}
