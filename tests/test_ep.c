@@ -1,6 +1,7 @@
 /* test_ep.c - expert-parallel helpers (engine/ep/ep.h) and the single-process exchange layer:
- *   - the replica split: copies' ranges tile an expert's slots in order, sizes differ by at
- *     most one, ep_copy_of_slot inverts ep_copy_range; ep_slot_rank follows a plan;
+ *   - the replica split: copies' ranges tile an expert's slots in order, the active copies'
+ *     sizes differ by at most one and are >= 2 (no one-token share of a busier expert),
+ *     ep_copy_of_slot inverts ep_copy_range; ep_slot_rank follows a plan;
  *   - ep_hash_checkpoint: the same on two opens of a golden checkpoint, different when the
  *     config text, a tensor's shape, its dtype or the extra string changes;
  *   - ep_comm single backend: size 1, reserve, batch broadcast, allgatherv copy (exact bytes,
@@ -18,21 +19,26 @@
 
 #include "ep.h"
 #include "json_util.h"
+#include "kernels.h"
 
 static void test_copy_split(void **state) {
     (void)state;
     for (int n = 0; n <= 40; n++)
         for (int c = 1; c <= 7; c++) {
-            int expect_lo = 0;
+            int expect_lo = 0, a = n < 2 ? 1 : (c < n / 2 ? c : n / 2), used = 0;
             for (int j = 0; j < c; j++) {
                 int lo, hi;
                 ep_copy_range(n, c, j, &lo, &hi);
                 assert_int_equal(lo, expect_lo);           /* in order, no gap, no overlap */
-                assert_true(hi - lo == n / c || hi - lo == n / c + 1);
+                if (j < a) assert_true(hi - lo == n / a || hi - lo == n / a + 1);
+                else assert_int_equal(hi - lo, 0);
+                if (n >= 2 && hi > lo) assert_true(hi - lo >= 2);   /* never one token of a busier expert */
+                used += hi > lo;
                 for (int i = lo; i < hi; i++) assert_int_equal(ep_copy_of_slot(n, c, i), j);
                 expect_lo = hi;
             }
             assert_int_equal(expect_lo, n);
+            assert_int_equal(used, n ? a : 0);
         }
     /* a plan: expert 0 has 3 copies on ranks 0, 1, 0; expert 1 one copy on rank 1 */
     int64_t w[2] = {90, 10};
@@ -121,11 +127,40 @@ static void test_single_comm(void **state) {
     ep_comm_free(&c);   /* a freed (zeroed) one: no-op */
 }
 
+/* What the replica split relies on (ep.h): a token's row of matmul_rows does not depend on the
+ * other tokens of the batch (any n >= 2), for every weight type. (One token runs matvec_rows,
+ * whose bf16 and q8 rows differ from matmul's: that is why no copy gets a one-token share.) */
+static void test_kernel_rows_batch_independent(void **state) {
+    (void)state;
+    enum { ROWS = 48, COLS = 256, N = 9 };
+    float *wf = malloc(sizeof(float) * ROWS * COLS), *X = malloc(sizeof(float) * N * COLS);
+    uint16_t *wb = malloc(2 * ROWS * COLS);
+    block_q8 *wq = malloc(sizeof(block_q8) * ROWS * COLS / QK8);
+    float *full = malloc(sizeof(float) * N * ROWS), *part = malloc(sizeof(float) * N * ROWS);
+    uint32_t r = 12345;
+    for (int i = 0; i < ROWS * COLS; i++) { r = r * 1664525u + 1013904223u; wf[i] = (float)(r >> 8) / 16777216.0f - 0.5f; }
+    for (int i = 0; i < N * COLS; i++) { r = r * 1664525u + 1013904223u; X[i] = (float)(r >> 8) / 16777216.0f - 0.5f; }
+    mat_type_of(MAT_BF16)->from_f32(wf, wb, ROWS * COLS);
+    for (int i = 0; i < ROWS; i++)
+        mat_type_of(MAT_Q8)->from_f32(wf + (size_t)i * COLS, wq + (size_t)i * (COLS / QK8), COLS);
+    const mat W[3] = {{MAT_F32, ROWS, COLS, wf}, {MAT_BF16, ROWS, COLS, wb}, {MAT_Q8, ROWS, COLS, wq}};
+    for (int d = 0; d < 3; d++) {
+        matmul_rows(&W[d], X, N, full, ROWS, 0, ROWS);
+        for (int n = 2; n < N; n++)
+            for (int t0 = 0; t0 + n <= N; t0++) {
+                matmul_rows(&W[d], X + (size_t)t0 * COLS, n, part, ROWS, 0, ROWS);
+                assert_memory_equal(part, full + (size_t)t0 * ROWS, sizeof(float) * (size_t)n * ROWS);
+            }
+    }
+    free(wf); free(X); free(wb); free(wq); free(full); free(part);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_copy_split),
         cmocka_unit_test(test_checkpoint_hash),
         cmocka_unit_test(test_single_comm),
+        cmocka_unit_test(test_kernel_rows_batch_independent),
     };
     return cmocka_run_group_tests_name("ep", tests, NULL, NULL);
 }

@@ -29,13 +29,23 @@ uint64_t ep_hash_route(uint64_t h, int layer, const int *ids, const float *weigh
     return ep_hash(h, weights, sizeof(float) * (size_t)n_slots);
 }
 
+/* copies that get slots: never a share of one slot when the expert has two or more (a
+ * single token runs the matvec kernel, whose bits differ from the matmul kernel's rows) */
+static int active_copies(int n_e, int c) {
+    if (n_e < 2) return 1;
+    return c < n_e / 2 ? c : n_e / 2;
+}
+
 void ep_copy_range(int n_e, int c, int j, int *lo, int *hi) {
-    *lo = (int)((long long)n_e * j / c);
-    *hi = (int)((long long)n_e * (j + 1) / c);
+    int a = active_copies(n_e, c);
+    if (j >= a) { *lo = *hi = n_e; return; }
+    *lo = (int)((long long)n_e * j / a);
+    *hi = (int)((long long)n_e * (j + 1) / a);
 }
 
 int ep_copy_of_slot(int n_e, int c, int i) {
-    /* the j with n_e*j/c <= i < n_e*(j+1)/c: start from the estimate, then step */
+    /* the j with n_e*j/a <= i < n_e*(j+1)/a: start from the estimate, then step */
+    c = active_copies(n_e, c);
     int j = n_e ? (int)(((long long)i * c) / n_e) : 0;
     if (j >= c) j = c - 1;
     while (j > 0 && (long long)n_e * j / c > i) j--;

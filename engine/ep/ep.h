@@ -43,13 +43,16 @@
  *      ascending slot order, y += w * out, then the shared expert. Same rows, same order, same
  *      additions: bit-identical to one process, on every rank.
  *   Replicas (an EPLB plan with R > 0): expert e with c copies splits its tokens by slot
- *   order, copy j taking slots [lo_j, hi_j) = [n_e*j/c, n_e*(j+1)/c) (ep_copy_range): every
- *   rank computes the same split from the shared routing, so every rank knows who computes
- *   each slot and how many rows each rank sends (allgatherv needs the counts: no extra
- *   message). Bit-identity with one process then also needs an expert's output for a token
- *   not to depend on how many tokens it ran with (matmul rows equal to matvec: a property
- *   of the kernels to test before a plan with replicas is used for golden checks; without
- *   replicas every expert runs on exactly its one-process tokens).
+ *   order, copy j taking slots [n_e*j/a, n_e*(j+1)/a) with a = min(c, n_e / 2) active copies
+ *   (ep_copy_range): every rank computes the same split from the shared routing, so every
+ *   rank knows who computes each slot and how many rows each rank sends (allgatherv needs
+ *   the counts: no extra message). Bit-identity with one process then also needs an
+ *   expert's output for a token not to depend on the tokens it ran with. Measured on this
+ *   engine's kernels (2026-12-02, AVX-512): a row of matmul_rows is the same bits for any
+ *   batch of 2..12 tokens (f32, bf16, q8: 0 of 340 rows differ), but one token runs
+ *   matvec_rows, whose bf16 and q8 rows differ from matmul's (f32 agrees). Hence a <= n_e/2:
+ *   every share has two tokens or more unless the expert had one. (Without replicas every
+ *   expert runs on exactly its one-process tokens.)
  *   Messages per MoE layer: one allgatherv (N-1 steps of a ring, or log2 N of recursive
  *   doubling); bytes a rank receives per token per layer: K*H*4*(N-1)/N on average.
  *   The MTP block is one more MoE layer and follows the same steps; the LM head runs on
@@ -75,7 +78,9 @@ uint64_t ep_hash_checkpoint(const char *config_text, size_t config_len, const st
 /* The routing of one MoE layer: ids[n*K] and the bits of weights[n*K]. */
 uint64_t ep_hash_route(uint64_t h, int layer, const int *ids, const float *weights, int n_slots);
 
-/* Copy j of c of an expert with n_e slots computes slots [*lo, *hi) of them (in slot order). */
+/* Copy j of c of an expert with n_e slots computes slots [*lo, *hi) of them (in slot order):
+ * the first a = min(c, n_e / 2) copies (1 when n_e < 2) split them evenly, the rest get none,
+ * so no copy runs one token of an expert that had two or more (see the header comment). */
 void ep_copy_range(int n_e, int c, int j, int *lo, int *hi);
 /* The copy (0..c-1) that computes the i-th slot (0..n_e-1) of an expert with c copies. */
 int ep_copy_of_slot(int n_e, int c, int i);
