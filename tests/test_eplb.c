@@ -90,12 +90,12 @@ static void check_invariants(const eplb_plan *p, const eplb_counts *c, int N, in
 static void check_round_trip(const eplb_plan *p, const eplb_counts *c) {
     char *buf = NULL;
     size_t len = 0;
+    moe_error err = {{0}};
     FILE *f = open_memstream(&buf, &len);
     assert_non_null(f);
-    eplb_plan_write_stream(p, c, NULL, f);
+    assert_int_equal(eplb_plan_write_stream(p, c, NULL, f, &err), MOE_OK);
     fclose(f);
     eplb_plan q;
-    moe_error err = {{0}};
     if (eplb_plan_parse(&q, buf, len, "plan.json", &err)) fail_msg("round trip: %s", err.msg);
     assert_int_equal(q.n_layers, p->n_layers);
     assert_int_equal(q.n_slots, p->n_slots);

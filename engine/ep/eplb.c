@@ -467,22 +467,25 @@ int eplb_rebalance(eplb_plan *p, const eplb_counts *c, int n_ranks, int n_redund
 
 /* ------------------------------------------------------------------ plan.json writer */
 
-void eplb_plan_write_stream(const eplb_plan *p, const eplb_counts *c, const eplb_plan *before, FILE *f) {
+int eplb_plan_write_stream(const eplb_plan *p, const eplb_counts *c, const eplb_plan *before, FILE *f, moe_error *err) {
     const int P = p->n_slots, E = p->n_experts;
+    /* per expert the rank of each replica: rk[off[e] + j] (sum of copies = P) */
+    int *off = malloc(sizeof(int) * ((size_t)E + 1)), *rk = malloc(sizeof(int) * (size_t)P);
+    if (!off || !rk) {
+        free(off);
+        free(rk);
+        return moe_error_set(err, "eplb: out of memory writing the plan");
+    }
     fprintf(f,
             "{\n  \"format\": \"moe-eplb-plan\",\n  \"version\": 1,\n  \"n_ranks\": %d,\n  \"n_nodes\": %d,\n"
             "  \"n_groups\": %d,\n  \"n_experts\": %d,\n  \"n_redundant\": %d,\n  \"layers\": [\n",
             p->n_ranks, p->n_nodes, p->n_groups, E, P - E);
-    /* per expert the rank of each replica: rk[off[e] + j] (sum of copies = P) */
-    int *off = malloc(sizeof(int) * ((size_t)E + 1)), *rk = malloc(sizeof(int) * (size_t)P);
     for (int l = 0; l < p->n_layers; l++) {
         const int *cp = p->copies + (size_t)l * E;
         const size_t base = (size_t)l * P;
-        if (off && rk) {
-            off[0] = 0;
-            for (int e = 0; e < E; e++) off[e + 1] = off[e] + cp[e];
-            for (int s = 0; s < P; s++) rk[off[p->slot_expert[base + s]] + p->slot_replica[base + s]] = p->slot_rank[base + s];
-        }
+        off[0] = 0;
+        for (int e = 0; e < E; e++) off[e + 1] = off[e] + cp[e];
+        for (int s = 0; s < P; s++) rk[off[p->slot_expert[base + s]] + p->slot_replica[base + s]] = p->slot_rank[base + s];
         fprintf(f, "    {\"layer\": %d,\n     \"ranks\": [", p->layer_id[l]);
         for (int r = 0, s = 0; r < p->n_ranks; r++) {
             fprintf(f, "%s\n       [", r ? "," : "");
@@ -493,7 +496,7 @@ void eplb_plan_write_stream(const eplb_plan *p, const eplb_counts *c, const eplb
         fprintf(f, "\n     ],\n     \"experts\": [");
         for (int e = 0; e < E; e++) {
             fprintf(f, "%s[", e ? "," : "");
-            for (int j = 0; j < cp[e]; j++) fprintf(f, j ? ",%d" : "%d", off && rk ? rk[off[e] + j] : -1);
+            for (int j = 0; j < cp[e]; j++) fprintf(f, j ? ",%d" : "%d", rk[off[e] + j]);
             fprintf(f, "]");
         }
         fprintf(f, "]");
@@ -512,13 +515,14 @@ void eplb_plan_write_stream(const eplb_plan *p, const eplb_counts *c, const eplb
     fprintf(f, "  ]\n}\n");
     free(off);
     free(rk);
+    return MOE_OK;
 }
 
 int eplb_plan_write_json(const eplb_plan *p, const eplb_counts *c, const eplb_plan *before, const char *path,
                          moe_error *err) {
     FILE *f = fopen(path, "w");
     if (!f) return moe_error_set(err, "%s: cannot write: %s", path, strerror(errno));
-    eplb_plan_write_stream(p, c, before, f);
+    if (eplb_plan_write_stream(p, c, before, f, err)) { fclose(f); return MOE_FAIL; }
     int bad = ferror(f);
     if (fclose(f) || bad) return moe_error_set(err, "%s: write failed: %s", path, strerror(errno));
     return MOE_OK;

@@ -118,8 +118,8 @@ int eplb_plan_matches_counts(const eplb_plan *p, const eplb_counts *c, const cha
  * blocks) and after, for information only (the parser ignores them). */
 int eplb_plan_write_json(const eplb_plan *p, const eplb_counts *c, const eplb_plan *before, const char *path,
                          moe_error *err);
-/* The same text to a stream (no error checking of the stream: the caller's). */
-void eplb_plan_write_stream(const eplb_plan *p, const eplb_counts *c, const eplb_plan *before, FILE *f);
+/* The same text to a stream (fails only out of memory; the stream's errors are the caller's). */
+int eplb_plan_write_stream(const eplb_plan *p, const eplb_counts *c, const eplb_plan *before, FILE *f, moe_error *err);
 /* Parses and validates plan.json text: every expert on at least one rank, every
  * (expert, replica) on exactly one rank, ranks in range, "experts" agreeing with
  * "ranks", layers ascending and distinct. `name` starts every error line. */

@@ -364,7 +364,8 @@ static void check_plan(const eplb_plan *p) {
     size_t len = 0;
     FILE *f = open_memstream(&buf, &len);
     CHECK(f, "open_memstream");
-    eplb_plan_write_stream(p, NULL, NULL, f);
+    moe_error werr = {{0}};
+    CHECK(eplb_plan_write_stream(p, NULL, NULL, f, &werr) == MOE_OK, "write: %s", werr.msg);
     fclose(f);
     eplb_plan q;
     moe_error err = {{0}};

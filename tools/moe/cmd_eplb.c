@@ -179,9 +179,10 @@ int cmd_eplb(int argc, char **argv) {
         goto done;
     }
     print_balance(&c, &def, &plan, quiet);
-    printf("policy: %s (groups %d, nodes %d), %d slots per rank\n",
+    printf("policy: %s (groups %d, nodes %d), %d slots per rank%s\n",
            plan.n_nodes > 1 || plan.n_groups > 1 ? "hierarchical" : "global", plan.n_groups, plan.n_nodes,
-           plan.n_slots / plan.n_ranks);
+           plan.n_slots / plan.n_ranks,
+           nodes > 1 && plan.n_nodes == 1 ? " (the groups do not divide over --nodes: eplb.py's global policy)" : "");
     if (out) {
         if (eplb_plan_write_json(&plan, &c, &def, out, &err)) { fprintf(stderr, "moe eplb: %s\n", err.msg); goto done; }
         fprintf(stderr, "moe eplb: wrote %s\n", out);
