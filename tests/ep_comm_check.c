@@ -21,12 +21,14 @@
  *   early-exit    the last rank _exits(5) without a word right after init; the others wait
  *                 in an allgather: every rank must end (the launcher's SIGTERM, or the timeout)
  *   hang          the last rank sleeps 60 s; rank 0 times out (MOE_EP_TIMEOUT) and aborts all
+ *   bench R W N   (a measurement, not a test) N allgathervs of R rows of W floats: us per call
  */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "ep.h"
@@ -235,6 +237,33 @@ static int mode_exit_or_hang(int hang) {
     return 0;
 }
 
+/* bench ROWS WIDTH REPS: time of one allgatherv of ROWS rows of WIDTH floats split evenly over
+ * the ranks (not a test: a measurement, printed by rank 0) */
+static int mode_bench(int argc, char **argv) {
+    moe_error err = {{0}};
+    int rows = argc > 2 ? atoi(argv[2]) : 8, width = argc > 3 ? atoi(argv[3]) : 7168, reps = argc > 4 ? atoi(argv[4]) : 1000;
+    if (rows < 1 || width < 1 || reps < 1 || C.size > 64) ep_comm_abort(&C, 2, "usage: ep_comm_check bench ROWS WIDTH REPS");
+    int rows_of[64], before = 0;
+    for (int r = 0; r < C.size; r++) {
+        rows_of[r] = rows * (r + 1) / C.size - rows * r / C.size;
+        if (r < C.rank) before += rows_of[r];
+    }
+    float *all = calloc((size_t)rows * width, sizeof(float));
+    if (!all) ep_comm_abort(&C, 1, "out of memory");
+    struct timespec t0, t1;
+    if (ep_barrier(&C, &err)) die(&err);
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (int i = 0; i < reps; i++)
+        if (ep_allgatherv_rows(&C, all + (size_t)before * width, rows_of, width, all, "bench", &err)) die(&err);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double us = ((t1.tv_sec - t0.tv_sec) * 1e9 + (t1.tv_nsec - t0.tv_nsec)) / 1e3 / reps;
+    if (C.rank == 0)
+        printf("ep_comm_check bench: %d ranks (%s): allgatherv of %d rows x %d floats (%zu B): %.1f us per call (%d calls)\n",
+               C.size, C.ops->name, rows, width, (size_t)rows * width * 4, us, reps);
+    free(all);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     moe_error err = {{0}};
     if (ep_comm_init(&C, EP_COMM_AUTO, &argc, &argv, &err)) { fprintf(stderr, "ep_comm_check: %s\n", err.msg); return 1; }
@@ -252,6 +281,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(mode, "early-exit")) rc = mode_exit_or_hang(0);
     else if (!strcmp(mode, "hang")) rc = mode_exit_or_hang(1);
     else if (!strcmp(mode, "backend")) { printf("%s %d\n", C.ops->name, C.size); rc = 0; }
+    else if (!strcmp(mode, "bench")) rc = mode_bench(argc, argv);
     else {
         fprintf(stderr, "usage: ep_comm_check bcast|bcast-big|allgatherv|moe|hash|hash-mismatch|early-exit|hang|backend\n");
         rc = 2;

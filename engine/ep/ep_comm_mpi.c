@@ -5,8 +5,9 @@
  * Legend
  *   request   a nonblocking collective (MPI_Ibcast, MPI_Iallgatherv, MPI_Ibarrier): waited
  *             for by polling MPI_Test, so a peer that never arrives turns into a timeout
- *             error (c->timeout_s) instead of a hang: spin for the first ~50 us (decode
- *             latency), then sleep 20 us between polls.
+ *             error (c->timeout_s) instead of a hang: poll without pause for the first
+ *             50 ms (Open MPI's nonblocking collectives progress only inside MPI_Test, so a
+ *             sleep between polls would stall a large transfer), then every 50 us.
  *   errors    MPI_COMM_WORLD gets MPI_ERRORS_RETURN: a failed call returns its code, which
  *             becomes one line (MPI_Error_string) in moe_error.
  *   SIGTERM   what the launcher (mpirun) sends the surviving ranks when one dies or calls
@@ -23,6 +24,8 @@
 #include <unistd.h>
 
 #include "ep_comm.h"
+
+#define SPIN_S 0.05   /* poll without sleeping for the first 50 ms of a wait */
 
 typedef struct {
     int inited_here;          /* 1: we called MPI_Init_thread (and so MPI_Finalize) */
@@ -51,14 +54,15 @@ static int mpi_fail(ep_comm *c, int rc, const char *what, moe_error *err) {
 
 static int wait_req(ep_comm *c, MPI_Request *rq, const char *what, moe_error *err) {
     double t0 = MPI_Wtime();
-    for (long spins = 0;; spins++) {
+    for (;;) {
         int done = 0, rc = MPI_Test(rq, &done, MPI_STATUS_IGNORE);
         if (rc != MPI_SUCCESS) return mpi_fail(c, rc, what, err);
         if (done) return MOE_OK;
-        if (spins < 1000) continue;
-        struct timespec ts = { 0, 20000 };
+        double waited = MPI_Wtime() - t0;
+        if (waited < SPIN_S) continue;       /* a large message progresses only inside MPI_Test */
+        struct timespec ts = { 0, 50000 };
         nanosleep(&ts, NULL);
-        if (c->timeout_s > 0 && MPI_Wtime() - t0 > c->timeout_s)
+        if (c->timeout_s > 0 && waited > c->timeout_s)
             return moe_error_set(err, "ep: %s: rank %d of %d waited %.0f s for the other ranks (MOE_EP_TIMEOUT): one is "
                                       "stuck or gone", what, c->rank, c->size, MPI_Wtime() - t0);
     }
