@@ -1,6 +1,7 @@
 /* generate.c - prompt processing and the sampling loop (see generate.h). */
 #include "generate.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -49,7 +50,7 @@ void generator_free(generator *g) {
 
 /* ------------------------------------------------------------------ MTP */
 
-int generator_enable_mtp(generator *g, size_t *extra_bytes, moe_error *err) {
+int generator_enable_mtp(generator *g, mtp_mode mode, size_t *extra_bytes, moe_error *err) {
     const moe_config *c = &g->model->cfg;
     if (c->num_nextn_predict_layers < 1) return moe_error_set(err, "this checkpoint has no MTP module (num_nextn_predict_layers = 0)");
     size_t S = (size_t)g->kv->S, H = (size_t)c->hidden_size, V = (size_t)c->vocab_size;
@@ -63,6 +64,7 @@ int generator_enable_mtp(generator *g, size_t *extra_bytes, moe_error *err) {
         return moe_error_set(err, "out of memory for MTP decoding (%zu MiB of hidden states)", (S * H * 4) >> 20);
     if (extra_bytes) *extra_bytes = sizeof(float) * (S * H + 5 * V) + sizeof(int) * S;
     g->use_mtp = 1;
+    g->mode = mode;
     g->mtp_valid = 0;
     g->n_history = 0;    /* the main hidden states of cached positions are unknown: recompute */
     return MOE_OK;
@@ -154,6 +156,89 @@ static int run_plain(generator *g, int max_new, generate_emit emit, void *ctx, m
     return MOE_OK;
 }
 
+/* ------------------------------------------------------------------ MTP: the sampling rule */
+
+int speculative_resolve(sampler *s, float *p, const float *q, int d, int V) {
+    if (q[d] > 0.0f && sampler_uniform(s) * q[d] < p[d]) return -1;   /* accept with min(1, p/q) */
+    double mass = 0;                                                  /* residual max(0, p - q), renormalised */
+    for (int i = 0; i < V; i++) {
+        float r = p[i] - q[i];
+        p[i] = r > 0.0f ? r : 0.0f;
+        mass += p[i];
+    }
+    if (mass <= 0) return d;   /* p == q: cannot happen after a rejection, but stay defined */
+    for (int i = 0; i < V; i++) p[i] = (float)(p[i] / mass);
+    return sampler_draw(s, p);
+}
+
+/* ------------------------------------------------------------------ MTP: costs and policy */
+
+/* Acceptance with a prior of one accepted draft in two. */
+static double acceptance(const mtp_costs *c, int bucket) {
+    long d = 0, a = 0;
+    for (int b = 0; b < MTP_CONF_BUCKETS; b++)
+        if (bucket < 0 || b == bucket) { d += c->drafted[b]; a += c->accepted[b]; }
+    return (a + 1.0) / (d + 2.0);
+}
+
+double mtp_cost_plain(const mtp_costs *c) { return c->n_plain ? c->plain_s / c->n_plain : 0; }
+
+double mtp_cost_spec(const mtp_costs *c) {
+    if (!c->n_verify || !c->n_draft) return 0;
+    return (c->draft_s / c->n_draft + c->verify_s / c->n_verify) / (1 + acceptance(c, -1));
+}
+
+/* Auto mode: draft at this step? The first step is plain (its cost is the yardstick), the
+ * next ones speculate until both costs are known; then speculate while it pays, and while
+ * it does not, probe with 2 speculative steps after 32 plain ones (acceptance and costs
+ * drift with the text and the machine), the interval doubling up to 512 while the probes
+ * keep saying no. */
+#define MTP_PROBE_EVERY 32
+#define MTP_PROBE_MAX 512
+#define MTP_PROBE_LEN 2
+static int should_draft(generator *g) {
+    if (g->mode == MTP_ALWAYS) return 1;
+    const mtp_costs *c = &g->cost;
+    if (!c->n_plain) return 0;
+    if (!c->n_verify || !c->n_draft) return 1;
+    g->spec_on = mtp_cost_spec(c) < mtp_cost_plain(c);
+    if (g->spec_on) { g->probe_every = MTP_PROBE_EVERY; return 1; }
+    if (g->probe_left > 0) { g->probe_left--; return 1; }
+    if (++g->plain_since_probe >= g->probe_every) {
+        g->plain_since_probe = 0;
+        g->probe_left = MTP_PROBE_LEN - 1;
+        if (g->probe_every < MTP_PROBE_MAX) g->probe_every *= 2;
+        return 1;
+    }
+    return 0;
+}
+
+/* Auto mode, a draft in hand: verify it? Not when its confidence bucket's acceptance says
+ * the verification yields fewer tokens than plain steps would in its time. */
+static int should_verify(const generator *g, int bucket) {
+    const mtp_costs *c = &g->cost;
+    if (g->mode == MTP_ALWAYS || !c->n_plain || !c->n_verify) return 1;
+    return (1 + acceptance(c, bucket)) * mtp_cost_plain(c) > c->verify_s / c->n_verify;
+}
+
+/* The MTP distribution's probability of its draft d: its confidence bucket. */
+static int confidence_bucket(const generator *g, int d) {
+    float q;
+    if (g->smp->p.temperature == 0.0f) {   /* greedy: softmax of the draft logits at d */
+        const float *z = g->draft_logits;
+        int V = g->model->cfg.vocab_size;
+        double sum = 0;
+        for (int i = 0; i < V; i++) sum += exp((double)z[i] - z[d]);
+        q = (float)(1.0 / sum);
+    } else {
+        q = g->q_draft[d];
+    }
+    int b = (int)(q * MTP_CONF_BUCKETS);
+    return b < 0 ? 0 : b >= MTP_CONF_BUCKETS ? MTP_CONF_BUCKETS - 1 : b;
+}
+
+/* ------------------------------------------------------------------ MTP: the loop */
+
 /* Self-speculative decoding with the MTP module (spec 5.3).
  * Loop invariant: `x` is the next token (chosen and emitted, not yet fed) at
  * position n = n_history; hidden[0..n) are known; MTP positions [0, mtp_valid) are done.
@@ -161,60 +246,78 @@ static int run_plain(generator *g, int max_new, generate_emit emit, void *ctx, m
  *   2. verify: one main pass over [x, d] at positions n, n+1 -> p (at n+1) and p' (at n+2)
  *   3. accept d with probability min(1, p(d)/q(d)) (greedy: iff argmax p == d); then the
  *      bonus token comes from p'. On rejection, draw from max(0, p - q) (greedy: argmax p);
- *      the cache entry written for d at n+1 is simply overwritten by the next pass. */
+ *      the cache entry written for d at n+1 is simply overwritten by the next pass.
+ * A step that does not speculate (auto mode) feeds x alone, keeping its hidden state so the
+ * MTP module can catch up when drafting resumes. */
 static int run_mtp(generator *g, int max_new, generate_emit emit, void *ctx, moe_error *err) {
     const moe_model *m = g->model;
+    mtp_costs *cost = &g->cost;
     int V = m->cfg.vocab_size, H = m->cfg.hidden_size, S = g->kv->S;
+    int greedy = g->smp->p.temperature == 0.0f;
     int x = sampler_sample(g->smp, g->logits);
     int stop = emit_token(g, x, emit, ctx, err);
     while (stop == 0 && g->n_generated < max_new) {
         int n = g->n_history;
-        if (n + 2 > S) break;   /* no room to verify two tokens: the context is full */
-        /* 1. draft */
-        if (mtp_catch_up(g, x, err)) return MOE_FAIL;
-        int d;
-        if (g->smp->p.temperature == 0.0f) {
-            d = sampler_argmax(g->draft_logits, V);
-        } else {
-            sampler_distribution(g->smp, g->draft_logits, g->q_draft);
-            d = sampler_draw(g->smp, g->q_draft);
+        if (n + 1 > S) break;   /* the context is full */
+        int d = -1, bucket = 0;
+        if (n + 2 <= S && should_draft(g)) {
+            /* 1. draft */
+            int one = g->mtp_valid == n - 1;
+            double t0 = now_seconds();
+            if (mtp_catch_up(g, x, err)) return MOE_FAIL;
+            if (one) { cost->draft_s += now_seconds() - t0; cost->n_draft++; }
+            if (greedy) {
+                d = sampler_argmax(g->draft_logits, V);
+            } else {
+                sampler_distribution(g->smp, g->draft_logits, g->q_draft);
+                d = sampler_draw(g->smp, g->q_draft);
+            }
+            bucket = confidence_bucket(g, d);
+            if (!should_verify(g, bucket)) { d = -1; cost->skipped++; }
+        }
+        if (d < 0) {   /* a plain step: x alone */
+            double t0 = now_seconds();
+            if (model_forward_seq(m, g->ctx, g->kv, g->slot, &x, 1, n, g->logits, 0, g->hidden + (size_t)n * H, err))
+                return MOE_FAIL;
+            cost->plain_s += now_seconds() - t0;
+            cost->n_plain++;
+            g->history[g->n_history++] = x;
+            if (g->n_generated >= max_new) break;
+            x = sampler_sample(g->smp, g->logits);
+            stop = emit_token(g, x, emit, ctx, err);
+            continue;
         }
         g->n_drafted++;
+        cost->drafted[bucket]++;
         /* 2. verify [x, d] */
         int pair[2] = {x, d};
+        double t0 = now_seconds();
         if (model_forward_seq(m, g->ctx, g->kv, g->slot, pair, 2, n, g->verify_logits, 1, g->hidden + (size_t)n * H, err))
             return MOE_FAIL;
+        cost->verify_s += now_seconds() - t0;
+        cost->n_verify++;
         g->history[g->n_history++] = x;
         g->n_steps++;
         /* 3. accept or reject */
-        int accept;
-        if (g->smp->p.temperature == 0.0f) {
+        int accept, resample = -1;
+        if (greedy) {
             accept = sampler_argmax(g->verify_logits, V) == d;
         } else {
             sampler_distribution(g->smp, g->verify_logits, g->p_target);
-            accept = g->q_draft[d] > 0.0f && sampler_uniform(g->smp) * g->q_draft[d] < g->p_target[d];
+            resample = speculative_resolve(g->smp, g->p_target, g->q_draft, d, V);
+            accept = resample < 0;
         }
         if (accept) {
             g->n_accepted++;
+            cost->accepted[bucket]++;
             g->history[g->n_history++] = d;
             stop = emit_token(g, d, emit, ctx, err);
             if (stop || g->n_generated >= max_new) break;
             memcpy(g->logits, g->verify_logits + V, sizeof(float) * (size_t)V);
             x = sampler_sample(g->smp, g->logits);          /* the bonus token */
         } else {
-            if (g->smp->p.temperature == 0.0f) {
-                x = sampler_argmax(g->verify_logits, V);
-            } else {                                         /* residual max(0, p - q), renormalised */
-                double mass = 0;
-                for (int i = 0; i < V; i++) {
-                    float r = g->p_target[i] - g->q_draft[i];
-                    g->p_target[i] = r > 0.0f ? r : 0.0f;
-                    mass += g->p_target[i];
-                }
-                if (mass > 0) for (int i = 0; i < V; i++) g->p_target[i] = (float)(g->p_target[i] / mass);
-                else sampler_distribution(g->smp, g->verify_logits, g->p_target);
-                x = sampler_draw(g->smp, g->p_target);
-            }
+            x = greedy ? sampler_argmax(g->verify_logits, V) : resample;
+            memcpy(g->logits, g->verify_logits, sizeof(float) * (size_t)V);   /* the logits x came from */
         }
         stop = emit_token(g, x, emit, ctx, err);
     }
@@ -224,6 +327,10 @@ static int run_mtp(generator *g, int max_new, generate_emit emit, void *ctx, moe
 int generator_run(generator *g, int max_new, generate_emit emit, void *ctx, moe_error *err) {
     g->n_generated = 0;
     g->n_drafted = g->n_accepted = g->n_steps = 0;
+    memset(&g->cost, 0, sizeof g->cost);
+    g->spec_on = 0;
+    g->probe_left = g->plain_since_probe = 0;
+    g->probe_every = MTP_PROBE_EVERY;
     double t0 = now_seconds();
     int rc = MOE_OK;
     if (max_new > 0) rc = g->use_mtp ? run_mtp(g, max_new, emit, ctx, err) : run_plain(g, max_new, emit, ctx, err);

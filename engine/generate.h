@@ -17,6 +17,18 @@
  * Return non-zero to stop generating. */
 typedef int (*generate_emit)(void *ctx, int id, const char *text, size_t len);
 
+/* --mtp: always draft, or (auto, the default) draft only while it pays. */
+typedef enum { MTP_ALWAYS = 1, MTP_AUTO = 2 } mtp_mode;
+
+/* What speculative decoding costs and gains, measured as it runs (seconds of wall time). */
+#define MTP_CONF_BUCKETS 4   /* draft confidence q(d) in [0, .25), [.25, .5), [.5, .75), [.75, 1] */
+typedef struct {
+    double plain_s, verify_s, draft_s;   /* summed times: one-token steps, two-token verifications, drafts */
+    long n_plain, n_verify, n_draft;     /* and how many (drafts: of one position only) */
+    long drafted[MTP_CONF_BUCKETS], accepted[MTP_CONF_BUCKETS];   /* by draft confidence */
+    long skipped;                        /* auto: drafts not verified (too unlikely to pay) */
+} mtp_costs;
+
 typedef struct {
     const moe_model *model;
     moe_ctx *ctx;         /* the context its passes run in */
@@ -30,7 +42,12 @@ typedef struct {
     int eos_id;           /* stops generation (-1: none) */
     tokenizer_stream stream;
     /* MTP self-speculative decoding (generator_enable_mtp) */
-    int use_mtp;
+    int use_mtp;          /* 0 off, else the mode */
+    mtp_mode mode;
+    int spec_on;          /* auto: drafting pays at the costs measured so far */
+    int probe_left;       /* auto, while off: speculative steps left in this probe */
+    int plain_since_probe, probe_every;
+    mtp_costs cost;
     float *hidden;        /* [S, H] main hidden after the final norm, per cached position */
     int *mtp_next;        /* [S] the tokens fed to the MTP module (mtp_catch_up) */
     int mtp_valid;        /* MTP cache positions [0, mtp_valid) agree with history */
@@ -54,8 +71,22 @@ void generator_free(generator *g);
 /* Turns on MTP self-speculative decoding: the MTP module drafts the token after
  * next and a two-token main pass verifies it (greedy output is unchanged; sampled
  * output keeps its distribution through the speculative-sampling rule). Costs
- * S x H floats to keep the main hidden states: *extra_bytes says how many. */
-int generator_enable_mtp(generator *g, size_t *extra_bytes, moe_error *err);
+ * S x H floats to keep the main hidden states: *extra_bytes says how many.
+ * MTP_AUTO measures the cost of a plain step, of a verification and of a draft and the
+ * acceptance by draft confidence as it runs, and drafts only while the expected tokens per
+ * second beat plain decoding (probing now and then while it does not); it skips verifying
+ * a draft whose confidence bucket's acceptance does not pay for the verification. */
+int generator_enable_mtp(generator *g, mtp_mode mode, size_t *extra_bytes, moe_error *err);
+
+/* The speculative-sampling rule: a draft d drawn from q [V] against the target p [V]:
+ * returns -1 when d is accepted (probability min(1, p(d)/q(d))), else a token drawn from
+ * max(0, p - q) renormalised (p is overwritten). The output is then distributed as p. */
+int speculative_resolve(sampler *s, float *p, const float *q, int d, int V);
+
+/* Expected seconds per generated token, from the costs measured so far: plain decoding,
+ * and speculation (draft + verification per 1 + acceptance tokens); 0 when not measured. */
+double mtp_cost_plain(const mtp_costs *c);
+double mtp_cost_spec(const mtp_costs *c);
 
 /* Makes the cache hold exactly tokens[0..n) and computes the next-token logits. */
 int generator_prompt(generator *g, const int *tokens, int n, moe_error *err);

@@ -70,7 +70,7 @@ void matmul_rows_ref(const mat *W, const float *X, int n, float *Y, int ldy, int
 void matvec_t_rows(const mat *W, const float *x, float *y, int row0, int row1);
 void matvec_t_rows_ref(const mat *W, const float *x, float *y, int row0, int row1);
 
-/* Low-precision activations (opt-in, faster, less accurate; see kernels/README.md).
+/* Low-precision activations (opt-in: --act-lowp; faster, less accurate; see kernels/README.md).
  * matvec_rows_q8q8: W is MAT_Q8 and x was quantized with quantize_row_q8 (integer
  * dots, VNNI). matvec_rows_bf16bf16: W is MAT_BF16 and x was rounded with
  * quantize_row_bf16 (vdpbf16ps). Same y convention as matvec_rows. */
@@ -141,7 +141,7 @@ typedef struct {
 } cpu_features;
 
 const cpu_features *cpu_get_features(void);
-/* Forces the scalar reference kernels (1) or the best available (0); for tests and --no-simd. */
+/* Forces the scalar reference kernels (1) or the best available (0); for tests. */
 void cpu_force_scalar(int on);
 /* Name of the kernel set in use, e.g. "avx512-bf16", "avx2", "scalar". */
 const char *cpu_kernel_name(void);

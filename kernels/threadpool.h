@@ -16,7 +16,7 @@ typedef struct threadpool threadpool;
 /* n_threads >= 1 counts the caller: n_threads - 1 workers are started.
  * Returns NULL if threads or memory could not be had. */
 threadpool *threadpool_create(int n_threads);
-/* The same, with a hook (e.g. pinning threads to a NUMA node's CPUs, engine/numa.c):
+/* The same, with a hook (e.g. pinning threads to a NUMA node's CPUs, engine/numa_place.c):
  * on_start(ctx, thread, n_threads) runs once on every pool thread before it takes any
  * work: thread 0 (the caller) inside this call, workers 1..n-1 as they start. Returns
  * after all of them have run it, so ctx need only live for this call. */

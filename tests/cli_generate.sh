@@ -25,6 +25,12 @@ for n in 1 2 9 40; do
     cmp -s "$T/a" "$T/b" && ok || bad "--mtp greedy differs at -n $n"
 done
 grep -q "mtp: drafted" "$T/err" && ok || bad "--mtp stats line"
+grep -q -- "--mtp (auto)" "$T/err" && ok || bad "--mtp is auto by default: $(cat "$T/err")"
+"$MOE" generate -m "$M" -p "in the beginning" -n 40 --greedy --mtp-mode always >"$T/b" 2>"$T/err"
+"$MOE" generate -m "$M" -p "in the beginning" -n 40 --greedy >"$T/a" 2>/dev/null
+cmp -s "$T/a" "$T/b" && ok || bad "--mtp-mode always greedy differs"
+grep -q -- "--mtp (always)" "$T/err" && ok || bad "--mtp-mode always says so: $(cat "$T/err")"
+expect_error "bad mtp mode" "--mtp-mode must be always or auto" "$MOE" generate -m "$M" -p x --mtp-mode sometimes
 # the timing line, llama.cpp-style
 "$MOE" generate -m "$M" -p "the" -n 5 --greedy 2>"$T/err" >/dev/null
 grep -q "prompt eval time" "$T/err" && grep -q "tokens per second" "$T/err" && ok || bad "timing line: $(cat "$T/err")"

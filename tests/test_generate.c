@@ -113,12 +113,12 @@ static void generate_ids(moe_session *m, const int *prompt, int n_prompt, int ma
     assert_int_equal(sampler_init(&s, m->m.cfg.vocab_size, &sp, &err), 0);
     assert_int_equal(generator_init(&g, &m->m, &m->c, &m->kv, 0, NULL, &s, &err), 0);
     g.eos_id = -1;   /* random weights: never stop early */
-    if (mtp) assert_int_equal(generator_enable_mtp(&g, NULL, &err), 0);
+    if (mtp) assert_int_equal(generator_enable_mtp(&g, (mtp_mode)mtp, NULL, &err), 0);
     assert_int_equal(generator_prompt(&g, prompt, n_prompt, &err), 0);
     memset(out, 0, sizeof *out);
     assert_int_equal(generator_run(&g, max_new, collect, out, &err), 0);
     assert_int_equal(out->n, max_new);
-    if (mtp && max_new > 1) {
+    if (mtp == MTP_ALWAYS && max_new > 1) {
         assert_true(g.n_drafted > 0);
         assert_true(g.n_steps > 0);
     }
@@ -142,7 +142,7 @@ static void test_mtp_greedy_identical(void **state) {
         for (int li = 0; li < 6; li++) {
             collected plain, spec;
             generate_ids(&m, prompt, np, lengths[li], 0, greedy, &plain, NULL);
-            generate_ids(&m, prompt, np, lengths[li], 1, greedy, &spec, NULL);
+            generate_ids(&m, prompt, np, lengths[li], MTP_ALWAYS, greedy, &spec, NULL);
             for (int i = 0; i < plain.n; i++)
                 if (plain.ids[i] != spec.ids[i])
                     fail_msg("prompt %d, %d tokens: token %d differs (%d vs %d with --mtp)", pi, lengths[li], i,
@@ -164,7 +164,7 @@ static void test_mtp_cache_consistent(void **state) {
     sampler_params sp = { .temperature = 0.9f, .top_p = 1.0f, .seed = 7 };   /* sampled: the rejection path */
     collected out;
     generator g;
-    generate_ids(&a, prompt, 3, 40, 1, sp, &out, &g);
+    generate_ids(&a, prompt, 3, 40, MTP_ALWAYS, sp, &out, &g);
     assert_true(g.n_accepted < g.n_drafted);          /* some drafts were rejected */
     int n = g.n_history, V = a.m.cfg.vocab_size;
     assert_true(n >= 3 + 40 - 2);
@@ -224,11 +224,86 @@ static void test_prompt_prefix_reuse(void **state) {
     session_close(&fresh);
 }
 
+/* --mtp auto: whatever it decides step by step (plain steps, drafts verified or skipped,
+ * probes), greedy output equals plain greedy decoding. */
+static void test_mtp_auto_greedy_identical(void **state) {
+    (void)state;
+    moe_session m;
+    moe_error err = {{0}};
+    model_options opt = { .max_seq = 256 };
+    assert_int_equal(session_open(&m, MODEL, &opt, 1, &err), 0);
+    sampler_params greedy = { .temperature = 0.0f, .top_p = 1.0f };
+    int lengths[] = {1, 2, 5, 40, 120};
+    for (int pi = 0; pi < 4; pi++) {
+        int prompt[8], np = 2 + pi;
+        for (int i = 0; i < np; i++) prompt[i] = (pi * 53 + i * 17 + 3) % m.m.cfg.vocab_size;
+        for (int li = 0; li < 5; li++) {
+            collected plain, spec;
+            generate_ids(&m, prompt, np, lengths[li], 0, greedy, &plain, NULL);
+            generate_ids(&m, prompt, np, lengths[li], MTP_AUTO, greedy, &spec, NULL);
+            for (int i = 0; i < plain.n; i++)
+                if (plain.ids[i] != spec.ids[i])
+                    fail_msg("prompt %d, %d tokens: token %d differs with --mtp auto", pi, lengths[li], i);
+        }
+    }
+    session_close(&m);
+}
+
+/* Chi-square of n draws counted in cnt [V] against probabilities p [V]. */
+static double chi_square(const long *cnt, const float *p, int V, long n) {
+    double x = 0;
+    for (int i = 0; i < V; i++) {
+        double e = (double)n * p[i];
+        if (e > 0) x += ((double)cnt[i] - e) * ((double)cnt[i] - e) / e;
+        else if (cnt[i]) return INFINITY;
+    }
+    return x;
+}
+
+/* The speculative-sampling rule keeps the target distribution: a draft drawn from q and
+ * resolved against p (speculative_resolve) is distributed as p, for several (p, q) on a
+ * 6-token vocabulary, 200,000 trials each (chi-square with 5 degrees of freedom below 25,
+ * p-value ~1e-4). The control: taking the draft as it is (distributed as q) fails it. */
+static void test_speculative_rule_distribution(void **state) {
+    (void)state;
+    enum { V = 6, N = 200000 };
+    static const float P[3][V] = {{.05f, .4f, .1f, .2f, .05f, .2f}, {.5f, .1f, .1f, .1f, .1f, .1f}, {0, 0, .3f, .3f, .4f, 0}};
+    static const float Q[3][V] = {{.3f, .1f, .1f, .1f, .3f, .1f}, {.1f, .5f, .1f, .1f, .1f, .1f}, {.2f, .2f, .2f, .2f, .1f, .1f}};
+    moe_error err = {{0}};
+    sampler s;
+    sampler_params sp = { .temperature = 1.0f, .top_p = 1.0f, .seed = 12345 };
+    assert_int_equal(sampler_init(&s, V, &sp, &err), 0);
+    for (int c = 0; c < 3; c++) {
+        long cnt[V] = {0}, raw[V] = {0};
+        long accepted = 0;
+        for (int t = 0; t < N; t++) {
+            float p[V];
+            memcpy(p, P[c], sizeof p);
+            int d = sampler_draw(&s, Q[c]);
+            int r = speculative_resolve(&s, p, Q[c], d, V);
+            cnt[r < 0 ? d : r]++;
+            raw[d]++;
+            accepted += r < 0;
+        }
+        double x = chi_square(cnt, P[c], V, N), xc = chi_square(raw, P[c], V, N);
+        double want_accept = 0;   /* sum_i min(p_i, q_i) */
+        for (int i = 0; i < V; i++) want_accept += P[c][i] < Q[c][i] ? P[c][i] : Q[c][i];
+        print_message("case %d: chi-square %.1f (control %.0f), acceptance %.4f (expected %.4f)\n", c, x, xc,
+                      (double)accepted / N, want_accept);
+        assert_true(x < 25.0);
+        assert_true(xc > 1000.0);
+        assert_true(fabs((double)accepted / N - want_accept) < 0.01);
+    }
+    sampler_free(&s);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sampler_greedy_and_filters),
         cmocka_unit_test(test_sampler_seed_and_frequencies),
         cmocka_unit_test(test_mtp_greedy_identical),
+        cmocka_unit_test(test_mtp_auto_greedy_identical),
+        cmocka_unit_test(test_speculative_rule_distribution),
         cmocka_unit_test(test_mtp_cache_consistent),
         cmocka_unit_test(test_prompt_prefix_reuse),
     };

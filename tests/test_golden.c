@@ -283,9 +283,43 @@ static void test_long_chunk_vs_decode(void **state) {
     }
 }
 
+/* --act-lowp (cpu_set_low_precision): decode products with bf16-rounded activations move the
+ * logits (the path really runs) but stay near the reference (bf16 rounding of x: ~1e-3). */
+static void test_act_lowp_decode(void **state) {
+    (void)state;
+    st_set ref;
+    moe_error err = {{0}};
+    assert_int_equal(st_open_file(&ref, GOLDEN "tiny-bf16.ref.safetensors", &err), 0);
+    const st_tensor *tt = st_find(&ref, "tokens");
+    int T = (int)tt->numel;
+    moe_session m;
+    model_options opt = { .max_seq = T, .batch_max = 1 };
+    assert_int_equal(session_open(&m, GOLDEN "tiny-bf16", &opt, 1, &err), 0);
+    int V = m.m.cfg.vocab_size;
+    float *exact = calloc((size_t)T * V, sizeof(float)), *lowp = calloc((size_t)T * V, sizeof(float));
+    for (int pass = 0; pass < 2; pass++) {
+        cpu_set_low_precision(pass);
+        kv_clear(&m.kv, 0);
+        for (int t = 0; t < T; t++)
+            assert_int_equal(model_forward_seq(&m.m, &m.c, &m.kv, 0, (const int *)tt->data + t, 1, t,
+                                               (pass ? lowp : exact) + (size_t)t * V, 0, NULL, &err), 0);
+    }
+    cpu_set_low_precision(0);
+    const double *want = ref_tensor(&ref, "logits", ST_F64);
+    double e_exact = rel_err_f64(exact, want, (size_t)T * V), e_lowp = rel_err_f64(lowp, want, (size_t)T * V);
+    print_message("decode logits vs reference: f32 activations %.2e, --act-lowp %.2e\n", e_exact, e_lowp);
+    assert_true(e_exact <= TOL);
+    if (cpu_get_features()->avx512_bf16) assert_true(e_lowp > 10 * e_exact);   /* the low-precision path ran */
+    assert_true(e_lowp < 2e-2);
+    free(exact); free(lowp);
+    session_close(&m);
+    st_close(&ref);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_tiny_bf16),
+        cmocka_unit_test(test_act_lowp_decode),
         cmocka_unit_test(test_tiny_yarn_fp8),
         cmocka_unit_test(test_v2lite_f32),
         cmocka_unit_test(test_v2lite_f16_sharded),

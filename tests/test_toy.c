@@ -98,7 +98,7 @@ static void test_toy_mtp_greedy_identical_with_acceptance(void **state) {
             generator gen;
             assert_int_equal(generator_init(&gen, &m.m, &m.c, &m.kv, 0, NULL, &s, &err), 0);
             gen.eos_id = -1;
-            if (arm) assert_int_equal(generator_enable_mtp(&gen, NULL, &err), 0);
+            if (arm) assert_int_equal(generator_enable_mtp(&gen, MTP_ALWAYS, NULL, &err), 0);
             assert_int_equal(generator_prompt(&gen, text + start, 8, &err), 0);
             memset(&out[arm], 0, sizeof out[arm]);
             assert_int_equal(generator_run(&gen, 48, collect, &out[arm], &err), 0);

@@ -36,7 +36,7 @@ static int decode(const moe_model *m, moe_ctx *c, moe_kv *kv, const int *prompt,
                   generator *g, sampler *s, int *out_ids, double *tps, moe_error *err) {
     if (generator_init(g, m, c, kv, 0, NULL, s, err)) return MOE_FAIL;
     g->eos_id = -1;                                   /* always n_gen tokens */
-    int rc = (mtp && generator_enable_mtp(g, NULL, err)) || generator_prompt(g, prompt, n_prompt, err) ||
+    int rc = (mtp && generator_enable_mtp(g, (mtp_mode)mtp, NULL, err)) || generator_prompt(g, prompt, n_prompt, err) ||
                      generator_run(g, n_gen, NULL, NULL, err)
                  ? MOE_FAIL
                  : MOE_OK;
@@ -72,6 +72,7 @@ int mtp_arm_run(const moe_model *m, moe_ctx *ctx, moe_kv *kv, const char *model_
     if (expert_counter_init(&cnt, m, ctx, err)) { free(text_ids); return MOE_FAIL; }
     r->plain_ts = calloc((size_t)reps, sizeof(double));
     r->mtp_ts = calloc((size_t)reps, sizeof(double));
+    r->auto_ts = calloc((size_t)reps, sizeof(double));
     int *prompt = malloc(sizeof(int) * (size_t)n_prompt);
     int *out_plain = malloc(sizeof(int) * (size_t)(n_gen + 2)), *out_mtp = malloc(sizeof(int) * (size_t)(n_gen + 2));
     int rc = MOE_FAIL;
@@ -79,7 +80,7 @@ int mtp_arm_run(const moe_model *m, moe_ctx *ctx, moe_kv *kv, const char *model_
     sampler_params greedy = { .temperature = 0.0f, .top_p = 1.0f };
     route_observer saved = ctx->on_route;
     void *saved_ctx = ctx->on_route_ctx;
-    if (!r->plain_ts || !r->mtp_ts || !prompt || !out_plain ||
+    if (!r->plain_ts || !r->mtp_ts || !r->auto_ts || !prompt || !out_plain ||
         !out_mtp || sampler_init(&smp, m->cfg.vocab_size, &greedy, err)) {
         if (!err->msg[0]) moe_error_set(err, "out of memory");
         goto done;
@@ -97,15 +98,16 @@ int mtp_arm_run(const moe_model *m, moe_ctx *ctx, moe_kv *kv, const char *model_
                 prompt[i] = (int)(st % (uint64_t)m->cfg.vocab_size);
             }
         }
-        for (int arm = 0; arm < 2; arm++) {   /* plain first, then MTP, on the same prompt */
+        for (int arm = 0; arm < 3; arm++) {   /* plain first, then MTP always, then auto, on the same prompt */
             generator g;
             double tps = 0;
             int *out = arm ? out_mtp : out_plain;
+            int mode = arm == 0 ? 0 : arm == 1 ? MTP_ALWAYS : MTP_AUTO;
             /* pass counting: close open sets so each arm's passes stay its own */
             expert_counter_close(&cnt);
             double before[2] = {cnt.sum_distinct[1], cnt.sum_distinct[2]};
             long before_n[2] = {cnt.n_sets[1], cnt.n_sets[2]};
-            int drc = decode(m, ctx, kv, prompt, n_prompt, n_gen, arm, &g, &smp, out, &tps, err);
+            int drc = decode(m, ctx, kv, prompt, n_prompt, n_gen, mode, &g, &smp, out, &tps, err);
             expert_counter_close(&cnt);
             if (drc) { generator_free(&g); goto done; }
             if (arm == 0) {
@@ -113,8 +115,27 @@ int mtp_arm_run(const moe_model *m, moe_ctx *ctx, moe_kv *kv, const char *model_
                 /* plain decoding: only its single-token passes count */
                 cnt.sum_distinct[2] = before[1];
                 cnt.n_sets[2] = before_n[1];
+            } else if (arm == 2) {
+                r->auto_ts[rep] = tps;
+                r->auto_drafted += g.n_drafted;
+                r->auto_accepted += g.n_accepted;
+                r->auto_plain += g.cost.n_plain;
+                r->auto_skipped += g.cost.skipped;
+                cnt.sum_distinct[1] = before[0];   /* counted in the always arm */
+                cnt.n_sets[1] = before_n[0];
+                cnt.sum_distinct[2] = before[1];
+                cnt.n_sets[2] = before_n[1];
+                int fed_plain = n_gen - 1, fed_auto = g.n_history - n_prompt;
+                if (!(fed_auto >= fed_plain && !memcmp(out_plain, out_mtp, sizeof(int) * (size_t)fed_plain))) r->mismatches++;
             } else {
                 r->mtp_ts[rep] = tps;
+                mtp_costs *ac = &r->always_cost;
+                ac->verify_s += g.cost.verify_s; ac->n_verify += g.cost.n_verify;
+                ac->draft_s += g.cost.draft_s; ac->n_draft += g.cost.n_draft;
+                for (int b = 0; b < MTP_CONF_BUCKETS; b++) {
+                    ac->drafted[b] += g.cost.drafted[b];
+                    ac->accepted[b] += g.cost.accepted[b];
+                }
                 r->drafted += g.n_drafted;
                 r->accepted += g.n_accepted;
                 r->steps += g.n_steps;
@@ -127,7 +148,8 @@ int mtp_arm_run(const moe_model *m, moe_ctx *ctx, moe_kv *kv, const char *model_
             }
             generator_free(&g);
         }
-        fprintf(stderr, "\rmtp rep %d/%d: plain %.1f t/s, mtp %.1f t/s   ", rep + 1, reps, r->plain_ts[rep], r->mtp_ts[rep]);
+        fprintf(stderr, "\rmtp rep %d/%d: plain %.1f t/s, always %.1f t/s, auto %.1f t/s   ", rep + 1, reps, r->plain_ts[rep],
+                r->mtp_ts[rep], r->auto_ts[rep]);
     }
     fprintf(stderr, "\r%60s\r", "");
     r->experts_plain = expert_counter_mean(&cnt, 1);   /* per layer */
@@ -148,7 +170,25 @@ void mtp_arm_print(FILE *f, const mtp_arm *r) {
     double p = cli_median(r->plain_ts, r->reps), q = cli_median(r->mtp_ts, r->reps);
     fprintf(f, "\nMTP speculative decoding (greedy, %d reps of %d tokens after %d-token prompts from %s):\n", r->reps,
             r->n_gen, r->n_prompt, r->prompt_source);
-    fprintf(f, "  decode t/s, median: plain %.1f | --mtp %.1f | speed-up x%.2f\n", p, q, p > 0 ? q / p : 0.0);
+    double u = cli_median(r->auto_ts, r->reps);
+    fprintf(f, "  decode t/s, median: plain %.1f | --mtp-mode always %.1f (x%.2f) | --mtp (auto) %.1f (x%.2f)\n", p, q,
+            p > 0 ? q / p : 0.0, u, p > 0 ? u / p : 0.0);
+    const mtp_costs *c = &r->always_cost;
+    if (p > 0 && c->n_verify && c->n_draft) {
+        double plain = 1.0 / p, ver = c->verify_s / c->n_verify, dr = c->draft_s / c->n_draft;
+        double a = r->drafted ? (double)r->accepted / r->drafted : 0;
+        fprintf(f, "  cost per step (always arm): plain step %.3f ms | two-token verification %.3f ms = x%.2f | draft "
+                   "%.3f ms = x%.2f\n", 1e3 * plain, 1e3 * ver, ver / plain, 1e3 * dr, dr / plain);
+        fprintf(f, "  predicted speed-up (1 + acceptance) / (verification + draft) = x%.2f at the acceptance measured "
+                   "(%.1f%%), x%.2f at 85%%, x%.2f at 90%% (DeepSeek-V3's reported range); measured x%.2f\n",
+                (1 + a) * plain / (ver + dr), 100 * a, 1.85 * plain / (ver + dr), 1.90 * plain / (ver + dr), q / p);
+        fprintf(f, "  acceptance by draft confidence q(d):");
+        for (int b = 0; b < MTP_CONF_BUCKETS; b++)
+            fprintf(f, " [%.2f, %.2f) %ld/%ld", (double)b / MTP_CONF_BUCKETS, (double)(b + 1) / MTP_CONF_BUCKETS,
+                    c->accepted[b], c->drafted[b]);
+        fprintf(f, "\n  auto arm: %ld drafts (%ld accepted), %ld plain steps, %ld drafts not verified\n", r->auto_drafted,
+                r->auto_accepted, r->auto_plain, r->auto_skipped);
+    }
     fprintf(f, "  drafts accepted: %ld of %ld (%.1f%%); %.2f tokens per verification step\n", r->accepted, r->drafted,
             r->drafted ? 100.0 * r->accepted / r->drafted : 0.0, r->steps ? (double)r->generated / r->steps : 0.0);
     fprintf(f, "  distinct routed experts per MoE layer: %.2f per plain step (1 token), %.2f per verification step "
@@ -159,21 +199,32 @@ void mtp_arm_print(FILE *f, const mtp_arm *r) {
 }
 
 json_t *mtp_arm_json(const mtp_arm *r) {
-    json_t *pl = json_array(), *mt = json_array();
+    json_t *pl = json_array(), *mt = json_array(), *au = json_array();
     for (int i = 0; i < r->reps; i++) {
         json_array_append_new(pl, json_real(r->plain_ts[i]));
         json_array_append_new(mt, json_real(r->mtp_ts[i]));
+        json_array_append_new(au, json_real(r->auto_ts[i]));
     }
-    return json_pack("{s:s, s:i, s:i, s:s, s:o, s:o, s:f, s:f, s:I, s:I, s:f, s:f, s:f, s:i}", "test", "mtp", "n_prompt",
+    const mtp_costs *c = &r->always_cost;
+    double plain = cli_median(r->plain_ts, r->reps);
+    json_t *o = json_pack("{s:s, s:i, s:i, s:s, s:o, s:o, s:f, s:f, s:I, s:I, s:f, s:f, s:f, s:i}", "test", "mtp", "n_prompt",
                      r->n_prompt, "n_gen", r->n_gen, "prompts", r->prompt_source, "plain_samples_ts", pl,
                      "mtp_samples_ts", mt, "plain_median_ts", cli_median(r->plain_ts, r->reps), "mtp_median_ts",
                      cli_median(r->mtp_ts, r->reps), "drafted", (json_int_t)r->drafted, "accepted", (json_int_t)r->accepted,
                      "tokens_per_step", r->steps ? (double)r->generated / r->steps : 0.0, "experts_per_layer_plain",
                      r->experts_plain, "experts_per_layer_verify", r->experts_verify, "mismatches", r->mismatches);
+    json_object_set_new(o, "auto_samples_ts", au);
+    json_object_set_new(o, "auto_median_ts", json_real(cli_median(r->auto_ts, r->reps)));
+    if (plain > 0 && c->n_verify && c->n_draft) {
+        json_object_set_new(o, "verify_cost_vs_plain", json_real(c->verify_s / c->n_verify * plain));
+        json_object_set_new(o, "draft_cost_vs_plain", json_real(c->draft_s / c->n_draft * plain));
+    }
+    return o;
 }
 
 void mtp_arm_free(mtp_arm *r) {
     free(r->plain_ts);
     free(r->mtp_ts);
+    free(r->auto_ts);
     memset(r, 0, sizeof *r);
 }

@@ -8,19 +8,23 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "generate.h"
 #include "model.h"
 
 typedef struct {
     int reps, n_gen, n_prompt;
     const char *prompt_source;      /* "random tokens" or the text file */
-    double *plain_ts, *mtp_ts;      /* [reps] tokens/s */
+    double *plain_ts, *mtp_ts;      /* [reps] tokens/s: plain, --mtp-mode always */
+    double *auto_ts;                /* [reps] tokens/s: --mtp (auto) */
+    mtp_costs always_cost;          /* the always arm's measured costs, summed over reps */
+    long auto_drafted, auto_accepted, auto_plain, auto_skipped;
     long drafted, accepted, steps, generated;
     double experts_plain;           /* mean distinct routed experts per main layer per decode step */
     double experts_verify;          /* the same per verification step (two tokens) */
     int mismatches;                 /* reps whose MTP output differed from plain greedy (must be 0) */
 } mtp_arm;
 
-/* Runs `reps` rounds, alternating plain and MTP greedy decoding of n_gen tokens after
+/* Runs `reps` rounds, alternating plain, always-MTP and auto-MTP greedy decoding of n_gen tokens after
  * n_prompt-token prompts: windows of text_file (tokenized with the model dir's
  * tokenizer) or, when text_file is NULL, random tokens from `seed`. */
 int mtp_arm_run(const moe_model *m, moe_ctx *ctx, moe_kv *kv, const char *model_dir, const char *text_file, int n_prompt, int n_gen, int reps,

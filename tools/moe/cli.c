@@ -292,7 +292,21 @@ int cli_model_option(int argc, char **argv, int *i, const char *cmd, model_optio
         o->numa = (numa_mode)mode;
         return 1;
     }
+    if (!strcmp(a, "--act-lowp")) {
+        cli_act_lowp(cmd);
+        return 1;
+    }
     return cli_route_knob(argc, argv, i, cmd, &o->routing);
+}
+
+void cli_act_lowp(const char *cmd) {
+    const cpu_features *f = cpu_get_features();
+    cpu_set_low_precision(1);
+    fprintf(stderr, "moe %s: --act-lowp: decode products round the activations to %s%s%s (about 1e-3 relative error "
+                    "per product, kernels/README.md); prefill and batches keep f32 activations\n", cmd,
+            f->avx512_bf16 ? "bf16 for BF16 weights (vdpbf16ps)" : "",
+            f->avx512_bf16 && (f->avx512_vnni || f->avx2_fma) ? " and " : "",
+            f->avx512_vnni ? "int8 for Q8 weights (VNNI)" : f->avx2_fma ? "int8 for Q8 weights (AVX2)" : "");
 }
 
 void cli_model_options_usage(FILE *f) {
@@ -301,6 +315,7 @@ void cli_model_options_usage(FILE *f) {
             "  --dtype D            weight format: auto (as stored, default) | f32 | bf16 | q8\n"
             "  --batch N            tokens per forward chunk (default 64)\n"
             "  --numa M             NUMA placement: off (default) | interleave | partition (README: --numa)\n"
+            "  --act-lowp           decode with bf16 / int8 activations (BF16 / Q8 weights): faster, less exact\n"
             "  --experts-per-token K, --no-group-limit, --no-route-bias   routing experiments (each says it is on)\n");
 }
 

@@ -47,6 +47,8 @@ int cli_route_knobs_check(const moe_config *cfg, const router_options *r, const 
  * routing knobs. Returns 1 if argv[*i] was one (consumed, with its value), 0 if not,
  * -1 on a bad value (after printing one error line). */
 int cli_model_option(int argc, char **argv, int *i, const char *cmd, model_options *o);
+/* --act-lowp: turns the kernels' low-precision activations on and says so on stderr. */
+void cli_act_lowp(const char *cmd);
 /* Help lines for those options. */
 void cli_model_options_usage(FILE *f);
 

@@ -23,8 +23,7 @@ static void usage(FILE *f) {
             "checkpoint's chat template. Empty line or /exit or end of input ends the chat.\n"
             "\n"
             "options:\n"
-            "  -s, --system TEXT    a system message\n"
-            "  --mtp                speculative decoding with the MTP module\n");
+            "  -s, --system TEXT    a system message\n");
     genopts_usage(f);
     fprintf(f, "  -h, --help\n");
 }
@@ -79,7 +78,6 @@ int cmd_chat(int argc, char **argv) {
     genopts o;
     genopts_defaults(&o);
     const char *system_msg = NULL;
-    int mtp = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
@@ -87,7 +85,6 @@ int cmd_chat(int argc, char **argv) {
         if (r < 0) return 2;
         if (r > 0) continue;
         if (!strcmp(a, "-s") || !strcmp(a, "--system")) { if (!(system_msg = cli_value(argc, argv, &i, "chat"))) return 2; }
-        else if (!strcmp(a, "--mtp")) mtp = 1;
         else { fprintf(stderr, "moe chat: unknown option '%s' (see moe chat --help)\n", a); return 2; }
     }
     if (genopts_finish(&o, "chat")) return 2;
@@ -111,10 +108,11 @@ int cmd_chat(int argc, char **argv) {
     if (cli_load_engine(&e, o.model_dir, &o.model, 1, "chat", !o.verbose)) goto done;
     have_model = 1;
     if (sampler_init(&smp, e.m.cfg.vocab_size, &o.sampling, &err) || generator_init(&g, &e.m, &e.c, &e.kv, 0, tok, &smp, &err)) goto fail;
-    if (mtp) {
+    if (o.mtp) {
         size_t extra;
-        if (generator_enable_mtp(&g, &extra, &err)) goto fail;
-        fprintf(stderr, "moe chat: --mtp: speculative decoding with the MTP module (keeps hidden states: %.1f MiB)\n",
+        if (generator_enable_mtp(&g, (mtp_mode)o.mtp, &extra, &err)) goto fail;
+        fprintf(stderr, "moe chat: --mtp (%s): speculative decoding with the MTP module (keeps hidden states: %.1f MiB)\n",
+                o.mtp == MTP_ALWAYS ? "always" : "auto",
                 extra / 1048576.0);
     }
     cap_msgs = 16;

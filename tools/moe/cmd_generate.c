@@ -22,9 +22,7 @@ static void usage(FILE *f) {
             "  -p, --prompt TEXT    the prompt\n"
             "  -f, --file FILE      read the prompt from FILE\n"
             "  --no-bos             do not prepend BOS\n"
-            "  --truncate           keep the end of a prompt longer than the context (with a warning)\n"
-            "  --mtp                speculative decoding: the MTP module drafts the token after next, one\n"
-            "                       two-token pass verifies it (greedy output is unchanged)\n");
+            "  --truncate           keep the end of a prompt longer than the context (with a warning)\n");
     genopts_usage(f);
     fprintf(f, "  -h, --help\n");
 }
@@ -46,17 +44,25 @@ static void print_timing(const generator *g, double load_s) {
             1e3 * g->prompt_seconds, g->n_prompt_computed, pms, pms > 0 ? 1e3 / pms : 0.0);
     fprintf(stderr, "moe:        eval time = %9.2f ms / %5d tokens (%8.2f ms per token, %9.2f tokens per second)\n",
             1e3 * g->gen_seconds, g->n_generated, gms, gms > 0 ? 1e3 / gms : 0.0);
-    if (g->use_mtp)
-        fprintf(stderr, "moe: mtp: drafted %d, accepted %d (%.1f%%), %.2f tokens per verification step\n", g->n_drafted,
-                g->n_accepted, g->n_drafted ? 100.0 * g->n_accepted / g->n_drafted : 0.0,
-                g->n_steps ? (double)g->n_generated / g->n_steps : 0.0);
+    if (g->use_mtp) {
+        const mtp_costs *c = &g->cost;
+        fprintf(stderr, "moe: mtp: drafted %d, accepted %d (%.1f%%), %d verification steps, %ld plain steps, %ld drafts "
+                        "not verified\n", g->n_drafted, g->n_accepted, g->n_drafted ? 100.0 * g->n_accepted / g->n_drafted : 0.0,
+                g->n_steps, c->n_plain, c->skipped);
+        if (c->n_plain && c->n_verify && c->n_draft)
+            fprintf(stderr, "moe: mtp: costs: plain step %.2f ms, verification %.2f ms (x%.2f), draft %.2f ms (x%.2f): "
+                            "%.2f ms per token speculating vs %.2f plain\n",
+                    1e3 * mtp_cost_plain(c), 1e3 * c->verify_s / c->n_verify,
+                    c->verify_s / c->n_verify / mtp_cost_plain(c), 1e3 * c->draft_s / c->n_draft,
+                    c->draft_s / c->n_draft / mtp_cost_plain(c), 1e3 * mtp_cost_spec(c), 1e3 * mtp_cost_plain(c));
+    }
 }
 
 int cmd_generate(int argc, char **argv) {
     genopts o;
     genopts_defaults(&o);
     const char *prompt = NULL, *file = NULL;
-    int no_bos = 0, truncate = 0, mtp = 0;
+    int no_bos = 0, truncate = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
@@ -67,7 +73,6 @@ int cmd_generate(int argc, char **argv) {
         else if (!strcmp(a, "-f") || !strcmp(a, "--file")) { if (!(file = cli_value(argc, argv, &i, "generate"))) return 2; }
         else if (!strcmp(a, "--no-bos")) no_bos = 1;
         else if (!strcmp(a, "--truncate")) truncate = 1;
-        else if (!strcmp(a, "--mtp")) mtp = 1;
         else { fprintf(stderr, "moe generate: unknown option '%s' (see moe generate --help)\n", a); return 2; }
     }
     if (genopts_finish(&o, "generate")) return 2;
@@ -118,10 +123,11 @@ int cmd_generate(int argc, char **argv) {
         n_ids = keep;
     }
     if (sampler_init(&smp, e.m.cfg.vocab_size, &o.sampling, &err) || generator_init(&g, &e.m, &e.c, &e.kv, 0, tok, &smp, &err)) goto fail;
-    if (mtp) {
+    if (o.mtp) {
         size_t extra;
-        if (generator_enable_mtp(&g, &extra, &err)) goto fail;
-        fprintf(stderr, "moe generate: --mtp: speculative decoding with the MTP module (keeps hidden states: %.1f MiB)\n",
+        if (generator_enable_mtp(&g, (mtp_mode)o.mtp, &extra, &err)) goto fail;
+        fprintf(stderr, "moe generate: --mtp (%s): speculative decoding with the MTP module (keeps hidden states: %.1f MiB)\n",
+                o.mtp == MTP_ALWAYS ? "always" : "auto",
                 extra / 1048576.0);
     }
     if (o.verbose) fprintf(stderr, "seed %llu, %d prompt tokens\n", (unsigned long long)o.sampling.seed, n_ids);

@@ -27,7 +27,11 @@ void genopts_usage(FILE *f) {
             "  --seed S             random seed (default: from the clock, printed with -v)\n"
             "  --greedy             same as --temp 0\n"
             "  --ctx N              context length in tokens (default: min(max_position_embeddings, 4096))\n"
-            "  -v, --verbose        print the model summary and seed\n");
+            "  -v, --verbose        print the model summary and seed\n"
+            "  --mtp                speculative decoding with the MTP module (greedy output unchanged, sampled\n"
+            "                       output keeps its distribution); it measures what a draft and a verification\n"
+            "                       cost and drafts only while that pays (README: MTP)\n"
+            "  --mtp-mode M         auto (the default of --mtp) | always (draft every step); implies --mtp\n");
     cli_model_options_usage(f);
 }
 
@@ -55,9 +59,18 @@ int genopts_parse(genopts *o, int argc, char **argv, int *i, const char *cmd) {
     if (!strcmp(a, "--greedy")) { o->sampling.temperature = 0.0f; return 1; }
     if (!strcmp(a, "--ctx")) { VALUE(); if (!cli_int(v, 1, 1 << 24, cmd, a, &x)) return -1; o->model.max_seq = (int)x; return 1; }
     if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) { o->verbose = 1; return 1; }
+    if (!strcmp(a, "--mtp")) { if (!o->mtp) o->mtp = MTP_AUTO; return 1; }
+    if (!strcmp(a, "--mtp-mode")) { VALUE(); return genopts_mtp_mode(v, cmd, &o->mtp) ? -1 : 1; }
     return cli_model_option(argc, argv, i, cmd, &o->model);
 #undef VALUE
 #undef FLOATV
+}
+
+int genopts_mtp_mode(const char *v, const char *cmd, int *mode) {
+    if (!strcmp(v, "always")) *mode = MTP_ALWAYS;
+    else if (!strcmp(v, "auto")) *mode = MTP_AUTO;
+    else { fprintf(stderr, "moe %s: --mtp-mode must be always or auto, got \"%s\"\n", cmd, v); return -1; }
+    return 0;
 }
 
 int genopts_finish(genopts *o, const char *cmd) {
