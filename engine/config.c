@@ -63,7 +63,7 @@ static int parse_rope_scaling(moe_config *c, const json_t *rs, const char *path,
 
 /* ------------------------------------------------------------------ validation */
 
-static int validate(const moe_config *c, const char *path, moe_error *err) {
+int config_validate(const moe_config *c, const char *path, moe_error *err) {
     if (c->qk_rope_head_dim % 2)
         return moe_error_set(err, "%s: qk_rope_head_dim = %d must be even", path, c->qk_rope_head_dim);
     if (c->num_hidden_layers < 1) return moe_error_set(err, "%s: num_hidden_layers must be >= 1", path);
@@ -180,7 +180,7 @@ int config_parse(moe_config *c, const char *text, size_t len, const char *path, 
             c->fp8_block_cols = (int)json_integer_value(json_array_get(bs, 1));
         }
     }
-    rc = validate(c, path, err);
+    rc = config_validate(c, path, err);
 done:
     json_decref(root);
     return rc;

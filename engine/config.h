@@ -74,6 +74,10 @@ int config_load(moe_config *cfg, const char *dir, moe_error *err);
 /* Parses config JSON text; `path` is only used in messages. */
 int config_parse(moe_config *cfg, const char *json_text, size_t len, const char *path, moe_error *err);
 
+/* The cross-field checks config_parse ends with (top-k, groups, MTP, special ids), for
+ * configs made from other sources (GGUF metadata); `path` names the source in messages. */
+int config_validate(const moe_config *cfg, const char *path, moe_error *err);
+
 /* Layer i (0 <= i < L + num_nextn_predict_layers) uses the MoE FFN (the MTP block always does). */
 int config_layer_is_moe(const moe_config *cfg, int layer);
 /* Experts per group, E / G. */

@@ -24,6 +24,7 @@
 
 #include "attention.h"
 #include "blas.h"
+#include "gguf_config.h"
 #include "kernels.h"
 #include "linear.h"
 #include "moe.h"
@@ -146,10 +147,19 @@ void ctx_free(moe_ctx *s) {
 
 /* ------------------------------------------------------------------ load */
 
+int model_config_load(moe_config *cfg, const char *path, moe_error *err) {
+    if (!weights_is_gguf(path)) return config_load(cfg, path, err);
+    gguf_file g;   /* the config from the file's metadata */
+    if (gguf_open(&g, path, err)) return MOE_FAIL;
+    int rc = gguf_config(&g, cfg, err);
+    gguf_close(&g);
+    return rc;
+}
+
 int model_load(moe_model *m, const char *path, const model_options *opt, moe_error *err) {
     memset(m, 0, sizeof *m);
     if (opt) m->opt = *opt;
-    if (config_load(&m->cfg, path, err)) return MOE_FAIL;
+    if (model_config_load(&m->cfg, path, err)) return MOE_FAIL;
     const moe_config *c = &m->cfg;
     if (rope_init(&m->rope, c, err)) return MOE_FAIL;
     m->K = c->n_routed_experts > 0 ? router_top_k(c, &m->opt.routing) : 0;

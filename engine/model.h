@@ -51,7 +51,10 @@ typedef struct moe_model {
     numa_plan numa;             /* where experts and threads live (inactive unless --numa on 2+ nodes) */
 } moe_model;
 
-/* path: a checkpoint directory (config.json + *.safetensors). */
+/* The config of a checkpoint: DIR/config.json, or a .gguf file's metadata. */
+int model_config_load(moe_config *cfg, const char *path, moe_error *err);
+
+/* path: a checkpoint directory (config.json + *.safetensors) or a .gguf file. */
 int model_load(moe_model *m, const char *path, const model_options *opt, moe_error *err);
 void model_free(moe_model *m);
 

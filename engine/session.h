@@ -20,4 +20,9 @@ typedef struct {
 int session_open(moe_session *s, const char *path, const model_options *opt, int n_slots, moe_error *err);
 void session_close(moe_session *s);
 
+struct tokenizer;
+/* The tokenizer of a checkpoint: DIR/tokenizer.json (+ tokenizer_config.json), or the
+ * tokenizer.ggml.* metadata of a .gguf file. */
+int model_tokenizer_load(struct tokenizer **out, const char *path, moe_error *err);
+
 #endif

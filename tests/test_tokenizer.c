@@ -20,6 +20,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <pthread.h>
 
 #include "tokenizer.h"
 
@@ -512,6 +513,78 @@ static int valid_utf8(const char *s, size_t n) {
     return 1;
 }
 
+
+/* Several threads encoding with one tokenizer at once (the encoder's piece cache lives
+ * in each call) give exactly the single-threaded ids. The texts: every golden line,
+ * each thread in its own order, a few times over. */
+typedef struct {
+    const tokenizer *t;                            /* shared by all threads, freshly loaded */
+    const char **text; const size_t *len; int n;   /* the texts */
+    int **want; const int *nwant;                  /* single-threaded ids */
+    int start, step, reps;                         /* this thread's order */
+    int mismatches, failures;
+} enc_job;
+
+static void *enc_thread(void *arg) {
+    enc_job *j = arg;
+    moe_error err = {{0}};
+    for (int r = 0; r < j->reps; r++)
+        for (int k = 0; k < j->n; k++) {
+            int i = (j->start + k * j->step) % j->n, *ids, n;
+            if (tokenizer_encode(j->t, j->text[i], j->len[i], &ids, &n, &err)) { j->failures++; continue; }
+            if (n != j->nwant[i] || memcmp(ids, j->want[i], sizeof(int) * (size_t)n)) j->mismatches++;
+            free(ids);
+        }
+    return NULL;
+}
+
+static void test_v3_concurrent_encode(void **state) {
+    FILE *f = fopen("tests/data/tokenizer/deepseek_v3/golden.jsonl", "r");
+    assert_non_null(f);
+    enum { MAXT = 4000, THREADS = 4 };
+    const char **text = calloc(MAXT, sizeof *text);
+    size_t *len = calloc(MAXT, sizeof *len);
+    int **want = calloc(MAXT, sizeof *want), *nwant = calloc(MAXT, sizeof *nwant), n = 0;
+    json_t **keep = calloc(MAXT, sizeof *keep);
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t got;
+    while (n < MAXT && (got = getline(&line, &cap, f)) > 0) {
+        json_error_t je;
+        keep[n] = json_loadb(line, (size_t)got, JSON_ALLOW_NUL, &je);
+        assert_non_null(keep[n]);
+        json_t *jt = json_object_get(keep[n], "text");
+        text[n] = json_string_value(jt);
+        len[n] = json_string_length(jt);
+        want[n] = enc(text[n], len[n], &nwant[n]);
+        n++;
+    }
+    free(line);
+    fclose(f);
+    assert_true(n > 1000);
+    /* a second tokenizer, never used before: with a cache shared through the tokenizer
+     * (as before this test), the threads would all be inserting into it at once */
+    tokenizer *fresh;
+    moe_error err = {{0}};
+    assert_int_equal(tokenizer_load(&fresh, "tests/data/tokenizer/deepseek_v3", &err), MOE_OK);
+    pthread_t th[THREADS];
+    enc_job jobs[THREADS];
+    for (int t = 0; t < THREADS; t++) {
+        jobs[t] = (enc_job){fresh, text, len, n, want, nwant, t * 389, 2 * t + 1, 2, 0, 0};
+        assert_int_equal(pthread_create(&th[t], NULL, enc_thread, &jobs[t]), 0);
+    }
+    int bad = 0;
+    for (int t = 0; t < THREADS; t++) {
+        pthread_join(th[t], NULL);
+        bad += jobs[t].mismatches + jobs[t].failures;
+    }
+    tokenizer_free(fresh);
+    print_message("%d threads x %d texts x 2: %d mismatches\n", THREADS, n, bad);
+    assert_int_equal(bad, 0);
+    for (int i = 0; i < n; i++) { free(want[i]); json_decref(keep[i]); }
+    free(text); free(len); free(want); free(nwant); free(keep);
+}
+
 static void test_v3_stream_decode(void **state) {
     const char text[] = "深度求索 👨‍👩‍👧‍👦 ok 龘靐齉爩 🫠\n<｜User｜>é";
     int n;
@@ -599,6 +672,7 @@ int main(void) {
         cmocka_unit_test(test_v3_invalid_utf8),
         cmocka_unit_test(test_v3_random_roundtrip),
         cmocka_unit_test(test_v3_stream_decode),
+        cmocka_unit_test(test_v3_concurrent_encode),
         cmocka_unit_test(test_v3_config),
     };
     int fails = cmocka_run_group_tests_name("tokenizer", tests, NULL, NULL);

@@ -39,6 +39,50 @@ const ckpt_layout LAYOUT_HF = {
         [T_MTP_HEAD_NORM] = "model.layers.%d.shared_head.norm.weight",
         [T_MTP_HEAD] = "model.layers.%d.shared_head.head.weight",
     },
+    .experts_stacked = 0,
+    .kv_b_split = 0,
+};
+
+/* ------------------------------------------------------------------ GGUF (llama.cpp deepseek2) */
+
+const ckpt_layout LAYOUT_GGUF = {
+    "GGUF (llama.cpp deepseek2)",
+    {
+        [T_EMBED] = "token_embd.weight",
+        [T_FINAL_NORM] = "output_norm.weight",
+        [T_LM_HEAD] = "output.weight",
+        [T_INPUT_NORM] = "blk.%d.attn_norm.weight",
+        [T_Q_A] = "blk.%d.attn_q_a.weight",
+        [T_Q_A_NORM] = "blk.%d.attn_q_a_norm.weight",
+        [T_Q_B] = "blk.%d.attn_q_b.weight",
+        [T_Q] = "blk.%d.attn_q.weight",
+        [T_KV_A] = "blk.%d.attn_kv_a_mqa.weight",
+        [T_KV_A_NORM] = "blk.%d.attn_kv_a_norm.weight",
+        [T_KV_B] = "blk.%d.attn_kv_b.weight",
+        [T_K_B] = "blk.%d.attn_k_b.weight",
+        [T_V_B] = "blk.%d.attn_v_b.weight",
+        [T_O] = "blk.%d.attn_output.weight",
+        [T_POST_NORM] = "blk.%d.ffn_norm.weight",
+        [T_DENSE_GATE] = "blk.%d.ffn_gate.weight",
+        [T_DENSE_UP] = "blk.%d.ffn_up.weight",
+        [T_DENSE_DOWN] = "blk.%d.ffn_down.weight",
+        [T_ROUTER] = "blk.%d.ffn_gate_inp.weight",
+        [T_ROUTER_BIAS] = "blk.%d.exp_probs_b.bias",
+        [T_EXPERT_GATE] = "blk.%d.ffn_gate_exps.weight",
+        [T_EXPERT_UP] = "blk.%d.ffn_up_exps.weight",
+        [T_EXPERT_DOWN] = "blk.%d.ffn_down_exps.weight",
+        [T_SHARED_GATE] = "blk.%d.ffn_gate_shexp.weight",
+        [T_SHARED_UP] = "blk.%d.ffn_up_shexp.weight",
+        [T_SHARED_DOWN] = "blk.%d.ffn_down_shexp.weight",
+        [T_MTP_EMBED] = "blk.%d.nextn.embed_tokens.weight",
+        [T_MTP_ENORM] = "blk.%d.nextn.enorm.weight",
+        [T_MTP_HNORM] = "blk.%d.nextn.hnorm.weight",
+        [T_MTP_EH_PROJ] = "blk.%d.nextn.eh_proj.weight",
+        [T_MTP_HEAD_NORM] = "blk.%d.nextn.shared_head_norm.weight",
+        [T_MTP_HEAD] = "blk.%d.nextn.shared_head_head.weight",
+    },
+    .experts_stacked = 1,
+    .kv_b_split = 1,
 };
 
 /* ------------------------------------------------------------------ roles */
@@ -70,6 +114,7 @@ void layout_shape(const moe_config *c, tensor_role r, int64_t *rows, int64_t *co
         [T_SHARED_GATE] = {Is, H}, [T_SHARED_UP] = {Is, H}, [T_SHARED_DOWN] = {H, Is},
         [T_MTP_EMBED] = {V, H}, [T_MTP_ENORM] = {H, 0}, [T_MTP_HNORM] = {H, 0}, [T_MTP_EH_PROJ] = {H, 2 * H},
         [T_MTP_HEAD_NORM] = {H, 0}, [T_MTP_HEAD] = {V, H},
+        [T_K_B] = {nh * R, dn}, [T_V_B] = {nh * dv, R},   /* as matrices of per-head rows */
     };
     *rows = s[r][0];
     *cols = s[r][1];

@@ -54,6 +54,9 @@ typedef enum {
     T_MTP_EH_PROJ,      /* [H, 2H] */
     T_MTP_HEAD_NORM,    /* [H] */
     T_MTP_HEAD,         /* [V, H]          (optional copy of T_LM_HEAD) */
+    /* llama.cpp's split of T_KV_B (GGUF): */
+    T_K_B,              /* [nh, R, dn]     W_UK transposed per head */
+    T_V_B,              /* [nh, dv, R]     W_UV per head */
     T_N_ROLES
 } tensor_role;
 
@@ -68,9 +71,12 @@ typedef enum {
 typedef struct {
     const char *name;                  /* "Hugging Face safetensors" */
     const char *names[T_N_ROLES];      /* printf formats: (layer[, expert]); NULL = not in this layout */
+    int experts_stacked;               /* the expert roles name one [E, rows, cols] tensor per layer */
+    int kv_b_split;                    /* T_KV_B is stored as T_K_B + T_V_B (or, older files, as T_KV_B) */
 } ckpt_layout;
 
 extern const ckpt_layout LAYOUT_HF;
+extern const ckpt_layout LAYOUT_GGUF;   /* llama.cpp's deepseek2 names */
 
 tensor_kind layout_kind(tensor_role r);
 /* The role's shape for cfg: rows x cols, or cols = 0 for a vector of `rows`. */

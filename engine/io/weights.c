@@ -67,16 +67,21 @@ static const st_tensor *find_checked(loader *ld, const char *name, int64_t n0, i
     return t;
 }
 
-/* Dequantization state of one stored matrix: element (r, c) as f32. */
+/* Dequantization state of one stored matrix: element (r, c) as f32. Either a safetensors
+ * tensor (t) or rows of a type-table type (GGUF: t == NULL). */
 typedef struct {
     const st_tensor *t;
     const st_tensor *scale;      /* FP8 only: [ceil(rows/br), ceil(cols/bc)] */
     int br, bc;
     int64_t cols;
+    const uint8_t *rows;         /* typed rows: the first, row_bytes apart, of type md */
+    mat_dtype md;
+    size_t row_bytes;
 } source;
 
 static void source_row(const source *s, int64_t r, float *out) {
     const st_tensor *t = s->t;
+    if (!t) { mat_type_of(s->md)->to_f32(s->rows + (size_t)r * s->row_bytes, out, (int)s->cols); return; }
     int64_t n = s->cols, base = r * n;
     switch (t->dtype) {
     case ST_F32: memcpy(out, (const float *)t->data + base, sizeof(float) * (size_t)n); break;
@@ -130,7 +135,7 @@ static int source_init(loader *ld, source *s, const st_tensor *t, const char *na
 
 /* ------------------------------------------------------------------ compute formats */
 
-mat_dtype weights_target(weights_dtype d, tensor_kind kind, st_dtype stored, int64_t cols) {
+mat_dtype weights_target(weights_dtype d, tensor_kind kind, int stored, int64_t cols) {
     switch (d) {
     case WEIGHTS_F32: return MAT_F32;
     case WEIGHTS_BF16: return MAT_BF16;
@@ -138,8 +143,36 @@ mat_dtype weights_target(weights_dtype d, tensor_kind kind, st_dtype stored, int
      * in the M shape) become Q8, as llama.cpp's q8_0 does; tables (embeddings: one row read
      * per token; the router: it decides, and is small) stay BF16 */
     case WEIGHTS_Q8: return kind != KIND_TABLE && cols % QK8 == 0 ? MAT_Q8 : MAT_BF16;
-    default: return stored == ST_BF16 ? MAT_BF16 : MAT_F32;
+    default: return stored >= 0 ? (mat_dtype)stored : MAT_F32;   /* as stored, else exactly f32 */
     }
+}
+
+/* The matrix m (rows, cols, dtype set) from src: zero-copy when `as_stored` points at bytes
+ * already in m's format, else converted row by row into a buffer of its own. */
+static int store_matrix(loader *ld, mat *m, const char *name, const source *src, const void *as_stored, size_t nbytes) {
+    if (as_stored) {
+        m->data = as_stored;
+        ld->w->bytes_mapped += nbytes;
+        return MOE_OK;
+    }
+    size_t bytes = mat_bytes(m);
+    void *buf = owned_alloc(ld, bytes);
+    float *row = malloc(sizeof(float) * (size_t)m->cols);
+    if (!buf || !row) {
+        free(row);
+        return moe_error_set(ld->err, "out of memory converting \"%s\" (%zu bytes)", name, bytes);
+    }
+    const mat_type *ty = mat_type_of(m->dtype);
+    size_t row_bytes = mat_row_bytes(m->dtype, m->cols);
+    for (int64_t r = 0; r < m->rows; r++) {
+        source_row(src, r, row);
+        ty->from_f32(row, (unsigned char *)buf + (size_t)r * row_bytes, m->cols);
+    }
+    free(row);
+    m->data = buf;
+    ld->w->bytes_converted += bytes;
+    ld->w->n_converted++;
+    return MOE_OK;
 }
 
 static int load_matrix(loader *ld, mat *m, const char *name, int64_t rows, int64_t cols, tensor_kind kind) {
@@ -150,33 +183,14 @@ static int load_matrix(loader *ld, mat *m, const char *name, int64_t rows, int64
     m->rows = (int)rows;
     m->cols = (int)cols;
     progress_tick(ld);
-    mat_dtype target = weights_target(ld->dtype, kind, t->dtype, cols);
+    int stored = t->dtype == ST_F32 ? MAT_F32 : t->dtype == ST_BF16 ? MAT_BF16 : -1;
+    mat_dtype target = weights_target(ld->dtype, kind, stored, cols);
     m->dtype = target;
     /* zero-copy when the stored bytes already are the compute format */
-    if ((target == MAT_F32 && t->dtype == ST_F32 && (uintptr_t)t->data % 4 == 0) ||
-        (target == MAT_BF16 && t->dtype == ST_BF16 && (uintptr_t)t->data % 2 == 0)) {
-        m->data = t->data;
-        ld->w->bytes_mapped += t->nbytes;
-        return MOE_OK;
-    }
-    size_t bytes = mat_bytes(m);
-    void *buf = owned_alloc(ld, bytes);
-    float *row = malloc(sizeof(float) * (size_t)cols);
-    if (!buf || !row) {
-        free(row);
-        return moe_error_set(ld->err, "out of memory converting \"%s\" (%zu bytes)", name, bytes);
-    }
-    const mat_type *ty = mat_type_of(target);
-    size_t row_bytes = mat_row_bytes(target, (int)cols);
-    for (int64_t r = 0; r < rows; r++) {
-        source_row(&src, r, row);
-        ty->from_f32(row, (unsigned char *)buf + (size_t)r * row_bytes, (int)cols);
-    }
-    free(row);
-    m->data = buf;
-    st_tensor_release(&ld->w->files, t);   /* its pages leave our RSS: peak = converted + mapped weights */
-    ld->w->bytes_converted += bytes;
-    ld->w->n_converted++;
+    int same = (target == MAT_F32 && t->dtype == ST_F32 && (uintptr_t)t->data % 4 == 0) ||
+               (target == MAT_BF16 && t->dtype == ST_BF16 && (uintptr_t)t->data % 2 == 0);
+    if (store_matrix(ld, m, name, &src, same ? t->data : NULL, t->nbytes)) return MOE_FAIL;
+    if (!same) st_tensor_release(&ld->w->files, t);   /* its pages leave our RSS: peak = converted + mapped weights */
     return MOE_OK;
 }
 
@@ -198,6 +212,135 @@ static int load_vector(loader *ld, const float **v, const char *name, int64_t n)
     return MOE_OK;
 }
 
+/* ------------------------------------------------------------------ GGUF tensors */
+
+int weights_ggml_mat_type(uint32_t ggml) {
+    switch (ggml) {
+    case GGML_TYPE_F32: return MAT_F32;
+    case GGML_TYPE_BF16: return MAT_BF16;
+    default: return -1;
+    }
+}
+
+int weights_is_gguf(const char *path) {
+    size_t len = strlen(path);
+    FILE *f = fopen(path, "rb");
+    if (!f) return len > 5 && !strcmp(path + len - 5, ".gguf");   /* gguf_open will say why it cannot be read */
+    char magic[4] = {0};
+    int n = (int)fread(magic, 1, 4, f);
+    fclose(f);
+    return n == 4 && !memcmp(magic, "GGUF", 4);
+}
+
+/* The GGUF tensor `name` as `count` matrices of rows x cols (numpy order; GGUF's ne is the
+ * reverse: ne = {cols, rows[, count]}), with its type-table type; NULL with an error when it
+ * is missing, shaped otherwise, or of a type moe cannot read. */
+static const gguf_tensor *gguf_checked(loader *ld, const char *name, int64_t count, int64_t rows, int64_t cols,
+                                       mat_dtype *md) {
+    const gguf_file *g = &ld->w->gguf;
+    const gguf_tensor *t = gguf_find_tensor(g, name);
+    if (!t) { moe_error_set(ld->err, "%s: missing tensor \"%s\"", g->path, name); return NULL; }
+    int want_nd = count > 1 ? 3 : cols ? 2 : 1;
+    int64_t want[3] = {cols ? cols : rows, cols ? rows : 1, count};
+    int ok = t->n_dims == want_nd;
+    for (int i = 0; ok && i < want_nd; i++) ok = t->ne[i] == want[i];
+    if (!ok) {
+        char got[128] = "{", *p = got + 1;
+        for (int i = 0; i < t->n_dims && p < got + sizeof got - 24; i++) p += sprintf(p, "%s%lld", i ? ", " : "", (long long)t->ne[i]);
+        strcat(got, "}");
+        return moe_error_set(ld->err, "%s: tensor \"%s\" has ne %s but the metadata implies {%lld%s%.0lld%s%.0lld}", g->path,
+                             name, got, (long long)want[0], want_nd > 1 ? ", " : "", want_nd > 1 ? (long long)want[1] : 0,
+                             want_nd > 2 ? ", " : "", want_nd > 2 ? (long long)want[2] : 0), NULL;
+    }
+    int ty = weights_ggml_mat_type(t->type);
+    if (ty < 0)
+        return moe_error_set(ld->err, "%s: tensor \"%s\" is %s, a type moe does not read (F32, F16, BF16, Q8_0, Q4_0, Q4_K, "
+                             "Q5_K, Q6_K)", g->path, name, gguf_type_name(t->type)), NULL;
+    *md = (mat_dtype)ty;
+    return t;
+}
+
+/* Matrix `index` of a GGUF tensor holding `count` rows x cols matrices. */
+static int gguf_matrix(loader *ld, mat *m, const char *name, int64_t count, int index, int64_t rows, int64_t cols,
+                       tensor_kind kind) {
+    mat_dtype md;
+    const gguf_tensor *t = gguf_checked(ld, name, count, rows, cols, &md);
+    if (!t) return MOE_FAIL;
+    if (index == 0) progress_tick(ld);
+    size_t row_bytes = mat_row_bytes(md, (int)cols);
+    source src = { .cols = cols, .rows = (const uint8_t *)t->data + (size_t)index * rows * row_bytes, .md = md,
+                   .row_bytes = row_bytes };
+    m->rows = (int)rows;
+    m->cols = (int)cols;
+    m->dtype = weights_target(ld->dtype, kind, md, cols);
+    return store_matrix(ld, m, name, &src, m->dtype == md ? src.rows : NULL, (size_t)rows * row_bytes);
+}
+
+static int gguf_vector(loader *ld, const float **v, const char *name, int64_t n) {
+    mat_dtype md;
+    const gguf_tensor *t = gguf_checked(ld, name, 1, n, 0, &md);
+    if (!t) return MOE_FAIL;
+    progress_tick(ld);
+    if (md == MAT_F32 && (uintptr_t)t->data % 4 == 0) { *v = t->data; return MOE_OK; }
+    float *buf = owned_alloc(ld, sizeof(float) * (size_t)n);
+    if (!buf) return moe_error_set(ld->err, "out of memory");
+    mat_type_of(md)->to_f32(t->data, buf, (int)n);
+    *v = buf;
+    return MOE_OK;
+}
+
+/* kv_b [nh*(dn+dv), R] of layer i from llama.cpp's split: attn_k_b [nh][R][dn] (W_UK
+ * transposed per head) and attn_v_b [nh][dv][R]; assembled in f32 (exact), then converted
+ * like any projection. Older files store attn_kv_b itself. */
+static int gguf_kv_b(loader *ld, mat *m, int i) {
+    const moe_config *c = ld->cfg;
+    char nk[128], nv[128];
+    int64_t nh = c->num_attention_heads, dn = c->qk_nope_head_dim, dv = c->v_head_dim, R = c->kv_lora_rank;
+    layout_name(ld->layout, T_KV_B, i, 0, nk, sizeof nk);
+    if (gguf_find_tensor(&ld->w->gguf, nk)) return gguf_matrix(ld, m, nk, 1, 0, nh * (dn + dv), R, KIND_PROJECTION);
+    layout_name(ld->layout, T_K_B, i, 0, nk, sizeof nk);
+    layout_name(ld->layout, T_V_B, i, 0, nv, sizeof nv);
+    mat_dtype mk, mv;
+    const gguf_tensor *tk = gguf_checked(ld, nk, nh, R, dn, &mk), *tv = tk ? gguf_checked(ld, nv, nh, dv, R, &mv) : NULL;
+    if (!tv) return MOE_FAIL;
+    progress_tick(ld);
+    float *kvb = malloc(sizeof(float) * (size_t)(nh * (dn + dv) * R)), *row = malloc(sizeof(float) * (size_t)(dn > R ? dn : R));
+    if (!kvb || !row) { free(kvb); free(row); return moe_error_set(ld->err, "out of memory assembling kv_b of layer %d", i); }
+    size_t kb = mat_row_bytes(mk, (int)dn), vb = mat_row_bytes(mv, (int)R);
+    for (int64_t h = 0; h < nh; h++) {
+        float *head = kvb + (size_t)(h * (dn + dv)) * R;
+        for (int64_t r = 0; r < R; r++) {
+            mat_type_of(mk)->to_f32((const uint8_t *)tk->data + (size_t)(h * R + r) * kb, row, (int)dn);
+            for (int64_t k = 0; k < dn; k++) head[k * R + r] = row[k];
+        }
+        for (int64_t j = 0; j < dv; j++)
+            mat_type_of(mv)->to_f32((const uint8_t *)tv->data + (size_t)(h * dv + j) * vb, head + (size_t)(dn + j) * R, (int)R);
+    }
+    free(row);
+    source src = { .cols = R, .rows = (const uint8_t *)kvb, .md = MAT_F32, .row_bytes = sizeof(float) * (size_t)R };
+    m->rows = (int)(nh * (dn + dv));
+    m->cols = (int)R;
+    mat_dtype target = weights_target(ld->dtype, KIND_PROJECTION, MAT_F32, R);
+    m->dtype = target;
+    if (target == MAT_F32) {   /* keep the assembled buffer */
+        if (ld->w->n_owned == ld->w->cap_owned) {
+            int cap = ld->w->cap_owned ? 2 * ld->w->cap_owned : 256;
+            void **grown = realloc(ld->w->owned, sizeof(void *) * (size_t)cap);
+            if (!grown) { free(kvb); return moe_error_set(ld->err, "out of memory"); }
+            ld->w->owned = grown;
+            ld->w->cap_owned = cap;
+        }
+        ld->w->owned[ld->w->n_owned++] = kvb;
+        m->data = kvb;
+        ld->w->bytes_converted += mat_bytes(m);
+        ld->w->n_converted++;
+        return MOE_OK;
+    }
+    int rc = store_matrix(ld, m, nk, &src, NULL, 0);
+    free(kvb);
+    return rc;
+}
+
 /* ------------------------------------------------------------------ by role */
 
 /* The tensor of `role` (layer, expert) in the checkpoint's layout, shape from the config. */
@@ -205,20 +348,27 @@ static int load_role_matrix(loader *ld, mat *m, tensor_role role, int layer, int
     char n[512];
     int64_t rows, cols;
     layout_shape(ld->cfg, role, &rows, &cols);
-    return load_matrix(ld, m, layout_name(ld->layout, role, layer, expert, n, sizeof n), rows, cols, layout_kind(role));
+    const char *name = layout_name(ld->layout, role, layer, expert, n, sizeof n);
+    if (!ld->w->is_gguf) return load_matrix(ld, m, name, rows, cols, layout_kind(role));
+    if (role == T_KV_B && ld->layout->kv_b_split) return gguf_kv_b(ld, m, layer);
+    int stacked = ld->layout->experts_stacked && role >= T_EXPERT_GATE && role <= T_EXPERT_DOWN;
+    return gguf_matrix(ld, m, name, stacked ? ld->cfg->n_routed_experts : 1, stacked ? expert : 0, rows, cols,
+                       layout_kind(role));
 }
 
 static int load_role_vector(loader *ld, const float **v, tensor_role role, int layer) {
     char n[512];
     int64_t rows, cols;
     layout_shape(ld->cfg, role, &rows, &cols);
-    return load_vector(ld, v, layout_name(ld->layout, role, layer, 0, n, sizeof n), rows);
+    const char *name = layout_name(ld->layout, role, layer, 0, n, sizeof n);
+    return ld->w->is_gguf ? gguf_vector(ld, v, name, rows) : load_vector(ld, v, name, rows);
 }
 
 /* Whether the optional tensor of `role` is in the checkpoint. */
 static int has_role(loader *ld, tensor_role role, int layer) {
     char n[512];
-    return st_find(&ld->w->files, layout_name(ld->layout, role, layer, 0, n, sizeof n)) != NULL;
+    const char *name = layout_name(ld->layout, role, layer, 0, n, sizeof n);
+    return ld->w->is_gguf ? gguf_find_tensor(&ld->w->gguf, name) != NULL : st_find(&ld->w->files, name) != NULL;
 }
 
 /* ------------------------------------------------------------------ layers */
@@ -277,10 +427,12 @@ static int load_mtp_extras(loader *ld, layer_weights *lw, int i) {
 
 /* ------------------------------------------------------------------ public */
 
-int weights_load(moe_weights *w, const moe_config *cfg, const char *dir, const weights_options *opt, moe_error *err) {
+int weights_load(moe_weights *w, const moe_config *cfg, const char *path, const weights_options *opt, moe_error *err) {
     memset(w, 0, sizeof *w);
-    if (st_open_dir(&w->files, dir, err)) return MOE_FAIL;
-    loader ld = { w, cfg, &LAYOUT_HF, opt ? opt->dtype : WEIGHTS_AUTO, err, 0, w->files.n_tensors, opt };
+    w->is_gguf = weights_is_gguf(path);
+    if (w->is_gguf ? gguf_open(&w->gguf, path, err) : st_open_dir(&w->files, path, err)) return MOE_FAIL;
+    loader ld = { w, cfg, w->is_gguf ? &LAYOUT_GGUF : &LAYOUT_HF, opt ? opt->dtype : WEIGHTS_AUTO, err, 0,
+                  w->is_gguf ? w->gguf.n_tensors : w->files.n_tensors, opt };
     int nl = cfg->num_hidden_layers + cfg->num_nextn_predict_layers;
     w->layers = calloc((size_t)nl, sizeof(layer_weights));
     if (!w->layers) { moe_error_set(err, "out of memory"); goto fail; }
@@ -305,7 +457,8 @@ void weights_free(moe_weights *w) {
     free(w->layers);
     for (int i = 0; i < w->n_owned; i++) free(w->owned[i]);
     free(w->owned);
-    st_close(&w->files);
+    if (w->is_gguf) gguf_close(&w->gguf);
+    else st_close(&w->files);
     memset(w, 0, sizeof *w);
 }
 

@@ -19,6 +19,7 @@
 #include "config.h"
 #include "error.h"
 #include "kernels.h"
+#include "gguf.h"
 #include "layout.h"
 #include "safetensors.h"
 
@@ -71,7 +72,9 @@ typedef struct {
     const float *final_norm;    /* [H] model.norm */
     mat lm_head;                /* [V, H] (the embedding when tied) */
     /* bookkeeping */
-    st_set files;               /* the mapped checkpoint */
+    st_set files;               /* the mapped checkpoint (safetensors) */
+    gguf_file gguf;             /* or the mapped GGUF file */
+    int is_gguf;
     void **owned;  int n_owned, cap_owned;   /* buffers made at load */
     size_t bytes_mapped;        /* weight bytes used straight from the mapping */
     size_t bytes_converted;     /* weight bytes held in converted buffers */
@@ -85,15 +88,21 @@ typedef struct {
     void *progress_ctx;
 } weights_options;
 
-int weights_load(moe_weights *w, const moe_config *cfg, const char *dir, const weights_options *opt, moe_error *err);
+/* path: a checkpoint directory (safetensors) or a .gguf file (weights_is_gguf). */
+int weights_load(moe_weights *w, const moe_config *cfg, const char *path, const weights_options *opt, moe_error *err);
+/* Whether path names a GGUF file (a file starting with "GGUF", or an unreadable path ending in .gguf). */
+int weights_is_gguf(const char *path);
+/* The type-table type a ggml tensor type is read as; -1 when moe has no kernels for it. */
+int weights_ggml_mat_type(uint32_t ggml);
 void weights_free(moe_weights *w);
 const char *weights_dtype_name(weights_dtype d);
 /* Parses "auto" | "f32" | "bf16" | "q8"; returns -1 if unknown. */
 int weights_dtype_parse(const char *s);
 
-/* The compute format of a weight of `kind` stored as `stored` with `cols` columns, under
+/* The compute format of a weight of `kind` with `cols` columns stored as the type-table type
+ * `stored` (-1: a format the kernels do not read, e.g. safetensors F16 or FP8), under
  * --dtype d: the one rule the loader and `moe mkckpt --plan` share. */
-mat_dtype weights_target(weights_dtype d, tensor_kind kind, st_dtype stored, int64_t cols);
+mat_dtype weights_target(weights_dtype d, tensor_kind kind, int stored, int64_t cols);
 
 /* Row r of an embedding-like matrix as f32. */
 void mat_row_f32(const mat *W, int r, float *out);

@@ -304,7 +304,6 @@ struct tokenizer {
     int add_bos;             /* tokenizer_config.json add_bos_token (default 1) */
     char *bos_str, *eos_str; /* their strings ("" if unknown) */
     char *chat_template;     /* tokenizer_config.json chat_template, or NULL */
-    bpe_cache *cache;        /* encode's word cache (mutable through a const tokenizer) */
 };
 
 /* ---------------------------------------------------------------- trie */
@@ -527,6 +526,18 @@ static int add_step(tokenizer *t, pretok_step st, moe_error *err) {
 static const char gpt2_pattern[] =
     "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
 
+/* Appends a Split step: pattern pat[0..len) (a regex, or literal text), SPLIT_* behavior. */
+static int add_split(tokenizer *t, const char *pat, size_t len, int literal, int behavior, int invert, moe_error *err) {
+    pretok_step st = {.behavior = behavior, .invert = invert};
+    if (compile_regex(t, pat, len, literal, 0, &st.re, err)) return MOE_FAIL;
+    st.cats = literal ? "" : class_escapes(pat);
+    if (*st.cats && compile_regex(t, pat, len, 0, 1, &st.re_newer, err)) {
+        pcre2_code_free(st.re);
+        return MOE_FAIL;
+    }
+    return add_step(t, st, err);
+}
+
 static int load_pretok(tokenizer *t, json_t *p, int *have_bytelevel, moe_error *err) {
     if (!p || json_is_null(p)) return MOE_OK;
     const char *type = json_string_value(json_object_get(p, "type"));
@@ -550,15 +561,9 @@ static int load_pretok(tokenizer *t, json_t *p, int *have_bytelevel, moe_error *
         if (st.behavior < 0)
             return moe_error_set(err, "%s: Split pre_tokenizer behavior '%s' is not supported", t->path,
                                  beh ? beh : "(none)");
-        st.invert = json_is_true(json_object_get(p, "invert"));
         json_t *s = rx ? rx : lit;
-        if (compile_regex(t, json_string_value(s), json_string_length(s), !rx, 0, &st.re, err)) return MOE_FAIL;
-        st.cats = rx ? class_escapes(json_string_value(s)) : "";
-        if (*st.cats && compile_regex(t, json_string_value(s), json_string_length(s), 0, 1, &st.re_newer, err)) {
-            pcre2_code_free(st.re);
-            return MOE_FAIL;
-        }
-        return add_step(t, st, err);
+        return add_split(t, json_string_value(s), json_string_length(s), !rx, st.behavior,
+                         json_is_true(json_object_get(p, "invert")), err);
     }
     if (!strcmp(type, "ByteLevel")) {
         *have_bytelevel = 1;
@@ -1141,8 +1146,6 @@ int tokenizer_load_buffer(tokenizer **out, const char *json, size_t len, const c
     if (check_decoder(t, json_object_get(root, "decoder"), err)) goto done;
     if (build_decode(t, err)) goto done;
     if (load_config(t, config_json, config_len, config_path ? config_path : "tokenizer_config.json", err)) goto done;
-    t->cache = calloc(1, sizeof *t->cache);
-    if (!t->cache || strmap_init(&t->cache->map, 1 << 16)) { moe_error_set(err, "%s: out of memory", t->path); goto done; }
     rc = MOE_OK;
 done:
     json_decref(root);
@@ -1173,12 +1176,6 @@ void tokenizer_free(tokenizer *t) {
     free(t->bos_str);
     free(t->eos_str);
     free(t->chat_template);
-    if (t->cache) {
-        strmap_free(&t->cache->map);
-        free(t->cache->ids);
-        free(t->cache->ent);
-        free(t->cache);
-    }
     free(t);
 }
 
@@ -1208,6 +1205,7 @@ typedef struct {
     pcre2_match_data *md;                   /* regex match data */
     pcre2_match_context *big;               /* made on demand for very long pieces: a large JIT stack, */
     pcre2_jit_stack *jit;                   /* no match limit (NULL until needed) */
+    bpe_cache cache;                        /* this call's piece cache (map.slots NULL until the first piece) */
     moe_error *err;
 } encoder;
 
@@ -1293,8 +1291,9 @@ static int bpe_merge(encoder *e, const unsigned char *p, size_t n) {
 /* Encodes one piece (through the cache) and appends its ids. */
 static int bpe_piece(encoder *e, const char *p, size_t n) {
     const tokenizer *t = e->t;
-    bpe_cache *c = t->cache;
+    bpe_cache *c = &e->cache;
     int ci = -1;
+    if (!c->map.slots && strmap_init(&c->map, 256)) return enc_oom(e);
     if (n <= CACHE_MAX_PIECE && (ci = strmap_get(&c->map, p, n)) >= 0) {
         cache_entry ce = c->ent[ci];
         if (VEC_RESERVE(e->ids, e->capids, e->nids + ce.cnt)) return enc_oom(e);
@@ -1501,6 +1500,7 @@ int tokenizer_encode(const tokenizer *t, const char *text, size_t len, int **ids
     pcre2_jit_stack_free(e.jit);
     free(e.work); free(e.pcs); free(e.pcs2); free(e.m); free(e.ism);
     free(e.sym); free(e.heap);
+    strmap_free(&e.cache.map); free(e.cache.ids); free(e.cache.ent);
     if (rc) { free(e.ids); return rc; }
     if (!e.ids && !(e.ids = malloc(sizeof(int)))) return moe_error_set(err, "%s: out of memory", t->path);
     *ids = e.ids;
@@ -1618,3 +1618,141 @@ const char *tokenizer_bos_str(const tokenizer *t) { return t->bos_str ? t->bos_s
 const char *tokenizer_eos_str(const tokenizer *t) { return t->eos_str ? t->eos_str : ""; }
 const char *tokenizer_chat_template(const tokenizer *t) { return t->chat_template; }
 const char *tokenizer_config_path(const tokenizer *t) { return t->config_path; }
+
+/* ======================================================================
+ * Construction from token arrays (GGUF metadata: tokenizer.ggml.*)
+ * ====================================================================== */
+
+/* The pre-tokenizers GGUF names (tokenizer.ggml.pre), as llama.cpp's llama-vocab.cpp
+ * runs them: each regex is a Split with behavior Isolated, in order, then ByteLevel
+ * without its own regex. "deepseek-v3" is exactly DeepSeek-V3's tokenizer.json. */
+static const char *const pre_deepseek_v3[] = {
+    "\\p{N}{1,3}",
+    "[一-龥぀-ゟ゠-ヿ]+",
+    "[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+| ?[\\p{P}\\p{S}]+[\r\n]*|\\s*[\r\n]+|\\s+(?!\\S)|\\s+",
+    NULL,
+};
+static const char *const pre_deepseek_llm[] = {
+    "[\r\n]",
+    "\\s?[A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-ᴫᵫ-ᵷᵹ-ᶚḀ-ἕἘ-Ἕἠ-ὅὈ-Ὅὐ-ὗὙὛὝὟ-ώᾀ-ᾴᾶ-ᾼιῂ-ῄῆ-ῌῐ-ΐῖ-Ίῠ-Ῥῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-ℝℤΩℨK-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭꚀ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-ﬗＡ-Ｚａ-ｚ𐐀-𐑏𐒰-𐓓𐓘-𐓻𐲀-𐲲𐳀-𐳲𑢠-𑣟𞤀-𞥃]+",
+    "\\s?[!-/:-~！-／：-～‘-‟　-。]+",
+    "\\s+$",
+    "[一-龥ࠀ-一가-퟿]+",
+    "\\p{N}+",
+    NULL,
+};
+
+static int set_pretok_name(tokenizer *t, const char *pre, moe_error *err) {
+    const char *const *rx = NULL;
+    if (!strcmp(pre, "deepseek-v3")) rx = pre_deepseek_v3;
+    else if (!strcmp(pre, "deepseek-llm")) rx = pre_deepseek_llm;
+    else if (!strcmp(pre, "gpt-2")) { /* GPT-2's regex, as the ByteLevel step with use_regex runs it */
+        pretok_step st = {.behavior = SPLIT_ISOLATED, .cats = class_escapes(gpt2_pattern)};
+        if (compile_regex(t, gpt2_pattern, sizeof gpt2_pattern - 1, 0, 0, &st.re, err)) return MOE_FAIL;
+        if (compile_regex(t, gpt2_pattern, sizeof gpt2_pattern - 1, 0, 1, &st.re_newer, err)) {
+            pcre2_code_free(st.re);
+            return MOE_FAIL;
+        }
+        return add_step(t, st, err);
+    } else
+        return moe_error_set(err, "%s: pre-tokenizer \"%s\" is not supported (deepseek-v3, deepseek-llm, gpt-2)", t->path,
+                             pre);
+    for (int i = 0; rx[i]; i++)
+        if (add_split(t, rx[i], strlen(rx[i]), 0, SPLIT_ISOLATED, 0, err)) return MOE_FAIL;
+    return MOE_OK;
+}
+
+static int vocab_token(tokenizer *t, const tokenizer_vocab *v, int id, moe_error *err) {
+    const tokenizer_str *s = &v->tokens[id];
+    int type = v->types ? v->types[id] : TOKENIZER_TOKEN_NORMAL;
+    if (type < TOKENIZER_TOKEN_NORMAL || type > TOKENIZER_TOKEN_BYTE)
+        return moe_error_set(err, "%s: token %d has type %d (want 1..6)", t->path, id, type);
+    if (s->len > UINT32_MAX / 2) return moe_error_set(err, "%s: token %d is too long", t->path, id);
+    if (type == TOKENIZER_TOKEN_UNUSED) return MOE_OK;   /* a placeholder ([PAD...]): no text, never produced */
+    if (id + 1 > t->vocab_size) t->vocab_size = id + 1;
+    if (type != TOKENIZER_TOKEN_CONTROL && type != TOKENIZER_TOKEN_USER_DEFINED)
+        return strmap_put(&t->vocab, s->s, s->len, id) ? moe_error_set(err, "%s: out of memory", t->path) : MOE_OK;
+    return MOE_OK;   /* added tokens go in after the merges (as load_added comes after load_model) */
+}
+
+/* Control and user-defined tokens become added tokens: matched in the raw text before
+ * pre-tokenization; control ones are special (and matched first, as HF's non-normalized
+ * special tokens are), user-defined ones are not (HF's normalized added tokens). */
+static int vocab_added(tokenizer *t, const tokenizer_vocab *v, moe_error *err) {
+    int n = 0;
+    for (int i = 0; i < v->n_tokens; i++) {
+        int type = v->types ? v->types[i] : TOKENIZER_TOKEN_NORMAL;
+        n += type == TOKENIZER_TOKEN_CONTROL || type == TOKENIZER_TOKEN_USER_DEFINED;
+    }
+    if (!(t->added = calloc((size_t)n + 1, sizeof *t->added))) return moe_error_set(err, "%s: out of memory", t->path);
+    for (int i = 0; i < v->n_tokens; i++) {
+        int type = v->types ? v->types[i] : TOKENIZER_TOKEN_NORMAL;
+        if (type != TOKENIZER_TOKEN_CONTROL && type != TOKENIZER_TOKEN_USER_DEFINED) continue;
+        const tokenizer_str *s = &v->tokens[i];
+        added_token *at = &t->added[t->nadded];
+        if (!(at->content = malloc(s->len + 1))) return moe_error_set(err, "%s: out of memory", t->path);
+        t->nadded++;
+        if (s->len) memcpy(at->content, s->s, s->len);
+        at->content[s->len] = 0;
+        at->len = s->len;
+        at->id = i;
+        at->special = type == TOKENIZER_TOKEN_CONTROL;
+        if (s->len && trie_add(at->special ? &t->raw_trie : &t->norm_trie, at->content, at->len, t->nadded - 1))
+            return moe_error_set(err, "%s: out of memory", t->path);
+        if (strmap_put(&t->vocab, at->content, at->len, i)) return moe_error_set(err, "%s: out of memory", t->path);
+    }
+    return MOE_OK;
+}
+
+int tokenizer_from_vocab(tokenizer **out, const tokenizer_vocab *v, moe_error *err) {
+    *out = NULL;
+    const char *path = v->path ? v->path : "vocab";
+    if (v->n_tokens < 1 || v->n_tokens > TOKENIZER_MAX_VOCAB)
+        return moe_error_set(err, "%s: %d tokens, want 1..%d", path, v->n_tokens, TOKENIZER_MAX_VOCAB);
+    if (v->n_merges < 0) return moe_error_set(err, "%s: negative merge count", path);
+    tokenizer *t = calloc(1, sizeof *t);
+    if (!t) return moe_error_set(err, "%s: out of memory", path);
+    snprintf(t->path, sizeof t->path, "%s", path);
+    int rc = MOE_FAIL;
+    merge_ref *mr = NULL;
+    if (strmap_init(&t->vocab, (size_t)v->n_tokens + 16)) { moe_error_set(err, "%s: out of memory", t->path); goto done; }
+    for (int i = 0; i < v->n_tokens; i++)
+        if (vocab_token(t, v, i, err)) goto done;
+    t->model_vocab_n = (int)t->vocab.n;
+    if (!(mr = calloc((size_t)v->n_merges + 1, sizeof *mr))) { moe_error_set(err, "%s: out of memory", t->path); goto done; }
+    for (int i = 0; i < v->n_merges; i++) {
+        const char *s = v->merges[i].s, *sp = v->merges[i].len ? memchr(s, ' ', v->merges[i].len) : NULL;
+        if (!sp || sp == s) { moe_error_set(err, "%s: merge %d is not \"a b\"", t->path, i); goto done; }
+        mr[i] = (merge_ref){s, sp + 1, (size_t)(sp - s), v->merges[i].len - (size_t)(sp - s) - 1};
+    }
+    if (load_merges(t, mr, (size_t)v->n_merges, err) || vocab_added(t, v, err)) goto done;
+    if (set_pretok_name(t, v->pre ? v->pre : "", err)) goto done;
+    if (build_decode(t, err)) goto done;
+    t->add_bos = v->add_bos;
+    t->bos_id = t->eos_id = -1;
+    for (int k = 0; k < 2; k++) {
+        int id = k ? v->eos_id : v->bos_id;
+        if (id < 0) continue;
+        size_t l;
+        const char *b = id < v->n_tokens && (!v->types || v->types[id] != TOKENIZER_TOKEN_UNUSED)
+                            ? v->tokens[id].s : NULL;
+        if (!b) { moe_error_set(err, "%s: %s token id %d is not a token", t->path, k ? "eos" : "bos", id); goto done; }
+        l = v->tokens[id].len;
+        char *str = malloc(l + 1);
+        if (!str) { moe_error_set(err, "%s: out of memory", t->path); goto done; }
+        memcpy(str, b, l);
+        str[l] = 0;
+        if (k) { t->eos_id = id; t->eos_str = str; } else { t->bos_id = id; t->bos_str = str; }
+    }
+    if (v->chat_template) {
+        if (!(t->chat_template = malloc(v->chat_template_len + 1))) { moe_error_set(err, "%s: out of memory", t->path); goto done; }
+        memcpy(t->chat_template, v->chat_template, v->chat_template_len);
+        t->chat_template[v->chat_template_len] = 0;
+    }
+    rc = MOE_OK;
+done:
+    free(mr);
+    if (rc) tokenizer_free(t);
+    else *out = t;
+    return rc;
+}

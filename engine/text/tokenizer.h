@@ -24,9 +24,9 @@
  * never fails on bytes and decoding gives the same bytes back. (The official
  * library only accepts valid strings; this is the project's choice.)
  *
- * Threads: encode keeps a cache of recently encoded pieces inside the
- * tokenizer, so do not run encode concurrently on one tokenizer. Decode and the
- * getters are read-only.
+ * Threads: a loaded tokenizer is read-only. encode keeps its cache of encoded
+ * pieces in the call (not in the tokenizer), so any number of threads may
+ * encode, decode and use the getters on one tokenizer at once.
  */
 #ifndef MOE_TOKENIZER_H
 #define MOE_TOKENIZER_H
@@ -47,6 +47,38 @@ int tokenizer_load(tokenizer **out, const char *path, moe_error *err);
 int tokenizer_load_buffer(tokenizer **out, const char *json, size_t len, const char *path, const char *config_json,
                           size_t config_len, const char *config_path, moe_error *err);
 void tokenizer_free(tokenizer *t);
+
+/* ---- construction from token arrays (GGUF's tokenizer.ggml.* metadata) ----
+ * Token types are GGUF's (llama.cpp's llama_token_type). Normal and byte tokens
+ * form the BPE vocabulary (spelled in the byte-level alphabet, as tokenizer.json's
+ * model.vocab); control tokens become special added tokens and user-defined ones
+ * non-special added tokens (matched in the raw text, spelled as plain text);
+ * unused ones ([PAD...] placeholders) have no text: decoding one is an error and
+ * they do not count in tokenizer_vocab_size. */
+enum {
+    TOKENIZER_TOKEN_NORMAL = 1, TOKENIZER_TOKEN_UNKNOWN = 2, TOKENIZER_TOKEN_CONTROL = 3,
+    TOKENIZER_TOKEN_USER_DEFINED = 4, TOKENIZER_TOKEN_UNUSED = 5, TOKENIZER_TOKEN_BYTE = 6
+};
+
+typedef struct { const char *s; size_t len; } tokenizer_str;   /* bytes, not NUL-terminated */
+
+typedef struct {
+    const char *path;              /* for messages (e.g. the .gguf file) */
+    int n_tokens;                  /* ids 0..n_tokens-1 */
+    const tokenizer_str *tokens;   /* [n_tokens] spelling of each id */
+    const int *types;              /* [n_tokens] TOKENIZER_TOKEN_*, or NULL: all normal */
+    int n_merges;
+    const tokenizer_str *merges;   /* [n_merges] "a b", highest priority first */
+    const char *pre;               /* pre-tokenizer name: "deepseek-v3", "deepseek-llm" or "gpt-2" */
+    int bos_id, eos_id;            /* -1: none */
+    int add_bos;                   /* tokenizer_add_bos() */
+    const char *chat_template;     /* NULL: none; chat_template_len bytes */
+    size_t chat_template_len;
+} tokenizer_vocab;
+
+/* Builds a tokenizer from arrays (copied: v may be freed afterwards). */
+int tokenizer_from_vocab(tokenizer **out, const tokenizer_vocab *v, moe_error *err);
+
 
 /* Encodes text[0..len) into *ids (malloc'd, caller frees) of *n ids. No BOS is
  * added: the caller prepends tokenizer_bos_id() when it wants one. */

@@ -10,6 +10,8 @@
 #include "chat.h"
 #include "config.h"
 #include "eplb.h"
+#include "gguf.h"
+#include "gguf_config.h"
 #include "rope.h"
 #include "safetensors.h"
 #include "tokenizer.h"
@@ -337,6 +339,112 @@ int fuzz_chat(const uint8_t *data, size_t size) {
 
 /* ------------------------------------------------------------------ table */
 
+/* ------------------------------------------------------------------ gguf */
+
+/* Walks a value: every element of arrays (nested ones too, up to `budget` elements in
+ * all), touching the first and last byte of each string so ASan sees anything outside
+ * the buffer; numbers are read through the typed readers. */
+static void walk_value(const gguf_value *v, const uint8_t *lo, const uint8_t *hi, long *budget) {
+    if (--*budget < 0) return;
+    CHECK(v->type < GGUF_VAL_COUNT, "value type %u", v->type);
+    if (v->type == GGUF_VAL_ARRAY) {
+        CHECK(v->elem < GGUF_VAL_COUNT, "element type %u", v->elem);
+        CHECK(v->p >= lo && v->p + v->n_bytes <= hi, "array outside the file");
+        for (uint64_t i = 0; i < v->n && *budget > 0; i++) {
+            gguf_value e = gguf_arr_at(v, i);
+            CHECK(e.p >= v->p && e.p + e.n_bytes <= v->p + v->n_bytes, "element %llu outside its array", (unsigned long long)i);
+            walk_value(&e, lo, hi, budget);
+        }
+        return;
+    }
+    CHECK(v->p >= lo && v->p + v->n_bytes <= hi, "value outside the file");
+    if (v->type == GGUF_VAL_STRING) {
+        CHECK(v->n_bytes <= GGUF_MAX_STRING, "string of %llu bytes", (unsigned long long)v->n_bytes);
+        if (v->n_bytes) { sink ^= v->p[0]; sink ^= v->p[v->n_bytes - 1]; }
+        return;
+    }
+    int64_t iv;
+    double d;
+    int is_int = gguf_val_int(v, &iv) == MOE_OK || v->type == GGUF_VAL_U64, is_float = gguf_val_float(v, &d) == MOE_OK;
+    CHECK(is_int + is_float == 1 || v->type == GGUF_VAL_BOOL, "type %u is neither integer nor float", v->type);
+    if (v->type == GGUF_VAL_BOOL) CHECK(v->p[0] <= 1, "bool %u", v->p[0]);
+}
+
+int fuzz_gguf(const uint8_t *data, size_t size) {
+    gguf_file g;
+    moe_error err = {{0}};
+    uint8_t *buf = malloc(size ? size : 1);   /* exact size: ASan sees any read past the end */
+    if (!buf) return 0;
+    memcpy(buf, data, size);
+    if (gguf_parse_buffer(&g, buf, size, "fuzz.gguf", &err) != MOE_OK) {
+        check_error(&err, "fuzz.gguf");
+        free(buf);
+        return 0;
+    }
+    CHECK(g.n_kv <= GGUF_MAX_KV && g.n_tensors <= GGUF_MAX_TENSORS, "%d keys, %d tensors", g.n_kv, g.n_tensors);
+    CHECK(g.alignment && !(g.alignment & (g.alignment - 1)), "alignment %u", g.alignment);
+    long budget = 1 << 16;
+    for (int i = 0; i < g.n_kv; i++) {
+        const gguf_kv *kv = &g.kv[i];
+        CHECK(gguf_find_kv(&g, kv->key) == kv, "key %s not found by name", kv->key);
+        CHECK(kv->key[0] && strlen(kv->key) < GGUF_MAX_KEY, "key length");
+        walk_value(&kv->v, buf, buf + size, &budget);
+        /* every typed getter either reads it or says why not, in one line naming the file */
+        uint32_t u; float f; int b; const char *s; size_t sl; const gguf_value *a; char sb[16];
+        if (gguf_get_u32(&g, kv->key, 1, 0, &u, &err)) check_error(&err, "fuzz.gguf");
+        if (gguf_get_f32(&g, kv->key, 1, 0, &f, &err)) check_error(&err, "fuzz.gguf");
+        if (gguf_get_bool(&g, kv->key, 1, 0, &b, &err)) check_error(&err, "fuzz.gguf");
+        if (gguf_get_str(&g, kv->key, 1, &s, &sl, &err)) check_error(&err, "fuzz.gguf");
+        else CHECK((const uint8_t *)s >= buf && (const uint8_t *)s + sl <= buf + size, "string outside the file");
+        if (gguf_get_strbuf(&g, kv->key, 1, "", sb, sizeof sb, &err)) check_error(&err, "fuzz.gguf");
+        if (gguf_get_arr(&g, kv->key, 1, GGUF_VAL_COUNT, &a, &err)) check_error(&err, "fuzz.gguf");
+    }
+    const uint8_t *data_lo = buf + g.data_offset;
+    for (int i = 0; i < g.n_tensors; i++) {
+        const gguf_tensor *t = &g.tensors[i];
+        CHECK(gguf_find_tensor(&g, t->name) == t, "tensor %s not found by name", t->name);
+        CHECK(t->n_dims >= 0 && t->n_dims <= GGUF_MAX_DIMS, "n_dims %d", t->n_dims);
+        int blk = gguf_type_block(t->type);
+        CHECK(blk > 0 && t->ne[0] % blk == 0, "type %u / row %lld", t->type, (long long)t->ne[0]);
+        uint64_t n = 1;
+        for (int d = 0; d < GGUF_MAX_DIMS; d++) n *= (uint64_t)t->ne[d];
+        CHECK(n == t->n_elems, "element count of %s", t->name);
+        CHECK((uint64_t)t->n_bytes == n / (uint64_t)blk * gguf_type_block_bytes(t->type), "bytes of %s", t->name);
+        CHECK(t->offset % g.alignment == 0, "offset of %s", t->name);
+        const uint8_t *d = t->data;
+        CHECK(d == data_lo + t->offset, "data pointer of %s", t->name);
+        if (t->n_bytes) {
+            CHECK(d >= data_lo && t->n_bytes <= (size_t)(buf + size - d), "data of %s outside the file", t->name);
+            sink ^= d[0];
+            sink ^= d[t->n_bytes - 1];
+        }
+    }
+    for (int i = 0; i < g.n_tensors && g.n_tensors <= 256; i++)   /* no two tensors share a byte */
+        for (int j = i + 1; j < g.n_tensors; j++) {
+            const uint8_t *a = g.tensors[i].data, *b = g.tensors[j].data;
+            size_t na = g.tensors[i].n_bytes, nb = g.tensors[j].n_bytes;
+            CHECK(!na || !nb || a + na <= b || b + nb <= a, "tensors %s and %s overlap", g.tensors[i].name,
+                  g.tensors[j].name);
+        }
+    CHECK(gguf_find_tensor(&g, "\x01none") == NULL && gguf_find_kv(&g, "\x01none") == NULL, "found what is not there");
+    /* what uses the metadata: the config and the tokenizer */
+    moe_config c;
+    if (gguf_config(&g, &c, &err) == MOE_OK) {
+        CHECK(c.vocab_size >= 1 && c.hidden_size >= 1 && c.num_hidden_layers >= 1, "config dims");
+        CHECK(c.qk_rope_head_dim % 2 == 0 && c.qk_nope_head_dim >= 1, "head dims");
+        for (int l = 0; l < c.num_hidden_layers + c.num_nextn_predict_layers; l++) (void)config_layer_is_moe(&c, l);
+    } else check_error(&err, "fuzz.gguf");
+    tokenizer *t = NULL;
+    if (gguf_tokenizer(&g, &t, &err) == MOE_OK) {
+        CHECK(tokenizer_vocab_size(t) >= 0 && tokenizer_vocab_size(t) <= (1 << 24), "vocab size");
+        exercise_tokenizer(t, probe_text, sizeof probe_text - 1, 0);
+        tokenizer_free(t);
+    } else check_error(&err, "fuzz.gguf");
+    gguf_close(&g);
+    free(buf);
+    return 0;
+}
+
 /* ------------------------------------------------------------------ eplb */
 
 /* The invariants of an accepted plan, and plan -> text -> plan giving the same arrays. */
@@ -430,6 +538,7 @@ const fuzz_target fuzz_targets[] = {
     {"chat", fuzz_chat},
     {"eplb_plan", fuzz_eplb_plan},
     {"eplb_counts", fuzz_eplb_counts},
+    {"gguf", fuzz_gguf},
     {NULL, NULL},
 };
 

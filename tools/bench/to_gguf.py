@@ -3,6 +3,7 @@
 so that `tools/bench/vs_llamacpp.sh` can time both engines on identical weights.
 
     PYTHONPATH=LLAMA_SRC/gguf-py python3 tools/bench/to_gguf.py CKPT_DIR OUT.gguf --outtype bf16
+    ... --metadata-only: the header and key/values only, no tensors (tests/data/gguf's fixtures)
 
 llama.cpp's own convert_hf_to_gguf.py needs torch and transformers, which Debian 12 does not
 package. This script does what that converter does for a DeepseekV3ForCausalLM checkpoint
@@ -18,7 +19,9 @@ writes:
   - the MTP layer (model.layers.L where L >= num_hidden_layers) is skipped: llama.cpp does not
     run it, and neither engine uses it when benchmarking;
   - hyper-parameters as DeepseekV2Model.set_gguf_parameters writes them (head_count_kv = 1,
-    key_length = R + rope, value_length = R, key/value_length_mla per head).
+    key_length = R + rope, value_length = R, key/value_length_mla per head), YaRN as
+    TextModel.set_gguf_parameters does (type, factor, original context, beta_fast/slow) plus
+    yarn_log_multiplier = 0.1 * mscale_all_dim.
 A moe checkpoint made by `moe mkckpt` has no tokenizer; llama-bench draws random token ids and
 needs none to run, but llama.cpp's loader needs a vocabulary, so one is written with the 256
 GPT-2 byte symbols followed by placeholder tokens up to vocab_size.
@@ -84,7 +87,7 @@ def stored_type(new_name, n_dims, outtype, name_map_f32):
     return outtype
 
 
-def convert(ckpt_dir, out_path, outtype_name):
+def convert(ckpt_dir, out_path, outtype_name, metadata_only=False):
     with open(os.path.join(ckpt_dir, "config.json")) as f:
         hp = json.load(f)
     n_layers = hp["num_hidden_layers"]
@@ -124,7 +127,7 @@ def convert(ckpt_dir, out_path, outtype_name):
         print(f"  {new:<32} {str(list(reversed(data.shape))):<20} -> {qtype.name}", flush=True)
 
     experts = [dict() for _ in range(n_layers)]
-    for name, data in safetensors_tensors(ckpt_dir):
+    for name, data in ([] if metadata_only else safetensors_tensors(ckpt_dir)):
         bid = next((int(p) for p in name.split(".") if p.isdecimal()), None)
         if bid is not None and name.startswith("model.layers.") and bid >= n_layers:
             continue  # the MTP layer: skipped, as the converter does (skip_mtp)
@@ -156,6 +159,17 @@ def convert(ckpt_dir, out_path, outtype_name):
     w.add_feed_forward_length(hp["intermediate_size"])
     w.add_head_count(n_head)
     w.add_head_count_kv(1)
+    rs = hp.get("rope_scaling") or {}
+    if rs.get("rope_type", rs.get("type")) == "yarn" and rs.get("factor") is not None:
+        w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        w.add_rope_scaling_factor(rs["factor"])
+        w.add_rope_scaling_orig_ctx_len(rs["original_max_position_embeddings"])
+        if rs.get("beta_fast") is not None:
+            w.add_rope_scaling_yarn_beta_fast(rs["beta_fast"])
+        if rs.get("beta_slow") is not None:
+            w.add_rope_scaling_yarn_beta_slow(rs["beta_slow"])
+    elif rs:
+        sys.exit(f"to_gguf.py: rope_scaling {rs!r} is not handled here")
     w.add_rope_freq_base(float(hp.get("rope_theta", 10000.0)))
     w.add_layer_norm_rms_eps(float(hp.get("rms_norm_eps", 1e-6)))
     w.add_expert_count(n_experts)
@@ -184,8 +198,8 @@ def convert(ckpt_dir, out_path, outtype_name):
     if hp.get("norm_topk_prob"):
         w.add_expert_weights_norm(True)
     w.add_rope_dimension_count(rope)
-    if hp.get("rope_scaling"):
-        sys.exit("to_gguf.py: rope_scaling (YaRN) is not written by this script; benchmark shapes have none")
+    if rs.get("mscale_all_dim") is not None:
+        w.add_rope_scaling_yarn_log_mul(0.1 * rs["mscale_all_dim"])
 
     # vocabulary: byte symbols, then placeholders (llama-bench draws random ids)
     byte_syms = gguf_byte_symbols()
@@ -200,7 +214,8 @@ def convert(ckpt_dir, out_path, outtype_name):
 
     w.write_header_to_file()
     w.write_kv_data_to_file()
-    w.write_tensors_to_file(progress=False)
+    if not metadata_only:
+        w.write_tensors_to_file(progress=False)
     w.close()
 
 
@@ -222,8 +237,9 @@ def main():
     ap.add_argument("ckpt_dir")
     ap.add_argument("out")
     ap.add_argument("--outtype", choices=("f32", "bf16", "q8_0"), default="bf16")
+    ap.add_argument("--metadata-only", action="store_true", help="write no tensors (small test fixtures)")
     a = ap.parse_args()
-    convert(a.ckpt_dir, a.out, a.outtype)
+    convert(a.ckpt_dir, a.out, a.outtype, a.metadata_only)
     print(f"wrote {a.out} ({os.path.getsize(a.out) / 1e6:.1f} MB)")
 
 

@@ -20,7 +20,7 @@
 
 static int prompts_from_text(const char *model_dir, const char *file, int **ids, int *n, moe_error *err) {
     tokenizer *tok;
-    if (tokenizer_load(&tok, model_dir, err)) return MOE_FAIL;
+    if (model_tokenizer_load(&tok, model_dir, err)) return MOE_FAIL;
     char *text;
     size_t len;
     int rc = file_read_all(file, 256u << 20, &text, &len, err);

@@ -161,8 +161,8 @@ int cli_input_tokens(const char *dir, const moe_config *cfg, const char *ids, co
     char path[4096];
     snprintf(path, sizeof path, "%s/tokenizer.json", dir);
     int *body = NULL, nb = 0, bos = -1;
-    if (file_exists(path)) {
-        if (tokenizer_load(tok, dir, &err) || tokenizer_encode(*tok, text, len, &body, &nb, &err)) {
+    if (file_exists(path) || weights_is_gguf(dir)) {
+        if (model_tokenizer_load(tok, dir, &err) || tokenizer_encode(*tok, text, len, &body, &nb, &err)) {
             fprintf(stderr, "moe %s: %s\n", cmd, err.msg);
             free(text);
             tokenizer_free(*tok);

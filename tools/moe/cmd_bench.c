@@ -657,7 +657,7 @@ int cmd_bench(int argc, char **argv) {
     if (mtp) {   /* before the long load */
         moe_config cfg;
         moe_error cerr = {{0}};
-        if (config_load(&cfg, dir, &cerr)) { fprintf(stderr, "moe bench: %s\n", cerr.msg); return 1; }
+        if (model_config_load(&cfg, dir, &cerr)) { fprintf(stderr, "moe bench: %s\n", cerr.msg); return 1; }
         if (cfg.num_nextn_predict_layers < 1) {
             fprintf(stderr, "moe bench: --mtp: %s has no MTP module (num_nextn_predict_layers = 0)\n", dir);
             return 1;

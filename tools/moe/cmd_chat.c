@@ -99,7 +99,7 @@ int cmd_chat(int argc, char **argv) {
     int n_msgs = 0, cap_msgs = 0;
     char *line = NULL;
     size_t line_cap = 0;
-    if (tokenizer_load(&tok, o.model_dir, &err)) goto fail;
+    if (model_tokenizer_load(&tok, o.model_dir, &err)) goto fail;
     if (!tokenizer_chat_template(tok)) {
         moe_error_set(&err, "%s: no chat_template (moe chat needs tokenizer_config.json with one)",
                       tokenizer_config_path(tok)[0] ? tokenizer_config_path(tok) : o.model_dir);

@@ -97,7 +97,7 @@ int cmd_generate(int argc, char **argv) {
     sampler smp = {0};
     generator g = {0};
     double t0 = cli_now();
-    if (tokenizer_load(&tok, o.model_dir, &err)) goto fail;
+    if (model_tokenizer_load(&tok, o.model_dir, &err)) goto fail;
     int *text_ids;
     int n_text;
     if (tokenizer_encode(tok, prompt, prompt_len, &text_ids, &n_text, &err)) goto fail;

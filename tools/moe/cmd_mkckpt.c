@@ -515,7 +515,7 @@ static void print_count(FILE *f, const char *label, double v, const char *unit) 
  * loader's own rule (weights_target) for t's kind, on a checkpoint stored as bf16. */
 static double engine_elem_bytes(const ckpt_tensor *t, weights_dtype d) {
     if (t->ndim == 1) return 4;                      /* norms and biases are always f32 */
-    mat_dtype md = weights_target(d == WEIGHTS_AUTO ? WEIGHTS_BF16 : d, layout_kind(t->role), ST_BF16, t->cols);
+    mat_dtype md = weights_target(d == WEIGHTS_AUTO ? WEIGHTS_BF16 : d, layout_kind(t->role), MAT_BF16, t->cols);
     return (double)mat_row_bytes(md, (int)t->cols) / (double)t->cols;
 }
 

@@ -65,7 +65,7 @@ int cmd_ppl(int argc, char **argv) {
 
     moe_error err = {{0}};
     moe_config cfg;
-    if (config_load(&cfg, dir, &err)) { fprintf(stderr, "moe ppl: %s\n", err.msg); return 1; }
+    if (model_config_load(&cfg, dir, &err)) { fprintf(stderr, "moe ppl: %s\n", err.msg); return 1; }
     if (cli_route_knobs_check(&cfg, &opt.routing, "ppl")) return 1;
     int *tokens = NULL, T = 0;
     struct tokenizer *tok = NULL;

@@ -359,7 +359,7 @@ int cmd_route(int argc, char **argv) {
     /* config first: check the options before any heavy loading */
     moe_error err = {{0}};
     moe_config cfg;
-    if (config_load(&cfg, dir, &err)) { fprintf(stderr, "moe route: %s\n", err.msg); return 1; }
+    if (model_config_load(&cfg, dir, &err)) { fprintf(stderr, "moe route: %s\n", err.msg); return 1; }
     if (cfg.n_routed_experts < 1) { fprintf(stderr, "moe route: %s has no routed experts (a dense model)\n", dir); return 1; }
     int Lt = cfg.num_hidden_layers + cfg.num_nextn_predict_layers;
     if (coact_layer < 0)

@@ -20,6 +20,7 @@
 #include <time.h>
 
 #include "commands.h"
+#include "session.h"
 #include "tokenizer.h"
 
 /* ======================================================================
@@ -157,7 +158,7 @@ int cmd_tokenize(int argc, char **argv) {
     tokenizer *t;
     moe_error err = {{0}};
     double t0 = now_s();
-    if (tokenizer_load(&t, dir, &err)) { free(data); return fail(err.msg, NULL); }
+    if (model_tokenizer_load(&t, dir, &err)) { free(data); return fail(err.msg, NULL); }
     double t1 = now_s();
 
     int rc = 0;

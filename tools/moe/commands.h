@@ -13,5 +13,6 @@ int cmd_chat(int argc, char **argv);
 int cmd_mkckpt(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_eplb(int argc, char **argv);
+int cmd_convert(int argc, char **argv);
 
 #endif

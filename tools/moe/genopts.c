@@ -86,7 +86,7 @@ int genopts_finish(genopts *o, const char *cmd) {
     const router_options *r = &o->model.routing;
     if (r->experts_per_token || r->no_group_limit || r->no_route_bias) {   /* check against the config, say so */
         moe_config cfg;
-        if (config_load(&cfg, o->model_dir, &err)) { fprintf(stderr, "moe %s: %s\n", cmd, err.msg); return -1; }
+        if (model_config_load(&cfg, o->model_dir, &err)) { fprintf(stderr, "moe %s: %s\n", cmd, err.msg); return -1; }
         if (cli_route_knobs_check(&cfg, r, cmd)) return -1;
     }
     if (!o->seed_given) {

@@ -19,6 +19,7 @@ static const command commands[] = {
     {"ppl", cmd_ppl, "perplexity of a text file (routing knobs apply)"},
     {"logits", cmd_logits, "run token ids through a checkpoint, write logits/MTP logits/routing (safetensors)"},
     {"mkckpt", cmd_mkckpt, "write a random-weight checkpoint of any DeepSeek shape (or --plan its memory)"},
+    {"convert", cmd_convert, "write a checkpoint as a GGUF file llama.cpp runs (f32, bf16, q8_0, q4_0)"},
     {"bench", cmd_bench, "prefill/decode tokens/s (llama-bench style), bytes per token, memory bandwidth, --profile"},
     {"eplb", cmd_eplb, "plan expert parallelism: which rank holds which experts, from moe route's counts (DeepSeek EPLB)"},
 };
