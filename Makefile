@@ -69,7 +69,8 @@ MPI_OBJ  := $(BUILD)/ep-mpi/ep_comm_mpi.o
 MPI_LIBS  = $(shell $(MPICC) --showme:link 2>/dev/null)
 MOE_MPI_OBJ  := $(if $(filter 1,$(MPI)),$(MPI_OBJ))
 MOE_MPI_LIBS  = $(if $(filter 1,$(MPI)),$(MPI_LIBS))
-EP_CHECKS := $(BUILD)/tests/ep_comm_check $(if $(HAVE_MPICC),$(BUILD)/tests/ep_comm_check_mpi)
+EP_CHECKS := $(BUILD)/tests/ep_comm_check $(BUILD)/tests/ep_logits_check \
+             $(if $(HAVE_MPICC),$(BUILD)/tests/ep_comm_check_mpi $(BUILD)/tests/ep_logits_check_mpi)
 
 .PHONY: all deps test test-opt test-asan run clean bench-kernels fuzz fuzzers
 all: $(BUILD)/moe
@@ -100,6 +101,11 @@ $(MPI_OBJ): $(MPI_SRC)
 $(BUILD)/tests/ep_comm_check: $(BUILD)/tests/ep_comm_check.o $(BUILD)/libmoe.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(DEPLIBS)
 $(BUILD)/tests/ep_comm_check_mpi: $(BUILD)/tests/ep_comm_check.o $(MPI_OBJ) $(BUILD)/libmoe.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(DEPLIBS) $(MPI_LIBS)
+# the engine under EP: logits bit-identical to one process (tests/ep_logits_check.c)
+$(BUILD)/tests/ep_logits_check: $(BUILD)/tests/ep_logits_check.o $(BUILD)/libmoe.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(DEPLIBS)
+$(BUILD)/tests/ep_logits_check_mpi: $(BUILD)/tests/ep_logits_check.o $(MPI_OBJ) $(BUILD)/libmoe.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(DEPLIBS) $(MPI_LIBS)
 
 $(BUILD)/tests/%: $(BUILD)/tests/%.o $(BUILD)/libmoe.a
@@ -153,4 +159,4 @@ deps:
 clean:
 	rm -rf build build-asan build-fuzz build-mpi
 
--include $(LIB_OBJ:.o=.d) $(TOOL_OBJ:.o=.d) $(TESTS:=.d) $(BUILD)/tests/fuzz/*.d $(MPI_OBJ:.o=.d) $(BUILD)/tests/ep_comm_check.d
+-include $(LIB_OBJ:.o=.d) $(TOOL_OBJ:.o=.d) $(TESTS:=.d) $(BUILD)/tests/fuzz/*.d $(MPI_OBJ:.o=.d) $(BUILD)/tests/ep_comm_check.d $(BUILD)/tests/ep_logits_check.d

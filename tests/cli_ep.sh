@@ -7,11 +7,17 @@
 #     then under `mpirun -np 2` and `-np 3` when Open MPI is installed: broadcast of a batch,
 #     allgatherv (exact bytes), the MoE reduction bit-identical to one process, a config hash
 #     mismatch (every rank ends with one line, exit 3), a rank that exits early and a rank that
-#     hangs (every other rank ends within seconds with one line; `timeout` guards against hangs).
+#     hangs (every other rank ends within seconds with one line; `timeout` guards against hangs);
+#   - the engine with the EP hook (tests/ep_logits_check.c): logits of prefill, decode and MTP
+#     bit-identical to one process on golden checkpoints, alone and under mpirun -np 2 / 3, and
+#     the control (no exchange) differing.
 MOE=${MOE:-build/moe}
 BUILD=${BUILD:-$(dirname "$MOE")}
 CHECK=$BUILD/tests/ep_comm_check
 CHECK_MPI=$BUILD/tests/ep_comm_check_mpi
+LOGITS=$BUILD/tests/ep_logits_check
+LOGITS_MPI=$BUILD/tests/ep_logits_check_mpi
+G=tests/data/golden
 . tests/lib/harness.sh
 
 # --- moe eplb -------------------------------------------------------------------------
@@ -76,6 +82,11 @@ if [ -x "$CHECK" ]; then
     done
     expect_error "single bcast-big" "rank 0 of 1: ep: rank 0's batch has 37 tokens, outside \[0, 16\]" "$CHECK" bcast-big
 else bad "missing $CHECK (make tests builds it)"; fi
+# the engine with the EP hook on one rank: the same logits as without it
+for d in tiny-bf16 v2lite-f32; do
+    out=$(timeout 60 "$LOGITS" $G/$d 2>&1)
+    [ $? -eq 0 ] && echo "$out" | grep -q "rank 0 of 1: bit-identical to one process" && ok || bad "single ep_logits $d: $out"
+done
 
 # --- over MPI --------------------------------------------------------------------------
 # one line per rank: "moe: rank R of N: ..." exactly once for each R in the list
@@ -123,7 +134,19 @@ else
             grep -q "^moe: rank 0 of $np: ep: layer 3 expert outputs: rank 0 of $np waited" "$T/err" &&
             [ $rc -ne 0 ] && [ $rc -ne 124 ] && [ $((e - s)) -lt 20 ] && ok ||
             bad "np $np hang: rc=$rc $((e - s)) s $why: $(cat "$T/out" "$T/err")"
+        # the engine over np ranks: prefill, decode and MTP logits bit-identical to one process, with
+        # the default blocks (in-place exchange) and with permuted experts (staged exchange, routing
+        # hash compared per layer), on golden checkpoints
+        for run in "tiny-bf16" "tiny-bf16 --shuffle" "v2lite-f32" "mix-f32 --shuffle --threads 2"; do
+            MOE_EP_CHECK=1 timeout 120 $R -np $np "$LOGITS_MPI" $G/$run >"$T/out" 2>"$T/err"; rc=$?
+            n=$(grep -c "rank [0-9] of $np: bit-identical to one process" "$T/out")
+            [ $rc -eq 0 ] && [ "$n" -eq $np ] && ok || bad "np $np ep_logits $run: rc=$rc, $n lines: $(cat "$T/out" "$T/err")"
+        done
     done
+    # the control: without the exchange the logits differ, and every rank says so
+    timeout 120 $R -np 2 "$LOGITS_MPI" $G/tiny-bf16 --no-exchange >"$T/out" 2>"$T/err"; rc=$?
+    why=$(lines_per_rank "$T/err" 2 "the EP logits differ from one process's" 0 1) && [ $rc -ne 0 ] && ok ||
+        bad "control --no-exchange: rc=$rc $why: $(cat "$T/err")"
 fi
 
 echo "cli_ep: $pass passed, $fail failed"
