@@ -12,9 +12,9 @@
  *              replicated expert, the copy whose share the slot falls in: ep_copy_of_slot)
  *   out rows   slot_out[n*K][H]: an expert's UNWEIGHTED output for a slot
  *
- * Design of the MoE layer under EP (to be wired into engine/moe.c through a small hook once
- * the batched API of issue 13 has landed: an expert ownership mask per layer and an exchange
- * callback called between step 3 and step 4 of moe_forward):
+ * Design of the MoE layer under EP (wired into engine/moe.c through moe_ctx.ep, an ep_hook:
+ * an expert ownership mask per layer and an exchange callback called between step 3 and step
+ * 4 of moe_forward; engine/ep/ep_moe.c implements it, tests/ep_logits_check.c checks it):
  *
  *   0. Rank 0 owns the requests. Each forward pass starts with ep_bcast_batch (token, pos,
  *      seq, want: 13 bytes a token, two messages), so every rank runs the same batch.
@@ -59,8 +59,8 @@
  *   rank 0 only (it samples and broadcasts the next batch), or on every rank when each
  *   needs logits.
  *
- * What this header provides now (the pieces that do not need the engine refactor): the
- * hashes and the replica split, tested in tests/test_ep.c.
+ * This header provides the hashes and the replica split (tests/test_ep.c); ep_moe.h the hook
+ * (plans without replicas for now).
  */
 #ifndef MOE_EP_H
 #define MOE_EP_H
