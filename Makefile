@@ -16,7 +16,7 @@ CC      ?= gcc
 # Expert parallelism over MPI (docs/ep.md) is asked for, never guessed: the library never
 # contains MPI. engine/ep/ep_comm_mpi.c is compiled with mpicc into $(BUILD)/ep-mpi/ep_comm_mpi.o;
 # MPI=1 links it into moe (in build-mpi/ unless BUILD is given). Whenever mpicc exists the
-# tests also build $(BUILD)/tests/ep_comm_check_mpi, which tests/cli_ep.sh runs under mpirun.
+# tests also build $(BUILD)/tests/ep_{comm,logits}_check_mpi, which tests/cli_ep.sh runs under mpirun.
 MPI     ?= 0
 ifeq ($(MPI),1)
   BUILD ?= build-mpi
@@ -31,13 +31,13 @@ ifeq ($(MPI),1)
 endif
 SAN     ?= 0
 OPT     ?= -O2
-PKGS    := jansson libpcre2-8
+PKGS    := jansson libpcre2-8 libmicrohttpd
 DEPCFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null) -I/usr/include/x86_64-linux-gnu/openblas-pthread
 # OpenBLAS is not linked: kernels/blas.c loads it at run time, after choosing its kernels
-DEPLIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -ljansson -lpcre2-8) -lnuma -lpthread -lm -ldl
+DEPLIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -ljansson -lpcre2-8 -lmicrohttpd) -lnuma -lpthread -lm -ldl
 
 # the library's folders (README's layout table); each is on the include path
-LIB_DIRS := engine engine/io engine/text engine/analysis engine/ep kernels
+LIB_DIRS := engine engine/io engine/text engine/analysis engine/serve engine/ep kernels
 SRC_DIRS := $(LIB_DIRS) tools/moe
 
 CFLAGS  := -std=c11 -D_GNU_SOURCE -g $(OPT) -Wall -Wextra -Wno-unused-parameter -Wshadow \
@@ -61,7 +61,7 @@ TOOL_SRC := $(wildcard tools/moe/*.c)
 TEST_SRC := $(wildcard tests/test_*.c)
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 
-LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
+LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o) $(BUILD)/gen/serve_page.o
 TOOL_OBJ := $(TOOL_SRC:%.c=$(BUILD)/%.o)
 TESTS    := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 FUZZERS  := $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/fuzz/%)
@@ -83,6 +83,16 @@ $(BUILD)/%_avx2.o: %_avx2.c
 	$(CC) $(CFLAGS) $(AVX2_FLAGS) -c $< -o $@
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+# the page of `moe serve`, engine/serve/page.html, as one C string (no external assets;
+# ? is escaped too: -std=c11 would read ?? sequences as trigraphs)
+$(BUILD)/gen/serve_page.c: engine/serve/page.html
+	@mkdir -p $(dir $@)
+	{ echo '/* generated from engine/serve/page.html by the Makefile */'; \
+	  echo 'const char serve_page_html[] ='; \
+	  sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' -e 's/?/\\?/g' -e 's/^/"/' -e 's/$$/\\n"/' $<; echo ';'; } >$@
+$(BUILD)/gen/serve_page.o: $(BUILD)/gen/serve_page.c
 	$(CC) $(CFLAGS) -c $< -o $@
 
 $(BUILD)/libmoe.a: $(LIB_OBJ)
@@ -147,6 +157,11 @@ run: deps $(BUILD)/moe
 $(BUILD)/bench/kernels_bench: tools/bench/kernels_bench.c $(BUILD)/libmoe.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -O3 -o $@ $< $(BUILD)/libmoe.a $(DEPLIBS)
+
+# load generator for `moe serve` (tools/bench/serve_load.c; docs/serve.md)
+$(BUILD)/bench/serve_load: tools/bench/serve_load.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 -O2 -g -Wall -Wextra -o $@ $< -lpthread
 
 # BENCH_ARGS=--quick for a short run
 bench-kernels: $(BUILD)/bench/kernels_bench

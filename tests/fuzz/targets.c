@@ -14,6 +14,7 @@
 #include "gguf_config.h"
 #include "rope.h"
 #include "safetensors.h"
+#include "serve_api.h"
 #include "tokenizer.h"
 
 #define CHECK(cond, ...)                                                          \
@@ -337,6 +338,61 @@ int fuzz_chat(const uint8_t *data, size_t size) {
     return 0;
 }
 
+/* ------------------------------------------------------------------ server requests */
+
+/* V3's tokenizer (with its chat template), shared with fuzz_encode. */
+static tokenizer *v3_tokenizer(void) {
+    if (!v3) {
+        char p[1024];
+        moe_error err = {{0}};
+        const char *env = getenv("MOE_FUZZ_TOKENIZER");
+        if (tokenizer_load(&v3, env ? env : root_path(p, sizeof p, "tests/data/tokenizer/deepseek_v3"), &err)) {
+            fprintf(stderr, "fuzz: %s\n", err.msg);
+            abort();
+        }
+    }
+    return v3;
+}
+
+int fuzz_serve_request(const uint8_t *data, size_t size) {
+    tokenizer *t = v3_tokenizer();
+    serve_kind kind = size & 1 ? SERVE_CHAT : SERVE_COMPLETION;
+    char *body = malloc(size ? size : 1);   /* exact size: reads past the end are caught */
+    if (!body) return 0;
+    memcpy(body, data, size);
+    serve_params p;
+    serve_error e;
+    if (serve_parse_request(kind, body, size, t, tokenizer_vocab_size(t), &p, &e) == 0) {
+        CHECK(p.text || (p.ids && p.n_ids > 0), "no prompt");
+        CHECK(p.max_tokens >= 1 || p.max_tokens == -1, "max_tokens %d", p.max_tokens);
+        CHECK(p.n_stop >= 0 && p.n_stop <= SERVE_MAX_STOP, "n_stop %d", p.n_stop);
+        for (int i = 0; i < p.n_stop; i++) CHECK(p.stop[i][0] && strlen(p.stop[i]) <= SERVE_MAX_STOP_LEN, "stop string");
+        for (int i = 0; i < p.n_ids; i++) CHECK(p.ids[i] >= 0 && p.ids[i] < tokenizer_vocab_size(t), "id %d", p.ids[i]);
+        CHECK(p.sp.temperature >= 0 && p.sp.top_p > 0 && p.sp.top_p <= 1, "sampling");
+        serve_params_free(&p);
+    } else {
+        CHECK(e.status == 400 || e.status == 500, "status %d", e.status);
+        CHECK(e.message[0] && !strchr(e.message, '\n'), "error not one line: %s", e.message);
+        char *ej = serve_error_json(&e);
+        CHECK(ej, "no error body");
+        json_t *j = json_loads(ej, 0, NULL);
+        CHECK(j && json_is_string(json_object_get(json_object_get(j, "error"), "message")), "error body: %s", ej);
+        json_decref(j);
+        free(ej);
+    }
+    /* the input as generated text: any bytes must give a valid SSE chunk */
+    serve_resp_head h = {"cmpl-x", "m", 0, kind};
+    size_t len;
+    char *chunk = serve_sse_chunk(&h, 1, body, size, size & 2 ? "stop" : NULL, NULL, NULL, &len);
+    CHECK(chunk && len > 8 && !strncmp(chunk, "data: {", 7) && !memcmp(chunk + len - 2, "\n\n", 2), "sse chunk");
+    json_t *j = json_loadb(chunk + 6, len - 6, 0, NULL);
+    CHECK(j, "chunk is not JSON");
+    json_decref(j);
+    free(chunk);
+    free(body);
+    return 0;
+}
+
 /* ------------------------------------------------------------------ table */
 
 /* ------------------------------------------------------------------ gguf */
@@ -539,6 +595,7 @@ const fuzz_target fuzz_targets[] = {
     {"eplb_plan", fuzz_eplb_plan},
     {"eplb_counts", fuzz_eplb_counts},
     {"gguf", fuzz_gguf},
+    {"serve_request", fuzz_serve_request},
     {NULL, NULL},
 };
 

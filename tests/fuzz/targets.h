@@ -28,6 +28,7 @@ int fuzz_chat(const uint8_t *data, size_t size);              /* a chat template
 int fuzz_eplb_plan(const uint8_t *data, size_t size);         /* plan.json of moe eplb (engine/ep/eplb.h) */
 int fuzz_eplb_counts(const uint8_t *data, size_t size);       /* routing counts CSV, then planned on 1-2 ranks */
 int fuzz_gguf(const uint8_t *data, size_t size);              /* a .gguf file: header, metadata, tensor infos, config, tokenizer */
+int fuzz_serve_request(const uint8_t *data, size_t size);     /* a moe serve request body (chat or completion by parity) */
 
 typedef struct { const char *name; fuzz_fn fn; } fuzz_target;
 extern const fuzz_target fuzz_targets[];   /* terminated by {NULL, NULL} */

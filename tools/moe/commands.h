@@ -14,5 +14,6 @@ int cmd_mkckpt(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_eplb(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
+int cmd_serve(int argc, char **argv);
 
 #endif
