@@ -6,13 +6,29 @@
 #   make bench-kernels   build and run the kernel micro-benchmark (tools/bench/kernels_bench.c)
 #   make fuzz       build the libFuzzer targets (clang, build-fuzz/) and run each for
 #                   FUZZ_SECONDS (default 60) on its corpus in tests/fuzz/corpus/
+#   make MPI=1      build-mpi/moe with the Open MPI backend of expert parallelism (docs/ep.md)
 #   make clean
 #
 # Kernels named *_avx512.c / *_avx2.c are compiled with those ISA flags only;
 # everything else is portable x86-64 and picks kernels at run time (kernels/cpu.c).
 
 CC      ?= gcc
+# Expert parallelism over MPI (docs/ep.md) is asked for, never guessed: the library never
+# contains MPI. engine/ep/ep_comm_mpi.c is compiled with mpicc into $(BUILD)/ep-mpi/ep_comm_mpi.o;
+# MPI=1 links it into moe (in build-mpi/ unless BUILD is given). Whenever mpicc exists the
+# tests also build $(BUILD)/tests/ep_{comm,logits}_check_mpi, which tests/cli_ep.sh runs under mpirun.
+MPI     ?= 0
+ifeq ($(MPI),1)
+  BUILD ?= build-mpi
+endif
 BUILD   ?= build
+MPICC   ?= mpicc
+HAVE_MPICC := $(shell command -v $(MPICC) 2>/dev/null)
+ifeq ($(MPI),1)
+  ifeq ($(HAVE_MPICC),)
+    $(error MPI=1 needs $(MPICC): apt-get install libopenmpi-dev openmpi-bin)
+  endif
+endif
 SAN     ?= 0
 OPT     ?= -O2
 PKGS    := jansson libpcre2-8 libmicrohttpd
@@ -21,7 +37,7 @@ DEPCFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null) -I/usr/include/x86
 DEPLIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -ljansson -lpcre2-8 -lmicrohttpd) -lnuma -lpthread -lm -ldl
 
 # the library's folders (README's layout table); each is on the include path
-LIB_DIRS := engine engine/io engine/text engine/analysis engine/serve kernels
+LIB_DIRS := engine engine/io engine/text engine/analysis engine/serve engine/ep kernels
 SRC_DIRS := $(LIB_DIRS) tools/moe
 
 CFLAGS  := -std=c11 -D_GNU_SOURCE -g $(OPT) -Wall -Wextra -Wno-unused-parameter -Wshadow \
@@ -39,7 +55,8 @@ endif
 AVX512_FLAGS := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16 -mavx512vnni -mfma -mavx2 -mf16c
 AVX2_FLAGS   := -mavx2 -mfma -mf16c
 
-LIB_SRC  := $(foreach d,$(LIB_DIRS),$(wildcard $(d)/*.c))
+MPI_SRC  := engine/ep/ep_comm_mpi.c
+LIB_SRC  := $(filter-out $(MPI_SRC),$(foreach d,$(LIB_DIRS),$(wildcard $(d)/*.c)))
 TOOL_SRC := $(wildcard tools/moe/*.c)
 TEST_SRC := $(wildcard tests/test_*.c)
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
@@ -48,6 +65,12 @@ LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o) $(BUILD)/gen/serve_page.o
 TOOL_OBJ := $(TOOL_SRC:%.c=$(BUILD)/%.o)
 TESTS    := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 FUZZERS  := $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/fuzz/%)
+MPI_OBJ  := $(BUILD)/ep-mpi/ep_comm_mpi.o
+MPI_LIBS  = $(shell $(MPICC) --showme:link 2>/dev/null)
+MOE_MPI_OBJ  := $(if $(filter 1,$(MPI)),$(MPI_OBJ))
+MOE_MPI_LIBS  = $(if $(filter 1,$(MPI)),$(MPI_LIBS))
+EP_CHECKS := $(BUILD)/tests/ep_comm_check $(BUILD)/tests/ep_logits_check \
+             $(if $(HAVE_MPICC),$(BUILD)/tests/ep_comm_check_mpi $(BUILD)/tests/ep_logits_check_mpi)
 
 .PHONY: all deps test test-opt test-asan run clean bench-kernels fuzz fuzzers
 all: $(BUILD)/moe
@@ -76,8 +99,24 @@ $(BUILD)/libmoe.a: $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
-$(BUILD)/moe: $(TOOL_OBJ) $(BUILD)/libmoe.a
+$(BUILD)/moe: $(TOOL_OBJ) $(MOE_MPI_OBJ) $(BUILD)/libmoe.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(DEPLIBS) $(MOE_MPI_LIBS)
+
+# the MPI backend: mpicc (wrapping $(CC)) with the same flags, outside libmoe.a
+$(MPI_OBJ): $(MPI_SRC)
+	@mkdir -p $(dir $@)
+	OMPI_CC=$(CC) $(MPICC) $(CFLAGS) -c $< -o $@
+
+# the exchange-layer check program (tests/cli_ep.sh): single-process, and over MPI
+$(BUILD)/tests/ep_comm_check: $(BUILD)/tests/ep_comm_check.o $(BUILD)/libmoe.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(DEPLIBS)
+$(BUILD)/tests/ep_comm_check_mpi: $(BUILD)/tests/ep_comm_check.o $(MPI_OBJ) $(BUILD)/libmoe.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(DEPLIBS) $(MPI_LIBS)
+# the engine under EP: logits bit-identical to one process (tests/ep_logits_check.c)
+$(BUILD)/tests/ep_logits_check: $(BUILD)/tests/ep_logits_check.o $(BUILD)/libmoe.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(DEPLIBS)
+$(BUILD)/tests/ep_logits_check_mpi: $(BUILD)/tests/ep_logits_check.o $(MPI_OBJ) $(BUILD)/libmoe.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(DEPLIBS) $(MPI_LIBS)
 
 $(BUILD)/tests/%: $(BUILD)/tests/%.o $(BUILD)/libmoe.a
 	$(CC) $(LDFLAGS) -o $@ $^ -lcmocka $(DEPLIBS)
@@ -99,7 +138,7 @@ fuzz:
 	$(MAKE) BUILD=build-fuzz CC=clang SAN=fuzz OPT=-O1 fuzzers
 	FUZZ_SECONDS=$(FUZZ_SECONDS) sh tests/fuzz/run.sh $(FUZZ_TARGETS)
 
-tests: $(TESTS) $(BUILD)/moe
+tests: $(TESTS) $(BUILD)/moe $(EP_CHECKS)
 
 # The suite: every tests/test_* binary (cmocka) plus the command-line checks,
 # first optimized, then under AddressSanitizer + UndefinedBehaviorSanitizer.
@@ -133,6 +172,6 @@ deps:
 	@sh tools/deps.sh
 
 clean:
-	rm -rf build build-asan build-fuzz
+	rm -rf build build-asan build-fuzz build-mpi
 
--include $(LIB_OBJ:.o=.d) $(TOOL_OBJ:.o=.d) $(TESTS:=.d) $(BUILD)/tests/fuzz/*.d
+-include $(LIB_OBJ:.o=.d) $(TOOL_OBJ:.o=.d) $(TESTS:=.d) $(BUILD)/tests/fuzz/*.d $(MPI_OBJ:.o=.d) $(BUILD)/tests/ep_comm_check.d $(BUILD)/tests/ep_logits_check.d

@@ -53,6 +53,16 @@ typedef struct {
     int i0, n, seq, pos0;
 } batch_span;
 
+/* Expert parallelism (engine/ep/ep_moe.h): the routed experts of a layer this process runs,
+ * and the exchange that fills the other slots of slot_out before the reduction. Called on the
+ * calling thread; exchange ends the process on failure (ep_comm_abort). NULL: every expert. */
+struct moe_ctx;
+typedef struct ep_hook {
+    const unsigned char *(*owned)(void *ctx, int layer);      /* [E] 1: run expert e here */
+    void (*exchange)(void *ctx, int layer, struct moe_ctx *c); /* after the experts ran */
+    void *ctx;
+} ep_hook;
+
 typedef struct moe_ctx {
     int B, S;           /* tokens per pass; positions per sequence */
     int n_shares;       /* P: shares of the pool (per-share scratch below) */
@@ -108,6 +118,7 @@ typedef struct moe_ctx {
     model_profile *prof;        /* NULL = off */
     route_observer on_route;    /* NULL = none */
     void *on_route_ctx;
+    const ep_hook *ep;          /* NULL = this process runs every routed expert */
     unsigned long n_forward_calls;   /* passes so far (lets an observer tell passes apart) */
 } moe_ctx;
 

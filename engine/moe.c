@@ -155,12 +155,14 @@ void moe_forward(const moe_model *m, moe_ctx *s, int layer, const float *xn, flo
     expert_job job = { .m = m, .c = s, .lw = lw, .xn = xn, .n = n };
     int by_node = m->numa.expert_node != NULL, n_groups = by_node ? m->numa.topo.n_nodes : 1;
     int n_items = 0;
+    const unsigned char *own = s->ep ? s->ep->owned(s->ep->ctx, layer) : NULL;   /* expert parallelism */
     if (lw->has_shared) s->expert_item[n_items++] = -1;
     for (int g = 0; g < n_groups; g++) {
         int lo = n_items;
         job.group_start[g] = lo;
         for (int e = 0; e < E; e++)
-            if (s->expert_count[e] && (!by_node || numa_expert_node(&m->numa, layer, e) == g)) s->expert_item[n_items++] = e;
+            if (s->expert_count[e] && (!own || own[e]) && (!by_node || numa_expert_node(&m->numa, layer, e) == g))
+                s->expert_item[n_items++] = e;
         for (int i = lo; i < n_items; i++)   /* insertion sort: few items, nearly sorted */
             for (int j = i; j > lo && s->expert_count[s->expert_item[j]] > s->expert_count[s->expert_item[j - 1]]; j--) {
                 int tmp = s->expert_item[j];
@@ -173,6 +175,7 @@ void moe_forward(const moe_model *m, moe_ctx *s, int layer, const float *xn, flo
     job.n_groups = by_node ? n_groups : 0;
     if (s->pool && threadpool_threads(s->pool) > 1 && n_items > 1) threadpool_run(s->pool, expert_share, &job);
     else expert_share(&job, 0, 1);
+    if (s->ep) s->ep->exchange(s->ep->ctx, layer, s);   /* the other ranks' slots of slot_out */
     t0 = profile_mark(s, PHASE_EXPERTS, t0);   /* routed and shared experts run as one pool job */
     /* 4. reduce in a fixed order: each token's routed experts by expert id, then the shared one */
     for (int t = 0; t < n; t++) {

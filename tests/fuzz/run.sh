@@ -16,7 +16,7 @@ for t in $targets; do
     [ -x "$bin" ] || { echo "fuzz: no target $bin"; fail=1; continue; }
     mkdir -p $B/corpus/$t tests/fuzz/corpus/$t
     dict=""
-    case $t in encode) ;; gguf) dict="-dict=tests/fuzz/gguf.dict" ;; *) dict="-dict=tests/fuzz/json.dict" ;; esac
+    case $t in encode|eplb_counts) ;; gguf) dict="-dict=tests/fuzz/gguf.dict" ;; *) dict="-dict=tests/fuzz/json.dict" ;; esac
     maxlen=8192
     log=$B/logs/$t.log
     start=$(date +%s)

@@ -9,6 +9,7 @@
 
 #include "chat.h"
 #include "config.h"
+#include "eplb.h"
 #include "gguf.h"
 #include "gguf_config.h"
 #include "rope.h"
@@ -500,6 +501,89 @@ int fuzz_gguf(const uint8_t *data, size_t size) {
     return 0;
 }
 
+/* ------------------------------------------------------------------ eplb */
+
+/* The invariants of an accepted plan, and plan -> text -> plan giving the same arrays. */
+static void check_plan(const eplb_plan *p) {
+    const int P = p->n_slots, E = p->n_experts;
+    CHECK(p->n_ranks >= 1 && p->n_ranks <= EPLB_MAX_RANKS && E >= 1 && P >= E, "sizes");
+    for (int l = 0; l < p->n_layers; l++) {
+        int total = 0;
+        for (int e = 0; e < E; e++) {
+            CHECK(p->copies[(size_t)l * E + e] >= 1, "expert %d of layer %d on no rank", e, l);
+            total += p->copies[(size_t)l * E + e];
+        }
+        CHECK(total == P, "copies sum to %d, want %d", total, P);
+        if (l) CHECK(p->layer_id[l] > p->layer_id[l - 1], "layers ascending");
+        for (int s = 0; s < P; s++) {
+            size_t at = (size_t)l * P + s;
+            CHECK(p->slot_expert[at] >= 0 && p->slot_expert[at] < E, "slot expert");
+            CHECK(p->slot_replica[at] >= 0 && p->slot_replica[at] < p->copies[(size_t)l * E + p->slot_expert[at]],
+                  "slot replica");
+            CHECK(p->slot_rank[at] >= 0 && p->slot_rank[at] < p->n_ranks, "slot rank");
+            if (s) CHECK(p->slot_rank[at] >= p->slot_rank[at - 1], "slots in rank order");
+        }
+    }
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    CHECK(f, "open_memstream");
+    moe_error werr = {{0}};
+    CHECK(eplb_plan_write_stream(p, NULL, NULL, f, &werr) == MOE_OK, "write: %s", werr.msg);
+    fclose(f);
+    eplb_plan q;
+    moe_error err = {{0}};
+    CHECK(eplb_plan_parse(&q, buf, len, "again.json", &err) == MOE_OK, "the written plan does not parse: %s", err.msg);
+    size_t LP = (size_t)p->n_layers * P;
+    CHECK(q.n_layers == p->n_layers && q.n_slots == P && q.n_ranks == p->n_ranks, "round trip sizes");
+    CHECK(!memcmp(q.slot_expert, p->slot_expert, sizeof(int) * LP) && !memcmp(q.slot_rank, p->slot_rank, sizeof(int) * LP) &&
+          !memcmp(q.slot_replica, p->slot_replica, sizeof(int) * LP), "round trip slots");
+    eplb_plan_free(&q);
+    free(buf);
+}
+
+int fuzz_eplb_plan(const uint8_t *data, size_t size) {
+    eplb_plan p;
+    moe_error err = {{0}};
+    char *text = malloc(size ? size : 1);
+    if (!text) return 0;
+    memcpy(text, data, size);
+    if (eplb_plan_parse(&p, text, size, "plan.json", &err) == MOE_OK) {
+        check_plan(&p);
+        eplb_plan_free(&p);
+    } else {
+        check_error(&err, "plan.json");
+    }
+    free(text);
+    return 0;
+}
+
+int fuzz_eplb_counts(const uint8_t *data, size_t size) {
+    eplb_counts c;
+    moe_error err = {{0}};
+    char *text = malloc(size ? size : 1);
+    if (!text) return 0;
+    memcpy(text, data, size);
+    if (eplb_counts_parse(&c, text, size, "x.counts.csv", &err) == MOE_OK) {
+        CHECK(c.n_layers >= 1 && c.n_experts >= 1 && c.n_experts <= EPLB_MAX_EXPERTS, "counts sizes");
+        for (size_t i = 0; i < (size_t)c.n_layers * c.n_experts; i++) CHECK(c.count[i] >= 0, "negative count");
+        /* plan it: 1 or 2 ranks (as E allows), a few replicas; every plan must satisfy check_plan */
+        int N = c.n_experts >= 2 ? 2 : 1, R = (N - c.n_experts % N) % N + N;
+        eplb_plan p;
+        if (eplb_rebalance(&p, &c, N, R, 1, 1, &err) == MOE_OK) {
+            check_plan(&p);
+            eplb_plan_free(&p);
+        } else {
+            check_error(&err, NULL);
+        }
+        eplb_counts_free(&c);
+    } else {
+        check_error(&err, "x.counts.csv");
+    }
+    free(text);
+    return 0;
+}
+
 const fuzz_target fuzz_targets[] = {
     {"safetensors", fuzz_safetensors},
     {"st_index", fuzz_st_index},
@@ -508,6 +592,8 @@ const fuzz_target fuzz_targets[] = {
     {"tokenizer_config", fuzz_tokenizer_config},
     {"encode", fuzz_encode},
     {"chat", fuzz_chat},
+    {"eplb_plan", fuzz_eplb_plan},
+    {"eplb_counts", fuzz_eplb_counts},
     {"gguf", fuzz_gguf},
     {"serve_request", fuzz_serve_request},
     {NULL, NULL},

@@ -25,6 +25,8 @@ int fuzz_tokenizer_json(const uint8_t *data, size_t size);    /* tokenizer.json 
 int fuzz_tokenizer_config(const uint8_t *data, size_t size);  /* tokenizer_config.json beside a tiny tokenizer.json */
 int fuzz_encode(const uint8_t *data, size_t size);            /* text through DeepSeek-V3's tokenizer */
 int fuzz_chat(const uint8_t *data, size_t size);              /* a chat template, rendered over a fixed conversation */
+int fuzz_eplb_plan(const uint8_t *data, size_t size);         /* plan.json of moe eplb (engine/ep/eplb.h) */
+int fuzz_eplb_counts(const uint8_t *data, size_t size);       /* routing counts CSV, then planned on 1-2 ranks */
 int fuzz_gguf(const uint8_t *data, size_t size);              /* a .gguf file: header, metadata, tensor infos, config, tokenizer */
 int fuzz_serve_request(const uint8_t *data, size_t size);     /* a moe serve request body (chat or completion by parity) */
 

@@ -12,6 +12,7 @@ int cmd_generate(int argc, char **argv);
 int cmd_chat(int argc, char **argv);
 int cmd_mkckpt(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_eplb(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
 

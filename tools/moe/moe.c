@@ -21,6 +21,7 @@ static const command commands[] = {
     {"mkckpt", cmd_mkckpt, "write a random-weight checkpoint of any DeepSeek shape (or --plan its memory)"},
     {"convert", cmd_convert, "write a checkpoint as a GGUF file llama.cpp runs (f32, bf16, q8_0, q4_0)"},
     {"bench", cmd_bench, "prefill/decode tokens/s (llama-bench style), bytes per token, memory bandwidth, --profile"},
+    {"eplb", cmd_eplb, "plan expert parallelism: which rank holds which experts, from moe route's counts (DeepSeek EPLB)"},
     {"serve", cmd_serve, "OpenAI-compatible HTTP server, batching its users, with a live routing page"},
 };
 static const int n_commands = (int)(sizeof commands / sizeof commands[0]);

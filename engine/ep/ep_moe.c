@@ -1,0 +1,140 @@
+/* ep_moe.c - ownership and exchange of routed-expert outputs across ranks (see ep_moe.h). */
+#include "ep_moe.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ep.h"
+
+void ep_moe_free(ep_moe *x) {
+    free(x->owner);
+    free(x->own);
+    free(x->contiguous);
+    free(x->rows_of);
+    free(x->row_of_slot);
+    free(x->stage);
+    memset(x, 0, sizeof *x);
+}
+
+int ep_moe_init(ep_moe *x, ep_comm *comm, const moe_model *m, const moe_ctx *c, const eplb_plan *plan, moe_error *err) {
+    memset(x, 0, sizeof *x);
+    const moe_config *cfg = &m->cfg;
+    const int Lt = cfg->num_hidden_layers + cfg->num_nextn_predict_layers, E = cfg->n_routed_experts, N = comm->size;
+    if (E < 1) return moe_error_set(err, "ep: a dense model has no experts to distribute");
+    x->comm = comm;
+    x->Lt = Lt;
+    x->E = E;
+    x->K = m->K;
+    x->H = cfg->hidden_size;
+    x->B = c->B;
+    const char *chk = getenv("MOE_EP_CHECK");
+    x->check = chk && *chk && strcmp(chk, "0");
+    unsigned char *is_moe = calloc((size_t)Lt, 1);
+    x->owner = malloc(sizeof(int) * (size_t)Lt * E);
+    x->own = calloc((size_t)Lt * E, 1);
+    x->contiguous = calloc((size_t)Lt, 1);
+    x->rows_of = calloc((size_t)N, sizeof(int));
+    x->row_of_slot = malloc(sizeof(int) * (size_t)x->B * x->K);
+    if (!is_moe || !x->owner || !x->own || !x->contiguous || !x->rows_of || !x->row_of_slot) {
+        free(is_moe);
+        ep_moe_free(x);
+        return moe_error_set(err, "ep: out of memory");
+    }
+    int n_moe = 0;
+    for (int l = 0; l < Lt; l++) n_moe += is_moe[l] = (unsigned char)config_layer_is_moe(cfg, l);
+    eplb_plan blocks = {0};
+    const eplb_plan *p = plan;
+    if (!p) {   /* the default: contiguous blocks, the same for every MoE layer */
+        int *ids = malloc(sizeof(int) * (size_t)(n_moe ? n_moe : 1));
+        for (int l = 0, k = 0; ids && l < Lt; l++) if (is_moe[l]) ids[k++] = l;
+        eplb_counts cts = { n_moe, E, ids, NULL };
+        int rc = !ids ? moe_error_set(err, "ep: out of memory") : eplb_plan_default(&blocks, &cts, N, cfg->n_group, err);
+        free(ids);
+        if (rc) { free(is_moe); ep_moe_free(x); return moe_error_prefix(err, "ep"); }
+        p = &blocks;
+    }
+    int rc = eplb_plan_matches_model(p, is_moe, Lt, E, N, "plan", err);
+    for (int l = 0; !rc && l < p->n_layers; l++)
+        for (int e = 0; e < E; e++)
+            if (p->copies[(size_t)l * E + e] != 1) {
+                rc = moe_error_set(err, "plan: layer %d gives expert %d %d copies; the engine runs plans without "
+                                        "replicas for now (moe eplb --redundant 0)", p->layer_id[l], e,
+                                   p->copies[(size_t)l * E + e]);
+                break;
+            }
+    if (rc) { free(is_moe); eplb_plan_free(&blocks); ep_moe_free(x); return MOE_FAIL; }
+    int need_stage = 0;
+    for (int l = 0; l < Lt; l++)
+        for (int e = 0; e < E; e++) x->owner[(size_t)l * E + e] = -1;
+    for (int k = 0; k < p->n_layers; k++) {
+        int l = p->layer_id[k], mono = 1;
+        for (int s = 0; s < p->n_slots; s++) {
+            size_t at = (size_t)k * p->n_slots + s;
+            x->owner[(size_t)l * E + p->slot_expert[at]] = p->slot_rank[at];
+        }
+        for (int e = 0; e < E; e++) {
+            int r = x->owner[(size_t)l * E + e];
+            x->own[(size_t)l * E + e] = (unsigned char)(r == comm->rank);
+            if (e && r < x->owner[(size_t)l * E + e - 1]) mono = 0;
+        }
+        x->contiguous[l] = (unsigned char)mono;
+        need_stage |= !mono;
+    }
+    free(is_moe);
+    eplb_plan_free(&blocks);
+    if (need_stage && !(x->stage = malloc(sizeof(float) * (size_t)x->B * x->K * x->H))) {
+        ep_moe_free(x);
+        return moe_error_set(err, "ep: out of memory for the exchange buffer");
+    }
+    return MOE_OK;
+}
+
+const unsigned char *ep_moe_owned(void *ctx, int layer) {
+    ep_moe *x = ctx;
+    return x->own + (size_t)layer * x->E;
+}
+
+static void fail(ep_moe *x, const moe_error *err) { ep_comm_abort(x->comm, 1, err->msg); }
+
+void ep_moe_exchange(void *ctx, int layer, moe_ctx *c) {
+    ep_moe *x = ctx;
+    ep_comm *comm = x->comm;
+    const int E = x->E, H = x->H, N = comm->size, n_slots = c->n * x->K;
+    const int *owner = x->owner + (size_t)layer * E, *start = c->expert_start;
+    moe_error err = {{0}};
+    char what[64];
+    snprintf(what, sizeof what, "layer %d expert outputs", layer);
+    if (x->check) {   /* every rank must have routed the same way: compare the routing's hash */
+        char w2[64];
+        snprintf(w2, sizeof w2, "layer %d routing", layer);
+        uint64_t h = ep_hash_route(EP_HASH_INIT, layer, c->route_ids, c->route_w, n_slots);
+        if (ep_check_same(comm, h, w2, &err)) ep_comm_exit_all(comm, 1, err.msg);
+    }
+    for (int r = 0; r < N; r++) x->rows_of[r] = 0;
+    for (int e = 0; e < E; e++) x->rows_of[owner[e]] += start[e + 1] - start[e];
+    x->n_exchanges++;
+    if (N == 1) return;
+    if (x->contiguous[layer]) {
+        /* rank-major = slot order: in place on slot_out */
+        int first = 0;
+        for (int r = 0; r < comm->rank; r++) first += x->rows_of[r];
+        if (ep_allgatherv_rows(comm, c->slot_out + (size_t)first * H, x->rows_of, H, c->slot_out, what, &err)) fail(x, &err);
+        return;
+    }
+    /* staged: rows of rank 0's experts first (ascending expert, slot order), then rank 1's ... */
+    if (N > EPLB_MAX_RANKS) { moe_error_set(&err, "ep: at most %d ranks", EPLB_MAX_RANKS); fail(x, &err); }
+    int first_row[EPLB_MAX_RANKS], cursor[EPLB_MAX_RANKS];
+    for (int r = 0, o = 0; r < N; r++) { first_row[r] = cursor[r] = o; o += x->rows_of[r]; }
+    for (int e = 0; e < E; e++)
+        for (int s = start[e]; s < start[e + 1]; s++) x->row_of_slot[s] = cursor[owner[e]]++;
+    for (int e = 0; e < E; e++) {
+        if (owner[e] != comm->rank) continue;
+        for (int s = start[e]; s < start[e + 1]; s++)
+            memcpy(x->stage + (size_t)x->row_of_slot[s] * H, c->slot_out + (size_t)s * H, sizeof(float) * (size_t)H);
+    }
+    if (ep_allgatherv_rows(comm, x->stage + (size_t)first_row[comm->rank] * H, x->rows_of, H, x->stage, what, &err))
+        fail(x, &err);
+    for (int s = 0; s < n_slots; s++)
+        memcpy(c->slot_out + (size_t)s * H, x->stage + (size_t)x->row_of_slot[s] * H, sizeof(float) * (size_t)H);
+}

@@ -1,0 +1,52 @@
+/* ep_moe.h - the MoE layer's side of expert parallelism (design: ep.h): which routed experts
+ * this rank runs, and the exchange of the slot outputs so every rank reduces the same rows in
+ * the same order as one process.
+ *
+ * Legend
+ *   Lt      layers of the model, MTP included (moe_weights order)
+ *   E, K    routed experts, experts per token;  H hidden;  B tokens per pass (ctx->B)
+ *   owner   [Lt][E] the rank that runs expert e of layer l (-1 for a dense layer)
+ *   slots   ctx->slot_out rows [n*K, H], grouped by expert (expert_start[e] .. [e+1])
+ *   stage   [B*K, H] rank-major copy of the rows, used when a rank's experts are not
+ *           adjacent (a plan); with contiguous blocks the allgather runs in place on slot_out
+ *
+ * ep_moe_exchange is called by engine/moe.c between running the owned experts and the
+ * reduction. It cannot return an error through moe_forward: on failure it ends every rank
+ * with one line (ep_comm_abort), the behaviour expert parallelism needs anyway (a rank that
+ * cannot exchange leaves the others waiting).
+ *
+ * Plans with replicas (an expert on two ranks) are refused for now: running one expert over
+ * part of its slots needs a sub-range in moe.c's work items (ep.h describes the split).
+ */
+#ifndef MOE_EP_MOE_H
+#define MOE_EP_MOE_H
+
+#include "context.h"
+#include "ep_comm.h"
+#include "eplb.h"
+#include "model.h"
+
+typedef struct {
+    ep_comm *comm;
+    int Lt, E, K, H, B;
+    int *owner;                 /* [Lt][E] */
+    unsigned char *own;         /* [Lt][E] owner == this rank */
+    unsigned char *contiguous;  /* [Lt] owner non-decreasing in e: in-place exchange */
+    int *rows_of;               /* [N] rows per rank in this layer */
+    int *row_of_slot;           /* [B*K] staged row of each slot */
+    float *stage;               /* [B*K, H] (NULL when every layer is contiguous) */
+    int check;                  /* MOE_EP_CHECK=1: the routing's hash compared across ranks per layer */
+    uint64_t n_exchanges;       /* layers exchanged so far */
+} ep_moe;
+
+/* Ownership from `plan` (NULL: the contiguous blocks of numa_plan_make over comm->size ranks),
+ * checked against the model (its MoE layers, E, the number of ranks); buffers sized for ctx->B. */
+int ep_moe_init(ep_moe *x, ep_comm *comm, const moe_model *m, const moe_ctx *c, const eplb_plan *plan, moe_error *err);
+void ep_moe_free(ep_moe *x);
+
+/* [E] 1 for the routed experts of `layer` this rank runs. */
+const unsigned char *ep_moe_owned(void *ctx, int layer);
+/* After the owned experts wrote their slots of c->slot_out: every rank's rows to every rank. */
+void ep_moe_exchange(void *ctx, int layer, moe_ctx *c);
+
+#endif

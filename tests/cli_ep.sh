@@ -1,0 +1,153 @@
+#!/bin/sh
+# Expert parallelism from the command line (docs/ep.md):
+#   - `moe eplb` on the toy model's routing counts: the table, plan.json (parses, --check
+#     validates it, every expert placed, equal slots per rank), max/mean never worse than the
+#     default blocks; bad input ends in ONE error line;
+#   - the exchange layer's check program (tests/ep_comm_check.c) alone (single-process backend),
+#     then under `mpirun -np 2` and `-np 3` when Open MPI is installed: broadcast of a batch,
+#     allgatherv (exact bytes), the MoE reduction bit-identical to one process, a config hash
+#     mismatch (every rank ends with one line, exit 3), a rank that exits early and a rank that
+#     hangs (every other rank ends within seconds with one line; `timeout` guards against hangs);
+#   - the engine with the EP hook (tests/ep_logits_check.c): logits of prefill, decode and MTP
+#     bit-identical to one process on golden checkpoints, alone and under mpirun -np 2 / 3, and
+#     the control (no exchange) differing.
+MOE=${MOE:-build/moe}
+BUILD=${BUILD:-$(dirname "$MOE")}
+CHECK=$BUILD/tests/ep_comm_check
+CHECK_MPI=$BUILD/tests/ep_comm_check_mpi
+LOGITS=$BUILD/tests/ep_logits_check
+LOGITS_MPI=$BUILD/tests/ep_logits_check_mpi
+G=tests/data/golden
+. tests/lib/harness.sh
+
+# --- moe eplb -------------------------------------------------------------------------
+"$MOE" eplb --help | grep -q "usage: moe eplb" && ok || bad "eplb --help"
+head -c 3000 models/toy/heldout.txt >"$T/in.txt"
+if "$MOE" route -m models/toy -f "$T/in.txt" -o "$T/toy" -q 2>"$T/err"; then
+    for n in 4 8; do
+        if "$MOE" eplb --counts "$T/toy.counts.csv" --ranks $n --redundant $n -m models/toy -o "$T/plan$n.json" \
+            >"$T/table$n" 2>"$T/err"; then
+            ok
+            [ "$(grep -c '^[0-9]' "$T/table$n")" -eq 4 ] && ok || bad "eplb table rows: $(cat "$T/table$n")"
+            # the summary: default and plan max/mean; the plan never worse
+            line=$(grep "^all 4 layers on $n ranks" "$T/table$n")
+            d=$(echo "$line" | sed 's/.*load \([0-9.]*\) with the default.*/\1/')
+            p=$(echo "$line" | sed 's/.*, \([0-9.]*\) with the plan.*/\1/')
+            awk -v d="$d" -v p="$p" 'BEGIN { exit !(p <= d && p >= 1) }' && ok || bad "max/mean default $d plan $p"
+            "$MOE" eplb --check "$T/plan$n.json" --counts "$T/toy.counts.csv" -m models/toy -q >"$T/chk" 2>"$T/err" &&
+                grep -q "a valid plan: 4 MoE layers, 256 experts + $n redundant on $n ranks" "$T/chk" && ok ||
+                bad "eplb --check: $(cat "$T/chk" "$T/err")"
+            if command -v python3 >/dev/null; then
+                python3 - "$T/plan$n.json" $n <<'EOF' && ok || bad "plan$n.json contents"
+import json, sys
+p = json.load(open(sys.argv[1])); n = int(sys.argv[2])
+assert p["format"] == "moe-eplb-plan" and p["n_ranks"] == n and len(p["layers"]) == 4
+for ly in p["layers"]:
+    assert len(ly["ranks"]) == n and len({len(r) for r in ly["ranks"]}) == 1          # equal slots per rank
+    assert sum(len(r) for r in ly["ranks"]) == 256 + n
+    assert all(len(x) >= 1 for x in ly["experts"]) and len(ly["experts"]) == 256      # every expert placed
+    for r, lst in enumerate(ly["ranks"]):
+        for e, j in lst:
+            assert ly["experts"][e][j] == r
+    assert ly["load"]["max_over_mean"] <= ly["load"]["default_max_over_mean"] + 1e-9
+EOF
+            fi
+        else bad "eplb --ranks $n: $(cat "$T/err")"; fi
+    done
+    # hierarchical: 8 ranks in 2 nodes (the 8 router groups split 4 + 4)
+    "$MOE" eplb --counts "$T/toy.counts.csv" --ranks 8 --redundant 8 --nodes 2 -m models/toy -q >"$T/h" 2>"$T/err" &&
+        grep -q "policy: hierarchical (groups 8, nodes 2), 33 slots per rank" "$T/h" && ok || bad "hierarchical: $(cat "$T/h" "$T/err")"
+    expect_error "ranks do not divide" "256 experts + 1 redundant = 257 slots do not divide over 4 ranks" \
+        "$MOE" eplb --counts "$T/toy.counts.csv" --ranks 4 --redundant 1
+    expect_error "nodes do not divide ranks" "--nodes 3 must divide --ranks 4" \
+        "$MOE" eplb --counts "$T/toy.counts.csv" --ranks 4 --nodes 3
+    expect_error "plan for other ranks" "is a plan for 4 ranks, not 8" "$MOE" eplb --check "$T/plan4.json" --ranks 8
+    # a plan edited by hand: one expert dropped from a rank
+    sed '0,/\[\[\([0-9]*\),0\],/s//[/' "$T/plan4.json" >"$T/broken.json"
+    expect_error "broken plan" "broken.json: layers\[0\] (layer 1)" "$MOE" eplb --check "$T/broken.json"
+else bad "route for eplb: $(cat "$T/err")"; fi
+printf 'layer_id,expert_id,count\n1,0,5\n1,1,x\n' >"$T/bad.csv"
+expect_error "bad counts line" "bad.csv: line 3: want layer_id,expert_id,count" "$MOE" eplb --counts "$T/bad.csv" --ranks 2
+expect_error "no counts" "--counts FILE is required" "$MOE" eplb --ranks 2
+expect_error "no ranks" "--ranks N is required" "$MOE" eplb --counts "$T/bad.csv"
+expect_error "ranks out of range" "--ranks must be an integer in \[1, 64\]" "$MOE" eplb --counts "$T/bad.csv" --ranks 65
+expect_error "missing counts file" "nonexistent.csv: cannot open" "$MOE" eplb --counts "$T/nonexistent.csv" --ranks 2
+
+# --- the exchange layer, one process ----------------------------------------------------
+if [ -x "$CHECK" ]; then
+    [ "$("$CHECK" backend)" = "single 1" ] && ok || bad "single backend: $("$CHECK" backend)"
+    for m in bcast allgatherv moe hash hash-mismatch early-exit hang; do
+        out=$(timeout 20 "$CHECK" $m 2>&1)
+        [ $? -eq 0 ] && echo "$out" | grep -q "^ep_comm_check $m: rank 0 of 1: ok" && ok || bad "single $m: $out"
+    done
+    expect_error "single bcast-big" "rank 0 of 1: ep: rank 0's batch has 37 tokens, outside \[0, 16\]" "$CHECK" bcast-big
+else bad "missing $CHECK (make tests builds it)"; fi
+# the engine with the EP hook on one rank: the same logits as without it
+for d in tiny-bf16 v2lite-f32; do
+    out=$(timeout 60 "$LOGITS" $G/$d 2>&1)
+    [ $? -eq 0 ] && echo "$out" | grep -q "rank 0 of 1: bit-identical to one process" && ok || bad "single ep_logits $d: $out"
+done
+
+# --- over MPI --------------------------------------------------------------------------
+# one line per rank: "moe: rank R of N: ..." exactly once for each R in the list
+lines_per_rank() {   # file np want_regex ranks...
+    f=$1; np=$2; want=$3; shift 3
+    for r in "$@"; do
+        c=$(grep -c "^moe: rank $r of $np: " "$f")
+        [ "$c" -eq 1 ] || { echo "rank $r: $c lines"; return 1; }
+        grep "^moe: rank $r of $np: " "$f" | grep -qE "$want" || { echo "rank $r: $(grep "^moe: rank $r of" "$f")"; return 1; }
+    done
+}
+if ! command -v mpirun >/dev/null 2>&1; then
+    echo "cli_ep: mpirun not found: skipping the MPI checks (apt-get install openmpi-bin libopenmpi-dev, then make tests)"
+elif [ ! -x "$CHECK_MPI" ]; then
+    echo "cli_ep: $CHECK_MPI was not built (no mpicc when make ran): skipping the MPI checks"
+else
+    # Open MPI keeps some allocations until exit: no leak report for these runs
+    export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
+    export OMPI_MCA_btl_vader_single_copy_mechanism=none   # containers without ptrace/CMA
+    R="mpirun --allow-run-as-root --oversubscribe"
+    for np in 2 3; do
+        [ "$(timeout 60 $R -np $np "$CHECK_MPI" backend 2>&1 | sort -u)" = "mpi $np" ] && ok || bad "np $np: not the mpi backend"
+        for m in bcast allgatherv moe hash; do
+            timeout 60 $R -np $np "$CHECK_MPI" $m >"$T/out" 2>"$T/err"; rc=$?
+            n=$(grep -c "^ep_comm_check $m: rank [0-9] of $np: ok" "$T/out")
+            [ $rc -eq 0 ] && [ "$n" -eq $np ] && ok || bad "np $np $m: rc=$rc, $n ok lines: $(cat "$T/out" "$T/err")"
+        done
+        all=$(seq 0 $((np - 1)))
+        # the hash mismatch: every rank says so, exit 3, within seconds
+        s=$(date +%s); timeout 60 $R -np $np "$CHECK_MPI" hash-mismatch >"$T/out" 2>"$T/err"; rc=$?; e=$(date +%s)
+        why=$(lines_per_rank "$T/err" $np "config \+ tensor table hash differs between ranks \(1 of $np differ" $all) &&
+            [ $rc -eq 3 ] && [ $((e - s)) -lt 20 ] && ok || bad "np $np hash-mismatch: rc=$rc $((e - s)) s $why: $(cat "$T/err")"
+        timeout 60 $R -np $np "$CHECK_MPI" bcast-big >"$T/out" 2>"$T/err"; rc=$?
+        why=$(lines_per_rank "$T/err" $np "batch has 37 tokens, outside \[0, 16\]" $all) && [ $rc -eq 2 ] && ok ||
+            bad "np $np bcast-big: rc=$rc $why: $(cat "$T/err")"
+        # the last rank exits at once: the others end, one line each, not by the timeout
+        others=$(seq 0 $((np - 2)))
+        s=$(date +%s); MOE_EP_TIMEOUT=10 timeout 60 $R -np $np "$CHECK_MPI" early-exit >"$T/out" 2>"$T/err"; rc=$?; e=$(date +%s)
+        why=$(lines_per_rank "$T/err" $np "ended by the launcher|waited" $others) &&
+            [ $rc -ne 0 ] && [ $rc -ne 124 ] && [ $((e - s)) -lt 20 ] && ! grep -q ": ok" "$T/out" && ok ||
+            bad "np $np early-exit: rc=$rc $((e - s)) s $why: $(cat "$T/out" "$T/err")"
+        # the last rank hangs: rank 0 gives up after MOE_EP_TIMEOUT=2 s and every rank ends
+        s=$(date +%s); MOE_EP_TIMEOUT=2 timeout 60 $R -np $np "$CHECK_MPI" hang >"$T/out" 2>"$T/err"; rc=$?; e=$(date +%s)
+        why=$(lines_per_rank "$T/err" $np "ended by the launcher|waited 2 s for the other ranks" $all) &&
+            grep -q "^moe: rank 0 of $np: ep: layer 3 expert outputs: rank 0 of $np waited" "$T/err" &&
+            [ $rc -ne 0 ] && [ $rc -ne 124 ] && [ $((e - s)) -lt 20 ] && ok ||
+            bad "np $np hang: rc=$rc $((e - s)) s $why: $(cat "$T/out" "$T/err")"
+        # the engine over np ranks: prefill, decode and MTP logits bit-identical to one process, with
+        # the default blocks (in-place exchange) and with permuted experts (staged exchange, routing
+        # hash compared per layer), on golden checkpoints
+        for run in "tiny-bf16" "tiny-bf16 --shuffle" "v2lite-f32" "mix-f32 --shuffle --threads 2"; do
+            MOE_EP_CHECK=1 timeout 120 $R -np $np "$LOGITS_MPI" $G/$run >"$T/out" 2>"$T/err"; rc=$?
+            n=$(grep -c "rank [0-9] of $np: bit-identical to one process" "$T/out")
+            [ $rc -eq 0 ] && [ "$n" -eq $np ] && ok || bad "np $np ep_logits $run: rc=$rc, $n lines: $(cat "$T/out" "$T/err")"
+        done
+    done
+    # the control: without the exchange the logits differ, and every rank says so
+    timeout 120 $R -np 2 "$LOGITS_MPI" $G/tiny-bf16 --no-exchange >"$T/out" 2>"$T/err"; rc=$?
+    why=$(lines_per_rank "$T/err" 2 "the EP logits differ from one process's" 0 1) && [ $rc -ne 0 ] && ok ||
+        bad "control --no-exchange: rc=$rc $why: $(cat "$T/err")"
+fi
+
+echo "cli_ep: $pass passed, $fail failed"
+[ "$fail" -eq 0 ]
