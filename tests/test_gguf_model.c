@@ -7,7 +7,8 @@
  *   - exported as BF16, tiny-bf16 (stored BF16) agrees with its safetensors run to 1e-6;
  *   - the toy model's tokenizer comes back from the GGUF metadata and encodes alike;
  *   - a GGUF without tensors (metadata only) fails to load with one line naming the first
- *     missing tensor.
+ *     missing tensor;
+ *   - the keys llama.cpp needs beyond its converter's (q_lora_rank 0, tokenizer model "none").
  */
 #include <math.h>
 #include <setjmp.h>
@@ -103,6 +104,31 @@ static void test_unrepresentable_refused(void **state) {
     session_close(&e);
 }
 
+/* Keys llama.cpp requires that its converter leaves out (it refuses the file without them):
+ * deepseek2.attention.q_lora_rank (0 for a full-rank q, v2lite-f32) and, without
+ * tokenizer.json, tokenizer.ggml.model "none"; tiny-bf16 keeps its q_lora_rank. */
+static void test_llamacpp_required_keys(void **state) {
+    (void)state;
+    static const struct { const char *dir; uint32_t q_lora; } cases[] = {{"v2lite-f32", 0}, {"tiny-bf16", 32}};
+    for (int i = 0; i < 2; i++) {
+        char dir[256], out[256], model[32];
+        snprintf(dir, sizeof dir, GOLDEN "%s", cases[i].dir);
+        snprintf(out, sizeof out, "/tmp/moe-test-keys-%d-%s.gguf", (int)getpid(), cases[i].dir);
+        export(dir, GGML_TYPE_F32, out);
+        gguf_file g;
+        moe_error err = {{0}};
+        uint32_t q = 99;
+        assert_int_equal(gguf_open(&g, out, &err), 0);
+        assert_int_equal(gguf_get_u32(&g, "deepseek2.attention.q_lora_rank", 1, 0, &q, &err), 0);
+        assert_int_equal(q, cases[i].q_lora);
+        assert_int_equal(gguf_get_strbuf(&g, "tokenizer.ggml.model", 1, "", model, sizeof model, &err), 0);
+        assert_string_equal(model, "none");
+        assert_null(gguf_find_kv(&g, "tokenizer.ggml.tokens"));
+        gguf_close(&g);
+        unlink(out);
+    }
+}
+
 static void test_bf16_close(void **state) {
     (void)state;
     char out[] = "/tmp/moe-gguf-XXXXXX";
@@ -163,6 +189,7 @@ int main(void) {
         cmocka_unit_test(test_bf16_close),
         cmocka_unit_test(test_toy_tokenizer_roundtrip),
         cmocka_unit_test(test_missing_tensors),
+        cmocka_unit_test(test_llamacpp_required_keys),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -246,7 +246,14 @@ int gguf_export_model(const moe_model *m, const char *tokenizer_dir, uint32_t ty
     if (rc == MOE_OK && gguf_w_u32(&x.w, "general.file_type", type == GGML_TYPE_F32 ? 0 : type == GGML_TYPE_BF16 ? 32
                                                                 : type == GGML_TYPE_Q8_0 ? 7 : type == GGML_TYPE_Q4_0 ? 2 : 1))
         rc = MOE_FAIL;
-    if (rc == MOE_OK && tokenizer_dir) rc = gguf_put_tokenizer(&x.w, tokenizer_dir, err);
+    /* Two keys llama.cpp needs beyond what its converter writes (gguf_put_config matches the
+     * converter): q_lora_rank = 0 when q is not low-rank, since deepseek2 requires the key unless
+     * block_count is 26, 27 or 48 (its guess at a "lite" model); and with no tokenizer.json,
+     * tokenizer.ggml.model "none", which gives <arch>.vocab_size dummy tokens. */
+    if (rc == MOE_OK && !c->q_lora_rank && gguf_w_u32(&x.w, "deepseek2.attention.q_lora_rank", 0)) rc = MOE_FAIL;
+    if (rc == MOE_OK)
+        rc = tokenizer_dir ? gguf_put_tokenizer(&x.w, tokenizer_dir, err)
+                           : gguf_w_str(&x.w, "tokenizer.ggml.model", "none") ? MOE_FAIL : MOE_OK;
     if (rc == MOE_OK) {
         const float *embed = f32_of(&m->w.embed);
         char n[128];

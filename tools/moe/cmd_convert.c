@@ -58,6 +58,6 @@ int cmd_convert(int argc, char **argv) {
     if (rc) { fprintf(stderr, "moe convert: %s\n", err.msg); return 1; }
     if (stat(out, &st) == 0)
         fprintf(stderr, "moe convert: wrote %s: %s, %.1f MiB%s in %.2f s\n", out, type_name, st.st_size / 1048576.0,
-                has_tok ? ", with the tokenizer" : ", no tokenizer.json: no tokenizer metadata", cli_now() - t0);
+                has_tok ? ", with the tokenizer" : ", no tokenizer.json: tokenizer.ggml.model \"none\"", cli_now() - t0);
     return 0;
 }
