@@ -3,7 +3,9 @@
 # DevTools pipe by tests/browser_cdp.py) loads /?prompt=..., which sends the prompt at
 # once; within 60 s the DOM must hold the streamed answer (one span per token) and the
 # routing of the new tokens (data-routed-tokens, the grid on the newest token, an expert
-# row per MoE layer). Then a screenshot goes to $SHOT (default docs/img/serve.png). Skips (exit 0) when chromium is not installed:
+# row per MoE layer). Then a screenshot goes to $SHOT (default docs/img/serve.png; make test,
+# through tests/run_all.sh, puts it in the build dir). Skips (exit 0) when chromium is not
+# installed (.ci/run installs it):
 #   apt-get install chromium
 # Run from the repository root:  sh tests/browser_serve.sh   (MOE=build/moe by default)
 MOE=${MOE:-build/moe}
