@@ -62,6 +62,10 @@ else bad "bench --seqs: $(cat "$T/err")"; fi
 "$MOE" bench -m "$T/c" --seqs 2 -n 3 -r 1 -t 1 --json >"$T/json" 2>/dev/null &&
     grep -q '"test": "seqs"' "$T/json" && grep -q '"n_seqs": 2' "$T/json" && grep -q '"experts_per_layer_pass"' "$T/json" &&
     ok || bad "--seqs --json: $(cat "$T/json")"
+# --seqs --membw measures the bandwidth beside the runs (it printed 0.0 GB/s), --profile one table per thread count
+"$MOE" bench -m "$T/c" --seqs 1,2 -n 3 -r 2 -t 1 --membw --membw-mib 16 --profile >"$T/out" 2>/dev/null &&
+    grep -q 'memory bandwidth used for bw %: [1-9][0-9.]* GB/s (1 thread)' "$T/out" &&
+    [ "$(grep -c '^profile' "$T/out")" -eq 1 ] && ok || bad "--seqs --membw --profile: $(cat "$T/out")"
 expect_error "bad seqs" "--seqs wants" "$MOE" bench -m "$T/c" --seqs x
 expect_error "too many seqs" "sequence counts must be in" "$MOE" bench -m "$T/c" --seqs 65
 # --plan's bytes read per decoded token are the engine's own (the loader's formats): q8 and bf16

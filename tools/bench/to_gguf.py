@@ -87,7 +87,7 @@ def stored_type(new_name, n_dims, outtype, name_map_f32):
     return outtype
 
 
-def convert(ckpt_dir, out_path, outtype_name, metadata_only=False):
+def convert(ckpt_dir, out_path, outtype_name, metadata_only=False, kv_b_whole=False):
     with open(os.path.join(ckpt_dir, "config.json")) as f:
         hp = json.load(f)
     n_layers = hp["num_hidden_layers"]
@@ -139,7 +139,7 @@ def convert(ckpt_dir, out_path, outtype_name, metadata_only=False):
                         f"model.layers.{bid}.mlp.experts.{e}.{proj}.weight") for e in range(n_experts)])
                     add(f"model.layers.{bid}.mlp.experts.{proj}.weight", stacked)
             continue
-        if name.endswith("kv_b_proj.weight"):
+        if name.endswith("kv_b_proj.weight") and not kv_b_whole:
             kv_b = data.reshape(n_head, nope + vdim, kv_lora)
             add(name.replace("kv_b_proj", "k_b_proj"), kv_b[:, :nope, :].transpose(0, 2, 1))
             add(name.replace("kv_b_proj", "v_b_proj"), kv_b[:, nope:, :])
@@ -158,7 +158,7 @@ def convert(ckpt_dir, out_path, outtype_name, metadata_only=False):
     w.add_embedding_length(hp["hidden_size"])
     w.add_feed_forward_length(hp["intermediate_size"])
     w.add_head_count(n_head)
-    w.add_head_count_kv(1)
+    w.add_head_count_kv(n_head if kv_b_whole else 1)
     rs = hp.get("rope_scaling") or {}
     if rs.get("rope_type", rs.get("type")) == "yarn" and rs.get("factor") is not None:
         w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
@@ -187,10 +187,14 @@ def convert(ckpt_dir, out_path, outtype_name, metadata_only=False):
     if hp.get("q_lora_rank"):
         w.add_q_lora_rank(hp["q_lora_rank"])
     w.add_kv_lora_rank(kv_lora)
-    w.add_key_length(kv_lora + rope)
-    w.add_value_length(kv_lora)
-    w.add_key_length_mla(nope + rope)
-    w.add_value_length_mla(vdim)
+    if kv_b_whole:  # the older layout: one attn_kv_b, per-head key and value lengths
+        w.add_key_length(nope + rope)
+        w.add_value_length(vdim)
+    else:
+        w.add_key_length(kv_lora + rope)
+        w.add_value_length(kv_lora)
+        w.add_key_length_mla(nope + rope)
+        w.add_value_length_mla(vdim)
     w.add_expert_feed_forward_length(hp["moe_intermediate_size"])
     w.add_expert_shared_count(hp.get("n_shared_experts", 0))
     if hp.get("routed_scaling_factor") is not None:
@@ -238,8 +242,11 @@ def main():
     ap.add_argument("out")
     ap.add_argument("--outtype", choices=("f32", "bf16", "q8_0"), default="bf16")
     ap.add_argument("--metadata-only", action="store_true", help="write no tensors (small test fixtures)")
+    ap.add_argument("--kv-b-whole", action="store_true",
+                    help="the older layout: one attn_kv_b, head_count_kv = heads (ik_llama.cpp derives its MLA "
+                         "tensors from it; it takes the split layout only at DeepSeek's own head sizes)")
     a = ap.parse_args()
-    convert(a.ckpt_dir, a.out, a.outtype, a.metadata_only)
+    convert(a.ckpt_dir, a.out, a.outtype, a.metadata_only, a.kv_b_whole)
     print(f"wrote {a.out} ({os.path.getsize(a.out) / 1e6:.1f} MB)")
 
 

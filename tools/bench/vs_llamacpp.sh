@@ -11,6 +11,12 @@
 #   tools/bench/vs_llamacpp.sh run             # ROUNDS rounds, each: every configuration, llama.cpp
 #                                              # and moe in turn (the order flips every round)
 #   python3 tools/bench/vs_summary.py $BENCH_DIR/vs/*.json    # the table
+# ik_llama.cpp joins each round as a third engine when IK_BENCH names its llama-bench (built from
+# the GitHub snapshot ikawrakow/ik_llama.cpp: cmake -B build -DGGML_NATIVE=ON
+# -DGGML_IQK_FA_ALL_QUANTS=OFF && ninja -C build llama-bench), with IK_FLAGS (default its best for
+# DeepSeek: -mla 3 -fa 1 -fmoe 1; add -rtr 1 to repack rows at load) on FILE-ik.gguf, the older
+# one-attn_kv_b layout `convert` writes for it (it takes the split layout only at DeepSeek's own
+# head sizes).
 # Nothing here is committed or needed by the tests: checkpoints, GGUF files, the llama.cpp tree
 # and results all live outside the repository.
 set -eu
@@ -24,6 +30,7 @@ ROUNDS=${ROUNDS:-3}; R=${R:-3}; P=${P:-512}; N=${N:-128}; THREADS=${THREADS:-1,2
 # checkpoint : moe --dtype : GGUF out type (f32 is the bf16 checkpoint widened, in both engines)
 CONFIGS=${CONFIGS:-"S-bf16:auto:bf16 S-bf16:q8:q8_0 M-bf16:f32:f32 M-bf16:auto:bf16 M-bf16:q8:q8_0"}
 BENCH="$LLAMA_DIR/src/build/bin/llama-bench"
+IK_BENCH=${IK_BENCH:-}; IK_FLAGS=${IK_FLAGS:--mla 3 -fa 1 -fmoe 1}
 
 case "${1:-}" in
 setup)
@@ -48,6 +55,11 @@ convert)
         mkdir -p "$DIR/gguf"
         PYTHONPATH="$LLAMA_DIR/src/gguf-py" "$PY" tools/bench/to_gguf.py "$DIR/$ck" "$out.tmp" --outtype "$gt" >"$out.log"
         mv "$out.tmp" "$out"; tail -1 "$out.log" >&2
+        ik="${out%.gguf}-ik.gguf"
+        if [ -n "$IK_BENCH" ] && [ ! -f "$ik" ]; then
+            PYTHONPATH="$LLAMA_DIR/src/gguf-py" "$PY" tools/bench/to_gguf.py "$DIR/$ck" "$ik.tmp" --outtype "$gt" --kv-b-whole >"$ik.log"
+            mv "$ik.tmp" "$ik"; tail -1 "$ik.log" >&2
+        fi
     done
     ;;
 check)
@@ -65,11 +77,16 @@ run)
         for cfg in $CONFIGS; do
             ck=${cfg%%:*}; rest=${cfg#*:}; dt=${rest%%:*}; gt=${cfg##*:}
             gguf="$DIR/gguf/${ck%-*}-$gt.gguf"
-            if [ $((round % 2)) -eq 1 ]; then order="llama moe"; else order="moe llama"; fi
+            order="llama moe${IK_BENCH:+ ik}"   # reversed every other round
+            [ $((round % 2)) -eq 1 ] || order="${IK_BENCH:+ik }moe llama"
             for engine in $order; do
                 out="$DIR/vs/$stamp-$engine-${ck%-*}-$gt-r$round.json"
                 echo "round $round: $engine ${ck%-*} $gt (load: $(cut -d' ' -f1-3 /proc/loadavg))" >&2
-                if [ "$engine" = llama ]; then
+                if [ "$engine" = ik ]; then
+                    # shellcheck disable=SC2086
+                    "$IK_BENCH" -m "${gguf%.gguf}-ik.gguf" $IK_FLAGS -p "$P" -n "$N" -r "$R" -t "$THREADS" -o json >"$out" 2>"$out.log" ||
+                        { echo "failed: $(tail -1 "$out.log")" >&2; rm -f "$out"; }
+                elif [ "$engine" = llama ]; then
                     "$BENCH" -m "$gguf" -lm none -p "$P" -n "$N" -r "$R" -t "$THREADS" -o json >"$out" 2>"$out.log" ||
                         { echo "failed: $(tail -1 "$out.log")" >&2; rm -f "$out"; }
                 else

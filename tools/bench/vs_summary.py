@@ -5,6 +5,7 @@ those medians, and the median of the per-round ratios (each round runs both engi
 back, so a per-round ratio shares that round's machine noise). Decode also gets GB/s and the
 fraction of the bandwidth `moe bench --membw` measured beside moe's repetitions; llama.cpp's
 fraction uses moe's bytes per token (its router weights stay f32, a few hundred KB more).
+Runs of ik_llama.cpp (engine "ik", vs_llamacpp.sh with IK_BENCH) get their own columns.
 
   python3 tools/bench/vs_summary.py /work/bench-ckpt/vs/*.json
 """
@@ -14,7 +15,7 @@ import re
 import statistics
 import sys
 
-NAME = re.compile(r"(\d{8}-\d{6})-(llama|moe)-(\w+)-(f32|bf16|q8_0)-r(\d+)\.json$")
+NAME = re.compile(r"(\d{8}-\d{6})-(llama|ik|moe)-(\w+)-(f32|bf16|q8_0)-r(\d+)\.json$")
 
 
 def records(path):
@@ -45,39 +46,47 @@ def main(paths):
             continue
         for test, th, samples, bpt, bw, c in recs:
             commit = commit or c
-            e = cells.setdefault((shape, fmt, test, th), {"llama": {}, "moe": {}, "bytes": None, "membw": []})
+            e = cells.setdefault((shape, fmt, test, th), {"llama": {}, "ik": {}, "moe": {}, "bytes": None, "membw": []})
             e[engine].setdefault(rnd, []).extend(samples)
             if bpt:
                 e["bytes"] = bpt
             if bw:
                 e["membw"].extend(bw)
-    print("llama.cpp %s (llama-bench), moe `moe bench`; tokens/s, medians over all repetitions of all rounds" %
-          (commit or "?"))
+    has_ik = any(e["ik"] for e in cells.values())
+    peers = [("llama", "llama.cpp")] + ([("ik", "ik_llama.cpp")] if has_ik else [])
+    print("llama.cpp %s (llama-bench)%s, moe `moe bench`; tokens/s, medians over all repetitions of all rounds" %
+          (commit or "?", ", ik_llama.cpp (llama-bench)" if has_ik else ""))
     print()
-    print("| model | format | test | threads | llama.cpp t/s | moe t/s | moe / llama.cpp | per-round ratios (median) "
-          "| llama.cpp bw % | moe bw % | rounds |")
-    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    head = ["model", "format", "test", "threads"] + ["%s t/s" % n for _, n in peers] + ["moe t/s"]
+    for _, n in peers:
+        head += ["moe / %s" % n, "per-round ratios (median)"]
+    head += ["%s bw %%" % n for _, n in peers] + ["moe bw %", "rounds"]
+    print("| " + " | ".join(head) + " |")
+    print("| --- | --- | --- | " + " | ".join(["---:"] * (len(head) - 3)) + " |")
     order = {"f32": 0, "bf16": 1, "q8_0": 2}
     for key in sorted(cells, key=lambda k: (k[0] != "S", order[k[1]], k[2][:2] != "pp", k[3])):
         shape, fmt, test, th = key
         e = cells[key]
-        all_l = [x for v in e["llama"].values() for x in v]
-        all_m = [x for v in e["moe"].values() for x in v]
-        if not all_l or not all_m:
+        med = {k: statistics.median([x for v in e[k].values() for x in v]) for k in ("llama", "ik", "moe") if e[k]}
+        if "moe" not in med or not any(k in med for k, _ in peers):
             continue
-        ml, mm = statistics.median(all_l), statistics.median(all_m)
-        rounds = sorted(set(e["llama"]) & set(e["moe"]))
-        per_round = [statistics.median(e["moe"][r]) / statistics.median(e["llama"][r]) for r in rounds]
-        bw_l = bw_m = ""
-        if test.startswith("tg") and e["bytes"] and e["membw"]:
-            membw = statistics.median(e["membw"])
-            bw_l = "%.0f" % (100 * ml * e["bytes"] / 1e9 / membw)
-            bw_m = "%.0f" % (100 * mm * e["bytes"] / 1e9 / membw)
-        print("| %s | %s | %s | %d | %.1f | %.1f | %.2f | %s | %s | %s | %d |" % (
-            shape, fmt, test, th, ml, mm, mm / ml,
-            " ".join("%.2f" % x for x in per_round) + (" (%.2f)" % statistics.median(per_round) if per_round else ""),
-            bw_l, bw_m, len(rounds)))
-
+        row = [shape, fmt, test, "%d" % th] + ["%.1f" % med[k] if k in med else "" for k, _ in peers]
+        row.append("%.1f" % med["moe"])
+        rounds = set(e["moe"])
+        for k, _ in peers:
+            if k not in med:
+                row += ["", ""]
+                continue
+            rs = sorted(set(e[k]) & set(e["moe"]))
+            rounds &= set(e[k])
+            per = [statistics.median(e["moe"][r]) / statistics.median(e[k][r]) for r in rs]
+            row += ["%.2f" % (med["moe"] / med[k]),
+                    " ".join("%.2f" % x for x in per) + (" (%.2f)" % statistics.median(per) if per else "")]
+        membw = statistics.median(e["membw"]) if test.startswith("tg") and e["bytes"] and e["membw"] else None
+        for k in [k for k, _ in peers] + ["moe"]:
+            row.append("%.0f" % (100 * med[k] * e["bytes"] / 1e9 / membw) if membw and k in med else "")
+        row.append("%d" % len(rounds))
+        print("| " + " | ".join(row) + " |")
 
 if __name__ == "__main__":
     if len(sys.argv) < 2:

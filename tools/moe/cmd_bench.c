@@ -742,15 +742,11 @@ int cmd_bench(int argc, char **argv) {
     }
     fprintf(stderr, "\r%70s\r", "");
     e.c.pool = own_pool;
-    if (membw_arr.a) {   /* the report's figures: medians of what was measured beside the reps */
-        for (int k = 0; k < n_cfg; k++) rp.bw[runs[k].threads > 1] = cli_median(runs[k].bw, (int)reps);
-        rp.bw_source = "measured beside each repetition (--membw), median; bw % is the median of the per-rep fractions";
-    }
-    loadavg(load_end, sizeof load_end);
     if (n_seqs) {   /* B sequences per pass, every thread count */
         seqs_bytes sb = pass_bytes(&e.m);
         for (int k = 0; k < n_cfg; k++) {
             e.c.pool = runs[k].pool;
+            for (int r = 0; membw_arr.a && r < reps; r++) runs[k].bw[r] = membw_sweeps(&membw_arr, runs[k].pool, 3);
             if (seqs_arm_run(&e.m, &e.c, seqs_b, n_seqs, (int)tg_prompt, (int)n_gen, (int)reps, (uint64_t)seed, &sb, profile,
                              &seqs_result[n_seqs_runs++], &err)) {
                 fprintf(stderr, "moe bench: %s\n", err.msg);
@@ -759,6 +755,12 @@ int cmd_bench(int argc, char **argv) {
         }
         e.c.pool = own_pool;
     }
+    if (membw_arr.a) {   /* the report's figures: medians of what was measured beside the reps */
+        for (int k = 0; k < n_cfg; k++) rp.bw[runs[k].threads > 1] = cli_median(runs[k].bw, (int)reps);
+        rp.bw_source = n_seqs ? "measured before each thread count's --seqs runs (--membw), median"
+                              : "measured beside each repetition (--membw), median; bw % is the median of the per-rep fractions";
+    }
+    loadavg(load_end, sizeof load_end);
     /* report */
     if (!n_seqs) print_table(tab, &rp, runs, n_cfg, (int)n_prompt, (int)n_gen, (int)reps);
     else {
@@ -782,7 +784,7 @@ int cmd_bench(int argc, char **argv) {
             kv_floats, e.m.cfg.kv_lora_rank, e.m.cfg.qk_rope_head_dim, e.m.w.n_layers, kv_tok, e.kv.S,
             e.kv.bytes / 1048576.0);
     fprintf(tab, "prefill attention products: %s\n", blas_name());
-    if (profile) print_profile(tab, runs, n_cfg, (int)n_gen, (int)n_prompt);
+    if (profile && !n_seqs) print_profile(tab, runs, n_cfg, (int)n_gen, (int)n_prompt);   /* --seqs prints its own */
     if (mtp) {
         if (mtp_arm_run(&e.m, &e.c, &e.kv, dir, mtp_text, (int)tg_prompt, (int)(n_gen > 1 ? n_gen : 2), (int)reps, (uint64_t)seed,
                         &mtp_result, &err)) {
