@@ -28,7 +28,10 @@ typedef enum {
     WEIGHTS_F32,       /* everything f32 (BF16 is widened: 2x memory) */
     WEIGHTS_BF16,      /* everything bf16 (F32/FP8 rounded) */
     WEIGHTS_Q8,        /* projections and output heads int8 blocks of 32 (router, embeddings stay bf16/f32) */
+    WEIGHTS_Q4,        /* the same matrices as Q4_K (ggml's 4.5-bit super-blocks of 256) where cols % 256 == 0,
+                          else Q4_0 (blocks of 32); tables stay bf16 */
 } weights_dtype;
+#define WEIGHTS_N_DTYPES (WEIGHTS_Q4 + 1)
 
 typedef struct {
     mat gate;       /* [width, H] */

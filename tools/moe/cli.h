@@ -43,7 +43,7 @@ int cli_route_knob(int argc, char **argv, int *i, const char *cmd, router_option
 int cli_route_knobs_check(const moe_config *cfg, const router_options *r, const char *cmd);
 
 /* Options that shape how a model is loaded and run, shared by every command that
- * loads one: -t/--threads N, --dtype auto|f32|bf16|q8, --batch N, --numa MODE, and the
+ * loads one: -t/--threads N, --dtype auto|f32|bf16|q8|q4, --batch N, --numa MODE, and the
  * routing knobs. Returns 1 if argv[*i] was one (consumed, with its value), 0 if not,
  * -1 on a bad value (after printing one error line). */
 int cli_model_option(int argc, char **argv, int *i, const char *cmd, model_options *o);
