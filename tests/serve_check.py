@@ -116,6 +116,7 @@ def wait_metric(port, name, pred, seconds=20):
 
 
 DTYPE = "auto"
+MTP = False   # the server runs --mtp: passes also run the drafts
 
 
 def generate(moe, model, prompt, n, no_bos):
@@ -266,9 +267,20 @@ def basic(port, moe, model):
     turn2 = [{"role": "user", "content": "Tell me about a cat"},
              {"role": "assistant", "content": r1["choices"][0]["message"]["content"]},
              {"role": "user", "content": "And a dog?"}]
+    m0 = metrics(port)
     s, r2 = post(port, "/v1/chat/completions", {"messages": turn2, "max_tokens": 4, "temperature": 0})
+    m1 = metrics(port)
     cached = r2["usage"]["prompt_tokens_details"]["cached_tokens"]
     ok(cached >= r1["usage"]["prompt_tokens"], f"the next turn reuses the cache: {cached} cached of {r2['usage']['prompt_tokens']}")
+    # and the passes ran only the new tokens: the uncached prompt tail and the generated ones
+    # (the last generated token is sampled, not necessarily run; with --mtp a pass also runs
+    # each slot's draft, at most one rejected per generated token)
+    ran = m1["moe_batch_tokens_total"] - m0["moe_batch_tokens_total"]
+    new_prompt = r2["usage"]["prompt_tokens"] - cached
+    gen = r2["usage"]["completion_tokens"]
+    ok(new_prompt > 0 and new_prompt + gen - 1 <= ran <= new_prompt + (2 if MTP else 1) * gen,
+       f"the next turn computes only its new tokens: {ran} run for {new_prompt} new prompt + {gen} generated")
+    ok(m1["moe_prompt_tokens_cached_total"] - m0["moe_prompt_tokens_cached_total"] == cached, "metrics count the cached tokens")
 
     # 32 concurrent requests (greedy and seeded), half streamed: each equals its serial answer
     prompts = ["Once upon a time", "The cat", "A big red ball", "Tom and Sue", "In the park", "The sun was",
@@ -304,6 +316,11 @@ def basic(port, moe, model):
     ok(m.get("moe_tokens_generated_total", 0) > 0 and m.get("moe_requests_total", 0) >= 64, "metrics count the requests")
     s, _, d = request(port, "GET", "/metrics")
     ok(b'moe_expert_tokens_total{layer="1",expert=' in d, "metrics: per-layer expert load")
+    for name in ("moe_requests_total", "moe_prompt_tokens_total", "moe_tokens_generated_total",
+                 "moe_tokens_generated_per_second", "moe_queue_length", "moe_slots_busy", "moe_kv_positions_used"):
+        ok(name in m, f"metrics: {name}")
+    ok(m.get("moe_tokens_generated_per_second", 0) > 0, "metrics: tokens/s after the load")
+    ok(m.get("moe_prompt_tokens_total", 0) >= m.get("moe_prompt_tokens_cached_total", -1) >= 0, "metrics: prompt tokens and cached")
 
     # bad input: status and error body, the server keeps serving
     C = "/v1/chat/completions"
@@ -481,7 +498,7 @@ def wait_metric_auth(m, name, want, seconds=20):
 
 
 def main():
-    global DTYPE
+    global DTYPE, MTP
     port, what = int(sys.argv[1]), sys.argv[2]
     if what in ("basic", "parallel", "mtp") and len(sys.argv) > 5:
         DTYPE = sys.argv[5]
@@ -489,6 +506,7 @@ def main():
         if what == "basic":
             basic(port, sys.argv[3], sys.argv[4])
         elif what == "mtp":   # the basic checks with --mtp: drafts verified in the batched passes
+            MTP = True
             basic(port, sys.argv[3], sys.argv[4])
             m = metrics(port)
             ok(m.get("moe_mtp_drafted_total", 0) > 100 and 0 < m.get("moe_mtp_accepted_total", 0) <= m["moe_mtp_drafted_total"],
