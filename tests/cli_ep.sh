@@ -10,7 +10,11 @@
 #     hangs (every other rank ends within seconds with one line; `timeout` guards against hangs);
 #   - the engine with the EP hook (tests/ep_logits_check.c): logits of prefill, decode and MTP
 #     bit-identical to one process on golden checkpoints, alone and under mpirun -np 2 / 3, and
-#     the control (no exchange) differing.
+#     the control (no exchange) differing;
+#   - moe itself with --ep (build/tests/moe_mpi): generate's greedy text, logits files (prefill and
+#     decode: logits, MTP logits, routing), route counts identical to one process at -np 2 / 3, each
+#     rank loading only its experts, bench --ep's communication lines, a plan for other ranks, a rank
+#     that cannot load, checkpoints that differ between ranks, a rank that leaves mid-run.
 MOE=${MOE:-build/moe}
 BUILD=${BUILD:-$(dirname "$MOE")}
 CHECK=$BUILD/tests/ep_comm_check
