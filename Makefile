@@ -70,7 +70,7 @@ MPI_LIBS  = $(shell $(MPICC) --showme:link 2>/dev/null)
 MOE_MPI_OBJ  := $(if $(filter 1,$(MPI)),$(MPI_OBJ))
 MOE_MPI_LIBS  = $(if $(filter 1,$(MPI)),$(MPI_LIBS))
 EP_CHECKS := $(BUILD)/tests/ep_comm_check $(BUILD)/tests/ep_logits_check \
-             $(if $(HAVE_MPICC),$(BUILD)/tests/ep_comm_check_mpi $(BUILD)/tests/ep_logits_check_mpi)
+             $(if $(HAVE_MPICC),$(BUILD)/tests/ep_comm_check_mpi $(BUILD)/tests/ep_logits_check_mpi $(BUILD)/tests/moe_mpi)
 
 .PHONY: all deps test test-opt test-asan run clean bench-kernels fuzz fuzzers
 all: $(BUILD)/moe
@@ -116,6 +116,10 @@ $(BUILD)/tests/ep_comm_check_mpi: $(BUILD)/tests/ep_comm_check.o $(MPI_OBJ) $(BU
 $(BUILD)/tests/ep_logits_check: $(BUILD)/tests/ep_logits_check.o $(BUILD)/libmoe.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(DEPLIBS)
 $(BUILD)/tests/ep_logits_check_mpi: $(BUILD)/tests/ep_logits_check.o $(MPI_OBJ) $(BUILD)/libmoe.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(DEPLIBS) $(MPI_LIBS)
+# moe itself with the MPI backend, for `mpirun ... moe generate --ep` in tests/cli_ep.sh
+$(BUILD)/tests/moe_mpi: $(TOOL_OBJ) $(MPI_OBJ) $(BUILD)/libmoe.a
+	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(DEPLIBS) $(MPI_LIBS)
 
 $(BUILD)/tests/%: $(BUILD)/tests/%.o $(BUILD)/libmoe.a

@@ -40,6 +40,8 @@ typedef struct {
     const numa_topology *numa_topo;     /* NULL = the machine's; tests pass a simulated one */
     void (*progress)(void *ctx, int done, int total);   /* load progress, may be NULL */
     void *progress_ctx;
+    int (*holds)(void *ctx, int layer, int expert);   /* weights_options.holds (expert parallelism), may be NULL */
+    void *holds_ctx;
 } model_options;
 
 typedef struct moe_model {

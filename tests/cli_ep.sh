@@ -10,13 +10,18 @@
 #     hangs (every other rank ends within seconds with one line; `timeout` guards against hangs);
 #   - the engine with the EP hook (tests/ep_logits_check.c): logits of prefill, decode and MTP
 #     bit-identical to one process on golden checkpoints, alone and under mpirun -np 2 / 3, and
-#     the control (no exchange) differing.
+#     the control (no exchange) differing;
+#   - moe itself with --ep (build/tests/moe_mpi): generate's greedy text, logits files (prefill and
+#     decode: logits, MTP logits, routing), route counts identical to one process at -np 2 / 3, each
+#     rank loading only its experts, bench --ep's communication lines, a plan for other ranks, a rank
+#     that cannot load, checkpoints that differ between ranks, a rank that leaves mid-run.
 MOE=${MOE:-build/moe}
 BUILD=${BUILD:-$(dirname "$MOE")}
 CHECK=$BUILD/tests/ep_comm_check
 CHECK_MPI=$BUILD/tests/ep_comm_check_mpi
 LOGITS=$BUILD/tests/ep_logits_check
 LOGITS_MPI=$BUILD/tests/ep_logits_check_mpi
+MOE_MPI=$BUILD/tests/moe_mpi
 G=tests/data/golden
 . tests/lib/harness.sh
 
@@ -143,6 +148,69 @@ else
             [ $rc -eq 0 ] && [ "$n" -eq $np ] && ok || bad "np $np ep_logits $run: rc=$rc, $n lines: $(cat "$T/out" "$T/err")"
         done
     done
+    # the commands with --ep (moe linked with the MPI backend): rank 0's output equals one process's
+    if [ -x "$MOE_MPI" ]; then
+        "$MOE" generate -m models/toy -p "the cat and the dog" -n 12 --greedy >"$T/g1" 2>/dev/null
+        "$MOE" logits -m $G/v2lite-f32 --tokens 5,17,30,4,9,2 -o "$T/l1.st" 2>/dev/null
+        "$MOE" logits -m $G/v2lite-f32 --tokens 5,17,30,4,9,2 --mode decode -o "$T/d1.st" 2>/dev/null
+        "$MOE" route -m models/toy -f "$T/in.txt" -o "$T/r1" -q 2>/dev/null
+        "$MOE" eplb --counts "$T/r1.counts.csv" --ranks 2 -m models/toy -o "$T/plan2r0.json" -q >/dev/null 2>&1
+        for np in 2 3; do
+            MOE_EP_CHECK=1 timeout 60 $R -np $np "$MOE_MPI" generate -m models/toy -p "the cat and the dog" -n 12 --greedy \
+                --ep >"$T/g$np" 2>"$T/err"; rc=$?
+            [ $rc -eq 0 ] && [ -s "$T/g1" ] && cmp -s "$T/g1" "$T/g$np" && [ "$(grep -c "^ep: rank [0-9] of $np (mpi)" "$T/err")" -eq $np ] &&
+                ok || bad "np $np generate --ep: rc=$rc $(cat "$T/g$np" "$T/err")"
+            # each rank loads only its experts: the toy's 44.1 MiB less the others' share (26.1 MiB at 2 ranks)
+            awk -v np=$np '/^ep: rank [0-9]+ of/ { for (i = 1; i <= NF; i++) if ($i == "loaded") mib = $(i - 2);
+                n++; if (mib + 0 <= 0 || mib + 0 > 44.1 * (1.0 / np + 0.45)) bad = 1 }
+                END { exit !(n == np && !bad) }' "$T/err" && ok || bad "np $np weights per rank: $(grep '^ep:' "$T/err")"
+            for mode in prefill decode; do
+                f=l; [ $mode = decode ] && f=d
+                timeout 60 $R -np $np "$MOE_MPI" logits -m $G/v2lite-f32 --tokens 5,17,30,4,9,2 --mode $mode -o "$T/$f$np.st" \
+                    --ep >/dev/null 2>"$T/err"; rc=$?
+                # logits, MTP logits and routing: the same bytes as one process
+                [ $rc -eq 0 ] && cmp -s "$T/${f}1.st" "$T/$f$np.st" && ok || bad "np $np logits --ep $mode: rc=$rc $(cat "$T/err")"
+            done
+            timeout 60 $R -np $np "$MOE_MPI" route -m models/toy -f "$T/in.txt" -o "$T/r$np" -q --ep >/dev/null 2>"$T/err"; rc=$?
+            [ $rc -eq 0 ] && cmp -s "$T/r1.counts.csv" "$T/r$np.counts.csv" && ok || bad "np $np route --ep: rc=$rc $(cat "$T/err")"
+            timeout 60 $R -np $np "$MOE_MPI" bench -m models/toy -p 16 -n 4 -r 1 -t 1 --ep >/dev/null 2>"$T/err0"; rc=$?
+            tr '\r' '\n' <"$T/err0" >"$T/err"   # the progress line ends in a carriage return
+            # (the ranks' stderr interleave: count the lines' texts, not line starts)
+            [ $rc -eq 0 ] && [ "$(grep -o "ep: rank [0-9] of $np: decode: [0-9.]* us in communication, [0-9]* bytes sent" "$T/err" | sort -u | wc -l)" -eq $np ] &&
+                [ "$(grep -o "ep: rank [0-9] of $np: prefill chunk of 16 tokens: " "$T/err" | sort -u | wc -l)" -eq $np ] && ok ||
+                bad "np $np bench --ep: rc=$rc $(cat "$T/err")"
+            # a plan for 2 ranks: fine on 2, refused by every rank on 3
+            timeout 60 $R -np $np "$MOE_MPI" generate -m models/toy -p "the cat and the dog" -n 12 --greedy \
+                --ep-plan "$T/plan2r0.json" >"$T/gp" 2>"$T/err"; rc=$?
+            if [ $np -eq 2 ]; then
+                [ $rc -eq 0 ] && cmp -s "$T/g1" "$T/gp" && ok || bad "np 2 generate --ep-plan: rc=$rc $(cat "$T/err")"
+            else
+                why=$(lines_per_rank "$T/err" 3 "plan: the plan is for 2 ranks but 3 are running" 0 1 2) && [ $rc -ne 0 ] && ok ||
+                    bad "np 3 plan for 2: rc=$rc $why $(cat "$T/err")"
+            fi
+        done
+        # a checkpoint that is not there: every rank ends with its line, quickly
+        s=$(date +%s); timeout 60 $R -np 2 "$MOE_MPI" logits -m "$T/nope" --tokens 1,2 -o "$T/x.st" --ep >/dev/null 2>"$T/err"; rc=$?; e=$(date +%s)
+        [ $rc -ne 0 ] && [ $rc -ne 124 ] && [ $((e - s)) -lt 20 ] && grep -q "nope" "$T/err" && ok || bad "missing checkpoint --ep: rc=$rc $(cat "$T/err")"
+        # one rank cannot load (MPMD: rank 1 gets a missing checkpoint): every rank ends quickly, rank 1 says why
+        s=$(date +%s); timeout 60 $R -np 1 "$MOE_MPI" logits -m $G/v2lite-f32 --tokens 1,2 -o "$T/x.st" --ep : \
+            -np 1 "$MOE_MPI" logits -m "$T/nope" --tokens 1,2 -o "$T/x.st" --ep >/dev/null 2>"$T/err"; rc=$?; e=$(date +%s)
+        why=$(lines_per_rank "$T/err" 2 "nope/config.json: cannot open" 1) &&
+            why=$(lines_per_rank "$T/err" 2 "ended by the launcher" 0) && [ $rc -ne 0 ] && [ $rc -ne 124 ] && [ $((e - s)) -lt 20 ] &&
+            ok || bad "one rank cannot load: rc=$rc $((e - s)) s $why: $(cat "$T/err")"
+        # a checkpoint that differs between ranks: the start-up hash, one line on every rank, exit 3
+        s=$(date +%s); timeout 60 $R -np 1 "$MOE_MPI" logits -m $G/v2lite-f32 --tokens 1,2 -o "$T/x.st" --ep : \
+            -np 1 "$MOE_MPI" logits -m $G/v2lite-f16-shard --tokens 1,2 -o "$T/x.st" --ep >/dev/null 2>"$T/err"; rc=$?; e=$(date +%s)
+        why=$(lines_per_rank "$T/err" 2 "config \+ tensor table hash differs between ranks" 0 1) && [ $rc -eq 3 ] &&
+            [ $((e - s)) -lt 20 ] && ok || bad "checkpoints differ: rc=$rc $((e - s)) s $why: $(cat "$T/err")"
+        # a rank that leaves mid-run (rank 1 decodes 2 tokens, rank 0 12): rank 0 ends after MOE_EP_TIMEOUT, one line
+        s=$(date +%s); MOE_EP_TIMEOUT=3 timeout 60 $R -np 1 "$MOE_MPI" generate -m models/toy -p "the cat" -n 12 --greedy --ep : \
+            -np 1 "$MOE_MPI" generate -m models/toy -p "the cat" -n 2 --greedy --ep >/dev/null 2>"$T/err"; rc=$?; e=$(date +%s)
+        why=$(lines_per_rank "$T/err" 2 "waited 3 s for the other ranks" 0) && [ $rc -ne 124 ] && [ $((e - s)) -lt 20 ] &&
+            grep -q "MPI_ABORT was invoked on rank 0" "$T/err" && ok || bad "a rank leaves: rc=$rc $((e - s)) s $why: $(cat "$T/err")"
+        expect_error "chat --ep" "moe chat: --ep is not supported by chat yet" "$MOE" chat -m models/toy --ep
+        expect_error "serve --ep" "moe serve: --ep is not supported by serve yet" "$MOE" serve -m models/toy --ep
+    else bad "missing $MOE_MPI (make tests builds it when mpicc exists)"; fi
     # the control: without the exchange the logits differ, and every rank says so
     timeout 120 $R -np 2 "$LOGITS_MPI" $G/tiny-bf16 --no-exchange >"$T/out" 2>"$T/err"; rc=$?
     why=$(lines_per_rank "$T/err" 2 "the EP logits differ from one process's" 0 1) && [ $rc -ne 0 ] && ok ||

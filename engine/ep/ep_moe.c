@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "ep.h"
 
@@ -95,6 +96,12 @@ const unsigned char *ep_moe_owned(void *ctx, int layer) {
     return x->own + (size_t)layer * x->E;
 }
 
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
 static void fail(ep_moe *x, const moe_error *err) { ep_comm_abort(x->comm, 1, err->msg); }
 
 void ep_moe_exchange(void *ctx, int layer, moe_ctx *c) {
@@ -115,11 +122,14 @@ void ep_moe_exchange(void *ctx, int layer, moe_ctx *c) {
     for (int e = 0; e < E; e++) x->rows_of[owner[e]] += start[e + 1] - start[e];
     x->n_exchanges++;
     if (N == 1) return;
+    x->bytes_sent += (uint64_t)x->rows_of[comm->rank] * H * sizeof(float) * (uint64_t)(N - 1);
     if (x->contiguous[layer]) {
         /* rank-major = slot order: in place on slot_out */
         int first = 0;
         for (int r = 0; r < comm->rank; r++) first += x->rows_of[r];
+        double t0 = now_s();
         if (ep_allgatherv_rows(comm, c->slot_out + (size_t)first * H, x->rows_of, H, c->slot_out, what, &err)) fail(x, &err);
+        x->comm_s += now_s() - t0;
         return;
     }
     /* staged: rows of rank 0's experts first (ascending expert, slot order), then rank 1's ... */
@@ -133,8 +143,10 @@ void ep_moe_exchange(void *ctx, int layer, moe_ctx *c) {
         for (int s = start[e]; s < start[e + 1]; s++)
             memcpy(x->stage + (size_t)x->row_of_slot[s] * H, c->slot_out + (size_t)s * H, sizeof(float) * (size_t)H);
     }
+    double t0 = now_s();
     if (ep_allgatherv_rows(comm, x->stage + (size_t)first_row[comm->rank] * H, x->rows_of, H, x->stage, what, &err))
         fail(x, &err);
+    x->comm_s += now_s() - t0;
     for (int s = 0; s < n_slots; s++)
         memcpy(c->slot_out + (size_t)s * H, x->stage + (size_t)x->row_of_slot[s] * H, sizeof(float) * (size_t)H);
 }

@@ -37,6 +37,8 @@ typedef struct {
     float *stage;               /* [B*K, H] (NULL when every layer is contiguous) */
     int check;                  /* MOE_EP_CHECK=1: the routing's hash compared across ranks per layer */
     uint64_t n_exchanges;       /* layers exchanged so far */
+    double comm_s;              /* wall seconds inside the exchange's collectives (moe bench --ep) */
+    uint64_t bytes_sent;        /* this rank's row bytes times the N-1 ranks they go to */
 } ep_moe;
 
 /* Ownership from `plan` (NULL: the contiguous blocks of numa_plan_make over comm->size ranks),

@@ -448,8 +448,10 @@ static int load_layer(loader *ld, layer_weights *lw, int i) {
         return MOE_FAIL;
     lw->experts = calloc((size_t)E, sizeof(mlp_weights));
     if (!lw->experts) return moe_error_set(ld->err, "out of memory");
-    for (int e = 0; e < E; e++)
+    for (int e = 0; e < E; e++) {
+        if (ld->opt && ld->opt->holds && !ld->opt->holds(ld->opt->holds_ctx, i, e)) continue;   /* another rank's */
         if (load_mlp(ld, &lw->experts[e], T_EXPERT_GATE, i, e)) return MOE_FAIL;
+    }
     lw->has_shared = c->n_shared_experts > 0;
     if (lw->has_shared && load_mlp(ld, &lw->shared, T_SHARED_GATE, i, 0)) return MOE_FAIL;
     return MOE_OK;

@@ -94,6 +94,10 @@ typedef struct {
     /* Called now and then during a long load (done/total tensors); may be NULL. */
     void (*progress)(void *ctx, int done, int total);
     void *progress_ctx;
+    /* Expert parallelism: holds(ctx, layer, e) == 0 leaves routed expert e of that layer
+     * empty (rows 0, data NULL: not one byte of it read or converted). NULL: every expert. */
+    int (*holds)(void *ctx, int layer, int expert);
+    void *holds_ctx;
 } weights_options;
 
 /* path: a checkpoint directory (safetensors) or a .gguf file (weights_is_gguf). */

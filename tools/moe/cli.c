@@ -1,5 +1,6 @@
 /* cli.c - shared command-line helpers (see cli.h). */
 #include "cli.h"
+#include "cli_ep.h"
 
 #include "numa_place.h"
 
@@ -90,10 +91,13 @@ int cli_load_engine(moe_session *e, const char *dir, const model_options *opt, i
     model_options o = *opt;
     moe_model *m = &e->m;
     if (!quiet && !o.progress) { o.progress = load_progress; o.progress_ctx = &clock; }
+    cli_ep_load_options(&o, dir, cmd);   /* --ep: MPI up, this rank's experts only */
     if (session_open(e, dir, &o, n_slots, &err)) {
+        if (cli_ep_on()) cli_ep_fail(cmd, err.msg);   /* every rank ends, not only this one */
         fprintf(stderr, "moe %s: %s\n", cmd, err.msg);
         return MOE_FAIL;
     }
+    cli_ep_attach(e, dir, cmd);
     if (!quiet) {
         const moe_config *c = &m->cfg;
         char slots[32];
@@ -296,6 +300,8 @@ int cli_model_option(int argc, char **argv, int *i, const char *cmd, model_optio
         cli_act_lowp(cmd);
         return 1;
     }
+    int k = cli_ep_option(argc, argv, i, cmd);
+    if (k) return k;
     return cli_route_knob(argc, argv, i, cmd, &o->routing);
 }
 
@@ -317,6 +323,7 @@ void cli_model_options_usage(FILE *f) {
             "  --numa M             NUMA placement: off (default) | interleave | partition (README: --numa)\n"
             "  --act-lowp           decode with bf16 / int8 activations (BF16 / Q8 weights): faster, less exact\n"
             "  --experts-per-token K, --no-group-limit, --no-route-bias   routing experiments (each says it is on)\n");
+    cli_ep_usage(f);
 }
 
 static int cmp_double(const void *a, const void *b) {

@@ -49,6 +49,7 @@
 #include "bench_seqs.h"
 #include "blas.h"
 #include "cli.h"
+#include "cli_ep.h"
 #include "commands.h"
 #include "model.h"
 #include "threadpool.h"
@@ -76,6 +77,8 @@ static void usage(FILE *f) {
             "  -t, --threads LIST  thread counts, e.g. 1,2 (default: one per core)\n"
             "  --dtype D           auto | f32 | bf16 | q8 | q4 (Q4_K): compute format of the weights (default auto)\n"
             "  --numa M            NUMA placement: off (default) | interleave | partition\n"
+            "  --ep, --ep-plan F   expert parallelism under mpirun; prints per rank the time in communication\n"
+            "                      and the bytes sent per decoded token and per prefill chunk (docs/ep.md)\n"
             "  --batch N           tokens per forward chunk in prefill (default: the whole prompt)\n"
             "  --tg-prompt N       untimed prompt before the decode test (default 8)\n"
             "  --membw             measure memory read bandwidth: alone, on 1 and all threads; with -m, beside every\n"
@@ -341,6 +344,17 @@ static double cpu_now(void) {
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+/* --ep: the exchange's totals over the timed decode steps and prefill runs (cli_ep_stats) */
+static struct { double s; uint64_t bytes, n; } ep_tg, ep_pp;
+static void ep_add(int sign, double *s, uint64_t *bytes, uint64_t *n) {
+    double cs;
+    uint64_t b, k;
+    cli_ep_stats(&cs, &b, &k);
+    *s += sign * cs;
+    *bytes += (uint64_t)((int64_t)sign * (int64_t)b);
+    *n += (uint64_t)((int64_t)sign * (int64_t)k);
+}
+
 static double run_pp(moe_session *e, int n_prompt, float *logits, uint64_t *seed, model_profile *prof, double *cpu_s,
                      moe_error *err) {
     const moe_model *m = &e->m;
@@ -348,9 +362,11 @@ static double run_pp(moe_session *e, int n_prompt, float *logits, uint64_t *seed
     if (!toks) { moe_error_set(err, "out of memory"); return -1; }
     random_tokens(toks, n_prompt, m->cfg.vocab_size, seed);
     e->c.prof = prof;
+    ep_add(-1, &ep_pp.s, &ep_pp.bytes, &ep_pp.n);
     double t0 = cli_now(), c0 = cpu_now();
     int rc = model_forward_seq(m, &e->c, &e->kv, 0, toks, n_prompt, 0, logits, 0, NULL, err);
     double dt = cli_now() - t0;
+    ep_add(1, &ep_pp.s, &ep_pp.bytes, &ep_pp.n);
     *cpu_s = cpu_now() - c0;
     e->c.prof = NULL;
     free(toks);
@@ -368,6 +384,7 @@ static double run_tg(moe_session *e, int n_prompt, int n_gen, float *logits, uin
     int next = sampler_argmax(logits, m->cfg.vocab_size);
     double busy = 0;
     *cpu_s = 0;
+    ep_add(-1, &ep_tg.s, &ep_tg.bytes, &ep_tg.n);
     for (int i = 0; i < n_gen; i++) {
         e->c.prof = prof;
         double t0 = cli_now(), c0 = cpu_now();
@@ -384,6 +401,7 @@ static double run_tg(moe_session *e, int n_prompt, int n_gen, float *logits, uin
         next = sampler_argmax(logits, m->cfg.vocab_size);
         if (argmax_ns) *argmax_ns += (cli_now() - t2) * 1e9;
     }
+    ep_add(1, &ep_tg.s, &ep_tg.bytes, &ep_tg.n);
     return n_gen / busy;
 }
 
@@ -556,6 +574,8 @@ int cmd_bench(int argc, char **argv) {
             int d = weights_dtype_parse(v);
             if (d < 0) { fprintf(stderr, "moe bench: --dtype must be auto, f32, bf16, q8 or q4\n"); return 2; }
             opt.dtype = (weights_dtype)d;
+        } else if (cli_ep_option(argc, argv, &i, "bench")) {
+            if (!cli_ep_on()) return 2;   /* --ep-plan without its file: said */
         } else if (!strcmp(a, "--numa")) {
             if (!(v = cli_value(argc, argv, &i, "bench"))) return 2;
             int mode = numa_mode_parse(v);
@@ -706,7 +726,7 @@ int cmd_bench(int argc, char **argv) {
     loadavg(load_start, sizeof load_start);
     /* every page of the checkpoint in memory before anything is timed */
     {
-        double t0 = cli_now(), b = prefault(&e.m);
+        double t0 = cli_now(), b = cli_ep_on() ? 0 : prefault(&e.m);   /* --ep: not the other ranks' experts */
         fprintf(stderr, "prefault: touched %.2f GB of mapped tensors in %.2f s\n", b / 1e9, cli_now() - t0);
     }
     /* warm-up, then reps alternating thread counts */
@@ -746,6 +766,14 @@ int cmd_bench(int argc, char **argv) {
         }
     }
     fprintf(stderr, "\r%70s\r", "");
+    if (cli_ep_on()) {   /* warm-up included: the same steps as the timed ones */
+        int chunks = n_prompt > 0 ? (int)((n_prompt + e.c.B - 1) / e.c.B) : 0;
+        char what[64];
+        snprintf(what, sizeof what, "prefill chunk of %ld tokens", n_prompt < e.c.B ? n_prompt : (long)e.c.B);
+        cli_ep_report(what, "chunk", ep_pp.s, ep_pp.bytes, ep_pp.n, (double)chunks * (reps + 1) * n_cfg);
+        cli_ep_report("decode", "token", ep_tg.s, ep_tg.bytes, ep_tg.n,
+                      (double)n_cfg * (n_gen * reps + (n_gen < 16 ? n_gen : 16)));
+    }
     e.c.pool = own_pool;
     if (n_seqs) {   /* B sequences per pass, every thread count */
         seqs_bytes sb = pass_bytes(&e.m);

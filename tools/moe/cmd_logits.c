@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "cli_ep.h"
 #include "commands.h"
 #include "model.h"
 #include "safetensors.h"
@@ -86,6 +87,7 @@ int cmd_logits(int argc, char **argv) {
     opt.max_seq = T;
     moe_session e;
     if (cli_load_engine(&e, dir, &opt, 1, "logits", 1)) { free(tokens); return 1; }
+    if (cli_ep_rank() > 0) out = "/dev/null";   /* --ep: rank 0 writes the file */
     const moe_config *c = &e.m.cfg;
     int V = c->vocab_size, H = c->hidden_size, n_mtp = c->num_nextn_predict_layers;
     int L_total = c->num_hidden_layers + n_mtp, K = e.m.K > 0 ? e.m.K : 1;

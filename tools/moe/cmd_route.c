@@ -23,6 +23,7 @@
 
 #include "attention.h"
 #include "cli.h"
+#include "cli_ep.h"
 #include "commands.h"
 #include "model.h"
 #include "routeplot.h"
@@ -405,6 +406,13 @@ int cmd_route(int argc, char **argv) {
     opt.max_seq = S;
     moe_session eng;
     if (cli_load_engine(&eng, dir, &opt, 1, "route", 0)) { free(tokens); tokenizer_free(tok); return 1; }
+    char ep_prefix[64];   /* --ep: rank 0 writes PREFIX.*; the others write theirs in a directory of /tmp */
+    if (cli_ep_rank() > 0) {
+        snprintf(ep_prefix, sizeof ep_prefix, "/tmp/moe-ep-route-XXXXXX");
+        if (!mkdtemp(ep_prefix)) cli_ep_fail("route", "--ep: cannot make a directory in /tmp for this rank's files");
+        strcat(ep_prefix, "/route");
+        prefix = ep_prefix;
+    }
     const moe_config *c = &eng.m.cfg;
     int V = c->vocab_size, H = c->hidden_size, B = eng.c.B, n_mtp = c->num_nextn_predict_layers;
 

@@ -1,5 +1,6 @@
 /* genopts.c - shared options of `generate` and `chat` (see genopts.h). */
 #include "genopts.h"
+#include "cli_ep.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -93,6 +94,9 @@ int genopts_finish(genopts *o, const char *cmd) {
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
         o->sampling.seed = (unsigned long long)ts.tv_sec * 1000003ull ^ (unsigned long long)ts.tv_nsec;
+        uint64_t seed = o->sampling.seed;
+        cli_ep_bcast_u64(&seed, cmd);   /* --ep: rank 0's clock seed on every rank */
+        o->sampling.seed = seed;
     }
     return 0;
 }

@@ -1,0 +1,184 @@
+/* cli_ep.c - `--ep` for the model commands (see cli_ep.h).
+ *
+ * Legend
+ *   N, r     ranks, this rank;  expert-layers  (MoE layer, routed expert) pairs of the model
+ */
+#include "cli_ep.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels.h"
+#include "ep.h"
+#include "ep_moe.h"
+#include "json_util.h"
+
+/* ------------------------------------------------------------------ state (one per process) */
+
+static struct {
+    int on;                 /* --ep given */
+    const char *plan_path;  /* --ep-plan FILE or NULL */
+    int started, attached;
+    ep_comm comm;
+    ep_moe x;
+    ep_hook hook;
+    eplb_plan plan;
+    int E;                  /* routed experts (0 until cli_ep_load_options) */
+    unsigned char *holds;   /* [layers][E] 1: this rank loads the expert (weights_options.holds) */
+} G;
+
+int cli_ep_on(void) { return G.on; }
+int cli_ep_rank(void) { return G.started ? G.comm.rank : 0; }
+
+static void cli_ep_end(void) {
+    if (G.attached) ep_moe_free(&G.x);
+    eplb_plan_free(&G.plan);
+    free(G.holds);
+    G.holds = NULL;
+    if (G.started) ep_comm_free(&G.comm);
+    G.started = G.attached = 0;
+}
+
+int cli_ep_option(int argc, char **argv, int *i, const char *cmd) {
+    const char *a = argv[*i];
+    if (!strcmp(a, "--ep")) { G.on = 1; return 1; }
+    if (!strcmp(a, "--ep-plan")) {
+        if (*i + 1 >= argc) { fprintf(stderr, "moe %s: option --ep-plan needs a value\n", cmd); return -1; }
+        G.plan_path = argv[++*i];
+        G.on = 1;
+        return 1;
+    }
+    return 0;
+}
+
+void cli_ep_usage(FILE *f) {
+    fprintf(f, "  --ep                 expert parallelism under mpirun: each rank runs its block of experts (docs/ep.md)\n"
+               "  --ep-plan FILE       --ep with the placement of `moe eplb` (plan.json)\n");
+}
+
+/* ------------------------------------------------------------------ start, attach */
+
+void cli_ep_fail(const char *cmd, const char *msg) {
+    char line[1400];
+    snprintf(line, sizeof line, "moe %s: %s", cmd, msg);
+    if (G.started) ep_comm_abort(&G.comm, 1, line);
+    fprintf(stderr, "%s\n", line);
+    exit(1);
+}
+
+void cli_ep_start(const char *cmd) {
+    if (!G.on || G.started) return;
+    moe_error err = {{0}};
+    if (ep_comm_init(&G.comm, EP_COMM_AUTO, NULL, NULL, &err)) {
+        fprintf(stderr, "moe %s: --ep: %s\n", cmd, err.msg);
+        exit(1);
+    }
+    G.started = 1;
+    atexit(cli_ep_end);
+    if (G.comm.rank > 0 && !freopen("/dev/null", "w", stdout)) cli_ep_fail(cmd, "--ep: cannot silence stdout");
+    if (G.comm.size == 1)
+        fprintf(stderr, "moe %s: --ep with one rank (%s): every expert runs here\n", cmd,
+                ep_comm_have_mpi() ? "not started by mpirun" : "this moe was built without MPI: make MPI=1");
+}
+
+void cli_ep_bcast_u64(uint64_t *v, const char *what) {
+    if (!G.on) return;
+    cli_ep_start(what);
+    moe_error err = {{0}};
+    if (ep_bcast(&G.comm, v, sizeof *v, what, &err)) cli_ep_fail(what, err.msg);
+}
+
+static double resident_mib(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    double kb = 0;
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, "VmRSS:", 6)) kb = atof(line + 6);
+    if (f) fclose(f);
+    return kb / 1024.0;
+}
+
+static int holds_expert(void *ctx, int layer, int e) {
+    (void)ctx;
+    return G.holds[(size_t)layer * G.E + e];
+}
+
+void cli_ep_load_options(model_options *o, const char *dir, const char *cmd) {
+    if (!G.on) return;
+    cli_ep_start(cmd);
+    moe_error err = {{0}};
+    moe_config cfg;
+    if (model_config_load(&cfg, dir, &err)) cli_ep_fail(cmd, err.msg);
+    const int Lt = cfg.num_hidden_layers + cfg.num_nextn_predict_layers, E = cfg.n_routed_experts;
+    if (E < 1) return;   /* ep_moe_init says it */
+    if (G.plan_path && !G.plan.n_layers && eplb_plan_load(&G.plan, G.plan_path, &err)) ep_comm_exit_all(&G.comm, 2, err.msg);
+    unsigned char *is_moe = calloc((size_t)Lt, 1);
+    int *ids = malloc(sizeof(int) * (size_t)Lt), n_moe = 0;
+    G.holds = calloc((size_t)Lt * E, 1);
+    if (!is_moe || !ids || !G.holds) cli_ep_fail(cmd, "out of memory");
+    for (int l = 0; l < Lt; l++)
+        if ((is_moe[l] = (unsigned char)config_layer_is_moe(&cfg, l))) ids[n_moe++] = l;
+    eplb_plan blocks = {0};
+    const eplb_plan *p = G.plan_path ? &G.plan : &blocks;
+    eplb_counts cts = { n_moe, E, ids, NULL };
+    if (!G.plan_path && eplb_plan_default(&blocks, &cts, G.comm.size, cfg.n_group, &err)) ep_comm_exit_all(&G.comm, 2, err.msg);
+    if (eplb_plan_matches_model(p, is_moe, Lt, E, G.comm.size, "plan", &err)) ep_comm_exit_all(&G.comm, 2, err.msg);
+    for (int k = 0; k < p->n_layers; k++)
+        for (int s = 0; s < p->n_slots; s++) {
+            size_t at = (size_t)k * p->n_slots + s;
+            if (p->slot_rank[at] == G.comm.rank) G.holds[(size_t)p->layer_id[k] * E + p->slot_expert[at]] = 1;
+        }
+    eplb_plan_free(&blocks);
+    free(is_moe);
+    free(ids);
+    G.E = E;
+    o->holds = holds_expert;
+    o->holds_ctx = NULL;
+}
+
+void cli_ep_attach(moe_session *e, const char *dir, const char *cmd) {
+    if (!G.on) return;
+    cli_ep_start(cmd);
+    moe_error err = {{0}};
+    /* the same checkpoint, kernels and routing on every rank: config.json + tensor table */
+    char path[4096], extra[256], *cfg_text = NULL;
+    size_t cfg_len = 0;
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    moe_error ignore = {{0}};
+    if (file_read_all(path, (size_t)1 << 24, &cfg_text, &cfg_len, &ignore)) cfg_text = NULL, cfg_len = 0;
+    const router_options *ro = &e->m.opt.routing;
+    snprintf(extra, sizeof extra, "%s|%s|K%d|g%d|b%d", cpu_kernel_name(), weights_dtype_name(e->m.opt.dtype), e->m.K,
+             ro->no_group_limit, ro->no_route_bias);
+    uint64_t h = ep_hash_checkpoint(cfg_text, cfg_len, &e->m.w.files, extra);
+    free(cfg_text);
+    if (ep_check_same(&G.comm, h, "config + tensor table hash", &err)) ep_comm_exit_all(&G.comm, 3, err.msg);
+    if (G.plan_path && !G.plan.n_layers && eplb_plan_load(&G.plan, G.plan_path, &err)) ep_comm_exit_all(&G.comm, 2, err.msg);
+    if (ep_moe_init(&G.x, &G.comm, &e->m, &e->c, G.plan_path ? &G.plan : NULL, &err)) ep_comm_exit_all(&G.comm, 2, err.msg);
+    G.attached = 1;
+    G.hook = (ep_hook){ ep_moe_owned, ep_moe_exchange, &G.x };
+    e->c.ep = &G.hook;
+    int mine = 0, all = 0;
+    for (int l = 0; l < G.x.Lt; l++)
+        for (int k = 0; k < G.x.E; k++) {
+            all += G.x.owner[(size_t)l * G.x.E + k] >= 0;
+            mine += G.x.own[(size_t)l * G.x.E + k];
+        }
+    fprintf(stderr, "ep: rank %d of %d (%s): %d of %d expert-layers here (%s), weights %.1f MiB loaded (%.1f mapped + "
+                    "%.1f converted), resident %.1f MiB\n", G.comm.rank, G.comm.size, G.comm.ops->name, mine, all,
+            G.plan_path ? G.plan_path : "default blocks", (e->m.w.bytes_mapped + e->m.w.bytes_converted) / 1048576.0,
+            e->m.w.bytes_mapped / 1048576.0, e->m.w.bytes_converted / 1048576.0, resident_mib());
+}
+
+/* ------------------------------------------------------------------ statistics (moe bench --ep) */
+
+void cli_ep_stats(double *comm_s, uint64_t *bytes_sent, uint64_t *exchanges) {
+    *comm_s = G.attached ? G.x.comm_s : 0;
+    *bytes_sent = G.attached ? G.x.bytes_sent : 0;
+    *exchanges = G.attached ? G.x.n_exchanges : 0;
+}
+
+void cli_ep_report(const char *what, const char *unit, double comm_s, uint64_t bytes, uint64_t exchanges, double units) {
+    if (!G.attached || units <= 0) return;
+    fprintf(stderr, "ep: rank %d of %d: %s: %.1f us in communication, %.0f bytes sent, %.1f exchanges per %s\n",
+            G.comm.rank, G.comm.size, what, comm_s / units * 1e6, bytes / units, exchanges / units, unit);
+}
