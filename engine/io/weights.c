@@ -179,6 +179,13 @@ mat_dtype weights_target(weights_dtype d, tensor_kind kind, int stored, int64_t 
      * in the M shape) become Q8, as llama.cpp's q8_0 does; tables (embeddings: one row read
      * per token; the router: it decides, and is small) stay BF16 */
     case WEIGHTS_Q8: return kind != KIND_TABLE && cols % QK8 == 0 ? MAT_Q8 : MAT_BF16;
+    /* q4: ggml's Q4_K layout (kernels/README.md says why not Q4_0), with the same choices as
+     * llama.cpp's Q4_K_M: the output heads a 6-bit k-quant; a row that is not a whole 256-block
+     * falls back to a wider type (llama.cpp falls back to Q5_0; moe to its Q8) */
+    case WEIGHTS_Q4:
+        if (kind == KIND_TABLE) return MAT_BF16;
+        if (cols % 256 == 0) return kind == KIND_HEAD ? MAT_Q6_K : MAT_Q4_K;
+        return cols % QK8 == 0 ? MAT_Q8 : MAT_BF16;
     default: return stored >= 0 ? (mat_dtype)stored : MAT_F32;   /* as stored, else exactly f32 */
     }
 }
@@ -254,6 +261,12 @@ int weights_ggml_mat_type(uint32_t ggml) {
     switch (ggml) {
     case GGML_TYPE_F32: return MAT_F32;
     case GGML_TYPE_BF16: return MAT_BF16;
+    case GGML_TYPE_F16: return MAT_F16;
+    case GGML_TYPE_Q8_0: return MAT_Q8_0;
+    case GGML_TYPE_Q4_0: return MAT_Q4_0;
+    case GGML_TYPE_Q4_K: return MAT_Q4_K;
+    case GGML_TYPE_Q5_K: return MAT_Q5_K;
+    case GGML_TYPE_Q6_K: return MAT_Q6_K;
     default: return -1;
     }
 }
@@ -492,12 +505,12 @@ void weights_free(moe_weights *w) {
 }
 
 const char *weights_dtype_name(weights_dtype d) {
-    static const char *names[] = {"auto", "f32", "bf16", "q8"};
-    return d <= WEIGHTS_Q8 ? names[d] : "?";
+    static const char *names[] = {"auto", "f32", "bf16", "q8", "q4"};
+    return d <= WEIGHTS_Q4 ? names[d] : "?";
 }
 
 int weights_dtype_parse(const char *s) {
-    for (int i = 0; i <= WEIGHTS_Q8; i++)
+    for (int i = 0; i <= WEIGHTS_Q4; i++)
         if (!strcmp(s, weights_dtype_name((weights_dtype)i))) return i;
     return -1;
 }

@@ -281,7 +281,7 @@ int cli_model_option(int argc, char **argv, int *i, const char *cmd, model_optio
     if (!strcmp(a, "--dtype")) {
         if (!(v = cli_value(argc, argv, i, cmd))) return -1;
         int d = weights_dtype_parse(v);
-        if (d < 0) { fprintf(stderr, "moe %s: --dtype must be auto, f32, bf16 or q8\n", cmd); return -1; }
+        if (d < 0) { fprintf(stderr, "moe %s: --dtype must be auto, f32, bf16, q8 or q4\n", cmd); return -1; }
         o->dtype = (weights_dtype)d;
         return 1;
     }
@@ -312,7 +312,7 @@ void cli_act_lowp(const char *cmd) {
 void cli_model_options_usage(FILE *f) {
     fprintf(f,
             "  -t, --threads N      threads (default: one per core)\n"
-            "  --dtype D            weight format: auto (as stored, default) | f32 | bf16 | q8\n"
+            "  --dtype D            weight format: auto (as stored, default) | f32 | bf16 | q8 | q4 (Q4_K, heads Q6_K)\n"
             "  --batch N            tokens per forward chunk (default 64)\n"
             "  --numa M             NUMA placement: off (default) | interleave | partition (README: --numa)\n"
             "  --act-lowp           decode with bf16 / int8 activations (BF16 / Q8 weights): faster, less exact\n"

@@ -74,7 +74,7 @@ static void usage(FILE *f) {
             "  -n, --n-gen N       decode test length (default 128; 0 = skip)\n"
             "  -r, --repetitions N timed runs per test (default 5), after one warm-up\n"
             "  -t, --threads LIST  thread counts, e.g. 1,2 (default: one per core)\n"
-            "  --dtype D           auto | f32 | bf16 | q8: compute format of the weights (default auto)\n"
+            "  --dtype D           auto | f32 | bf16 | q8 | q4: compute format of the weights (default auto)\n"
             "  --numa M            NUMA placement: off (default) | interleave | partition\n"
             "  --batch N           tokens per forward chunk in prefill (default: the whole prompt)\n"
             "  --tg-prompt N       untimed prompt before the decode test (default 8)\n"
@@ -549,7 +549,7 @@ int cmd_bench(int argc, char **argv) {
         } else if (!strcmp(a, "--dtype")) {
             if (!(v = cli_value(argc, argv, &i, "bench"))) return 2;
             int d = weights_dtype_parse(v);
-            if (d < 0) { fprintf(stderr, "moe bench: --dtype must be auto, f32, bf16 or q8\n"); return 2; }
+            if (d < 0) { fprintf(stderr, "moe bench: --dtype must be auto, f32, bf16, q8 or q4\n"); return 2; }
             opt.dtype = (weights_dtype)d;
         } else if (!strcmp(a, "--numa")) {
             if (!(v = cli_value(argc, argv, &i, "bench"))) return 2;

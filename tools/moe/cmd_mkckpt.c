@@ -587,8 +587,8 @@ static void print_plan(const char *what, const moe_config *c, const writer *w, F
     }
     fprintf(f, "\nengine memory and weight bytes read per decoded token, by load format (moe --dtype):\n");
     fprintf(f, "  %-5s %12s %14s\n", "fmt", "resident", "read/token");
-    weights_dtype fmts[3] = {WEIGHTS_F32, WEIGHTS_BF16, WEIGHTS_Q8};
-    for (int k = 0; k < 3; k++) {
+    weights_dtype fmts[4] = {WEIGHTS_F32, WEIGHTS_BF16, WEIGHTS_Q8, WEIGHTS_Q4};
+    for (int k = 0; k < 4; k++) {
         double res = 0, rd = 0;
         for (int i = 0; i < p->n; i++) {
             const ckpt_tensor *t = &p->t[i];

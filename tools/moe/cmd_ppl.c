@@ -35,7 +35,7 @@ static void usage(FILE *f) {
             "  --experts-per-token K    route each token to K experts instead of the config's\n"
             "  --no-group-limit         ignore n_group/topk_group: choose from all experts\n"
             "  --no-route-bias          choose without e_score_correction_bias\n"
-            "  --dtype auto|f32|bf16|q8 compute format of the weights (default auto)\n"
+            "  --dtype auto|f32|bf16|q8|q4 compute format of the weights (default auto)\n"
             "  --threads N              (default: one per core)\n"
             "  -h, --help\n");
 }

@@ -57,7 +57,7 @@ static void usage(FILE *f) {
             "  --no-route-bias          choose without e_score_correction_bias\n"
             "  --ctx N                  window length (default: the text, at most 4096 / the model's limit)\n"
             "  --batch N                tokens per forward chunk (default 64)\n"
-            "  --dtype auto|f32|bf16|q8 compute format of the weights (default auto)\n"
+            "  --dtype auto|f32|bf16|q8|q4 compute format of the weights (default auto)\n"
             "  --threads N              (default: one per core)\n"
             "  -q, --quiet              no table on stdout\n"
             "  -h, --help\n");
