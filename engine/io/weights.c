@@ -179,13 +179,13 @@ mat_dtype weights_target(weights_dtype d, tensor_kind kind, int stored, int64_t 
      * in the M shape) become Q8, as llama.cpp's q8_0 does; tables (embeddings: one row read
      * per token; the router: it decides, and is small) stay BF16 */
     case WEIGHTS_Q8: return kind != KIND_TABLE && cols % QK8 == 0 ? MAT_Q8 : MAT_BF16;
-    /* the same matrices as q8, in Q4_K where a row is whole super-blocks of 256 (kernels/README.md
-     * says why Q4_K), else in Q4_0 (blocks of 32: V2-Lite's experts are 1408 wide), as
-     * llama-quantize falls back */
+    /* q4: ggml's Q4_K layout (kernels/README.md says why not Q4_0), with the same choices as
+     * llama.cpp's Q4_K_M: the output heads a 6-bit k-quant; a row that is not a whole 256-block
+     * falls back to a wider type (llama.cpp falls back to Q5_0; moe to its Q8) */
     case WEIGHTS_Q4:
         if (kind == KIND_TABLE) return MAT_BF16;
-        if (cols % mat_type_of(MAT_Q4_K)->block_elems == 0) return MAT_Q4_K;
-        return cols % mat_type_of(MAT_Q4_0)->block_elems == 0 ? MAT_Q4_0 : MAT_BF16;
+        if (cols % 256 == 0) return kind == KIND_HEAD ? MAT_Q6_K : MAT_Q4_K;
+        return cols % QK8 == 0 ? MAT_Q8 : MAT_BF16;
     default: return stored >= 0 ? (mat_dtype)stored : MAT_F32;   /* as stored, else exactly f32 */
     }
 }

@@ -16,6 +16,7 @@
 #include "safetensors.h"
 #include "serve_api.h"
 #include "tokenizer.h"
+#include "weights.h"
 
 #define CHECK(cond, ...)                                                          \
     do {                                                                          \
@@ -473,6 +474,17 @@ int fuzz_gguf(const uint8_t *data, size_t size) {
             CHECK(d >= data_lo && t->n_bytes <= (size_t)(buf + size - d), "data of %s outside the file", t->name);
             sink ^= d[0];
             sink ^= d[t->n_bytes - 1];
+            /* the types the model loader reads (weights_ggml_mat_type): decode the first and
+             * the last row of the fuzzed bytes as the loader would (any bits are a value) */
+            int md = weights_ggml_mat_type(t->type);
+            if (md >= 0 && t->ne[0] > 0 && t->ne[0] <= 4096) {
+                static float row[4096];
+                size_t rb = mat_row_bytes((mat_dtype)md, (int)t->ne[0]);
+                CHECK(rb > 0 && t->n_bytes % rb == 0, "row bytes of %s", t->name);
+                mat_type_of((mat_dtype)md)->to_f32(d, row, (int)t->ne[0]);
+                mat_type_of((mat_dtype)md)->to_f32(d + t->n_bytes - rb, row, (int)t->ne[0]);
+                sink ^= (uint8_t)(row[0] != row[0]);
+            }
         }
     }
     for (int i = 0; i < g.n_tensors && g.n_tensors <= 256; i++)   /* no two tensors share a byte */

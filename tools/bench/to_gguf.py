@@ -184,8 +184,9 @@ def convert(ckpt_dir, out_path, outtype_name, metadata_only=False, kv_b_whole=Fa
     w.add_file_type(ftype)
     w.add_leading_dense_block_count(hp.get("first_k_dense_replace", 0))
     w.add_vocab_size(hp["vocab_size"])
-    if hp.get("q_lora_rank"):
-        w.add_q_lora_rank(hp["q_lora_rank"])
+    # the converter writes it only when set; llama.cpp's loader then requires it unless
+    # block_count is 26/27/48, so a full-rank q writes 0 (as moe convert does)
+    w.add_q_lora_rank(hp.get("q_lora_rank") or 0)
     w.add_kv_lora_rank(kv_lora)
     if kv_b_whole:  # the older layout: one attn_kv_b, per-head key and value lengths
         w.add_key_length(nope + rope)

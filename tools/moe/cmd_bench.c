@@ -75,7 +75,7 @@ static void usage(FILE *f) {
             "  -n, --n-gen N       decode test length (default 128; 0 = skip)\n"
             "  -r, --repetitions N timed runs per test (default 5), after one warm-up\n"
             "  -t, --threads LIST  thread counts, e.g. 1,2 (default: one per core)\n"
-            "  --dtype D           auto | f32 | bf16 | q8 | q4 (Q4_K): compute format of the weights (default auto)\n"
+            "  --dtype D           auto | f32 | bf16 | q8 | q4: compute format of the weights (default auto)\n"
             "  --numa M            NUMA placement: off (default) | interleave | partition\n"
             "  --ep, --ep-plan F   expert parallelism under mpirun; prints per rank the time in communication\n"
             "                      and the bytes sent per decoded token and per prefill chunk (docs/ep.md)\n"
