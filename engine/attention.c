@@ -33,16 +33,11 @@
 
 /* ------------------------------------------------------------------ one head, one token */
 
-/* The scratch of head g of one share's group: q_abs [R], o_lat [R], scores [S]. */
+/* One share's scratch: q_abs [R], o_lat [R], scores [S]. */
 typedef struct { float *q_abs, *o_lat, *scores; } head_scratch;
 
-static int group_max(const moe_config *cfg) {
-    return cfg->num_attention_heads < ATTEND_HEAD_GROUP ? cfg->num_attention_heads : ATTEND_HEAD_GROUP;
-}
-
-static head_scratch scratch_of_share(const moe_ctx *c, const moe_config *cfg, int share, int g) {
-    int R = cfg->kv_lora_rank;
-    float *base = c->share_attn + ((size_t)share * group_max(cfg) + g) * c->attn_scratch;
+static head_scratch scratch_of_share(const moe_ctx *c, int R, int share) {
+    float *base = c->share_attn + (size_t)share * c->attn_scratch;
     return (head_scratch){ base, base + R, base + 2 * R };
 }
 
@@ -67,40 +62,6 @@ static void head_absorbed(const moe_model *m, const moe_kv *kv, const layer_weig
     for (int t = 0; t <= p; t++) vec_axpy(w->o_lat, w->scores[t], cache + (size_t)t * ld, R);
     /* o = W_UV[h] o_lat: the head's dv value rows */
     matvec_rows(&lw->kv_b, w->o_lat, o, head_row + dn, head_row + dn + dv);
-}
-
-/* Absorbed attention of heads h0..h0+G-1 of one query (q_tok: its [nh, dq], rotated; o_tok:
- * its [nh, dv]), each head as head_absorbed with the same operations in the same order (so
- * bit-identical), but each cache row is read once for the G heads: a long cache streams
- * from memory twice per group (scores, then the latent sum) instead of twice per head. */
-static void heads_absorbed(const moe_model *m, const moe_kv *kv, const layer_weights *lw, int layer, int h0, int G,
-                           const float *q_tok, int seq, int p, float *o_tok, head_scratch *w) {
-    const moe_config *c = &m->cfg;
-    int dn = c->qk_nope_head_dim, dr = c->qk_rope_head_dim, dv = c->v_head_dim, R = c->kv_lora_rank, dq = dn + dr;
-    float scale = m->rope.softmax_scale;
-    for (int g = 0; g < G; g++) {
-        int head_row = (h0 + g) * (dn + dv);
-        matvec_t_rows(&lw->kv_b, q_tok + (size_t)(h0 + g) * dq, w[g].q_abs, head_row, head_row + dn);
-    }
-    const float *cache = kv_row(kv, seq, layer, 0);
-    size_t ld = (size_t)kv->width;
-    for (int t = 0; t <= p; t++) {
-        const float *row = cache + (size_t)t * ld;
-        for (int g = 0; g < G; g++)
-            w[g].scores[t] = scale * (vec_dot(w[g].q_abs, row, R) + vec_dot(q_tok + (size_t)(h0 + g) * dq + dn, row + R, dr));
-    }
-    for (int g = 0; g < G; g++) {
-        softmax(w[g].scores, p + 1);
-        memset(w[g].o_lat, 0, sizeof(float) * (size_t)R);
-    }
-    for (int t = 0; t <= p; t++) {
-        const float *row = cache + (size_t)t * ld;
-        for (int g = 0; g < G; g++) vec_axpy(w[g].o_lat, w[g].scores[t], row, R);
-    }
-    for (int g = 0; g < G; g++) {
-        int head_row = (h0 + g) * (dn + dv);
-        matvec_rows(&lw->kv_b, w[g].o_lat, o_tok + (size_t)(h0 + g) * dv, head_row + dn, head_row + dn + dv);
-    }
 }
 
 /* Naive attention of head h: K and V of every cached position of the token's sequence are
@@ -133,7 +94,6 @@ typedef struct {
     int n_tok;
     const batch_span *span;   /* attend_span_gemm: the span */
     int naive;                /* naive MLA (head_naive) instead of absorbed */
-    int group;                /* heads per per-token item (naive: 1) */
     atomic_int next;
 } attend_job;
 
@@ -144,19 +104,15 @@ static void attend_share(void *arg, int share, int n_shares) {
     const moe_ctx *c = job->c;
     const moe_config *cfg = &m->cfg;
     int nh = cfg->num_attention_heads, dq = cfg->qk_nope_head_dim + cfg->qk_rope_head_dim, dv = cfg->v_head_dim;
-    head_scratch w[ATTEND_HEAD_GROUP];
-    for (int g = 0; g < group_max(cfg); g++) w[g] = scratch_of_share(c, cfg, share, g);
-    int G = job->group, n_groups = (nh + G - 1) / G;
+    head_scratch w = scratch_of_share(c, cfg->kv_lora_rank, share);
     for (;;) {
         int item = atomic_fetch_add(&job->next, 1);
-        if (item >= job->n_tok * n_groups) break;
-        int t = job->tok[item / n_groups], h = item % n_groups * G, g_n = nh - h < G ? nh - h : G;
+        if (item >= job->n_tok * nh) break;
+        int t = job->tok[item / nh], h = item % nh;
         const float *qh = c->q + (size_t)t * nh * dq + (size_t)h * dq;
         float *o = c->attn + (size_t)t * nh * dv + (size_t)h * dv;
-        if (job->naive) head_naive(m, c, job->layer, h, qh, c->seq[t], c->pos[t], o, &w[0]);
-        else if (g_n == 1) head_absorbed(m, c->kv, job->lw, job->layer, h, qh, c->seq[t], c->pos[t], o, &w[0]);
-        else heads_absorbed(m, c->kv, job->lw, job->layer, h, g_n, c->q + (size_t)t * nh * dq, c->seq[t], c->pos[t],
-                            c->attn + (size_t)t * nh * dv, w);
+        if (job->naive) head_naive(m, c, job->layer, h, qh, c->seq[t], c->pos[t], o, &w);
+        else head_absorbed(m, c->kv, job->lw, job->layer, h, qh, c->seq[t], c->pos[t], o, &w);
     }
 }
 
@@ -235,16 +191,7 @@ static void attend_tokens(const moe_model *m, moe_ctx *c, const layer_weights *l
     size_t work = 0;
     for (int i = 0; i < n_tok; i++)
         work += (size_t)nh * ((size_t)(c->pos[tok[i]] + 1) * (size_t)(R + dr) + (size_t)(dn + dv) * R);
-    /* heads per item: all (up to ATTEND_HEAD_GROUP) on one thread; split so that each thread
-     * has a group when the pool runs it and there are fewer tokens than threads */
-    int par = c->pool && threadpool_threads(c->pool) > 1 && n_tok * nh > 1 && work >= ATTEND_PARALLEL_MIN;
-    int G = group_max(cfg);
-    if (par && n_tok < threadpool_threads(c->pool)) {
-        int per = (nh * n_tok + threadpool_threads(c->pool) - 1) / threadpool_threads(c->pool);
-        if (per < G) G = per;
-    }
-    job.group = naive ? 1 : G;
-    if (par)
+    if (c->pool && threadpool_threads(c->pool) > 1 && n_tok * nh > 1 && work >= ATTEND_PARALLEL_MIN)
         threadpool_run(c->pool, attend_share, &job);
     else
         attend_share(&job, 0, 1);

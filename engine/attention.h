@@ -8,10 +8,6 @@
  * c->seq[t]); out: [n, H]. Writes (c_kv, k_pe) of these tokens into their sequences' latent
  * cache, then each attends causally over its own sequence's positions 0..pos.
  * Uses m->opt.attn (absorbed or naive). */
-/* Decoding attends up to this many heads of one token per work item, reading each cache row
- * once for all of them (the context's per-share scratch holds this many heads' 2R + S). */
-#define ATTEND_HEAD_GROUP 8
-
 void attention_forward(const moe_model *m, moe_ctx *c, int layer, const float *xn, float *out);
 
 #endif

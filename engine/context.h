@@ -91,8 +91,8 @@ typedef struct moe_ctx {
     float *hidden;      /* [B, H] hidden after the final norm */
     float *mtp_in;      /* [B, 2H] [enorm(embedding); hnorm(hidden)] */
     /* attention scratch, per share of the pool: q_abs [R], o_lat [R], scores [S] */
-    size_t attn_scratch;   /* floats per head of a share's group: 2R + S */
-    float *share_attn;     /* [P, min(nh, ATTEND_HEAD_GROUP), attn_scratch]: per share, per head of its group */
+    size_t attn_scratch;   /* floats per share: 2R + S */
+    float *share_attn;     /* [P, attn_scratch] */
     float *kv_full;     /* [S, nh*(dn+dv)] naive attention only (NULL otherwise) */
     float *pf_qabs;     /* [P, B, R] prefill attention, per share: Q_abs of one head */
     float *pf_p;        /* [P, B, S] its scores / probabilities */

@@ -93,7 +93,7 @@ int ctx_init(moe_ctx *s, const moe_model *m, moe_error *err) {
     ALLOC(s->hidden, (size_t)B * H);
     ALLOC(s->mtp_in, (size_t)B * 2 * H);
     s->attn_scratch = (size_t)2 * R + S;
-    ALLOC(s->share_attn, (size_t)s->n_shares * (nh < ATTEND_HEAD_GROUP ? nh : ATTEND_HEAD_GROUP) * s->attn_scratch);
+    ALLOC(s->share_attn, (size_t)s->n_shares * s->attn_scratch);
     ALLOC(s->pf_qabs, (size_t)s->n_shares * B * R);
     ALLOC(s->pf_p, (size_t)s->n_shares * B * S);
     ALLOC(s->pf_olat, (size_t)s->n_shares * B * R);
