@@ -32,6 +32,23 @@ if "$MOE" bench -m "$T/c" -p 8 -n 4 -r 1 -t 1 --json --profile --dtype q8 >"$T/j
     grep -q "profile, decode" "$T/err" && ok || bad "--profile table"
 else bad "bench --json: $(cat "$T/err")"; fi
 
+# depth (-d): one row per depth and thread count, named llama-bench's way, KV bytes read per decoded
+# token = main layers x (R + dr) x 4 B x (depth + tg-prompt + (n+1)/2) positions (golden tiny: 2 layers x 40 floats)
+if "$MOE" bench -m "$T/c" -p 8 -n 4 -r 2 -t 1,2 -d 0,40 >"$T/out" 2>"$T/err"; then
+    [ "$(grep -c '| *tg4 @ d40 |' "$T/out")" -eq 2 ] && [ "$(grep -c '| *pp8 @ d40 |' "$T/out")" -eq 2 ] &&
+        [ "$(grep -c '| *tg4 |' "$T/out")" -eq 2 ] && ok || bad "-d rows: $(cat "$T/out")"
+    # 2 x 40 x 4 x (40 + 8 + 2.5) = 16160 B; at depth 0: 2 x 40 x 4 x 10.5 = 3360 B
+    grep -q '| *tg4 @ d40 | .* | *0.016 | ' "$T/out" && grep -q '| *tg4 | .* | *0.003 | ' "$T/out" && ok ||
+        bad "-d KV MB/tok: $(cat "$T/out")"
+    grep -q "x 4 B = [0-9]* B per token; 53 positions allocated" "$T/out" && ok || bad "-d context = 40 + 12 + 1: $(cat "$T/out")"
+else bad "bench -d: $(cat "$T/err")"; fi
+if "$MOE" bench -m "$T/c" -p 0 -n 4 -r 1 -t 1 -d 24 --json >"$T/json" 2>"$T/err"; then
+    grep -q '"test": "tg4 @ d24"' "$T/json" && grep -q '"n_depth": 24' "$T/json" && ok || bad "-d json test: $(cat "$T/json")"
+    # 2 x 40 x 4 x (24 + 8 + 2.5) = 11040
+    grep -q '"kv_bytes_read_per_token": 11040' "$T/json" && ok || bad "-d json kv bytes: $(cat "$T/json")"
+else bad "bench -d --json: $(cat "$T/err")"; fi
+"$MOE" bench -m "$T/c" -d 1,x -r 1 >"$T/out" 2>&1; [ $? -eq 2 ] && [ "$(wc -l <"$T/out")" -eq 1 ] && grep -q -- "-d" "$T/out" &&
+    ok || bad "-d bad list: $(cat "$T/out")"
 "$MOE" bench --membw --membw-mib 16 >"$T/out" 2>&1 && grep -q "memory read bandwidth" "$T/out" && ok || bad "--membw"
 # with -m: bandwidth measured beside each tg rep, one sample per rep, bw_fraction from them
 if "$MOE" bench -m "$T/c" -p 0 -n 4 -r 3 -t 1,2 --membw --membw-mib 16 --json >"$T/json" 2>"$T/err"; then

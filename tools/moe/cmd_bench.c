@@ -5,6 +5,15 @@
  * Legend
  *   ppN       prefill: N random tokens in one model_forward call from position 0
  *             (one chunk: batch = N unless --batch), last token's logits only
+ *   @ dD      (-d D1,D2,...) the test run after D random tokens already in the cache (llama-bench's
+ *             -d): the slot is filled once per depth (untimed, positions [0, D)), then every rep's
+ *             ppN runs at positions [D, D+N) and tgN's prompt and steps start at D; the fill is
+ *             kept (a pass from p0 drops only what the slot held from p0 on). Depths run one
+ *             after another (reps alternate thread counts within a depth); the context is sized
+ *             max D + max(N_pp, tg-prompt + N_tg) + 1
+ *   KV B/tok  cache bytes one decoded token reads: every main layer's latent row (R + dr floats)
+ *             of every position it attends to, counted once per layer (the heads of a layer
+ *             share the rows), averaged over the tg steps: (D + tg-prompt + (N+1)/2) positions
  *   tgN       decode: a short random prompt (--tg-prompt, untimed), then N
  *             single-token model_forward calls, each fed the previous argmax;
  *             only the forward calls are timed (argmax = "sampling" is timed
@@ -24,7 +33,7 @@
  *   on-CPU    tokens / (process CPU seconds / threads): on a machine shared
  *             with other work, what the run would have done had it not waited
  *             for a CPU (the load average is printed beside it)
- *   GB/s      bytes/tok x median tg t/s; "bw%" divides by the memory read bandwidth for
+ *   GB/s      (bytes/tok + KV B/tok) x median tg t/s; "bw%" divides by the memory read bandwidth for
  *             that thread count: measured beside every repetition (--membw with -m),
  *             given (--bw), or the defaults 32.9 GB/s (1 thread) / 51.9 GB/s (2+)
  *   seqs      (--seqs) B sequences, each prefilled with --tg-prompt random tokens, then -n passes
@@ -60,6 +69,8 @@
 #endif
 
 #define MAX_THREAD_CONFIGS 8
+#define MAX_DEPTHS 4
+#define MAX_RUNS (MAX_THREAD_CONFIGS * MAX_DEPTHS)
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -81,6 +92,9 @@ static void usage(FILE *f) {
             "                      and the bytes sent per decoded token and per prefill chunk (docs/ep.md)\n"
             "  --batch N           tokens per forward chunk in prefill (default: the whole prompt)\n"
             "  --tg-prompt N       untimed prompt before the decode test (default 8)\n"
+            "  -d, --n-depth LIST  depths, e.g. 0,4096,16384: each test run after that many tokens already in the\n"
+            "                      cache (untimed fill; llama-bench -d); the KV bytes a decoded token reads are\n"
+            "                      shown beside the weight bytes (default 0)\n"
             "  --membw             measure memory read bandwidth: alone, on 1 and all threads; with -m, beside every\n"
             "                      tg repetition on its thread count (bw %% = median of per-rep fractions)\n"
             "  --membw-mib N       size of the array --membw reads (default 1024)\n"
@@ -317,6 +331,9 @@ static void fmt_count(char *buf, size_t n, double v) {
 
 typedef struct {
     int threads;
+    int depth;                  /* tokens in the cache before the test (-d) */
+    double kv_bytes_tok;        /* KV bytes read per decoded token at this depth (legend) */
+    int owns_pool;              /* pool made for this run (freed with it) */
     threadpool *pool;           /* NULL for 1 thread */
     double *pp, *tg;            /* t/s per rep */
     double *pp_cpu, *tg_cpu;    /* on-CPU estimate per rep: tokens / (process CPU seconds / threads) */
@@ -355,7 +372,7 @@ static void ep_add(int sign, double *s, uint64_t *bytes, uint64_t *n) {
     *n += (uint64_t)((int64_t)sign * (int64_t)k);
 }
 
-static double run_pp(moe_session *e, int n_prompt, float *logits, uint64_t *seed, model_profile *prof, double *cpu_s,
+static double run_pp(moe_session *e, int depth, int n_prompt, float *logits, uint64_t *seed, model_profile *prof, double *cpu_s,
                      moe_error *err) {
     const moe_model *m = &e->m;
     int *toks = malloc(sizeof(int) * (size_t)n_prompt);
@@ -364,7 +381,7 @@ static double run_pp(moe_session *e, int n_prompt, float *logits, uint64_t *seed
     e->c.prof = prof;
     ep_add(-1, &ep_pp.s, &ep_pp.bytes, &ep_pp.n);
     double t0 = cli_now(), c0 = cpu_now();
-    int rc = model_forward_seq(m, &e->c, &e->kv, 0, toks, n_prompt, 0, logits, 0, NULL, err);
+    int rc = model_forward_seq(m, &e->c, &e->kv, 0, toks, n_prompt, depth, logits, 0, NULL, err);
     double dt = cli_now() - t0;
     ep_add(1, &ep_pp.s, &ep_pp.bytes, &ep_pp.n);
     *cpu_s = cpu_now() - c0;
@@ -374,13 +391,13 @@ static double run_pp(moe_session *e, int n_prompt, float *logits, uint64_t *seed
 }
 
 /* One decode run: untimed prompt, then n_gen timed single-token steps. */
-static double run_tg(moe_session *e, int n_prompt, int n_gen, float *logits, uint64_t *seed, model_profile *prof,
+static double run_tg(moe_session *e, int depth, int n_prompt, int n_gen, float *logits, uint64_t *seed, model_profile *prof,
                      double *argmax_ns, double *cpu_s, moe_error *err) {
     const moe_model *m = &e->m;
     int toks[256];
     if (n_prompt > 256) n_prompt = 256;
     random_tokens(toks, n_prompt, m->cfg.vocab_size, seed);
-    if (model_forward_seq(m, &e->c, &e->kv, 0, toks, n_prompt, 0, logits, 0, NULL, err)) return -1;
+    if (model_forward_seq(m, &e->c, &e->kv, 0, toks, n_prompt, depth, logits, 0, NULL, err)) return -1;
     int next = sampler_argmax(logits, m->cfg.vocab_size);
     double busy = 0;
     *cpu_s = 0;
@@ -388,7 +405,7 @@ static double run_tg(moe_session *e, int n_prompt, int n_gen, float *logits, uin
     for (int i = 0; i < n_gen; i++) {
         e->c.prof = prof;
         double t0 = cli_now(), c0 = cpu_now();
-        int rc = model_forward_seq(m, &e->c, &e->kv, 0, &next, 1, n_prompt + i, logits, 0, NULL, err);
+        int rc = model_forward_seq(m, &e->c, &e->kv, 0, &next, 1, depth + n_prompt + i, logits, 0, NULL, err);
         double t1 = cli_now();
         *cpu_s += cpu_now() - c0;
         e->c.prof = NULL;
@@ -420,16 +437,17 @@ static double bw_for(const report *r, int threads) { return threads > 1 ? r->bw[
  * bandwidth (the median of the per-rep fractions when bandwidth was measured beside each
  * rep; else against the report's figure for the thread count). */
 static void tg_bandwidth(const report *rp, const config_run *c, int reps, double *gbs, double *frac) {
-    *gbs = cli_median(c->tg, reps) * rp->bytes_tok / 1e9;
+    double bytes = rp->bytes_tok + c->kv_bytes_tok;
+    *gbs = cli_median(c->tg, reps) * bytes / 1e9;
     if (!c->bw) { *frac = *gbs / bw_for(rp, c->threads); return; }
     double f[reps];
-    for (int r = 0; r < reps; r++) f[r] = c->tg[r] * rp->bytes_tok / 1e9 / c->bw[r];
+    for (int r = 0; r < reps; r++) f[r] = c->tg[r] * bytes / 1e9 / c->bw[r];
     *frac = cli_median(f, reps);
 }
 
 /* A markdown table with columns padded to their widest cell; numeric columns right-aligned. */
-#define TAB_COLS 11
-#define TAB_ROWS 2 * MAX_THREAD_CONFIGS + 1
+#define TAB_COLS 12
+#define TAB_ROWS 2 * MAX_RUNS + 1
 typedef struct { char cell[TAB_ROWS][TAB_COLS][64]; int rows; } table;
 
 static void table_print(FILE *f, const table *t, const int *right) {
@@ -459,9 +477,9 @@ static void table_print(FILE *f, const table *t, const int *right) {
 
 static void print_table(FILE *f, const report *rp, config_run *runs, int n_runs, int n_prompt, int n_gen, int reps) {
     static const char *head[TAB_COLS] = {"model", "size", "params", "backend", "threads", "test", "t/s", "median",
-                                         "on-CPU t/s", "GB/s", "bw %"};
-    static const int right[TAB_COLS] = {0, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1};
-    table t;
+                                         "on-CPU t/s", "KV MB/tok", "GB/s", "bw %"};
+    static const int right[TAB_COLS] = {0, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1};
+    static table t;
     memset(&t, 0, sizeof t);
     for (int c = 0; c < TAB_COLS; c++) snprintf(t.cell[0][c], 64, "%s", head[c]);
     t.rows = 1;
@@ -478,15 +496,17 @@ static void print_table(FILE *f, const report *rp, config_run *runs, int n_runs,
             snprintf(row[2], 64, "%s", rp->params);
             snprintf(row[3], 64, "%s", rp->backend);
             snprintf(row[4], 64, "%d", c->threads);
-            snprintf(row[5], 64, "%s%d", which == 0 ? "pp" : "tg", n_tok);
+            if (c->depth > 0) snprintf(row[5], 64, "%s%d @ d%d", which == 0 ? "pp" : "tg", n_tok, c->depth);
+            else snprintf(row[5], 64, "%s%d", which == 0 ? "pp" : "tg", n_tok);
             snprintf(row[6], 64, "%.2f ± %.2f", mean, sd_of(v, reps));
             snprintf(row[7], 64, "%.2f", cli_median(v, reps));
             snprintf(row[8], 64, "%.2f", cli_median(vc, reps));
             if (which == 1) {
                 double gbs, frac;
                 tg_bandwidth(rp, c, reps, &gbs, &frac);
-                snprintf(row[9], 64, "%.2f", gbs);
-                snprintf(row[10], 64, "%.1f", 100 * frac);
+                snprintf(row[9], 64, "%.3f", c->kv_bytes_tok / 1e6);
+                snprintf(row[10], 64, "%.2f", gbs);
+                snprintf(row[11], 64, "%.1f", 100 * frac);
             }
         }
     }
@@ -542,7 +562,7 @@ int cmd_bench(int argc, char **argv) {
     const char *dir = NULL, *threads_arg = NULL;
     long n_prompt = 512, n_gen = 128, reps = 5, batch = 0, tg_prompt = 8, seed = 42, membw_mib = 1024;
     int json = 0, profile = 0, membw = 0, bw_given = 0, mtp = 0;
-    const char *mtp_text = NULL, *seqs_arg = NULL;
+    const char *mtp_text = NULL, *seqs_arg = NULL, *depth_arg = NULL;
     mtp_arm mtp_result = {0};
     seqs_arm seqs_result[MAX_THREAD_CONFIGS];
     int seqs_b[SEQS_MAX_CONFIGS], n_seqs = 0, n_seqs_runs = 0;
@@ -596,6 +616,7 @@ int cmd_bench(int argc, char **argv) {
         else if (!strcmp(a, "--mtp-text")) { if (!(mtp_text = cli_value(argc, argv, &i, "bench"))) return 2; mtp = 1; }
         else if (!strcmp(a, "--membw")) membw = 1;
         else if (!strcmp(a, "--act-lowp")) cli_act_lowp("bench");
+        else if (!strcmp(a, "-d") || !strcmp(a, "--n-depth")) { if (!(depth_arg = cli_value(argc, argv, &i, "bench"))) return 2; }
         else if (!strcmp(a, "--seqs")) { if (!(seqs_arg = cli_value(argc, argv, &i, "bench"))) return 2; }
         else {
             fprintf(stderr, "moe bench: unknown option '%s' (see moe bench --help)\n", a);
@@ -622,6 +643,27 @@ int cmd_bench(int argc, char **argv) {
         free(ids);
     } else {
         threads[n_cfg++] = threadpool_default_threads();
+    }
+    /* depths (-d) */
+    int depths[MAX_DEPTHS] = {0}, n_depth = 1, max_depth = 0;
+    if (depth_arg) {
+        n_depth = 0;
+        int *ids = NULL;
+        moe_error e = {{0}};
+        int n = cli_parse_ids(depth_arg, &ids, &e);
+        if (n < 1 || n > MAX_DEPTHS) {
+            fprintf(stderr, "moe bench: -d wants 1 to %d depths like 0,4096,16384 (%s)\n", MAX_DEPTHS,
+                    n < 0 ? e.msg : "got none or too many");
+            free(ids);
+            return 2;
+        }
+        for (int k = 0; k < n; k++) {
+            if (ids[k] < 0 || ids[k] > (1 << 20)) { fprintf(stderr, "moe bench: -d: depths must be in [0, 1048576]\n"); free(ids); return 2; }
+            depths[n_depth++] = ids[k];
+            if (ids[k] > max_depth) max_depth = ids[k];
+        }
+        free(ids);
+        if (seqs_arg || mtp) { fprintf(stderr, "moe bench: -d applies to the pp/tg tests, not to --seqs or --mtp\n"); return 2; }
     }
     if (seqs_arg) {
         int *ids = NULL;
@@ -674,7 +716,7 @@ int cmd_bench(int argc, char **argv) {
     int max_t = 1;
     for (int k = 0; k < n_cfg; k++) if (threads[k] > max_t) max_t = threads[k];
     opt.n_threads = max_t;
-    opt.max_seq = (int)((n_prompt > tg_prompt + n_gen ? n_prompt : tg_prompt + n_gen) + 1 + (mtp ? 2 : 0));
+    opt.max_seq = (int)(max_depth + (n_prompt > tg_prompt + n_gen ? n_prompt : tg_prompt + n_gen) + 1 + (mtp ? 2 : 0));
     opt.batch_max = (int)(batch > 0 ? batch : n_prompt > 0 ? n_prompt : 64);
     for (int k = 0; k < n_seqs; k++)
         if (seqs_b[k] > opt.batch_max) opt.batch_max = seqs_b[k];   /* one pass holds a token of every sequence */
@@ -690,13 +732,18 @@ int cmd_bench(int argc, char **argv) {
     }
     if (cli_load_engine(&e, dir, &opt, 1, "bench", 0)) return 1;      /* stderr: fine with --json */
     threadpool *own_pool = e.c.pool;
-    config_run runs[MAX_THREAD_CONFIGS];
+    config_run runs[MAX_RUNS];   /* [n_depth][n_cfg]: depth-major */
     memset(runs, 0, sizeof runs);
+    int n_thr = n_cfg;           /* thread configurations; n_cfg counts runs from here on */
+    n_cfg = n_thr * n_depth;
     int rc = 1;
     float *logits = malloc(sizeof(float) * (size_t)e.m.cfg.vocab_size);
     if (!logits) { fprintf(stderr, "moe bench: out of memory\n"); goto done; }
+    size_t kv_row_bytes = (size_t)e.m.cfg.num_hidden_layers * (size_t)e.kv.width * sizeof(float);   /* main layers, one position */
     for (int k = 0; k < n_cfg; k++) {
-        runs[k].threads = threads[k];
+        runs[k].threads = threads[k % n_thr];
+        runs[k].depth = depths[k / n_thr];
+        runs[k].kv_bytes_tok = (double)kv_row_bytes * (runs[k].depth + tg_prompt + (n_gen + 1) / 2.0);
         runs[k].pp = calloc((size_t)reps, sizeof(double));
         runs[k].tg = calloc((size_t)reps, sizeof(double));
         runs[k].pp_cpu = calloc((size_t)reps, sizeof(double));
@@ -706,10 +753,14 @@ int cmd_bench(int argc, char **argv) {
             fprintf(stderr, "moe bench: out of memory\n");
             goto done;
         }
-        if (threads[k] == max_t) runs[k].pool = own_pool;
-        else if (threads[k] > 1 && !(runs[k].pool = model_pool_create(&e.m, threads[k]))) {
-            fprintf(stderr, "moe bench: cannot start %d threads\n", threads[k]);
-            goto done;
+        if (runs[k].threads == max_t) runs[k].pool = own_pool;
+        else if (k >= n_thr) runs[k].pool = runs[k % n_thr].pool;   /* same threads, shallower depth's pool */
+        else if (runs[k].threads > 1) {
+            if (!(runs[k].pool = model_pool_create(&e.m, runs[k].threads))) {
+                fprintf(stderr, "moe bench: cannot start %d threads\n", runs[k].threads);
+                goto done;
+            }
+            runs[k].owns_pool = 1;
         }
     }
     /* facts */
@@ -732,14 +783,26 @@ int cmd_bench(int argc, char **argv) {
     /* warm-up, then reps alternating thread counts */
     uint64_t rs = (uint64_t)seed;
     moe_error err = {{0}};
-    for (int r = -1; r < reps && !n_seqs; r++) {   /* --seqs: its own runs instead (below) */
-        for (int k = 0; k < n_cfg; k++) {
+    for (int di = 0; di < n_depth && !n_seqs; di++) {
+      if (depths[di] > 0) {   /* the untimed fill: positions [0, D) of slot 0, kept by every rep */
+        int *fill = malloc(sizeof(int) * (size_t)depths[di]);
+        if (!fill) { fprintf(stderr, "moe bench: out of memory\n"); goto done; }
+        random_tokens(fill, depths[di], e.m.cfg.vocab_size, &rs);
+        e.c.pool = own_pool;
+        double t0 = cli_now();
+        int frc = model_forward_seq(&e.m, &e.c, &e.kv, 0, fill, depths[di], 0, logits, 0, NULL, &err);
+        free(fill);
+        if (frc) { fprintf(stderr, "moe bench: %s\n", err.msg); goto done; }
+        fprintf(stderr, "\r%70s\rdepth %d: filled the cache in %.1f s (untimed)\n", "", depths[di], cli_now() - t0);
+      }
+      for (int r = -1; r < reps; r++) {   /* --seqs: its own runs instead (below) */
+        for (int k = di * n_thr; k < (di + 1) * n_thr; k++) {
             config_run *c = &runs[k];
             e.c.pool = c->pool;
             int timed = r >= 0;
             if (n_prompt > 0) {
                 double cpu_s = 0;
-                double v = run_pp(&e, (int)n_prompt, logits, &rs, timed && profile ? &c->prof_pp : NULL, &cpu_s, &err);
+                double v = run_pp(&e, c->depth, (int)n_prompt, logits, &rs, timed && profile ? &c->prof_pp : NULL, &cpu_s, &err);
                 if (v < 0) { fprintf(stderr, "moe bench: %s\n", err.msg); goto done; }
                 if (timed) {
                     c->pp[r] = v;
@@ -751,7 +814,7 @@ int cmd_bench(int argc, char **argv) {
                 double cpu_s = 0;
                 if (timed && c->bw) c->bw[r] = membw_sweeps(&membw_arr, c->pool, 3);
                 int steps = (int)(timed ? n_gen : (n_gen < 16 ? n_gen : 16));
-                double v = run_tg(&e, (int)tg_prompt, steps, logits, &rs,
+                double v = run_tg(&e, c->depth, (int)tg_prompt, steps, logits, &rs,
                                   timed && profile ? &c->prof_tg : NULL, timed && profile ? &c->argmax_ns : NULL, &cpu_s, &err);
                 if (v < 0) { fprintf(stderr, "moe bench: %s\n", err.msg); goto done; }
                 if (timed) {
@@ -764,6 +827,7 @@ int cmd_bench(int argc, char **argv) {
                 fprintf(stderr, "\rrep %d/%ld, %d thread%s: pp %.1f t/s, tg %.1f t/s      ", r + 1, reps, c->threads,
                         c->threads > 1 ? "s" : "", n_prompt > 0 ? c->pp[r] : 0, n_gen > 0 ? c->tg[r] : 0);
         }
+      }
     }
     fprintf(stderr, "\r%70s\r", "");
     if (cli_ep_on()) {   /* warm-up included: the same steps as the timed ones */
@@ -777,7 +841,7 @@ int cmd_bench(int argc, char **argv) {
     e.c.pool = own_pool;
     if (n_seqs) {   /* B sequences per pass, every thread count */
         seqs_bytes sb = pass_bytes(&e.m);
-        for (int k = 0; k < n_cfg; k++) {
+        for (int k = 0; k < n_thr; k++) {
             e.c.pool = runs[k].pool;
             for (int r = 0; membw_arr.a && r < reps; r++) runs[k].bw[r] = membw_sweeps(&membw_arr, runs[k].pool, 3);
             if (seqs_arm_run(&e.m, &e.c, seqs_b, n_seqs, (int)tg_prompt, (int)n_gen, (int)reps, (uint64_t)seed, &sb, profile,
@@ -805,6 +869,9 @@ int cmd_bench(int argc, char **argv) {
     int kv_floats = e.m.cfg.kv_lora_rank + e.m.cfg.qk_rope_head_dim;
     fprintf(tab, "\nweights read per decoded token: %.2f MB (attention + router + %d of %d experts + shared + dense + head)\n",
             rp.bytes_tok / 1e6, e.m.K, e.m.cfg.n_routed_experts);
+    fprintf(tab, "KV cache read per decoded token: %.3f MB per 1000 positions in the cache (%d main layers x %d floats x 4 B "
+                 "per position; KV MB/tok: at each test's depth, legend of cmd_bench.c)\n",
+            (double)kv_row_bytes * 1000 / 1e6, e.m.cfg.num_hidden_layers, e.kv.width);
     fprintf(tab, "on-CPU t/s = tokens / (process CPU seconds / threads): the speed if the runs had not waited for the "
                  "CPU (load average %s at start, %s at end)\n", load_start, load_end);
     fprintf(tab, "memory bandwidth used for bw %%: %.1f GB/s (1 thread), %.1f GB/s (2+ threads): %s\n", rp.bw[0], rp.bw[1],
@@ -834,8 +901,9 @@ int cmd_bench(int argc, char **argv) {
                 int n_tok = which == 0 ? (int)n_prompt : (int)n_gen;
                 if (n_tok <= 0) continue;
                 double *v = which == 0 ? c->pp : c->tg, *vc = which == 0 ? c->pp_cpu : c->tg_cpu;
-                char test[16];
-                snprintf(test, sizeof test, "%s%d", which == 0 ? "pp" : "tg", n_tok);
+                char test[40];
+                if (c->depth > 0) snprintf(test, sizeof test, "%s%d @ d%d", which == 0 ? "pp" : "tg", n_tok, c->depth);
+                else snprintf(test, sizeof test, "%s%d", which == 0 ? "pp" : "tg", n_tok);
                 json_t *samples = json_array();
                 for (int r = 0; r < reps; r++) json_array_append_new(samples, json_real(v[r]));
                 json_t *o = json_pack("{s:s, s:s, s:s, s:I, s:I, s:s, s:s, s:i, s:s, s:i, s:i, s:f, s:f, s:f, s:o}",
@@ -850,6 +918,7 @@ int cmd_bench(int argc, char **argv) {
                     double gbs, frac;
                     tg_bandwidth(&rp, c, (int)reps, &gbs, &frac);
                     json_object_set_new(o, "weight_bytes_per_token", json_real(rp.bytes_tok));
+                    json_object_set_new(o, "kv_bytes_read_per_token", json_real(c->kv_bytes_tok));
                     json_object_set_new(o, "gbps", json_real(gbs));
                     json_object_set_new(o, "bw_gbps", json_real(c->bw ? cli_median(c->bw, (int)reps) : bw_for(&rp, c->threads)));
                     json_object_set_new(o, "bw_fraction", json_real(frac));
@@ -868,6 +937,7 @@ int cmd_bench(int argc, char **argv) {
                 for (int r = 0; r < reps; r++) json_array_append_new(cs, json_real(vc[r]));
                 json_object_set_new(o, "oncpu_samples_ts", cs);
                 json_object_set_new(o, "oncpu_median_ts", json_real(cli_median(vc, (int)reps)));
+                json_object_set_new(o, "n_depth", json_integer(c->depth));
                 json_object_set_new(o, "loadavg_start", json_string(load_start));
                 json_object_set_new(o, "loadavg_end", json_string(load_end));
                 json_object_set_new(o, "peak_rss", json_integer((json_int_t)peak_rss_bytes()));
@@ -893,7 +963,7 @@ int cmd_bench(int argc, char **argv) {
 done:
     e.c.pool = own_pool;
     for (int k = 0; k < n_cfg; k++) {
-        if (runs[k].pool && runs[k].pool != own_pool) threadpool_free(runs[k].pool);
+        if (runs[k].owns_pool) threadpool_free(runs[k].pool);
         free(runs[k].pp);
         free(runs[k].tg);
         free(runs[k].pp_cpu);
