@@ -1,6 +1,8 @@
 /* router.c - gate scores, selection bias, group-limited top-k, gate weights (see router.h). */
 #include "router.h"
 
+#include "kernels.h"
+
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,13 +19,14 @@ int router_scratch_init(router_scratch *s, const moe_config *cfg, const router_o
     if (s->k < 1 || s->k > s->E)
         return moe_error_set(err, "experts per token = %d must be in [1, %d]", s->k, s->E);
     s->ids = malloc(sizeof(int) * (size_t)s->k);
+    s->top = malloc(sizeof(int) * (size_t)(s->k + 1));
     s->weights = malloc(sizeof(float) * (size_t)s->k);
     s->scores = malloc(sizeof(float) * (size_t)s->E);
     s->sel = malloc(sizeof(float) * (size_t)s->E);
     s->taken = malloc((size_t)s->E);
     s->groups = malloc(sizeof(int) * (size_t)s->G);
     s->group_score = malloc(sizeof(float) * (size_t)s->G);
-    if (!s->ids || !s->weights || !s->scores || !s->sel || !s->taken || !s->groups || !s->group_score) {
+    if (!s->ids || !s->top || !s->weights || !s->scores || !s->sel || !s->taken || !s->groups || !s->group_score) {
         router_scratch_free(s);
         return moe_error_set(err, "out of memory for router scratch");
     }
@@ -31,7 +34,7 @@ int router_scratch_init(router_scratch *s, const moe_config *cfg, const router_o
 }
 
 void router_scratch_free(router_scratch *s) {
-    free(s->ids); free(s->weights); free(s->scores); free(s->sel);
+    free(s->ids); free(s->top); free(s->weights); free(s->scores); free(s->sel);
     free(s->taken); free(s->groups); free(s->group_score);
     memset(s, 0, sizeof *s);
 }
@@ -98,18 +101,19 @@ void router_select(const moe_config *cfg, const router_options *opt, const float
         out->n_groups_kept = n;
         out->group_scores = s->group_score;
     }
-    /* 4. top-k of the selection scores, weights from the unbiased scores */
-    memset(s->taken, 0, (size_t)E);
+    /* 4. top-k of the selection scores (and the runner-up, for the margin), weights from the
+     *    unbiased scores; router_topk (kernels/router_avx512.c) = k passes of argmax_free */
+    int kk = k < E ? k + 1 : k;
+    router_topk(s->sel, E, kk, s->top);
     double sum = 0;
     for (int j = 0; j < k; j++) {
-        int e = argmax_free(s->sel, s->taken, E);
-        s->taken[e] = 1;
+        int e = s->top[j];
         s->ids[j] = e;
         s->weights[j] = s->scores[e];
         sum += s->scores[e];
     }
     out->margin = INFINITY;
-    if (k < E) out->margin = s->sel[s->ids[k - 1]] - s->sel[argmax_free(s->sel, s->taken, E)];
+    if (k < E) out->margin = s->sel[s->ids[k - 1]] - s->sel[s->top[k]];
     if (cfg->norm_topk_prob && k > 1)
         for (int j = 0; j < k; j++) s->weights[j] = (float)(s->weights[j] / (sum + 1e-20));
     for (int j = 0; j < k; j++) s->weights[j] *= cfg->routed_scaling_factor;

@@ -41,6 +41,7 @@ typedef struct {
 typedef struct {
     int E, G, k;
     int *ids; float *weights; float *scores; float *sel; int *groups;
+    int *top;                  /* [k+1] router_topk's output: the k chosen, then the runner-up */
     float *group_score;        /* [G] */
     unsigned char *taken;      /* [E] */
 } router_scratch;

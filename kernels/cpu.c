@@ -197,6 +197,11 @@ void softmax(float *x, int n) { active->softmax(x, n); }
 void silu_mul(float *gate, const float *up, int n) { active->silu_mul(gate, up, n); }
 float vec_dot(const float *a, const float *b, int n) { return active->vec_dot(a, b, n); }
 int vec_argmax(const float *x, int n) { return active->vec_argmax(x, n); }
+void router_topk(const float *x, int n, int k, int *idx) {
+    if (active->kset == KSET_AVX512) router_topk_avx512(x, n, k, idx);
+    else if (active->kset == KSET_AVX2) router_topk_avx2(x, n, k, idx);
+    else router_topk_ref(x, n, k, idx);
+}
 void vec_axpy(float *y, float a, const float *x, int n) { active->vec_axpy(y, a, x, n); }
 void quantize_row_q8(const float *x, block_q8 *out, int n) { active->quantize_q8(x, out, n); }
 void quantize_row_bf16(const float *x, uint16_t *out, int n) { active->quantize_bf16(x, out, n); }

@@ -219,6 +219,13 @@ int vec_argmax_ref(const float *x, int n);
 void topk_indices(const float *x, int n, int k, int *idx);
 void topk_indices_ref(const float *x, int n, int k, int *idx);
 
+/* The router's top-k (engine/router.c): idx[0..k) = the k largest of x[0..n), descending,
+ * equal values rank the lower index first; the same as k passes of `if (x[i] > x[best])`
+ * over the indices not yet taken (router_topk_ref). Inputs must not hold NaN (the kernels
+ * and the reference may then differ); -inf is fine. 0 < k <= n. */
+void router_topk(const float *x, int n, int k, int *idx);
+void router_topk_ref(const float *x, int n, int k, int *idx);
+
 /* ---------------------------------------------------------------- CPU features */
 
 typedef struct {

@@ -45,6 +45,8 @@ void silu_mul_avx512(float *gate, const float *up, int n);
 float vec_dot_avx512(const float *a, const float *b, int n);
 void vec_axpy_avx512(float *y, float a, const float *x, int n);
 int vec_argmax_avx512(const float *x, int n);
+void router_topk_avx512(const float *x, int n, int k, int *idx);
+void router_topk_avx2(const float *x, int n, int k, int *idx);
 void quantize_row_q8_avx512(const float *x, block_q8 *out, int n);
 void quantize_row_bf16_avx512(const float *x, uint16_t *out, int n);
 int quantize_row_q8_K_avx512(const float *x, block_q8_K *out, int n);

@@ -326,6 +326,20 @@ void topk_indices_ref(const float *x, int n, int k, int *idx) {
     }
 }
 
+/* The router's rule: k passes of argmax over the untaken, `x[i] > x[best]`, first among equals. */
+void router_topk_ref(const float *x, int n, int k, int *idx) {
+    for (int j = 0; j < k; j++) {
+        int best = -1;
+        for (int i = 0; i < n; i++) {
+            if (best >= 0 && !(x[i] > x[best])) continue;
+            int taken = 0;
+            for (int m = 0; m < j; m++) taken |= idx[m] == i;
+            if (!taken) best = i;
+        }
+        idx[j] = best;
+    }
+}
+
 /* One pass, keeping idx[0..k) sorted; a candidate enters only if it beats the last. */
 void topk_indices(const float *x, int n, int k, int *idx) {
     int have = 0;

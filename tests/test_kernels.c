@@ -748,6 +748,52 @@ static void test_topk(void **state) {
     assert_int_equal(idx[2], 4);
 }
 
+/* The router's top-k kernels against router_topk_ref (engine/router.c's k passes of argmax):
+ * bit-identical ids on many shapes, with ties, -inf blocks (groups cut by group-limited routing)
+ * and the DeepSeek-V3 / toy shape (E = 256, k = 8 and 9 for the runner-up). */
+static void test_router_topk(void **state) {
+    (void)state;
+    const cpu_features *f = cpu_get_features();
+    static const int tn[] = {1, 2, 7, 8, 9, 15, 16, 17, 31, 33, 64, 100, 160, 256, 257, 384};
+    static const int tk[] = {1, 2, 3, 6, 8, 9, 16, 17};
+    uint32_t r = 12345;
+    float *x = malloc(sizeof(float) * 384);
+    int a[20], b[20];
+    int checked = 0;
+    for (int i = 0; i < NELEM(tn); i++)
+        for (int mode = 0; mode < 4; mode++) {
+            int n = tn[i];
+            for (int e = 0; e < n; e++) {
+                r = r * 1664525u + 1013904223u;
+                float u = (float)(r >> 8) / 16777216.0f;
+                x[e] = mode == 1 ? (float)(int)(u * 4) * 0.25f      /* many ties */
+                     : mode == 3 ? (float)e * 1e-3f                  /* ascending: every score enters */
+                     : u + 0.01f * (float)(e % 7);
+            }
+            if (mode == 2)                                           /* groups of 8 cut to -inf */
+                for (int e = 0; e < n; e++) if ((e / 8) % 3 != 1) x[e] = -INFINITY;
+            for (int ki = 0; ki < NELEM(tk); ki++) {
+                int k = tk[ki];
+                if (k > n) continue;
+                router_topk_ref(x, n, k, a);
+                for (int j = 1; j < k; j++)
+                    assert_true(x[a[j - 1]] > x[a[j]] || (x[a[j - 1]] == x[a[j]] && a[j - 1] < a[j]));
+                if (f->avx2_fma) { router_topk_avx2(x, n, k, b); assert_memory_equal(a, b, sizeof(int) * (size_t)k); checked++; }
+                if (f->avx512f) {
+                    router_topk_avx512(x, n, k, b);
+                    assert_memory_equal(a, b, sizeof(int) * (size_t)k);
+                }
+                router_topk(x, n, k, b);
+                assert_memory_equal(a, b, sizeof(int) * (size_t)k);
+            }
+        }
+    if (f->avx2_fma) assert_true(checked > 100);
+    free(x);
+    float t[] = {1, 3, 3, 2, 3, -INFINITY};
+    router_topk(t, 6, 4, a);
+    assert_int_equal(a[0], 1); assert_int_equal(a[1], 2); assert_int_equal(a[2], 4); assert_int_equal(a[3], 3);
+}
+
 /* ---------------------------------------------------------------- dispatch */
 
 static void test_dispatch(void **state) {
@@ -1699,6 +1745,7 @@ int main(void) {
         cmocka_unit_test(test_vec_dot_axpy),
         cmocka_unit_test(test_quantize),
         cmocka_unit_test(test_topk),
+        cmocka_unit_test(test_router_topk),
         cmocka_unit_test(test_threadpool_rounds),
         cmocka_unit_test(test_threadpool_tasks),
         cmocka_unit_test(test_threadpool_alternating_counts),
