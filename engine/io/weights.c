@@ -179,12 +179,12 @@ mat_dtype weights_target(weights_dtype d, tensor_kind kind, int stored, int64_t 
      * in the M shape) become Q8, as llama.cpp's q8_0 does; tables (embeddings: one row read
      * per token; the router: it decides, and is small) stay BF16 */
     case WEIGHTS_Q8: return kind != KIND_TABLE && cols % QK8 == 0 ? MAT_Q8 : MAT_BF16;
-    /* q4: ggml's Q4_K layout (kernels/README.md says why not Q4_0), with the same choices as
-     * llama.cpp's Q4_K_M: the output heads a 6-bit k-quant; a row that is not a whole 256-block
-     * falls back to a wider type (llama.cpp falls back to Q5_0; moe to its Q8) */
+    /* q4: ggml's Q4_K layout (kernels/README.md says why not Q4_0). The output heads stay Q8
+     * (llama.cpp's Q4_K_M makes them Q6_K; moe has no Q6_K quantizer yet); a row that is not a
+     * whole 256-block falls back to Q8 too (llama.cpp falls back to Q5_0) */
     case WEIGHTS_Q4:
         if (kind == KIND_TABLE) return MAT_BF16;
-        if (cols % 256 == 0) return kind == KIND_HEAD ? MAT_Q6_K : MAT_Q4_K;
+        if (cols % 256 == 0 && kind != KIND_HEAD) return MAT_Q4_K;
         return cols % QK8 == 0 ? MAT_Q8 : MAT_BF16;
     default: return stored >= 0 ? (mat_dtype)stored : MAT_F32;   /* as stored, else exactly f32 */
     }
@@ -206,6 +206,10 @@ static int store_matrix(loader *ld, mat *m, const char *name, const source *src,
         return moe_error_set(ld->err, "out of memory converting \"%s\" (%zu bytes)", name, bytes);
     }
     const mat_type *ty = mat_type_of(m->dtype);
+    if (!ty->from_f32) {
+        free(row);
+        return moe_error_set(ld->err, "\"%s\": moe cannot convert to %s (no quantizer for it)", name, ty->name);
+    }
     size_t row_bytes = mat_row_bytes(m->dtype, m->cols);
     for (int64_t r = 0; r < m->rows; r++) {
         source_row(src, r, row);

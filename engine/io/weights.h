@@ -28,8 +28,8 @@ typedef enum {
     WEIGHTS_F32,       /* everything f32 (BF16 is widened: 2x memory) */
     WEIGHTS_BF16,      /* everything bf16 (F32/FP8 rounded) */
     WEIGHTS_Q8,        /* projections and output heads int8 blocks of 32 (router, embeddings stay bf16/f32) */
-    WEIGHTS_Q4,        /* projections Q4_K (ggml's 4-bit k-quant, 4.5 bits/weight), output heads Q6_K, as
-                        * llama.cpp's Q4_K_M; rows not a whole 256-block: Q8 (or bf16); tables bf16 */
+    WEIGHTS_Q4,        /* projections Q4_K (ggml's 4-bit k-quant, 4.5 bits/weight); output heads and rows
+                        * not a whole 256-block Q8 (or bf16); tables bf16 */
 } weights_dtype;
 #define WEIGHTS_N_DTYPES (WEIGHTS_Q4 + 1)
 

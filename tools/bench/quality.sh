@@ -16,13 +16,13 @@ trap 'rm -rf "$T"' EXIT
 tokens=$(/usr/bin/python3 -c 'import sys; sys.path.insert(0, "tools/check"); import compare;
 print(",".join(str(int(t)) for t in compare.load(sys.argv[1])["tokens"]))' "$CK.ref.safetensors")
 echo "1. logits of $CK (F32 stored), $(echo "$tokens" | tr ',' '\n' | wc -l) tokens, against the float64 reference:"
-for dt in f32 bf16 q8; do
+for dt in f32 bf16 q8 q4; do
     "$MOE" logits -m "$CK" --tokens "$tokens" --dtype "$dt" -t 1 -o "$T/$dt.safetensors" 2>/dev/null
     echo "  --dtype $dt:"
     /usr/bin/python3 tools/check/compare.py "$T/$dt.safetensors" "$CK.ref.safetensors" --tol 1 | sed 's/^/    /' | grep -v "^    OK$\|MISMATCH" || true
 done
 echo "2. perplexity of models/toy on models/toy/heldout.txt (ctx 512):"
-for dt in f32 bf16 q8; do
+for dt in f32 bf16 q8 q4; do
     printf '  --dtype %-4s ' "$dt"
     "$MOE" ppl -m models/toy -f models/toy/heldout.txt --ctx 512 --dtype "$dt" 2>/dev/null | sed -n 's/^ppl: //p'
 done

@@ -318,7 +318,7 @@ void cli_act_lowp(const char *cmd) {
 void cli_model_options_usage(FILE *f) {
     fprintf(f,
             "  -t, --threads N      threads (default: one per core)\n"
-            "  --dtype D            weight format: auto (as stored, default) | f32 | bf16 | q8 | q4 (Q4_K, heads Q6_K)\n"
+            "  --dtype D            weight format: auto (as stored, default) | f32 | bf16 | q8 | q4 (Q4_K, heads Q8)\n"
             "  --batch N            tokens per forward chunk (default 64)\n"
             "  --numa M             NUMA placement: off (default) | interleave | partition (README: --numa)\n"
             "  --act-lowp           decode with bf16 / int8 activations (BF16 / Q8 weights): faster, less exact\n"
