@@ -209,6 +209,7 @@ def convert(ckpt_dir, out_path, outtype_name, metadata_only=False, kv_b_whole=Fa
     # vocabulary: byte symbols, then placeholders (llama-bench draws random ids)
     byte_syms = gguf_byte_symbols()
     tokens = byte_syms + [f"<tok{i}>" for i in range(len(byte_syms), hp["vocab_size"])]
+    tokens[-1] = byte_syms[0] + byte_syms[1]   # the one merge's result is a token (a tokenizer refuses it otherwise)
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("deepseek-v3")
     w.add_token_list(tokens)
