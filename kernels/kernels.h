@@ -29,8 +29,10 @@ typedef enum {
     MAT_Q4_K = 6,  /* block_q4_K: 256 elements, 144 bytes (GGML_TYPE_Q4_K); moe's --dtype q4 */
     MAT_Q5_K = 7,  /* block_q5_K: 256 elements, 176 bytes (GGML_TYPE_Q5_K) */
     MAT_Q6_K = 8,  /* block_q6_K: 256 elements, 210 bytes (GGML_TYPE_Q6_K) */
+    MAT_Q5_0 = 9,  /* block_q5_0: 32 elements, 22 bytes (GGML_TYPE_Q5_0; llama-quantize's Q4_K_M fallback for
+                      rows that are not whole 256-blocks); scalar reference kernels only */
 } mat_dtype;
-#define MAT_N_TYPES 9   /* entries of the type table (kernels/types.c) */
+#define MAT_N_TYPES 10  /* entries of the type table (kernels/types.c) */
 
 #define QK8 32
 typedef struct {
@@ -51,6 +53,12 @@ typedef struct {
     uint16_t d;           /* f16 scale */
     uint8_t qs[QK4_0 / 2];/* element i < 16: low nibble of qs[i]; i >= 16: high nibble of qs[i - 16]; value d * (q - 8) */
 } block_q4_0;             /* 18 bytes */
+
+typedef struct {
+    uint16_t d;           /* f16 scale */
+    uint8_t qh[4];        /* bit i (little-endian u32): the fifth bit of element i */
+    uint8_t qs[QK4_0 / 2];/* low nibbles as block_q4_0; value d * (q - 16), q in [0, 32) */
+} block_q5_0;             /* 22 bytes */
 
 #define QK_K 256          /* elements of a k-quant super-block */
 #define K_SCALE_SIZE 12

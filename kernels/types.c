@@ -24,6 +24,7 @@
 
 static_assert(sizeof(block_q8_0) == 34, "block_q8_0 is 34 bytes");
 static_assert(sizeof(block_q4_0) == 18, "block_q4_0 is 18 bytes");
+static_assert(sizeof(block_q5_0) == 22, "block_q5_0 is 22 bytes");
 static_assert(sizeof(block_q4_K) == 144, "block_q4_K is 144 bytes");
 static_assert(sizeof(block_q5_K) == 176, "block_q5_K is 176 bytes");
 static_assert(sizeof(block_q6_K) == 210, "block_q6_K is 210 bytes");
@@ -88,6 +89,22 @@ static void q4_0_to_f32_row(const void *src, float *dst, int n) {
         for (int i = 0; i < QK4_0 / 2; i++) {
             dst[k * QK4_0 + i] = (float)((b[k].qs[i] & 0x0F) - 8) * d;
             dst[k * QK4_0 + i + 16] = (float)((b[k].qs[i] >> 4) - 8) * d;
+        }
+    }
+}
+
+/* ggml's dequantize_row_q5_0: element i's fifth bit is bit i of qh (i < 16: low nibble of
+ * qs[i]; i >= 16: high nibble of qs[i - 16]), value d * (q - 16). Read only (no quantizer). */
+static void q5_0_to_f32_row(const void *src, float *dst, int n) {
+    const block_q5_0 *b = src;
+    for (int k = 0; k < n / QK4_0; k++) {
+        float d = f16_to_f32(b[k].d);
+        uint32_t qh = (uint32_t)b[k].qh[0] | (uint32_t)b[k].qh[1] << 8 | (uint32_t)b[k].qh[2] << 16 | (uint32_t)b[k].qh[3] << 24;
+        for (int i = 0; i < QK4_0 / 2; i++) {
+            int lo = (b[k].qs[i] & 0x0F) | (int)((qh >> i) & 1) << 4;
+            int hi = (b[k].qs[i] >> 4) | (int)((qh >> (i + 16)) & 1) << 4;
+            dst[k * QK4_0 + i] = (float)(lo - 16) * d;
+            dst[k * QK4_0 + i + 16] = (float)(hi - 16) * d;
         }
     }
 }
@@ -334,6 +351,7 @@ static const mat_type types[MAT_N_TYPES] = {
     [MAT_Q4_K] = {"q4_K", QK_K, sizeof(block_q4_K), q4k_to_f32_row, q4k_from_f32_row, KQ_KERNELS(q4k)},
     [MAT_Q5_K] = {"q5_K", QK_K, sizeof(block_q5_K), q5k_to_f32_row, NULL, KQ_AVX512_ONLY(q5k)},
     [MAT_Q6_K] = {"q6_K", QK_K, sizeof(block_q6_K), q6k_to_f32_row, NULL, KQ_KERNELS(q6k)},
+    [MAT_Q5_0] = {"q5_0", QK4_0, sizeof(block_q5_0), q5_0_to_f32_row, NULL, PLAIN_KERNELS(NONE, NONE)},
 };
 
 const mat_type *mat_type_of(mat_dtype dt) {

@@ -206,8 +206,9 @@ else
         # a rank that leaves mid-run (rank 1 decodes 2 tokens, rank 0 12): rank 0 ends after MOE_EP_TIMEOUT, one line
         s=$(date +%s); MOE_EP_TIMEOUT=3 timeout 60 $R -np 1 "$MOE_MPI" generate -m models/toy -p "the cat" -n 12 --greedy --ep : \
             -np 1 "$MOE_MPI" generate -m models/toy -p "the cat" -n 2 --greedy --ep >/dev/null 2>"$T/err"; rc=$?; e=$(date +%s)
-        why=$(lines_per_rank "$T/err" 2 "waited 3 s for the other ranks" 0) && [ $rc -ne 124 ] && [ $((e - s)) -lt 20 ] &&
-            grep -q "MPI_ABORT was invoked on rank 0" "$T/err" && ok || bad "a rank leaves: rc=$rc $((e - s)) s $why: $(cat "$T/err")"
+        # (not Open MPI's own "MPI_ABORT was invoked" text: its help printer can fail, "ORTE_ERROR_LOG: Out of resource")
+        why=$(lines_per_rank "$T/err" 2 "waited 3 s for the other ranks" 0) && [ $rc -ne 0 ] && [ $rc -ne 124 ] &&
+            [ $((e - s)) -lt 20 ] && ok || bad "a rank leaves: rc=$rc $((e - s)) s $why: $(cat "$T/err")"
         expect_error "chat --ep" "moe chat: --ep is not supported by chat yet" "$MOE" chat -m models/toy --ep
         expect_error "serve --ep" "moe serve: --ep is not supported by serve yet" "$MOE" serve -m models/toy --ep
     else bad "missing $MOE_MPI (make tests builds it when mpicc exists)"; fi

@@ -93,6 +93,13 @@ static void test_q4_0(void **state) {
     check("Q4_0", WEIGHTS_AUTO, 0, TOL);
     check("Q4_0", WEIGHTS_AUTO, 1, TOL);
 }
+/* llama-quantize's Q4_K_M of this shape: every row is 64 or 128 wide, so its k-quants fall
+ * back to Q5_0 (and Q8_0, F16): the Q5_0 reader against gguf-py's dequantization */
+static void test_q4_k_m(void **state) {
+    (void)state;
+    check("Q4_K_M", WEIGHTS_AUTO, 0, TOL);
+    check("Q4_K_M", WEIGHTS_AUTO, 1, TOL);
+}
 static void test_requantize_q8(void **state) {
     (void)state;
     check("Q8_0", WEIGHTS_Q8, 0, 0);
@@ -133,6 +140,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_q8_0),
         cmocka_unit_test(test_q4_0),
+        cmocka_unit_test(test_q4_k_m),
         cmocka_unit_test(test_as_f32),
         cmocka_unit_test(test_requantize_q8),
         cmocka_unit_test(test_truncated),

@@ -1163,6 +1163,20 @@ static void test_ggml_dequant_hand(void **state) {
         }
     for (int e = 0; e < 256; e++) want[e] = 0.25 * s6[e / 16] * (L[e] - 32);
     expect_row(MAT_Q6_K, &k6, 256, want);
+    /* q5_0: d = 0.5, q = (5i) % 32 with the fifth bit from qh (little-endian) */
+    block_q5_0 k50;
+    k50.d = 0x3800;
+    uint32_t qh50 = 0;
+    memset(k50.qs, 0, sizeof k50.qs);
+    for (int e = 0; e < 32; e++) {
+        int q = (5 * e) % 32;
+        if (q & 16) qh50 |= 1u << e;
+        k50.qs[e % 16] |= (uint8_t)((q & 15) << (e < 16 ? 0 : 4));
+        want[e] = 0.5 * (q - 16);
+    }
+    for (int j = 0; j < 4; j++) k50.qh[j] = (uint8_t)(qh50 >> (8 * j));
+    expect_row(MAT_Q5_0, &k50, 32, want);
+    assert_int_equal(mat_type_of(MAT_Q5_0)->block_bytes, 22);
     /* the table: block sizes as in GGUF */
     assert_int_equal(mat_type_of(MAT_Q4_K)->block_bytes, 144);
     assert_int_equal(mat_type_of(MAT_Q5_K)->block_bytes, 176);

@@ -271,6 +271,7 @@ int weights_ggml_mat_type(uint32_t ggml) {
     case GGML_TYPE_Q4_K: return MAT_Q4_K;
     case GGML_TYPE_Q5_K: return MAT_Q5_K;
     case GGML_TYPE_Q6_K: return MAT_Q6_K;
+    case GGML_TYPE_Q5_0: return MAT_Q5_0;
     default: return -1;
     }
 }
@@ -307,8 +308,8 @@ static const gguf_tensor *gguf_checked(loader *ld, const char *name, int64_t cou
     }
     int ty = weights_ggml_mat_type(t->type);
     if (ty < 0)
-        return moe_error_set(ld->err, "%s: tensor \"%s\" is %s, a type moe does not read (F32, F16, BF16, Q8_0, Q4_0, Q4_K, "
-                             "Q5_K, Q6_K)", g->path, name, gguf_type_name(t->type)), NULL;
+        return moe_error_set(ld->err, "%s: tensor \"%s\" is %s, a type moe does not read (F32, F16, BF16, Q8_0, Q4_0, Q5_0, "
+                             "Q4_K, Q5_K, Q6_K)", g->path, name, gguf_type_name(t->type)), NULL;
     *md = (mat_dtype)ty;
     return t;
 }

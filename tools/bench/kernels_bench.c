@@ -109,7 +109,10 @@ static mat_set make_set(mat_dtype dt, int rows, int cols, size_t min_total) {
         for (int c = 0; c < cols; c++) row[c] = frand();
         char *dst = buf + (size_t)r * rb;
         if (ty->from_f32) ty->from_f32(row, dst, cols);
-        else if (dt == MAT_Q6_K || dt == MAT_Q5_K) {   /* no quantizer: random bits, scales near [-1, 1] */
+        else if (dt == MAT_Q5_0) {   /* no quantizer: random bits, small scales */
+            for (size_t i = 0; i < rb; i++) dst[i] = (char)(frand() * 127);
+            for (int b = 0; b < cols / QK4_0; b++) ((block_q5_0 *)dst)[b].d = f16_from_f32(1.0f / 64);
+        } else if (dt == MAT_Q6_K || dt == MAT_Q5_K) {   /* no quantizer: random bits, scales near [-1, 1] */
             for (size_t i = 0; i < rb; i++) dst[i] = (char)(frand() * 127);
             for (int b = 0; b < cols / QK_K; b++) {
                 if (dt == MAT_Q6_K) ((block_q6_K *)dst)[b].d = f16_from_f32(1.0f / 4000);

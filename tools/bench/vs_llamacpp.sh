@@ -27,7 +27,8 @@ LLAMA_DIR=${LLAMA_DIR:-/work/llama.cpp}
 NLC_VERSION=${NLC_VERSION:-3.21.1}
 PY=${PY:-/usr/bin/python3}
 ROUNDS=${ROUNDS:-3}; R=${R:-3}; P=${P:-512}; N=${N:-128}; THREADS=${THREADS:-1,2}
-# checkpoint : moe --dtype : GGUF out type (f32 is the bf16 checkpoint widened, in both engines)
+# checkpoint : moe --dtype : GGUF out type (f32 is the bf16 checkpoint widened, in both engines;
+# a Q* type is llama-quantize's of the bf16 GGUF, and moe --dtype gguf reads that same file)
 CONFIGS=${CONFIGS:-"S-bf16:auto:bf16 S-bf16:q8:q8_0 M-bf16:f32:f32 M-bf16:auto:bf16 M-bf16:q8:q8_0"}
 BENCH="$LLAMA_DIR/src/build/bin/llama-bench"
 IK_BENCH=${IK_BENCH:-}; IK_FLAGS=${IK_FLAGS:--mla 3 -fa 1 -fmoe 1}
@@ -51,15 +52,28 @@ convert)
     for cfg in $CONFIGS; do
         ck=${cfg%%:*}; gt=${cfg##*:}; out="$DIR/gguf/${ck%-*}-$gt.gguf"
         [ -f "$DIR/$ck/config.json" ] || "$MOE" mkckpt --shape "${ck%-*}" --dtype "${ck#*-}" -o "$DIR/$ck"
-        [ -f "$out" ] && continue
         mkdir -p "$DIR/gguf"
-        PYTHONPATH="$LLAMA_DIR/src/gguf-py" "$PY" tools/bench/to_gguf.py "$DIR/$ck" "$out.tmp" --outtype "$gt" >"$out.log"
-        mv "$out.tmp" "$out"; tail -1 "$out.log" >&2
         ik="${out%.gguf}-ik.gguf"
-        if [ -n "$IK_BENCH" ] && [ ! -f "$ik" ]; then
-            PYTHONPATH="$LLAMA_DIR/src/gguf-py" "$PY" tools/bench/to_gguf.py "$DIR/$ck" "$ik.tmp" --outtype "$gt" --kv-b-whole >"$ik.log"
-            mv "$ik.tmp" "$ik"; tail -1 "$ik.log" >&2
-        fi
+        case "$gt" in
+        Q*)   # llama-quantize's types (Q4_0, Q4_K_M, ...) from the bf16 GGUF, as users make them
+            src="$DIR/gguf/${ck%-*}-bf16.gguf"
+            [ -f "$src" ] || PYTHONPATH="$LLAMA_DIR/src/gguf-py" "$PY" tools/bench/to_gguf.py "$DIR/$ck" "$src" --outtype bf16 >"$src.log"
+            [ -f "$out" ] || "$LLAMA_DIR/src/build/bin/llama-quantize" "$src" "$out" "$gt" >"$out.log" 2>&1
+            if [ -n "$IK_BENCH" ] && [ ! -f "$ik" ]; then
+                [ -f "${src%.gguf}-ik.gguf" ] || PYTHONPATH="$LLAMA_DIR/src/gguf-py" "$PY" tools/bench/to_gguf.py "$DIR/$ck" \
+                    "${src%.gguf}-ik.gguf" --outtype bf16 --kv-b-whole >"$src.ik.log"
+                "$LLAMA_DIR/src/build/bin/llama-quantize" "${src%.gguf}-ik.gguf" "$ik" "$gt" >"$ik.log" 2>&1
+            fi
+            ;;
+        *)
+            [ -f "$out" ] || { PYTHONPATH="$LLAMA_DIR/src/gguf-py" "$PY" tools/bench/to_gguf.py "$DIR/$ck" "$out.tmp" --outtype "$gt" >"$out.log" &&
+                mv "$out.tmp" "$out" && tail -1 "$out.log" >&2; }
+            if [ -n "$IK_BENCH" ] && [ ! -f "$ik" ]; then
+                PYTHONPATH="$LLAMA_DIR/src/gguf-py" "$PY" tools/bench/to_gguf.py "$DIR/$ck" "$ik.tmp" --outtype "$gt" --kv-b-whole >"$ik.log"
+                mv "$ik.tmp" "$ik"; tail -1 "$ik.log" >&2
+            fi
+            ;;
+        esac
     done
     ;;
 check)
@@ -90,7 +104,9 @@ run)
                     "$BENCH" -m "$gguf" -lm none -p "$P" -n "$N" -r "$R" -t "$THREADS" -o json >"$out" 2>"$out.log" ||
                         { echo "failed: $(tail -1 "$out.log")" >&2; rm -f "$out"; }
                 else
-                    "$MOE" bench -m "$DIR/$ck" --dtype "$dt" -t "$THREADS" -r "$R" -p "$P" -n "$N" --membw --membw-mib 512 --json >"$out" 2>"$out.log" ||
+                    # moe --dtype gguf: moe reads the very GGUF file llama.cpp reads (quantized types as stored)
+                    if [ "$dt" = gguf ]; then src="$gguf"; dt=auto; else src="$DIR/$ck"; fi
+                    "$MOE" bench -m "$src" --dtype "$dt" -t "$THREADS" -r "$R" -p "$P" -n "$N" --membw --membw-mib 512 --json >"$out" 2>"$out.log" ||
                         { echo "failed: $(tail -1 "$out.log")" >&2; rm -f "$out"; }
                 fi
             done

@@ -15,7 +15,7 @@ import re
 import statistics
 import sys
 
-NAME = re.compile(r"(\d{8}-\d{6})-(llama|ik|moe)-(\w+)-(f32|bf16|q8_0)-r(\d+)\.json$")
+NAME = re.compile(r"(\d{8}-\d{6})-(llama|ik|moe)-(\w+)-(f32|bf16|q8_0|Q4_0|Q4_K_M|Q8_0)-r(\d+)\.json$")
 
 
 def records(path):
@@ -63,7 +63,7 @@ def main(paths):
     head += ["%s bw %%" % n for _, n in peers] + ["moe bw %", "rounds"]
     print("| " + " | ".join(head) + " |")
     print("| --- | --- | --- | " + " | ".join(["---:"] * (len(head) - 3)) + " |")
-    order = {"f32": 0, "bf16": 1, "q8_0": 2}
+    order = {"f32": 0, "bf16": 1, "q8_0": 2, "Q8_0": 2, "Q4_K_M": 3, "Q4_0": 4}
     for key in sorted(cells, key=lambda k: (k[0] != "S", order[k[1]], k[2][:2] != "pp", k[3])):
         shape, fmt, test, th = key
         e = cells[key]

@@ -11,8 +11,8 @@ For the golden checkpoint tests/data/golden/v2lite-f32 (the smallest golden shap
      mapped back to the Hugging Face names (k_b/v_b reassembled into kv_b_proj, stacked experts
      split), written as an f32 checkpoint in a temporary directory, and tools/reference/ref.py
      runs its float64 forward pass over it for the golden token ids -> v2lite.TYPE.ref.safetensors.
-Q4_K_M is not made here: every row of this shape is 64 or 128 wide, not a whole 256-element
-k-quant block, so llama-quantize falls back to Q5_0/Q5_1 for all of them (types moe does not read).
+Q4_K_M: every row of this shape is 64 or 128 wide, not a whole 256-element k-quant block, so
+llama-quantize falls back to Q5_0 (and Q8_0, F16) for all of them: the file tests the Q5_0 reader.
 """
 import os
 import shutil
@@ -93,7 +93,7 @@ def main():
         env = dict(os.environ, PYTHONPATH=os.path.join(LLAMA, "gguf-py"))
         subprocess.run([PY, os.path.join(ROOT, "tools/bench/to_gguf.py"), CKPT, f32, "--outtype", "f32"], check=True,
                        env=env, stdout=subprocess.DEVNULL)
-        for ty in ("Q8_0", "Q4_0"):
+        for ty in ("Q8_0", "Q4_0", "Q4_K_M"):
             q = os.path.join(OUT, "v2lite.%s.gguf" % ty)
             subprocess.run([os.path.join(LLAMA, "build/bin/llama-quantize"), f32, q, ty], check=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
