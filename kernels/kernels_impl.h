@@ -91,4 +91,16 @@ void matmul_rows_q6k_avx2(const mat *W, const float *X, int n, float *Y, int ldy
 void matvec_rows_q8K_q6k_avx2(const mat *W, const block_q8_K *xq, float *y, int row0, int row1);
 void matmul_rows_q8K_q6k_avx2(const mat *W, const block_q8_K *XQ, int n, float *Y, int ldy, int row0, int row1);
 
+/* router_topk's SIMD sets (router_avx2.c, router_avx512.c): the sorted insert of one candidate. */
+/* Candidate j enters if fewer than k are held or it beats the last (strictly: an equal value
+ * seen later has a higher index and ranks after). */
+static inline void topk_insert(const float *x, int *idx, int *have, int k, int j) {
+    int p;
+    if (*have < k) p = (*have)++;
+    else if (x[j] > x[idx[k - 1]]) p = k - 1;
+    else return;
+    while (p > 0 && x[j] > x[idx[p - 1]]) { idx[p] = idx[p - 1]; p--; }
+    idx[p] = j;
+}
+
 #endif

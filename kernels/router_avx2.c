@@ -7,16 +7,6 @@
 
 /* ---------------------------------------------------------------- shared insertion */
 
-/* Candidate j enters if fewer than k are held or it beats the last (strictly: an equal value
- * seen later has a higher index and ranks after). */
-static inline void topk_insert(const float *x, int *idx, int *have, int k, int j) {
-    int p;
-    if (*have < k) p = (*have)++;
-    else if (x[j] > x[idx[k - 1]]) p = k - 1;
-    else return;
-    while (p > 0 && x[j] > x[idx[p - 1]]) { idx[p] = idx[p - 1]; p--; }
-    idx[p] = j;
-}
 
 /* ---------------------------------------------------------------- AVX2 */
 
