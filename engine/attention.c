@@ -51,15 +51,26 @@ static void head_absorbed(const moe_model *m, const moe_kv *kv, const layer_weig
     /* q_abs = W_UK[h]^T q_nope: a sum of the head's dn key rows */
     matvec_t_rows(&lw->kv_b, qh, w->q_abs, head_row, head_row + dn);
     float scale = m->rope.softmax_scale;
-    const float *cache = kv_row(kv, seq, layer, 0);
     size_t ld = (size_t)kv->width;
-    for (int t = 0; t <= p; t++) {
-        const float *row = cache + (size_t)t * ld;
-        w->scores[t] = scale * (vec_dot(w->q_abs, row, R) + vec_dot(qh + dn, row + R, dr));
+    if (kv->dtype == KV_BF16) {   /* the same sums over the widened bf16 values */
+        const uint16_t *cache = kv_row_bf16(kv, seq, layer, 0);
+        for (int t = 0; t <= p; t++) {
+            const uint16_t *row = cache + (size_t)t * ld;
+            w->scores[t] = scale * (vec_dot_bf16(w->q_abs, row, R) + vec_dot_bf16(qh + dn, row + R, dr));
+        }
+        softmax(w->scores, p + 1);
+        memset(w->o_lat, 0, sizeof(float) * (size_t)R);
+        for (int t = 0; t <= p; t++) vec_axpy_bf16(w->o_lat, w->scores[t], cache + (size_t)t * ld, R);
+    } else {
+        const float *cache = kv_row(kv, seq, layer, 0);
+        for (int t = 0; t <= p; t++) {
+            const float *row = cache + (size_t)t * ld;
+            w->scores[t] = scale * (vec_dot(w->q_abs, row, R) + vec_dot(qh + dn, row + R, dr));
+        }
+        softmax(w->scores, p + 1);
+        memset(w->o_lat, 0, sizeof(float) * (size_t)R);
+        for (int t = 0; t <= p; t++) vec_axpy(w->o_lat, w->scores[t], cache + (size_t)t * ld, R);
     }
-    softmax(w->scores, p + 1);
-    memset(w->o_lat, 0, sizeof(float) * (size_t)R);
-    for (int t = 0; t <= p; t++) vec_axpy(w->o_lat, w->scores[t], cache + (size_t)t * ld, R);
     /* o = W_UV[h] o_lat: the head's dv value rows */
     matvec_rows(&lw->kv_b, w->o_lat, o, head_row + dn, head_row + dn + dv);
 }
@@ -93,6 +104,7 @@ typedef struct {
     const int *tok;           /* [n_tok] pass token indices (per-token items) */
     int n_tok;
     const batch_span *span;   /* attend_span_gemm: the span */
+    const float *cache;       /* attend_span_gemm: its sequence's rows of this layer as f32 [pos0 + n, R + dr] */
     int naive;                /* naive MLA (head_naive) instead of absorbed */
     atomic_int next;
 } attend_job;
@@ -128,7 +140,7 @@ static void attend_span_share(void *arg, int share, int n_shares) {
     int nh = c->num_attention_heads, dn = c->qk_nope_head_dim, dr = c->qk_rope_head_dim;
     int dq = dn + dr, dv = c->v_head_dim, R = c->kv_lora_rank, ld = R + dr;
     int n = job->span->n, pos = job->span->pos0, t_first = job->span->i0, S = pos + n;
-    const float *cache = kv_row(s->kv, job->span->seq, job->layer, 0);
+    const float *cache = job->cache;
     float scale = m->rope.softmax_scale;
     /* this share's scratch */
     float *qabs = s->pf_qabs + (size_t)share * s->B * R, *p = s->pf_p + (size_t)share * s->B * s->S;
@@ -172,6 +184,12 @@ static void attend_span_share(void *arg, int share, int n_shares) {
  * so that decoding and MTP verification (1-2 tokens) keep the per-token path. */
 static void attend_span_gemm(const moe_model *m, moe_ctx *c, const layer_weights *lw, int layer, const batch_span *sp) {
     attend_job job = { .m = m, .c = c, .lw = lw, .layer = layer, .span = sp };
+    if (c->kv->dtype == KV_F32) {
+        job.cache = kv_row(c->kv, sp->seq, layer, 0);
+    } else {   /* widen the rows the span sees once, for all heads */
+        kv_load_rows(c->kv, sp->seq, layer, 0, sp->pos0 + sp->n, c->kv_f32);
+        job.cache = c->kv_f32;
+    }
     if (c->pool && threadpool_threads(c->pool) > 1 && m->cfg.num_attention_heads > 1)
         threadpool_run(c->pool, attend_span_share, &job);
     else
@@ -228,11 +246,10 @@ void attention_forward(const moe_model *m, moe_ctx *s, int layer, const float *x
     /* latent KV of the new tokens -> each one's sequence's cache */
     linear(s->pool, &lw->kv_a, xn, n, s->kv_new);
     for (int t = 0; t < n; t++) {
-        const float *kv = s->kv_new + (size_t)t * (R + dr);
-        float *row = kv_row(s->kv, s->seq[t], layer, s->pos[t]);
-        rmsnorm(row, kv, lw->kv_a_norm, R, eps);         /* c_kv: normalised */
-        memcpy(row + R, kv + R, sizeof(float) * (size_t)dr);
+        float *row = s->kv_new + (size_t)t * (R + dr);
+        rmsnorm(row, row, lw->kv_a_norm, R, eps);        /* c_kv: normalised */
         rope_apply(row + R, s->rope_cs + (size_t)t * dr, dr, m->rope.interleaved);   /* k_pe: rotated, not normalised */
+        kv_store_row(s->kv, s->seq[t], layer, s->pos[t], row);
     }
     t0 = profile_mark(s, PHASE_ATTN_PROJ, t0);
     /* rotate the queries' rope parts */

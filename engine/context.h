@@ -81,7 +81,7 @@ typedef struct moe_ctx {
     float *xn;          /* [B, H] normalised input of a sub-block */
     float *cq;          /* [B, rq] query latent */
     float *q;           /* [B, nh*dq] queries */
-    float *kv_new;      /* [B, R+dr] latent KV before norm / rotation */
+    float *kv_new;      /* [B, R+dr] latent KV of the pass's tokens (normalised and rotated in place, then stored) */
     float *attn;        /* [B, nh*dv] attention output per head, before o_proj */
     float *out;         /* [B, H] output of a sub-block */
     float *gate;        /* [B, F] */
@@ -94,6 +94,7 @@ typedef struct moe_ctx {
     size_t attn_scratch;   /* floats per share: 2R + S */
     float *share_attn;     /* [P, attn_scratch] */
     float *kv_full;     /* [S, nh*(dn+dv)] naive attention only (NULL otherwise) */
+    float *kv_f32;      /* [S, R+dr] a prefill span's cache rows widened to f32 (bf16 cache only, else NULL) */
     float *pf_qabs;     /* [P, B, R] prefill attention, per share: Q_abs of one head */
     float *pf_p;        /* [P, B, S] its scores / probabilities */
     float *pf_olat;     /* [P, B, R] its latent outputs */

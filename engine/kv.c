@@ -6,7 +6,16 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels.h"
 #include "model.h"
+
+int kv_dtype_parse(const char *s) {
+    if (!strcmp(s, "f32")) return KV_F32;
+    if (!strcmp(s, "bf16")) return KV_BF16;
+    return -1;
+}
+
+const char *kv_dtype_name(kv_dtype d) { return d == KV_BF16 ? "bf16" : "f32"; }
 
 int kv_init(moe_kv *kv, const moe_model *m, int n_slots, int S, moe_error *err) {
     memset(kv, 0, sizeof *kv);
@@ -17,7 +26,9 @@ int kv_init(moe_kv *kv, const moe_model *m, int n_slots, int S, moe_error *err) 
     kv->n_main = m->cfg.num_hidden_layers;
     kv->S = S;
     kv->width = m->cfg.kv_lora_rank + m->cfg.qk_rope_head_dim;
-    size_t per_pos = (size_t)kv->n_layers * (size_t)kv->width * sizeof(float), bytes;
+    kv->dtype = m->opt.kv_dtype;
+    kv->value_bytes = kv->dtype == KV_BF16 ? sizeof(uint16_t) : sizeof(float);
+    size_t per_pos = (size_t)kv->n_layers * (size_t)kv->width * kv->value_bytes, bytes;
     size_t avail = model_mem_available();
     if (__builtin_mul_overflow(per_pos, (size_t)S, &bytes) || __builtin_mul_overflow(bytes, (size_t)n_slots, &bytes) ||
         bytes > avail)
@@ -58,11 +69,23 @@ void kv_copy_prefix(moe_kv *kv, int dst, int src, int n) {
     if (n > kv->len[src]) n = kv->len[src];
     int n_mtp = n < kv->mtp_len[src] ? n : kv->mtp_len[src];
     if (dst == src) { kv_keep(kv, dst, n); return; }
-    size_t row = (size_t)kv->width * sizeof(float);
+    size_t row = (size_t)kv->width * kv->value_bytes;
     for (int l = 0; l < kv->n_layers; l++)   /* main layers: n positions; MTP layers: what src has */
         memcpy(kv_row(kv, dst, l, 0), kv_row(kv, src, l, 0), row * (size_t)(l < kv->n_main ? n : n_mtp));
     kv->len[dst] = n;
     kv->mtp_len[dst] = n_mtp;
 }
 
-size_t kv_bytes_per_token(const moe_kv *kv) { return (size_t)kv->n_layers * kv->width * sizeof(float); }
+size_t kv_bytes_per_token(const moe_kv *kv) { return (size_t)kv->n_layers * kv->width * kv->value_bytes; }
+
+void kv_store_row(moe_kv *kv, int slot, int layer, int pos, const float *row) {
+    if (kv->dtype == KV_BF16) quantize_row_bf16(row, kv_row_bf16(kv, slot, layer, pos), kv->width);
+    else memcpy(kv_row(kv, slot, layer, pos), row, sizeof(float) * (size_t)kv->width);
+}
+
+void kv_load_rows(const moe_kv *kv, int slot, int layer, int pos0, int n, float *out) {
+    size_t count = (size_t)n * (size_t)kv->width;
+    if (kv->dtype == KV_F32) { memcpy(out, kv_row(kv, slot, layer, pos0), sizeof(float) * count); return; }
+    const uint16_t *src = kv_row_bf16(kv, slot, layer, pos0);
+    for (size_t i = 0; i < count; i++) out[i] = bf16_to_f32(src[i]);
+}

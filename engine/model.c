@@ -76,6 +76,9 @@ int ctx_init(moe_ctx *s, const moe_model *m, moe_error *err) {
             return moe_error_set(err, "naive attention's expanded K/V for %d tokens needs %.1f GiB but only %.1f GiB are "
                                  "available (lower --ctx)", S, (double)per_pos * S / (1u << 30), (double)avail / (1u << 30));
     }
+    if (m->opt.attn == ATTN_NAIVE && m->opt.kv_dtype != KV_F32)
+        return moe_error_set(err, "naive attention reads an f32 cache: drop --kv-dtype %s or --attn naive",
+                             kv_dtype_name(m->opt.kv_dtype));
     int ok = 1;
 #define ALLOC(ptr, count) ok = ok && ((ptr) = calloc((size_t)(count), sizeof *(ptr))) != NULL
     ALLOC(s->spans, B);
@@ -99,6 +102,7 @@ int ctx_init(moe_ctx *s, const moe_model *m, moe_error *err) {
     ALLOC(s->pf_olat, (size_t)s->n_shares * B * R);
     ALLOC(s->pf_w, (size_t)s->n_shares * (dn + dv) * R);
     if (m->opt.attn == ATTN_NAIVE) ALLOC(s->kv_full, (size_t)S * nh * (dn + dv));
+    if (m->opt.kv_dtype != KV_F32) ALLOC(s->kv_f32, (size_t)S * (R + dr));
     if (E > 0) {
         ALLOC(s->logits_b, (size_t)B * E);
         ALLOC(s->route_ids, (size_t)B * K);
@@ -134,7 +138,7 @@ int ctx_init(moe_ctx *s, const moe_model *m, moe_error *err) {
 void ctx_free(moe_ctx *s) {
     threadpool_free(s->pool);
     float *bufs[] = {s->x, s->xn, s->cq, s->q, s->kv_new, s->attn, s->out, s->gate, s->up, s->rope_cs, s->logits_b,
-                     s->hidden, s->mtp_in, s->share_attn, s->kv_full, s->pf_qabs, s->pf_p, s->pf_olat, s->pf_w, s->route_w,
+                     s->hidden, s->mtp_in, s->share_attn, s->kv_full, s->kv_f32, s->pf_qabs, s->pf_p, s->pf_olat, s->pf_w, s->route_w,
                      s->expert_w, s->slot_out, s->shared_out, s->share_x, s->share_gate, s->share_up};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     free(s->spans); free(s->attn_tok);

@@ -35,6 +35,7 @@ typedef struct {
     int batch_max;              /* B: tokens per pass of a context (0 = 64) */
     int n_threads;              /* a context's threads (0 = one per core); the NUMA plan splits them */
     attn_mode attn;             /* absorbed (default) or naive MLA */
+    kv_dtype kv_dtype;          /* the latent cache's values: f32 (default, exact) or bf16 */
     router_options routing;     /* experiment knobs */
     numa_mode numa;             /* NUMA placement of weights and threads (numa_place.h; default off) */
     const numa_topology *numa_topo;     /* NULL = the machine's; tests pass a simulated one */

@@ -215,6 +215,13 @@ float vec_dot(const float *a, const float *b, int n);
 void vec_axpy(float *y, float a, const float *x, int n);
 float vec_dot_ref(const float *a, const float *b, int n);
 void vec_axpy_ref(float *y, float a, const float *x, int n);
+/* The same with b / x stored as bf16 (the --kv-dtype bf16 cache): each bf16 is widened to
+ * f32 exactly, so only the summation order differs from vec_dot / vec_axpy on the widened
+ * values. */
+float vec_dot_bf16(const float *a, const uint16_t *b, int n);
+void vec_axpy_bf16(float *y, float a, const uint16_t *x, int n);
+float vec_dot_bf16_ref(const float *a, const uint16_t *b, int n);
+void vec_axpy_bf16_ref(float *y, float a, const uint16_t *x, int n);
 
 /* Index of the largest of x[0..n), n >= 1: the first one among equals; NaN never wins, and
  * a NaN at x[0] is returned as 0 (as `if (x[i] > x[best]) best = i` does). Greedy sampling

@@ -44,6 +44,8 @@ void softmax_avx512(float *x, int n);
 void silu_mul_avx512(float *gate, const float *up, int n);
 float vec_dot_avx512(const float *a, const float *b, int n);
 void vec_axpy_avx512(float *y, float a, const float *x, int n);
+float vec_dot_bf16_avx512(const float *a, const uint16_t *b, int n);
+void vec_axpy_bf16_avx512(float *y, float a, const uint16_t *x, int n);
 int vec_argmax_avx512(const float *x, int n);
 void router_topk_avx512(const float *x, int n, int k, int *idx);
 void router_topk_avx2(const float *x, int n, int k, int *idx);
@@ -78,6 +80,8 @@ void softmax_avx2(float *x, int n);
 void silu_mul_avx2(float *gate, const float *up, int n);
 float vec_dot_avx2(const float *a, const float *b, int n);
 void vec_axpy_avx2(float *y, float a, const float *x, int n);
+float vec_dot_bf16_avx2(const float *a, const uint16_t *b, int n);
+void vec_axpy_bf16_avx2(float *y, float a, const uint16_t *x, int n);
 void quantize_row_q8_avx2(const float *x, block_q8 *out, int n);
 int quantize_row_q8_K_avx2(const float *x, block_q8_K *out, int n);
 

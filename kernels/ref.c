@@ -303,6 +303,16 @@ void vec_axpy_ref(float *y, float a, const float *x, int n) {
     for (int i = 0; i < n; i++) y[i] += a * x[i];
 }
 
+float vec_dot_bf16_ref(const float *a, const uint16_t *b, int n) {
+    float s = 0.0f;
+    for (int i = 0; i < n; i++) s += a[i] * bf16_to_f32(b[i]);
+    return s;
+}
+
+void vec_axpy_bf16_ref(float *y, float a, const uint16_t *x, int n) {
+    for (int i = 0; i < n; i++) y[i] += a * bf16_to_f32(x[i]);
+}
+
 /* ---------------------------------------------------------------- top-k */
 
 /* Rank key: NaN below every number (including -inf); ties go to the lower index. */

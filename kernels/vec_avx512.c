@@ -139,6 +139,42 @@ void vec_axpy_avx512(float *y, float a, const float *x, int n) {
     }
 }
 
+/* bf16 -> f32: the 16 bits become the high half of the float (exact). */
+static inline __m512 bf16x16_load(const uint16_t *p) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
+}
+static inline __m512 bf16x16_maskz_load(__mmask16 m, const uint16_t *p) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
+}
+
+float vec_dot_bf16_avx512(const float *a, const uint16_t *b, int n) {
+    __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+    int i = 0;
+    for (; i + 64 <= n; i += 64) {
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), bf16x16_load(b + i), s0);
+        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), bf16x16_load(b + i + 16), s1);
+        s2 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 32), bf16x16_load(b + i + 32), s2);
+        s3 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 48), bf16x16_load(b + i + 48), s3);
+    }
+    for (; i + 16 <= n; i += 16) s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), bf16x16_load(b + i), s0);
+    if (i < n) {
+        __mmask16 t = tail16(n - i);
+        s1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(t, a + i), bf16x16_maskz_load(t, b + i), s1);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
+}
+
+void vec_axpy_bf16_avx512(float *y, float a, const uint16_t *x, int n) {
+    __m512 av = _mm512_set1_ps(a);
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(y + i, _mm512_fmadd_ps(av, bf16x16_load(x + i), _mm512_loadu_ps(y + i)));
+    if (i < n) {
+        __mmask16 t = tail16(n - i);
+        _mm512_mask_storeu_ps(y + i, t, _mm512_fmadd_ps(av, bf16x16_maskz_load(t, x + i), _mm512_maskz_loadu_ps(t, y + i)));
+    }
+}
+
 /* ---------------------------------------------------------------- quantization */
 
 void quantize_row_q8_avx512(const float *x, block_q8 *out, int n) {

@@ -18,7 +18,7 @@ JSON
 "$MOE" --help | grep -q "bench" && ok || bad "moe --help lists bench"
 
 if "$MOE" bench -m "$T/c" -p 16 -n 4 -r 2 -t 1,2 >"$T/out" 2>"$T/err"; then
-    for want in "pp16" "tg4" "| model" "weights read per decoded token" "KV cache: 40 floats" "peak RSS"; do
+    for want in "pp16" "tg4" "| model" "weights read per decoded token" "KV cache: 40 values" "peak RSS"; do
         grep -q -- "$want" "$T/out" && ok || bad "table lacks '$want': $(cat "$T/out")"
     done
     [ "$(grep -c '| *tg4 |' "$T/out")" -eq 2 ] && ok || bad "one tg row per thread count"
@@ -40,13 +40,20 @@ if "$MOE" bench -m "$T/c" -p 8 -n 4 -r 2 -t 1,2 -d 0,40 >"$T/out" 2>"$T/err"; th
     # 2 x 40 x 4 x (40 + 8 + 2.5) = 16160 B; at depth 0: 2 x 40 x 4 x 10.5 = 3360 B
     grep -q '| *tg4 @ d40 | .* | *0.016 | ' "$T/out" && grep -q '| *tg4 | .* | *0.003 | ' "$T/out" && ok ||
         bad "-d KV MB/tok: $(cat "$T/out")"
-    grep -q "x 4 B = [0-9]* B per token; 53 positions allocated" "$T/out" && ok || bad "-d context = 40 + 12 + 1: $(cat "$T/out")"
+    grep -q "x 4 B (f32) = [0-9]* B per token; 53 positions allocated" "$T/out" && ok || bad "-d context = 40 + 12 + 1: $(cat "$T/out")"
 else bad "bench -d: $(cat "$T/err")"; fi
 if "$MOE" bench -m "$T/c" -p 0 -n 4 -r 1 -t 1 -d 24 --json >"$T/json" 2>"$T/err"; then
     grep -q '"test": "tg4 @ d24"' "$T/json" && grep -q '"n_depth": 24' "$T/json" && ok || bad "-d json test: $(cat "$T/json")"
     # 2 x 40 x 4 x (24 + 8 + 2.5) = 11040
     grep -q '"kv_bytes_read_per_token": 11040' "$T/json" && ok || bad "-d json kv bytes: $(cat "$T/json")"
 else bad "bench -d --json: $(cat "$T/err")"; fi
+# --kv-dtype bf16 halves the cache bytes: 2 x 40 x 2 x (24 + 8 + 2.5) = 5520
+if "$MOE" bench -m "$T/c" -p 0 -n 4 -r 1 -t 1 -d 24 --kv-dtype bf16 --json >"$T/json" 2>"$T/err"; then
+    grep -q '"kv_bytes_read_per_token": 5520' "$T/json" && grep -q '"kv_dtype": "bf16"' "$T/json" && ok ||
+        bad "--kv-dtype bf16 json: $(cat "$T/json")"
+else bad "bench --kv-dtype bf16: $(cat "$T/err")"; fi
+"$MOE" bench -m "$T/c" --kv-dtype f16 -r 1 >"$T/out" 2>&1; [ $? -eq 2 ] && [ "$(wc -l <"$T/out")" -eq 1 ] &&
+    grep -q -- "--kv-dtype must be f32 or bf16" "$T/out" && ok || bad "--kv-dtype bad: $(cat "$T/out")"
 "$MOE" bench -m "$T/c" -d 1,x -r 1 >"$T/out" 2>&1; [ $? -eq 2 ] && [ "$(wc -l <"$T/out")" -eq 1 ] && grep -q -- "-d" "$T/out" &&
     ok || bad "-d bad list: $(cat "$T/out")"
 "$MOE" bench --membw --membw-mib 16 >"$T/out" 2>&1 && grep -q "memory read bandwidth" "$T/out" && ok || bad "--membw"

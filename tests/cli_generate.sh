@@ -31,6 +31,12 @@ grep -q -- "--mtp (auto)" "$T/err" && ok || bad "--mtp is auto by default: $(cat
 cmp -s "$T/a" "$T/b" && ok || bad "--mtp-mode always greedy differs"
 grep -q -- "--mtp (always)" "$T/err" && ok || bad "--mtp-mode always says so: $(cat "$T/err")"
 expect_error "bad mtp mode" "--mtp-mode must be always or auto" "$MOE" generate -m "$M" -p x --mtp-mode sometimes
+# --kv-dtype bf16: says what it costs, greedy text on this checkpoint unchanged; a bad value is one line
+"$MOE" generate -m "$M" -p "in the beginning" -n 30 --greedy >"$T/a" 2>/dev/null
+"$MOE" generate -m "$M" -p "in the beginning" -n 30 --greedy --kv-dtype bf16 >"$T/b" 2>"$T/err" || bad "--kv-dtype bf16 run"
+cmp -s "$T/a" "$T/b" && ok || bad "--kv-dtype bf16 greedy text differs: $(cat "$T/b")"
+grep -q "kv-dtype bf16: the latent cache holds bf16 values, half the bytes" "$T/err" && ok || bad "--kv-dtype says its cost: $(cat "$T/err")"
+expect_error "bad kv dtype" "--kv-dtype must be f32 or bf16, not 'q3'" "$MOE" generate -m "$M" -p x --kv-dtype q3
 # the timing line, llama.cpp-style
 "$MOE" generate -m "$M" -p "the" -n 5 --greedy 2>"$T/err" >/dev/null
 grep -q "prompt eval time" "$T/err" && grep -q "tokens per second" "$T/err" && ok || bad "timing line: $(cat "$T/err")"

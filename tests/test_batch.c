@@ -9,6 +9,8 @@
  * at the same positions: its main and MTP logits must agree to max|err| / max|logit| <= 1e-6
  * and its routing (expert set and gate weights of every MoE layer, MTP included) must be the
  * same wherever the alone run's routing margin exceeds 1e-5.
+ * The same again with a bf16 cache (--kv-dtype bf16) on two checkpoints: batching does not
+ * change what the rounded cache gives either.
  * A second test runs malformed batches: every one is refused with one clear line.
  */
 #include <math.h>
@@ -28,6 +30,8 @@
 #define MAX_LEN 40
 #define MAX_LAYERS 8
 #define MAX_K 8
+
+static kv_dtype g_kv_dtype = KV_F32;   /* the cache type of every session (the *_kvbf16 tests set it) */
 
 /* ------------------------------------------------------------------ sequences and the schedule */
 
@@ -98,7 +102,7 @@ static void recording_free(recording *r) {
 static void open_session(moe_session *e, const char *name, int n_slots) {
     char dir[256];
     snprintf(dir, sizeof dir, GOLDEN "%s", name);
-    model_options opt = { .max_seq = MAX_LEN, .batch_max = 64 };
+    model_options opt = { .max_seq = MAX_LEN, .batch_max = 64, .kv_dtype = g_kv_dtype };
     moe_error err = {{0}};
     if (session_open(e, dir, &opt, n_slots, &err)) fail_msg("load %s: %s", dir, err.msg);
 }
@@ -278,6 +282,13 @@ static void check_checkpoint(const char *name) {
 }
 
 static void test_batch_tiny_bf16(void **state) { (void)state; check_checkpoint("tiny-bf16"); }
+static void check_kvbf16(const char *name) {
+    g_kv_dtype = KV_BF16;
+    check_checkpoint(name);
+    g_kv_dtype = KV_F32;
+}
+static void test_batch_mix_f32_kvbf16(void **state) { (void)state; check_kvbf16("mix-f32"); }
+static void test_batch_tiny_yarn_fp8_kvbf16(void **state) { (void)state; check_kvbf16("tiny-yarn-fp8"); }
 static void test_batch_tiny_yarn_fp8(void **state) { (void)state; check_checkpoint("tiny-yarn-fp8"); }
 static void test_batch_mix_f32(void **state) { (void)state; check_checkpoint("mix-f32"); }
 static void test_batch_v2lite_f32(void **state) { (void)state; check_checkpoint("v2lite-f32"); }
@@ -343,6 +354,8 @@ int main(void) {
         cmocka_unit_test(test_batch_mix_f32),
         cmocka_unit_test(test_batch_v2lite_f32),
         cmocka_unit_test(test_batch_v2lite_f16_shard),
+        cmocka_unit_test(test_batch_mix_f32_kvbf16),
+        cmocka_unit_test(test_batch_tiny_yarn_fp8_kvbf16),
         cmocka_unit_test(test_bad_batches),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -10,6 +10,11 @@
  *     reference's wherever the reference's routing margin exceeds 1e-5, and the
  *     gate weights agree to 1e-5;
  *   - prefill equals decode and absorbed equals naive (1e-5).
+ * With --kv-dtype bf16 (the cache's values rounded to bf16 when written): prefill equals
+ * decode (1e-5: both read the same rounded values), the first layer's cache rows are exactly
+ * the f32 run's rounded, the logits and MTP logits stay within KV_BF16_TOL of the reference
+ * (and move: the path ran), and the greedy token is the reference's wherever its top-2 margin
+ * is clear of that error.
  */
 #include <math.h>
 #include <setjmp.h>
@@ -26,6 +31,12 @@
 
 #define GOLDEN "tests/data/golden/"
 #define TOL 1e-5
+/* bf16 cache values (relative rounding <= 2^-9) move the logits by at most this much
+ * relative to max|logit| on the golden checkpoints (measured 1.0e-3 to 2.5e-3: test_kv_bf16 prints them) */
+#define KV_BF16_TOL 5e-3
+
+static kv_dtype g_kv_dtype = KV_F32;   /* run_engine's cache type (test_kv_bf16 sets it) */
+static float *g_layer0_rows;           /* if set, run_engine copies layer 0's cache rows here [T, R + dr] as f32 */
 
 typedef struct {
     int T, V, K, n_layers;
@@ -48,7 +59,7 @@ static void run_engine(const char *name, const int *tokens, int T, int decode, a
     moe_session m;
     moe_error err = {{0}};
     /* prefill in chunks of 8 + 4: the first attends through matrix products, the second token by token */
-    model_options opt = { .max_seq = T, .attn = attn, .batch_max = decode ? 1 : 8 };
+    model_options opt = { .max_seq = T, .attn = attn, .batch_max = decode ? 1 : 8, .kv_dtype = g_kv_dtype };
     if (session_open(&m, dir, &opt, 1, &err)) fail_msg("load %s: %s", dir, err.msg);
     int V = m.m.cfg.vocab_size, H = m.m.cfg.hidden_size;
     memset(r, 0, sizeof *r);
@@ -78,6 +89,7 @@ static void run_engine(const char *name, const int *tokens, int T, int decode, a
             assert_int_equal(model_forward_mtp_seq(&m.m, &m.c, &m.kv, 0, 0, hidden, next, T, 0, r->mtp_logits, 1, NULL, &err), 0);
         }
     }
+    if (g_layer0_rows) kv_load_rows(&m.kv, 0, 0, 0, T, g_layer0_rows);
     free(hidden);
     free(next);
     session_close(&m);
@@ -316,6 +328,84 @@ static void test_act_lowp_decode(void **state) {
     st_close(&ref);
 }
 
+/* Index of the largest of x[0..n) and the gap to the runner-up. */
+static int top2(const float *x, int n, float *gap) {
+    int a = 0, b = -1;
+    for (int i = 1; i < n; i++) {
+        if (x[i] > x[a]) { b = a; a = i; }
+        else if (b < 0 || x[i] > x[b]) b = i;
+    }
+    *gap = b < 0 ? INFINITY : x[a] - x[b];
+    return a;
+}
+
+static void check_kv_bf16(const char *name) {
+    char path[256];
+    snprintf(path, sizeof path, GOLDEN "%s.ref.safetensors", name);
+    st_set ref;
+    moe_error err = {{0}};
+    if (st_open_file(&ref, path, &err)) fail_msg("%s", err.msg);
+    const st_tensor *tt = st_find(&ref, "tokens");
+    int T = (int)tt->numel;
+    const int *tokens = tt->data;
+    moe_config cfg;
+    snprintf(path, sizeof path, GOLDEN "%s", name);
+    assert_int_equal(model_config_load(&cfg, path, &err), 0);
+    size_t width = (size_t)cfg.kv_lora_rank + cfg.qk_rope_head_dim;
+    float *rows32 = malloc(sizeof(float) * T * width), *rows16 = malloc(sizeof(float) * T * width);
+    engine_run exact, prefill, decode;
+    g_layer0_rows = rows32;
+    run_engine(name, tokens, T, 1, ATTN_ABSORB, &exact);
+    g_kv_dtype = KV_BF16;
+    g_layer0_rows = rows16;
+    run_engine(name, tokens, T, 1, ATTN_ABSORB, &decode);
+    g_layer0_rows = NULL;
+    run_engine(name, tokens, T, 0, ATTN_ABSORB, &prefill);
+    g_kv_dtype = KV_F32;
+    /* what is stored: layer 0's rows depend on the tokens alone, so they are the f32 run's rounded */
+    for (size_t i = 0; i < (size_t)T * width; i++)
+        if (rows16[i] != bf16_to_f32(f32_to_bf16(rows32[i])))
+            fail_msg("%s: bf16 cache value %zu is %g, the f32 run's %g rounds to %g", name, i, rows16[i], rows32[i],
+                     bf16_to_f32(f32_to_bf16(rows32[i])));
+    size_t n = (size_t)T * decode.V;
+    double pd = rel_err_f32(prefill.logits, decode.logits, n);
+    if (pd > TOL) fail_msg("%s: bf16 cache: prefill vs decode %.3e", name, pd);
+    const double *want = ref_tensor(&ref, "logits", ST_F64);
+    double e16 = rel_err_f64(decode.logits, want, n), e32 = rel_err_f64(exact.logits, want, n), m16 = 0;
+    if (e16 > KV_BF16_TOL) fail_msg("%s: bf16 cache: logits rel.err %.3e > %.0e", name, e16, KV_BF16_TOL);
+    assert_true(e16 > e32);   /* the rounded cache was read */
+    if (st_find(&ref, "mtp.logits")) {
+        const double *mw = ref_tensor(&ref, "mtp.logits", ST_F64);
+        m16 = rel_err_f64(decode.mtp_logits, mw, n);
+        if (m16 > KV_BF16_TOL) fail_msg("%s: bf16 cache: MTP logits rel.err %.3e > %.0e", name, m16, KV_BF16_TOL);
+    }
+    /* greedy tokens where the reference's choice is clear of the error */
+    int checked = 0;
+    for (int t = 0; t < T; t++) {
+        const double *wr = want + (size_t)t * decode.V;
+        float *wf = malloc(sizeof(float) * decode.V), gap, gap16;
+        float mx = 0;
+        for (int v = 0; v < decode.V; v++) { wf[v] = (float)wr[v]; mx = fmaxf(mx, fabsf(wf[v])); }
+        int want_tok = top2(wf, decode.V, &gap), got = top2(decode.logits + (size_t)t * decode.V, decode.V, &gap16);
+        free(wf);
+        if (gap <= 4 * KV_BF16_TOL * mx) continue;
+        checked++;
+        if (got != want_tok) fail_msg("%s: bf16 cache: position %d greedy token %d, reference %d", name, t, got, want_tok);
+    }
+    assert_true(checked > 0);
+    print_message("%s: bf16 cache: logits rel.err %.2e (f32 cache %.2e), MTP %.2e, prefill vs decode %.1e, greedy %d/%d "
+                  "positions checked\n", name, e16, e32, m16, pd, checked, T);
+    free(rows32); free(rows16);
+    run_free(&exact); run_free(&prefill); run_free(&decode);
+    st_close(&ref);
+}
+
+static void test_kv_bf16(void **state) {
+    (void)state;
+    static const char *cases[] = {"tiny-bf16", "tiny-yarn-fp8", "v2lite-f32", "v2lite-f16-shard", "mix-f32"};
+    for (int i = 0; i < 5; i++) check_kv_bf16(cases[i]);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_tiny_bf16),
@@ -327,6 +417,7 @@ int main(void) {
         cmocka_unit_test(test_negative_control_no_bias),
         cmocka_unit_test(test_q8_rows_and_logits),
         cmocka_unit_test(test_long_chunk_vs_decode),
+        cmocka_unit_test(test_kv_bf16),
     };
     return cmocka_run_group_tests_name("golden", tests, NULL, NULL);
 }

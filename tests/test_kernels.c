@@ -680,6 +680,58 @@ static void test_vec_dot_axpy(void **state) {
     }
 }
 
+/* vec_dot_bf16 / vec_axpy_bf16 (the bf16 KV cache): the same tolerances as vec_dot /
+ * vec_axpy against the reference over the widened values; exact data gives exact sums;
+ * nothing written past n. */
+static void test_vec_bf16(void **state) {
+    (void)state;
+    const cpu_features *f = cpu_get_features();
+    struct {
+        const char *name;
+        float (*dot)(const float *, const uint16_t *, int);
+        void (*axpy)(float *, float, const uint16_t *, int);
+        int ok;
+    } v[] = {
+        {"dispatch", vec_dot_bf16, vec_axpy_bf16, 1},
+        {"avx512", vec_dot_bf16_avx512, vec_axpy_bf16_avx512, f->avx512f && f->avx2_fma},
+        {"avx2", vec_dot_bf16_avx2, vec_axpy_bf16_avx2, f->avx2_fma},
+    };
+    int tested = 0;
+    for (int i = 0; i < NELEM(VN); i++) {
+        int n = VN[i];
+        float *a = make_vec(n, 0), *bf = make_vec(n, 0), *ai = make_vec(n, 1), *bif = make_vec(n, 1);
+        uint16_t *b = malloc(2 * (size_t)n), *bi = malloc(2 * (size_t)n);
+        float *ref = malloc(sizeof(float) * n), *y = malloc(sizeof(float) * (n + 1)), *b32 = malloc(sizeof(float) * n);
+        for (int j = 0; j < n; j++) {
+            b[j] = f32_to_bf16(bf[j]);
+            bi[j] = f32_to_bf16(bif[j]);   /* small integers: exact in bf16 */
+            b32[j] = bf16_to_f32(b[j]);
+        }
+        double S = 0.0;
+        for (int j = 0; j < n; j++) S += fabs((double)a[j] * b32[j]);
+        float dref = vec_dot_bf16_ref(a, b, n), diref = vec_dot_bf16_ref(ai, bi, n);
+        assert_true(dref == vec_dot_ref(a, b32, n));   /* the reference is vec_dot over the widened values */
+        memcpy(ref, b32, sizeof(float) * n);
+        vec_axpy_bf16_ref(ref, 0.37f, b, n);
+        for (int k = 0; k < NELEM(v); k++) {
+            if (!v[k].ok) continue;
+            tested++;
+            float d = v[k].dot(a, b, n);
+            if (fabs((double)d - dref) > dot_tol(n, S)) fail_msg("vec_dot_bf16 %s n %d: %g vs %g", v[k].name, n, d, dref);
+            assert_true(v[k].dot(ai, bi, n) == diref);
+            memcpy(y, b32, sizeof(float) * n);
+            y[n] = 99.0f;
+            v[k].axpy(y, 0.37f, b, n);
+            assert_true(y[n] == 99.0f);
+            for (int j = 0; j < n; j++)
+                if (fabs((double)y[j] - ref[j]) > FLT_EPSILON * (fabs(b32[j]) + fabs(0.37 * b32[j])))
+                    fail_msg("vec_axpy_bf16 %s n %d j %d: %g vs %g", v[k].name, n, j, y[j], ref[j]);
+        }
+        free(a); free(bf); free(ai); free(bif); free(b); free(bi); free(ref); free(y); free(b32);
+    }
+    assert_true(tested >= NELEM(VN));
+}
+
 /* ---------------------------------------------------------------- quantization */
 
 /* Same operations as the references: bit-identical output. */
@@ -1757,6 +1809,7 @@ int main(void) {
         cmocka_unit_test(test_softmax),
         cmocka_unit_test(test_silu_mul),
         cmocka_unit_test(test_vec_dot_axpy),
+        cmocka_unit_test(test_vec_bf16),
         cmocka_unit_test(test_quantize),
         cmocka_unit_test(test_topk),
         cmocka_unit_test(test_router_topk),

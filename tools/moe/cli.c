@@ -300,6 +300,16 @@ int cli_model_option(int argc, char **argv, int *i, const char *cmd, model_optio
         cli_act_lowp(cmd);
         return 1;
     }
+    if (!strcmp(a, "--kv-dtype")) {
+        if (!(v = cli_value(argc, argv, i, cmd))) return -1;
+        int d = kv_dtype_parse(v);
+        if (d < 0) { fprintf(stderr, "moe %s: --kv-dtype must be f32 or bf16, not '%s'\n", cmd, v); return -1; }
+        o->kv_dtype = (kv_dtype)d;
+        if (d == KV_BF16)
+            fprintf(stderr, "moe %s: --kv-dtype bf16: the latent cache holds bf16 values, half the bytes per position; "
+                            "each cached value is rounded (about 4e-3 relative), attention sums in f32\n", cmd);
+        return 1;
+    }
     int k = cli_ep_option(argc, argv, i, cmd);
     if (k) return k;
     return cli_route_knob(argc, argv, i, cmd, &o->routing);
@@ -322,6 +332,7 @@ void cli_model_options_usage(FILE *f) {
             "  --batch N            tokens per forward chunk (default 64)\n"
             "  --numa M             NUMA placement: off (default) | interleave | partition (README: --numa)\n"
             "  --act-lowp           decode with bf16 / int8 activations (BF16 / Q8 weights): faster, less exact\n"
+            "  --kv-dtype T         latent cache values: f32 (default, exact) | bf16 (half the cache bytes)\n"
             "  --experts-per-token K, --no-group-limit, --no-route-bias   routing experiments (each says it is on)\n");
     cli_ep_usage(f);
 }

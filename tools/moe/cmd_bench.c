@@ -108,6 +108,7 @@ static void usage(FILE *f) {
             "                      each per pass (llama.cpp batched-bench -npl): aggregate and per-sequence\n"
             "                      t/s, distinct experts per layer per pass (-n passes after --tg-prompt tokens)\n"
             "  --act-lowp          decode matvecs with bf16 / int8 activations (kernels/README.md)\n"
+            "  --kv-dtype T        latent cache values: f32 (default) | bf16 (half the KV bytes per token)\n"
             "  --seed S            random tokens (default 42)\n"
             "  -h, --help\n");
 }
@@ -616,6 +617,12 @@ int cmd_bench(int argc, char **argv) {
         else if (!strcmp(a, "--mtp-text")) { if (!(mtp_text = cli_value(argc, argv, &i, "bench"))) return 2; mtp = 1; }
         else if (!strcmp(a, "--membw")) membw = 1;
         else if (!strcmp(a, "--act-lowp")) cli_act_lowp("bench");
+        else if (!strcmp(a, "--kv-dtype")) {
+            if (!(v = cli_value(argc, argv, &i, "bench"))) return 2;
+            int d = kv_dtype_parse(v);
+            if (d < 0) { fprintf(stderr, "moe bench: --kv-dtype must be f32 or bf16, not '%s'\n", v); return 2; }
+            opt.kv_dtype = (kv_dtype)d;
+        }
         else if (!strcmp(a, "-d") || !strcmp(a, "--n-depth")) { if (!(depth_arg = cli_value(argc, argv, &i, "bench"))) return 2; }
         else if (!strcmp(a, "--seqs")) { if (!(seqs_arg = cli_value(argc, argv, &i, "bench"))) return 2; }
         else {
@@ -739,7 +746,7 @@ int cmd_bench(int argc, char **argv) {
     int rc = 1;
     float *logits = malloc(sizeof(float) * (size_t)e.m.cfg.vocab_size);
     if (!logits) { fprintf(stderr, "moe bench: out of memory\n"); goto done; }
-    size_t kv_row_bytes = (size_t)e.m.cfg.num_hidden_layers * (size_t)e.kv.width * sizeof(float);   /* main layers, one position */
+    size_t kv_row_bytes = (size_t)e.m.cfg.num_hidden_layers * (size_t)e.kv.width * e.kv.value_bytes;   /* main layers, one position */
     for (int k = 0; k < n_cfg; k++) {
         runs[k].threads = threads[k % n_thr];
         runs[k].depth = depths[k / n_thr];
@@ -869,9 +876,10 @@ int cmd_bench(int argc, char **argv) {
     int kv_floats = e.m.cfg.kv_lora_rank + e.m.cfg.qk_rope_head_dim;
     fprintf(tab, "\nweights read per decoded token: %.2f MB (attention + router + %d of %d experts + shared + dense + head)\n",
             rp.bytes_tok / 1e6, e.m.K, e.m.cfg.n_routed_experts);
-    fprintf(tab, "KV cache read per decoded token: %.3f MB per 1000 positions in the cache (%d main layers x %d floats x 4 B "
-                 "per position; KV MB/tok: at each test's depth, legend of cmd_bench.c)\n",
-            (double)kv_row_bytes * 1000 / 1e6, e.m.cfg.num_hidden_layers, e.kv.width);
+    fprintf(tab, "KV cache read per decoded token: %.3f MB per 1000 positions in the cache (%d main layers x %d values x %zu B "
+                 "(%s, --kv-dtype) per position; KV MB/tok: at each test's depth, legend of cmd_bench.c)\n",
+            (double)kv_row_bytes * 1000 / 1e6, e.m.cfg.num_hidden_layers, e.kv.width, e.kv.value_bytes,
+            kv_dtype_name(e.kv.dtype));
     fprintf(tab, "on-CPU t/s = tokens / (process CPU seconds / threads): the speed if the runs had not waited for the "
                  "CPU (load average %s at start, %s at end)\n", load_start, load_end);
     fprintf(tab, "memory bandwidth used for bw %%: %.1f GB/s (1 thread), %.1f GB/s (2+ threads): %s\n", rp.bw[0], rp.bw[1],
@@ -879,10 +887,10 @@ int cmd_bench(int argc, char **argv) {
     fprintf(tab, "weights: %.1f MiB mapped from the checkpoint + %.1f MiB converted at load (--dtype %s); peak RSS %.1f MiB%s\n",
             e.m.w.bytes_mapped / 1048576.0, e.m.w.bytes_converted / 1048576.0, weights_dtype_name(opt.dtype),
             peak_rss_bytes() / 1048576.0, membw_arr.a ? " (includes the --membw array, --membw-mib)" : "");
-    fprintf(tab, "KV cache: %d floats (kv_lora_rank %d + rope %d) x %d layers x 4 B = %zu B per token; %d positions "
+    fprintf(tab, "KV cache: %d values (kv_lora_rank %d + rope %d) x %d layers x %zu B (%s) = %zu B per token; %d positions "
                  "allocated = %.2f MiB\n",
-            kv_floats, e.m.cfg.kv_lora_rank, e.m.cfg.qk_rope_head_dim, e.m.w.n_layers, kv_tok, e.kv.S,
-            e.kv.bytes / 1048576.0);
+            kv_floats, e.m.cfg.kv_lora_rank, e.m.cfg.qk_rope_head_dim, e.m.w.n_layers, e.kv.value_bytes,
+            kv_dtype_name(e.kv.dtype), kv_tok, e.kv.S, e.kv.bytes / 1048576.0);
     fprintf(tab, "prefill attention products: %s\n", blas_name());
     if (profile && !n_seqs) print_profile(tab, runs, n_cfg, (int)n_gen, (int)n_prompt);   /* --seqs prints its own */
     if (mtp) {
@@ -938,6 +946,7 @@ int cmd_bench(int argc, char **argv) {
                 json_object_set_new(o, "oncpu_samples_ts", cs);
                 json_object_set_new(o, "oncpu_median_ts", json_real(cli_median(vc, (int)reps)));
                 json_object_set_new(o, "n_depth", json_integer(c->depth));
+                json_object_set_new(o, "kv_dtype", json_string(kv_dtype_name(e.kv.dtype)));
                 json_object_set_new(o, "loadavg_start", json_string(load_start));
                 json_object_set_new(o, "loadavg_end", json_string(load_end));
                 json_object_set_new(o, "peak_rss", json_integer((json_int_t)peak_rss_bytes()));
