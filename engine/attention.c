@@ -128,6 +128,91 @@ static void attend_share(void *arg, int share, int n_shares) {
     }
 }
 
+/* ------------------------------------------------------------------ one token at depth */
+
+/* Decoding far into a sequence: every head of the token reads each cache row once
+ * (attn_block), in blocks of ATTEND_BLOCK positions split over the pool (flash-decoding):
+ *   qc[h]    = [W_UK[h]^T q_nope[h] | q_pe[h]]                        phase 0, a head per item
+ *   block b: m_b[h] = max score, l_b[h] = sum exp(score - m_b[h]),
+ *            o_b[h] = sum exp(score - m_b[h]) c_kv                     phase 1, a block per item
+ *   o_lat[h] = sum_b exp(m_b[h] - M[h]) o_b[h] / sum_b exp(m_b[h] - M[h]) l_b[h],  M[h] = max_b m_b[h]
+ *   o[h]     = W_UV[h] o_lat[h]                                        phase 2, a head per item
+ * The same math as head_absorbed; the sums run in another order. */
+typedef struct {
+    const moe_model *m;
+    moe_ctx *c;
+    const layer_weights *lw;
+    int layer, t;             /* the pass's token */
+    int phase, n_blocks;
+    atomic_int next;
+} deep_job;
+
+static void deep_item(deep_job *job, int item, int share) {
+    const moe_model *m = job->m;
+    const moe_config *cfg = &m->cfg;
+    moe_ctx *c = job->c;
+    int nh = cfg->num_attention_heads, dn = cfg->qk_nope_head_dim, dr = cfg->qk_rope_head_dim, dv = cfg->v_head_dim;
+    int dq = dn + dr, R = cfg->kv_lora_rank, W = R + dr, t = job->t, seq = c->seq[t], p = c->pos[t];
+    const moe_kv *kv = c->kv;
+    float *part = c->deep_part;   /* [NB] blocks of nh * (R + 2): o [nh][R], m [nh], l [nh] */
+    size_t part_block = (size_t)nh * (R + 2);
+    if (job->phase == 0) {
+        int h = item, head_row = h * (dn + dv);
+        const float *qh = c->q + (size_t)t * nh * dq + (size_t)h * dq;
+        float *qc = c->deep_qc + (size_t)h * W;
+        matvec_t_rows(&job->lw->kv_b, qh, qc, head_row, head_row + dn);
+        memcpy(qc + R, qh + dn, sizeof(float) * (size_t)dr);
+    } else if (job->phase == 1) {
+        int j0 = item * ATTEND_BLOCK, n = p + 1 - j0 < ATTEND_BLOCK ? p + 1 - j0 : ATTEND_BLOCK;
+        float *pb = part + (size_t)item * part_block;   /* o [nh][R], then m [nh], then l [nh] */
+        attn_block(c->deep_qc, nh, W, R, kv_row_ptr(kv, seq, job->layer, j0), kv->dtype == KV_BF16, (size_t)kv->width, n,
+                   m->rope.softmax_scale, c->share_deep + (size_t)share * nh * ATTEND_BLOCK, pb + (size_t)nh * R,
+                   pb + (size_t)nh * R + nh, pb);
+    } else {
+        int h = item, head_row = h * (dn + dv);
+        float M = -INFINITY, L = 0.0f, *olat = c->deep_olat + (size_t)h * R;
+        for (int b = 0; b < job->n_blocks; b++) {
+            float mb = part[(size_t)b * part_block + (size_t)nh * R + h];
+            if (mb > M) M = mb;
+        }
+        memset(olat, 0, sizeof(float) * (size_t)R);
+        for (int b = 0; b < job->n_blocks; b++) {
+            const float *pb = part + (size_t)b * part_block;
+            float w = expf(pb[(size_t)nh * R + h] - M);
+            L += w * pb[(size_t)nh * R + nh + h];
+            vec_axpy(olat, w, pb + (size_t)h * R, R);
+        }
+        float inv = 1.0f / L;
+        for (int i = 0; i < R; i++) olat[i] *= inv;
+        matvec_rows(&job->lw->kv_b, olat, c->attn + (size_t)t * nh * dv + (size_t)h * dv, head_row + dn, head_row + dn + dv);
+    }
+}
+
+
+static void deep_share(void *arg, int share, int n_shares) {
+    (void)n_shares;
+    deep_job *job = arg;
+    int n_items = job->phase == 1 ? job->n_blocks : job->m->cfg.num_attention_heads;
+    for (;;) {
+        int item = atomic_fetch_add(&job->next, 1);
+        if (item >= n_items) break;
+        deep_item(job, item, share);
+    }
+}
+
+/* Token t of the pass (a decode token at position ATTEND_DEEP_MIN or later), absorbed. */
+static void attend_deep(const moe_model *m, moe_ctx *c, const layer_weights *lw, int layer, int t) {
+    deep_job job = { .m = m, .c = c, .lw = lw, .layer = layer, .t = t,
+                     .n_blocks = (c->pos[t] + ATTEND_BLOCK) / ATTEND_BLOCK };
+    int pool = c->pool && threadpool_threads(c->pool) > 1;
+    for (int phase = 0; phase < 3; phase++) {
+        job.phase = phase;
+        atomic_store(&job.next, 0);
+        if (pool && (phase != 1 || job.n_blocks > 1)) threadpool_run(c->pool, deep_share, &job);
+        else deep_share(&job, 0, 1);
+    }
+}
+
 /* ------------------------------------------------------------------ a prefill span */
 
 /* One share of attend_span_gemm (below): claims heads until none is left. */
@@ -202,6 +287,13 @@ static void attend_tokens(const moe_model *m, moe_ctx *c, const layer_weights *l
     const moe_config *cfg = &m->cfg;
     int nh = cfg->num_attention_heads, dn = cfg->qk_nope_head_dim, dr = cfg->qk_rope_head_dim, dv = cfg->v_head_dim;
     int R = cfg->kv_lora_rank;
+    if (!naive && attn_block_fast()) {   /* tokens far into their sequence: all heads at once */
+        int k = 0;
+        for (int i = 0; i < n_tok; i++)
+            if (c->pos[tok[i]] >= ATTEND_DEEP_MIN) attend_deep(m, c, lw, layer, tok[i]);
+            else c->attn_tok[k++] = tok[i];   /* tok is c->attn_tok: compacted in place */
+        n_tok = k;
+    }
     if (n_tok == 0) return;
     attend_job job = { .m = m, .c = c, .lw = lw, .layer = layer, .tok = tok, .n_tok = n_tok, .naive = naive };
     /* multiply-adds: over the cache, and the head's kv_b rows (W_UK^T q, W_UV o_lat), which

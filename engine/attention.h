@@ -10,4 +10,9 @@
  * Uses m->opt.attn (absorbed or naive). */
 void attention_forward(const moe_model *m, moe_ctx *c, int layer, const float *xn, float *out);
 
+/* Decode tokens at position ATTEND_DEEP_MIN or later attend with all heads at once, in
+ * blocks of ATTEND_BLOCK cached positions (attn_block), when the kernel set has attn_block. */
+#define ATTEND_DEEP_MIN 128
+#define ATTEND_BLOCK 256
+
 #endif

@@ -99,6 +99,11 @@ typedef struct moe_ctx {
     float *pf_p;        /* [P, B, S] its scores / probabilities */
     float *pf_olat;     /* [P, B, R] its latent outputs */
     float *pf_w;        /* [P, dn + dv, R] the head's kv_b rows as f32 */
+    /* decoding at depth (attention.c attend_deep), one token at a time; NB = ceil(S / ATTEND_BLOCK) */
+    float *deep_qc;     /* [nh, R + dr] the token's q_abs | q_pe per head */
+    float *deep_part;   /* [NB, nh, R + 2] per block of positions: o (R), m, l */
+    float *deep_olat;   /* [nh, R] the merged latent outputs */
+    float *share_deep;  /* [P, nh, ATTEND_BLOCK] a share's exp(score - max) of its block */
     /* MoE scratch */
     int *route_ids;     /* [B, K] */
     float *route_w;     /* [B, K] */

@@ -102,6 +102,11 @@ int ctx_init(moe_ctx *s, const moe_model *m, moe_error *err) {
     ALLOC(s->pf_olat, (size_t)s->n_shares * B * R);
     ALLOC(s->pf_w, (size_t)s->n_shares * (dn + dv) * R);
     if (m->opt.attn == ATTN_NAIVE) ALLOC(s->kv_full, (size_t)S * nh * (dn + dv));
+    int n_blocks = (S + ATTEND_BLOCK - 1) / ATTEND_BLOCK;
+    ALLOC(s->deep_qc, (size_t)nh * (R + dr));
+    ALLOC(s->deep_part, (size_t)n_blocks * nh * (R + 2));
+    ALLOC(s->deep_olat, (size_t)nh * R);
+    ALLOC(s->share_deep, (size_t)s->n_shares * nh * ATTEND_BLOCK);
     if (m->opt.kv_dtype != KV_F32) ALLOC(s->kv_f32, (size_t)S * (R + dr));
     if (E > 0) {
         ALLOC(s->logits_b, (size_t)B * E);
@@ -138,7 +143,7 @@ int ctx_init(moe_ctx *s, const moe_model *m, moe_error *err) {
 void ctx_free(moe_ctx *s) {
     threadpool_free(s->pool);
     float *bufs[] = {s->x, s->xn, s->cq, s->q, s->kv_new, s->attn, s->out, s->gate, s->up, s->rope_cs, s->logits_b,
-                     s->hidden, s->mtp_in, s->share_attn, s->kv_full, s->kv_f32, s->pf_qabs, s->pf_p, s->pf_olat, s->pf_w, s->route_w,
+                     s->hidden, s->mtp_in, s->share_attn, s->kv_full, s->kv_f32, s->deep_qc, s->deep_part, s->deep_olat, s->share_deep, s->pf_qabs, s->pf_p, s->pf_olat, s->pf_w, s->route_w,
                      s->expert_w, s->slot_out, s->shared_out, s->share_x, s->share_gate, s->share_up};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     free(s->spans); free(s->attn_tok);

@@ -47,6 +47,8 @@ typedef struct {
     float (*vec_dot_bf16)(const float *, const uint16_t *, int);
     void (*vec_axpy_bf16)(float *, float, const uint16_t *, int);
     int (*vec_argmax)(const float *, int);
+    void (*attn_block)(const float *, int, int, int, const void *, int, size_t, int, float, float *, float *, float *,
+                       float *);   /* NULL: attention.c keeps its per-head loops */
     void (*quantize_q8)(const float *, block_q8 *, int);
     void (*quantize_bf16)(const float *, uint16_t *, int);
     int (*quantize_q8K)(const float *, block_q8_K *, int);
@@ -54,17 +56,17 @@ typedef struct {
 
 static const kernel_set set_scalar = {
     "scalar", KSET_SCALAR, NULL, NULL,
-    rmsnorm_ref, softmax_ref, silu_mul_ref, vec_dot_ref, vec_axpy_ref, vec_dot_bf16_ref, vec_axpy_bf16_ref, vec_argmax_ref,
+    rmsnorm_ref, softmax_ref, silu_mul_ref, vec_dot_ref, vec_axpy_ref, vec_dot_bf16_ref, vec_axpy_bf16_ref, vec_argmax_ref, NULL,
     quantize_row_q8_ref, quantize_row_bf16_ref, quantize_row_q8_K_ref,
 };
 static const kernel_set set_avx2 = {
     "avx2", KSET_AVX2, matvec_rows_q8q8_avx2, NULL,
-    rmsnorm_avx2, softmax_avx2, silu_mul_avx2, vec_dot_avx2, vec_axpy_avx2, vec_dot_bf16_avx2, vec_axpy_bf16_avx2, vec_argmax_ref,
+    rmsnorm_avx2, softmax_avx2, silu_mul_avx2, vec_dot_avx2, vec_axpy_avx2, vec_dot_bf16_avx2, vec_axpy_bf16_avx2, vec_argmax_ref, NULL,
     quantize_row_q8_avx2, quantize_row_bf16_ref, quantize_row_q8_K_avx2,
 };
 static kernel_set set_avx512 = {
     "avx512", KSET_AVX512, matvec_rows_q8q8_avx2, NULL,
-    rmsnorm_avx512, softmax_avx512, silu_mul_avx512, vec_dot_avx512, vec_axpy_avx512, vec_dot_bf16_avx512, vec_axpy_bf16_avx512, vec_argmax_avx512,
+    rmsnorm_avx512, softmax_avx512, silu_mul_avx512, vec_dot_avx512, vec_axpy_avx512, vec_dot_bf16_avx512, vec_axpy_bf16_avx512, vec_argmax_avx512, attn_block_avx512,
     quantize_row_q8_avx512, quantize_row_bf16_avx512, quantize_row_q8_K_avx512,
 };
 
@@ -207,6 +209,11 @@ void router_topk(const float *x, int n, int k, int *idx) {
 void vec_axpy(float *y, float a, const float *x, int n) { active->vec_axpy(y, a, x, n); }
 float vec_dot_bf16(const float *a, const uint16_t *b, int n) { return active->vec_dot_bf16(a, b, n); }
 void vec_axpy_bf16(float *y, float a, const uint16_t *x, int n) { active->vec_axpy_bf16(y, a, x, n); }
+void attn_block(const float *qc, int nh, int W, int R, const void *rows, int bf16, size_t ld, int n, float scale,
+                float *scratch, float *m, float *l, float *o) {
+    (active->attn_block ? active->attn_block : attn_block_ref)(qc, nh, W, R, rows, bf16, ld, n, scale, scratch, m, l, o);
+}
+int attn_block_fast(void) { return active->attn_block != NULL; }
 void quantize_row_q8(const float *x, block_q8 *out, int n) { active->quantize_q8(x, out, n); }
 void quantize_row_bf16(const float *x, uint16_t *out, int n) { active->quantize_bf16(x, out, n); }
 int quantize_row_q8_K(const float *x, block_q8_K *out, int n) { return active->quantize_q8K(x, out, n); }

@@ -241,6 +241,24 @@ void topk_indices_ref(const float *x, int n, int k, int *idx);
 void router_topk(const float *x, int n, int k, int *idx);
 void router_topk_ref(const float *x, int n, int k, int *idx);
 
+/* ---------------------------------------------------------------- MLA decode attention */
+
+/* One query's nh heads against a block of n consecutive positions of a sequence's latent
+ * cache (engine/attention.c, decoding at depth), reading each cache row once for all heads:
+ *   s[h][j] = scale * (qc[h] . row_j)          qc [nh][W] = [q_abs (R) | q_pe (dr)], W = R + dr
+ *   m[h]    = max_j s[h][j]                    (the block's max)
+ *   e[h][j] = exp(s[h][j] - m[h])              l[h] = sum_j e[h][j]
+ *   o[h][c] = sum_j e[h][j] row_j[c]           c < R (unnormalised latent output)
+ * row_j = rows + j * ld values, f32 (bf16 = 0) or bf16 (bf16 = 1, widened exactly). scratch
+ * [nh][n] holds e. The caller merges blocks (flash-decoding): with M = max_b m_b,
+ * o_lat[h] = sum_b exp(m_b - M) o_b[h] / sum_b exp(m_b - M) l_b[h]. n >= 1. */
+void attn_block(const float *qc, int nh, int W, int R, const void *rows, int bf16, size_t ld, int n, float scale,
+                float *scratch, float *m, float *l, float *o);
+void attn_block_ref(const float *qc, int nh, int W, int R, const void *rows, int bf16, size_t ld, int n, float scale,
+                    float *scratch, float *m, float *l, float *o);
+/* 1 if the kernel set has a fast attn_block (else attention.c keeps its per-head loops). */
+int attn_block_fast(void);
+
 /* ---------------------------------------------------------------- CPU features */
 
 typedef struct {

@@ -313,6 +313,33 @@ void vec_axpy_bf16_ref(float *y, float a, const uint16_t *x, int n) {
     for (int i = 0; i < n; i++) y[i] += a * bf16_to_f32(x[i]);
 }
 
+/* ---------------------------------------------------------------- MLA decode attention */
+
+static float cache_value(const void *rows, int bf16, size_t i) {
+    return bf16 ? bf16_to_f32(((const uint16_t *)rows)[i]) : ((const float *)rows)[i];
+}
+
+void attn_block_ref(const float *qc, int nh, int W, int R, const void *rows, int bf16, size_t ld, int n, float scale,
+                    float *scratch, float *m, float *l, float *o) {
+    for (int h = 0; h < nh; h++) {
+        float *e = scratch + (size_t)h * n, mx = -INFINITY;
+        for (int j = 0; j < n; j++) {
+            float s = 0.0f;
+            for (int c = 0; c < W; c++) s += qc[(size_t)h * W + c] * cache_value(rows, bf16, (size_t)j * ld + c);
+            e[j] = scale * s;
+            if (e[j] > mx) mx = e[j];
+        }
+        float sum = 0.0f;
+        for (int j = 0; j < n; j++) { e[j] = expf(e[j] - mx); sum += e[j]; }
+        m[h] = mx;
+        l[h] = sum;
+        float *oh = o + (size_t)h * R;
+        for (int c = 0; c < R; c++) oh[c] = 0.0f;
+        for (int j = 0; j < n; j++)
+            for (int c = 0; c < R; c++) oh[c] += e[j] * cache_value(rows, bf16, (size_t)j * ld + c);
+    }
+}
+
 /* ---------------------------------------------------------------- top-k */
 
 /* Rank key: NaN below every number (including -inf); ties go to the lower index. */

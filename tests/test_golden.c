@@ -25,6 +25,7 @@
 #include <string.h>
 #include <cmocka.h>
 
+#include "attention.h"
 #include "session.h"
 #include "safetensors.h"
 #include "sampler.h"
@@ -295,6 +296,55 @@ static void test_long_chunk_vs_decode(void **state) {
     }
 }
 
+/* Decoding at depth (attend_deep: all heads at once, blocks of ATTEND_BLOCK positions merged
+ * flash-decoding style) against prefill chunks (matrix products over the whole cache): 700
+ * positions = 3 blocks, f32 and bf16 caches, 1 and 2 threads (the blocks may run on either
+ * thread: the same bits). Bounds: f32 cache 1e-5 (measured 2.4e-7); bf16 cache 5e-5 (measured
+ * 3e-7 and 7e-6): the two paths' 1e-7 differences in a later layer's latent can flip the bf16
+ * rounding of a value that sits near a rounding boundary (a 2^-9 step in that one value), so
+ * the bf16 cache amplifies summation-order differences. */
+static void test_deep_decode(void **state) {
+    (void)state;
+    static const char *cases[] = {"tiny-bf16", "mix-f32"};
+    for (int ci = 0; ci < 2; ci++)
+        for (int kvd = 0; kvd < 2; kvd++) {
+            char dir[256];
+            snprintf(dir, sizeof dir, GOLDEN "%s", cases[ci]);
+            int T = 700, split = 300;
+            moe_session a, b, b2;
+            moe_error err = {{0}};
+            kv_dtype kt = kvd ? KV_BF16 : KV_F32;
+            model_options oa = { .max_seq = T, .batch_max = split, .kv_dtype = kt, .n_threads = 1 };
+            model_options ob = { .max_seq = T, .batch_max = 1, .kv_dtype = kt, .n_threads = 1 };
+            model_options ob2 = { .max_seq = T, .batch_max = 1, .kv_dtype = kt, .n_threads = 2 };
+            assert_int_equal(session_open(&a, dir, &oa, 1, &err), 0);
+            assert_int_equal(session_open(&b, dir, &ob, 1, &err), 0);
+            assert_int_equal(session_open(&b2, dir, &ob2, 1, &err), 0);
+            int V = a.m.cfg.vocab_size, *tok = malloc(sizeof(int) * T);
+            for (int t = 0; t < T; t++) tok[t] = (t * 37 + 11) % V;
+            float *la = malloc(sizeof(float) * (size_t)T * V), *lb = malloc(sizeof(float) * (size_t)T * V);
+            float *lb2 = malloc(sizeof(float) * (size_t)T * V);
+            for (int t0 = 0; t0 < T; t0 += split) {
+                int n = T - t0 < split ? T - t0 : split;
+                assert_int_equal(model_forward_seq(&a.m, &a.c, &a.kv, 0, tok + t0, n, t0, la + (size_t)t0 * V, 1, NULL, &err), 0);
+            }
+            for (int t = 0; t < T; t++) {
+                assert_int_equal(model_forward_seq(&b.m, &b.c, &b.kv, 0, tok + t, 1, t, lb + (size_t)t * V, 1, NULL, &err), 0);
+                assert_int_equal(model_forward_seq(&b2.m, &b2.c, &b2.kv, 0, tok + t, 1, t, lb2 + (size_t)t * V, 1, NULL, &err), 0);
+            }
+            size_t deep = (size_t)ATTEND_DEEP_MIN * V;
+            double e = rel_err_f32(lb + deep, la + deep, (size_t)T * V - deep);
+            print_message("%s, %s cache: decode at depth %d..%d vs prefill chunks rel.err %.2e%s\n", cases[ci],
+                          kv_dtype_name(kt), ATTEND_DEEP_MIN, T - 1, e, attn_block_fast() ? "" : " (no attn_block kernel here)");
+            if (e > (kvd ? 5e-5 : 1e-5))
+                fail_msg("%s %s cache: decode at depth vs prefill rel.err %.3e", cases[ci], kv_dtype_name(kt), e);
+            if (memcmp(lb, lb2, sizeof(float) * (size_t)T * V))
+                fail_msg("%s %s cache: decode logits differ between 1 and 2 threads", cases[ci], kv_dtype_name(kt));
+            free(tok); free(la); free(lb); free(lb2);
+            session_close(&a); session_close(&b); session_close(&b2);
+        }
+}
+
 /* --act-lowp (cpu_set_low_precision): decode products with bf16-rounded activations move the
  * logits (the path really runs) but stay near the reference (bf16 rounding of x: ~1e-3). */
 static void test_act_lowp_decode(void **state) {
@@ -418,6 +468,7 @@ int main(void) {
         cmocka_unit_test(test_q8_rows_and_logits),
         cmocka_unit_test(test_long_chunk_vs_decode),
         cmocka_unit_test(test_kv_bf16),
+        cmocka_unit_test(test_deep_decode),
     };
     return cmocka_run_group_tests_name("golden", tests, NULL, NULL);
 }

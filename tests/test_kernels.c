@@ -732,6 +732,64 @@ static void test_vec_bf16(void **state) {
     assert_true(tested >= NELEM(VN));
 }
 
+/* attn_block (decode attention over a block of cache rows, all heads at once) against its
+ * reference, f32 and bf16 rows, on head counts, row widths and block lengths that hit every
+ * tile tail (4 heads x 4 rows for the scores, 8 heads x 32 values for the mix). Bounds: a
+ * score is a dot of W terms (dot_tol); e = exp(s - m) moves by e (|ds| + |dm|) plus the
+ * polynomial's few ulp; l and o are sums of n such terms (their own (n + 8) u rounding on
+ * top). A dropped row, head or column moves a value by far more. */
+static void test_attn_block(void **state) {
+    (void)state;
+    static const int shapes[][4] = {   /* nh, R, dr, n */
+        {8, 256, 32, 256}, {8, 256, 32, 1}, {8, 256, 32, 7}, {1, 32, 8, 5}, {3, 40, 8, 17}, {5, 48, 16, 4},
+        {12, 64, 16, 33}, {16, 512, 64, 9}, {8, 20, 4, 3}, {9, 96, 32, 64},
+    };
+    if (!attn_block_fast()) { print_message("attn_block: no fast kernel on this CPU (reference only)\n"); }
+    int tested = 0;
+    for (int si = 0; si < NELEM(shapes); si++)
+        for (int bf16 = 0; bf16 < 2; bf16++) {
+            int nh = shapes[si][0], R = shapes[si][1], dr = shapes[si][2], n = shapes[si][3], W = R + dr;
+            size_t ld = (size_t)W + 3 * (si % 2);   /* rows with a gap between them on some shapes */
+            float *q = make_vec(nh * W, 0), *rows32 = make_vec((int)(ld * n), 0);
+            uint16_t *rows16 = malloc(2 * ld * n);
+            for (size_t i = 0; i < ld * n; i++) { rows16[i] = f32_to_bf16(rows32[i]); if (bf16) rows32[i] = bf16_to_f32(rows16[i]); }
+            const void *rows = bf16 ? (const void *)rows16 : rows32;
+            float scale = 0.125f;
+            float *sa = malloc(sizeof(float) * nh * n), *sb = malloc(sizeof(float) * nh * n);
+            float ma[32], la[32], mb[32], lb[32], *oa = malloc(sizeof(float) * nh * R), *ob = malloc(sizeof(float) * nh * R);
+            attn_block_ref(q, nh, W, R, rows, bf16, ld, n, scale, sa, ma, la, oa);
+            attn_block(q, nh, W, R, rows, bf16, ld, n, scale, sb, mb, lb, ob);
+            for (int h = 0; h < nh; h++) {
+                double tol_s = 0;
+                for (int j = 0; j < n; j++) {
+                    double S = 0;
+                    for (int c = 0; c < W; c++) S += fabs((double)q[h * W + c] * rows32[j * ld + c]);
+                    tol_s = fmax(tol_s, dot_tol(W, S) * scale);
+                }
+                if (fabs(ma[h] - mb[h]) > tol_s) fail_msg("attn_block nh %d R %d n %d bf16 %d: m[%d] %g vs %g", nh, R, n, bf16, h, mb[h], ma[h]);
+                double tol_l = 0;
+                for (int j = 0; j < n; j++) {
+                    double e = sa[h * n + j], te = e * (2 * tol_s + 8 * FLT_EPSILON) + 1e-30;
+                    if (fabs(sb[h * n + j] - e) > te) fail_msg("attn_block nh %d R %d n %d bf16 %d: e[%d][%d] %g vs %g", nh, R, n, bf16, h, j, sb[h * n + j], e);
+                    tol_l += te + (n + 8) * FLT_EPSILON * e;
+                }
+                if (fabs(lb[h] - la[h]) > tol_l) fail_msg("attn_block nh %d R %d n %d bf16 %d: l[%d] %g vs %g", nh, R, n, bf16, h, lb[h], la[h]);
+                for (int c = 0; c < R; c++) {
+                    double tol_o = 1e-30;
+                    for (int j = 0; j < n; j++) {
+                        double e = sa[h * n + j], x = fabs(rows32[j * ld + c]);
+                        tol_o += (e * (2 * tol_s + 8 * FLT_EPSILON) + (n + 8) * FLT_EPSILON * e) * x;
+                    }
+                    if (fabs(ob[h * R + c] - oa[h * R + c]) > tol_o)
+                        fail_msg("attn_block nh %d R %d n %d bf16 %d: o[%d][%d] %g vs %g", nh, R, n, bf16, h, c, ob[h * R + c], oa[h * R + c]);
+                }
+            }
+            tested++;
+            free(q); free(rows32); free(rows16); free(sa); free(sb); free(oa); free(ob);
+        }
+    assert_int_equal(tested, 2 * NELEM(shapes));
+}
+
 /* ---------------------------------------------------------------- quantization */
 
 /* Same operations as the references: bit-identical output. */
@@ -1810,6 +1868,7 @@ int main(void) {
         cmocka_unit_test(test_silu_mul),
         cmocka_unit_test(test_vec_dot_axpy),
         cmocka_unit_test(test_vec_bf16),
+        cmocka_unit_test(test_attn_block),
         cmocka_unit_test(test_quantize),
         cmocka_unit_test(test_topk),
         cmocka_unit_test(test_router_topk),
