@@ -155,16 +155,17 @@ void cli_ep_attach(moe_session *e, const char *dir, const char *cmd) {
     if (G.plan_path && !G.plan.n_layers && eplb_plan_load(&G.plan, G.plan_path, &err)) ep_comm_exit_all(&G.comm, 2, err.msg);
     if (ep_moe_init(&G.x, &G.comm, &e->m, &e->c, G.plan_path ? &G.plan : NULL, &err)) ep_comm_exit_all(&G.comm, 2, err.msg);
     G.attached = 1;
-    G.hook = (ep_hook){ ep_moe_owned, ep_moe_exchange, &G.x };
+    G.hook = (ep_hook){ ep_moe_owned, ep_moe_exchange, &G.x, ep_moe_ranges };
     e->c.ep = &G.hook;
-    int mine = 0, all = 0;
+    int mine = 0, all = 0, shared = 0;
     for (int l = 0; l < G.x.Lt; l++)
         for (int k = 0; k < G.x.E; k++) {
             all += G.x.owner[(size_t)l * G.x.E + k] >= 0;
             mine += G.x.own[(size_t)l * G.x.E + k];
+            shared += G.x.own[(size_t)l * G.x.E + k] && G.x.n_hold[(size_t)l * G.x.E + k] > 1;
         }
-    fprintf(stderr, "ep: rank %d of %d (%s): %d of %d expert-layers here (%s), weights %.1f MiB loaded (%.1f mapped + "
-                    "%.1f converted), resident %.1f MiB\n", G.comm.rank, G.comm.size, G.comm.ops->name, mine, all,
+    fprintf(stderr, "ep: rank %d of %d (%s): %d of %d expert-layers here, %d replicated (%s), weights %.1f MiB loaded (%.1f mapped + "
+                    "%.1f converted), resident %.1f MiB\n", G.comm.rank, G.comm.size, G.comm.ops->name, mine, all, shared,
             G.plan_path ? G.plan_path : "default blocks", (e->m.w.bytes_mapped + e->m.w.bytes_converted) / 1048576.0,
             e->m.w.bytes_mapped / 1048576.0, e->m.w.bytes_converted / 1048576.0, resident_mib());
 }
@@ -182,3 +183,4 @@ void cli_ep_report(const char *what, const char *unit, double comm_s, uint64_t b
     fprintf(stderr, "ep: rank %d of %d: %s: %.1f us in communication, %.0f bytes sent, %.1f exchanges per %s\n",
             G.comm.rank, G.comm.size, what, comm_s / units * 1e6, bytes / units, exchanges / units, unit);
 }
+
