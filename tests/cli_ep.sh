@@ -17,7 +17,9 @@
 #   - moe itself with --ep (build/tests/moe_mpi): generate's greedy text, logits files (prefill and
 #     decode: logits, MTP logits, routing), route counts identical to one process at -np 2 / 3, each
 #     rank loading only its experts, bench --ep's communication lines, a plan for other ranks, a rank
-#     that cannot load, checkpoints that differ between ranks, a rank that leaves mid-run.
+#     that cannot load, checkpoints that differ between ranks, a rank that leaves mid-run;
+#   - serve --ep at -np 2 (replica plan) and -np 3: tests/serve_check.py's basic checks (greedy =
+#     single-process moe generate, cache reuse, ...) against rank 0, then SIGINT to rank 0 stops all.
 MOE=${MOE:-build/moe}
 BUILD=${BUILD:-$(dirname "$MOE")}
 CHECK=$BUILD/tests/ep_comm_check
@@ -268,8 +270,41 @@ else
         # (not Open MPI's own "MPI_ABORT was invoked" text: its help printer can fail, "ORTE_ERROR_LOG: Out of resource")
         why=$(lines_per_rank "$T/err" 2 "waited 3 s for the other ranks" 0) && [ $rc -ne 0 ] && [ $rc -ne 124 ] &&
             [ $((e - s)) -lt 20 ] && ok || bad "a rank leaves: rc=$rc $((e - s)) s $why: $(cat "$T/err")"
+        # serve --ep (rank 0 serves HTTP and schedules, rank 1 follows its passes) with the toy's replica
+        # plan: tests/serve_check.py's basic checks over it (greedy = single-process moe generate, chat
+        # and completions, concurrent = serial, the next turn's cache reuse: kv operations followed);
+        # SIGINT to rank 0 stops every rank cleanly (exit 0, the follower's stop line)
+        PY=/usr/bin/python3; [ -x "$PY" ] || PY=python3
+        for run in "2 --ep-plan $T/toyrep2.json" "3 --ep"; do
+            np=${run%% *}; how=${run#* }
+            $R -np $np "$MOE_MPI" serve -m models/toy --port 0 -t 1 --parallel 4 --max-body 65536 --timeout 2 --dtype f32 \
+                $how >"$T/sep.out" 2>"$T/sep.log" &
+            mp=$!
+            port=""; p0=""; i=0
+            while [ $i -lt 600 ] && { [ -z "$port" ] || [ -z "$p0" ]; }; do
+                port=$(sed -n 's/^moe serve: port \([0-9]*\)$/\1/p' "$T/sep.log")
+                p0=$(sed -n 's/^moe serve: --ep: rank 0 of [0-9]* (pid \([0-9]*\)) serves.*/\1/p' "$T/sep.log")
+                kill -0 $mp 2>/dev/null || break
+                { [ -n "$port" ] && [ -n "$p0" ]; } || sleep 0.1
+                i=$((i + 1))
+            done
+            if [ -n "$port" ] && [ -n "$p0" ]; then
+                timeout 600 "$PY" tests/serve_check.py $port basic "$MOE" models/toy f32 >"$T/check.out" 2>&1 && ok ||
+                    bad "np $np serve $how: serve_check.py basic: $(cat "$T/check.out")"
+                grep "^serve_check" "$T/check.out"
+                kill -INT $p0
+                i=0; while kill -0 $mp 2>/dev/null && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
+                kill -0 $mp 2>/dev/null && { bad "np $np serve --ep: still running 30 s after SIGINT"; kill -TERM $mp; }
+                wait $mp; rc=$?
+                [ $rc -eq 0 ] && grep -q "^moe serve: stopped" "$T/sep.log" &&
+                    [ "$(grep -c "^moe serve: rank [0-9] of $np: stopped by rank 0 after [1-9][0-9]* passes" "$T/sep.log")" -eq $((np - 1)) ] &&
+                    ok || bad "np $np serve $how: SIGINT to rank 0: rc=$rc $(tail -20 "$T/sep.log")"
+            else
+                bad "np $np serve $how did not start: $(cat "$T/sep.log")"; kill -TERM $mp 2>/dev/null; wait $mp
+            fi
+        done
+        expect_error "serve --ep --mtp" "moe serve: --mtp with --ep is not supported yet" "$MOE" serve -m models/toy --ep --mtp
         expect_error "chat --ep" "moe chat: --ep is not supported by chat yet" "$MOE" chat -m models/toy --ep
-        expect_error "serve --ep" "moe serve: --ep is not supported by serve yet" "$MOE" serve -m models/toy --ep
     else bad "missing $MOE_MPI (make tests builds it when mpicc exists)"; fi
     # the control: without the exchange the logits differ, and every rank says so
     timeout 120 $R -np 2 "$LOGITS_MPI" $G/tiny-bf16 --no-exchange >"$T/out" 2>"$T/err"; rc=$?
