@@ -19,7 +19,8 @@
 #     rank loading only its experts, bench --ep's communication lines, a plan for other ranks, a rank
 #     that cannot load, checkpoints that differ between ranks, a rank that leaves mid-run;
 #   - serve --ep at -np 2 (replica plan) and -np 3: tests/serve_check.py's basic checks (greedy =
-#     single-process moe generate, cache reuse, ...) against rank 0, then SIGINT to rank 0 stops all.
+#     single-process moe generate, cache reuse, ...) against rank 0, then SIGINT to rank 0 stops all;
+#   - chat --ep at -np 2 / 3 (rank 0's stdin broadcast line by line): greedy and seeded replies = one process.
 MOE=${MOE:-build/moe}
 BUILD=${BUILD:-$(dirname "$MOE")}
 CHECK=$BUILD/tests/ep_comm_check
@@ -304,7 +305,18 @@ else
             fi
         done
         expect_error "serve --ep --mtp" "moe serve: --mtp with --ep is not supported yet" "$MOE" serve -m models/toy --ep --mtp
-        expect_error "chat --ep" "moe chat: --ep is not supported by chat yet" "$MOE" chat -m models/toy --ep
+        # chat --ep: rank 0 reads stdin and broadcasts each line, every rank runs the same turn (the
+        # replies of a sampled chat too: rank 0's clock seed is broadcast); rank 0's output = one process's
+        printf 'Tell me about a cat\nAnd a dog?\n' >"$T/chat.in"
+        "$MOE" chat -m models/toy --greedy -n 16 <"$T/chat.in" >"$T/c1" 2>/dev/null
+        "$MOE" chat -m models/toy --seed 7 -n 16 <"$T/chat.in" >"$T/cs1" 2>/dev/null
+        for np in 2 3; do
+            timeout 60 $R -np $np "$MOE_MPI" chat -m models/toy --greedy -n 16 --ep-plan "$T/toyrep$np.json" <"$T/chat.in" \
+                >"$T/c$np" 2>"$T/err"; rc=$?
+            [ $rc -eq 0 ] && [ -s "$T/c1" ] && cmp -s "$T/c1" "$T/c$np" && ok || bad "np $np chat --ep-plan: rc=$rc $(cat "$T/c$np" "$T/err")"
+        done
+        timeout 60 $R -np 2 "$MOE_MPI" chat -m models/toy --seed 7 -n 16 --ep <"$T/chat.in" >"$T/cs2" 2>"$T/err"; rc=$?
+        [ $rc -eq 0 ] && [ -s "$T/cs1" ] && cmp -s "$T/cs1" "$T/cs2" && ok || bad "np 2 chat --ep --seed 7: rc=$rc $(cat "$T/cs2" "$T/err")"
     else bad "missing $MOE_MPI (make tests builds it when mpicc exists)"; fi
     # the control: without the exchange the logits differ, and every rank says so
     timeout 120 $R -np 2 "$LOGITS_MPI" $G/tiny-bf16 --no-exchange >"$T/out" 2>"$T/err"; rc=$?

@@ -187,6 +187,30 @@ void cli_ep_report(const char *what, const char *unit, double comm_s, uint64_t b
             G.comm.rank, G.comm.size, what, comm_s / units * 1e6, bytes / units, exchanges / units, unit);
 }
 
+/* ------------------------------------------------------------------ chat --ep */
+
+void cli_ep_bcast_line(char **line, size_t *cap, ssize_t *got) {
+    if (!G.on || !G.started || G.comm.size == 1) return;
+    moe_error err = {{0}};
+    int64_t n = G.comm.rank == 0 ? (int64_t)*got : 0;
+    double t = G.comm.timeout_s;
+    G.comm.timeout_s = 0;   /* the user may take a while */
+    int rc = ep_bcast(&G.comm, &n, sizeof n, "chat input length", &err);
+    G.comm.timeout_s = t;
+    if (rc) cli_ep_fail("chat", err.msg);
+    if (n < 0) { *got = -1; return; }
+    if (n > ((int64_t)1 << 30)) cli_ep_fail("chat", "an input line longer than 1 GiB");
+    if (G.comm.rank > 0 && (size_t)n + 1 > *cap) {
+        char *p = realloc(*line, (size_t)n + 1);
+        if (!p) cli_ep_fail("chat", "out of memory for an input line");
+        *line = p;
+        *cap = (size_t)n + 1;
+    }
+    if (n > 0 && ep_bcast(&G.comm, *line, (size_t)n, "chat input", &err)) cli_ep_fail("chat", err.msg);
+    (*line)[n] = 0;
+    *got = (ssize_t)n;
+}
+
 /* ------------------------------------------------------------------ serve --ep */
 
 enum { MSG_FORWARD = 1, MSG_KV_CLEAR, MSG_KV_KEEP, MSG_KV_COPY, MSG_STOP };

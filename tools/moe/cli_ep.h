@@ -14,13 +14,15 @@
  * which applies the same operations and runs the same passes (their experts) until rank 0's
  * stop message (cli_ep_serve_stop, after the scheduler stopped). Messages: 16 bytes
  * {op, a, b, c}, then for a pass the batch (ep_bcast_batch: 13 bytes a token).
- * Not yet: chat (refuses --ep with one line).
+ * chat is replayed like generate: rank 0 reads each input line and broadcasts it
+ * (cli_ep_bcast_line), and every rank runs the same turn.
  */
 #ifndef MOE_CLI_EP_H
 #define MOE_CLI_EP_H
 
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/types.h>
 
 #include "serve_sched.h"
 #include "session.h"
@@ -48,6 +50,10 @@ void cli_ep_stats(double *comm_s, uint64_t *bytes_sent, uint64_t *exchanges);
 /* One line on stderr (every rank): "ep: rank R of N: WHAT: X us in communication, Y bytes sent, Z
  * exchanges per UNIT" from the totals' differences over `units` tokens or chunks. */
 void cli_ep_report(const char *what, const char *unit, double comm_s, uint64_t bytes, uint64_t exchanges, double units);
+/* Rank 0's line to every rank (chat's input; no-op without --ep): *got is its length or -1 at
+ * the end of the input, *line grown as getline does. Waits without a timeout (a user types). */
+void cli_ep_bcast_line(char **line, size_t *cap, ssize_t *got);
+
 /* moe serve --ep. Rank 0: the scheduler's follow hook (after cli_ep_attach; collective with the
  * followers' cli_ep_serve_follow: both reserve batches of batch_cap tokens). NULL without --ep. */
 const sched_follow *cli_ep_serve_leader(int batch_cap);
