@@ -61,6 +61,9 @@ typedef struct ep_hook {
     const unsigned char *(*owned)(void *ctx, int layer);      /* [E] 1: run expert e here */
     void (*exchange)(void *ctx, int layer, struct moe_ctx *c); /* after the experts ran */
     void *ctx;
+    /* NULL, or (replicated experts) after the grouping: [E][2] the part [lo, hi) of expert e's
+     * slots (0 .. its count) this process runs; it replaces `owned` for the layer */
+    const int *(*ranges)(void *ctx, int layer, const struct moe_ctx *c);
 } ep_hook;
 
 typedef struct moe_ctx {

@@ -22,6 +22,10 @@
  * expert, each group with its own counter; a thread takes the shared expert if still
  * free, then its own node's items, then helps the other nodes in turn (an idle node's
  * threads reading remote memory beat waiting for the busiest node). Step 4 is unchanged.
+ *
+ * Expert parallelism (moe_ctx.ep, engine/ep/ep.h): step 3 runs only this rank's items, an
+ * item being [lo, hi) of an expert's slots (the whole expert, or a replicated expert's
+ * share), and the exchange fills the other ranks' slots before step 4.
  */
 #include "moe.h"
 
@@ -64,6 +68,7 @@ typedef struct {
     const layer_weights *lw;
     const float *xn;          /* [n, H] */
     int n;
+    const int *range;         /* [E][2] slots [lo, hi) of each expert run here (EP replicas), or NULL: all */
     int n_items;
     atomic_int next;          /* next unclaimed item */
     /* --numa partition: routed items of node g are [group_start[g], group_start[g+1]) */
@@ -86,7 +91,8 @@ static void run_item(expert_job *job, int item, int share) {
                   gate, up);
         return;
     }
-    int cnt = s->expert_count[e], first = s->expert_start[e];
+    int lo = job->range ? job->range[2 * e] : 0, hi = job->range ? job->range[2 * e + 1] : s->expert_count[e];
+    int cnt = hi - lo, first = s->expert_start[e] + lo;
     float *xe = s->share_x + (size_t)share * s->B * H;
     for (int i = 0; i < cnt; i++)
         memcpy(xe + (size_t)i * H, job->xn + (size_t)s->expert_tok[first + i] * H, sizeof(float) * (size_t)H);
@@ -155,20 +161,26 @@ void moe_forward(const moe_model *m, moe_ctx *s, int layer, const float *xn, flo
     expert_job job = { .m = m, .c = s, .lw = lw, .xn = xn, .n = n };
     int by_node = m->numa.expert_node != NULL, n_groups = by_node ? m->numa.topo.n_nodes : 1;
     int n_items = 0;
-    const unsigned char *own = s->ep ? s->ep->owned(s->ep->ctx, layer) : NULL;   /* expert parallelism */
+    /* expert parallelism: this rank's experts, or its parts of them (replicas) */
+    const int *rg = s->ep && s->ep->ranges ? s->ep->ranges(s->ep->ctx, layer, s) : NULL;
+    const unsigned char *own = s->ep && !rg ? s->ep->owned(s->ep->ctx, layer) : NULL;
+    job.range = rg;
     if (lw->has_shared) s->expert_item[n_items++] = -1;
     for (int g = 0; g < n_groups; g++) {
         int lo = n_items;
         job.group_start[g] = lo;
         for (int e = 0; e < E; e++)
-            if (s->expert_count[e] && (!own || own[e]) && (!by_node || numa_expert_node(&m->numa, layer, e) == g))
+            if (s->expert_count[e] && (rg ? rg[2 * e + 1] > rg[2 * e] : !own || own[e]) &&
+                (!by_node || numa_expert_node(&m->numa, layer, e) == g))
                 s->expert_item[n_items++] = e;
+#define ITEM_SIZE(e) (rg ? rg[2 * (e) + 1] - rg[2 * (e)] : s->expert_count[e])
         for (int i = lo; i < n_items; i++)   /* insertion sort: few items, nearly sorted */
-            for (int j = i; j > lo && s->expert_count[s->expert_item[j]] > s->expert_count[s->expert_item[j - 1]]; j--) {
+            for (int j = i; j > lo && ITEM_SIZE(s->expert_item[j]) > ITEM_SIZE(s->expert_item[j - 1]); j--) {
                 int tmp = s->expert_item[j];
                 s->expert_item[j] = s->expert_item[j - 1];
                 s->expert_item[j - 1] = tmp;
             }
+#undef ITEM_SIZE
     }
     job.group_start[n_groups] = n_items;
     job.n_items = n_items;

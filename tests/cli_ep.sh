@@ -11,10 +11,16 @@
 #   - the engine with the EP hook (tests/ep_logits_check.c): logits of prefill, decode and MTP
 #     bit-identical to one process on golden checkpoints, alone and under mpirun -np 2 / 3, and
 #     the control (no exchange) differing;
+#   - EPLB plans with replicas (moe eplb --redundant on the golden models' routing): the engine's
+#     logits bit-identical with a replicated expert's tokens split between its holders, and moe
+#     logits / generate --ep-plan identical to one process (MTP logits and routing included);
 #   - moe itself with --ep (build/tests/moe_mpi): generate's greedy text, logits files (prefill and
 #     decode: logits, MTP logits, routing), route counts identical to one process at -np 2 / 3, each
 #     rank loading only its experts, bench --ep's communication lines, a plan for other ranks, a rank
-#     that cannot load, checkpoints that differ between ranks, a rank that leaves mid-run.
+#     that cannot load, checkpoints that differ between ranks, a rank that leaves mid-run;
+#   - serve --ep at -np 2 (replica plan) and -np 3: tests/serve_check.py's basic checks (greedy =
+#     single-process moe generate, cache reuse, ...) against rank 0, then SIGINT to rank 0 stops all;
+#   - chat --ep at -np 2 / 3 (rank 0's stdin broadcast line by line): greedy and seeded replies = one process.
 MOE=${MOE:-build/moe}
 BUILD=${BUILD:-$(dirname "$MOE")}
 CHECK=$BUILD/tests/ep_comm_check
@@ -103,6 +109,22 @@ lines_per_rank() {   # file np want_regex ranks...
         grep "^moe: rank $r of $np: " "$f" | grep -qE "$want" || { echo "rank $r: $(grep "^moe: rank $r of" "$f")"; return 1; }
     done
 }
+# replica plans for the golden models with MTP: moe eplb over the routing of the tokens the checks run
+# (so their hot experts are the replicated ones), R = E on 2 ranks, the next R >= E with 3 | E + R on 3
+EP_TOK=5,17,30,4,9,2,77,120,33,8,61,14
+for d in tiny-bf16 mix-f32; do
+    if "$MOE" route -m $G/$d --tokens $EP_TOK -o "$T/$d" -q 2>"$T/err"; then
+        E=$(sed -n 's/.*"n_routed_experts": *\([0-9]*\).*/\1/p' $G/$d/config.json)
+        for np in 2 3; do
+            Rr=$E; [ $np -eq 3 ] && Rr=$((E + (3 - (2 * E) % 3) % 3))
+            "$MOE" eplb --counts "$T/$d.counts.csv" --ranks $np --redundant $Rr -m $G/$d -o "$T/$d.plan$np.json" -q \
+                >"$T/out" 2>"$T/err" &&
+            "$MOE" eplb --check "$T/$d.plan$np.json" -m $G/$d --ranks $np >"$T/out" 2>"$T/err" &&
+                grep -q "experts + $Rr redundant on $np ranks" "$T/out" && ok || bad "replica plan $d $np: $(cat "$T/out" "$T/err")"
+        done
+    else bad "route $d: $(cat "$T/err")"; fi
+done
+
 if ! command -v mpirun >/dev/null 2>&1; then
     echo "cli_ep: mpirun not found: skipping the MPI checks (apt-get install openmpi-bin libopenmpi-dev, then make tests)"
 elif [ ! -x "$CHECK_MPI" ]; then
@@ -147,6 +169,23 @@ else
             n=$(grep -c "rank [0-9] of $np: bit-identical to one process" "$T/out")
             [ $rc -eq 0 ] && [ "$n" -eq $np ] && ok || bad "np $np ep_logits $run: rc=$rc, $n lines: $(cat "$T/out" "$T/err")"
         done
+        # EPLB plans with replicas (moe eplb --redundant on each golden model's routing of the test's
+        # tokens): a replicated expert's slots split between its holders ("split") or its one share
+        # rotated to another holder ("moved"); passes of 4 tokens and of the whole prefill
+        for d in tiny-bf16 mix-f32; do
+            [ -s "$T/$d.plan$np.json" ] || { bad "no replica plan $d for $np ranks"; continue; }
+            for b in 4 10; do
+                MOE_EP_CHECK=1 timeout 120 $R -np $np "$LOGITS_MPI" $G/$d --plan "$T/$d.plan$np.json" --batch $b \
+                    --threads 2 >"$T/out" 2>"$T/err"; rc=$?
+                n=$(grep -c "rank [0-9] of $np: bit-identical to one process (prefill 10, decode 3, MTP;" "$T/out")
+                # every rank holds replicated experts; over the ranks some expert was split (b 10) and some moved
+                rep=$(grep -c "[1-9][0-9]* of them replicated" "$T/out")
+                split=$(sed -n 's/.* \([0-9]*\) experts split, \([0-9]*\) moved.*/\1 \2/p' "$T/out" | head -1)
+                [ $rc -eq 0 ] && [ "$n" -eq $np ] && [ "$rep" -eq $np ] && [ "${split#* }" -gt 0 ] &&
+                    { [ $b -ne 10 ] || [ "${split% *}" -gt 0 ]; } && ok ||
+                    bad "np $np ep_logits $d --plan (replicas) --batch $b: rc=$rc, $n lines, split/moved $split: $(cat "$T/out" "$T/err")"
+            done
+        done
     done
     # the commands with --ep (moe linked with the MPI backend): rank 0's output equals one process's
     if [ -x "$MOE_MPI" ]; then
@@ -155,6 +194,14 @@ else
         "$MOE" logits -m $G/v2lite-f32 --tokens 5,17,30,4,9,2 --mode decode -o "$T/d1.st" 2>/dev/null
         "$MOE" route -m models/toy -f "$T/in.txt" -o "$T/r1" -q 2>/dev/null
         "$MOE" eplb --counts "$T/r1.counts.csv" --ranks 2 -m models/toy -o "$T/plan2r0.json" -q >/dev/null 2>&1
+        for np in 2 3; do   # the toy with replicas: 256 + 32 slots
+            "$MOE" eplb --counts "$T/r1.counts.csv" --ranks $np --redundant 32 -m models/toy -o "$T/toyrep$np.json" -q >/dev/null 2>&1
+        done
+        for d in tiny-bf16 mix-f32; do
+            for mode in prefill decode; do
+                "$MOE" logits -m $G/$d --tokens $EP_TOK --mode $mode -o "$T/$d.$mode.1.st" 2>/dev/null
+            done
+        done
         for np in 2 3; do
             MOE_EP_CHECK=1 timeout 60 $R -np $np "$MOE_MPI" generate -m models/toy -p "the cat and the dog" -n 12 --greedy \
                 --ep >"$T/g$np" 2>"$T/err"; rc=$?
@@ -173,6 +220,21 @@ else
             done
             timeout 60 $R -np $np "$MOE_MPI" route -m models/toy -f "$T/in.txt" -o "$T/r$np" -q --ep >/dev/null 2>"$T/err"; rc=$?
             [ $rc -eq 0 ] && cmp -s "$T/r1.counts.csv" "$T/r$np.counts.csv" && ok || bad "np $np route --ep: rc=$rc $(cat "$T/err")"
+            # EPLB plans with replicas: logits, MTP logits and routing (golden models with MTP, prefill
+            # and decode) and the toy's greedy text, the same bytes as one process
+            for d in tiny-bf16 mix-f32; do
+                for mode in prefill decode; do
+                    MOE_EP_CHECK=1 timeout 60 $R -np $np "$MOE_MPI" logits -m $G/$d --tokens $EP_TOK --mode $mode \
+                        -o "$T/$d.$mode.$np.st" --ep-plan "$T/$d.plan$np.json" >/dev/null 2>"$T/err"; rc=$?
+                    [ $rc -eq 0 ] && [ -s "$T/$d.$mode.1.st" ] && cmp -s "$T/$d.$mode.1.st" "$T/$d.$mode.$np.st" &&
+                        [ "$(grep -c "^ep: rank [0-9] of $np (mpi): .*, [1-9][0-9]* replicated" "$T/err")" -eq $np ] && ok ||
+                        bad "np $np logits --ep-plan (replicas) $d $mode: rc=$rc $(cat "$T/err")"
+                done
+            done
+            MOE_EP_CHECK=1 timeout 60 $R -np $np "$MOE_MPI" generate -m models/toy -p "the cat and the dog" -n 12 --greedy \
+                --ep-plan "$T/toyrep$np.json" >"$T/gr$np" 2>"$T/err"; rc=$?
+            [ $rc -eq 0 ] && cmp -s "$T/g1" "$T/gr$np" && grep -q "replicated (.*toyrep$np.json)" "$T/err" && ok ||
+                bad "np $np generate --ep-plan (replicas): rc=$rc $(cat "$T/gr$np" "$T/err")"
             timeout 60 $R -np $np "$MOE_MPI" bench -m models/toy -p 16 -n 4 -r 1 -t 1 --ep >/dev/null 2>"$T/err0"; rc=$?
             tr '\r' '\n' <"$T/err0" >"$T/err"   # the progress line ends in a carriage return
             # (the ranks' stderr interleave: count the lines' texts, not line starts)
@@ -209,8 +271,52 @@ else
         # (not Open MPI's own "MPI_ABORT was invoked" text: its help printer can fail, "ORTE_ERROR_LOG: Out of resource")
         why=$(lines_per_rank "$T/err" 2 "waited 3 s for the other ranks" 0) && [ $rc -ne 0 ] && [ $rc -ne 124 ] &&
             [ $((e - s)) -lt 20 ] && ok || bad "a rank leaves: rc=$rc $((e - s)) s $why: $(cat "$T/err")"
-        expect_error "chat --ep" "moe chat: --ep is not supported by chat yet" "$MOE" chat -m models/toy --ep
-        expect_error "serve --ep" "moe serve: --ep is not supported by serve yet" "$MOE" serve -m models/toy --ep
+        # serve --ep (rank 0 serves HTTP and schedules, rank 1 follows its passes) with the toy's replica
+        # plan: tests/serve_check.py's basic checks over it (greedy = single-process moe generate, chat
+        # and completions, concurrent = serial, the next turn's cache reuse: kv operations followed);
+        # SIGINT to rank 0 stops every rank cleanly (exit 0, the follower's stop line)
+        PY=/usr/bin/python3; [ -x "$PY" ] || PY=python3
+        for run in "2 --ep-plan $T/toyrep2.json" "3 --ep"; do
+            np=${run%% *}; how=${run#* }
+            $R -np $np "$MOE_MPI" serve -m models/toy --port 0 -t 1 --parallel 4 --max-body 65536 --timeout 2 --dtype f32 \
+                $how >"$T/sep.out" 2>"$T/sep.log" &
+            mp=$!
+            port=""; p0=""; i=0
+            while [ $i -lt 600 ] && { [ -z "$port" ] || [ -z "$p0" ]; }; do
+                port=$(sed -n 's/^moe serve: port \([0-9]*\)$/\1/p' "$T/sep.log")
+                p0=$(sed -n 's/^moe serve: --ep: rank 0 of [0-9]* (pid \([0-9]*\)) serves.*/\1/p' "$T/sep.log")
+                kill -0 $mp 2>/dev/null || break
+                { [ -n "$port" ] && [ -n "$p0" ]; } || sleep 0.1
+                i=$((i + 1))
+            done
+            if [ -n "$port" ] && [ -n "$p0" ]; then
+                timeout 600 "$PY" tests/serve_check.py $port basic "$MOE" models/toy f32 >"$T/check.out" 2>&1 && ok ||
+                    bad "np $np serve $how: serve_check.py basic: $(cat "$T/check.out")"
+                grep "^serve_check" "$T/check.out"
+                kill -INT $p0
+                i=0; while kill -0 $mp 2>/dev/null && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
+                kill -0 $mp 2>/dev/null && { bad "np $np serve --ep: still running 30 s after SIGINT"; kill -TERM $mp; }
+                wait $mp; rc=$?
+                [ $rc -eq 0 ] && grep -q "^moe serve: stopped" "$T/sep.log" &&
+                    [ "$(grep -c "^moe serve: rank [0-9] of $np: stopped by rank 0 after [1-9][0-9]* passes" "$T/sep.log")" -eq $((np - 1)) ] &&
+                    ok || bad "np $np serve $how: SIGINT to rank 0: rc=$rc $(tail -20 "$T/sep.log")"
+            else
+                bad "np $np serve $how did not start: $(cat "$T/sep.log")"; kill -TERM $mp 2>/dev/null; wait $mp
+            fi
+        done
+        expect_error "serve --ep --mtp" "moe serve: --mtp with --ep is not supported yet" "$MOE" serve -m models/toy --ep --mtp
+        # chat --ep: rank 0 reads stdin and broadcasts each line, every rank runs the same turn (the
+        # replies of a sampled chat too: rank 0's clock seed is broadcast); rank 0's output = one process's
+        printf 'Tell me about a cat\nAnd a dog?\n' >"$T/chat.in"
+        "$MOE" chat -m models/toy --greedy -n 16 <"$T/chat.in" >"$T/c1" 2>/dev/null
+        "$MOE" chat -m models/toy --seed 7 -n 16 <"$T/chat.in" >"$T/cs1" 2>/dev/null
+        for np in 2 3; do
+            timeout 60 $R -np $np "$MOE_MPI" chat -m models/toy --greedy -n 16 --ep-plan "$T/toyrep$np.json" <"$T/chat.in" \
+                >"$T/c$np" 2>"$T/err"; rc=$?
+            [ $rc -eq 0 ] && [ -s "$T/c1" ] && cmp -s "$T/c1" "$T/c$np" && ok || bad "np $np chat --ep-plan: rc=$rc $(cat "$T/c$np" "$T/err")"
+        done
+        timeout 60 $R -np 2 "$MOE_MPI" chat -m models/toy --seed 7 -n 16 --ep <"$T/chat.in" >"$T/cs2" 2>"$T/err"; rc=$?
+        [ $rc -eq 0 ] && [ -s "$T/cs1" ] && cmp -s "$T/cs1" "$T/cs2" && ok || bad "np 2 chat --ep --seed 7: rc=$rc $(cat "$T/cs2" "$T/err")"
     else bad "missing $MOE_MPI (make tests builds it when mpicc exists)"; fi
     # the control: without the exchange the logits differ, and every rank says so
     timeout 120 $R -np 2 "$LOGITS_MPI" $G/tiny-bf16 --no-exchange >"$T/out" 2>"$T/err"; rc=$?

@@ -1,7 +1,7 @@
 /* ep_logits_check.c - the engine under expert parallelism gives the logits of one process, bit
  * for bit (tests/cli_ep.sh runs it alone and under mpirun -np 2, 3 as ep_logits_check_mpi).
  *
- *   ep_logits_check DIR [--shuffle] [--threads N]
+ *   ep_logits_check DIR [--shuffle] [--plan plan.json] [--batch N] [--threads N]
  *
  * Every rank loads the checkpoint and first runs it as one process (no hook: every expert
  * here): a 10-token prefill (all logits), 3 greedy decode steps, and the MTP head over the
@@ -12,6 +12,9 @@
  *   --shuffle   the default blocks with every layer's experts permuted (pseudo-random, the
  *               same on every rank), so a rank's experts are not adjacent: the exchange goes
  *               through the staging buffer
+ *   --batch N   tokens per pass (default 4: the prefill runs in passes of 4 + 4 + 2)
+ *   --plan FILE the placement of `moe eplb` (plan.json), replicas included: a replicated
+ *               expert's slots are split between its holders (ep.h), staged exchange
  *   --no-exchange  the control: the hook skips the exchange, so with 2+ ranks the logits must
  *               differ (exit 1, "the EP logits differ from one process's")
  * Prints one line per rank: "ep_logits_check DIR: rank R of N: bit-identical ...".
@@ -71,17 +74,20 @@ int main(int argc, char **argv) {
     moe_error err = {{0}};
     if (ep_comm_init(&C, EP_COMM_AUTO, &argc, &argv, &err)) { fprintf(stderr, "ep_logits_check: %s\n", err.msg); return 1; }
     const char *dir = NULL;
-    int shuffle = 0, threads = 1, control = 0;
+    int shuffle = 0, threads = 1, control = 0, batch = 4;
+    const char *plan_path = NULL;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--shuffle")) shuffle = 1;
         else if (!strcmp(argv[i], "--no-exchange")) control = 1;
         else if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--plan") && i + 1 < argc) plan_path = argv[++i];
+        else if (!strcmp(argv[i], "--batch") && i + 1 < argc) batch = atoi(argv[++i]);
         else dir = argv[i];
     }
-    if (!dir) ep_comm_abort(&C, 2, "usage: ep_logits_check DIR [--shuffle] [--threads N]");
+    if (!dir) ep_comm_abort(&C, 2, "usage: ep_logits_check DIR [--shuffle] [--plan plan.json] [--batch N] [--threads N]");
     model_options opt = {0};
     opt.n_threads = threads;
-    opt.batch_max = 4;            /* the prefill runs in passes of 4: 4 + 4 + 2 */
+    opt.batch_max = batch;        /* 4: the prefill runs in passes of 4 + 4 + 2 */
     opt.max_seq = 32;
     moe_session s;
     if (session_open(&s, dir, &opt, 1, &err)) die(dir, &err);
@@ -114,9 +120,10 @@ int main(int argc, char **argv) {
         }
         free(ids);
     }
+    if (plan_path && eplb_plan_load(&plan, plan_path, &err)) die("plan", &err);
     ep_moe x;
-    if (ep_moe_init(&x, &C, &s.m, &s.c, shuffle ? &plan : NULL, &err)) die("ep", &err);
-    ep_hook hook = { ep_moe_owned, control ? no_exchange : ep_moe_exchange, &x };
+    if (ep_moe_init(&x, &C, &s.m, &s.c, shuffle || plan_path ? &plan : NULL, &err)) die("ep", &err);
+    ep_hook hook = { ep_moe_owned, control ? no_exchange : ep_moe_exchange, &x, ep_moe_ranges };
     s.c.ep = &hook;
     run(&s, &ep, hidden);
 
@@ -137,13 +144,17 @@ int main(int argc, char **argv) {
     h = ep_hash(h, ep.dec, sizeof(float) * D * V);
     if (has_mtp) h = ep_hash(h, ep.mtp, sizeof(float) * T * V);
     if (ep_check_same(&C, h, "the EP logits", &err)) ep_comm_exit_all(&C, 1, err.msg);
-    int mine = 0, Lt = x.Lt;
+    int mine = 0, shared = 0, Lt = x.Lt;
     for (int l = 0; l < Lt; l++)
-        for (int e = 0; e < E; e++) mine += x.own[(size_t)l * E + e];
-    printf("ep_logits_check %s%s: rank %d of %d: bit-identical to one process (prefill %d, decode %d%s; %llu "
-           "exchanges, %d of this model's expert-layers here)\n",
-           dir, shuffle ? " --shuffle" : "", C.rank, C.size, T, D, has_mtp ? ", MTP" : "",
-           (unsigned long long)x.n_exchanges, mine);
+        for (int e = 0; e < E; e++) {
+            mine += x.own[(size_t)l * E + e];
+            shared += x.own[(size_t)l * E + e] && x.n_hold[(size_t)l * E + e] > 1;
+        }
+    printf("ep_logits_check %s%s%s: rank %d of %d: bit-identical to one process (prefill %d, decode %d%s; %llu "
+           "exchanges, %d of this model's expert-layers here, %d of them replicated; %llu experts split, %llu moved)\n",
+           dir, shuffle ? " --shuffle" : "", plan_path ? " --plan" : "", C.rank, C.size, T, D, has_mtp ? ", MTP" : "",
+           (unsigned long long)x.n_exchanges, mine, shared, (unsigned long long)x.n_split,
+           (unsigned long long)x.n_moved);
     fflush(stdout);
     ep_moe_free(&x);
     eplb_plan_free(&plan);

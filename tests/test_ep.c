@@ -1,7 +1,8 @@
 /* test_ep.c - expert-parallel helpers (engine/ep/ep.h) and the single-process exchange layer:
- *   - the replica split: copies' ranges tile an expert's slots in order, the active copies'
- *     sizes differ by at most one and are >= 2 (no one-token share of a busier expert),
- *     ep_copy_of_slot inverts ep_copy_range; ep_slot_rank follows a plan;
+ *   - the replica split: the holders' shares tile an expert's slots (each slot exactly once),
+ *     the active shares' sizes differ by at most one and are >= 2 (no one-token share of a
+ *     busier expert), the rotation moves them between holders, ep_holder_of_slot inverts
+ *     ep_share_range; ep_holders / ep_slot_rank follow a plan;
  *   - ep_hash_checkpoint: the same on two opens of a golden checkpoint, different when the
  *     config text, a tensor's shape, its dtype or the extra string changes;
  *   - ep_comm single backend: size 1, reserve, batch broadcast, allgatherv copy (exact bytes,
@@ -24,36 +25,52 @@
 static void test_copy_split(void **state) {
     (void)state;
     for (int n = 0; n <= 40; n++)
-        for (int c = 1; c <= 7; c++) {
-            int expect_lo = 0, a = n < 2 ? 1 : (c < n / 2 ? c : n / 2), used = 0;
-            for (int j = 0; j < c; j++) {
-                int lo, hi;
-                ep_copy_range(n, c, j, &lo, &hi);
-                assert_int_equal(lo, expect_lo);           /* in order, no gap, no overlap */
-                if (j < a) assert_true(hi - lo == n / a || hi - lo == n / a + 1);
-                else assert_int_equal(hi - lo, 0);
-                if (n >= 2 && hi > lo) assert_true(hi - lo >= 2);   /* never one token of a busier expert */
-                used += hi > lo;
-                for (int i = lo; i < hi; i++) assert_int_equal(ep_copy_of_slot(n, c, i), j);
-                expect_lo = hi;
+        for (int h = 1; h <= 7; h++)
+            for (int rot = 0; rot < 9; rot++) {
+                int a = n < 2 ? 1 : (h < n / 2 ? h : n / 2), used = 0, covered[41] = {0};
+                for (int j = 0; j < h; j++) {
+                    int lo, hi, k = ((j - rot) % h + h) % h;
+                    ep_share_range(n, h, rot, j, &lo, &hi);
+                    assert_true(lo >= 0 && lo <= hi && hi <= n);
+                    if (k < a) {   /* share k: [n*k/a, n*(k+1)/a), sizes differ by at most one */
+                        assert_int_equal(lo, n * k / a);
+                        assert_int_equal(hi, n * (k + 1) / a);
+                        assert_true(hi - lo == n / a || hi - lo == n / a + 1);
+                    } else assert_int_equal(hi - lo, 0);
+                    if (n >= 2 && hi > lo) assert_true(hi - lo >= 2);   /* never one token of a busier expert */
+                    used += hi > lo;
+                    for (int i = lo; i < hi; i++) {
+                        covered[i]++;
+                        assert_int_equal(ep_holder_of_slot(n, h, rot, i), j);
+                    }
+                }
+                for (int i = 0; i < n; i++) assert_int_equal(covered[i], 1);   /* exactly one holder a slot */
+                assert_int_equal(used, n ? a : 0);
             }
-            assert_int_equal(expect_lo, n);
-            assert_int_equal(used, n ? a : 0);
-        }
-    /* a plan: expert 0 has 3 copies on ranks 0, 1, 0; expert 1 one copy on rank 1 */
+    /* the rotation moves a one-token expert between its holders from one position to the next */
+    int seen[3] = {0};
+    for (int pos = 0; pos < 6; pos++) seen[ep_holder_of_slot(1, 3, ep_rotation(pos, 5), 0)]++;
+    assert_true(seen[0] == 2 && seen[1] == 2 && seen[2] == 2);
+    /* a plan: expert 0 has 3 copies (on ranks 0 and 1), expert 1 one copy */
     int64_t w[2] = {90, 10};
     eplb_counts cts = {1, 2, (int[]){1}, w};
     eplb_plan p;
     moe_error err = {{0}};
     assert_int_equal(eplb_rebalance(&p, &cts, 2, 2, 1, 1, &err), MOE_OK);
-    for (int i = 0; i < 9; i++) {
-        int r = ep_slot_rank(&p, 0, 0, 9, i), j = ep_copy_of_slot(9, p.copies[0], i), found = -1;
-        for (int s = 0; s < p.n_slots; s++)
-            if (p.slot_expert[s] == 0 && p.slot_replica[s] == j) found = p.slot_rank[s];
-        assert_int_equal(r, found);
-        assert_true(r == 0 || r == 1);
-    }
     assert_int_equal(p.copies[0] + p.copies[1], 4);
+    int ranks[2], h = ep_holders(&p, 0, 0, ranks);
+    assert_int_equal(h, 2);
+    assert_true(ranks[0] == 0 && ranks[1] == 1);
+    for (int rot = 0; rot < 3; rot++) {
+        int on[2] = {0};
+        for (int i = 0; i < 9; i++) {
+            int r = ep_slot_rank(&p, 0, 0, 9, rot, i);
+            assert_int_equal(r, ranks[ep_holder_of_slot(9, 2, rot, i)]);
+            on[r]++;
+        }
+        assert_true(on[0] >= 4 && on[1] >= 4);   /* 9 slots: 4 + 5 */
+    }
+    assert_int_equal(ep_holders(&p, 0, 1, ranks), 1);
     eplb_plan_free(&p);
 }
 
@@ -132,7 +149,7 @@ static void test_single_comm(void **state) {
  * whose bf16 and q8 rows differ from matmul's: that is why no copy gets a one-token share.) */
 static void test_kernel_rows_batch_independent(void **state) {
     (void)state;
-    enum { ROWS = 48, COLS = 256, N = 9 };
+    enum { ROWS = 50, COLS = 256, N = 14 };   /* 50: row blocks of 4 and single rows */
     float *wf = malloc(sizeof(float) * ROWS * COLS), *X = malloc(sizeof(float) * N * COLS);
     uint16_t *wb = malloc(2 * ROWS * COLS);
     block_q8 *wq = malloc(sizeof(block_q8) * ROWS * COLS / QK8);

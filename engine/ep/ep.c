@@ -29,36 +29,47 @@ uint64_t ep_hash_route(uint64_t h, int layer, const int *ids, const float *weigh
     return ep_hash(h, weights, sizeof(float) * (size_t)n_slots);
 }
 
-/* copies that get slots: never a share of one slot when the expert has two or more (a
+/* shares that get slots: never a share of one slot when the expert has two or more (a
  * single token runs the matvec kernel, whose bits differ from the matmul kernel's rows) */
-static int active_copies(int n_e, int c) {
+static int active_shares(int n_e, int h) {
     if (n_e < 2) return 1;
-    return c < n_e / 2 ? c : n_e / 2;
+    return h < n_e / 2 ? h : n_e / 2;
 }
 
-void ep_copy_range(int n_e, int c, int j, int *lo, int *hi) {
-    int a = active_copies(n_e, c);
-    if (j >= a) { *lo = *hi = n_e; return; }
-    *lo = (int)((long long)n_e * j / a);
-    *hi = (int)((long long)n_e * (j + 1) / a);
+void ep_share_range(int n_e, int h, int rot, int j, int *lo, int *hi) {
+    int a = active_shares(n_e, h), k = ((j - rot) % h + h) % h;
+    if (k >= a) { *lo = *hi = n_e; return; }
+    *lo = (int)((long long)n_e * k / a);
+    *hi = (int)((long long)n_e * (k + 1) / a);
 }
 
-int ep_copy_of_slot(int n_e, int c, int i) {
-    /* the j with n_e*j/a <= i < n_e*(j+1)/a: start from the estimate, then step */
-    c = active_copies(n_e, c);
-    int j = n_e ? (int)(((long long)i * c) / n_e) : 0;
-    if (j >= c) j = c - 1;
-    while (j > 0 && (long long)n_e * j / c > i) j--;
-    while (j + 1 < c && (long long)n_e * (j + 1) / c <= i) j++;
-    return j;
+int ep_holder_of_slot(int n_e, int h, int rot, int i) {
+    /* the share k with n_e*k/a <= i < n_e*(k+1)/a: start from the estimate, then step */
+    int a = active_shares(n_e, h);
+    int k = n_e ? (int)(((long long)i * a) / n_e) : 0;
+    if (k >= a) k = a - 1;
+    while (k > 0 && (long long)n_e * k / a > i) k--;
+    while (k + 1 < a && (long long)n_e * (k + 1) / a <= i) k++;
+    return (int)(((long long)k + rot) % h);
 }
 
-int ep_slot_rank(const eplb_plan *p, int l, int e, int n_e, int i) {
-    const int E = p->n_experts, P = p->n_slots;
-    int c = p->copies[(size_t)l * E + e], j = c > 1 ? ep_copy_of_slot(n_e, c, i) : 0;
+int ep_holders(const eplb_plan *p, int l, int e, int *ranks) {
+    const int P = p->n_slots;
+    int h = 0;
     for (int s = 0; s < P; s++) {
         size_t at = (size_t)l * P + s;
-        if (p->slot_expert[at] == e && p->slot_replica[at] == j) return p->slot_rank[at];
+        if (p->slot_expert[at] != e) continue;
+        int r = p->slot_rank[at], k = h;
+        for (int q = 0; q < h; q++) if (ranks[q] == r) { k = -1; break; }
+        if (k < 0) continue;
+        while (k > 0 && ranks[k - 1] > r) { ranks[k] = ranks[k - 1]; k--; }   /* ascending */
+        ranks[k] = r;
+        h++;
     }
-    return -1;
+    return h;
+}
+
+int ep_slot_rank(const eplb_plan *p, int l, int e, int n_e, int rot, int i) {
+    int ranks[EPLB_MAX_RANKS], h = ep_holders(p, l, e, ranks);
+    return h ? ranks[ep_holder_of_slot(n_e, h, rot, i)] : -1;
 }

@@ -73,7 +73,8 @@ typedef enum { EP_COMM_AUTO = 0, EP_COMM_SINGLE, EP_COMM_MPI } ep_comm_kind;
 
 /* 1 when the MPI backend is linked into this program. */
 int ep_comm_have_mpi(void);
-/* Starts the backend (MPI_Init_thread, FUNNELED: only the calling thread talks). argc/argv
+/* Starts the backend (MPI_Init_thread, SERIALIZED: one thread at a time talks; moe serve --ep: the main thread
+ * at start and stop, the scheduler's engine thread in between). argc/argv
  * may be NULL. timeout from MOE_EP_TIMEOUT (seconds, 0 = none) when set. */
 int ep_comm_init(ep_comm *c, ep_comm_kind kind, int *argc, char ***argv, moe_error *err);
 void ep_comm_free(ep_comm *c);      /* MPI_Finalize; safe on a zeroed or failed ep_comm */

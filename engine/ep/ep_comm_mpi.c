@@ -7,7 +7,9 @@
  *             for by polling MPI_Test, so a peer that never arrives turns into a timeout
  *             error (c->timeout_s) instead of a hang: poll without pause for the first
  *             50 ms (Open MPI's nonblocking collectives progress only inside MPI_Test, so a
- *             sleep between polls would stall a large transfer), then every 50 us.
+ *             sleep between polls would stall a large transfer), then every 50 us, and
+ *             after 1 s every 1 ms (an idle `moe serve --ep` follower waiting for the next
+ *             pass costs next to nothing).
  *   errors    MPI_COMM_WORLD gets MPI_ERRORS_RETURN: a failed call returns its code, which
  *             becomes one line (MPI_Error_string) in moe_error.
  *   SIGTERM   what the launcher (mpirun) sends the surviving ranks when one dies or calls
@@ -26,6 +28,7 @@
 #include "ep_comm.h"
 
 #define SPIN_S 0.05   /* poll without sleeping for the first 50 ms of a wait */
+#define IDLE_S 1.0    /* then every 50 us up to 1 s, then every 1 ms */
 
 typedef struct {
     int inited_here;          /* 1: we called MPI_Init_thread (and so MPI_Finalize) */
@@ -60,7 +63,7 @@ static int wait_req(ep_comm *c, MPI_Request *rq, const char *what, moe_error *er
         if (done) return MOE_OK;
         double waited = MPI_Wtime() - t0;
         if (waited < SPIN_S) continue;       /* a large message progresses only inside MPI_Test */
-        struct timespec ts = { 0, 50000 };
+        struct timespec ts = { 0, waited < IDLE_S ? 50000 : 1000000 };
         nanosleep(&ts, NULL);
         if (c->timeout_s > 0 && waited > c->timeout_s)
             return moe_error_set(err, "ep: %s: rank %d of %d waited %.0f s for the other ranks (MOE_EP_TIMEOUT): one is "
@@ -74,7 +77,7 @@ static int m_init(ep_comm *c, int *argc, char ***argv, moe_error *err) {
     int inited = 0, provided = 0, rc;
     MPI_Initialized(&inited);
     if (!inited) {
-        rc = MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided);
+        rc = MPI_Init_thread(argc, argv, MPI_THREAD_SERIALIZED, &provided);
         if (rc != MPI_SUCCESS) { free(s); return moe_error_set(err, "ep: MPI_Init_thread failed (error %d)", rc); }
         s->inited_here = 1;
     }

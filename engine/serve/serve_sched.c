@@ -309,6 +309,13 @@ static int lcp(const int *a, int na, const int *b, int nb) {
     return i;
 }
 
+/* A cache operation, told first to the ranks following this one (--ep). */
+static void sched_kv(serve_sched *s, int op, int seq, int a) {
+    if (s->o.follow) s->o.follow->kv_op(s->o.follow->ctx, op, seq, a, 0);
+    if (op == SCHED_KV_CLEAR) kv_clear(s->kv, seq);
+    else kv_keep(s->kv, seq, a);
+}
+
 /* Puts r into a free slot (called with s->mu held). Returns 0, or -1 with no free slot. */
 static int admit(serve_sched *s, serve_req *r) {
     int best = -1, best_lcp = -1;
@@ -322,7 +329,7 @@ static int admit(serve_sched *s, serve_req *r) {
     slot *sl = &s->slots[best];
     int keep = best_lcp < r->n_prompt - 1 ? best_lcp : r->n_prompt - 1;   /* the last token runs for its logits */
     sl->n_hist = keep;
-    kv_keep(s->kv, best, keep);
+    sched_kv(s, SCHED_KV_KEEP, best, keep);
     sl->req = r;
     sl->state = SLOT_PREFILL;
     __atomic_add_fetch(&s->n_busy, 1, __ATOMIC_RELEASE);
@@ -416,7 +423,7 @@ static int mtp_verify(serve_sched *s, slot *sl, int seq) {
         slot_token(s, sl, b, n, 1);
         return 1 + (b != s->eos);
     }
-    kv_keep(s->kv, seq, n);   /* drop d at position n */
+    sched_kv(s, SCHED_KV_KEEP, seq, n);   /* drop d at position n */
     int x;
     if (greedy) {
         x = sampler_argmax(z0, V);
@@ -473,11 +480,18 @@ static void step(serve_sched *s) {
     }
     s->rr = (s->rr + 1) % N;
     if (s->batch.n == 0) return;
+    if (rc == MOE_OK && s->o.follow) rc = s->o.follow->forward(s->o.follow->ctx, &s->batch, &err);
     if (rc == MOE_OK) rc = model_forward(s->m, s->c, s->kv, &s->batch, s->logits, s->o.mtp ? s->hid_out : NULL, &err);
     if (rc == MOE_OK && s->o.mtp)   /* keep every position's hidden state for the MTP module */
         for (int i = 0; i < s->batch.n; i++)
             memcpy(s->slots[s->batch.seq[i]].hidden + (size_t)s->batch.pos[i] * s->H, s->hid_out + (size_t)i * s->H,
                    sizeof(float) * (size_t)s->H);
+    /* the pass is counted before any request of it finishes: a client reading /metrics right
+     * after its answer sees the batch tokens of its last pass */
+    pthread_mutex_lock(&s->mu);
+    s->st.passes++;
+    s->st.batch_tokens += (unsigned long long)s->batch.n;
+    pthread_mutex_unlock(&s->mu);
     /* advance every sequence in the pass; sample where logits came back */
     for (int i = 0; i < N; i++) {
         slot *sl = &s->slots[i];
@@ -485,7 +499,7 @@ static void step(serve_sched *s) {
         if (rc) {
             slot_finish(s, sl, FINISH_ERROR, err.msg);
             sl->n_hist = sl->mtp_valid = 0;
-            kv_clear(s->kv, i);
+            sched_kv(s, SCHED_KV_CLEAR, i, 0);
             continue;
         }
         if (sl->state == SLOT_DECODE) {
@@ -507,8 +521,6 @@ static void step(serve_sched *s) {
     s->st.gen_tokens += (unsigned long long)sampled;
     s->st.mtp_drafted = s->n_drafted;
     s->st.mtp_accepted = s->n_accepted;
-    s->st.passes++;
-    s->st.batch_tokens += (unsigned long long)s->batch.n;
     s->st.busy_seconds += now_s() - t0;
     pthread_mutex_unlock(&s->mu);
 }
@@ -621,6 +633,9 @@ int sched_start(serve_sched **out, const moe_model *m, moe_ctx *c, moe_kv *kv, c
     if (o->n_slots < 1 || o->n_slots > 64) return moe_error_set(err, "--parallel %d: use 1 to 64 slots", o->n_slots);
     if (kv->n_slots < o->n_slots) return moe_error_set(err, "the KV cache has %d slots for %d sequences", kv->n_slots, o->n_slots);
     if (o->queue_max < 1) return moe_error_set(err, "--queue %d: must be at least 1", o->queue_max);
+    if (o->follow && o->mtp)
+        return moe_error_set(err, "--mtp with expert parallelism: not supported yet (the drafts' inputs are rank 0's "
+                                  "hidden states)");
     serve_sched *s = calloc(1, sizeof *s);
     if (!s) return moe_error_set(err, "out of memory");
     pthread_mutex_init(&s->mu, NULL);

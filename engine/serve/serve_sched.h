@@ -83,11 +83,23 @@ const char *serve_finish_name(serve_finish f);
 /* Routing of record i as a serve_routing view (want_routing only). */
 serve_routing serve_req_routing(const serve_req *r, int i);
 
+/* Expert parallelism (moe serve --ep, tools/moe/cli_ep.c): told on the engine thread of every
+ * cache operation and forward pass just before the scheduler runs it, so that the other
+ * ranks can run the same. forward failing fails the pass. Not with mtp (its inputs are
+ * rank 0's hidden states). */
+enum { SCHED_KV_CLEAR = 1, SCHED_KV_KEEP, SCHED_KV_COPY };
+typedef struct {
+    void (*kv_op)(void *ctx, int op, int slot, int a, int b);  /* CLEAR slot; KEEP slot, n; COPY dst, src, n */
+    int (*forward)(void *ctx, const moe_batch *b, moe_error *err);
+    void *ctx;
+} sched_follow;
+
 typedef struct {
     int n_slots;                 /* N */
     int queue_max;               /* requests waiting beyond the slots; more get 503 */
     int batch;                   /* B tokens per pass (0 = the context's) */
     int mtp;                     /* MTP self-speculative decoding: drafts verified in the batched pass */
+    const sched_follow *follow;  /* NULL, or expert parallelism's leader (see sched_follow) */
 } sched_options;
 
 typedef struct {

@@ -9,6 +9,7 @@
 
 #include "chat.h"
 #include "config.h"
+#include "ep.h"
 #include "eplb.h"
 #include "gguf.h"
 #include "gguf_config.h"
@@ -534,6 +535,12 @@ static void check_plan(const eplb_plan *p) {
                   "slot replica");
             CHECK(p->slot_rank[at] >= 0 && p->slot_rank[at] < p->n_ranks, "slot rank");
             if (s) CHECK(p->slot_rank[at] >= p->slot_rank[at - 1], "slots in rank order");
+        }
+        /* what the engine derives (ep_moe.c): each expert's holders, distinct and ascending */
+        for (int e = 0; e < E && l < 8; e++) {
+            int ranks[EPLB_MAX_RANKS], h = ep_holders(p, l, e, ranks);
+            CHECK(h >= 1 && h <= p->n_ranks && h <= p->copies[(size_t)l * E + e], "expert %d: %d holders", e, h);
+            for (int j = 0; j < h; j++) CHECK(ranks[j] >= 0 && ranks[j] < p->n_ranks && (!j || ranks[j] > ranks[j - 1]), "holders");
         }
     }
     char *buf = NULL;

@@ -86,13 +86,14 @@ def main():
     for n in (8, 16):
         mx = busiest_rank_experts(n)
         mem_rank = b(replicated + routed_all / n) / GB
+        mem_rep = b(replicated + routed_all * (E + n) / E / n) / GB      # an EPLB plan with R = N redundant experts
         read_rank = b(L * attn_w + (L - L_MOE) * dense_w + L_MOE * (expert_w + router_w) + head_w) \
             + b(L_MOE * mx * expert_w)
         read_mean = b(L * attn_w + (L - L_MOE) * dense_w + L_MOE * (expert_w + router_w)) + b(L_MOE * K / n * expert_w)
         compute = read_rank / B_MEM
         recv = L_MOE * msg * (n - 1) / n
         msgs = L_MOE * math.ceil(math.log2(n)) + 2 * math.ceil(math.log2(n))
-        row = {"n": n, "mx": mx, "mem": mem_rank, "read": read_rank / GB, "read_mean": read_mean / GB,
+        row = {"n": n, "mx": mx, "mem": mem_rank, "mem_rep": mem_rep, "read": read_rank / GB, "read_mean": read_mean / GB,
                "compute_ms": compute * 1e3, "recv_mb": recv / 1e6, "msgs": msgs, "net": {}}
         for name, beta, alpha in nets:
             t_net = L_MOE * allgather_s(n, msg, alpha, beta) + 2 * (math.ceil(math.log2(n)) * alpha)
@@ -112,6 +113,7 @@ def main():
     print("| --- | --- | --- | --- | --- |")
     r8, r16 = rows
     print("| weights per machine | %.1f GB | %.1f GB | %.1f GB | %.1f GB |" % (r8["mem"], r16["mem"], r8["lsplit_mem"], r16["lsplit_mem"]))
+    print("| weights per machine, EPLB plan with R = N replicas | %.1f GB | %.1f GB | - | - |" % (r8["mem_rep"], r16["mem_rep"]))
     print("| a token's routed experts (of 8) on the busiest machine | %.2f | %.2f | - | - |" % (r8["mx"], r16["mx"]))
     print("| weight bytes read per token, busiest machine (mean) | %.2f GB (%.2f) | %.2f GB (%.2f) | %.2f GB in all, one machine at a time | same |"
           % (r8["read"], r8["read_mean"], r16["read"], r16["read_mean"], b(act) / GB))

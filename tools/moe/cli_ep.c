@@ -12,6 +12,8 @@
 #include "ep.h"
 #include "ep_moe.h"
 #include "json_util.h"
+#include "kv.h"
+#include "model.h"
 
 /* ------------------------------------------------------------------ state (one per process) */
 
@@ -29,6 +31,7 @@ static struct {
 
 int cli_ep_on(void) { return G.on; }
 int cli_ep_rank(void) { return G.started ? G.comm.rank : 0; }
+int cli_ep_size(void) { return G.started ? G.comm.size : 1; }
 
 static void cli_ep_end(void) {
     if (G.attached) ep_moe_free(&G.x);
@@ -155,16 +158,17 @@ void cli_ep_attach(moe_session *e, const char *dir, const char *cmd) {
     if (G.plan_path && !G.plan.n_layers && eplb_plan_load(&G.plan, G.plan_path, &err)) ep_comm_exit_all(&G.comm, 2, err.msg);
     if (ep_moe_init(&G.x, &G.comm, &e->m, &e->c, G.plan_path ? &G.plan : NULL, &err)) ep_comm_exit_all(&G.comm, 2, err.msg);
     G.attached = 1;
-    G.hook = (ep_hook){ ep_moe_owned, ep_moe_exchange, &G.x };
+    G.hook = (ep_hook){ ep_moe_owned, ep_moe_exchange, &G.x, ep_moe_ranges };
     e->c.ep = &G.hook;
-    int mine = 0, all = 0;
+    int mine = 0, all = 0, shared = 0;
     for (int l = 0; l < G.x.Lt; l++)
         for (int k = 0; k < G.x.E; k++) {
             all += G.x.owner[(size_t)l * G.x.E + k] >= 0;
             mine += G.x.own[(size_t)l * G.x.E + k];
+            shared += G.x.own[(size_t)l * G.x.E + k] && G.x.n_hold[(size_t)l * G.x.E + k] > 1;
         }
-    fprintf(stderr, "ep: rank %d of %d (%s): %d of %d expert-layers here (%s), weights %.1f MiB loaded (%.1f mapped + "
-                    "%.1f converted), resident %.1f MiB\n", G.comm.rank, G.comm.size, G.comm.ops->name, mine, all,
+    fprintf(stderr, "ep: rank %d of %d (%s): %d of %d expert-layers here, %d replicated (%s), weights %.1f MiB loaded (%.1f mapped + "
+                    "%.1f converted), resident %.1f MiB\n", G.comm.rank, G.comm.size, G.comm.ops->name, mine, all, shared,
             G.plan_path ? G.plan_path : "default blocks", (e->m.w.bytes_mapped + e->m.w.bytes_converted) / 1048576.0,
             e->m.w.bytes_mapped / 1048576.0, e->m.w.bytes_converted / 1048576.0, resident_mib());
 }
@@ -181,4 +185,132 @@ void cli_ep_report(const char *what, const char *unit, double comm_s, uint64_t b
     if (!G.attached || units <= 0) return;
     fprintf(stderr, "ep: rank %d of %d: %s: %.1f us in communication, %.0f bytes sent, %.1f exchanges per %s\n",
             G.comm.rank, G.comm.size, what, comm_s / units * 1e6, bytes / units, exchanges / units, unit);
+}
+
+/* ------------------------------------------------------------------ chat --ep */
+
+void cli_ep_bcast_line(char **line, size_t *cap, ssize_t *got) {
+    if (!G.on || !G.started || G.comm.size == 1) return;
+    moe_error err = {{0}};
+    int64_t n = G.comm.rank == 0 ? (int64_t)*got : 0;
+    double t = G.comm.timeout_s;
+    G.comm.timeout_s = 0;   /* the user may take a while */
+    int rc = ep_bcast(&G.comm, &n, sizeof n, "chat input length", &err);
+    G.comm.timeout_s = t;
+    if (rc) cli_ep_fail("chat", err.msg);
+    if (n < 0) { *got = -1; return; }
+    if (n > ((int64_t)1 << 30)) cli_ep_fail("chat", "an input line longer than 1 GiB");
+    if (G.comm.rank > 0 && (size_t)n + 1 > *cap) {
+        char *p = realloc(*line, (size_t)n + 1);
+        if (!p) cli_ep_fail("chat", "out of memory for an input line");
+        *line = p;
+        *cap = (size_t)n + 1;
+    }
+    if (n > 0 && ep_bcast(&G.comm, *line, (size_t)n, "chat input", &err)) cli_ep_fail("chat", err.msg);
+    (*line)[n] = 0;
+    *got = (ssize_t)n;
+}
+
+/* ------------------------------------------------------------------ serve --ep */
+
+enum { MSG_FORWARD = 1, MSG_KV_CLEAR, MSG_KV_KEEP, MSG_KV_COPY, MSG_STOP };
+
+static const char *msg_name(int op) {
+    static const char *names[] = { "?", "forward", "kv clear", "kv keep", "kv copy", "stop" };
+    return op >= 1 && op <= MSG_STOP ? names[op] : names[0];
+}
+
+static void send_msg(int op, int a, int b, int c) {
+    moe_error err = {{0}};
+    int m[4] = { op, a, b, c };
+    if (ep_bcast(&G.comm, m, sizeof m, "serve message", &err)) cli_ep_fail("serve", err.msg);
+}
+
+static void leader_kv(void *ctx, int op, int slot, int a, int b) {
+    (void)ctx;
+    send_msg(op == SCHED_KV_CLEAR ? MSG_KV_CLEAR : op == SCHED_KV_KEEP ? MSG_KV_KEEP : MSG_KV_COPY, slot, a, b);
+}
+
+static int leader_forward(void *ctx, const moe_batch *b, moe_error *err) {
+    (void)ctx;
+    send_msg(MSG_FORWARD, b->n, 0, 0);
+    ep_batch eb = { b->n, b->cap, b->token, b->pos, b->seq, b->want };
+    if (ep_bcast_batch(&G.comm, &eb, err)) cli_ep_fail("serve", err->msg);   /* the followers are lost: end all */
+    return MOE_OK;
+}
+
+static sched_follow leader_hook = { leader_kv, leader_forward, NULL };
+
+const sched_follow *cli_ep_serve_leader(int batch_cap) {
+    if (!G.on || !G.attached) return NULL;
+    moe_error err = {{0}};
+    if (ep_comm_reserve(&G.comm, batch_cap, &err)) cli_ep_fail("serve", err.msg);
+    return &leader_hook;
+}
+
+void cli_ep_serve_stop(void) {
+    if (G.on && G.attached && G.comm.rank == 0) send_msg(MSG_STOP, 0, 0, 0);
+}
+
+int cli_ep_serve_follow(moe_session *e, int batch_cap) {
+    moe_error err = {{0}};
+    moe_batch b;
+    const int V = e->m.cfg.vocab_size;
+    float *logits = malloc(sizeof(float) * (size_t)(batch_cap > 0 ? batch_cap : 1) * V);
+    if (!logits || batch_init(&b, batch_cap, &err)) cli_ep_fail("serve", logits ? err.msg : "out of memory");
+    if (ep_comm_reserve(&G.comm, batch_cap, &err)) cli_ep_fail("serve", err.msg);
+    fprintf(stderr, "moe serve: rank %d of %d follows rank 0's passes\n", G.comm.rank, G.comm.size);
+    unsigned long passes = 0;
+    for (;;) {
+        int m[4] = { 0 };
+        double t = G.comm.timeout_s;
+        G.comm.timeout_s = 0;   /* idle between requests: no timeout */
+        int rc = ep_bcast(&G.comm, m, sizeof m, "serve message", &err);
+        G.comm.timeout_s = t;
+        if (rc) cli_ep_fail("serve", err.msg);
+        const int n_slots = e->kv.n_slots;
+        char line[160];
+        switch (m[0]) {
+        case MSG_STOP:
+            fprintf(stderr, "moe serve: rank %d of %d: stopped by rank 0 after %lu passes\n", G.comm.rank, G.comm.size,
+                    passes);
+            batch_free(&b);
+            free(logits);
+            return 0;
+        case MSG_KV_CLEAR:
+        case MSG_KV_KEEP:
+        case MSG_KV_COPY:
+            if (m[1] < 0 || m[1] >= n_slots || (m[0] == MSG_KV_COPY && (m[2] < 0 || m[2] >= n_slots)) ||
+                (m[0] != MSG_KV_CLEAR && (m[m[0] == MSG_KV_COPY ? 3 : 2] < 0))) {
+                snprintf(line, sizeof line, "rank 0 sent %s %d %d %d for a cache of %d slots", msg_name(m[0]), m[1],
+                         m[2], m[3], n_slots);
+                cli_ep_fail("serve", line);
+            }
+            if (m[0] == MSG_KV_CLEAR) kv_clear(&e->kv, m[1]);
+            else if (m[0] == MSG_KV_KEEP) kv_keep(&e->kv, m[1], m[2]);
+            else kv_copy_prefix(&e->kv, m[1], m[2], m[3]);
+            break;
+        case MSG_FORWARD: {
+            ep_batch eb = { 0, b.cap, b.token, b.pos, b.seq, b.want };
+            if (ep_bcast_batch(&G.comm, &eb, &err)) cli_ep_fail("serve", err.msg);
+            if (eb.n != m[1]) {
+                snprintf(line, sizeof line, "rank 0 announced %d tokens and sent %d", m[1], eb.n);
+                cli_ep_fail("serve", line);
+            }
+            b.n = eb.n;
+            for (int i = 0; i < b.n; i++)
+                if (b.seq[i] < 0 || b.seq[i] >= n_slots || b.pos[i] < 0 || b.pos[i] >= e->kv.S) {
+                    snprintf(line, sizeof line, "rank 0's batch puts token %d at slot %d position %d (cache: %d x %d)", i,
+                             b.seq[i], b.pos[i], n_slots, e->kv.S);
+                    cli_ep_fail("serve", line);
+                }
+            if (model_forward(&e->m, &e->c, &e->kv, &b, logits, NULL, &err)) cli_ep_fail("serve", err.msg);
+            passes++;
+            break;
+        }
+        default:
+            snprintf(line, sizeof line, "rank 0 sent an unknown message %d", m[0]);
+            cli_ep_fail("serve", line);
+        }
+    }
 }

@@ -88,10 +88,6 @@ int cmd_chat(int argc, char **argv) {
         if (!strcmp(a, "-s") || !strcmp(a, "--system")) { if (!(system_msg = cli_value(argc, argv, &i, "chat"))) return 2; }
         else { fprintf(stderr, "moe chat: unknown option '%s' (see moe chat --help)\n", a); return 2; }
     }
-    if (cli_ep_on()) {   /* the input reaches rank 0 only: the other ranks cannot follow yet */
-        fprintf(stderr, "moe chat: --ep is not supported by chat yet (generate, bench, logits and route take it)\n");
-        return 2;
-    }
     if (genopts_finish(&o, "chat")) return 2;
 
     moe_error err = {{0}};
@@ -128,7 +124,8 @@ int cmd_chat(int argc, char **argv) {
     double total_gen_s = 0;
     for (;;) {
         if (interactive) { fprintf(stderr, "> "); fflush(stderr); }
-        ssize_t got = getline(&line, &line_cap, stdin);
+        ssize_t got = cli_ep_rank() == 0 ? getline(&line, &line_cap, stdin) : 0;
+        cli_ep_bcast_line(&line, &line_cap, &got);   /* --ep: rank 0's input on every rank */
         if (got < 0) break;
         while (got > 0 && (line[got - 1] == '\n' || line[got - 1] == '\r')) line[--got] = 0;
         if (got == 0 || !strcmp(line, "/exit")) break;

@@ -40,7 +40,9 @@ static void usage(FILE *f) {
             "  --name NAME          the model id /v1/models lists (default: the directory's name)\n"
             "  --mtp                speculative decoding: each decoding slot's MTP draft is verified in the\n"
             "                       batched pass (greedy output is unchanged)\n"
-            "  -q, --quiet          no model summary and no request log on stderr\n");
+            "  -q, --quiet          no model summary and no request log on stderr\n"
+            "  --ep, --ep-plan FILE under mpirun: rank 0 serves HTTP and schedules, the other ranks run the\n"
+            "                       same passes with their experts (docs/ep.md; not with --mtp)\n");
     cli_model_options_usage(f);
     fprintf(f, "  -h, --help\n");
 }
@@ -93,8 +95,8 @@ int cmd_serve(int argc, char **argv) {
 #undef VAL
     }
     if (!dir) { fprintf(stderr, "moe serve: -m DIR is required (see moe serve --help)\n"); return 2; }
-    if (cli_ep_on()) {   /* the input reaches rank 0 only: the other ranks cannot follow yet */
-        fprintf(stderr, "moe serve: --ep is not supported by serve yet (generate, bench, logits and route take it)\n");
+    if (cli_ep_on() && mtp) {
+        fprintf(stderr, "moe serve: --mtp with --ep is not supported yet (the drafts' inputs are rank 0's hidden states)\n");
         return 2;
     }
     struct in6_addr a6;
@@ -128,7 +130,11 @@ int cmd_serve(int argc, char **argv) {
     }
     if (cli_load_engine(&e, dir, &mo, (int)parallel, "serve", quiet)) goto done;
     have_model = 1;
-    sched_options so = {(int)parallel, (int)queue, mo.batch_max, mtp};
+    if (cli_ep_rank() > 0) {   /* --ep: rank 0 serves; this rank runs its passes until it stops */
+        rc = cli_ep_serve_follow(&e, e.c.B);
+        goto done;
+    }
+    sched_options so = {(int)parallel, (int)queue, mo.batch_max, mtp, cli_ep_serve_leader(e.c.B)};
     if (sched_start(&sched, &e.m, &e.c, &e.kv, tok, &so, &err)) goto fail;
     char nbuf[256];
     serve_http_options ho = {host, (int)port, api_key, (size_t)max_body, (int)timeout,
@@ -139,6 +145,9 @@ int cmd_serve(int argc, char **argv) {
     fprintf(stderr, "moe serve: listening on http://%s:%d/ (%ld slots x %d tokens, batch %d, queue %ld%s%s); Ctrl-C stops\n",
             strchr(host, ':') ? "[::1]" : host, bound, parallel, e.kv.S, so.batch > 0 && so.batch < e.c.B ? so.batch : e.c.B, queue,
             mtp ? ", MTP drafts" : "", api_key ? ", API key required" : "");
+    if (cli_ep_on())
+        fprintf(stderr, "moe serve: --ep: rank 0 of %d (pid %d) serves, ranks 1..%d follow its passes\n", cli_ep_size(),
+                (int)getpid(), cli_ep_size() - 1);
     fprintf(stderr, "moe serve: port %d\n", bound);
     fflush(stderr);
     int sig = 0;
@@ -146,11 +155,13 @@ int cmd_serve(int argc, char **argv) {
     fprintf(stderr, "moe serve: %s: finishing the running requests and stopping\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
     serve_http_quiesce(http);
     sched_stop(sched);        /* every request gets its final chunk */
+    cli_ep_serve_stop();      /* --ep: the other ranks stop too */
     serve_http_stop(http);    /* joins the connection threads */
     http = NULL;
     rc = 0;
     goto done;
 fail:
+    if (have_model && cli_ep_on()) cli_ep_fail("serve", err.msg);   /* the followers would wait for ever */
     fprintf(stderr, "moe serve: %s\n", err.msg);
 done:
     serve_http_stop(http);
