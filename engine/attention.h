@@ -10,4 +10,7 @@
  * Uses m->opt.attn (absorbed or naive). */
 void attention_forward(const moe_model *m, moe_ctx *c, int layer, const float *xn, float *out);
 
+/* Only the first part of attention_forward: the (c_kv, k_pe) cache rows of the pass's tokens. */
+void attention_cache_write(const moe_model *m, moe_ctx *c, int layer, const float *xn);
+
 #endif
