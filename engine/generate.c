@@ -1,6 +1,8 @@
 /* generate.c - prompt processing and the sampling loop (see generate.h). */
 #include "generate.h"
 
+#include "kernels.h"
+
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -205,11 +207,12 @@ double mtp_cost_spec(const mtp_costs *c) {
     return (c->draft_s / c->n_draft + c->verify_s / c->n_verify) / (1 + acceptance(c, -1));
 }
 
-/* Auto mode keeps the wall times of the last MTP_WIN passes of each kind (plain step, two-token
- * verification, draft of one MTP position, draft of two after an accepted one) and takes
- * their medians, robust to a neighbour taking the CPU during a few passes. Speculating costs
- * (verification + a draft of one or two positions) per (1 + acceptance) tokens; it is chosen
- * while that is below a plain step. Whatever is chosen, the other mode is re-measured every
+/* Auto mode keeps the wall times of the last MTP_WIN steps of each mode, everything included
+ * (a plain step: pass, sampling, emission; a speculative one: draft, verification, the rule,
+ * up to two emissions; not a step that catches the MTP module up on more than 2 positions, or
+ * drafts without verifying) and takes their medians, robust to a neighbour taking the CPU
+ * during a few steps. A speculative step yields 1 + acceptance tokens; speculation is chosen
+ * while its median per token is below a plain step's. Whatever is chosen, the other mode is re-measured every
  * `every` steps (a plain step while speculating, MTP_PROBE_LEN speculative steps while not:
  * load, text and acceptance drift), the interval doubling from MTP_EVERY_MIN to
  * MTP_EVERY_MAX while the choice stays the same. A probe while plain is cheap to start: the
@@ -234,11 +237,8 @@ double mtp_auto_plain(const generator *g) { return win_median(&g->ctl.plain); }
 
 double mtp_auto_spec(const generator *g) {
     const mtp_auto *a = &g->ctl;
-    if (!a->verify.n || !a->draft1.n) return 0;
-    double acc = acceptance(&g->cost, -1);
-    double d2 = a->draft2.n ? win_median(&a->draft2) : win_median(&a->draft1);
-    /* after an accepted draft the next one runs two MTP positions */
-    return (win_median(&a->verify) + acc * d2 + (1 - acc) * win_median(&a->draft1)) / (1 + acc);
+    if (!a->spec_step.n) return 0;
+    return win_median(&a->spec_step) / (1 + acceptance(&g->cost, -1));
 }
 
 /* Draft at this step? */
@@ -247,7 +247,7 @@ static int should_draft(generator *g) {
     if (g->mode == MTP_ALWAYS) return 1;
     if (a->probe_left > 0) { a->probe_left--; return 1; }
     if (!a->plain.n) return 0;                            /* the first step is plain: the yardstick */
-    if (!a->verify.n || !a->draft1.n) return 1;           /* then speculate until both costs are known */
+    if (!a->spec_step.n) return 1;                        /* then speculate until both costs are known */
     int spec = mtp_auto_spec(g) < mtp_auto_plain(g);
     if (spec != a->spec) { a->spec = spec; a->every = MTP_EVERY_MIN; a->since = 0; }
     if (++a->since >= a->every) {                         /* re-measure the other mode */
@@ -272,12 +272,9 @@ static int should_verify(const generator *g, int bucket) {
 /* The MTP distribution's probability of its draft d: its confidence bucket. */
 static int confidence_bucket(const generator *g, int d) {
     float q;
-    if (g->smp->p.temperature == 0.0f) {   /* greedy: softmax of the draft logits at d */
-        const float *z = g->draft_logits;
-        int V = g->model->cfg.vocab_size;
-        double sum = 0;
-        for (int i = 0; i < V; i++) sum += exp((double)z[i] - z[d]);
-        q = (float)(1.0 / sum);
+    if (g->smp->p.temperature == 0.0f) {   /* greedy: softmax of the draft logits at d (not read after) */
+        softmax(g->draft_logits, g->model->cfg.vocab_size);   /* the vector kernel: a scalar exp loop cost 30% of a toy step */
+        q = g->draft_logits[d];
     } else {
         q = g->q_draft[d];
     }
@@ -321,7 +318,8 @@ static int run_mtp(generator *g, int max_new, generate_emit emit, void *ctx, moe
     while (stop == 0 && g->n_generated < max_new) {
         int n = g->n_history;
         if (n + 1 > S) break;   /* the context is full */
-        int d = -1, bucket = 0;
+        int d = -1, bucket = 0, timed = 1;   /* timed: the step counts in auto mode's windows */
+        double t_step = now_seconds();
         if (n + 2 <= S && should_draft(g)) {
             /* 1. draft */
             int behind = n - g->mtp_valid;   /* MTP positions to run: 1, or 2 after an accepted draft */
@@ -332,8 +330,9 @@ static int run_mtp(generator *g, int max_new, generate_emit emit, void *ctx, moe
             double dt = now_seconds() - t0;
             g->ctx->prof = saved;
             if (rc) return MOE_FAIL;
-            if (behind == 1) { cost->draft_s += dt; cost->n_draft++; win_push(&g->ctl.draft1, dt); }
-            else if (behind == 2) { cost->catchup_s += dt; cost->n_catchup++; win_push(&g->ctl.draft2, dt); }
+            if (behind == 1) { cost->draft_s += dt; cost->n_draft++; }
+            else if (behind == 2) { cost->catchup_s += dt; cost->n_catchup++; }
+            else timed = 0;
             if (greedy) {
                 d = sampler_argmax(g->draft_logits, V);
             } else {
@@ -341,17 +340,16 @@ static int run_mtp(generator *g, int max_new, generate_emit emit, void *ctx, moe
                 d = sampler_draw(g->smp, g->q_draft);
             }
             bucket = confidence_bucket(g, d);
-            if (!should_verify(g, bucket)) { d = -1; cost->skipped++; }
+            if (!should_verify(g, bucket)) { d = -1; cost->skipped++; timed = 0; }
         }
         if (d < 0) {   /* a plain step: x alone */
-            double t0 = cost->plain_s;
             if (main_pass(g, &x, 1, g->logits, 0, MTP_PASS_PLAIN, &cost->plain_s, err)) return MOE_FAIL;
-            win_push(&g->ctl.plain, cost->plain_s - t0);
             cost->n_plain++;
             g->history[g->n_history++] = x;
             if (g->n_generated >= max_new) break;
             x = sampler_sample(g->smp, g->logits);
             stop = emit_token(g, x, emit, ctx, err);
+            if (timed) win_push(&g->ctl.plain, now_seconds() - t_step);
             continue;
         }
         g->n_drafted++;
@@ -386,6 +384,7 @@ static int run_mtp(generator *g, int max_new, generate_emit emit, void *ctx, moe
             memcpy(g->logits, g->verify_logits, sizeof(float) * (size_t)V);   /* the logits x came from */
         }
         stop = emit_token(g, x, emit, ctx, err);
+        if (timed) win_push(&g->ctl.spec_step, now_seconds() - t_step);
     }
     return stop < 0 ? MOE_FAIL : MOE_OK;
 }

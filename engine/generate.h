@@ -31,7 +31,7 @@ typedef struct {
     long n_catchup;
 } mtp_costs;
 
-/* Auto mode's controller (generate.c): the last wall times of each kind of pass, and which
+/* Auto mode's controller (generate.c): the last wall times of each mode's steps, and which
  * mode it chose. Kept across generator_run calls (a chat's turns), reset by generator_enable_mtp. */
 #define MTP_WIN 16
 typedef struct {
@@ -39,7 +39,8 @@ typedef struct {
     int n, next;
 } mtp_window;
 typedef struct {
-    mtp_window plain, verify, draft1, draft2;   /* one-token step, [x, d] pass, MTP over 1 / 2 positions */
+    mtp_window plain, spec_step;   /* whole steps of each mode (generate.c says what is in one) */
+    mtp_window verify;             /* [x, d] passes alone (skipping an unlikely draft's verification) */
     int spec;                      /* the current choice: speculate */
     int since, every;              /* steps since the other mode was re-measured, and the interval */
     int probe_left;                /* speculative steps left in a re-measurement while plain */
@@ -91,9 +92,9 @@ void generator_free(generator *g);
  * next and a two-token main pass verifies it (greedy output is unchanged; sampled
  * output keeps its distribution through the speculative-sampling rule). Costs
  * S x H floats to keep the main hidden states: *extra_bytes says how many.
- * MTP_AUTO times every pass (plain step, verification, draft), keeps the medians of the
- * recent ones and the acceptance, speculates only while that predicts fewer seconds per
- * token than plain steps, and re-measures the mode it is not using now and then (every 8
+ * MTP_AUTO times every step (plain, or draft + verification), keeps the medians of the
+ * recent ones of each mode and the acceptance, speculates only while that predicts fewer
+ * seconds per token than plain steps, and re-measures the mode it is not using now and then (every 8
  * steps, doubling to 256 while the choice holds); while speculating it skips verifying a
  * draft whose confidence bucket's acceptance does not pay for the verification. */
 int generator_enable_mtp(generator *g, mtp_mode mode, size_t *extra_bytes, moe_error *err);

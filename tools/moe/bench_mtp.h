@@ -16,6 +16,8 @@ typedef struct {
     const char *prompt_source;      /* "random tokens" or the text file */
     double *plain_ts, *mtp_ts;      /* [reps] tokens/s: plain, --mtp-mode always */
     double *auto_ts;                /* [reps] tokens/s: --mtp (auto) */
+    double *cpu_ts[3];              /* [arm][reps] on-CPU tokens/s: tokens / (process CPU seconds / threads) */
+    int threads;
     mtp_costs always_cost;          /* the always arm's measured costs, summed over reps */
     long auto_drafted, auto_accepted, auto_plain, auto_skipped;
     long auto_remeasure;            /* auto arm: re-measurements of the mode not chosen */
