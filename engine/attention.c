@@ -319,11 +319,25 @@ static void attend_naive_span(const moe_model *m, moe_ctx *c, const layer_weight
 
 /* ------------------------------------------------------------------ layer */
 
+void attention_cache_write(const moe_model *m, moe_ctx *s, int layer, const float *xn) {
+    const moe_config *c = &m->cfg;
+    const layer_weights *lw = &m->w.layers[layer];
+    int dr = c->qk_rope_head_dim, R = c->kv_lora_rank, n = s->n;
+    /* latent KV of the new tokens -> each one's sequence's cache */
+    linear(s->pool, &lw->kv_a, xn, n, s->kv_new);
+    for (int t = 0; t < n; t++) {
+        float *row = s->kv_new + (size_t)t * (R + dr);
+        rmsnorm(row, row, lw->kv_a_norm, R, c->rms_norm_eps);   /* c_kv: normalised */
+        rope_apply(row + R, s->rope_cs + (size_t)t * dr, dr, m->rope.interleaved);   /* k_pe: rotated, not normalised */
+        kv_store_row(s->kv, s->seq[t], layer, s->pos[t], row);
+    }
+}
+
 void attention_forward(const moe_model *m, moe_ctx *s, int layer, const float *xn, float *out) {
     const moe_config *c = &m->cfg;
     const layer_weights *lw = &m->w.layers[layer];
     int nh = c->num_attention_heads, dn = c->qk_nope_head_dim, dr = c->qk_rope_head_dim;
-    int dq = dn + dr, R = c->kv_lora_rank, rq = c->q_lora_rank, n = s->n;
+    int dq = dn + dr, rq = c->q_lora_rank, n = s->n;
     float eps = c->rms_norm_eps;
 
     uint64_t t0 = profile_start(s);
@@ -335,14 +349,7 @@ void attention_forward(const moe_model *m, moe_ctx *s, int layer, const float *x
     } else {
         linear(s->pool, &lw->q, xn, n, s->q);
     }
-    /* latent KV of the new tokens -> each one's sequence's cache */
-    linear(s->pool, &lw->kv_a, xn, n, s->kv_new);
-    for (int t = 0; t < n; t++) {
-        float *row = s->kv_new + (size_t)t * (R + dr);
-        rmsnorm(row, row, lw->kv_a_norm, R, eps);        /* c_kv: normalised */
-        rope_apply(row + R, s->rope_cs + (size_t)t * dr, dr, m->rope.interleaved);   /* k_pe: rotated, not normalised */
-        kv_store_row(s->kv, s->seq[t], layer, s->pos[t], row);
-    }
+    attention_cache_write(m, s, layer, xn);
     t0 = profile_mark(s, PHASE_ATTN_PROJ, t0);
     /* rotate the queries' rope parts */
     for (int t = 0; t < n; t++)

@@ -14,5 +14,7 @@ void attention_forward(const moe_model *m, moe_ctx *c, int layer, const float *x
  * blocks of ATTEND_BLOCK cached positions (attn_block), when the kernel set has attn_block. */
 #define ATTEND_DEEP_MIN 128
 #define ATTEND_BLOCK 256
+/* Only the first part of attention_forward: the (c_kv, k_pe) cache rows of the pass's tokens. */
+void attention_cache_write(const moe_model *m, moe_ctx *c, int layer, const float *xn);
 
 #endif

@@ -1,10 +1,17 @@
 /* generate.c - prompt processing and the sampling loop (see generate.h). */
 #include "generate.h"
 
+#include "kernels.h"
+
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+/* auto mode's re-measuring interval, in steps (see "MTP: costs and policy") */
+#define MTP_EVERY_MIN 8
+#define MTP_EVERY_MAX 256
+#define MTP_PROBE_LEN 1
 
 static double now_seconds(void) {
     struct timespec ts;
@@ -65,6 +72,8 @@ int generator_enable_mtp(generator *g, mtp_mode mode, size_t *extra_bytes, moe_e
     if (extra_bytes) *extra_bytes = sizeof(float) * (S * H + 5 * V) + sizeof(int) * S;
     g->use_mtp = 1;
     g->mode = mode;
+    memset(&g->ctl, 0, sizeof g->ctl);
+    g->ctl.every = MTP_EVERY_MIN;
     g->mtp_valid = 0;
     g->n_history = 0;    /* the main hidden states of cached positions are unknown: recompute */
     return MOE_OK;
@@ -72,7 +81,9 @@ int generator_enable_mtp(generator *g, mtp_mode mode, size_t *extra_bytes, moe_e
 
 /* Runs the MTP module over positions [mtp_valid, n_history): position p gets
  * (hidden[p], token p+1), where token n_history is `pending` (-1: stop one short,
- * the next token is not known yet). The last position's logits land in draft_logits. */
+ * the next token is not known yet). The last position's logits land in draft_logits (with a
+ * pending token); the positions before it only need their MTP cache rows, which is all a
+ * later position reads of them (model_forward_mtp_cache_seq: no attention, experts or head). */
 static int mtp_catch_up(generator *g, int pending, moe_error *err) {
     int n = g->n_history, last = pending >= 0 ? n : n - 1;
     int H = g->model->cfg.hidden_size;
@@ -80,10 +91,18 @@ static int mtp_catch_up(generator *g, int pending, moe_error *err) {
     int p0 = g->mtp_valid, cnt = last - p0;
     int *next = g->mtp_next;
     for (int i = 0; i < cnt; i++) next[i] = p0 + i + 1 < n ? g->history[p0 + i + 1] : pending;
-    int rc = model_forward_mtp_seq(g->model, g->ctx, g->kv, 0, g->slot, g->hidden + (size_t)p0 * H, next, cnt, p0,
-                                   g->draft_logits, 0, NULL, err);
-    if (rc == MOE_OK) g->mtp_valid = last;
-    return rc;
+    int n_cache = pending >= 0 ? cnt - 1 : cnt;   /* the draft's position runs whole */
+    if (n_cache > 0 && model_forward_mtp_cache_seq(g->model, g->ctx, g->kv, 0, g->slot, g->hidden + (size_t)p0 * H, next,
+                                                   n_cache, p0, err))
+        return MOE_FAIL;
+    g->mtp_valid = p0 + n_cache;
+    if (n_cache == cnt) return MOE_OK;
+    int p = p0 + n_cache;
+    if (model_forward_mtp_seq(g->model, g->ctx, g->kv, 0, g->slot, g->hidden + (size_t)p * H, next + n_cache, 1, p,
+                              g->draft_logits, 0, NULL, err))
+        return MOE_FAIL;
+    g->mtp_valid = last;
+    return MOE_OK;
 }
 
 /* ------------------------------------------------------------------ prompt */
@@ -188,48 +207,74 @@ double mtp_cost_spec(const mtp_costs *c) {
     return (c->draft_s / c->n_draft + c->verify_s / c->n_verify) / (1 + acceptance(c, -1));
 }
 
-/* Auto mode: draft at this step? The first step is plain (its cost is the yardstick), the
- * next ones speculate until both costs are known; then speculate while it pays, and while
- * it does not, probe with 2 speculative steps after 32 plain ones (acceptance and costs
- * drift with the text and the machine), the interval doubling up to 512 while the probes
- * keep saying no. */
-#define MTP_PROBE_EVERY 32
-#define MTP_PROBE_MAX 512
-#define MTP_PROBE_LEN 2
+/* Auto mode keeps the wall times of the last MTP_WIN steps of each mode, everything included
+ * (a plain step: pass, sampling, emission; a speculative one: draft, verification, the rule,
+ * up to two emissions; not a step that catches the MTP module up on more than 2 positions, or
+ * drafts without verifying) and takes their medians, robust to a neighbour taking the CPU
+ * during a few steps. A speculative step yields 1 + acceptance tokens; speculation is chosen
+ * while its median per token is below a plain step's. Whatever is chosen, the other mode is re-measured every
+ * `every` steps (a plain step while speculating, MTP_PROBE_LEN speculative steps while not:
+ * load, text and acceptance drift), the interval doubling from MTP_EVERY_MIN to
+ * MTP_EVERY_MAX while the choice stays the same. A probe while plain is cheap to start: the
+ * MTP positions it has to catch up on need only their cache rows (mtp_catch_up). */
+static void win_push(mtp_window *w, double s) {
+    w->v[w->next] = s;
+    w->next = (w->next + 1) % MTP_WIN;
+    if (w->n < MTP_WIN) w->n++;
+}
+
+static double win_median(const mtp_window *w) {
+    double t[MTP_WIN];
+    int n = w->n;
+    if (!n) return 0;
+    memcpy(t, w->v, sizeof(double) * (size_t)n);
+    for (int i = 1; i < n; i++)
+        for (int j = i; j > 0 && t[j] < t[j - 1]; j--) { double x = t[j]; t[j] = t[j - 1]; t[j - 1] = x; }
+    return n % 2 ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]);
+}
+
+double mtp_auto_plain(const generator *g) { return win_median(&g->ctl.plain); }
+
+double mtp_auto_spec(const generator *g) {
+    const mtp_auto *a = &g->ctl;
+    if (!a->spec_step.n) return 0;
+    return win_median(&a->spec_step) / (1 + acceptance(&g->cost, -1));
+}
+
+/* Draft at this step? */
 static int should_draft(generator *g) {
+    mtp_auto *a = &g->ctl;
     if (g->mode == MTP_ALWAYS) return 1;
-    const mtp_costs *c = &g->cost;
-    if (!c->n_plain) return 0;
-    if (!c->n_verify || !c->n_draft) return 1;
-    g->spec_on = mtp_cost_spec(c) < mtp_cost_plain(c);
-    if (g->spec_on) { g->probe_every = MTP_PROBE_EVERY; return 1; }
-    if (g->probe_left > 0) { g->probe_left--; return 1; }
-    if (++g->plain_since_probe >= g->probe_every) {
-        g->plain_since_probe = 0;
-        g->probe_left = MTP_PROBE_LEN - 1;
-        if (g->probe_every < MTP_PROBE_MAX) g->probe_every *= 2;
+    if (a->probe_left > 0) { a->probe_left--; return 1; }
+    if (!a->plain.n) return 0;                            /* the first step is plain: the yardstick */
+    if (!a->spec_step.n) return 1;                        /* then speculate until both costs are known */
+    int spec = mtp_auto_spec(g) < mtp_auto_plain(g);
+    if (spec != a->spec) { a->spec = spec; a->every = MTP_EVERY_MIN; a->since = 0; }
+    if (++a->since >= a->every) {                         /* re-measure the other mode */
+        a->since = 0;
+        if (a->every < MTP_EVERY_MAX) a->every *= 2;
+        a->n_remeasure++;
+        if (spec) return 0;
+        a->probe_left = MTP_PROBE_LEN - 1;
         return 1;
     }
-    return 0;
+    return spec;
 }
 
 /* Auto mode, a draft in hand: verify it? Not when its confidence bucket's acceptance says
  * the verification yields fewer tokens than plain steps would in its time. */
 static int should_verify(const generator *g, int bucket) {
     const mtp_costs *c = &g->cost;
-    if (g->mode == MTP_ALWAYS || !c->n_plain || !c->n_verify) return 1;
-    return (1 + acceptance(c, bucket)) * mtp_cost_plain(c) > c->verify_s / c->n_verify;
+    if (g->mode == MTP_ALWAYS || !g->ctl.plain.n || !g->ctl.verify.n) return 1;
+    return (1 + acceptance(c, bucket)) * mtp_auto_plain(g) > win_median(&g->ctl.verify);
 }
 
 /* The MTP distribution's probability of its draft d: its confidence bucket. */
 static int confidence_bucket(const generator *g, int d) {
     float q;
-    if (g->smp->p.temperature == 0.0f) {   /* greedy: softmax of the draft logits at d */
-        const float *z = g->draft_logits;
-        int V = g->model->cfg.vocab_size;
-        double sum = 0;
-        for (int i = 0; i < V; i++) sum += exp((double)z[i] - z[d]);
-        q = (float)(1.0 / sum);
+    if (g->smp->p.temperature == 0.0f) {   /* greedy: softmax of the draft logits at d (not read after) */
+        softmax(g->draft_logits, g->model->cfg.vocab_size);   /* the vector kernel: a scalar exp loop cost 30% of a toy step */
+        q = g->draft_logits[d];
     } else {
         q = g->q_draft[d];
     }
@@ -238,6 +283,20 @@ static int confidence_bucket(const generator *g, int d) {
 }
 
 /* ------------------------------------------------------------------ MTP: the loop */
+
+/* A main pass over n tokens at position n_history, its main hidden states kept, timed into
+ * *sec and profiled as `kind`. */
+static int main_pass(generator *g, const int *toks, int n, float *logits, int all_logits, int kind, double *sec,
+                     moe_error *err) {
+    int H = g->model->cfg.hidden_size, pos = g->n_history;
+    model_profile *saved = g->ctx->prof;
+    if (g->prof) g->ctx->prof = &g->prof[kind];
+    double t0 = now_seconds();
+    int rc = model_forward_seq(g->model, g->ctx, g->kv, g->slot, toks, n, pos, logits, all_logits, g->hidden + (size_t)pos * H, err);
+    *sec += now_seconds() - t0;
+    g->ctx->prof = saved;
+    return rc;
+}
 
 /* Self-speculative decoding with the MTP module (spec 5.3).
  * Loop invariant: `x` is the next token (chosen and emitted, not yet fed) at
@@ -252,20 +311,28 @@ static int confidence_bucket(const generator *g, int d) {
 static int run_mtp(generator *g, int max_new, generate_emit emit, void *ctx, moe_error *err) {
     const moe_model *m = g->model;
     mtp_costs *cost = &g->cost;
-    int V = m->cfg.vocab_size, H = m->cfg.hidden_size, S = g->kv->S;
+    int V = m->cfg.vocab_size, S = g->kv->S;
     int greedy = g->smp->p.temperature == 0.0f;
     int x = sampler_sample(g->smp, g->logits);
     int stop = emit_token(g, x, emit, ctx, err);
     while (stop == 0 && g->n_generated < max_new) {
         int n = g->n_history;
         if (n + 1 > S) break;   /* the context is full */
-        int d = -1, bucket = 0;
+        int d = -1, bucket = 0, timed = 1;   /* timed: the step counts in auto mode's windows */
+        double t_step = now_seconds();
         if (n + 2 <= S && should_draft(g)) {
             /* 1. draft */
-            int one = g->mtp_valid == n - 1;
+            int behind = n - g->mtp_valid;   /* MTP positions to run: 1, or 2 after an accepted draft */
+            model_profile *saved = g->ctx->prof;
+            if (g->prof) g->ctx->prof = &g->prof[MTP_PASS_DRAFT];
             double t0 = now_seconds();
-            if (mtp_catch_up(g, x, err)) return MOE_FAIL;
-            if (one) { cost->draft_s += now_seconds() - t0; cost->n_draft++; }
+            int rc = mtp_catch_up(g, x, err);
+            double dt = now_seconds() - t0;
+            g->ctx->prof = saved;
+            if (rc) return MOE_FAIL;
+            if (behind == 1) { cost->draft_s += dt; cost->n_draft++; }
+            else if (behind == 2) { cost->catchup_s += dt; cost->n_catchup++; }
+            else timed = 0;
             if (greedy) {
                 d = sampler_argmax(g->draft_logits, V);
             } else {
@@ -273,28 +340,25 @@ static int run_mtp(generator *g, int max_new, generate_emit emit, void *ctx, moe
                 d = sampler_draw(g->smp, g->q_draft);
             }
             bucket = confidence_bucket(g, d);
-            if (!should_verify(g, bucket)) { d = -1; cost->skipped++; }
+            if (!should_verify(g, bucket)) { d = -1; cost->skipped++; timed = 0; }
         }
         if (d < 0) {   /* a plain step: x alone */
-            double t0 = now_seconds();
-            if (model_forward_seq(m, g->ctx, g->kv, g->slot, &x, 1, n, g->logits, 0, g->hidden + (size_t)n * H, err))
-                return MOE_FAIL;
-            cost->plain_s += now_seconds() - t0;
+            if (main_pass(g, &x, 1, g->logits, 0, MTP_PASS_PLAIN, &cost->plain_s, err)) return MOE_FAIL;
             cost->n_plain++;
             g->history[g->n_history++] = x;
             if (g->n_generated >= max_new) break;
             x = sampler_sample(g->smp, g->logits);
             stop = emit_token(g, x, emit, ctx, err);
+            if (timed) win_push(&g->ctl.plain, now_seconds() - t_step);
             continue;
         }
         g->n_drafted++;
         cost->drafted[bucket]++;
         /* 2. verify [x, d] */
         int pair[2] = {x, d};
-        double t0 = now_seconds();
-        if (model_forward_seq(m, g->ctx, g->kv, g->slot, pair, 2, n, g->verify_logits, 1, g->hidden + (size_t)n * H, err))
-            return MOE_FAIL;
-        cost->verify_s += now_seconds() - t0;
+        double t0 = cost->verify_s;
+        if (main_pass(g, pair, 2, g->verify_logits, 1, MTP_PASS_VERIFY, &cost->verify_s, err)) return MOE_FAIL;
+        win_push(&g->ctl.verify, cost->verify_s - t0);
         cost->n_verify++;
         g->history[g->n_history++] = x;
         g->n_steps++;
@@ -320,6 +384,7 @@ static int run_mtp(generator *g, int max_new, generate_emit emit, void *ctx, moe
             memcpy(g->logits, g->verify_logits, sizeof(float) * (size_t)V);   /* the logits x came from */
         }
         stop = emit_token(g, x, emit, ctx, err);
+        if (timed) win_push(&g->ctl.spec_step, now_seconds() - t_step);
     }
     return stop < 0 ? MOE_FAIL : MOE_OK;
 }
@@ -328,9 +393,6 @@ int generator_run(generator *g, int max_new, generate_emit emit, void *ctx, moe_
     g->n_generated = 0;
     g->n_drafted = g->n_accepted = g->n_steps = 0;
     memset(&g->cost, 0, sizeof g->cost);
-    g->spec_on = 0;
-    g->probe_left = g->plain_since_probe = 0;
-    g->probe_every = MTP_PROBE_EVERY;
     double t0 = now_seconds();
     int rc = MOE_OK;
     if (max_new > 0) rc = g->use_mtp ? run_mtp(g, max_new, emit, ctx, err) : run_plain(g, max_new, emit, ctx, err);

@@ -27,7 +27,28 @@ typedef struct {
     long n_plain, n_verify, n_draft;     /* and how many (drafts: of one position only) */
     long drafted[MTP_CONF_BUCKETS], accepted[MTP_CONF_BUCKETS];   /* by draft confidence */
     long skipped;                        /* auto: drafts not verified (too unlikely to pay) */
+    double catchup_s;                    /* MTP passes over two positions (after an accepted draft) */
+    long n_catchup;
 } mtp_costs;
+
+/* Auto mode's controller (generate.c): the last wall times of each mode's steps, and which
+ * mode it chose. Kept across generator_run calls (a chat's turns), reset by generator_enable_mtp. */
+#define MTP_WIN 16
+typedef struct {
+    double v[MTP_WIN];             /* seconds, a ring */
+    int n, next;
+} mtp_window;
+typedef struct {
+    mtp_window plain, spec_step;   /* whole steps of each mode (generate.c says what is in one) */
+    mtp_window verify;             /* [x, d] passes alone (skipping an unlikely draft's verification) */
+    int spec;                      /* the current choice: speculate */
+    int since, every;              /* steps since the other mode was re-measured, and the interval */
+    int probe_left;                /* speculative steps left in a re-measurement while plain */
+    long n_remeasure;              /* re-measurements so far */
+} mtp_auto;
+
+/* --profile of the MTP arm: the phases of each kind of pass (generator.prof) */
+enum { MTP_PASS_PLAIN, MTP_PASS_VERIFY, MTP_PASS_DRAFT, MTP_PASS_KINDS };
 
 typedef struct {
     const moe_model *model;
@@ -44,10 +65,9 @@ typedef struct {
     /* MTP self-speculative decoding (generator_enable_mtp) */
     int use_mtp;          /* 0 off, else the mode */
     mtp_mode mode;
-    int spec_on;          /* auto: drafting pays at the costs measured so far */
-    int probe_left;       /* auto, while off: speculative steps left in this probe */
-    int plain_since_probe, probe_every;
+    mtp_auto ctl;         /* auto: which mode runs, and what each measured (kept across runs) */
     mtp_costs cost;
+    model_profile *prof;  /* NULL, or [MTP_PASS_KINDS]: each kind of pass's phases go to its own */
     float *hidden;        /* [S, H] main hidden after the final norm, per cached position */
     int *mtp_next;        /* [S] the tokens fed to the MTP module (mtp_catch_up) */
     int mtp_valid;        /* MTP cache positions [0, mtp_valid) agree with history */
@@ -72,10 +92,11 @@ void generator_free(generator *g);
  * next and a two-token main pass verifies it (greedy output is unchanged; sampled
  * output keeps its distribution through the speculative-sampling rule). Costs
  * S x H floats to keep the main hidden states: *extra_bytes says how many.
- * MTP_AUTO measures the cost of a plain step, of a verification and of a draft and the
- * acceptance by draft confidence as it runs, and drafts only while the expected tokens per
- * second beat plain decoding (probing now and then while it does not); it skips verifying
- * a draft whose confidence bucket's acceptance does not pay for the verification. */
+ * MTP_AUTO times every step (plain, or draft + verification), keeps the medians of the
+ * recent ones of each mode and the acceptance, speculates only while that predicts fewer
+ * seconds per token than plain steps, and re-measures the mode it is not using now and then (every 8
+ * steps, doubling to 256 while the choice holds); while speculating it skips verifying a
+ * draft whose confidence bucket's acceptance does not pay for the verification. */
 int generator_enable_mtp(generator *g, mtp_mode mode, size_t *extra_bytes, moe_error *err);
 
 /* The speculative-sampling rule: a draft d drawn from q [V] against the target p [V]:
@@ -87,6 +108,11 @@ int speculative_resolve(sampler *s, float *p, const float *q, int d, int V);
  * and speculation (draft + verification per 1 + acceptance tokens); 0 when not measured. */
 double mtp_cost_plain(const mtp_costs *c);
 double mtp_cost_spec(const mtp_costs *c);
+
+/* Auto mode's current estimates of the seconds per generated token, plain and speculating
+ * (medians of the recent passes; 0 before measured). */
+double mtp_auto_plain(const generator *g);
+double mtp_auto_spec(const generator *g);
 
 /* Makes the cache hold exactly tokens[0..n) and computes the next-token logits. */
 int generator_prompt(generator *g, const int *tokens, int n, moe_error *err);

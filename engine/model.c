@@ -183,7 +183,8 @@ int model_load(moe_model *m, const char *path, const model_options *opt, moe_err
         if (m->opt.numa_topo) *topo = *m->opt.numa_topo;
         else if (numa_topology_read(topo, err)) { free(topo); return MOE_FAIL; }
     }
-    weights_options wo = { m->opt.dtype, m->opt.progress, m->opt.progress_ctx, m->opt.holds, m->opt.holds_ctx };
+    weights_options wo = { m->opt.dtype, m->opt.progress, m->opt.progress_ctx, m->opt.holds, m->opt.holds_ctx,
+                           m->opt.draft_dtype };
     numa_policy policy;
     numa_load_begin(topo, m->opt.numa, &policy);
     int rc = weights_load(&m->w, c, path, &wo, err);
@@ -366,6 +367,36 @@ int model_forward_mtp(const moe_model *m, moe_ctx *c, moe_kv *kv, int k, const m
     return MOE_OK;
 }
 
+/* The MTP module's cache rows only (its one decoder block's attention input): what a later
+ * position reads of these tokens. The rest of the block and the head are not run. */
+int model_forward_mtp_cache(const moe_model *m, moe_ctx *c, moe_kv *kv, int k, const moe_batch *b, const float *hidden,
+                            moe_error *err) {
+    const moe_config *cfg = &m->cfg;
+    if (k < 0 || k >= cfg->num_nextn_predict_layers)
+        return moe_error_set(err, "this checkpoint has %d MTP modules (asked for module %d)", cfg->num_nextn_predict_layers, k);
+    if (check_batch(m, kv, b, kv->mtp_len, err)) return MOE_FAIL;
+    int layer = cfg->num_hidden_layers + k, H = cfg->hidden_size;
+    const layer_weights *lw = &m->w.layers[layer];
+    for (int i0 = 0; i0 < b->n; i0 += c->B) {
+        int nb = b->n - i0 < c->B ? b->n - i0 : c->B;
+        uint64_t t0 = profile_start(c);
+        pass_begin(m, c, kv, b, i0, nb);
+        for (int t = 0; t < nb; t++) {   /* as model_forward_mtp */
+            float *in = c->mtp_in + (size_t)t * 2 * H;
+            mat_row_f32(&lw->mtp_embed, b->token[i0 + t], in);
+            rmsnorm(in, in, lw->enorm, H, cfg->rms_norm_eps);
+            rmsnorm(in + H, hidden + (size_t)(i0 + t) * H, lw->hnorm, H, cfg->rms_norm_eps);
+        }
+        linear(c->pool, &lw->eh_proj, c->mtp_in, nb, c->x);
+        for (int t = 0; t < nb; t++) rmsnorm(c->xn + (size_t)t * H, c->x + (size_t)t * H, lw->input_norm, H, cfg->rms_norm_eps);
+        t0 = profile_mark(c, PHASE_NORMS, t0);
+        attention_cache_write(m, c, layer, c->xn);
+        profile_mark(c, PHASE_ATTN_PROJ, t0);
+    }
+    advance_lengths(b, kv->mtp_len);
+    return MOE_OK;
+}
+
 /* ------------------------------------------------------------------ one sequence */
 
 int model_forward_seq(const moe_model *m, moe_ctx *c, moe_kv *kv, int seq, const int *tokens, int n, int pos,
@@ -397,6 +428,19 @@ int model_forward_mtp_seq(const moe_model *m, moe_ctx *c, moe_kv *kv, int k, int
         if (model_forward_mtp(m, c, kv, k, &c->one, hidden + (size_t)c0 * H, lg, mtp_hidden ? mtp_hidden + (size_t)c0 * H : NULL,
                               err))
             return MOE_FAIL;
+    }
+    return MOE_OK;
+}
+
+int model_forward_mtp_cache_seq(const moe_model *m, moe_ctx *c, moe_kv *kv, int k, int seq, const float *hidden,
+                                const int *next_tokens, int n, int pos, moe_error *err) {
+    if (n < 1) return moe_error_set(err, "no tokens to run");
+    int H = m->cfg.hidden_size;
+    for (int c0 = 0; c0 < n; c0 += c->B) {
+        int nb = n - c0 < c->B ? n - c0 : c->B;
+        batch_clear(&c->one);
+        batch_add_seq(&c->one, next_tokens + c0, nb, pos + c0, seq, 0);
+        if (model_forward_mtp_cache(m, c, kv, k, &c->one, hidden + (size_t)c0 * H, err)) return MOE_FAIL;
     }
     return MOE_OK;
 }

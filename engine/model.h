@@ -43,6 +43,7 @@ typedef struct {
     void *progress_ctx;
     int (*holds)(void *ctx, int layer, int expert);   /* weights_options.holds (expert parallelism), may be NULL */
     void *holds_ctx;
+    weights_dtype draft_dtype;  /* --draft-dtype: the MTP module's format (WEIGHTS_AUTO = as the rest) */
 } model_options;
 
 typedef struct moe_model {
@@ -95,6 +96,14 @@ int model_forward_seq(const moe_model *m, moe_ctx *c, moe_kv *kv, int seq, const
 int model_forward_mtp_seq(const moe_model *m, moe_ctx *c, moe_kv *kv, int k, int seq, const float *hidden,
                           const int *next_tokens, int n, int pos, float *logits, int all_logits, float *mtp_hidden,
                           moe_error *err);
+
+/* Only the MTP cache rows of such a batch (the MTP block's attention input of each token,
+ * what later positions attend to), advancing kv->mtp_len: for positions whose draft logits
+ * are not needed (a catch-up over several positions needs the last one's only). */
+int model_forward_mtp_cache(const moe_model *m, moe_ctx *c, moe_kv *kv, int k, const moe_batch *b, const float *hidden,
+                            moe_error *err);
+int model_forward_mtp_cache_seq(const moe_model *m, moe_ctx *c, moe_kv *kv, int k, int seq, const float *hidden,
+                                const int *next_tokens, int n, int pos, moe_error *err);
 
 /* Available memory in bytes (/proc/meminfo MemAvailable, else sysinfo; the environment
  * variable MOE_MEM_AVAILABLE overrides it, for tests). kv_init refuses a KV cache larger. */

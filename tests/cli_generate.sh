@@ -31,6 +31,11 @@ grep -q -- "--mtp (auto)" "$T/err" && ok || bad "--mtp is auto by default: $(cat
 cmp -s "$T/a" "$T/b" && ok || bad "--mtp-mode always greedy differs"
 grep -q -- "--mtp (always)" "$T/err" && ok || bad "--mtp-mode always says so: $(cat "$T/err")"
 expect_error "bad mtp mode" "--mtp-mode must be always or auto" "$MOE" generate -m "$M" -p x --mtp-mode sometimes
+# --draft-dtype q8: drafts from a q8 MTP module, output still exactly plain greedy; its cost printed
+"$MOE" generate -m "$M" -p "in the beginning" -n 40 --greedy --mtp-mode always --draft-dtype q8 >"$T/b" 2>"$T/err"
+cmp -s "$T/a" "$T/b" && ok || bad "--draft-dtype q8 greedy differs"
+grep -q -- "--draft-dtype q8: the MTP module (drafts only) in q8" "$T/err" && ok || bad "--draft-dtype cost line: $(cat "$T/err")"
+expect_error "bad draft dtype" "--draft-dtype must be same, f32, bf16, q8 or q4" "$MOE" generate -m "$M" -p x --draft-dtype q3
 # --kv-dtype bf16: says what it costs, greedy text on this checkpoint unchanged; a bad value is one line
 "$MOE" generate -m "$M" -p "in the beginning" -n 30 --greedy >"$T/a" 2>/dev/null
 "$MOE" generate -m "$M" -p "in the beginning" -n 30 --greedy --kv-dtype bf16 >"$T/b" 2>"$T/err" || bad "--kv-dtype bf16 run"

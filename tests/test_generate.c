@@ -297,6 +297,131 @@ static void test_speculative_rule_distribution(void **state) {
     sampler_free(&s);
 }
 
+
+/* A catch-up over several MTP positions computes only the cache rows of all but the last
+ * (model_forward_mtp_cache_seq): the last position's MTP logits must equal those of a full
+ * MTP pass over every position, and so must a later position's, which attends to the rows. */
+static void test_mtp_cache_only_catch_up(void **state) {
+    (void)state;
+    moe_session m;
+    moe_error err = {{0}};
+    model_options opt = { .max_seq = 64 };
+    assert_int_equal(session_open(&m, MODEL, &opt, 1, &err), 0);
+    int V = m.m.cfg.vocab_size, H = m.m.cfg.hidden_size, lens[] = {2, 3, 9, 17};
+    float *hidden = malloc(sizeof(float) * 40 * H), *full = malloc(sizeof(float) * 40 * V), *part = malloc(sizeof(float) * V);
+    assert_non_null(hidden); assert_non_null(full); assert_non_null(part);
+    for (int li = 0; li < 4; li++) {
+        int n = lens[li], toks[40];
+        for (int i = 0; i <= n + 1; i++) toks[i] = (li * 31 + i * 7 + 5) % V;
+        kv_clear(&m.kv, 0);
+        assert_int_equal(model_forward_seq(&m.m, &m.c, &m.kv, 0, toks, n + 1, 0, NULL, 0, hidden, &err), 0);
+        /* reference: every MTP position whole, logits of all */
+        assert_int_equal(model_forward_mtp_seq(&m.m, &m.c, &m.kv, 0, 0, hidden, toks + 1, n + 1, 0, full, 1, NULL, &err), 0);
+        for (int split = 1; split < n; split++) {   /* [0, split) cache only, split whole; then the rest whole */
+            m.kv.mtp_len[0] = 0;
+            assert_int_equal(model_forward_mtp_cache_seq(&m.m, &m.c, &m.kv, 0, 0, hidden, toks + 1, split, 0, &err), 0);
+            assert_int_equal(m.kv.mtp_len[0], split);
+            for (int p = split; p <= n; p++) {
+                assert_int_equal(model_forward_mtp_seq(&m.m, &m.c, &m.kv, 0, 0, hidden + (size_t)p * H, toks + 1 + p, 1, p,
+                                                       part, 0, NULL, &err), 0);
+                double e = 0, mx = 0;
+                for (int i = 0; i < V; i++) {
+                    double d = fabs((double)part[i] - full[(size_t)p * V + i]), a = fabs((double)full[(size_t)p * V + i]);
+                    if (d > e) e = d;
+                    if (a > mx) mx = a;
+                }
+                if (e > 1e-5 * mx) fail_msg("%d positions, %d cache-only: MTP logits at %d differ by %.3e of %.3e", n + 1, split, p, e, mx);
+            }
+        }
+    }
+    free(hidden); free(full); free(part);
+    session_close(&m);
+}
+
+/* End to end, sampled: with --mtp always the generated tokens keep plain sampling's joint
+ * distribution. Top-k 3 at temperature 1 makes 27 outcomes of the first three tokens; their
+ * exact probabilities come from the model's logits (sampler_distribution over the prefixes);
+ * 12,000 runs with different seeds (token 1 is drawn plainly, token 2 through the draft
+ * rule, token 3 as the bonus after an acceptance or after a rejection's redraw): chi-square
+ * with 26 degrees of freedom below 70 (p-value ~1e-5). Random weights: drafts are both
+ * accepted and rejected, asserted. */
+static void test_mtp_sampled_joint_distribution(void **state) {
+    (void)state;
+    enum { K = 3, N = 12000, NP = 3 };
+    moe_session m;
+    moe_error err = {{0}};
+    model_options opt = { .max_seq = 32 };
+    assert_int_equal(session_open(&m, MODEL, &opt, 1, &err), 0);
+    int V = m.m.cfg.vocab_size;
+    int prompt[NP] = {5, 77, 140};
+    sampler_params sp = { .temperature = 1.0f, .top_k = K, .top_p = 1.0f, .seed = 1 };
+    sampler s;
+    assert_int_equal(sampler_init(&s, V, &sp, &err), 0);
+    float *lg = malloc(sizeof(float) * V), *pr = malloc(sizeof(float) * V);
+    assert_non_null(lg); assert_non_null(pr);
+    /* exact: P(a) P(b | a) P(c | a, b) over the top-3 of each prefix */
+    int ids1[K], ids2[K][K], ids3[K][K][K];
+    double P[K][K][K];
+    int seq[NP + 3];
+    memcpy(seq, prompt, sizeof prompt);
+    kv_clear(&m.kv, 0);
+    assert_int_equal(model_forward_seq(&m.m, &m.c, &m.kv, 0, seq, NP, 0, lg, 0, NULL, &err), 0);
+    sampler_distribution(&s, lg, pr);
+    float p1[K];
+    for (int i = 0, k = 0; i < V && k < K; i++) if (pr[i] > 0) { ids1[k] = i; p1[k++] = pr[i]; }
+    for (int a = 0; a < K; a++) {
+        seq[NP] = ids1[a];
+        assert_int_equal(model_forward_seq(&m.m, &m.c, &m.kv, 0, seq + NP, 1, NP, lg, 0, NULL, &err), 0);
+        sampler_distribution(&s, lg, pr);
+        float p2[K];
+        for (int i = 0, k = 0; i < V && k < K; i++) if (pr[i] > 0) { ids2[a][k] = i; p2[k++] = pr[i]; }
+        for (int b = 0; b < K; b++) {
+            seq[NP + 1] = ids2[a][b];
+            assert_int_equal(model_forward_seq(&m.m, &m.c, &m.kv, 0, seq + NP + 1, 1, NP + 1, lg, 0, NULL, &err), 0);
+            sampler_distribution(&s, lg, pr);
+            for (int i = 0, k = 0; i < V && k < K; i++) if (pr[i] > 0) { ids3[a][b][k] = i; P[a][b][k] = (double)p1[a] * p2[b] * pr[i]; k++; }
+        }
+    }
+    sampler_free(&s);
+    long cnt[K][K][K] = {{{0}}}, drafted = 0, accepted = 0, other = 0;
+    for (int t = 0; t < N; t++) {
+        sp.seed = 1000 + (uint64_t)t;
+        collected out;
+        generator g;
+        assert_int_equal(sampler_init(&s, V, &sp, &err), 0);
+        assert_int_equal(generator_init(&g, &m.m, &m.c, &m.kv, 0, NULL, &s, &err), 0);
+        g.eos_id = -1;
+        assert_int_equal(generator_enable_mtp(&g, MTP_ALWAYS, NULL, &err), 0);
+        assert_int_equal(generator_prompt(&g, prompt, NP, &err), 0);
+        memset(&out, 0, sizeof out);
+        assert_int_equal(generator_run(&g, 3, collect, &out, &err), 0);
+        assert_int_equal(out.n, 3);
+        drafted += g.n_drafted;
+        accepted += g.n_accepted;
+        int a = -1, b = -1, c = -1;
+        for (int k = 0; k < K; k++) if (ids1[k] == out.ids[0]) a = k;
+        for (int k = 0; a >= 0 && k < K; k++) if (ids2[a][k] == out.ids[1]) b = k;
+        for (int k = 0; b >= 0 && k < K; k++) if (ids3[a][b][k] == out.ids[2]) c = k;
+        if (c < 0) other++;
+        else cnt[a][b][c]++;
+        generator_free(&g);
+        sampler_free(&s);
+    }
+    double x = 0;
+    for (int a = 0; a < K; a++)
+        for (int b = 0; b < K; b++)
+            for (int c = 0; c < K; c++) {
+                double e = N * P[a][b][c];
+                x += (cnt[a][b][c] - e) * (cnt[a][b][c] - e) / e;
+            }
+    print_message("sampled --mtp: chi-square %.1f over 27 outcomes, %ld drafts, %ld accepted\n", x, drafted, accepted);
+    assert_int_equal(other, 0);           /* nothing outside each prefix's top 3 */
+    assert_true(x < 70.0);
+    assert_true(accepted > 0 && accepted < drafted);
+    free(lg); free(pr);
+    session_close(&m);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sampler_greedy_and_filters),
@@ -305,6 +430,8 @@ int main(void) {
         cmocka_unit_test(test_mtp_auto_greedy_identical),
         cmocka_unit_test(test_speculative_rule_distribution),
         cmocka_unit_test(test_mtp_cache_consistent),
+        cmocka_unit_test(test_mtp_cache_only_catch_up),
+        cmocka_unit_test(test_mtp_sampled_joint_distribution),
         cmocka_unit_test(test_prompt_prefix_reuse),
     };
     return cmocka_run_group_tests_name("generate", tests, NULL, NULL);

@@ -5,7 +5,7 @@
  *     them to max|err| / max|logit| <= 1e-4;
  *   - MTP self-speculative greedy decoding emits exactly plain greedy decoding's
  *     tokens, and on a trained model drafts are accepted, so both the acceptance
- *     and the rejection paths run.
+ *     and the rejection paths run; the same with the MTP module loaded as q8 (--draft-dtype).
  */
 #include <math.h>
 #include <setjmp.h>
@@ -78,15 +78,14 @@ static int collect(void *ctx, int id, const char *text, size_t len) {
     return 0;
 }
 
-static void test_toy_mtp_greedy_identical_with_acceptance(void **state) {
-    (void)state;
+static void toy_mtp_greedy(weights_dtype draft_dtype) {
     st_set g;
     moe_error err = {{0}};
     if (st_open_file(&g, GOLDEN, &err)) fail_msg("%s", err.msg);
     const int *text = st_find(&g, "tokens")->data;
     int T = (int)st_find(&g, "tokens")->numel;
     moe_session m;
-    model_options opt = { .max_seq = 256 };
+    model_options opt = { .max_seq = 256, .draft_dtype = draft_dtype };
     assert_int_equal(session_open(&m, TOY, &opt, 1, &err), 0);
     sampler_params greedy = { .temperature = 0.0f, .top_p = 1.0f };
     sampler s;
@@ -111,16 +110,22 @@ static void test_toy_mtp_greedy_identical_with_acceptance(void **state) {
     }
     assert_true(accepted > 0);            /* the acceptance path ran */
     assert_true(accepted < drafted);      /* and the rejection path */
+    print_message("toy --mtp (draft dtype %d): %ld of %ld drafts accepted\n", (int)draft_dtype, accepted, drafted);
     sampler_free(&s);
     session_close(&m);
     st_close(&g);
 }
+
+static void test_toy_mtp_greedy_identical_with_acceptance(void **state) { (void)state; toy_mtp_greedy(WEIGHTS_AUTO); }
+/* --draft-dtype q8: drafts from the MTP module in q8 are still mostly accepted, output unchanged */
+static void test_toy_mtp_q8_drafts(void **state) { (void)state; toy_mtp_greedy(WEIGHTS_Q8); }
 
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_toy_matches_training_prefill),
         cmocka_unit_test(test_toy_matches_training_decode),
         cmocka_unit_test(test_toy_mtp_greedy_identical_with_acceptance),
+        cmocka_unit_test(test_toy_mtp_q8_drafts),
     };
     return cmocka_run_group_tests_name("toy model", tests, NULL, NULL);
 }

@@ -462,15 +462,40 @@ static int load_layer(loader *ld, layer_weights *lw, int i) {
     return MOE_OK;
 }
 
+/* Whether the MTP module's copy (role `copy` of layer i) holds the same bytes as the main
+ * model's tensor `main_role` (safetensors checkpoints; same dtype and shape). Reads both once;
+ * pages of a tensor already converted at load are given back again. */
+static int same_as_main(loader *ld, tensor_role copy, tensor_role main_role, int i) {
+    if (ld->w->is_gguf) return 0;
+    char n1[512], n2[512];
+    const st_tensor *a = st_find(&ld->w->files, layout_name(ld->layout, copy, i, 0, n1, sizeof n1));
+    const st_tensor *b = st_find(&ld->w->files, layout_name(ld->layout, main_role, 0, 0, n2, sizeof n2));
+    if (!a || !b || a->dtype != b->dtype || a->dtype == ST_F8_E4M3 || a->ndim != b->ndim || a->nbytes != b->nbytes) return 0;
+    for (int d = 0; d < a->ndim; d++)
+        if (a->shape[d] != b->shape[d]) return 0;
+    int same = memcmp(a->data, b->data, a->nbytes) == 0;
+    st_tensor_release(&ld->w->files, a);   /* not used (same) or loaded again below */
+    if (b->released) st_tensor_release(&ld->w->files, b);
+    return same;
+}
+
 static int load_mtp_extras(loader *ld, layer_weights *lw, int i) {
     if (load_role_vector(ld, &lw->enorm, T_MTP_ENORM, i) || load_role_vector(ld, &lw->hnorm, T_MTP_HNORM, i) ||
         load_role_matrix(ld, &lw->eh_proj, T_MTP_EH_PROJ, i, 0) || load_role_vector(ld, &lw->head_norm, T_MTP_HEAD_NORM, i))
         return MOE_FAIL;
-    /* the release stores copies of the embedding and head; use them if present */
+    /* the release stores copies of the embedding and head; use them if present, unless they
+     * are byte for byte the main model's (DeepSeek-V3 shares them): then the main ones */
     lw->mtp_embed = ld->w->embed;
     lw->mtp_head = ld->w->lm_head;
-    if (has_role(ld, T_MTP_EMBED, i) && load_role_matrix(ld, &lw->mtp_embed, T_MTP_EMBED, i, 0)) return MOE_FAIL;
-    if (has_role(ld, T_MTP_HEAD, i) && load_role_matrix(ld, &lw->mtp_head, T_MTP_HEAD, i, 0)) return MOE_FAIL;
+    if (has_role(ld, T_MTP_EMBED, i) && !same_as_main(ld, T_MTP_EMBED, T_EMBED, i) &&
+        load_role_matrix(ld, &lw->mtp_embed, T_MTP_EMBED, i, 0))
+        return MOE_FAIL;
+    if (ld->opt && ld->dtype != ld->opt->dtype)   /* --draft-dtype: a head of its own, in that format */
+        return load_role_matrix(ld, &lw->mtp_head, has_role(ld, T_MTP_HEAD, i) ? T_MTP_HEAD : T_LM_HEAD,
+                                has_role(ld, T_MTP_HEAD, i) ? i : 0, 0);
+    if (has_role(ld, T_MTP_HEAD, i) && !same_as_main(ld, T_MTP_HEAD, T_LM_HEAD, i) &&
+        load_role_matrix(ld, &lw->mtp_head, T_MTP_HEAD, i, 0))
+        return MOE_FAIL;
     return MOE_OK;
 }
 
@@ -491,6 +516,7 @@ int weights_load(moe_weights *w, const moe_config *cfg, const char *path, const 
     if (cfg->tie_word_embeddings && !has_role(&ld, T_LM_HEAD, 0)) w->lm_head = w->embed;
     else if (load_role_matrix(&ld, &w->lm_head, T_LM_HEAD, 0, 0)) goto fail;
     for (int i = 0; i < nl; i++) {
+        if (i == cfg->num_hidden_layers && opt && opt->mtp_dtype != WEIGHTS_AUTO) ld.dtype = opt->mtp_dtype;
         if (load_layer(&ld, &w->layers[i], i)) goto fail;
         if (i >= cfg->num_hidden_layers && load_mtp_extras(&ld, &w->layers[i], i)) goto fail;
     }

@@ -98,6 +98,9 @@ typedef struct {
      * empty (rows 0, data NULL: not one byte of it read or converted). NULL: every expert. */
     int (*holds)(void *ctx, int layer, int expert);
     void *holds_ctx;
+    /* --draft-dtype: the MTP module's format (its block and its own copy of the head), when
+     * not WEIGHTS_AUTO and not `dtype`: a draft need only be likely, verification stays exact */
+    weights_dtype mtp_dtype;
 } weights_options;
 
 /* path: a checkpoint directory (safetensors) or a .gguf file (weights_is_gguf). */

@@ -8,6 +8,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "bench_experts.h"
 #include "cli.h"
@@ -32,28 +33,43 @@ static int prompts_from_text(const char *model_dir, const char *file, int **ids,
 
 /* ------------------------------------------------------------------ one decode */
 
+static double cpu_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* prof: NULL, or [MTP_PASS_KINDS]: plain decoding's passes go to prof[MTP_PASS_PLAIN], the MTP
+ * loop's to its kinds (generator.prof); the prompt is not profiled. */
 static int decode(const moe_model *m, moe_ctx *c, moe_kv *kv, const int *prompt, int n_prompt, int n_gen, int mtp,
-                  generator *g, sampler *s, int *out_ids, double *tps, moe_error *err) {
+                  model_profile *prof, generator *g, sampler *s, int *out_ids, double *tps, double *cpu_s, moe_error *err) {
     if (generator_init(g, m, c, kv, 0, NULL, s, err)) return MOE_FAIL;
     g->eos_id = -1;                                   /* always n_gen tokens */
-    int rc = (mtp && generator_enable_mtp(g, (mtp_mode)mtp, NULL, err)) || generator_prompt(g, prompt, n_prompt, err) ||
-                     generator_run(g, n_gen, NULL, NULL, err)
-                 ? MOE_FAIL
-                 : MOE_OK;
+    int rc = (mtp && generator_enable_mtp(g, (mtp_mode)mtp, NULL, err)) || generator_prompt(g, prompt, n_prompt, err);
+    if (!rc) {
+        model_profile *saved = c->prof;
+        if (prof && mtp) g->prof = prof;
+        else if (prof) c->prof = &prof[MTP_PASS_PLAIN];
+        double c0 = cpu_seconds();
+        rc = generator_run(g, n_gen, NULL, NULL, err);
+        *cpu_s = cpu_seconds() - c0;
+        c->prof = saved;
+    }
     if (rc == MOE_OK) {
         /* the generated tokens are the history after the prompt (the last one may be unfed) */
         int fed = g->n_history - n_prompt;
         memcpy(out_ids, g->history + n_prompt, sizeof(int) * (size_t)(fed > 0 ? fed : 0));
         *tps = g->gen_seconds > 0 ? g->n_generated / g->gen_seconds : 0;
     }
-    return rc;
+    return rc ? MOE_FAIL : MOE_OK;
 }
 
 /* ------------------------------------------------------------------ the arm */
 
 int mtp_arm_run(const moe_model *m, moe_ctx *ctx, moe_kv *kv, const char *model_dir, const char *text_file, int n_prompt, int n_gen, int reps,
-                uint64_t seed, mtp_arm *r, moe_error *err) {
+                uint64_t seed, int profile, mtp_arm *r, moe_error *err) {
     memset(r, 0, sizeof *r);
+    r->profile = profile;
     r->reps = reps;
     r->n_gen = n_gen;
     r->n_prompt = n_prompt;
@@ -73,6 +89,8 @@ int mtp_arm_run(const moe_model *m, moe_ctx *ctx, moe_kv *kv, const char *model_
     r->plain_ts = calloc((size_t)reps, sizeof(double));
     r->mtp_ts = calloc((size_t)reps, sizeof(double));
     r->auto_ts = calloc((size_t)reps, sizeof(double));
+    for (int a = 0; a < 3; a++) r->cpu_ts[a] = calloc((size_t)reps, sizeof(double));
+    r->threads = ctx->pool ? threadpool_threads(ctx->pool) : 1;
     int *prompt = malloc(sizeof(int) * (size_t)n_prompt);
     int *out_plain = malloc(sizeof(int) * (size_t)(n_gen + 2)), *out_mtp = malloc(sizeof(int) * (size_t)(n_gen + 2));
     int rc = MOE_FAIL;
@@ -80,7 +98,7 @@ int mtp_arm_run(const moe_model *m, moe_ctx *ctx, moe_kv *kv, const char *model_
     sampler_params greedy = { .temperature = 0.0f, .top_p = 1.0f };
     route_observer saved = ctx->on_route;
     void *saved_ctx = ctx->on_route_ctx;
-    if (!r->plain_ts || !r->mtp_ts || !r->auto_ts || !prompt || !out_plain ||
+    if (!r->plain_ts || !r->mtp_ts || !r->auto_ts || !r->cpu_ts[0] || !r->cpu_ts[1] || !r->cpu_ts[2] || !prompt || !out_plain ||
         !out_mtp || sampler_init(&smp, m->cfg.vocab_size, &greedy, err)) {
         if (!err->msg[0]) moe_error_set(err, "out of memory");
         goto done;
@@ -100,18 +118,20 @@ int mtp_arm_run(const moe_model *m, moe_ctx *ctx, moe_kv *kv, const char *model_
         }
         for (int arm = 0; arm < 3; arm++) {   /* plain first, then MTP always, then auto, on the same prompt */
             generator g;
-            double tps = 0;
+            double tps = 0, cpu_s = 0;
             int *out = arm ? out_mtp : out_plain;
             int mode = arm == 0 ? 0 : arm == 1 ? MTP_ALWAYS : MTP_AUTO;
             /* pass counting: close open sets so each arm's passes stay its own */
             expert_counter_close(&cnt);
             double before[2] = {cnt.sum_distinct[1], cnt.sum_distinct[2]};
             long before_n[2] = {cnt.n_sets[1], cnt.n_sets[2]};
-            int drc = decode(m, ctx, kv, prompt, n_prompt, n_gen, mode, &g, &smp, out, &tps, err);
+            int drc = decode(m, ctx, kv, prompt, n_prompt, n_gen, mode, profile && arm < 2 ? r->prof : NULL, &g, &smp, out, &tps, &cpu_s, err);
             expert_counter_close(&cnt);
             if (drc) { generator_free(&g); goto done; }
+            r->cpu_ts[arm][rep] = cpu_s > 0 ? g.n_generated / (cpu_s / r->threads) : 0;
             if (arm == 0) {
                 r->plain_ts[rep] = tps;
+                r->prof_passes[MTP_PASS_PLAIN] += g.n_generated - 1;
                 /* plain decoding: only its single-token passes count */
                 cnt.sum_distinct[2] = before[1];
                 cnt.n_sets[2] = before_n[1];
@@ -121,6 +141,7 @@ int mtp_arm_run(const moe_model *m, moe_ctx *ctx, moe_kv *kv, const char *model_
                 r->auto_accepted += g.n_accepted;
                 r->auto_plain += g.cost.n_plain;
                 r->auto_skipped += g.cost.skipped;
+                r->auto_remeasure += g.ctl.n_remeasure;
                 cnt.sum_distinct[1] = before[0];   /* counted in the always arm */
                 cnt.n_sets[1] = before_n[0];
                 cnt.sum_distinct[2] = before[1];
@@ -132,6 +153,9 @@ int mtp_arm_run(const moe_model *m, moe_ctx *ctx, moe_kv *kv, const char *model_
                 mtp_costs *ac = &r->always_cost;
                 ac->verify_s += g.cost.verify_s; ac->n_verify += g.cost.n_verify;
                 ac->draft_s += g.cost.draft_s; ac->n_draft += g.cost.n_draft;
+                ac->catchup_s += g.cost.catchup_s; ac->n_catchup += g.cost.n_catchup;
+                r->prof_passes[MTP_PASS_VERIFY] += g.cost.n_verify;
+                r->prof_passes[MTP_PASS_DRAFT] += g.cost.n_draft + g.cost.n_catchup;
                 for (int b = 0; b < MTP_CONF_BUCKETS; b++) {
                     ac->drafted[b] += g.cost.drafted[b];
                     ac->accepted[b] += g.cost.accepted[b];
@@ -173,21 +197,58 @@ void mtp_arm_print(FILE *f, const mtp_arm *r) {
     double u = cli_median(r->auto_ts, r->reps);
     fprintf(f, "  decode t/s, median: plain %.1f | --mtp-mode always %.1f (x%.2f) | --mtp (auto) %.1f (x%.2f)\n", p, q,
             p > 0 ? q / p : 0.0, u, p > 0 ? u / p : 0.0);
+    /* the same per rep (each rep's arms share its neighbours), and on-CPU (robust to a loaded machine) */
+    double ra[64], rb[64];
+    int nr = r->reps < 64 ? r->reps : 64;
+    for (int i = 0; i < nr; i++) {
+        ra[i] = r->plain_ts[i] > 0 ? r->mtp_ts[i] / r->plain_ts[i] : 0;
+        rb[i] = r->plain_ts[i] > 0 ? r->auto_ts[i] / r->plain_ts[i] : 0;
+    }
+    double cp = cli_median(r->cpu_ts[0], r->reps), ca = cli_median(r->cpu_ts[1], r->reps), cu2 = cli_median(r->cpu_ts[2], r->reps);
+    fprintf(f, "  per-rep ratio to plain, median: always x%.2f, auto x%.2f | on-CPU t/s (%d thread%s): plain %.1f | always %.1f "
+               "(x%.2f) | auto %.1f (x%.2f)\n", cli_median(ra, nr), cli_median(rb, nr), r->threads, r->threads > 1 ? "s" : "",
+            cp, ca, cp > 0 ? ca / cp : 0.0, cu2, cp > 0 ? cu2 / cp : 0.0);
     const mtp_costs *c = &r->always_cost;
     if (p > 0 && c->n_verify && c->n_draft) {
         double plain = 1.0 / p, ver = c->verify_s / c->n_verify, dr = c->draft_s / c->n_draft;
+        double cu = c->n_catchup ? c->catchup_s / c->n_catchup : dr;
+        double dmean = (c->draft_s + c->catchup_s) / (double)(c->n_draft + c->n_catchup);
         double a = r->drafted ? (double)r->accepted / r->drafted : 0;
         fprintf(f, "  cost per step (always arm): plain step %.3f ms | two-token verification %.3f ms = x%.2f | draft "
-                   "%.3f ms = x%.2f\n", 1e3 * plain, 1e3 * ver, ver / plain, 1e3 * dr, dr / plain);
+                   "%.3f ms = x%.2f (of two positions, after an accepted draft: %.3f ms = x%.2f)\n", 1e3 * plain, 1e3 * ver,
+                ver / plain, 1e3 * dr, dr / plain, 1e3 * cu, cu / plain);
+        /* a draft after an accepted one runs the MTP module over two positions: at acceptance a, a of the drafts */
+        double d85 = 0.85 * cu + 0.15 * dr, d90 = 0.90 * cu + 0.10 * dr;
         fprintf(f, "  predicted speed-up (1 + acceptance) / (verification + draft) = x%.2f at the acceptance measured "
                    "(%.1f%%), x%.2f at 85%%, x%.2f at 90%% (DeepSeek-V3's reported range); measured x%.2f\n",
-                (1 + a) * plain / (ver + dr), 100 * a, 1.85 * plain / (ver + dr), 1.90 * plain / (ver + dr), q / p);
+                (1 + a) * plain / (ver + dmean), 100 * a, 1.85 * plain / (ver + d85), 1.90 * plain / (ver + d90), q / p);
         fprintf(f, "  acceptance by draft confidence q(d):");
         for (int b = 0; b < MTP_CONF_BUCKETS; b++)
             fprintf(f, " [%.2f, %.2f) %ld/%ld", (double)b / MTP_CONF_BUCKETS, (double)(b + 1) / MTP_CONF_BUCKETS,
                     c->accepted[b], c->drafted[b]);
-        fprintf(f, "\n  auto arm: %ld drafts (%ld accepted), %ld plain steps, %ld drafts not verified\n", r->auto_drafted,
-                r->auto_accepted, r->auto_plain, r->auto_skipped);
+        fprintf(f, "\n  auto arm: %ld drafts (%ld accepted), %ld plain steps, %ld drafts not verified, %ld re-measurements of "
+                   "the mode not chosen\n", r->auto_drafted, r->auto_accepted, r->auto_plain, r->auto_skipped, r->auto_remeasure);
+    }
+    if (r->profile) {
+        static const char *kind[MTP_PASS_KINDS] = {"plain step", "verification", "draft (MTP)"};
+        fprintf(f, "  profile: wall time per pass by phase (us; plain arm's steps, always arm's verifications and drafts)\n");
+        fprintf(f, "    %-22s", "phase");
+        for (int k = 0; k < MTP_PASS_KINDS; k++) fprintf(f, " %13s", kind[k]);
+        fprintf(f, "\n");
+        double tot[MTP_PASS_KINDS] = {0};
+        for (int ph = 0; ph < N_PHASES; ph++) {
+            fprintf(f, "    %-22s", model_phase_name((model_phase)ph));
+            for (int k = 0; k < MTP_PASS_KINDS; k++) {
+                double v = r->prof_passes[k] ? r->prof[k].ns[ph] / 1e3 / r->prof_passes[k] : 0;
+                tot[k] += v;
+                fprintf(f, " %13.1f", v);
+            }
+            fprintf(f, "\n");
+        }
+        fprintf(f, "    %-22s", "total");
+        for (int k = 0; k < MTP_PASS_KINDS; k++) fprintf(f, " %13.1f", tot[k]);
+        fprintf(f, "\n    (passes: %ld plain, %ld verifications, %ld drafts)\n", r->prof_passes[0], r->prof_passes[1],
+                r->prof_passes[2]);
     }
     fprintf(f, "  drafts accepted: %ld of %ld (%.1f%%); %.2f tokens per verification step\n", r->accepted, r->drafted,
             r->drafted ? 100.0 * r->accepted / r->drafted : 0.0, r->steps ? (double)r->generated / r->steps : 0.0);
@@ -226,5 +287,6 @@ void mtp_arm_free(mtp_arm *r) {
     free(r->plain_ts);
     free(r->mtp_ts);
     free(r->auto_ts);
+    for (int a = 0; a < 3; a++) free(r->cpu_ts[a]);
     memset(r, 0, sizeof *r);
 }

@@ -16,8 +16,14 @@ typedef struct {
     const char *prompt_source;      /* "random tokens" or the text file */
     double *plain_ts, *mtp_ts;      /* [reps] tokens/s: plain, --mtp-mode always */
     double *auto_ts;                /* [reps] tokens/s: --mtp (auto) */
+    double *cpu_ts[3];              /* [arm][reps] on-CPU tokens/s: tokens / (process CPU seconds / threads) */
+    int threads;
     mtp_costs always_cost;          /* the always arm's measured costs, summed over reps */
     long auto_drafted, auto_accepted, auto_plain, auto_skipped;
+    long auto_remeasure;            /* auto arm: re-measurements of the mode not chosen */
+    int profile;                    /* --profile: phases of each kind of pass (plain arm, always arm) */
+    model_profile prof[MTP_PASS_KINDS];
+    long prof_passes[MTP_PASS_KINDS];
     long drafted, accepted, steps, generated;
     double experts_plain;           /* mean distinct routed experts per main layer per decode step */
     double experts_verify;          /* the same per verification step (two tokens) */
@@ -28,7 +34,7 @@ typedef struct {
  * n_prompt-token prompts: windows of text_file (tokenized with the model dir's
  * tokenizer) or, when text_file is NULL, random tokens from `seed`. */
 int mtp_arm_run(const moe_model *m, moe_ctx *ctx, moe_kv *kv, const char *model_dir, const char *text_file, int n_prompt, int n_gen, int reps,
-                uint64_t seed, mtp_arm *out, moe_error *err);
+                uint64_t seed, int profile, mtp_arm *out, moe_error *err);
 void mtp_arm_print(FILE *f, const mtp_arm *r);
 json_t *mtp_arm_json(const mtp_arm *r);
 void mtp_arm_free(mtp_arm *r);

@@ -84,6 +84,23 @@ static void load_progress(void *ctx, int done, int total) {
     if (done >= total) { fprintf(stderr, "\n"); c->shown = 2; }
 }
 
+/* The MTP module's bytes (its block's matrices, every routed expert, and its head). */
+static size_t mtp_module_bytes(const moe_model *m, size_t *head) {
+    size_t b = 0;
+    *head = 0;
+    for (int l = m->cfg.num_hidden_layers; l < m->w.n_layers; l++) {
+        const layer_weights *lw = &m->w.layers[l];
+        const mat *x[] = {&lw->q_a, &lw->q_b, &lw->q, &lw->kv_a, &lw->kv_b, &lw->o, &lw->router, &lw->shared.gate,
+                          &lw->shared.up, &lw->shared.down, &lw->eh_proj};
+        for (size_t i = 0; i < sizeof x / sizeof x[0]; i++) if (x[i]->data) b += mat_bytes(x[i]);
+        for (int e = 0; lw->experts && e < m->cfg.n_routed_experts; e++)
+            if (lw->experts[e].gate.data)
+                b += mat_bytes(&lw->experts[e].gate) + mat_bytes(&lw->experts[e].up) + mat_bytes(&lw->experts[e].down);
+        if (lw->mtp_head.data != m->w.lm_head.data) *head += mat_bytes(&lw->mtp_head);
+    }
+    return b + *head;
+}
+
 int cli_load_engine(moe_session *e, const char *dir, const model_options *opt, int n_slots, const char *cmd, int quiet) {
     moe_error err = {{0}};
     double t0 = cli_now();
@@ -109,6 +126,12 @@ int cli_load_engine(moe_session *e, const char *dir, const model_options *opt, i
                 c->num_attention_heads, c->n_routed_experts, m->K, c->vocab_size, weights_dtype_name(o.dtype),
                 m->w.bytes_mapped / 1048576.0, m->w.bytes_converted / 1048576.0, n_slots > 1 ? slots : "", e->kv.S,
                 kv_bytes_per_token(&e->kv), e->kv.bytes / 1048576.0, cpu_kernel_name(), cli_now() - t0);
+    }
+    if (o.draft_dtype != WEIGHTS_AUTO && o.draft_dtype != o.dtype && m->cfg.num_nextn_predict_layers > 0) {
+        size_t head, b = mtp_module_bytes(m, &head);   /* even when quiet: it costs memory */
+        fprintf(stderr, "--draft-dtype %s: the MTP module (drafts only) in %s: %.1f MiB, of which %.1f MiB are a head of "
+                        "its own (else it shares lm_head)\n", weights_dtype_name(o.draft_dtype),
+                weights_dtype_name(o.draft_dtype), b / 1048576.0, head / 1048576.0);
     }
     if (o.numa != NUMA_OFF) {   /* even when quiet: the user asked for placement */
         char line[2048];
@@ -269,6 +292,16 @@ int cli_route_knobs_check(const moe_config *c, const router_options *r, const ch
     return MOE_OK;
 }
 
+int cli_draft_dtype(const char *v, const char *cmd, weights_dtype *out) {
+    int d = strcmp(v, "same") ? weights_dtype_parse(v) : WEIGHTS_AUTO;
+    if (d < 0 || (strcmp(v, "same") && d == WEIGHTS_AUTO)) {
+        fprintf(stderr, "moe %s: --draft-dtype must be same, f32, bf16, q8 or q4, got \"%s\"\n", cmd, v);
+        return -1;
+    }
+    *out = (weights_dtype)d;
+    return 0;
+}
+
 int cli_model_option(int argc, char **argv, int *i, const char *cmd, model_options *o) {
     const char *a = argv[*i], *v;
     long x;
@@ -288,6 +321,10 @@ int cli_model_option(int argc, char **argv, int *i, const char *cmd, model_optio
         if (d < 0) { fprintf(stderr, "moe %s: --dtype must be auto, f32, bf16, q8 or q4\n", cmd); return -1; }
         o->dtype = (weights_dtype)d;
         return 1;
+    }
+    if (!strcmp(a, "--draft-dtype")) {
+        if (!(v = cli_value(argc, argv, i, cmd))) return -1;
+        return cli_draft_dtype(v, cmd, &o->draft_dtype) ? -1 : 1;
     }
     if (!strcmp(a, "--numa")) {
         if (!(v = cli_value(argc, argv, i, cmd))) return -1;
@@ -330,6 +367,8 @@ void cli_model_options_usage(FILE *f) {
             "  -t, --threads N      threads (default: one per core)\n"
             "  --dtype D            weight format: auto (as stored, default) | f32 | bf16 | q8 | q4 (Q4_K, heads Q8)\n"
             "  --batch N            tokens per forward chunk (default 64)\n"
+            "  --draft-dtype D      the MTP module's format for --mtp drafts: same (default) | bf16 | q8 | q4\n"
+            "                       (a head of its own in D: V x H more; verification stays exact)\n"
             "  --numa M             NUMA placement: off (default) | interleave | partition (README: --numa)\n"
             "  --act-lowp           decode with bf16 / int8 activations (BF16 / Q8 weights): faster, less exact\n"
             "  --kv-dtype T         latent cache values: f32 (default, exact) | bf16 (half the cache bytes)\n"

@@ -46,6 +46,8 @@ int cli_route_knobs_check(const moe_config *cfg, const router_options *r, const 
  * loads one: -t/--threads N, --dtype auto|f32|bf16|q8|q4, --batch N, --numa MODE, and the
  * routing knobs. Returns 1 if argv[*i] was one (consumed, with its value), 0 if not,
  * -1 on a bad value (after printing one error line). */
+/* --draft-dtype's value: same (WEIGHTS_AUTO) or a weight format; prints an error and returns -1 if bad. */
+int cli_draft_dtype(const char *v, const char *cmd, weights_dtype *out);
 int cli_model_option(int argc, char **argv, int *i, const char *cmd, model_options *o);
 /* --act-lowp: turns the kernels' low-precision activations on and says so on stderr. */
 void cli_act_lowp(const char *cmd);

@@ -104,6 +104,7 @@ static void usage(FILE *f) {
             "  --mtp               add the MTP arm: greedy decode with and without self-speculation (-n tokens,\n"
             "                      --tg-prompt prompt tokens, -r reps), acceptance, experts read per step\n"
             "  --mtp-text FILE     take the MTP arm's prompts from FILE (tokenized with DIR's tokenizer)\n"
+            "  --draft-dtype D     the MTP module's format: same (default) | bf16 | q8 | q4 (its own head: V x H more)\n"
             "  --seqs B1,B2,...    instead of pp/tg: B independent sequences decoded together, one token of\n"
             "                      each per pass (llama.cpp batched-bench -npl): aggregate and per-sequence\n"
             "                      t/s, distinct experts per layer per pass (-n passes after --tg-prompt tokens)\n"
@@ -595,6 +596,8 @@ int cmd_bench(int argc, char **argv) {
             int d = weights_dtype_parse(v);
             if (d < 0) { fprintf(stderr, "moe bench: --dtype must be auto, f32, bf16, q8 or q4\n"); return 2; }
             opt.dtype = (weights_dtype)d;
+        } else if (!strcmp(a, "--draft-dtype")) {
+            if (!(v = cli_value(argc, argv, &i, "bench")) || cli_draft_dtype(v, "bench", &opt.draft_dtype)) return 2;
         } else if (cli_ep_option(argc, argv, &i, "bench")) {
             if (!cli_ep_on()) return 2;   /* --ep-plan without its file: said */
         } else if (!strcmp(a, "--numa")) {
@@ -895,7 +898,7 @@ int cmd_bench(int argc, char **argv) {
     if (profile && !n_seqs) print_profile(tab, runs, n_cfg, (int)n_gen, (int)n_prompt);   /* --seqs prints its own */
     if (mtp) {
         if (mtp_arm_run(&e.m, &e.c, &e.kv, dir, mtp_text, (int)tg_prompt, (int)(n_gen > 1 ? n_gen : 2), (int)reps, (uint64_t)seed,
-                        &mtp_result, &err)) {
+                        profile, &mtp_result, &err)) {
             fprintf(stderr, "moe bench: %s\n", err.msg);
             goto done;
         }
