@@ -45,6 +45,9 @@
 #ifndef Q40_PF
 #define Q40_PF 4096
 #endif
+#ifndef Q40_PFN
+#define Q40_PFN 4             /* prefetches per row and group: T0 start, T1 start, T0 end, T1 end */
+#endif
 
 typedef struct {
     int8_t lo[64];       /* 16-byte lane j: x8 of block 4g + j, elements 0..15 */
@@ -151,10 +154,31 @@ AI void group_w(int q5, const uint8_t *p, const q40_ctrl *c, __m512i *ulo, __m51
     }
 }
 
+/* One group of RB rows (row i at p[i]) x TB tokens into acc. */
+AI void q40_group(int q5, int vnni, const uint8_t *const *p, int RB, int TB, const xgroup *X, size_t xs, __m512 acc[4][8],
+                  const q40_ctrl *c) {
+#pragma GCC unroll 4
+    for (int i = 0; i < RB; i++) {
+        __m512i ulo, uhi;
+        __m512 dw;
+        group_w(q5, p[i], c, &ulo, &uhi, &dw);
+#pragma GCC unroll 8
+        for (int t = 0; t < TB; t++) {
+            const xgroup *xg = X + (size_t)t * xs;
+            __m512i is = _mm512_loadu_si512(xg->neg8);
+            if (q5) is = _mm512_add_epi32(is, is);
+            is = dpb(vnni, is, ulo, _mm512_loadu_si512(xg->lo));
+            is = dpb(vnni, is, uhi, _mm512_loadu_si512(xg->hi));
+            acc[i][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is), _mm512_mul_ps(dw, _mm512_loadu_ps(xg->dx)), acc[i][t]);
+        }
+    }
+}
+
 /* RB rows (stride rs bytes) x TB tokens (X rows of xs groups); out[t * ldo + i]. */
 AI void q40_tile(int q5, int vnni, const char *w, size_t rs, int nblk, int RB, int TB, const xgroup *X, size_t xs,
-                 float *out, size_t ldo, int pf, const q40_ctrl *c) {
+                 float *out, size_t ldo, int pf, const q40_ctrl *cp) {
     __m512 acc[4][8];
+    const q40_ctrl c = *cp;
     const int bb = q5 ? (int)sizeof(block_q5_0) : (int)sizeof(block_q4_0), gb = 4 * bb;
     const int ng = nblk / 4, tail = nblk % 4;
     const size_t ahead = (size_t)RB * rs > Q40_PF ? (size_t)RB * rs : Q40_PF;
@@ -162,34 +186,30 @@ AI void q40_tile(int q5, int vnni, const char *w, size_t rs, int nblk, int RB, i
     for (int i = 0; i < RB; i++)
 #pragma GCC unroll 8
         for (int t = 0; t < TB; t++) acc[i][t] = _mm512_setzero_ps();
-    for (int g = 0; g < ng + (tail != 0); g++) {
+    for (int g = 0; g < ng; g++) {
+        const uint8_t *p[4];
 #pragma GCC unroll 4
         for (int i = 0; i < RB; i++) {
-            const uint8_t *p = (const uint8_t *)w + i * rs + (size_t)g * gb;
-            uint8_t tmp[4 * sizeof(block_q5_0)] __attribute__((aligned(64)));
-            if (g == ng) {
-                memset(tmp, 0, sizeof tmp);
-                memcpy(tmp, p, (size_t)tail * bb);
-                p = tmp;
-            } else if (pf) {
-                _mm_prefetch((const char *)p + ahead, _MM_HINT_T0);
-                _mm_prefetch((const char *)p + ahead + gb - 1, _MM_HINT_T0);
-                _mm_prefetch((const char *)p + 2 * ahead, _MM_HINT_T1);
-                _mm_prefetch((const char *)p + 2 * ahead + gb - 1, _MM_HINT_T1);
-            }
-            __m512i ulo, uhi;
-            __m512 dw;
-            group_w(q5, p, c, &ulo, &uhi, &dw);
-#pragma GCC unroll 8
-            for (int t = 0; t < TB; t++) {
-                const xgroup *xg = X + (size_t)t * xs + g;
-                __m512i is = _mm512_loadu_si512(xg->neg8);
-                if (q5) is = _mm512_add_epi32(is, is);
-                is = dpb(vnni, is, ulo, _mm512_loadu_si512(xg->lo));
-                is = dpb(vnni, is, uhi, _mm512_loadu_si512(xg->hi));
-                acc[i][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is), _mm512_mul_ps(dw, _mm512_loadu_ps(xg->dx)), acc[i][t]);
+            p[i] = (const uint8_t *)w + i * rs + (size_t)g * gb;
+            if (pf) {
+                _mm_prefetch((const char *)p[i] + ahead, _MM_HINT_T0);
+                if (Q40_PFN > 2) _mm_prefetch((const char *)p[i] + ahead + gb - 1, _MM_HINT_T0);
+                if (Q40_PFN > 1) _mm_prefetch((const char *)p[i] + 2 * ahead, _MM_HINT_T1);
+                if (Q40_PFN > 3) _mm_prefetch((const char *)p[i] + 2 * ahead + gb - 1, _MM_HINT_T1);
             }
         }
+        q40_group(q5, vnni, p, RB, TB, X + g, xs, acc, &c);
+    }
+    if (tail) {   /* 1..3 blocks: copied to a zeroed group */
+        uint8_t tmp[4][4 * sizeof(block_q5_0)];
+        const uint8_t *p[4];
+        memset(tmp, 0, sizeof tmp);
+#pragma GCC unroll 4
+        for (int i = 0; i < RB; i++) {
+            memcpy(tmp[i], (const uint8_t *)w + i * rs + (size_t)ng * gb, (size_t)tail * bb);
+            p[i] = tmp[i];
+        }
+        q40_group(q5, vnni, p, RB, TB, X + ng, xs, acc, &c);
     }
 #pragma GCC unroll 8
     for (int t = 0; t < TB; t++)
