@@ -30,7 +30,7 @@ typedef enum {
     MAT_Q5_K = 7,  /* block_q5_K: 256 elements, 176 bytes (GGML_TYPE_Q5_K) */
     MAT_Q6_K = 8,  /* block_q6_K: 256 elements, 210 bytes (GGML_TYPE_Q6_K) */
     MAT_Q5_0 = 9,  /* block_q5_0: 32 elements, 22 bytes (GGML_TYPE_Q5_0; llama-quantize's Q4_K_M fallback for
-                      rows that are not whole 256-blocks); scalar reference kernels only */
+                      rows that are not whole 256-blocks) */
 } mat_dtype;
 #define MAT_N_TYPES 10  /* entries of the type table (kernels/types.c) */
 
@@ -166,6 +166,16 @@ void matvec_rows_q8K(const mat *W, const block_q8_K *xq, float *y, int row0, int
 void matvec_rows_q8K_ref(const mat *W, const block_q8_K *xq, float *y, int row0, int row1);
 void matmul_rows_q8K(const mat *W, const block_q8_K *XQ, int n, float *Y, int ldy, int row0, int row1);
 void matmul_rows_q8K_ref(const mat *W, const block_q8_K *XQ, int n, float *Y, int ldy, int row0, int row1);
+/* Q4_0 and Q5_0 weights times activations quantized per 32 to int8 (quantize_row_q8a: a
+ * block_q8 with d = max|x| / 127, q = round-to-even(x 127 / max|x|)): per block an exact
+ * integer dot, then y = sum_b (d_b dx_b) isum_b in f32. With the AVX-512 kernel set,
+ * matvec_rows / matmul_rows compute this for Q4_0 / Q5_0 weights (x quantized per call, unless
+ * it holds Inf / NaN or a nearly subnormal block: then the f32 reference); the bound against
+ * matvec_rows_ref is in kernels/README.md. quantize_row_q8a returns 0 (out unspecified) for
+ * such x. n % 32 == 0. */
+int quantize_row_q8a_ref(const float *x, block_q8 *out, int n);
+void matvec_rows_q8a_ref(const mat *W, const block_q8 *xq, float *y, int row0, int row1);
+void matmul_rows_q8a_ref(const mat *W, const block_q8 *XQ, int n, float *Y, int ldy, int row0, int row1);
 /* 1 for the types above (the ones matvec_rows_q8K takes). */
 int mat_is_kquant(mat_dtype dt);
 

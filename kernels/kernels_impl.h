@@ -70,6 +70,12 @@ void matmul_rows_q6k_avx512(const mat *W, const float *X, int n, float *Y, int l
 void matvec_rows_q8K_q6k_avx512(const mat *W, const block_q8_K *xq, float *y, int row0, int row1);
 void matmul_rows_q8K_q6k_avx512(const mat *W, const block_q8_K *XQ, int n, float *Y, int ldy, int row0, int row1);
 
+/* Q4_0 / Q5_0 x int8 activations (matvec_q4_0_avx512.c; VNNI vpdpbusd when present). */
+void matvec_rows_q4_0_avx512(const mat *W, const float *x, float *y, int row0, int row1);
+void matmul_rows_q4_0_avx512(const mat *W, const float *X, int n, float *Y, int ldy, int row0, int row1);
+void matvec_rows_q5_0_avx512(const mat *W, const float *x, float *y, int row0, int row1);
+void matmul_rows_q5_0_avx512(const mat *W, const float *X, int n, float *Y, int ldy, int row0, int row1);
+
 /* ---------------------------------------------------------------- AVX2 + FMA */
 
 void matvec_rows_avx2(const mat *W, const float *x, float *y, int row0, int row1);

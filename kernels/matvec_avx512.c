@@ -316,7 +316,6 @@ void matvec_rows_avx512(const mat *W, const float *x, float *y, int row0, int ro
     case MAT_Q8: mv_dtype(W, MAT_Q8, x, y, row0, row1); break;
     case MAT_F16: mv_dtype(W, MAT_F16, x, y, row0, row1); break;
     case MAT_Q8_0: mv_dtype(W, MAT_Q8_0, x, y, row0, row1); break;
-    case MAT_Q4_0: mv_dtype(W, MAT_Q4_0, x, y, row0, row1); break;
     default: mat_kernels_resolved(W->dtype, KSET_AVX512)->matvec(W, x, y, row0, row1); break;
     }
 }
@@ -455,7 +454,6 @@ void matmul_rows_avx512(const mat *W, const float *X, int n, float *Y, int ldy, 
     case MAT_Q8: mm_dtype(W, MAT_Q8, X, n, Y, ldy, row0, row1); break;
     case MAT_F16: mm_dtype(W, MAT_F16, X, n, Y, ldy, row0, row1); break;
     case MAT_Q8_0: mm_dtype(W, MAT_Q8_0, X, n, Y, ldy, row0, row1); break;
-    case MAT_Q4_0: mm_dtype(W, MAT_Q4_0, X, n, Y, ldy, row0, row1); break;
     default: mat_kernels_resolved(W->dtype, KSET_AVX512)->matmul(W, X, n, Y, ldy, row0, row1); break;
     }
 }

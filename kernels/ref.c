@@ -243,6 +243,59 @@ void matmul_rows_q8K_ref(const mat *W, const block_q8_K *XQ, int n, float *Y, in
         for (int r = row0; r < row1; r++) Y[(size_t)t * ldy + r] = kq_row_dot_ref(W, r, XQ + (size_t)t * nb);
 }
 
+/* Q4_0 / Q5_0 x int8 activations (kernels.h): per 32-block the exact integer dot of the
+ * weight codes minus their offset (8 / 16) with xq, times d_w dx in f32, summed in block order. */
+int quantize_row_q8a_ref(const float *x, block_q8 *out, int n) {
+    for (int b = 0; b < n / QK8; b++) {
+        const float *xb = x + (size_t)b * QK8;
+        float amax = 0.0f;
+        for (int i = 0; i < QK8; i++) {
+            float a = fabsf(xb[i]);
+            if (!(a <= FLT_MAX)) return 0;   /* Inf or NaN */
+            amax = fmaxf(amax, a);
+        }
+        if (amax > 0.0f && amax < 1e-30f) return 0;
+        float id = amax > 0.0f ? 127.0f / amax : 0.0f;
+        out[b].scale = amax / 127.0f;
+        for (int i = 0; i < QK8; i++) out[b].q[i] = (int8_t)lrintf(xb[i] * id);
+    }
+    return 1;
+}
+
+static float q8a_row_dot_ref(const mat *W, int r, const block_q8 *xq) {
+    int nb = W->cols / QK4_0;
+    float acc = 0.0f;
+    for (int k = 0; k < nb; k++) {
+        int isum = 0;
+        float d;
+        if (W->dtype == MAT_Q5_0) {
+            const block_q5_0 *b = (const block_q5_0 *)W->data + (size_t)r * nb + k;
+            uint32_t qh = (uint32_t)b->qh[0] | (uint32_t)b->qh[1] << 8 | (uint32_t)b->qh[2] << 16 | (uint32_t)b->qh[3] << 24;
+            for (int i = 0; i < 16; i++) {
+                int lo = (b->qs[i] & 0x0F) | (int)((qh >> i) & 1) << 4, hi = (b->qs[i] >> 4) | (int)((qh >> (i + 16)) & 1) << 4;
+                isum += (lo - 16) * xq[k].q[i] + (hi - 16) * xq[k].q[i + 16];
+            }
+            d = f16_to_f32(b->d);
+        } else {
+            const block_q4_0 *b = (const block_q4_0 *)W->data + (size_t)r * nb + k;
+            for (int i = 0; i < 16; i++) isum += ((b->qs[i] & 0x0F) - 8) * xq[k].q[i] + ((b->qs[i] >> 4) - 8) * xq[k].q[i + 16];
+            d = f16_to_f32(b->d);
+        }
+        acc += d * xq[k].scale * (float)isum;
+    }
+    return acc;
+}
+
+void matvec_rows_q8a_ref(const mat *W, const block_q8 *xq, float *y, int row0, int row1) {
+    for (int r = row0; r < row1; r++) y[r - row0] = q8a_row_dot_ref(W, r, xq);
+}
+
+void matmul_rows_q8a_ref(const mat *W, const block_q8 *XQ, int n, float *Y, int ldy, int row0, int row1) {
+    int nb = W->cols / QK8;
+    for (int t = 0; t < n; t++)
+        for (int r = row0; r < row1; r++) Y[(size_t)t * ldy + r] = q8a_row_dot_ref(W, r, XQ + (size_t)t * nb);
+}
+
 /* BF16 weights x bf16 activations, f32 accumulation in column order. */
 void matvec_rows_bf16bf16_ref(const mat *W, const uint16_t *xb, float *y, int row0, int row1) {
     for (int r = row0; r < row1; r++) {

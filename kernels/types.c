@@ -330,6 +330,8 @@ static void q4k_from_f32_row(const float *src, void *dst, int n) {
 #define BASE_AVX2 {matvec_rows_avx2, matmul_rows_avx2, matvec_t_rows_avx2, NULL, NULL}
 #define BASE_AVX512 {matvec_rows_avx512, matmul_rows_avx512, matvec_t_rows_avx512, NULL, NULL}
 #define NONE {NULL, NULL, NULL, NULL, NULL}
+/* Q4_0, Q5_0 on AVX-512: x quantized per 32 to int8 (matvec_q4_0_avx512.c). */
+#define Q8A_AVX512(t, tmv) {matvec_rows_##t##_avx512, matmul_rows_##t##_avx512, tmv, NULL, NULL}
 /* k-quants: the SIMD sets quantize x to block_q8_K and run their integer kernels. */
 #define KQ_KERNELS(t)                                                                          \
     {[KSET_SCALAR] = {matvec_rows_ref, matmul_rows_ref, matvec_t_rows_ref, matvec_rows_q8K_ref, matmul_rows_q8K_ref}, \
@@ -347,11 +349,12 @@ static const mat_type types[MAT_N_TYPES] = {
     [MAT_Q8] = {"q8", QK8, sizeof(block_q8), q8_to_f32_row, q8_from_f32_row, PLAIN_KERNELS(BASE_AVX2, BASE_AVX512)},
     [MAT_F16] = {"f16", 1, 2, f16_to_f32_row, f16_from_f32_row, PLAIN_KERNELS(BASE_AVX2, BASE_AVX512)},
     [MAT_Q8_0] = {"q8_0", QK8_0, sizeof(block_q8_0), q8_0_to_f32_row, q8_0_from_f32_row, PLAIN_KERNELS(BASE_AVX2, BASE_AVX512)},
-    [MAT_Q4_0] = {"q4_0", QK4_0, sizeof(block_q4_0), q4_0_to_f32_row, q4_0_from_f32_row, PLAIN_KERNELS(BASE_AVX2, BASE_AVX512)},
+    [MAT_Q4_0] = {"q4_0", QK4_0, sizeof(block_q4_0), q4_0_to_f32_row, q4_0_from_f32_row,
+                  PLAIN_KERNELS(BASE_AVX2, Q8A_AVX512(q4_0, matvec_t_rows_avx512))},
     [MAT_Q4_K] = {"q4_K", QK_K, sizeof(block_q4_K), q4k_to_f32_row, q4k_from_f32_row, KQ_KERNELS(q4k)},
     [MAT_Q5_K] = {"q5_K", QK_K, sizeof(block_q5_K), q5k_to_f32_row, NULL, KQ_AVX512_ONLY(q5k)},
     [MAT_Q6_K] = {"q6_K", QK_K, sizeof(block_q6_K), q6k_to_f32_row, NULL, KQ_KERNELS(q6k)},
-    [MAT_Q5_0] = {"q5_0", QK4_0, sizeof(block_q5_0), q5_0_to_f32_row, NULL, PLAIN_KERNELS(NONE, NONE)},
+    [MAT_Q5_0] = {"q5_0", QK4_0, sizeof(block_q5_0), q5_0_to_f32_row, NULL, PLAIN_KERNELS(NONE, Q8A_AVX512(q5_0, NULL))},
 };
 
 const mat_type *mat_type_of(mat_dtype dt) {

@@ -92,6 +92,9 @@ static void *make_ggml_rows(mat_dtype dt, int rows, int cols, int exact) {
     case MAT_Q4_0:
         for (size_t i = 0; i < n / QK4_0; i++) ((block_q4_0 *)buf)[i].d = f16_of(exact ? ((i & 1) ? 0.5f : 1.0f) : rng_uniform() / 8.0f);
         break;
+    case MAT_Q5_0:
+        for (size_t i = 0; i < n / QK4_0; i++) ((block_q5_0 *)buf)[i].d = f16_of(exact ? ((i & 1) ? 0.5f : 1.0f) : rng_uniform() / 16.0f);
+        break;
     case MAT_Q4_K: case MAT_Q5_K:
         for (size_t i = 0; i < n / QK_K; i++) {
             block_q4_K *b4 = (block_q4_K *)buf + i;      /* d, dmin at the same place in both */
@@ -1166,9 +1169,9 @@ static void test_blas_sgemm(void **state) {
 /* ---------------------------------------------------------------- ggml block types */
 
 /* The ggml types (MAT_F16 ...), their column counts (multiples of the block; F16 any). */
-static const mat_dtype GTYPES[] = {MAT_F16, MAT_Q8_0, MAT_Q4_0, MAT_Q4_K, MAT_Q5_K, MAT_Q6_K};
+static const mat_dtype GTYPES[] = {MAT_F16, MAT_Q8_0, MAT_Q4_0, MAT_Q5_0, MAT_Q4_K, MAT_Q5_K, MAT_Q6_K};
 static int gcols(mat_dtype dt, int i) {   /* i-th test column count of dt, 0 when past the list */
-    static const int c1[] = {16, 17, 31, 100, 1000, 0}, c32[] = {32, 96, 256, 288, 1024, 0}, c256[] = {256, 512, 768, 2048, 0};
+    static const int c1[] = {16, 17, 31, 100, 1000, 0}, c32[] = {32, 96, 256, 288, 1024, 64, 160, 384, 0}, c256[] = {256, 512, 768, 2048, 0};
     const int *c = dt == MAT_F16 ? c1 : mat_type_of(dt)->block_elems == 32 ? c32 : c256;
     return c[i];
 }
@@ -1176,6 +1179,11 @@ static int gcols(mat_dtype dt, int i) {   /* i-th test column count of dt, 0 whe
 static int has_kq_path_for(mat_dtype dt, const char *variant) {
     if (dt == MAT_Q5_K) return strcmp(variant, "avx512") == 0 || (strcmp(variant, "dispatch") == 0 && strncmp(cpu_kernel_name(), "avx512", 6) == 0);
     return dt == MAT_Q4_K || dt == MAT_Q6_K;
+}
+/* 1 when the entry points quantize x per 32 to int8 for dt (Q4_0, Q5_0: AVX-512 only). */
+static int has_q8a_path_for(mat_dtype dt, const char *variant) {
+    if (dt != MAT_Q4_0 && dt != MAT_Q5_0) return 0;
+    return strcmp(variant, "avx512") == 0 || (strcmp(variant, "dispatch") == 0 && strncmp(cpu_kernel_name(), "avx512", 6) == 0);
 }
 
 /* Packs 8 6-bit (scale, min) pairs as ggml's Q4_K / Q5_K (written from the layout, not the decoder). */
@@ -1411,13 +1419,13 @@ static void test_ggml_roundtrip(void **state) {
  * dx/2 (dx = max|x_block| / 127, plus the rounding of x * 127/max), so y by at most
  * sum_b dx_b / 2 sum_{i in b} |w_i|; plus the f32 rounding of both sides (dot_tol of the
  * larger sum, twice: the integer path's f32 steps are a (nb + 16)-term sum, fewer than cols). */
-static double kq_tol(const mat *W, int r, const float *x) {
+static double qx_tol(const mat *W, int r, const float *x, int blk) {
     double t = 0, S = 0;
     const float *wr = row_f32(W, r);
-    for (int b = 0; b < W->cols / QK_K; b++) {
+    for (int b = 0; b < W->cols / blk; b++) {
         double amax = 0, sw = 0;
-        for (int i = 0; i < QK_K; i++) {
-            int c = b * QK_K + i;
+        for (int i = 0; i < blk; i++) {
+            int c = b * blk + i;
             double w = fabs((double)wr[c]);
             amax = fmax(amax, fabs(x[c]));
             sw += w;
@@ -1426,6 +1434,13 @@ static double kq_tol(const mat *W, int r, const float *x) {
         t += amax / 127 * (0.5 + 1e-5) * sw;
     }
     return t + 2 * dot_tol(W->cols, S + t);
+}
+static double kq_tol(const mat *W, int r, const float *x) { return qx_tol(W, r, x, QK_K); }
+/* The same bound for x quantized per 32 (Q4_0, Q5_0 on AVX-512). */
+static double q8a_tol(const mat *W, int r, const float *x) { return qx_tol(W, r, x, QK8); }
+/* The bound of the path variant `name` takes for dt; 0 when it computes the reference. */
+static double path_tol(mat_dtype dt, const char *name, const mat *W, int r, const float *x) {
+    return has_kq_path_for(dt, name) ? kq_tol(W, r, x) : has_q8a_path_for(dt, name) ? q8a_tol(W, r, x) : -1.0;
 }
 
 static void check_ggml_matvec(mat_dtype dt, int exact) {
@@ -1442,12 +1457,13 @@ static void check_ggml_matvec(mat_dtype dt, int exact) {
                 matvec_rows_ref(&W.m, x, ref, start, rows);
                 for (int k = 0; k < nv; k++) {
                     if (!v[k].available) continue;
-                    int kq = has_kq_path_for(dt, v[k].name) && !(k == 0 && strcmp(cpu_kernel_name(), "scalar") == 0);
+                    int kq = (has_kq_path_for(dt, v[k].name) || has_q8a_path_for(dt, v[k].name)) &&
+                             !(k == 0 && strcmp(cpu_kernel_name(), "scalar") == 0);
                     y[rows - start] = 12345.0f;
                     v[k].matvec(&W.m, x, y, start, rows);
                     assert_true(y[rows - start] == 12345.0f);
                     for (int r = start; r < rows; r++) {
-                        double tol = kq ? kq_tol(&W.m, r, x) : exact ? 0.0 : dot_tol(cols, abs_dot(&W.m, r, x));
+                        double tol = kq ? path_tol(dt, v[k].name, &W.m, r, x) : exact ? 0.0 : dot_tol(cols, abs_dot(&W.m, r, x));
                         if (fabs((double)y[r - start] - ref[r - start]) > tol)
                             fail_msg("matvec %s %s exact %d rows %d cols %d row %d: %g vs %g (tol %g)", v[k].name,
                                      mat_type_of(dt)->name, exact, rows, cols, r, y[r - start], ref[r - start], tol);
@@ -1476,14 +1492,15 @@ static void check_ggml_matmul(mat_dtype dt, int exact) {
                 matmul_rows_ref(&W.m, X, n, ref, ldy, row0, rows);
                 for (int k = 0; k < nv; k++) {
                     if (!v[k].available) continue;
-                    int kq = has_kq_path_for(dt, v[k].name) && !(k == 0 && strcmp(cpu_kernel_name(), "scalar") == 0);
+                    int kq = (has_kq_path_for(dt, v[k].name) || has_q8a_path_for(dt, v[k].name)) &&
+                             !(k == 0 && strcmp(cpu_kernel_name(), "scalar") == 0);
                     for (int i = 0; i < n * ldy; i++) Y[i] = -7.0f;
                     v[k].matmul(&W.m, X, n, Y, ldy, row0, rows);
                     for (int t = 0; t < n; t++)
                         for (int r = 0; r < ldy; r++) {
                             float got = Y[t * ldy + r], want = ref[t * ldy + r];
                             const float *xt = X + (size_t)t * cols;
-                            double tol = (r < row0 || r >= rows) ? 0.0 : kq ? kq_tol(&W.m, r, xt) : exact ? 0.0 : dot_tol(cols, abs_dot(&W.m, r, xt));
+                            double tol = (r < row0 || r >= rows) ? 0.0 : kq ? path_tol(dt, v[k].name, &W.m, r, xt) : exact ? 0.0 : dot_tol(cols, abs_dot(&W.m, r, xt));
                             if (fabs((double)got - want) > tol)
                                 fail_msg("matmul %s %s exact %d rows %d cols %d n %d t %d r %d: %g vs %g (tol %g)", v[k].name,
                                          mat_type_of(dt)->name, exact, rows, cols, n, t, r, got, want, tol);
@@ -1695,6 +1712,104 @@ static void test_q8K_kernels_no_vnni(void **state) {
     f->avx512_vnni = had;
 }
 
+/* ---- Q4_0 / Q5_0 x int8 activations (AVX-512) */
+
+/* sum of |d dx (u - off) xq| over a row: the scale of the integer path's f32 rounding. */
+static double q8a_abs_int(const mat *W, int r, const block_q8 *xq) {
+    int nb = W->cols / QK8;
+    const float *w = row_f32(W, r);
+    double S = 0;
+    for (int b = 0; b < nb; b++)
+        for (int i = 0; i < QK8; i++) S += fabs((double)w[b * QK8 + i]) * fabs((double)xq[b].scale) * abs(xq[b].q[i]);
+    return S;
+}
+
+/* matvec_rows_q4_0_avx512 / q5_0 (f32 x in, quantized inside) against matvec_rows_q8a_ref
+ * on x quantized by quantize_row_q8a_ref (the same integers: the f32 steps are sums of
+ * 4 nb lane terms, so (4 nb + 40) eps S), over odd rows, tails of 1..3 blocks past the
+ * 4-block groups, and n = 1..17 tokens; then the f32 reference within q8a_tol. */
+static void check_q8a_kernels(void) {
+    static const mat_dtype qt[] = {MAT_Q4_0, MAT_Q5_0};
+    static const int rows_list[] = {1, 2, 3, 4, 5, 7, 8, 9, 33, 67}, nbs[] = {1, 2, 3, 4, 5, 6, 7, 8, 12, 32, 33};
+    const cpu_features *f = cpu_get_features();
+    if (!(f->avx512f && f->avx2_fma)) return;
+    for (int ti = 0; ti < 2; ti++)
+        for (int exact = 1; exact >= 0; exact--)
+            for (int ri = 0; ri < NELEM(rows_list); ri++)
+                for (int bi = 0; bi < NELEM(nbs); bi++) {
+                    mat_dtype dt = qt[ti];
+                    int rows = rows_list[ri], nb = nbs[bi], cols = nb * QK8, nmax = rows <= 9 ? 17 : 3;
+                    int ldy = rows + 2, row0 = rows > 1 ? 1 : 0;
+                    void (*mv)(const mat *, const float *, float *, int, int) = dt == MAT_Q4_0 ? matvec_rows_q4_0_avx512 : matvec_rows_q5_0_avx512;
+                    void (*mm)(const mat *, const float *, int, float *, int, int, int) = dt == MAT_Q4_0 ? matmul_rows_q4_0_avx512 : matmul_rows_q5_0_avx512;
+                    test_mat W = make_mat(dt, rows, cols, exact);
+                    float *X = make_vec(nmax * cols, exact);
+                    for (int i = 0; i < nmax * cols; i++) X[i] *= (float)(1 + (i / 32) % 5);   /* blocks of different steps */
+                    block_q8 *XQ = malloc(sizeof(block_q8) * (size_t)nmax * nb);
+                    assert_true(quantize_row_q8a_ref(X, XQ, nmax * cols));
+                    float *ref = malloc(sizeof(float) * nmax * ldy), *Y = malloc(sizeof(float) * nmax * ldy), *rf = malloc(sizeof(float) * nmax * ldy);
+                    matvec_rows_q8a_ref(&W.m, XQ, ref, row0, rows);
+                    matvec_rows_ref(&W.m, X, rf, row0, rows);
+                    Y[rows - row0] = 777.0f;
+                    mv(&W.m, X, Y, row0, rows);
+                    assert_true(Y[rows - row0] == 777.0f);
+                    for (int r = row0; r < rows; r++) {
+                        double tol = (4 * nb + 40) * (double)FLT_EPSILON * q8a_abs_int(&W.m, r, XQ) + 1e-30;
+                        if (fabs((double)Y[r - row0] - ref[r - row0]) > tol)
+                            fail_msg("q8a matvec %s exact %d rows %d nb %d r %d: %.9g vs %.9g (tol %g)", mat_type_of(dt)->name, exact,
+                                     rows, nb, r, Y[r - row0], ref[r - row0], tol);
+                        if (fabs((double)Y[r - row0] - rf[r - row0]) > q8a_tol(&W.m, r, X))
+                            fail_msg("q8a matvec %s vs f32 rows %d nb %d r %d: %.9g vs %.9g", mat_type_of(dt)->name, rows, nb, r,
+                                     Y[r - row0], rf[r - row0]);
+                    }
+                    for (int n = 1; n <= nmax; n++) {
+                        for (int i = 0; i < n * ldy; i++) ref[i] = Y[i] = -7.0f;
+                        matmul_rows_q8a_ref(&W.m, XQ, n, ref, ldy, row0, rows);
+                        mm(&W.m, X, n, Y, ldy, row0, rows);
+                        for (int t = 0; t < n; t++)
+                            for (int r = 0; r < ldy; r++) {
+                                double tol = (r < row0 || r >= rows) ? 0.0
+                                           : (4 * nb + 40) * (double)FLT_EPSILON * q8a_abs_int(&W.m, r, XQ + (size_t)t * nb) + 1e-30;
+                                if (fabs((double)Y[t * ldy + r] - ref[t * ldy + r]) > tol)
+                                    fail_msg("q8a matmul %s exact %d rows %d nb %d n %d t %d r %d: %.9g vs %.9g", mat_type_of(dt)->name,
+                                             exact, rows, nb, n, t, r, Y[t * ldy + r], ref[t * ldy + r]);
+                            }
+                    }
+                    free(W.buf); free(X); free(XQ); free(ref); free(Y); free(rf);
+                }
+}
+
+static void test_q8a_kernels(void **state) {
+    (void)state;
+    check_q8a_kernels();
+    cpu_features *f = (cpu_features *)cpu_get_features();   /* and without VNNI (vpmaddubsw + vpmaddwd) */
+    int had = f->avx512_vnni;
+    f->avx512_vnni = 0;
+    check_q8a_kernels();
+    f->avx512_vnni = had;
+}
+
+/* quantize_row_q8a_ref: steps, round to even, the refusals. */
+static void test_quantize_q8a(void **state) {
+    (void)state;
+    float x[64];
+    block_q8 q[2];
+    for (int i = 0; i < 64; i++) x[i] = (float)(i - 20) * 0.25f;
+    assert_true(quantize_row_q8a_ref(x, q, 64));
+    assert_true(q[0].scale == 5.0f / 127.0f && q[0].q[0] == -127 && q[0].q[20] == 0);
+    assert_true(q[1].q[31] == 127);
+    for (int b = 0; b < 2; b++)
+        for (int i = 0; i < 32; i++) assert_true(fabsf(q[b].q[i] * q[b].scale - x[32 * b + i]) <= q[b].scale * 0.5f * (1 + 1e-5f));
+    memset(x, 0, sizeof x);
+    assert_true(quantize_row_q8a_ref(x, q, 64) && q[0].scale == 0.0f && q[1].q[5] == 0);
+    x[40] = 1e-35f;
+    assert_false(quantize_row_q8a_ref(x, q, 64));
+    x[40] = NAN;
+    assert_false(quantize_row_q8a_ref(x, q, 64));
+    x[40] = -INFINITY;
+    assert_false(quantize_row_q8a_ref(x, q, 64));
+}
+
 /* The integer reference computes the f32 reference's function: with x = dx * xq exactly
  * (dx a power of two), matvec_rows_q8K_ref and matvec_rows_ref agree within both sides'
  * rounding. Checks the algebra (mins, Q6_K's -32, the sub-block order). */
@@ -1802,7 +1917,8 @@ static void test_ggml_edges(void **state) {
                 for (int r = 0; r < rows; r++) {
                     if (kind == 2) { if (!isnan(y[r])) fail_msg("%s %s NaN x: row %d = %g", v[k].name, mat_type_of(dt)->name, r, y[r]); continue; }
                     if (kind == 3) { assert_true((isnan(y[r]) && isnan(ref[r])) || y[r] == ref[r]); continue; }
-                    double tol = has_kq_path_for(dt, v[k].name) ? kq_tol(&W.m, r, x) : dot_tol(cols, abs_dot(&W.m, r, x));
+                    double tol = path_tol(dt, v[k].name, &W.m, r, x);
+                    if (tol < 0) tol = dot_tol(cols, abs_dot(&W.m, r, x));
                     if (fabs((double)y[r] - ref[r]) > tol) fail_msg("%s %s kind %d row %d: %g vs %g", v[k].name, mat_type_of(dt)->name, kind, r, y[r], ref[r]);
                 }
                 if (kind >= 2) {   /* matmul: the bad token only takes the reference */
@@ -1884,6 +2000,8 @@ int main(void) {
         cmocka_unit_test(test_q8K_ref_algebra),
         cmocka_unit_test(test_q8K_kernels),
         cmocka_unit_test(test_q8K_kernels_no_vnni),
+        cmocka_unit_test(test_quantize_q8a),
+        cmocka_unit_test(test_q8a_kernels),
         cmocka_unit_test(test_ggml_matvec),
         cmocka_unit_test(test_ggml_matmul),
         cmocka_unit_test(test_ggml_matvec_t),
