@@ -20,5 +20,12 @@ expect_error "bad type" "--type must be f32, bf16, q8_0 or q4_0" "$MOE" convert 
 expect_error "unrepresentable" "has no deepseek2 GGUF equivalent" "$MOE" convert -m tests/data/golden/mix-f32 -o "$T/x.gguf"
 expect_error "missing gguf" "nothere.gguf: cannot open" "$MOE" generate -m "$T/nothere.gguf" -p x
 expect_error "metadata-only gguf" "tiny-bf16.meta.gguf" "$MOE" generate -m tests/data/gguf/tiny-bf16.meta.gguf -p x
+# quantized GGUF files: the load says that Q4_0 / Q5_0 / k-quant products quantize the activations;
+# a Q8_0 file (f32 activations) says nothing of the kind
+"$MOE" generate -m tests/data/gguf/v2lite.Q4_0.gguf -p a -n 2 --greedy 2>"$T/err" >/dev/null &&
+    grep -q "^activations: products with Q4_0 / Q5_0 / Q4_K / Q5_K / Q6_K weights quantize x per block to int8" "$T/err" &&
+    ok || bad "Q4_0 load: no activations line: $(cat "$T/err")"
+"$MOE" generate -m tests/data/gguf/v2lite.Q8_0.gguf -p a -n 2 --greedy 2>"$T/err" >/dev/null &&
+    ! grep -q "^activations:" "$T/err" && ok || bad "Q8_0 load: an activations line: $(cat "$T/err")"
 echo "cli_convert: $pass passed, $fail failed"
 [ $fail -eq 0 ]

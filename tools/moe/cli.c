@@ -101,6 +101,24 @@ static size_t mtp_module_bytes(const moe_model *m, size_t *head) {
     return b + *head;
 }
 
+/* Whether some matrix is of a type whose SIMD products quantize the activations (Q4_0 and
+ * Q5_0 per 32 to int8; Q4_K, Q5_K, Q6_K per 256 to q8_K): a change of numerics the load says. */
+static int has_int8_activation_types(const moe_model *m) {
+    if (!strcmp(cpu_kernel_name(), "scalar")) return 0;
+    for (int l = 0; l < m->w.n_layers; l++) {
+        const layer_weights *lw = &m->w.layers[l];
+        const mat *x[] = {&lw->q_a, &lw->q_b, &lw->q, &lw->kv_a, &lw->kv_b, &lw->o, &lw->router, &lw->shared.gate,
+                          &lw->shared.up, &lw->shared.down, &lw->dense.gate, &lw->dense.up, &lw->dense.down,
+                          lw->experts ? &lw->experts[0].gate : NULL, lw->experts ? &lw->experts[0].down : NULL};
+        for (size_t i = 0; i < sizeof x / sizeof x[0]; i++) {
+            if (!x[i] || !x[i]->data) continue;
+            mat_dtype d = x[i]->dtype;
+            if (d == MAT_Q4_0 || d == MAT_Q5_0 || mat_is_kquant(d)) return 1;
+        }
+    }
+    return mat_is_kquant(m->w.lm_head.dtype) || m->w.lm_head.dtype == MAT_Q4_0 || m->w.lm_head.dtype == MAT_Q5_0;
+}
+
 int cli_load_engine(moe_session *e, const char *dir, const model_options *opt, int n_slots, const char *cmd, int quiet) {
     moe_error err = {{0}};
     double t0 = cli_now();
@@ -127,6 +145,9 @@ int cli_load_engine(moe_session *e, const char *dir, const model_options *opt, i
                 m->w.bytes_mapped / 1048576.0, m->w.bytes_converted / 1048576.0, n_slots > 1 ? slots : "", e->kv.S,
                 kv_bytes_per_token(&e->kv), e->kv.bytes / 1048576.0, cpu_kernel_name(), cli_now() - t0);
     }
+    if (has_int8_activation_types(m))   /* even when quiet: the numerics differ from f32 activations */
+        fprintf(stderr, "activations: products with Q4_0 / Q5_0 / Q4_K / Q5_K / Q6_K weights quantize x per block to int8, "
+                        "as llama.cpp does (logits about 1e-2 from f32 activations; kernels/README.md)\n");
     if (o.draft_dtype != WEIGHTS_AUTO && o.draft_dtype != o.dtype && m->cfg.num_nextn_predict_layers > 0) {
         size_t head, b = mtp_module_bytes(m, &head);   /* even when quiet: it costs memory */
         fprintf(stderr, "--draft-dtype %s: the MTP module (drafts only) in %s: %.1f MiB, of which %.1f MiB are a head of "
