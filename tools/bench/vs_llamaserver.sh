@@ -13,7 +13,11 @@
 # default $DIR/M-bf16) with MOE_FLAGS (default --dtype q8: the same Q8_0 blocks of 32). (moe
 # serve -m FILE.gguf stops at that file's made-up tokenizer, so the safetensors it is.) Same
 # threads (-t THREADS) for both. The prompt is token ids (IDS; the M checkpoint has no
-# tokenizer), -n N tokens per request, REQS requests per client in turn. The bandwidth
+# tokenizer), -n N tokens per request, REQS requests per client in turn. Every request
+# carries EXTRA (default: logit_bias false for ids 0-255, the single-byte tokens of
+# to_gguf.py's made-up vocabulary: llama-server ends a stream with a 500 "does not match
+# the expected Content-only format" when a random model samples a byte that is not valid
+# UTF-8; both engines get the same bias). The bandwidth
 # (`moe bench --membw`) is measured at the start of every round.
 # Needs: build/moe, build/bench/serve_load (make build/bench/serve_load), llama-server
 # (tools/bench/vs_llamacpp.sh setup). Results live outside the repository: $OUT/*.json.
@@ -32,6 +36,7 @@ IDS=${IDS:-1,17,300,42,9,1000,77,5}
 MODEL=${MODEL:-$DIR/M-bf16}
 MOE_FLAGS=${MOE_FLAGS:---dtype q8}
 PY=${PY:-/usr/bin/python3}
+EXTRA=${EXTRA-$("$PY" -c "print('\"logit_bias\":[' + ','.join('[%d,false]' % i for i in range(256)) + ']')")}
 
 summary() {
     "$PY" - "$OUT" <<'EOF'
@@ -78,8 +83,8 @@ one() {
     fi
     pid=$!
     if ! wait_up $pid; then kill $pid 2>/dev/null || true; return 1; fi
-    "$LOAD" --port "$PORT" -c 1 -r 1 -n 4 --ids "$IDS" >/dev/null
-    "$LOAD" --port "$PORT" -c "$USERS" -r "$REQS" -n "$N" --ids "$IDS" >"$OUT/$tag.md"
+    "$LOAD" --port "$PORT" -c 1 -r 1 -n 4 --ids "$IDS" --extra "$EXTRA" >/dev/null
+    "$LOAD" --port "$PORT" -c "$USERS" -r "$REQS" -n "$N" --ids "$IDS" --extra "$EXTRA" >"$OUT/$tag.md"
     kill -TERM $pid; wait $pid 2>/dev/null || true
     "$PY" - "$OUT/$tag.md" "$1" "$2" "$THREADS" "$N" "$REQS" "$1=$([ "$1" = moe ] && echo "$MODEL $MOE_FLAGS" || echo "$GGUF")" >"$OUT/$tag.json" <<'EOF'
 import json, sys
