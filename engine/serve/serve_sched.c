@@ -488,6 +488,12 @@ static void step(serve_sched *s) {
     s->rr = (s->rr + 1) % N;
     if (s->batch.n == 0) return;
     if (rc == MOE_OK) rc = model_forward(s->m, s->c, s->kv, &s->batch, s->logits, s->o.mtp ? s->hid_out : NULL, &err);
+    /* counted before any request hears of its token: a client that reads /metrics right
+     * after its answer sees the pass that made it */
+    pthread_mutex_lock(&s->mu);
+    s->st.passes++;
+    s->st.batch_tokens += (unsigned long long)s->batch.n;
+    pthread_mutex_unlock(&s->mu);
     if (rc == MOE_OK && s->o.mtp)   /* keep every position's hidden state for the MTP module */
         for (int i = 0; i < s->batch.n; i++)
             memcpy(s->slots[s->batch.seq[i]].hidden + (size_t)s->batch.pos[i] * s->H, s->hid_out + (size_t)i * s->H,
@@ -525,8 +531,6 @@ static void step(serve_sched *s) {
     s->st.gen_tokens += (unsigned long long)sampled;
     s->st.mtp_drafted = s->n_drafted;
     s->st.mtp_accepted = s->n_accepted;
-    s->st.passes++;
-    s->st.batch_tokens += (unsigned long long)s->batch.n;
     s->st.busy_seconds += now_s() - t0;
     pthread_mutex_unlock(&s->mu);
 }
