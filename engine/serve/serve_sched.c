@@ -488,16 +488,16 @@ static void step(serve_sched *s) {
     s->rr = (s->rr + 1) % N;
     if (s->batch.n == 0) return;
     if (rc == MOE_OK) rc = model_forward(s->m, s->c, s->kv, &s->batch, s->logits, s->o.mtp ? s->hid_out : NULL, &err);
-    /* counted before any request hears of its token: a client that reads /metrics right
-     * after its answer sees the pass that made it */
-    pthread_mutex_lock(&s->mu);
-    s->st.passes++;
-    s->st.batch_tokens += (unsigned long long)s->batch.n;
-    pthread_mutex_unlock(&s->mu);
     if (rc == MOE_OK && s->o.mtp)   /* keep every position's hidden state for the MTP module */
         for (int i = 0; i < s->batch.n; i++)
             memcpy(s->slots[s->batch.seq[i]].hidden + (size_t)s->batch.pos[i] * s->H, s->hid_out + (size_t)i * s->H,
                    sizeof(float) * (size_t)s->H);
+    /* the pass is counted before any request of it finishes: a client reading /metrics right
+     * after its answer sees the batch tokens of its last pass */
+    pthread_mutex_lock(&s->mu);
+    s->st.passes++;
+    s->st.batch_tokens += (unsigned long long)s->batch.n;
+    pthread_mutex_unlock(&s->mu);
     /* advance every sequence in the pass; sample where logits came back */
     for (int i = 0; i < N; i++) {
         slot *sl = &s->slots[i];
