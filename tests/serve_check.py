@@ -228,6 +228,22 @@ def basic(port, moe, model):
     b = post(port, "/v1/completions", body)[1]["choices"][0]["text"]
     ok(a == b, "the same seed gives the same text")
 
+    # logit_bias: OpenAI's {"id": bias} and llama-server's [[id, bias]]; false never samples it
+    def first_tokens(extra, n=1):
+        s, r = post(port, "/v1/completions", dict({"prompt": prompt, "max_tokens": n, "temperature": 0,
+                                                    "moe_routing": True}, **extra))
+        return [t["token"] for t in r.get("moe_routing", [])] if s == 200 else f"status {s} {r}"
+    t0 = first_tokens({})[0]
+    ok(first_tokens({"logit_bias": {str(t0): -100}})[0] != t0, f"logit_bias {{'{t0}': -100}} moves the greedy token")
+    ok(first_tokens({"logit_bias": [[t0, False]]})[0] != t0, f"logit_bias [[{t0}, false]] bans it")
+    ok(first_tokens({"logit_bias": {str(t0): 0.0}}) == [t0], "logit_bias 0 changes nothing")
+    t1 = post(port, "/tokenize", {"content": " dog"})[1]["tokens"][-1]   # an ordinary token, not EOS
+    ok(first_tokens({"logit_bias": {str(t1): 100}, "temperature": 0.9, "seed": 5}, 3) == [t1] * 3,
+       f"logit_bias +100 forces token {t1}, sampled")
+    s, chunks, done = stream(port, "/v1/completions", {"prompt": prompt, "max_tokens": 3, "temperature": 0, "stream": True,
+                                                       "moe_routing": True, "logit_bias": [[t1, 100]]})
+    ok([c["moe_routing"]["token"] for c in chunks if "moe_routing" in c] == [t1] * 3, "logit_bias, streamed")
+
     # stop strings: cut before the match, finish stop, streamed and not
     s, r = post(port, "/v1/completions", {"prompt": prompt, "max_tokens": 40, "temperature": 0})
     full = r["choices"][0]["text"]
@@ -340,6 +356,12 @@ def basic(port, moe, model):
     check_error(port, "POST", C, {"messages": msgs, "stream": "yes"}, 400, "stream not a bool", param="stream")
     check_error(port, "POST", C, {"messages": msgs, "stop": 7}, 400, "stop not a string", param="stop")
     check_error(port, "POST", C, {"messages": msgs, "n": 2}, 400, "n = 2", param="n")
+    check_error(port, "POST", C, {"messages": msgs, "logit_bias": 5}, 400, "logit_bias not a map", param="logit_bias")
+    check_error(port, "POST", C, {"messages": msgs, "logit_bias": {"cat": 1}}, 400, "logit_bias key not an id", param="logit_bias")
+    check_error(port, "POST", C, {"messages": msgs, "logit_bias": [[99999999, 1]]}, 400, "logit_bias id out of range",
+                param="logit_bias")
+    check_error(port, "POST", C, {"messages": msgs, "logit_bias": {"5": "x"}}, 400, "logit_bias bias a string", param="logit_bias")
+    check_error(port, "POST", C, {"messages": msgs, "logit_bias": [[5]]}, 400, "logit_bias pair of one", param="logit_bias")
     check_error(port, "POST", "/v1/completions", {"max_tokens": 3}, 400, "completion without a prompt", param="prompt")
     check_error(port, "POST", "/v1/completions", {"prompt": [1, 99999999]}, 400, "token id out of range", param="prompt")
     n_ctx = props["n_ctx"]

@@ -30,6 +30,8 @@ void serve_params_free(serve_params *p) {
     free(p->text);
     free(p->ids);
     for (int i = 0; i < p->n_stop; i++) free(p->stop[i]);
+    free(p->bias_ids);
+    free(p->bias);
     memset(p, 0, sizeof *p);
 }
 
@@ -195,6 +197,67 @@ static int parse_stop(json_t *v, serve_params *p, serve_error *e) {
     return 0;
 }
 
+/* One logit_bias entry: id (a JSON integer, or a decimal string for the object form) and
+ * bias (a number, or false). */
+static int bias_entry(json_t *id, json_t *b, int vocab, int k, serve_params *p, serve_error *e) {
+    long long x = -1;
+    if (json_is_integer(id)) {
+        x = json_integer_value(id);
+    } else if (json_is_string(id)) {
+        const char *s = json_string_value(id);
+        char *end;
+        x = *s ? strtoll(s, &end, 10) : -1;
+        if (!*s || *end) x = -1;
+    }
+    if (x < 0 || x >= vocab)
+        return serve_fail(e, 400, "logit_bias", "logit_bias: entry %d names token '%.40s'; it must be a token id in [0, %d)", k,
+                          json_is_string(id) ? json_string_value(id) : json_is_integer(id) ? "(out of range)" : "(not an id)", vocab);
+    float v;
+    if (json_is_false(b)) {
+        v = -INFINITY;
+    } else if (json_is_number(b) && fabs(json_number_value(b)) <= 1e6) {
+        v = (float)json_number_value(b);
+    } else {
+        return serve_fail(e, 400, "logit_bias", "logit_bias: the bias of token %lld must be a number in [-1e6, 1e6] or false", x);
+    }
+    p->bias_ids[p->n_bias] = (int)x;
+    p->bias[p->n_bias++] = v;
+    return 0;
+}
+
+static int parse_logit_bias(json_t *v, int vocab, serve_params *p, serve_error *e) {
+    if (!v || json_is_null(v)) return 0;
+    size_t n;
+    if (json_is_object(v)) n = json_object_size(v);
+    else if (json_is_array(v)) n = json_array_size(v);
+    else return serve_fail(e, 400, "logit_bias", "'logit_bias' must be an object {\"token id\": bias} or an array of [token id, bias]");
+    if (n == 0) return 0;
+    p->bias_ids = malloc(sizeof(int) * n);
+    p->bias = malloc(sizeof(float) * n);
+    if (!p->bias_ids || !p->bias) return serve_fail(e, 500, NULL, "out of memory");
+    int k = 0;
+    if (json_is_object(v)) {
+        const char *key;
+        json_t *b;
+        json_object_foreach(v, key, b) {
+            json_t *id = json_string(key);
+            int rc = id ? bias_entry(id, b, vocab, k, p, e) : serve_fail(e, 500, NULL, "out of memory");
+            json_decref(id);
+            if (rc) return -1;
+            k++;
+        }
+        return 0;
+    }
+    size_t i;
+    json_t *pair;
+    json_array_foreach(v, i, pair) {
+        if (!json_is_array(pair) || json_array_size(pair) != 2)
+            return serve_fail(e, 400, "logit_bias", "logit_bias[%zu] must be a pair [token id, bias]", i);
+        if (bias_entry(json_array_get(pair, 0), json_array_get(pair, 1), vocab, (int)i, p, e)) return -1;
+    }
+    return 0;
+}
+
 int serve_parse_request(serve_kind kind, const char *body, size_t len, const tokenizer *tok, int vocab,
                         serve_params *p, serve_error *e) {
     memset(p, 0, sizeof *p);
@@ -251,6 +314,7 @@ int serve_parse_request(serve_kind kind, const char *body, size_t len, const tok
         if (get_bool(so, "include_usage", &p->include_usage, e) < 0) goto done;
     }
     if (parse_stop(json_object_get(root, "stop"), p, e)) goto done;
+    if (parse_logit_bias(json_object_get(root, "logit_bias"), vocab, p, e)) goto done;
 
     if (kind == SERVE_CHAT) {
         if (parse_messages(json_object_get(root, "messages"), &clean, e)) goto done;

@@ -14,7 +14,9 @@
  *   temperature (0 = greedy; default 0.8), top_p, top_k, min_p, seed, stop (string or
  *   up to SERVE_MAX_STOP strings), stream, stream_options.include_usage, n (only 1),
  *   model (checked against the served name when given), moe_routing (bool extension),
- *   cache_prompt (bool, default true: reuse the longest cached prefix of a slot).
+ *   cache_prompt (bool, default true: reuse the longest cached prefix of a slot),
+ *   logit_bias: {"id": bias} (OpenAI) or [[id, bias], ...] (llama-server); bias a number
+ *     added to the token's logit before sampling, or false (never sampled).
  * Errors: {"error": {"message", "type", "param", "code"}} with the HTTP status as code.
  */
 #ifndef MOE_SERVE_API_H
@@ -58,6 +60,9 @@ typedef struct {
     int n_stop;
     int stream, include_usage, want_routing;
     int cache_prompt;             /* 1 (default): reuse a slot's cached prefix (llama-server's cache_prompt) */
+    int *bias_ids;                /* [n_bias] logit_bias token ids, each in [0, vocab) */
+    float *bias;                  /* [n_bias] added to their logits (-INFINITY: false, never sampled) */
+    int n_bias;
 } serve_params;
 
 void serve_params_free(serve_params *p);

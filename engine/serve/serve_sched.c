@@ -36,6 +36,12 @@ serve_req *serve_req_new(const int *prompt, int n, serve_params *p, int max_toke
     r->n_stop = p->n_stop;
     p->n_stop = 0;
     r->want_routing = p->want_routing;
+    r->bias_ids = p->bias_ids;
+    r->bias = p->bias;
+    r->n_bias = p->n_bias;
+    p->bias_ids = NULL;
+    p->bias = NULL;
+    p->n_bias = 0;
     r->slot = -1;
     r->refs = 1;
     pthread_mutex_init(&r->mu, NULL);
@@ -54,6 +60,8 @@ void serve_req_unref(serve_req *r) {
     free(r->prompt);
     for (int i = 0; i < r->n_stop; i++) free(r->stop[i]);
     free(r->text);
+    free(r->bias_ids);
+    free(r->bias);
     free(r->tok_id);
     free(r->tok_pos);
     free(r->tok_end);
@@ -176,6 +184,11 @@ static void on_route(void *ctx, int layer, int seq, int pos, const route_decisio
 /* ------------------------------------------------------------------ the forward pass */
 
 /* ------------------------------------------------------------------ per-slot output */
+
+/* The request's logit_bias on logits z [V]. */
+static void apply_bias(const serve_req *r, float *z) {
+    for (int i = 0; i < r->n_bias; i++) z[r->bias_ids[i]] += r->bias[i];
+}
 
 static void text_append(serve_req *r, const char *t, size_t n) {
     if (!n) return;
@@ -389,7 +402,8 @@ static int mtp_draft(serve_sched *s, moe_error *err) {
     for (int i = 0; i < N; i++) {
         slot *sl = &s->slots[i];
         if (drow[i] < 0) continue;
-        const float *z = s->mtp_logits + (size_t)drow[i] * s->V;
+        float *z = s->mtp_logits + (size_t)drow[i] * s->V;
+        apply_bias(sl->req, z);
         if (sl->smp.p.temperature == 0.0f) {
             sl->draft = sampler_argmax(z, s->V);
         } else {
@@ -501,6 +515,10 @@ static void step(serve_sched *s) {
             sl->n_hist = sl->mtp_valid = 0;
             sched_kv(s, SCHED_KV_CLEAR, i, 0);
             continue;
+        }
+        if (sl->row >= 0 && sl->req->n_bias) {
+            apply_bias(sl->req, s->logits + (size_t)sl->row * s->V);
+            if (sl->state == SLOT_DECODE && s->o.mtp && sl->draft >= 0) apply_bias(sl->req, s->logits + (size_t)(sl->row + 1) * s->V);
         }
         if (sl->state == SLOT_DECODE) {
             sl->hist[sl->n_hist++] = sl->next;

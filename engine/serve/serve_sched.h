@@ -47,6 +47,9 @@ typedef struct serve_req {
     int n_stop;
     int want_routing;
     int no_cache;                /* compute the whole prompt (cache_prompt false) */
+    int *bias_ids;               /* [n_bias] logit_bias token ids (owned) */
+    float *bias;                 /* [n_bias] added to their logits before sampling */
+    int n_bias;
     double t_submit;             /* monotonic seconds */
     /* written by the engine thread, guarded by mu */
     pthread_mutex_t mu;

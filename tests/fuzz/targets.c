@@ -1,6 +1,7 @@
 /* targets.c - fuzz target bodies (see targets.h). */
 #include "targets.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -370,6 +371,9 @@ int fuzz_serve_request(const uint8_t *data, size_t size) {
         CHECK(p.n_stop >= 0 && p.n_stop <= SERVE_MAX_STOP, "n_stop %d", p.n_stop);
         for (int i = 0; i < p.n_stop; i++) CHECK(p.stop[i][0] && strlen(p.stop[i]) <= SERVE_MAX_STOP_LEN, "stop string");
         for (int i = 0; i < p.n_ids; i++) CHECK(p.ids[i] >= 0 && p.ids[i] < tokenizer_vocab_size(t), "id %d", p.ids[i]);
+        for (int i = 0; i < p.n_bias; i++)
+            CHECK(p.bias_ids[i] >= 0 && p.bias_ids[i] < tokenizer_vocab_size(t) && !isnan(p.bias[i]) && p.bias[i] < 1e7f,
+                  "logit_bias %d: id %d bias %g", i, p.bias_ids[i], p.bias[i]);
         CHECK(p.sp.temperature >= 0 && p.sp.top_p > 0 && p.sp.top_p <= 1, "sampling");
         serve_params_free(&p);
     } else {

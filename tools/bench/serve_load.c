@@ -2,8 +2,9 @@
  *
  *   make build/bench/serve_load
  *   build/bench/serve_load --port 8080 [--host 127.0.0.1] [-c 1,4,8,16] [-r 4] [-n 64]
- *                          [--prompt TEXT | --ids 1,2,3] [--chat] [--api-key KEY]
- * (--ids: the prompt as token ids, for checkpoints without a tokenizer)
+ *                          [--prompt TEXT | --ids 1,2,3] [--chat] [--api-key KEY] [--extra JSON]
+ * (--ids: the prompt as token ids, for checkpoints without a tokenizer; --extra: more
+ * members for every request body, e.g. '"logit_bias":[[0,false]]')
  *
  * For each concurrency C in the list: C client threads, each sending -r streamed requests
  * one after another (POST /v1/completions, or /v1/chat/completions with --chat, temperature
@@ -34,7 +35,7 @@ typedef struct {
     int ok;
 } result;
 
-static const char *g_host = "127.0.0.1", *g_prompt = "Once upon a time", *g_key = NULL, *g_ids = NULL;
+static const char *g_host = "127.0.0.1", *g_prompt = "Once upon a time", *g_key = NULL, *g_ids = NULL, *g_extra = NULL;
 static int g_port = 8080, g_reqs = 4, g_max = 64, g_chat = 0;
 
 static double now_s(void) {
@@ -46,19 +47,20 @@ static double now_s(void) {
 /* One streamed request; fills r. */
 static void one_request(int seed, result *r) {
     memset(r, 0, sizeof *r);
-    char body[4096], req[8192], auth[512] = "";
+    char body[16384], req[20480], auth[512] = "", extra[8192] = "";
+    if (g_extra && *g_extra) snprintf(extra, sizeof extra, ",%s", g_extra);
     if (g_chat)
         snprintf(body, sizeof body,
                  "{\"messages\":[{\"role\":\"user\",\"content\":\"%s\"}],\"max_tokens\":%d,\"temperature\":0.8,"
-                 "\"seed\":%d,\"stream\":true,\"stream_options\":{\"include_usage\":true}}", g_prompt, g_max, seed);
+                 "\"seed\":%d,\"stream\":true,\"stream_options\":{\"include_usage\":true}%s}", g_prompt, g_max, seed, extra);
     else if (g_ids)
         snprintf(body, sizeof body,
                  "{\"prompt\":[%s],\"max_tokens\":%d,\"temperature\":0.8,\"seed\":%d,\"stream\":true,"
-                 "\"stream_options\":{\"include_usage\":true}}", g_ids, g_max, seed);
+                 "\"stream_options\":{\"include_usage\":true}%s}", g_ids, g_max, seed, extra);
     else
         snprintf(body, sizeof body,
                  "{\"prompt\":\"%s\",\"max_tokens\":%d,\"temperature\":0.8,\"seed\":%d,\"stream\":true,"
-                 "\"stream_options\":{\"include_usage\":true}}", g_prompt, g_max, seed);
+                 "\"stream_options\":{\"include_usage\":true}%s}", g_prompt, g_max, seed, extra);
     if (g_key) snprintf(auth, sizeof auth, "Authorization: Bearer %s\r\n", g_key);
     int n = snprintf(req, sizeof req,
                      "POST %s HTTP/1.0\r\nHost: %s\r\nContent-Type: application/json\r\n%sContent-Length: %zu\r\n\r\n%s",
@@ -93,6 +95,7 @@ static void one_request(int seed, result *r) {
     const char *u = strstr(buf, "\"completion_tokens\":");
     if (!strncmp(buf, "HTTP/1.0 200", 12) || !strncmp(buf, "HTTP/1.1 200", 12)) {
         if (u) { r->tokens = atoi(u + 20); r->ok = 1; }
+        else fprintf(stderr, "serve_load: a stream ended without its usage chunk: ...%s\n", len > 200 ? buf + len - 200 : buf);
     } else {
         fprintf(stderr, "serve_load: %.*s\n", (int)(strchr(buf, '\n') ? strchr(buf, '\n') - buf : (long)len), buf);
     }
@@ -129,7 +132,8 @@ int main(int argc, char **argv) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             printf("usage: serve_load --port N [--host 127.0.0.1] [-c 1,4,8,16] [-r REQS_PER_CLIENT] [-n MAX_TOKENS]\n"
-                   "                  [--prompt TEXT | --ids 1,2,3] [--chat] [--api-key KEY]\n");
+                   "                  [--prompt TEXT | --ids 1,2,3] [--chat] [--api-key KEY] [--extra JSON]\n"
+                   "  --extra JSON: more members for every request body, e.g. '\"logit_bias\":[[0,false]]'\n");
             return 0;
         }
         if (!strcmp(a, "--chat")) { g_chat = 1; continue; }
@@ -142,6 +146,10 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--prompt")) g_prompt = v;
         else if (!strcmp(a, "--api-key")) g_key = v;
         else if (!strcmp(a, "--ids")) g_ids = v;
+        else if (!strcmp(a, "--extra")) {
+            if (strlen(v) > 8000) { fprintf(stderr, "serve_load: --extra is longer than 8000 bytes\n"); return 2; }
+            g_extra = v;
+        }
         else { fprintf(stderr, "serve_load: unknown option %s\n", a); return 2; }
         i++;
     }
