@@ -8,7 +8,7 @@
  *     load-bound as one vec_dot per (head, row) is (2 loads per FMA). The 16 sums are
  *     reduced 4 at a time (hsum4). Rows and heads past the end repeat the last one and are
  *     not stored.
- *   exp: exp512 (vec_avx512.c's polynomial, about 2 ulp), per head over its n scores.
+ *   exp: exp512 (exp_avx512.h, about 2 ulp), per head over its n scores.
  *   mix: o[h][c] for 32 values c at a time and all heads (up to 8 per pass: 16
  *     accumulators), walking the n rows; each row chunk is loaded once for 8 heads and each
  *     e[h][j] broadcast once for 2 chunks. The block's rows (n * W values) stay in L2 across
@@ -20,6 +20,7 @@
 #include <stdint.h>
 #include <immintrin.h>
 
+#include "exp_avx512.h"
 #include "kernels_impl.h"
 
 #define AI static inline __attribute__((always_inline))
@@ -46,22 +47,6 @@ AI __m128 hsum4(__m512 a, __m512 b, __m512 c, __m512 d) {
     return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
 }
 
-AI __m512 exp512(__m512 x) {   /* as vec_avx512.c */
-    x = _mm512_min_ps(x, _mm512_set1_ps(88.7228f));
-    x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f));
-    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-    __m512 y = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
-    return _mm512_scalef_ps(y, n);
-}
 
 /* ---------------------------------------------------------------- scores */
 
