@@ -450,6 +450,52 @@ static void check_kv_bf16(const char *name) {
     st_close(&ref);
 }
 
+/* Conversion threads split a matrix's rows: the converted bytes must not depend on how many
+ * (q4 and q8 of an FP8 and of an F32 checkpoint, 1 thread vs 3, every projection compared). */
+static int mat_same(const mat *a, const mat *b) {
+    if (a->rows != b->rows || a->cols != b->cols || a->dtype != b->dtype) return 0;
+    if (!a->data || !b->data) return a->data == b->data;
+    return !memcmp(a->data, b->data, mat_bytes(a));
+}
+static int mlp_same(const mlp_weights *a, const mlp_weights *b) {
+    return mat_same(&a->gate, &b->gate) && mat_same(&a->up, &b->up) && mat_same(&a->down, &b->down);
+}
+static void test_load_threads_same_bytes(void **state) {
+    (void)state;
+    const char *cases[] = {"tiny-yarn-fp8", "v2lite-f32"};
+    weights_dtype dts[] = {WEIGHTS_Q4, WEIGHTS_Q8};
+    for (int c = 0; c < 2; c++)
+        for (int d = 0; d < 2; d++) {
+            char path[512];
+            snprintf(path, sizeof path, GOLDEN "%s", cases[c]);
+            moe_config cfg;
+            moe_error err = {{0}};
+            if (model_config_load(&cfg, path, &err)) fail_msg("%s", err.msg);
+            moe_weights w1, w3;
+            weights_options o1 = {.dtype = dts[d], .threads = 1}, o3 = {.dtype = dts[d], .threads = 3};
+            if (weights_load(&w1, &cfg, path, &o1, &err)) fail_msg("%s", err.msg);
+            if (weights_load(&w3, &cfg, path, &o3, &err)) fail_msg("%s", err.msg);
+            assert_true(w1.n_converted > 0);
+            assert_int_equal(w1.n_converted, w3.n_converted);
+            assert_true(mat_same(&w1.embed, &w3.embed) && mat_same(&w1.lm_head, &w3.lm_head));
+            int compared = 0;
+            for (int i = 0; i < w1.n_layers; i++) {
+                const layer_weights *a = &w1.layers[i], *b = &w3.layers[i];
+                assert_true(mat_same(&a->q_a, &b->q_a) && mat_same(&a->q_b, &b->q_b) && mat_same(&a->q, &b->q));
+                assert_true(mat_same(&a->kv_a, &b->kv_a) && mat_same(&a->kv_b, &b->kv_b) && mat_same(&a->o, &b->o));
+                assert_true(mlp_same(&a->dense, &b->dense) && mlp_same(&a->shared, &b->shared));
+                assert_true(mat_same(&a->router, &b->router) && mat_same(&a->eh_proj, &b->eh_proj));
+                for (int e = 0; a->is_moe && e < cfg.n_routed_experts; e++) {
+                    assert_true(mlp_same(&a->experts[e], &b->experts[e]));
+                    compared++;
+                }
+            }
+            assert_true(compared > 0);
+            weights_free(&w1);
+            weights_free(&w3);
+        }
+}
+
 static void test_kv_bf16(void **state) {
     (void)state;
     static const char *cases[] = {"tiny-bf16", "tiny-yarn-fp8", "v2lite-f32", "v2lite-f16-shard", "mix-f32"};
@@ -468,6 +514,7 @@ int main(void) {
         cmocka_unit_test(test_q8_rows_and_logits),
         cmocka_unit_test(test_long_chunk_vs_decode),
         cmocka_unit_test(test_kv_bf16),
+        cmocka_unit_test(test_load_threads_same_bytes),
         cmocka_unit_test(test_deep_decode),
     };
     return cmocka_run_group_tests_name("golden", tests, NULL, NULL);

@@ -101,6 +101,9 @@ typedef struct {
     /* --draft-dtype: the MTP module's format (its block and its own copy of the head), when
      * not WEIGHTS_AUTO and not `dtype`: a draft need only be likely, verification stays exact */
     weights_dtype mtp_dtype;
+    /* threads converting a matrix at load (rows split between them; the bytes do not depend
+     * on it): N > 0 splits every matrix over N; 0 = one per online CPU, matrices >= 1 M values */
+    int threads;
 } weights_options;
 
 /* path: a checkpoint directory (safetensors) or a .gguf file (weights_is_gguf). */
