@@ -8,7 +8,7 @@
  *     load-bound as one vec_dot per (head, row) is (2 loads per FMA). The 16 sums are
  *     reduced 4 at a time (hsum4). Rows and heads past the end repeat the last one and are
  *     not stored.
- *   exp: exp512 (exp_avx512.h, about 2 ulp), per head over its n scores.
+ *   exp: exp512_sub_max (exp_avx512.h, the loops softmax_avx512 uses too), per head over its n scores.
  *   mix: o[h][c] for 32 values c at a time and all heads (up to 8 per pass: 16
  *     accumulators), walking the n rows; each row chunk is loaded once for 8 heads and each
  *     e[h][j] broadcast once for 2 chunks. The block's rows (n * W values) stay in L2 across
@@ -87,29 +87,6 @@ AI void score_tile(const float *qc, int nh, int W, const void *rows, int bf16, s
         for (int b = 0; b < 4 && j0 + b < n; b++) s[(size_t)(h0 + a) * n + j0 + b] = v[a][b];
 }
 
-/* ---------------------------------------------------------------- exp and sums */
-
-static void exp_head(float *e, int n, float *m, float *l) {
-    __m512 ninf = _mm512_set1_ps(-INFINITY), mx = ninf;
-    int i = 0;
-    for (; i + 16 <= n; i += 16) mx = _mm512_max_ps(mx, _mm512_loadu_ps(e + i));
-    if (i < n) mx = _mm512_max_ps(mx, _mm512_mask_loadu_ps(ninf, tail_mask(n - i), e + i));
-    float mval = _mm512_reduce_max_ps(mx);
-    __m512 mv = _mm512_set1_ps(mval), sum = _mm512_setzero_ps();
-    for (i = 0; i + 16 <= n; i += 16) {
-        __m512 v = exp512(_mm512_sub_ps(_mm512_loadu_ps(e + i), mv));
-        _mm512_storeu_ps(e + i, v);
-        sum = _mm512_add_ps(sum, v);
-    }
-    if (i < n) {
-        __mmask16 t = tail_mask(n - i);
-        __m512 v = _mm512_maskz_mov_ps(t, exp512(_mm512_sub_ps(_mm512_mask_loadu_ps(ninf, t, e + i), mv)));
-        _mm512_mask_storeu_ps(e + i, t, v);
-        sum = _mm512_add_ps(sum, v);
-    }
-    *m = mval;
-    *l = _mm512_reduce_add_ps(sum);
-}
 
 /* ---------------------------------------------------------------- mix */
 
@@ -148,7 +125,7 @@ AI void block(const float *qc, int nh, int W, int R, const void *rows, int bf16,
               float *scratch, float *m, float *l, float *o) {
     for (int j0 = 0; j0 < n; j0 += 4)
         for (int h0 = 0; h0 < nh; h0 += 4) score_tile(qc, nh, W, rows, bf16, ld, n, h0, j0, scale, scratch);
-    for (int h = 0; h < nh; h++) exp_head(scratch + (size_t)h * n, n, m + h, l + h);
+    for (int h = 0; h < nh; h++) exp512_sub_max(scratch + (size_t)h * n, n, m + h, l + h);
     for (int h0 = 0; h0 < nh; h0 += 8)
         for (int c0 = 0; c0 < R; c0 += 32) mix_tile(scratch, nh, R, rows, bf16, ld, n, h0, c0, o);
 }

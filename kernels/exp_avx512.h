@@ -5,6 +5,7 @@
 #ifndef MOE_EXP_AVX512_H
 #define MOE_EXP_AVX512_H
 
+#include <math.h>
 #include <immintrin.h>
 
 static inline __attribute__((always_inline)) __m512 exp512(__m512 x) {
@@ -22,6 +23,30 @@ static inline __attribute__((always_inline)) __m512 exp512(__m512 x) {
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
     __m512 y = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
     return _mm512_scalef_ps(y, n);
+}
+
+/* x[i] = exp(x[i] - max x), i < n, in place; *max = max x, *sum = the sum of the new x
+ * (a 16-lane sum reduced once). softmax_avx512 divides by it; attn_block keeps both. */
+static inline void exp512_sub_max(float *x, int n, float *max, float *sum) {
+    __m512 ninf = _mm512_set1_ps(-INFINITY), mx = ninf;
+    int i = 0;
+    for (; i + 16 <= n; i += 16) mx = _mm512_max_ps(mx, _mm512_loadu_ps(x + i));
+    if (i < n) mx = _mm512_max_ps(mx, _mm512_mask_loadu_ps(ninf, (__mmask16)((1u << (n - i)) - 1), x + i));
+    float mval = _mm512_reduce_max_ps(mx);
+    __m512 m = _mm512_set1_ps(mval), s = _mm512_setzero_ps();
+    for (i = 0; i + 16 <= n; i += 16) {
+        __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(x + i), m));
+        _mm512_storeu_ps(x + i, e);
+        s = _mm512_add_ps(s, e);
+    }
+    if (i < n) {
+        __mmask16 t = (__mmask16)((1u << (n - i)) - 1);
+        __m512 e = _mm512_maskz_mov_ps(t, exp512(_mm512_sub_ps(_mm512_mask_loadu_ps(ninf, t, x + i), m)));
+        _mm512_mask_storeu_ps(x + i, t, e);
+        s = _mm512_add_ps(s, e);
+    }
+    *max = mval;
+    *sum = _mm512_reduce_add_ps(s);
 }
 
 #endif

@@ -53,25 +53,10 @@ void rmsnorm_avx512(float *out, const float *x, const float *w, int n, float eps
 }
 
 void softmax_avx512(float *x, int n) {
-    __m512 ninf = _mm512_set1_ps(-INFINITY), mx = ninf;
-    int i = 0;
-    for (; i + 16 <= n; i += 16) mx = _mm512_max_ps(mx, _mm512_loadu_ps(x + i));
-    if (i < n) mx = _mm512_max_ps(mx, _mm512_mask_loadu_ps(ninf, tail16(n - i), x + i));
-    __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
-    __m512 sum = _mm512_setzero_ps();
-    for (i = 0; i + 16 <= n; i += 16) {
-        __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(x + i), m));
-        _mm512_storeu_ps(x + i, e);
-        sum = _mm512_add_ps(sum, e);
-    }
-    if (i < n) {
-        __mmask16 t = tail16(n - i);
-        __m512 e = exp512(_mm512_sub_ps(_mm512_mask_loadu_ps(ninf, t, x + i), m));
-        e = _mm512_maskz_mov_ps(t, e);
-        _mm512_mask_storeu_ps(x + i, t, e);
-        sum = _mm512_add_ps(sum, e);
-    }
-    __m512 inv = _mm512_set1_ps((float)(1.0 / (double)_mm512_reduce_add_ps(sum)));
+    float mx, sum;
+    exp512_sub_max(x, n, &mx, &sum);
+    int i;
+    __m512 inv = _mm512_set1_ps((float)(1.0 / (double)sum));
     for (i = 0; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, _mm512_mul_ps(_mm512_loadu_ps(x + i), inv));
     if (i < n) {
         __mmask16 t = tail16(n - i);
