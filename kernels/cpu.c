@@ -6,9 +6,10 @@
  *   active       the set in use: the scalar set until the constructor below
  *                runs (before main), then the best the CPU supports, or the
  *                scalar set again after cpu_force_scalar(1).
- *   low_precision  opt-in bf16 / int8 activations for matvec (kernels.h).
+ *   low_precision  opt-in bf16 / int8 activations for matvec and matmul (kernels.h).
  * Low-precision kernels need hardware: vdpbf16ps (AVX512_BF16) for BF16 x BF16,
- * VNNI or AVX2 for Q8 x Q8; without it matvec_rows keeps f32 activations.
+ * VNNI or AVX2 for Q8 x Q8; without it matvec_rows / matmul_rows keep f32 activations. A set
+ * with a low-precision matvec but no matmul tile of its own (avx2) runs the matvec per token.
  */
 #include "kernels_impl.h"
 
@@ -39,6 +40,8 @@ typedef struct {
     int kset;                                                              /* KSET_*: column of the type table */
     void (*q8q8)(const mat *, const block_q8 *, float *, int, int);        /* NULL: no fast path */
     void (*bf16bf16)(const mat *, const uint16_t *, float *, int, int);    /* NULL: no fast path */
+    void (*q8q8_mm)(const mat *, const block_q8 *, int, float *, int, int, int);      /* NULL: q8q8 per token */
+    void (*bf16bf16_mm)(const mat *, const uint16_t *, int, float *, int, int, int);  /* NULL: bf16bf16 per token */
     void (*rmsnorm)(float *, const float *, const float *, int, float);
     void (*softmax)(float *, int);
     void (*silu_mul)(float *, const float *, int);
@@ -55,17 +58,17 @@ typedef struct {
 } kernel_set;
 
 static const kernel_set set_scalar = {
-    "scalar", KSET_SCALAR, NULL, NULL,
+    "scalar", KSET_SCALAR, NULL, NULL, NULL, NULL,
     rmsnorm_ref, softmax_ref, silu_mul_ref, vec_dot_ref, vec_axpy_ref, vec_dot_bf16_ref, vec_axpy_bf16_ref, vec_argmax_ref, NULL,
     quantize_row_q8_ref, quantize_row_bf16_ref, quantize_row_q8_K_ref,
 };
 static const kernel_set set_avx2 = {
-    "avx2", KSET_AVX2, matvec_rows_q8q8_avx2, NULL,
+    "avx2", KSET_AVX2, matvec_rows_q8q8_avx2, NULL, NULL, NULL,
     rmsnorm_avx2, softmax_avx2, silu_mul_avx2, vec_dot_avx2, vec_axpy_avx2, vec_dot_bf16_avx2, vec_axpy_bf16_avx2, vec_argmax_ref, NULL,
     quantize_row_q8_avx2, quantize_row_bf16_ref, quantize_row_q8_K_avx2,
 };
 static kernel_set set_avx512 = {
-    "avx512", KSET_AVX512, matvec_rows_q8q8_avx2, NULL,
+    "avx512", KSET_AVX512, matvec_rows_q8q8_avx2, NULL, matmul_rows_q8q8_avx512, NULL,
     rmsnorm_avx512, softmax_avx512, silu_mul_avx512, vec_dot_avx512, vec_axpy_avx512, vec_dot_bf16_avx512, vec_axpy_bf16_avx512, vec_argmax_avx512, attn_block_avx512,
     quantize_row_q8_avx512, quantize_row_bf16_avx512, quantize_row_q8_K_avx512,
 };
@@ -76,8 +79,14 @@ static int low_precision;
 static const kernel_set *best_set(void) {
     const cpu_features *f = cpu_get_features();
     if (f->avx512f && f->avx2_fma) {
-        if (f->avx512_vnni) set_avx512.q8q8 = matvec_rows_q8q8_avx512vnni;
-        if (f->avx512_bf16) set_avx512.bf16bf16 = matvec_rows_bf16bf16_avx512bf16;
+        if (f->avx512_vnni) {
+            set_avx512.q8q8 = matvec_rows_q8q8_avx512vnni;
+            set_avx512.q8q8_mm = matmul_rows_q8q8_avx512vnni;
+        }
+        if (f->avx512_bf16) {
+            set_avx512.bf16bf16 = matvec_rows_bf16bf16_avx512bf16;
+            set_avx512.bf16bf16_mm = matmul_rows_bf16bf16_avx512bf16;
+        }
         set_avx512.name = f->avx512_bf16 && f->avx512_vnni ? "avx512-bf16-vnni"
                         : f->avx512_vnni                   ? "avx512-vnni"
                         : f->avx512_bf16                   ? "avx512-bf16"
@@ -152,7 +161,35 @@ void matvec_rows(const mat *W, const float *x, float *y, int row0, int row1) {
  * and W's rows are read once per chunk instead. */
 #define MATMUL_TOKEN_CHUNK 64
 
+/* Bytes of quantized X that matmul_rows keeps on its stack per pass in low-precision mode. */
+#define LOWP_MM_X_BYTES (256 * 1024)
+
+/* matmul_rows with low-precision activations (cpu_lowp_kind(W) != 0): X quantized per token,
+ * as matvec_rows does for one, in passes of LOWP_MM_X_BYTES. */
+static void matmul_lowp(const mat *W, int kind, const float *X, int n, float *Y, int ldy, int row0, int row1) {
+    size_t xb = kind == MAT_Q8 ? (size_t)(W->cols / QK8) * sizeof(block_q8) : (size_t)W->cols * 2;
+    int chunk = (int)(LOWP_MM_X_BYTES / xb);
+    if (chunk < 1) chunk = 1;
+    if (chunk > n) chunk = n;
+    unsigned char buf[(size_t)chunk * xb] __attribute__((aligned(64)));
+    for (int t0 = 0; t0 < n; t0 += chunk) {
+        int nt = n - t0 < chunk ? n - t0 : chunk;
+        for (int t = 0; t < nt; t++) {
+            const float *x = X + (size_t)(t0 + t) * W->cols;
+            if (kind == MAT_Q8) quantize_row_q8(x, (block_q8 *)(buf + (size_t)t * xb), W->cols);
+            else quantize_row_bf16(x, (uint16_t *)(buf + (size_t)t * xb), W->cols);
+        }
+        if (kind == MAT_Q8) matmul_rows_q8q8(W, (const block_q8 *)buf, nt, Y + (size_t)t0 * ldy, ldy, row0, row1);
+        else matmul_rows_bf16bf16(W, (const uint16_t *)buf, nt, Y + (size_t)t0 * ldy, ldy, row0, row1);
+    }
+}
+
 void matmul_rows(const mat *W, const float *X, int n, float *Y, int ldy, int row0, int row1) {
+    int kind = cpu_lowp_kind(W);
+    if (kind && n > 0) {
+        matmul_lowp(W, kind, X, n, Y, ldy, row0, row1);
+        return;
+    }
     for (int t0 = 0; t0 < n; t0 += MATMUL_TOKEN_CHUNK) {
         int nt = n - t0 < MATMUL_TOKEN_CHUNK ? n - t0 : MATMUL_TOKEN_CHUNK;
         mat_kernels_resolved(W->dtype, active->kset)->matmul(W, X + (size_t)t0 * W->cols, nt, Y + (size_t)t0 * ldy, ldy, row0, row1);
@@ -186,11 +223,25 @@ void matvec_rows_bf16bf16(const mat *W, const uint16_t *xb, float *y, int row0, 
     (k->bf16bf16 ? k->bf16bf16 : matvec_rows_bf16bf16_ref)(W, xb, y, row0, row1);
 }
 
-/* Whether matvec_rows would take a low-precision path for W (threadpool.c
+void matmul_rows_q8q8(const mat *W, const block_q8 *XQ, int n, float *Y, int ldy, int row0, int row1) {
+    const kernel_set *k = active;
+    if (k->q8q8_mm) { k->q8q8_mm(W, XQ, n, Y, ldy, row0, row1); return; }
+    int nb = W->cols / QK8;
+    for (int t = 0; t < n; t++) matvec_rows_q8q8(W, XQ + (size_t)t * nb, Y + (size_t)t * ldy + row0, row0, row1);
+}
+
+void matmul_rows_bf16bf16(const mat *W, const uint16_t *XB, int n, float *Y, int ldy, int row0, int row1) {
+    const kernel_set *k = active;
+    if (k->bf16bf16_mm) { k->bf16bf16_mm(W, XB, n, Y, ldy, row0, row1); return; }
+    for (int t = 0; t < n; t++)
+        matvec_rows_bf16bf16(W, XB + (size_t)t * W->cols, Y + (size_t)t * ldy + row0, row0, row1);
+}
+
+/* Whether matvec_rows / matmul_rows would take a low-precision path for W (threadpool.c
  * uses this to quantize x once per call instead of once per thread). */
 int cpu_lowp_kind(const mat *W) {
     const kernel_set *k = active;
-    if (!low_precision) return 0;
+    if (!low_precision || W->cols <= 0 || W->cols > LOWP_MAX_COLS) return 0;
     if (W->dtype == MAT_Q8 && k->q8q8) return MAT_Q8;
     if (W->dtype == MAT_BF16 && k->bf16bf16) return MAT_BF16;
     return 0;

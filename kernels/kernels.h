@@ -153,6 +153,14 @@ void matvec_rows_q8q8(const mat *W, const block_q8 *xq, float *y, int row0, int 
 void matvec_rows_q8q8_ref(const mat *W, const block_q8 *xq, float *y, int row0, int row1);
 void matvec_rows_bf16bf16(const mat *W, const uint16_t *xb, float *y, int row0, int row1);
 void matvec_rows_bf16bf16_ref(const mat *W, const uint16_t *xb, float *y, int row0, int row1);
+/* The same for n tokens (XQ: n rows of cols / 32 blocks, XB: n rows of cols bf16; Y as
+ * matmul_rows): each token's Y row is bit for bit what the matvec above gives for that token
+ * alone (kernels with register tiles over several rows and tokens; the refs loop the matvec
+ * refs). With low precision on, matmul_rows quantizes X per token and runs these. */
+void matmul_rows_q8q8(const mat *W, const block_q8 *XQ, int n, float *Y, int ldy, int row0, int row1);
+void matmul_rows_q8q8_ref(const mat *W, const block_q8 *XQ, int n, float *Y, int ldy, int row0, int row1);
+void matmul_rows_bf16bf16(const mat *W, const uint16_t *XB, int n, float *Y, int ldy, int row0, int row1);
+void matmul_rows_bf16bf16_ref(const mat *W, const uint16_t *XB, int n, float *Y, int ldy, int row0, int row1);
 
 /* k-quant weights (MAT_Q4_K, MAT_Q5_K, MAT_Q6_K) times activations quantized to block_q8_K
  * (quantize_row_q8_K): per super-block an exact integer dot, then scaled in f32:
@@ -283,11 +291,11 @@ const cpu_features *cpu_get_features(void);
 void cpu_force_scalar(int on);
 /* Name of the kernel set in use, e.g. "avx512-bf16", "avx2", "scalar". */
 const char *cpu_kernel_name(void);
-/* Low-precision activations for matvec_rows / matvec_parallel (default 0 = off):
- * on, BF16 weights are dotted with x rounded to bf16 (vdpbf16ps) and Q8 weights
- * with x quantized to Q8 (integer dots) when the CPU has those instructions.
- * matmul_rows always uses f32 activations. Set once at start-up, not while
- * kernels run on other threads. */
+/* Low-precision activations for matvec_rows / matvec_parallel / matmul_rows /
+ * matmul_parallel (default 0 = off): on, BF16 weights are dotted with x rounded to bf16
+ * (vdpbf16ps) and Q8 weights with x quantized to Q8 (integer dots) when the CPU has those
+ * instructions; a token's result is the same bits in a matmul as in a matvec. Set once at
+ * start-up, not while kernels run on other threads. */
 void cpu_set_low_precision(int on);
 int cpu_low_precision(void);
 

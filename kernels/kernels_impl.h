@@ -38,6 +38,11 @@ void matmul_rows_avx512(const mat *W, const float *X, int n, float *Y, int ldy, 
 void matvec_t_rows_avx512(const mat *W, const float *x, float *y, int row0, int row1);
 void matvec_rows_q8q8_avx512vnni(const mat *W, const block_q8 *xq, float *y, int row0, int row1);
 void matvec_rows_bf16bf16_avx512bf16(const mat *W, const uint16_t *xb, float *y, int row0, int row1);
+/* matmul_lowp_avx512.c: the matmul forms (each token bit-identical to the matvec above; the
+ * plain _avx512 Q8 one is for AVX-512 without VNNI and equals matvec_rows_q8q8_avx2). */
+void matmul_rows_q8q8_avx512vnni(const mat *W, const block_q8 *XQ, int n, float *Y, int ldy, int row0, int row1);
+void matmul_rows_q8q8_avx512(const mat *W, const block_q8 *XQ, int n, float *Y, int ldy, int row0, int row1);
+void matmul_rows_bf16bf16_avx512bf16(const mat *W, const uint16_t *XB, int n, float *Y, int ldy, int row0, int row1);
 
 void rmsnorm_avx512(float *out, const float *x, const float *w, int n, float eps);
 void softmax_avx512(float *x, int n);

@@ -181,6 +181,12 @@ void matvec_rows_q8q8_ref(const mat *W, const block_q8 *xq, float *y, int row0, 
     }
 }
 
+/* n tokens (XQ: n rows of cols / 32 blocks): each token's row dots as matvec_rows_q8q8_ref. */
+void matmul_rows_q8q8_ref(const mat *W, const block_q8 *XQ, int n, float *Y, int ldy, int row0, int row1) {
+    int nb = W->cols / QK8;
+    for (int t = 0; t < n; t++) matvec_rows_q8q8_ref(W, XQ + (size_t)t * nb, Y + (size_t)t * ldy + row0, row0, row1);
+}
+
 /* k-quant weights x block_q8_K activations (kernels.h): the integer sums of each super-block
  * exactly, then acc += (d dx) isum and accm += (dmin dx) msum in block order; y = acc - accm. */
 static float kq_row_dot_ref(const mat *W, int r, const block_q8_K *xq) {
@@ -304,6 +310,12 @@ void matvec_rows_bf16bf16_ref(const mat *W, const uint16_t *xb, float *y, int ro
         for (int c = 0; c < W->cols; c++) acc += bf16_to_f32(w[c]) * bf16_to_f32(xb[c]);
         y[r - row0] = acc;
     }
+}
+
+/* n tokens (XB: n rows of cols bf16): each as matvec_rows_bf16bf16_ref. */
+void matmul_rows_bf16bf16_ref(const mat *W, const uint16_t *XB, int n, float *Y, int ldy, int row0, int row1) {
+    for (int t = 0; t < n; t++)
+        matvec_rows_bf16bf16_ref(W, XB + (size_t)t * W->cols, Y + (size_t)t * ldy + row0, row0, row1);
 }
 
 /* ---------------------------------------------------------------- small kernels */

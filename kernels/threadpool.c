@@ -15,8 +15,8 @@
  *             condition under the mutex, so the other side (which changes the
  *             condition first, then reads the flag) either wakes them or they
  *             see the change: no lost wake-ups (Dekker on seq_cst atomics).
- *   scratch   buffer for x quantized once per matvec_parallel in low-precision
- *             mode; grown by the caller, never by a worker.
+ *   scratch   buffer for x (X) quantized once per matvec_parallel (matmul_parallel) in
+ *             low-precision mode; grown by the caller, never by a worker.
  *   on_start  optional hook run once per thread before any work (threadpool_create_hooked,
  *             e.g. NUMA binding); `started` counts the workers that have run it.
  *   self      thread-local index of the OS thread in its pool (threadpool_self).
@@ -380,10 +380,27 @@ static void matmul_share(void *arg, int id, int nt) {
     const mv_job *j = arg;
     int r0, r1;
     threadpool_split_rows(j->W->rows, id, nt, &r0, &r1);
-    if (r0 < r1) matmul_rows(j->W, j->x, j->n, j->y, j->ldy, r0, r1);
+    if (r0 >= r1) return;
+    if (j->lowp == MAT_Q8) matmul_rows_q8q8(j->W, j->xlow, j->n, j->y, j->ldy, r0, r1);
+    else if (j->lowp == MAT_BF16) matmul_rows_bf16bf16(j->W, j->xlow, j->n, j->y, j->ldy, r0, r1);
+    else matmul_rows(j->W, j->x, j->n, j->y, j->ldy, r0, r1);
 }
 
 void matmul_parallel(threadpool *p, const mat *W, const float *X, int n, float *Y, int ldy) {
     mv_job j = {W, X, NULL, 0, n, ldy, Y};
+    int kind = cpu_lowp_kind(W);
+    if (kind && p && n > 0) {   /* X quantized once, not once per share (same bits) */
+        size_t xb = kind == MAT_Q8 ? (size_t)(W->cols / QK8) * sizeof(block_q8) : (size_t)W->cols * 2;
+        unsigned char *buf = scratch_get(p, xb * (size_t)n);
+        if (buf) {   /* else: each share quantizes on its own (matmul_rows) */
+            for (int t = 0; t < n; t++) {
+                const float *x = X + (size_t)t * W->cols;
+                if (kind == MAT_Q8) quantize_row_q8(x, (block_q8 *)(buf + (size_t)t * xb), W->cols);
+                else quantize_row_bf16(x, (uint16_t *)(buf + (size_t)t * xb), W->cols);
+            }
+            j.xlow = buf;
+            j.lowp = kind;
+        }
+    }
     threadpool_run_tasks(p, matmul_share, &j, row_tasks(p, W->rows));
 }

@@ -543,6 +543,143 @@ static void test_low_precision_mode(void **state) {
     free(x); free(y); free(ref);
 }
 
+/* The low-precision matmuls (matmul_rows_q8q8 / matmul_rows_bf16bf16 and their tiles): every
+ * token's Y row is bit for bit the matvec of the same kernel family on that token alone (the
+ * VNNI tile = the VNNI matvec, the AVX-512 no-VNNI tile = the AVX2 matvec, the dispatcher = the
+ * dispatching matvec), over rows 1..67 (tile row tails), columns with block tails (BF16), n
+ * 1..17 and more (pair and tile tails); outputs outside [row0, row1) are not touched; the
+ * scalar refs are within the quantization bound of an f64 dot with the unquantized x. */
+typedef void (*q8mm_fn)(const mat *, const block_q8 *, int, float *, int, int, int);
+typedef void (*q8mv_fn)(const mat *, const block_q8 *, float *, int, int);
+typedef void (*bbmm_fn)(const mat *, const uint16_t *, int, float *, int, int, int);
+typedef void (*bbmv_fn)(const mat *, const uint16_t *, float *, int, int);
+
+static void check_lowp_mm(int dt, int rows, int cols, int n) {
+    const cpu_features *f = cpu_get_features();
+    struct { const char *name; q8mm_fn mm; q8mv_fn mv; int ok; } vq[] = {
+        {"dispatch", matmul_rows_q8q8, matvec_rows_q8q8, 1},
+        {"vnni", matmul_rows_q8q8_avx512vnni, matvec_rows_q8q8_avx512vnni, f->avx512_vnni && f->avx2_fma},
+        {"avx512 (no vnni)", matmul_rows_q8q8_avx512, matvec_rows_q8q8_avx2, f->avx512f && f->avx2_fma},
+        {"ref", matmul_rows_q8q8_ref, matvec_rows_q8q8_ref, 1},
+    };
+    struct { const char *name; bbmm_fn mm; bbmv_fn mv; int ok; } vb[] = {
+        {"dispatch", matmul_rows_bf16bf16, matvec_rows_bf16bf16, 1},
+        {"avx512bf16", matmul_rows_bf16bf16_avx512bf16, matvec_rows_bf16bf16_avx512bf16, f->avx512_bf16 && f->avx2_fma},
+        {"ref", matmul_rows_bf16bf16_ref, matvec_rows_bf16bf16_ref, 1},
+    };
+    int nb = cols / QK8, ldy = rows + 3, row0 = rows > 2 ? 1 : 0, row1 = rows, nr = row1 - row0;
+    test_mat W = make_mat((mat_dtype)dt, rows, cols, 0);
+    float *X = malloc(sizeof(float) * (size_t)n * cols);
+    for (size_t i = 0; i < (size_t)n * cols; i++) X[i] = rng_uniform() * (i % 97 == 5 ? 8.0f : 1.0f);   /* a few outliers */
+    block_q8 *XQ = malloc(sizeof(block_q8) * (size_t)n * (nb > 0 ? nb : 1));
+    uint16_t *XB = malloc(sizeof(uint16_t) * (size_t)n * cols);
+    for (int t = 0; t < n; t++) {
+        if (dt == MAT_Q8) quantize_row_q8(X + (size_t)t * cols, XQ + (size_t)t * nb, cols);
+        else quantize_row_bf16(X + (size_t)t * cols, XB + (size_t)t * cols, cols);
+    }
+    float *Y = malloc(sizeof(float) * (size_t)n * ldy), *y = malloc(sizeof(float) * rows);
+    int nv = dt == MAT_Q8 ? NELEM(vq) : NELEM(vb);
+    for (int v = 0; v < nv; v++) {
+        const char *name = dt == MAT_Q8 ? vq[v].name : vb[v].name;
+        if (!(dt == MAT_Q8 ? vq[v].ok : vb[v].ok)) continue;
+        for (size_t i = 0; i < (size_t)n * ldy; i++) Y[i] = -777.0f;
+        if (dt == MAT_Q8) vq[v].mm(&W.m, XQ, n, Y, ldy, row0, row1);
+        else vb[v].mm(&W.m, XB, n, Y, ldy, row0, row1);
+        for (int t = 0; t < n; t++) {
+            if (dt == MAT_Q8) vq[v].mv(&W.m, XQ + (size_t)t * nb, y, row0, row1);
+            else vb[v].mv(&W.m, XB + (size_t)t * cols, y, row0, row1);
+            if (memcmp(y, Y + (size_t)t * ldy + row0, sizeof(float) * nr))
+                for (int r = 0; r < nr; r++)
+                    if (memcmp(&y[r], &Y[(size_t)t * ldy + row0 + r], sizeof(float)))
+                        fail_msg("lowp matmul %s dt %d rows %d cols %d n %d: token %d row %d: %.9g vs matvec %.9g", name, dt,
+                                 rows, cols, n, t, row0 + r, Y[(size_t)t * ldy + row0 + r], y[r]);
+            for (int r = 0; r < ldy; r++)
+                if ((r < row0 || r >= row1) && Y[(size_t)t * ldy + r] != -777.0f)
+                    fail_msg("lowp matmul %s: wrote outside [row0, row1) at token %d row %d", name, t, r);
+        }
+        if (strcmp(name, "ref")) continue;
+        /* the ref against an f64 dot with the unquantized x: |x - xq| <= step / 2 per element
+         * (Q8: step = the block's scale; bf16: 2^-8 |x|), plus f32 summation */
+        for (int t = 0; t < n; t++)
+            for (int r = row0; r < row1; r++) {
+                const float *x = X + (size_t)t * cols;
+                const float *w = row_f32(&W.m, r);
+                double exact = 0, S = 0, qb = 0;
+                for (int c = 0; c < cols; c++) {
+                    exact += (double)w[c] * x[c];
+                    double xq = dt == MAT_Q8 ? (double)XQ[(size_t)t * nb + c / QK8].scale * XQ[(size_t)t * nb + c / QK8].q[c % QK8]
+                                             : (double)bf16_to_f32(XB[(size_t)t * cols + c]);
+                    S += fabs((double)w[c] * xq);
+                    qb += fabs((double)w[c]) * (dt == MAT_Q8 ? 0.5 * XQ[(size_t)t * nb + c / QK8].scale * (1 + 1e-6)
+                                                             : fabs((double)x[c]) / 256.0);
+                }
+                double tol = qb + dot_tol(cols + 2 * QK8, S);
+                double got = Y[(size_t)t * ldy + r];
+                if (fabs(got - exact) > tol)
+                    fail_msg("lowp matmul ref dt %d rows %d cols %d n %d: token %d row %d: %.9g vs f64 %.9g (bound %.3g)", dt,
+                             rows, cols, n, t, r, got, exact, tol);
+            }
+    }
+    free(W.buf); free(X); free(XQ); free(XB); free(Y); free(y);
+}
+
+static void test_lowp_matmul(void **state) {
+    (void)state;
+    static const int rows_v[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 33, 67};
+    static const int cols_q8[] = {32, 64, 96, 160, 1024};
+    static const int cols_bf[] = {1, 16, 24, 31, 32, 33, 63, 96, 112, 129, 1000, 1024};
+    static const int n_v[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 24, 33, 64, 77};
+    for (int d = 0; d < 2; d++) {
+        int dt = d ? MAT_BF16 : MAT_Q8;
+        int nc = d ? NELEM(cols_bf) : NELEM(cols_q8);
+        for (int ri = 0; ri < NELEM(rows_v); ri++)
+            for (int ci = 0; ci < nc; ci++)
+                for (int ni = 0; ni < NELEM(n_v); ni++) {
+                    int rows = rows_v[ri], cols = d ? cols_bf[ci] : cols_q8[ci], n = n_v[ni];
+                    if ((size_t)rows * cols * n > (size_t)2 << 20 && n > 9) continue;   /* big shapes: the small n only */
+                    check_lowp_mm(dt, rows, cols, n);
+                }
+    }
+    /* more tokens than one pass of the Q8 kernel's packed X (256 KiB: 170 tokens at 1024 columns) */
+    check_lowp_mm(MAT_Q8, 5, 1024, 181);
+    check_lowp_mm(MAT_BF16, 5, 1024, 131);
+}
+
+/* With low precision on, matmul_rows and matmul_parallel (f32 X, quantized per token inside)
+ * give each token the bits matvec_rows / matvec_parallel give it alone. */
+static void test_lowp_matmul_mode(void **state) {
+    (void)state;
+    static const int n_v[] = {2, 3, 8, 17};
+    threadpool *pool = threadpool_create(3);
+    assert_non_null(pool);
+    for (int dt = MAT_BF16; dt <= MAT_Q8; dt++)
+        for (int ni = 0; ni < NELEM(n_v); ni++) {
+            int rows = 67, cols = 1024, n = n_v[ni];
+            test_mat W = make_mat((mat_dtype)dt, rows, cols, 0);
+            float *X = malloc(sizeof(float) * (size_t)n * cols), *Y = malloc(sizeof(float) * (size_t)n * rows);
+            float *Yp = malloc(sizeof(float) * (size_t)n * rows), *y = malloc(sizeof(float) * rows);
+            float *yp = malloc(sizeof(float) * rows), *yf = malloc(sizeof(float) * rows);
+            for (size_t i = 0; i < (size_t)n * cols; i++) X[i] = rng_uniform();
+            cpu_set_low_precision(1);
+            matmul_rows(&W.m, X, n, Y, rows, 0, rows);
+            matmul_parallel(pool, &W.m, X, n, Yp, rows);
+            for (int t = 0; t < n; t++) {
+                matvec_rows(&W.m, X + (size_t)t * cols, y, 0, rows);
+                matvec_parallel(pool, &W.m, X + (size_t)t * cols, yp);
+                assert_memory_equal(y, Y + (size_t)t * rows, sizeof(float) * rows);
+                assert_memory_equal(yp, Yp + (size_t)t * rows, sizeof(float) * rows);
+                assert_memory_equal(y, yp, sizeof(float) * rows);
+            }
+            cpu_set_low_precision(0);
+            /* and it is the low-precision path: differs from the f32 activations somewhere */
+            matvec_rows(&W.m, X, yf, 0, rows);
+            if (cpu_get_features()->avx512_bf16 && cpu_get_features()->avx512_vnni)
+                assert_true(memcmp(yf, Y, sizeof(float) * rows) != 0);
+            free(W.buf); free(X); free(Y); free(Yp); free(y); free(yp); free(yf);
+        }
+    threadpool_free(pool);
+}
+
 /* ---------------------------------------------------------------- small kernels */
 
 static const int VN[] = {1, 7, 15, 16, 17, 33, 64, 100, 512, 1000, 7168};
@@ -1979,6 +2116,8 @@ int main(void) {
         cmocka_unit_test(test_q8q8),
         cmocka_unit_test(test_bf16bf16),
         cmocka_unit_test(test_low_precision_mode),
+        cmocka_unit_test(test_lowp_matmul),
+        cmocka_unit_test(test_lowp_matmul_mode),
         cmocka_unit_test(test_rmsnorm),
         cmocka_unit_test(test_softmax),
         cmocka_unit_test(test_silu_mul),

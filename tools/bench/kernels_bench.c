@@ -394,18 +394,24 @@ int main(int argc, char **argv) {
     printf("\nmatmul (batch of n tokens): GFLOP/s, weights cold\n");
     static const int ns[] = {2, 8, 16, 64};
     int mm_rows = 2048, mm_cols = 1024;
-    printf("  %-6s %-4s %12s %12s\n", "dtype", "n", "1 thread", "2 threads");
-    for (int dt = 0; dt < MAT_N_TYPES; dt++) {
-        if (!type_on[dt]) continue;
+    printf("  %-8s %-4s %12s %12s\n", "dtype", "n", "1 thread", "2 threads");
+    for (int variant = 0; variant < MAT_N_TYPES + 2; variant++) {
+        /* every type, then bf16 and q8 with low-precision activations (matmul_lowp_avx512.c) */
+        int dt = variant < MAT_N_TYPES ? variant : variant == MAT_N_TYPES ? MAT_BF16 : MAT_Q8, low = variant >= MAT_N_TYPES;
+        if (!type_on[dt] || (low && quick)) continue;
         mat_set s = make_set((mat_dtype)dt, mm_rows, mm_cols, cold_total);
+        cpu_set_low_precision(low);
         for (int ni = 0; ni < 4; ni++) {
             double f[3];
             for (int nt = 1; nt <= 2; nt++) {
                 bench_case b = {pools[nt], &s, 0, ns[ni], x, y};
                 f[nt] = 2.0 * mm_rows * mm_cols * ns[ni] / time_case(&b, reps) / 1e9;
             }
-            printf("  %-6s %-4d %12.1f %12.1f\n", dt_name((mat_dtype)dt), ns[ni], f[1], f[2]);
+            char dname[16];
+            snprintf(dname, sizeof dname, "%s%s", dt_name((mat_dtype)dt), low ? (dt == MAT_Q8 ? "xq8" : "xbf16") : "");
+            printf("  %-8s %-4d %12.1f %12.1f\n", dname, ns[ni], f[1], f[2]);
         }
+        cpu_set_low_precision(0);
         free_set(&s);
     }
     {   /* OpenBLAS sgemm for comparison: Y^T = W X^T, f32, one thread */
