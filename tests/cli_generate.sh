@@ -68,6 +68,13 @@ expect_error "bad temperature" "temperature" "$MOE" generate -m "$M" -p hi --tem
 expect_error "no prompt" "-p TEXT or -f FILE" "$MOE" generate -m "$M"
 expect_error "missing prompt file" "nope.txt" "$MOE" generate -m "$M" -f "$T/nope.txt"
 expect_error "no template" "chat_template" sh -c "mkdir -p '$T/nt' && ln -sf '$M'/* '$T/nt/' && rm '$T/nt/tokenizer_config.json' && '$MOE' chat -m '$T/nt'"
+# --act-lowp: prints what it does (every product, decode and prefill and batches); a prompt and
+# MTP drafts through the low-precision matmul run; greedy with and without --mtp stays identical
+"$MOE" generate -m "$M" -p "in the beginning of the story" -n 20 --greedy --act-lowp >"$T/a" 2>"$T/err" || bad "--act-lowp run"
+grep -q -- "--act-lowp: every product (decode, prefill, batches, MTP) rounds the activations" "$T/err" && ok || bad "--act-lowp line: $(cat "$T/err")"
+"$MOE" generate -m "$M" -p "in the beginning of the story" -n 20 --greedy --act-lowp --mtp-mode always >"$T/b" 2>/dev/null || bad "--act-lowp --mtp run"
+cmp -s "$T/a" "$T/b" && ok || bad "--act-lowp: --mtp greedy differs"
+"$MOE" bench --help | grep -q -- "--act-lowp          bf16 / int8 activations in every product" && ok || bad "bench --help --act-lowp"
 
 echo "cli_generate: $pass passed, $fail failed"
 [ $fail -eq 0 ]

@@ -11,6 +11,9 @@
  * same wherever the alone run's routing margin exceeds 1e-5.
  * The same again with a bf16 cache (--kv-dtype bf16) on two checkpoints: batching does not
  * change what the rounded cache gives either.
+ * And with low-precision activations (--act-lowp: bf16 x bf16 on tiny-bf16, int8 x q8 on
+ * mix-f32 and v2lite-f32 converted to q8): every product of a token gives the same bits alone or
+ * in a batch, so each sequence again equals its alone run.
  * A second test runs malformed batches: every one is refused with one clear line.
  */
 #include <math.h>
@@ -32,6 +35,7 @@
 #define MAX_K 8
 
 static kv_dtype g_kv_dtype = KV_F32;   /* the cache type of every session (the *_kvbf16 tests set it) */
+static weights_dtype g_dtype = WEIGHTS_AUTO;   /* the weight format (the *_lowp tests set q8) */
 
 /* ------------------------------------------------------------------ sequences and the schedule */
 
@@ -102,7 +106,7 @@ static void recording_free(recording *r) {
 static void open_session(moe_session *e, const char *name, int n_slots) {
     char dir[256];
     snprintf(dir, sizeof dir, GOLDEN "%s", name);
-    model_options opt = { .max_seq = MAX_LEN, .batch_max = 64, .kv_dtype = g_kv_dtype };
+    model_options opt = { .max_seq = MAX_LEN, .batch_max = 64, .kv_dtype = g_kv_dtype, .dtype = g_dtype };
     moe_error err = {{0}};
     if (session_open(e, dir, &opt, n_slots, &err)) fail_msg("load %s: %s", dir, err.msg);
 }
@@ -287,6 +291,16 @@ static void check_kvbf16(const char *name) {
     check_checkpoint(name);
     g_kv_dtype = KV_F32;
 }
+static void check_lowp(const char *name, weights_dtype dt) {
+    cpu_set_low_precision(1);
+    g_dtype = dt;
+    check_checkpoint(name);
+    g_dtype = WEIGHTS_AUTO;
+    cpu_set_low_precision(0);
+}
+static void test_batch_tiny_bf16_lowp(void **state) { (void)state; check_lowp("tiny-bf16", WEIGHTS_AUTO); }
+static void test_batch_mix_f32_q8_lowp(void **state) { (void)state; check_lowp("mix-f32", WEIGHTS_Q8); }
+static void test_batch_v2lite_q8_lowp(void **state) { (void)state; check_lowp("v2lite-f32", WEIGHTS_Q8); }
 static void test_batch_mix_f32_kvbf16(void **state) { (void)state; check_kvbf16("mix-f32"); }
 static void test_batch_tiny_yarn_fp8_kvbf16(void **state) { (void)state; check_kvbf16("tiny-yarn-fp8"); }
 static void test_batch_tiny_yarn_fp8(void **state) { (void)state; check_checkpoint("tiny-yarn-fp8"); }
@@ -356,6 +370,9 @@ int main(void) {
         cmocka_unit_test(test_batch_v2lite_f16_shard),
         cmocka_unit_test(test_batch_mix_f32_kvbf16),
         cmocka_unit_test(test_batch_tiny_yarn_fp8_kvbf16),
+        cmocka_unit_test(test_batch_tiny_bf16_lowp),
+        cmocka_unit_test(test_batch_mix_f32_q8_lowp),
+        cmocka_unit_test(test_batch_v2lite_q8_lowp),
         cmocka_unit_test(test_bad_batches),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -376,8 +376,9 @@ int cli_model_option(int argc, char **argv, int *i, const char *cmd, model_optio
 void cli_act_lowp(const char *cmd) {
     const cpu_features *f = cpu_get_features();
     cpu_set_low_precision(1);
-    fprintf(stderr, "moe %s: --act-lowp: decode products round the activations to %s%s%s (about 1e-3 relative error "
-                    "per product, kernels/README.md); prefill and batches keep f32 activations\n", cmd,
+    fprintf(stderr, "moe %s: --act-lowp: every product (decode, prefill, batches, MTP) rounds the activations to "
+                    "%s%s%s (about 1e-3 relative error per product, kernels/README.md); a token gets the same bits "
+                    "alone or in a batch\n", cmd,
             f->avx512_bf16 ? "bf16 for BF16 weights (vdpbf16ps)" : "",
             f->avx512_bf16 && (f->avx512_vnni || f->avx2_fma) ? " and " : "",
             f->avx512_vnni ? "int8 for Q8 weights (VNNI)" : f->avx2_fma ? "int8 for Q8 weights (AVX2)" : "");
@@ -391,7 +392,7 @@ void cli_model_options_usage(FILE *f) {
             "  --draft-dtype D      the MTP module's format for --mtp drafts: same (default) | bf16 | q8 | q4\n"
             "                       (a head of its own in D: V x H more; verification stays exact)\n"
             "  --numa M             NUMA placement: off (default) | interleave | partition (README: --numa)\n"
-            "  --act-lowp           decode with bf16 / int8 activations (BF16 / Q8 weights): faster, less exact\n"
+            "  --act-lowp           bf16 / int8 activations (BF16 / Q8 weights) in every product: faster, less exact\n"
             "  --kv-dtype T         latent cache values: f32 (default, exact) | bf16 (half the cache bytes)\n"
             "  --experts-per-token K, --no-group-limit, --no-route-bias   routing experiments (each says it is on)\n");
     cli_ep_usage(f);

@@ -108,7 +108,7 @@ static void usage(FILE *f) {
             "  --seqs B1,B2,...    instead of pp/tg: B independent sequences decoded together, one token of\n"
             "                      each per pass (llama.cpp batched-bench -npl): aggregate and per-sequence\n"
             "                      t/s, distinct experts per layer per pass (-n passes after --tg-prompt tokens)\n"
-            "  --act-lowp          decode matvecs with bf16 / int8 activations (kernels/README.md)\n"
+            "  --act-lowp          bf16 / int8 activations in every product (kernels/README.md)\n"
             "  --kv-dtype T        latent cache values: f32 (default) | bf16 (half the KV bytes per token)\n"
             "  --seed S            random tokens (default 42)\n"
             "  -h, --help\n");
