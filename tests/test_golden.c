@@ -379,6 +379,65 @@ static void test_act_lowp_decode(void **state) {
 }
 
 /* Index of the largest of x[0..n) and the gap to the runner-up. */
+/* --act-lowp on every product: prefill (the whole prompt as one chunk: matmul) and decode (one
+ * token per pass: matvec), bf16 and q8 weights, against the float64 reference; the figures
+ * kernels/README.md quotes. Low precision must move the logits (the path ran) and stay within
+ * 2e-2 of what f32 activations give on the same weights. */
+static void test_act_lowp_all(void **state) {
+    (void)state;
+    static const struct { const char *name; weights_dtype dt; const char *dname; } cases[] = {
+        {"tiny-bf16", WEIGHTS_AUTO, "bf16"}, {"tiny-bf16", WEIGHTS_Q8, "q8"},
+        {"v2lite-f32", WEIGHTS_BF16, "bf16"}, {"v2lite-f32", WEIGHTS_Q8, "q8"}, {"mix-f32", WEIGHTS_Q8, "q8"},
+    };
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        char path[256];
+        snprintf(path, sizeof path, GOLDEN "%s.ref.safetensors", cases[ci].name);
+        st_set ref;
+        moe_error err = {{0}};
+        assert_int_equal(st_open_file(&ref, path, &err), 0);
+        const st_tensor *tt = st_find(&ref, "tokens");
+        int T = (int)tt->numel;
+        const int *tok = (const int *)tt->data;
+        snprintf(path, sizeof path, GOLDEN "%s", cases[ci].name);
+        moe_session m;
+        model_options opt = { .max_seq = T, .batch_max = T, .dtype = cases[ci].dt };
+        assert_int_equal(session_open(&m, path, &opt, 1, &err), 0);
+        int V = m.m.cfg.vocab_size;
+        const double *want = ref_tensor(&ref, "logits", ST_F64);
+        float *l = calloc((size_t)T * V, sizeof(float));
+        double e[2][2];   /* [lowp][decode] */
+        float *first[2] = {calloc((size_t)T * V, sizeof(float)), calloc((size_t)T * V, sizeof(float))};
+        for (int lowp = 0; lowp < 2; lowp++)
+            for (int decode = 0; decode < 2; decode++) {
+                cpu_set_low_precision(lowp);
+                kv_clear(&m.kv, 0);
+                if (decode)
+                    for (int t = 0; t < T; t++)
+                        assert_int_equal(model_forward_seq(&m.m, &m.c, &m.kv, 0, tok + t, 1, t, l + (size_t)t * V, 0, NULL, &err), 0);
+                else
+                    assert_int_equal(model_forward_seq(&m.m, &m.c, &m.kv, 0, tok, T, 0, l, 1, NULL, &err), 0);
+                cpu_set_low_precision(0);
+                e[lowp][decode] = rel_err_f64(l, want, (size_t)T * V);
+                if (!decode) memcpy(first[lowp], l, sizeof(float) * (size_t)T * V);
+            }
+        print_message("%s as %s, logits vs f64 reference: f32 activations prefill %.2e decode %.2e; "
+                      "--act-lowp prefill %.2e decode %.2e\n", cases[ci].name, cases[ci].dname, e[0][0], e[0][1], e[1][0],
+                      e[1][1]);
+        const cpu_features *f = cpu_get_features();
+        int has = cases[ci].dt == WEIGHTS_Q8 ? f->avx512_vnni || f->avx2_fma : f->avx512_bf16;
+        if (has && !memcmp(first[0], first[1], sizeof(float) * (size_t)T * V))
+            fail_msg("%s as %s: --act-lowp prefill logits are the f32 ones: the low-precision matmul did not run",
+                     cases[ci].name, cases[ci].dname);
+        for (int d = 0; d < 2; d++)
+            if (e[1][d] > e[0][d] + 2e-2)
+                fail_msg("%s as %s: --act-lowp %s rel.err %.3e (f32 activations %.3e)", cases[ci].name, cases[ci].dname,
+                         d ? "decode" : "prefill", e[1][d], e[0][d]);
+        free(l); free(first[0]); free(first[1]);
+        session_close(&m);
+        st_close(&ref);
+    }
+}
+
 static int top2(const float *x, int n, float *gap) {
     int a = 0, b = -1;
     for (int i = 1; i < n; i++) {
@@ -506,6 +565,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_tiny_bf16),
         cmocka_unit_test(test_act_lowp_decode),
+        cmocka_unit_test(test_act_lowp_all),
         cmocka_unit_test(test_tiny_yarn_fp8),
         cmocka_unit_test(test_v2lite_f32),
         cmocka_unit_test(test_v2lite_f16_sharded),
