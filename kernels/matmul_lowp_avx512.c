@@ -22,7 +22,7 @@
  *            same 8 int32 lanes as the matvec's vpdpbusd(|w|, sign(x, w)). Without VNNI
  *            (AVX-512 BW only): vpmaddubsw(|w|, x negated where w < 0) + vpmaddwd(1), as the
  *            AVX2 matvec (pair sums <= 2 x 128 x 127: no saturation).
- *   BF16 tile  RB rows x TB tokens of 16-lane accumulators (4 x 6: 24 zmm).
+ *   BF16 tile  RB rows x TB tokens of 16-lane accumulators (4 x 6: 24 zmm; 2 x 7-8 for n = 7, 8).
  *   tokens   split into near-equal tiles (n = 8: one 4 x 4-pair Q8 tile, 4 + 4 BF16); the
  *            first tile of a row block prefetches the next blocks' rows (T0 one block ahead,
  *            T1 two), as the f32 matmul does.
@@ -223,11 +223,11 @@ void matmul_rows_q8q8_avx512(const mat *W, const block_q8 *XQ, int n, float *Y, 
 /* RB rows (stride rs elements) x TB tokens (token t at X + t cols) -> out[t ldo + i]. */
 AI void bb_tile(const uint16_t *w, size_t rs, int RB, int TB, const uint16_t *X, int cols, float *out, size_t ldo,
                 int pf) {
-    __m512 acc[4][6];
+    __m512 acc[4][8];
     const size_t ahead = (size_t)RB * rs * 2;
 #pragma GCC unroll 4
     for (int i = 0; i < RB; i++)
-#pragma GCC unroll 6
+#pragma GCC unroll 8
         for (int t = 0; t < TB; t++) acc[i][t] = _mm512_setzero_ps();
     int kfull = cols & ~31, k = 0;
     for (; k < kfull; k += 32) {
@@ -238,38 +238,38 @@ AI void bb_tile(const uint16_t *w, size_t rs, int RB, int TB, const uint16_t *X,
                 _mm_prefetch(p + ahead, _MM_HINT_T0);
                 _mm_prefetch(p + 2 * ahead, _MM_HINT_T1);
             }
-        __m512bh xv[6];
-#pragma GCC unroll 6
+        __m512bh xv[8];
+#pragma GCC unroll 8
         for (int t = 0; t < TB; t++) xv[t] = (__m512bh)_mm512_loadu_si512(X + (size_t)t * cols + k);
 #pragma GCC unroll 4
         for (int i = 0; i < RB; i++) {
             __m512bh wv = (__m512bh)_mm512_loadu_si512(w + i * rs + k);
-#pragma GCC unroll 6
+#pragma GCC unroll 8
             for (int t = 0; t < TB; t++) acc[i][t] = _mm512_dpbf16_ps(acc[i][t], wv, xv[t]);
         }
     }
     if (k < cols) {
         __mmask32 m = (__mmask32)((1ull << (cols - k)) - 1);
-        __m512bh xv[6];
-#pragma GCC unroll 6
+        __m512bh xv[8];
+#pragma GCC unroll 8
         for (int t = 0; t < TB; t++) xv[t] = (__m512bh)_mm512_maskz_loadu_epi16(m, X + (size_t)t * cols + k);
 #pragma GCC unroll 4
         for (int i = 0; i < RB; i++) {
             __m512bh wv = (__m512bh)_mm512_maskz_loadu_epi16(m, w + i * rs + k);
-#pragma GCC unroll 6
+#pragma GCC unroll 8
             for (int t = 0; t < TB; t++) acc[i][t] = _mm512_dpbf16_ps(acc[i][t], wv, xv[t]);
         }
     }
     /* outputs j = t * RB + i, four at a time */
-    float o[24];
+    float o[32];
     int j = 0;
-#pragma GCC unroll 6
+#pragma GCC unroll 8
     for (; j + 4 <= RB * TB; j += 4)
         _mm_storeu_ps(o + j, hsum4(acc[j % RB][j / RB], acc[(j + 1) % RB][(j + 1) / RB], acc[(j + 2) % RB][(j + 2) / RB],
                                    acc[(j + 3) % RB][(j + 3) / RB]));
 #pragma GCC unroll 4
     for (; j < RB * TB; j++) o[j] = _mm512_reduce_add_ps(acc[j % RB][j / RB]);
-#pragma GCC unroll 6
+#pragma GCC unroll 8
     for (int t = 0; t < TB; t++)
 #pragma GCC unroll 4
         for (int i = 0; i < RB; i++) out[(size_t)t * ldo + i] = o[t * RB + i];
@@ -285,12 +285,20 @@ BBT_TB(1)
 BBT_TB(2)
 BBT_TB(3)
 BBT_TB(4)
-#define BBROW(RB) {bbt_##RB##_1, bbt_##RB##_2, bbt_##RB##_3, bbt_##RB##_4, bbt_##RB##_5, bbt_##RB##_6}
-static const bb_tile_fn bb_tiles[4][6] = {BBROW(1), BBROW(2), BBROW(3), BBROW(4)};   /* [RB - 1][TB - 1] */
+BBT(1, 7) BBT(1, 8) BBT(2, 7) BBT(2, 8)
+#define BBROW(RB) {bbt_##RB##_1, bbt_##RB##_2, bbt_##RB##_3, bbt_##RB##_4, bbt_##RB##_5, bbt_##RB##_6, NULL, NULL}
+/* [RB - 1][TB - 1]; TB 7 and 8 only with RB <= 2 */
+static const bb_tile_fn bb_tiles[4][8] = {
+    {bbt_1_1, bbt_1_2, bbt_1_3, bbt_1_4, bbt_1_5, bbt_1_6, bbt_1_7, bbt_1_8},
+    {bbt_2_1, bbt_2_2, bbt_2_3, bbt_2_4, bbt_2_5, bbt_2_6, bbt_2_7, bbt_2_8},
+    BBROW(3), BBROW(4)};
 #undef BBT
 #undef BBT_TB
 #undef BBROW
 
+/* Rows x tokens per tile: 4 x 6 (n split into near-equal tiles of up to 6), but 2 x n for
+ * n = 7 or 8 (one tile, 16 accumulators: at n = 8, 1024 x 1024 hot on Zen 5, 2 x 8 ran
+ * 219-225 GFLOP/s against 193-198 for 4 x 4 + 4 x 4; 3 x 8 spills registers). */
 #define BB_RB 4
 #define BB_TB 6
 /* Tokens per pass over the rows: X of a pass stays in L2 (at least one token). */
@@ -304,10 +312,12 @@ void matmul_rows_bf16bf16_avx512bf16(const mat *W, const uint16_t *XB, int n, fl
     if (chunk < 1) chunk = 1;
     for (int t0 = 0; t0 < n; t0 += chunk) {
         int nt = n - t0 < chunk ? n - t0 : chunk, ntile = (nt + BB_TB - 1) / BB_TB;
+        int rbmax = BB_RB;
+        if (nt == 7 || nt == 8) { ntile = 1; rbmax = 2; }
         const uint16_t *Xc = XB + (size_t)t0 * cols;
         float *Yc = Y + (size_t)t0 * ldy;
         for (int r = row0; r < row1;) {
-            int rb = row1 - r >= BB_RB ? BB_RB : row1 - r;
+            int rb = row1 - r >= rbmax ? rbmax : row1 - r;
             for (int k = 0, t = 0; k < ntile; k++) {
                 int t1 = (int)((long long)nt * (k + 1) / ntile), tb = t1 - t;
                 bb_tiles[rb - 1][tb - 1](base + (size_t)r * cols, (size_t)cols, Xc + (size_t)t * cols, cols,
