@@ -21,6 +21,7 @@
  * cpu.c found the features.
  */
 #include <math.h>
+#include <stddef.h>
 #include <string.h>
 #include <immintrin.h>
 
@@ -35,17 +36,49 @@
  * (tools: a 2-3 GB pool, one thread, thread CPU time), before -> after the T1 level, as a
  * fraction of a plain read in the same run: F32 256x1024 1.02 -> 1.10, BF16 256x1024
  * 0.95 -> 1.06, BF16 1024x256 0.91 -> 1.01, Q8 256x1024 0.78 -> 0.88 (T0 ahead at least
- * MV_PF_Q8 bytes). A plain read leans on the hardware prefetcher alone, which these beat.
- * F32 rows of at most MV_SHORT_ROW bytes prefetch MV_PF_SHORT ahead instead (short
- * interleaved streams: 1024x256 cold +12% on Zen 5). */
-#define MV_SHORT_ROW 2048
-#define MV_PF_SHORT 4096
-#ifndef MV_PF_BF16
-#define MV_PF_BF16 2048       /* bytes ahead in bb_block (BF16 x BF16, low precision) */
+ * 4 KiB). A plain read leans on the hardware prefetcher alone, which these beat. */
+
+/* 2026-12-03 (Zen 5): the T0 / T1 distances are at least MV_PF_D0 / MV_PF_D1 bytes, rounded up to
+ * whole RB-row blocks (per row i, the line at the same column of row i + m RB): "one block
+ * ahead" alone was 2 KiB for a 1024 x 256 BF16 down projection (4 rows of 512 bytes), less than
+ * the memory's latency times its bandwidth (~100 ns x 30 GB/s = 3 KB), so short rows streamed at
+ * 0.70 of a plain read against 0.90 for long ones. mv_pf_d[] are the run-time values (the
+ * explore harness sets them). */
+#ifndef MV_PF_D0
+#define MV_PF_D0 4096
 #endif
-#ifndef MV_PF_Q8
-#define MV_PF_Q8 4096
+#ifndef MV_PF_D1
+#define MV_PF_D1 16384
 #endif
+size_t mv_pf_d[2] = {MV_PF_D0, MV_PF_D1};
+
+/* Byte distance, a whole number (>= 1) of blocks of blk bytes, that is at least d. */
+AI size_t pf_ahead(size_t blk, size_t d) {
+    size_t n = (d + blk - 1) / blk;
+    return (n ? n : 1) * blk;
+}
+
+/* Four accumulators -> their four horizontal sums (a, b, c, d): 9 shuffles and 5 adds
+ * instead of 4 x 8 for four _mm512_reduce_add_ps (what a 1024 x 256 down projection,
+ * 16 vector steps per row, spent a quarter of its time on). */
+AI __m128 mm_hsum4(__m512 a, __m512 b, __m512 c, __m512 d) {
+    __m512 ab = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xEE));
+    __m512 cd = _mm512_add_ps(_mm512_shuffle_f32x4(c, d, 0x44), _mm512_shuffle_f32x4(c, d, 0xEE));
+    __m512 q = _mm512_add_ps(_mm512_shuffle_f32x4(ab, cd, 0x88), _mm512_shuffle_f32x4(ab, cd, 0xDD));
+    q = _mm512_add_ps(q, _mm512_permute_ps(q, 0x4E));   /* 128-bit lane j holds vector j's 4 partials */
+    q = _mm512_add_ps(q, _mm512_permute_ps(q, 0xB1));
+    return _mm512_castps512_ps128(_mm512_permutexvar_ps(_mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 12, 8, 4, 0), q));
+}
+
+/* y[0..RB) = the horizontal sums of acc[0..RB) (RB = 4: one mm_hsum4). */
+AI void mv_store(float *y, const __m512 *acc, int RB) {
+    if (RB == 4) {
+        _mm_storeu_ps(y, mm_hsum4(acc[0], acc[1], acc[2], acc[3]));
+        return;
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < RB; i++) y[i] = _mm512_reduce_add_ps(acc[i]);
+}
 
 /* ---------------------------------------------------------------- weight loads */
 
@@ -99,9 +132,16 @@ AI __m512 w_load(const char *row, int dt, int k, __mmask16 m, int masked) {
 
 /* ---------------------------------------------------------------- matvec */
 
+/* The T0 / T1 prefetch distances of a stream of blocks of blk bytes (mv_pf_d, whole blocks;
+ * T1 at least one block past T0). */
+AI void pf_dists(size_t blk, size_t *p0, size_t *p1) {
+    size_t a = pf_ahead(blk, mv_pf_d[0]), b = pf_ahead(blk, mv_pf_d[1]);
+    *p0 = a;
+    *p1 = b > a ? b : a + blk;
+}
+
 /* RB rows starting at w (stride rs): y[i] = row_i . x. */
-AI void mv_block(const char *w, size_t rs, int dt, int RB, const float *x, int cols, float *y) {
-    const int pf_short = dt == MAT_F32 && rs <= MV_SHORT_ROW;
+AI void mv_block(const char *w, size_t rs, int dt, int RB, const float *x, int cols, float *y, size_t p0, size_t p1) {
     __m512 acc[4];
     const char *row[4];
 #pragma GCC unroll 4
@@ -109,21 +149,18 @@ AI void mv_block(const char *w, size_t rs, int dt, int RB, const float *x, int c
     int kfull = cols & ~15, k = 0;
     for (; k < kfull; k += 16) {
         __m512 xv = _mm512_loadu_ps(x + k);
-        if (dt == MAT_F32 && !pf_short)
+        if (dt == MAT_F32)
 #pragma GCC unroll 4
             for (int i = 0; i < RB; i++) {
-                _mm_prefetch(row[i] + (size_t)k * 4 + RB * rs, _MM_HINT_T0);
-                _mm_prefetch(row[i] + (size_t)k * 4 + 2 * RB * rs, _MM_HINT_T1);
+                _mm_prefetch(row[i] + (size_t)k * 4 + p0, _MM_HINT_T0);
+                _mm_prefetch(row[i] + (size_t)k * 4 + p1, _MM_HINT_T1);
             }
         if ((dt == MAT_F16 || dt == MAT_Q8_0 || dt == MAT_Q4_0) && (k & 31) == 0)   /* <= 64 bytes per 32 columns */
 #pragma GCC unroll 4
             for (int i = 0; i < RB; i++) {
-                _mm_prefetch(row[i] + w_offset(dt, k) + RB * rs, _MM_HINT_T0);
-                _mm_prefetch(row[i] + w_offset(dt, k) + 2 * RB * rs, _MM_HINT_T1);
+                _mm_prefetch(row[i] + w_offset(dt, k) + p0, _MM_HINT_T0);
+                _mm_prefetch(row[i] + w_offset(dt, k) + p1, _MM_HINT_T1);
             }
-        if (pf_short)
-#pragma GCC unroll 4
-            for (int i = 0; i < RB; i++) _mm_prefetch(row[i] + (size_t)k * 4 + MV_PF_SHORT, _MM_HINT_T0);
 #pragma GCC unroll 4
         for (int i = 0; i < RB; i++) acc[i] = _mm512_fmadd_ps(w_load(row[i], dt, k, 0, 0), xv, acc[i]);
     }
@@ -133,8 +170,45 @@ AI void mv_block(const char *w, size_t rs, int dt, int RB, const float *x, int c
 #pragma GCC unroll 4
         for (int i = 0; i < RB; i++) acc[i] = _mm512_fmadd_ps(w_load(row[i], dt, k, m, 1), xv, acc[i]);
     }
+    mv_store(y, acc, RB);
+}
+
+/* F16 rows, 32 columns (64 bytes) per step: two vcvtph2ps of one 512-bit load's halves,
+ * prefetched once per line; the rest (< 32 columns) through mv_block's 16-wide loop. */
+AI void mv_f16_block(const char *w, size_t rs, int RB, const float *x, int cols, float *y, size_t p0, size_t p1) {
+    __m512 a0[4], a1[4];
+    const char *row[4];
 #pragma GCC unroll 4
-    for (int i = 0; i < RB; i++) y[i] = _mm512_reduce_add_ps(acc[i]);
+    for (int i = 0; i < RB; i++) { a0[i] = _mm512_setzero_ps(); a1[i] = _mm512_setzero_ps(); row[i] = w + i * rs; }
+    int k32 = cols & ~31, k = 0;
+    for (; k < k32; k += 32) {
+        __m512 x0 = _mm512_loadu_ps(x + k), x1 = _mm512_loadu_ps(x + k + 16);
+#pragma GCC unroll 4
+        for (int i = 0; i < RB; i++) {
+            _mm_prefetch(row[i] + (size_t)k * 2 + p0, _MM_HINT_T0);
+            _mm_prefetch(row[i] + (size_t)k * 2 + p1, _MM_HINT_T1);
+        }
+#pragma GCC unroll 4
+        for (int i = 0; i < RB; i++) {
+            __m512i v = _mm512_loadu_si512(row[i] + (size_t)k * 2);
+            a0[i] = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm512_castsi512_si256(v)), x0, a0[i]);
+            a1[i] = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm512_extracti64x4_epi64(v, 1)), x1, a1[i]);
+        }
+    }
+    for (; k + 16 <= cols; k += 16) {
+        __m512 xv = _mm512_loadu_ps(x + k);
+#pragma GCC unroll 4
+        for (int i = 0; i < RB; i++) a0[i] = _mm512_fmadd_ps(w_load(row[i], MAT_F16, k, 0, 0), xv, a0[i]);
+    }
+    if (k < cols) {
+        __mmask16 m = (__mmask16)((1u << (cols - k)) - 1);
+        __m512 xv = _mm512_maskz_loadu_ps(m, x + k);
+#pragma GCC unroll 4
+        for (int i = 0; i < RB; i++) a0[i] = _mm512_fmadd_ps(w_load(row[i], MAT_F16, k, m, 1), xv, a0[i]);
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < RB; i++) a0[i] = _mm512_add_ps(a0[i], a1[i]);
+    mv_store(y, a0, RB);
 }
 
 /* Q8 rows: per 32-block, the two 16-lane halves are dotted with x unscaled, then
@@ -146,76 +220,95 @@ AI __m512 q8_block_dot(const block_q8 *b, __m512 x0, __m512 x1, __m512 acc) {
     return _mm512_fmadd_ps(t, _mm512_set1_ps(b->scale), acc);
 }
 
-/* The two-level prefetch of RB Q8 rows at block k: T0 one 4-row block (at least MV_PF_Q8
- * bytes) ahead, T1 twice as far. */
-AI void q8_prefetch_rows(const block_q8 *w, int nb, int RB, int k) {
-    size_t rs = (size_t)nb * sizeof(block_q8), pf1 = 4 * rs > MV_PF_Q8 ? 4 * rs : MV_PF_Q8;
+/* The two-level prefetch of RB Q8 rows at block k: T0 / T1 whole 4-row blocks ahead, at
+ * least mv_pf_d[0] / mv_pf_d[1] bytes (pf_dists). */
+AI void q8_prefetch_rows(const block_q8 *w, int nb, int RB, int k, size_t p0, size_t p1) {
 #pragma GCC unroll 4
     for (int i = 0; i < RB; i++) {
         const char *b = (const char *)(w + (size_t)i * nb + k);
-        _mm_prefetch(b + pf1, _MM_HINT_T0);
-        _mm_prefetch(b + 2 * pf1, _MM_HINT_T1);
+        _mm_prefetch(b + p0, _MM_HINT_T0);
+        _mm_prefetch(b + p1, _MM_HINT_T1);
     }
 }
 
-/* Q8 rows against x held as int16 per 32-block (q8x_quantize): the block's 32 products
- * are exact integers (vpmovsxbw + vpmaddwd, 16 int32 pair sums), then scaled by the
+/* Q8 / Q8_0 rows against x held as int16 per 32-block (q8x_quantize): the block's 32
+ * products are exact integers (vpmovsxbw + vpmaddwd, 16 int32 pair sums), then scaled by the
  * row block's scale and x's block scale: 5 vector µops per 32 weights against 7 when x
- * stays f32, which is what lets a Q8 stream keep up with memory on one thread. */
-AI void mv_q8x16_block(const block_q8 *w, int nb, int RB, const int16_t *xq, const float *dx, float *y) {
+ * stays f32, which is what lets a Q8 stream keep up with memory on one thread. dt = MAT_Q8
+ * (block_q8: f32 scale, 36 bytes) or MAT_Q8_0 (block_q8_0: f16 d, 34 bytes); w is the first
+ * row, nb blocks per row. */
+AI void mv_q8x16_block(const char *w, int dt, int nb, int RB, const int16_t *xq, const float *dx, float *y,
+                       size_t p0, size_t p1) {
+    const size_t bs = dt == MAT_Q8 ? sizeof(block_q8) : sizeof(block_q8_0), rs = (size_t)nb * bs;
+    const size_t qo = dt == MAT_Q8 ? offsetof(block_q8, q) : offsetof(block_q8_0, qs);
     __m512 acc[4];
 #pragma GCC unroll 4
     for (int i = 0; i < RB; i++) acc[i] = _mm512_setzero_ps();
     for (int k = 0; k < nb; k++) {
         __m512i xv = _mm512_loadu_si512(xq + k * QK8);
         __m512 dxv = _mm512_set1_ps(dx[k]);
-        q8_prefetch_rows(w, nb, RB, k);
 #pragma GCC unroll 4
         for (int i = 0; i < RB; i++) {
-            const block_q8 *b = w + (size_t)i * nb + k;
-            __m512i wq = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)b->q));
+            const char *b = w + i * rs + k * bs;
+            _mm_prefetch(b + p0, _MM_HINT_T0);
+            _mm_prefetch(b + p1, _MM_HINT_T1);
+        }
+#pragma GCC unroll 4
+        for (int i = 0; i < RB; i++) {
+            const char *b = w + i * rs + k * bs;
+            __m512i wq = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(b + qo)));
             __m512 f = _mm512_cvtepi32_ps(_mm512_madd_epi16(wq, xv));
-            acc[i] = _mm512_fmadd_ps(_mm512_mul_ps(f, _mm512_set1_ps(b->scale)), dxv, acc[i]);
+            __m512 sc = dt == MAT_Q8 ? _mm512_set1_ps(((const block_q8 *)b)->scale)
+                                     : _mm512_cvtph_ps(_mm256_set1_epi16((short)((const block_q8_0 *)b)->d));
+            acc[i] = _mm512_fmadd_ps(_mm512_mul_ps(f, sc), dxv, acc[i]);
         }
     }
-#pragma GCC unroll 4
-    for (int i = 0; i < RB; i++) y[i] = _mm512_reduce_add_ps(acc[i]);
+    mv_store(y, acc, RB);
 }
 
 /* x as int16 per 32-block for mv_q8x16_block: xq = x / dx[k] rounded, dx[k] the power of
- * two at or above max|x in block| / 32767 (so integer x stays exact; the rounding error
- * is at most dx/2 <= max/32767 per value: ~3e-5 of the block's largest, far below Q8
+ * two above max|x in block| / 32767 (frexpf's 2^e; so integer x stays exact; the rounding
+ * error is at most dx/2 <= max/32767 per value: ~3e-5 of the block's largest, far below Q8
  * weights' own ~4e-3). Returns 0 if x holds an Inf or NaN, or a block whose largest value
- * is so small that its step would be subnormal (the caller keeps f32 x). */
+ * is so small that its step would be subnormal (the caller keeps f32 x). The power of two
+ * comes from the exponent bits (was frexpf / ldexpf: two libm calls per block, ~1 us of a
+ * 1024-column call, a tenth of a 256 x 1024 expert matrix's time). */
 static int q8x_quantize(const float *x, int cols, int16_t *xq, float *dx) {
     for (int k = 0; k < cols / QK8; k++) {
         __m512 a = _mm512_loadu_ps(x + k * QK8), b = _mm512_loadu_ps(x + k * QK8 + 16);
         if (_mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(b, b, _CMP_UNORD_Q)) return 0;   /* NaN (maxps drops it) */
         float mx = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b)));
         if (!(mx <= 3.0e38f) || (mx > 0 && mx < 1e-30f)) return 0;   /* Inf, or a step below FLT_MIN */
-        int e = 0;
-        if (mx > 0) (void)frexpf(mx / 32767.0f, &e);
-        dx[k] = mx > 0 ? ldexpf(1.0f, e) : 0.0f;
-        __m512 inv = _mm512_set1_ps(mx > 0 ? ldexpf(1.0f, -e) : 0.0f);
-        __m512i ia = _mm512_cvtps_epi32(_mm512_mul_ps(a, inv)), ib = _mm512_cvtps_epi32(_mm512_mul_ps(b, inv));
+        float v = mx / 32767.0f, step = 0.0f, inv = 0.0f;
+        if (mx > 0) {   /* v normal (>= 3e-35): v in [2^(E-127), 2^(E-126)), frexpf's e = E - 126 */
+            uint32_t bits, E, sb, ib;
+            memcpy(&bits, &v, 4);
+            E = bits >> 23 & 0xff;
+            sb = (E + 1) << 23;      /* 2^e */
+            ib = (253 - E) << 23;    /* 2^-e */
+            memcpy(&step, &sb, 4);
+            memcpy(&inv, &ib, 4);
+        }
+        dx[k] = step;
+        __m512 iv = _mm512_set1_ps(inv);
+        __m512i ia = _mm512_cvtps_epi32(_mm512_mul_ps(a, iv)), ib = _mm512_cvtps_epi32(_mm512_mul_ps(b, iv));
         _mm256_storeu_si256((__m256i *)(xq + k * QK8), _mm512_cvtsepi32_epi16(ia));
         _mm256_storeu_si256((__m256i *)(xq + k * QK8 + 16), _mm512_cvtsepi32_epi16(ib));
     }
     return 1;
 }
 
-AI void mv_q8_block(const block_q8 *w, int nb, int RB, const float *x, float *y) {
+AI void mv_q8_block(const block_q8 *w, int nb, int RB, const float *x, float *y, size_t p0, size_t p1) {
     __m512 acc[4];
 #pragma GCC unroll 4
     for (int i = 0; i < RB; i++) acc[i] = _mm512_setzero_ps();
     for (int k = 0; k < nb; k++) {
         __m512 x0 = _mm512_loadu_ps(x + k * QK8), x1 = _mm512_loadu_ps(x + k * QK8 + 16);
-        q8_prefetch_rows(w, nb, RB, k);
+        q8_prefetch_rows(w, nb, RB, k, p0, p1);
 #pragma GCC unroll 4
         for (int i = 0; i < RB; i++) acc[i] = q8_block_dot(w + (size_t)i * nb + k, x0, x1, acc[i]);
     }
-#pragma GCC unroll 4
-    for (int i = 0; i < RB; i++) y[i] = _mm512_reduce_add_ps(acc[i]);
+    mv_store(y, acc, RB);
 }
 
 /* BF16 rows, 32 columns per step without a widening shuffle: one 512-bit load
@@ -224,7 +317,7 @@ AI void mv_q8_block(const block_q8 *w, int nb, int RB, const float *x, float *y)
  * columns) and xo (odd) for the first kfull columns; the rest (< 32 columns)
  * goes through the 16-wide masked path with the original x. */
 AI void mv_bf16_block(const char *w, size_t rs, int RB, const float *xe, const float *xo, int kfull,
-                      const float *x, int cols, float *y) {
+                      const float *x, int cols, float *y, size_t p0, size_t p1) {
     __m512 ae[4], ao[4];
     const char *row[4];
     const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
@@ -234,8 +327,8 @@ AI void mv_bf16_block(const char *w, size_t rs, int RB, const float *xe, const f
         __m512 xev = _mm512_loadu_ps(xe + k / 2), xov = _mm512_loadu_ps(xo + k / 2);
 #pragma GCC unroll 4
         for (int i = 0; i < RB; i++) {
-            _mm_prefetch(row[i] + (size_t)k * 2 + RB * rs, _MM_HINT_T0);
-            _mm_prefetch(row[i] + (size_t)k * 2 + 2 * RB * rs, _MM_HINT_T1);
+            _mm_prefetch(row[i] + (size_t)k * 2 + p0, _MM_HINT_T0);
+            _mm_prefetch(row[i] + (size_t)k * 2 + p1, _MM_HINT_T1);
         }
 #pragma GCC unroll 4
         for (int i = 0; i < RB; i++) {
@@ -257,7 +350,8 @@ AI void mv_bf16_block(const char *w, size_t rs, int RB, const float *xe, const f
         for (int i = 0; i < RB; i++) ae[i] = _mm512_fmadd_ps(w_load(row[i], MAT_BF16, k, m, 1), xv, ae[i]);
     }
 #pragma GCC unroll 4
-    for (int i = 0; i < RB; i++) y[i] = _mm512_reduce_add_ps(_mm512_add_ps(ae[i], ao[i]));
+    for (int i = 0; i < RB; i++) ae[i] = _mm512_add_ps(ae[i], ao[i]);
+    mv_store(y, ae, RB);
 }
 
 /* Longest Q8 row whose int16 x goes on the stack (128 KiB); longer rows keep f32 x. */
@@ -278,35 +372,45 @@ static void mv_bf16(const mat *W, const float *x, float *y, int row0, int row1) 
         _mm512_storeu_ps(xo + k / 2, _mm512_permutex2var_ps(a, io, b));
     }
     int r = row0;
-    for (; r + 4 <= row1; r += 4) mv_bf16_block(base + (size_t)r * rs, rs, 4, xe, xo, kfull, x, cols, y + (r - row0));
-    for (; r < row1; r++) mv_bf16_block(base + (size_t)r * rs, rs, 1, xe, xo, kfull, x, cols, y + (r - row0));
+    size_t p0, p1;
+    pf_dists(4 * rs, &p0, &p1);
+    for (; r + 4 <= row1; r += 4) mv_bf16_block(base + (size_t)r * rs, rs, 4, xe, xo, kfull, x, cols, y + (r - row0), p0, p1);
+    for (; r < row1; r++) mv_bf16_block(base + (size_t)r * rs, rs, 1, xe, xo, kfull, x, cols, y + (r - row0), p0, p1);
 }
 
 AI void mv_dtype(const mat *W, int dt, const float *x, float *y, int row0, int row1) {
-    size_t rs = row_stride(W);
+    size_t rs = row_stride(W), p0, p1;
     const char *base = (const char *)W->data;
     int r = row0;
+    pf_dists(4 * rs, &p0, &p1);   /* once per call: a division each */
     if (dt == MAT_BF16 && W->cols >= 32 && W->cols <= BF16_SPLIT_MAX_COLS) {
         mv_bf16(W, x, y, row0, row1);
         return;
     }
-    if (dt == MAT_Q8) {
+    if (dt == MAT_Q8 || dt == MAT_Q8_0) {
         int nb = W->cols / QK8;
         if (W->cols <= Q8X16_MAX_COLS) {
             int16_t xq[W->cols];
             float dx[nb];
             if (q8x_quantize(x, W->cols, xq, dx)) {
-                for (; r + 4 <= row1; r += 4) mv_q8x16_block((const block_q8 *)(base + (size_t)r * rs), nb, 4, xq, dx, y + (r - row0));
-                for (; r < row1; r++) mv_q8x16_block((const block_q8 *)(base + (size_t)r * rs), nb, 1, xq, dx, y + (r - row0));
+                for (; r + 4 <= row1; r += 4) mv_q8x16_block(base + (size_t)r * rs, dt, nb, 4, xq, dx, y + (r - row0), p0, p1);
+                for (; r < row1; r++) mv_q8x16_block(base + (size_t)r * rs, dt, nb, 1, xq, dx, y + (r - row0), p0, p1);
                 return;
             }
         }
-        for (; r + 4 <= row1; r += 4) mv_q8_block((const block_q8 *)(base + (size_t)r * rs), nb, 4, x, y + (r - row0));
-        for (; r < row1; r++) mv_q8_block((const block_q8 *)(base + (size_t)r * rs), nb, 1, x, y + (r - row0));
+        if (dt == MAT_Q8) {
+            for (; r + 4 <= row1; r += 4) mv_q8_block((const block_q8 *)(base + (size_t)r * rs), nb, 4, x, y + (r - row0), p0, p1);
+            for (; r < row1; r++) mv_q8_block((const block_q8 *)(base + (size_t)r * rs), nb, 1, x, y + (r - row0), p0, p1);
+            return;
+        }
+    }
+    if (dt == MAT_F16 && W->cols >= 32) {
+        for (; r + 4 <= row1; r += 4) mv_f16_block(base + (size_t)r * rs, rs, 4, x, W->cols, y + (r - row0), p0, p1);
+        for (; r < row1; r++) mv_f16_block(base + (size_t)r * rs, rs, 1, x, W->cols, y + (r - row0), p0, p1);
         return;
     }
-    for (; r + 4 <= row1; r += 4) mv_block(base + (size_t)r * rs, rs, dt, 4, x, W->cols, y + (r - row0));
-    for (; r < row1; r++) mv_block(base + (size_t)r * rs, rs, dt, 1, x, W->cols, y + (r - row0));
+    for (; r + 4 <= row1; r += 4) mv_block(base + (size_t)r * rs, rs, dt, 4, x, W->cols, y + (r - row0), p0, p1);
+    for (; r < row1; r++) mv_block(base + (size_t)r * rs, rs, dt, 1, x, W->cols, y + (r - row0), p0, p1);
 }
 
 void matvec_rows_avx512(const mat *W, const float *x, float *y, int row0, int row1) {
@@ -331,18 +435,6 @@ void matvec_rows_avx512(const mat *W, const float *x, float *y, int row0, int ro
  * 12 token pointers); so n = 8 runs 4x4 + 4x4 (Q8 128) instead of 4x6 + 4x2 (118). */
 #define MM_RB 4
 #define MM_TB 6
-
-/* Four accumulators -> their four horizontal sums (a, b, c, d): 9 shuffles and 5 adds
- * instead of 4 x 8 for four _mm512_reduce_add_ps (what a 1024 x 256 down projection,
- * 16 vector steps per row, spent a quarter of its time on). */
-AI __m128 mm_hsum4(__m512 a, __m512 b, __m512 c, __m512 d) {
-    __m512 ab = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xEE));
-    __m512 cd = _mm512_add_ps(_mm512_shuffle_f32x4(c, d, 0x44), _mm512_shuffle_f32x4(c, d, 0xEE));
-    __m512 q = _mm512_add_ps(_mm512_shuffle_f32x4(ab, cd, 0x88), _mm512_shuffle_f32x4(ab, cd, 0xDD));
-    q = _mm512_add_ps(q, _mm512_permute_ps(q, 0x4E));   /* 128-bit lane j holds vector j's 4 partials */
-    q = _mm512_add_ps(q, _mm512_permute_ps(q, 0xB1));
-    return _mm512_castps512_ps128(_mm512_permutexvar_ps(_mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 12, 8, 4, 0), q));
-}
 
 /* acc[i][t] += w row i (columns k..k+15) times token t; m / masked as w_load. */
 AI void mm_step(const char *const *row, int dt, int RB, int TB, const float *const *xt, int k, __mmask16 m,
@@ -566,18 +658,22 @@ void matvec_rows_q8q8_avx512vnni(const mat *W, const block_q8 *xq, float *y, int
     int nb = W->cols / QK8;
     const block_q8 *base = (const block_q8 *)W->data;
     int r = row0;
+    size_t p0, p1;   /* the f32-activation kernels' two levels (was T0 only, MV_PF_Q8 ahead) */
+    pf_dists(4 * (size_t)nb * sizeof(block_q8), &p0, &p1);
     for (; r + 4 <= row1; r += 4) {
         const block_q8 *w0 = base + (size_t)r * nb, *w1 = w0 + nb, *w2 = w1 + nb, *w3 = w2 + nb;
         __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
         for (int k = 0; k < nb; k++) {
             __m256i xv = _mm256_loadu_si256((const __m256i *)xq[k].q);
             float dx = xq[k].scale;
-            if (MV_PF_Q8) {
-                _mm_prefetch((const char *)(w0 + k) + MV_PF_Q8, _MM_HINT_T0);
-                _mm_prefetch((const char *)(w1 + k) + MV_PF_Q8, _MM_HINT_T0);
-                _mm_prefetch((const char *)(w2 + k) + MV_PF_Q8, _MM_HINT_T0);
-                _mm_prefetch((const char *)(w3 + k) + MV_PF_Q8, _MM_HINT_T0);
-            }
+            _mm_prefetch((const char *)(w0 + k) + p0, _MM_HINT_T0);
+            _mm_prefetch((const char *)(w1 + k) + p0, _MM_HINT_T0);
+            _mm_prefetch((const char *)(w2 + k) + p0, _MM_HINT_T0);
+            _mm_prefetch((const char *)(w3 + k) + p0, _MM_HINT_T0);
+            _mm_prefetch((const char *)(w0 + k) + p1, _MM_HINT_T1);
+            _mm_prefetch((const char *)(w1 + k) + p1, _MM_HINT_T1);
+            _mm_prefetch((const char *)(w2 + k) + p1, _MM_HINT_T1);
+            _mm_prefetch((const char *)(w3 + k) + p1, _MM_HINT_T1);
             a0 = q8q8_block(w0 + k, xv, a0, dx);
             a1 = q8q8_block(w1 + k, xv, a1, dx);
             a2 = q8q8_block(w2 + k, xv, a2, dx);
@@ -600,16 +696,18 @@ void matvec_rows_q8q8_avx512vnni(const mat *W, const block_q8 *xq, float *y, int
 /* ---------------------------------------------------------------- BF16 x BF16 (vdpbf16ps) */
 
 /* 32 bf16 pairs per instruction; the products are exact in f32, the sums round. */
-AI void bb_block(const uint16_t *w, size_t rs, int RB, const uint16_t *xb, int cols, float *y) {
+AI void bb_block(const uint16_t *w, size_t rs, int RB, const uint16_t *xb, int cols, float *y, size_t p0, size_t p1) {
     __m512 acc[4];
 #pragma GCC unroll 4
     for (int i = 0; i < RB; i++) acc[i] = _mm512_setzero_ps();
     int kfull = cols & ~31, k = 0;
     for (; k < kfull; k += 32) {
         __m512bh xv = (__m512bh)_mm512_loadu_si512(xb + k);
-        if (MV_PF_BF16)
 #pragma GCC unroll 4
-            for (int i = 0; i < RB; i++) _mm_prefetch((const char *)(w + i * rs + k) + MV_PF_BF16, _MM_HINT_T0);
+        for (int i = 0; i < RB; i++) {   /* the f32-activation kernels' two levels (was T0 only, 2 KiB ahead) */
+            _mm_prefetch((const char *)(w + i * rs + k) + p0, _MM_HINT_T0);
+            _mm_prefetch((const char *)(w + i * rs + k) + p1, _MM_HINT_T1);
+        }
 #pragma GCC unroll 4
         for (int i = 0; i < RB; i++)
             acc[i] = _mm512_dpbf16_ps(acc[i], (__m512bh)_mm512_loadu_si512(w + i * rs + k), xv);
@@ -629,6 +727,8 @@ void matvec_rows_bf16bf16_avx512bf16(const mat *W, const uint16_t *xb, float *y,
     size_t rs = (size_t)W->cols;
     const uint16_t *base = (const uint16_t *)W->data;
     int r = row0;
-    for (; r + 4 <= row1; r += 4) bb_block(base + (size_t)r * rs, rs, 4, xb, W->cols, y + (r - row0));
-    for (; r < row1; r++) bb_block(base + (size_t)r * rs, rs, 1, xb, W->cols, y + (r - row0));
+    size_t p0, p1;
+    pf_dists(4 * rs * 2, &p0, &p1);
+    for (; r + 4 <= row1; r += 4) bb_block(base + (size_t)r * rs, rs, 4, xb, W->cols, y + (r - row0), p0, p1);
+    for (; r < row1; r++) bb_block(base + (size_t)r * rs, rs, 1, xb, W->cols, y + (r - row0), p0, p1);
 }

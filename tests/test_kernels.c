@@ -169,10 +169,10 @@ static double abs_dot(const mat *W, int r, const float *x) {
 
 static double dot_tol(int n, double S) { return (n + 8) * (double)FLT_EPSILON * S + 1e-30; }
 
-/* Q8 matvec on AVX-512 rounds x to int16 per 32-block (step dx <= 2 max|x_block| / 32767):
+/* Q8 and Q8_0 matvec on AVX-512 round x to int16 per 32-block (step dx <= 2 max|x_block| / 32767):
  * y moves by at most sum over blocks of dx/2 sum |W[r, c]|. 0 for other dtypes. */
 static double q8x_tol(const mat *W, int r, const float *x) {
-    if (W->dtype != MAT_Q8) return 0.0;
+    if (W->dtype != MAT_Q8 && W->dtype != MAT_Q8_0) return 0.0;
     double t = 0.0;
     for (int k = 0; k < W->cols / QK8; k++) {
         double mx = 0.0, sw = 0.0;
@@ -242,6 +242,50 @@ static void check_matvec(mat_dtype dt, int exact) {
 static void test_matvec_f32(void **state) { (void)state; check_matvec(MAT_F32, 1); check_matvec(MAT_F32, 0); }
 static void test_matvec_bf16(void **state) { (void)state; check_matvec(MAT_BF16, 1); check_matvec(MAT_BF16, 0); }
 static void test_matvec_q8(void **state) { (void)state; check_matvec(MAT_Q8, 1); check_matvec(MAT_Q8, 0); }
+
+/* Every row count 1..67 (4-row blocks, then 1..3 tail rows) and row ranges starting at 0, 1
+ * and 3, for the f32-activation kernels whose tiling and prefetch changed (F32, BF16, Q8,
+ * F16, Q8_0), on short rows (one 32-column step, a 16-column step, a masked tail) and rows
+ * of a few steps; each row against the reference within its bound. */
+static void test_matvec_rows_sweep(void **state) {
+    (void)state;
+    static const mat_dtype dts[] = {MAT_F32, MAT_BF16, MAT_Q8, MAT_F16, MAT_Q8_0};
+    static const int cols_list[] = {32, 48, 57, 256, 288};
+    mv_variant v[4];
+    int nv = n_mv_variants(v);
+    for (int di = 0; di < NELEM(dts); di++)
+        for (int ci = 0; ci < NELEM(cols_list); ci++) {
+            mat_dtype dt = dts[di];
+            int cols = cols_list[ci];
+            if ((dt == MAT_Q8 || dt == MAT_Q8_0) && cols % 32) continue;
+            for (int rows = 1; rows <= 67; rows++) {
+                int exact = rows & 1;
+                test_mat W = make_mat(dt, rows, cols, exact);
+                float *x = make_vec(cols, exact);
+                float *ref = malloc(sizeof(float) * rows), *y = malloc(sizeof(float) * (rows + 1));
+                static const int starts[] = {0, 1, 3};
+                for (int si = 0; si < NELEM(starts); si++) {
+                    int start = starts[si];
+                    if (start >= rows) continue;
+                    matvec_rows_ref(&W.m, x, ref, start, rows);
+                    for (int k = 0; k < nv; k++) {
+                        if (!v[k].available) continue;
+                        y[rows - start] = 12345.0f;
+                        v[k].matvec(&W.m, x, y, start, rows);
+                        assert_true(y[rows - start] == 12345.0f);
+                        for (int r = start; r < rows; r++) {
+                            double tol = exact ? 0.0 : dot_tol(cols, abs_dot(&W.m, r, x)) + q8x_tol(&W.m, r, x);
+                            if (fabs((double)y[r - start] - ref[r - start]) > tol)
+                                fail_msg("matvec %s %s exact %d rows %d cols %d start %d row %d: %g vs %g (tol %g)",
+                                         v[k].name, mat_type_of(dt)->name, exact, rows, cols, start, r, y[r - start],
+                                         ref[r - start], tol);
+                        }
+                    }
+                }
+                free(W.buf); free(x); free(ref); free(y);
+            }
+        }
+}
 
 /* Q8 matvec with x that the int16 path must not take (NaN, Inf, all-subnormal blocks) or
  * takes at its edges (zeros, one huge block): the same as the reference (f32 x) within the
@@ -1600,7 +1644,7 @@ static void check_ggml_matvec(mat_dtype dt, int exact) {
                     v[k].matvec(&W.m, x, y, start, rows);
                     assert_true(y[rows - start] == 12345.0f);
                     for (int r = start; r < rows; r++) {
-                        double tol = kq ? path_tol(dt, v[k].name, &W.m, r, x) : exact ? 0.0 : dot_tol(cols, abs_dot(&W.m, r, x));
+                        double tol = kq ? path_tol(dt, v[k].name, &W.m, r, x) : exact ? 0.0 : dot_tol(cols, abs_dot(&W.m, r, x)) + q8x_tol(&W.m, r, x);
                         if (fabs((double)y[r - start] - ref[r - start]) > tol)
                             fail_msg("matvec %s %s exact %d rows %d cols %d row %d: %g vs %g (tol %g)", v[k].name,
                                      mat_type_of(dt)->name, exact, rows, cols, r, y[r - start], ref[r - start], tol);
@@ -2103,6 +2147,7 @@ int main(void) {
         cmocka_unit_test(test_matvec_f32),
         cmocka_unit_test(test_matvec_bf16),
         cmocka_unit_test(test_matvec_q8),
+        cmocka_unit_test(test_matvec_rows_sweep),
         cmocka_unit_test(test_matvec_q8_x_edges),
         cmocka_unit_test(test_matvec_tail_column),
         cmocka_unit_test(test_matmul_f32),
