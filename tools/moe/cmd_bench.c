@@ -18,7 +18,7 @@
  *             single-token model_forward calls, each fed the previous argmax;
  *             only the forward calls are timed (argmax = "sampling" is timed
  *             apart and shown by --profile)
- *   prefault  before any run, one byte of every page of the tensors used straight
+ *   prefault  before any run, one byte of every page of the tensors used straight (safetensors and GGUF)
  *             from the mapping is read: no timed run pays for page faults or disk
  *             reads (tensors converted at load are not touched: their pages were
  *             released, st_tensor_release)
@@ -290,6 +290,13 @@ static double prefault(const moe_model *m) {
         for (size_t k = 0; k < t->nbytes; k += 4096) sink += p[k];
         if (t->nbytes) sink += p[t->nbytes - 1];
         bytes += (double)t->nbytes;
+    }
+    for (int i = 0; m->w.is_gguf && m->w.gguf.map && i < m->w.gguf.n_tensors; i++) {   /* GGUF: read as mapped */
+        const gguf_tensor *t = &m->w.gguf.tensors[i];
+        const unsigned char *p = t->data;
+        for (size_t k = 0; k < t->n_bytes; k += 4096) sink += p[k];
+        if (t->n_bytes) sink += p[t->n_bytes - 1];
+        bytes += (double)t->n_bytes;
     }
     (void)sink;
     return bytes;
