@@ -217,6 +217,42 @@ AI void q40_tile(int q5, int vnni, const char *w, size_t rs, int nblk, int RB, i
         for (int i = 0; i < RB; i++) out[(size_t)t * ldo + i] = _mm512_reduce_add_ps(acc[i][t]);
 }
 
+/* Rows of 1 or 2 blocks (MLA's attn_k_b at dn = 32 or 64 columns): a row is shorter than a
+ * group, so q = 4 / nblk consecutive rows (contiguous in memory) make one 4-block group,
+ * met by x's blocks repeated q times (xr); lanes 4j..4j+3 of the group's product are block
+ * j's, i.e. row j / nblk's: 4-lane sums, gathered, and for 2 blocks added in pairs.
+ * y[i] for rows i < nrows - nrows % q; the caller runs the rest. */
+AI void q40_narrow(int q5, int vnni, const char *w, int nblk, const xgroup *x1, float *y, int nrows, const q40_ctrl *c) {
+    const int bb = q5 ? (int)sizeof(block_q5_0) : (int)sizeof(block_q4_0), gb = 4 * bb, q = 4 / nblk, ng = nrows / q;
+    xgroup xr __attribute__((aligned(64)));
+    for (int j = 0; j < 4; j++) {
+        int s = j % nblk;
+        memcpy(xr.lo + 16 * j, x1->lo + 16 * s, 16);
+        memcpy(xr.hi + 16 * j, x1->hi + 16 * s, 16);
+        for (int i = 0; i < 4; i++) { xr.neg8[4 * j + i] = x1->neg8[4 * s + i]; xr.dx[4 * j + i] = x1->dx[4 * s + i]; }
+    }
+    __m512i n8 = _mm512_load_si512(xr.neg8);
+    if (q5) n8 = _mm512_add_epi32(n8, n8);
+    const __m512i xlo = _mm512_load_si512(xr.lo), xhi = _mm512_load_si512(xr.hi);
+    const __m512 dx = _mm512_load_ps(xr.dx);
+    const __m512i gather = _mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 12, 8, 4, 0);
+    for (int g = 0; g < ng; g++) {
+        const uint8_t *p = (const uint8_t *)w + (size_t)g * gb;
+        _mm_prefetch((const char *)p + Q40_PF, _MM_HINT_T0);
+        _mm_prefetch((const char *)p + 2 * Q40_PF, _MM_HINT_T1);
+        __m512i ulo, uhi;
+        __m512 dw;
+        group_w(q5, p, c, &ulo, &uhi, &dw);
+        __m512i is = dpb(vnni, dpb(vnni, n8, ulo, xlo), uhi, xhi);
+        __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(is), _mm512_mul_ps(dw, dx));
+        v = _mm512_add_ps(v, _mm512_permute_ps(v, 0xB1));   /* lanes 4j..4j+3: pairs, then quads */
+        v = _mm512_add_ps(v, _mm512_permute_ps(v, 0x4E));
+        __m128 s4 = _mm512_castps512_ps128(_mm512_permutexvar_ps(gather, v));   /* block sums 0..3 */
+        if (nblk == 1) _mm_storeu_ps(y + 4 * g, s4);
+        else _mm_storel_pi((__m64 *)(y + 2 * g), _mm_hadd_ps(s4, s4));
+    }
+}
+
 /* ---------------------------------------------------------------- drivers */
 
 typedef void (*q40_tile_fn)(const char *, size_t, int, const xgroup *, size_t, float *, size_t, int, const q40_ctrl *);
@@ -263,6 +299,13 @@ static void q40_matvec(const mat *W, int q5, const xgroup *xg, float *y, int row
     size_t rs = mat_row_bytes(W->dtype, W->cols);
     const char *base = (const char *)W->data;
     int r = row0;
+    if (nblk <= 2) {   /* 1- or 2-block rows: several per group */
+        int vnni = cpu_get_features()->avx512_vnni, done = (row1 - row0) - (row1 - row0) % (4 / nblk);
+        const char *w = base + (size_t)r * rs;
+        if (q5) { if (vnni) q40_narrow(1, 1, w, nblk, xg, y, done, &c); else q40_narrow(1, 0, w, nblk, xg, y, done, &c); }
+        else { if (vnni) q40_narrow(0, 1, w, nblk, xg, y, done, &c); else q40_narrow(0, 0, w, nblk, xg, y, done, &c); }
+        r += done;
+    }
     for (; r + 4 <= row1; r += 4) ts->mv4(base + (size_t)r * rs, rs, nblk, xg, 0, y + (r - row0), 0, 1, &c);
     for (; r < row1; r++) ts->mm[1][1](base + (size_t)r * rs, rs, nblk, xg, 0, y + (r - row0), 0, 1, &c);
 }

@@ -232,7 +232,8 @@ static double bytes_per_token(const moe_model *m) {
         const layer_weights *lw = &m->w.layers[i];
         b += 4.0 * (2 * H + c->kv_lora_rank + c->q_lora_rank);       /* norms (f32) */
         b += c->q_lora_rank > 0 ? (double)mat_bytes(&lw->q_a) + mat_bytes(&lw->q_b) : (double)mat_bytes(&lw->q);
-        b += (double)mat_bytes(&lw->kv_a) + mat_bytes(&lw->kv_b) + mat_bytes(&lw->o);
+        b += (double)mat_bytes(&lw->kv_a) + mat_bytes(&lw->o);
+        b += lw->k_b.data ? (double)mat_bytes(&lw->k_b) + mat_bytes(&lw->v_b) : (double)mat_bytes(&lw->kv_b);   /* decode's W_UK, W_UV */
         if (!lw->is_moe) { b += mlp_bytes(&lw->dense); continue; }
         b += (double)mat_bytes(&lw->router) + (lw->router_bias ? 4.0 * c->n_routed_experts : 0);
         double experts = 0;
