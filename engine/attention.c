@@ -33,6 +33,17 @@
 
 /* ------------------------------------------------------------------ one head, one token */
 
+/* q_abs [R] = W_UK[h]^T q_nope [dn], and o [dv] = W_UV[h] o_lat [R]: from GGUF's split
+ * attn_k_b / attn_v_b as stored when the loader kept them (plain matvecs), else kv_b. */
+static void uk_t(const layer_weights *lw, int h, const float *q_nope, float *q_abs, int dn, int dv, int R) {
+    if (lw->k_b.data) matvec_rows(&lw->k_b, q_nope, q_abs, h * R, h * R + R);
+    else matvec_t_rows(&lw->kv_b, q_nope, q_abs, h * (dn + dv), h * (dn + dv) + dn);
+}
+static void uv(const layer_weights *lw, int h, const float *o_lat, float *o, int dn, int dv) {
+    if (lw->v_b.data) matvec_rows(&lw->v_b, o_lat, o, h * dv, h * dv + dv);
+    else matvec_rows(&lw->kv_b, o_lat, o, h * (dn + dv) + dn, h * (dn + dv) + dn + dv);
+}
+
 /* One share's scratch: q_abs [R], o_lat [R], scores [S]. */
 typedef struct { float *q_abs, *o_lat, *scores; } head_scratch;
 
@@ -47,9 +58,8 @@ static void head_absorbed(const moe_model *m, const moe_kv *kv, const layer_weig
                           int seq, int p, float *o, head_scratch *w) {
     const moe_config *c = &m->cfg;
     int dn = c->qk_nope_head_dim, dr = c->qk_rope_head_dim, dv = c->v_head_dim, R = c->kv_lora_rank;
-    int head_row = h * (dn + dv);
     /* q_abs = W_UK[h]^T q_nope: a sum of the head's dn key rows */
-    matvec_t_rows(&lw->kv_b, qh, w->q_abs, head_row, head_row + dn);
+    uk_t(lw, h, qh, w->q_abs, dn, dv, R);
     float scale = m->rope.softmax_scale;
     size_t ld = (size_t)kv->width;
     if (kv->dtype == KV_BF16) {   /* the same sums over the widened bf16 values */
@@ -72,7 +82,7 @@ static void head_absorbed(const moe_model *m, const moe_kv *kv, const layer_weig
         for (int t = 0; t <= p; t++) vec_axpy(w->o_lat, w->scores[t], cache + (size_t)t * ld, R);
     }
     /* o = W_UV[h] o_lat: the head's dv value rows */
-    matvec_rows(&lw->kv_b, w->o_lat, o, head_row + dn, head_row + dn + dv);
+    uv(lw, h, w->o_lat, o, dn, dv);
 }
 
 /* Naive attention of head h: K and V of every cached position of the token's sequence are
@@ -157,10 +167,10 @@ static void deep_item(deep_job *job, int item, int share) {
     float *part = c->deep_part;   /* [NB] blocks of nh * (R + 2): o [nh][R], m [nh], l [nh] */
     size_t part_block = (size_t)nh * (R + 2);
     if (job->phase == 0) {
-        int h = item, head_row = h * (dn + dv);
+        int h = item;
         const float *qh = c->q + (size_t)t * nh * dq + (size_t)h * dq;
         float *qc = c->deep_qc + (size_t)h * W;
-        matvec_t_rows(&job->lw->kv_b, qh, qc, head_row, head_row + dn);
+        uk_t(job->lw, h, qh, qc, dn, dv, R);
         memcpy(qc + R, qh + dn, sizeof(float) * (size_t)dr);
     } else if (job->phase == 1) {
         int j0 = item * ATTEND_BLOCK, n = p + 1 - j0 < ATTEND_BLOCK ? p + 1 - j0 : ATTEND_BLOCK;
@@ -169,7 +179,7 @@ static void deep_item(deep_job *job, int item, int share) {
                    m->rope.softmax_scale, c->share_deep + (size_t)share * nh * ATTEND_BLOCK, pb + (size_t)nh * R,
                    pb + (size_t)nh * R + nh, pb);
     } else {
-        int h = item, head_row = h * (dn + dv);
+        int h = item;
         float M = -INFINITY, L = 0.0f, *olat = c->deep_olat + (size_t)h * R;
         for (int b = 0; b < job->n_blocks; b++) {
             float mb = part[(size_t)b * part_block + (size_t)nh * R + h];
@@ -184,7 +194,7 @@ static void deep_item(deep_job *job, int item, int share) {
         }
         float inv = 1.0f / L;
         for (int i = 0; i < R; i++) olat[i] *= inv;
-        matvec_rows(&job->lw->kv_b, olat, c->attn + (size_t)t * nh * dv + (size_t)h * dv, head_row + dn, head_row + dn + dv);
+        uv(job->lw, h, olat, c->attn + (size_t)t * nh * dv + (size_t)h * dv, dn, dv);
     }
 }
 

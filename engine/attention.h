@@ -12,7 +12,7 @@ void attention_forward(const moe_model *m, moe_ctx *c, int layer, const float *x
 
 /* Decode tokens at position ATTEND_DEEP_MIN or later attend with all heads at once, in
  * blocks of ATTEND_BLOCK cached positions (attn_block), when the kernel set has attn_block. */
-#define ATTEND_DEEP_MIN 128
+#define ATTEND_DEEP_MIN 8
 #define ATTEND_BLOCK 256
 /* Only the first part of attention_forward: the (c_kv, k_pe) cache rows of the pass's tokens. */
 void attention_cache_write(const moe_model *m, moe_ctx *c, int layer, const float *xn);

@@ -21,8 +21,8 @@
  *   tile     RB rows x TB tokens, row by row inside: a row's u vectors and scales are built
  *            once per group and used for the TB tokens (x8 from L1 as memory operands).
  *            matvec 4 x 1; matmul 2 x up to 8 (n split into near-equal tiles).
- *   tail     a last group of 1..3 blocks is copied to a zeroed 4-block buffer (d = 0 for the
- *            missing blocks, and their x8 and dx are 0).
+ *   tail     a last group of 1..3 blocks is read by the same loads masked to its bytes (the
+ *            missing blocks come out zero: d = 0; their x8 and dx are 0 too).
  *   prefetch every line of the rows one row block ahead into L1 (T0) and two ahead into L2
  *            (T1), at least Q40_PF bytes ahead (the matvec discipline of matvec_avx512.c).
  *
@@ -44,6 +44,9 @@
 
 #ifndef Q40_PF
 #define Q40_PF 4096
+#endif
+#ifndef Q40_START
+#define Q40_START 1           /* prefetch a matvec's first 2 Q40_PF bytes at once (prefetch_start) */
 #endif
 #ifndef Q40_PFN
 #define Q40_PFN 4             /* prefetches per row and group: T0 start, T1 start, T0 end, T1 end */
@@ -134,12 +137,9 @@ static q40_ctrl q40_ctrl_make(int q5) {
     return c;
 }
 
-/* The u vectors (elements 0..15 | 16..31 of each block) and the d_j scales of the group at p. */
-AI void group_w(int q5, const uint8_t *p, const q40_ctrl *c, __m512i *ulo, __m512i *uhi, __m512 *dw) {
+/* The u vectors and d_j of a group from its two loads (a: bytes 0..63, b: from byte 56). */
+AI void group_unpack(int q5, __m512i a, __m512i b, const q40_ctrl *c, __m512i *ulo, __m512i *uhi, __m512 *dw) {
     const __m512i m4 = _mm512_set1_epi8(0x0F);
-    __m512i a = _mm512_loadu_si512(p);
-    __m512i b = q5 ? _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(p + 56)))
-                   : _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(p + 56)));
     __m512i q = _mm512_permutex2var_epi16(a, c->iq, b);
     *dw = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutex2var_epi16(a, c->id, b)));
     *ulo = _mm512_and_si512(q, m4);
@@ -154,14 +154,32 @@ AI void group_w(int q5, const uint8_t *p, const q40_ctrl *c, __m512i *ulo, __m51
     }
 }
 
+/* The u vectors (elements 0..15 | 16..31 of each block) and the d_j scales of the group at p. */
+AI void group_w(int q5, const uint8_t *p, const q40_ctrl *c, __m512i *ulo, __m512i *uhi, __m512 *dw) {
+    __m512i a = _mm512_loadu_si512(p);
+    __m512i b = q5 ? _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(p + 56)))
+                   : _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(p + 56)));
+    group_unpack(q5, a, b, c, ulo, uhi, dw);
+}
+
+/* A last group of `tail` (1..3) blocks: the same two loads masked to its n = tail * block
+ * bytes (nothing past them is read); the missing blocks come out zero (d = 0, no codes). */
+AI void group_w_tail(int q5, const uint8_t *p, int tail, const q40_ctrl *c, __m512i *ulo, __m512i *uhi, __m512 *dw) {
+    int n = tail * (q5 ? (int)sizeof(block_q5_0) : (int)sizeof(block_q4_0)), n2 = n - 56;   /* n <= 66 */
+    __m512i a = _mm512_maskz_loadu_epi8(n >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << n) - 1), p);
+    __m512i b = n2 > 0 ? _mm512_castsi256_si512(_mm256_maskz_loadu_epi8(((__mmask32)1 << n2) - 1, p + 56)) : _mm512_setzero_si512();
+    group_unpack(q5, a, b, c, ulo, uhi, dw);
+}
+
 /* One group of RB rows (row i at p[i]) x TB tokens into acc. */
-AI void q40_group(int q5, int vnni, const uint8_t *const *p, int RB, int TB, const xgroup *X, size_t xs, __m512 acc[4][8],
-                  const q40_ctrl *c) {
+AI void q40_group(int q5, int vnni, const uint8_t *const *p, int tail, int RB, int TB, const xgroup *X, size_t xs,
+                  __m512 acc[4][8], const q40_ctrl *c) {
 #pragma GCC unroll 4
     for (int i = 0; i < RB; i++) {
         __m512i ulo, uhi;
         __m512 dw;
-        group_w(q5, p[i], c, &ulo, &uhi, &dw);
+        if (tail) group_w_tail(q5, p[i], tail, c, &ulo, &uhi, &dw);
+        else group_w(q5, p[i], c, &ulo, &uhi, &dw);
 #pragma GCC unroll 8
         for (int t = 0; t < TB; t++) {
             const xgroup *xg = X + (size_t)t * xs;
@@ -198,23 +216,62 @@ AI void q40_tile(int q5, int vnni, const char *w, size_t rs, int nblk, int RB, i
                 if (Q40_PFN > 3) _mm_prefetch((const char *)p[i] + 2 * ahead + gb - 1, _MM_HINT_T1);
             }
         }
-        q40_group(q5, vnni, p, RB, TB, X + g, xs, acc, &c);
+        q40_group(q5, vnni, p, 0, RB, TB, X + g, xs, acc, &c);
     }
-    if (tail) {   /* 1..3 blocks: copied to a zeroed group */
-        uint8_t tmp[4][4 * sizeof(block_q5_0)];
+    if (tail) {   /* 1..3 blocks: masked loads */
         const uint8_t *p[4];
-        memset(tmp, 0, sizeof tmp);
 #pragma GCC unroll 4
-        for (int i = 0; i < RB; i++) {
-            memcpy(tmp[i], (const uint8_t *)w + i * rs + (size_t)ng * gb, (size_t)tail * bb);
-            p[i] = tmp[i];
-        }
-        q40_group(q5, vnni, p, RB, TB, X + ng, xs, acc, &c);
+        for (int i = 0; i < RB; i++) p[i] = (const uint8_t *)w + i * rs + (size_t)ng * gb;
+        q40_group(q5, vnni, p, tail, RB, TB, X + ng, xs, acc, &c);
     }
 #pragma GCC unroll 8
     for (int t = 0; t < TB; t++)
 #pragma GCC unroll 4
         for (int i = 0; i < RB; i++) out[(size_t)t * ldo + i] = _mm512_reduce_add_ps(acc[i][t]);
+}
+
+/* Rows of 1 or 2 blocks (MLA's attn_k_b at dn = 32 or 64 columns): a row is shorter than a
+ * group, so q = 4 / nblk consecutive rows (contiguous in memory) make one 4-block group,
+ * met by x's blocks repeated q times (xr); lanes 4j..4j+3 of the group's product are block
+ * j's, i.e. row j / nblk's: 4-lane sums, gathered, and for 2 blocks added in pairs.
+ * y[i] for rows i < nrows - nrows % q; the caller runs the rest. */
+AI void q40_narrow(int q5, int vnni, const char *w, int nblk, const xgroup *x1, float *y, int nrows, const q40_ctrl *c) {
+    const int bb = q5 ? (int)sizeof(block_q5_0) : (int)sizeof(block_q4_0), gb = 4 * bb, q = 4 / nblk, ng = nrows / q;
+    xgroup xr __attribute__((aligned(64)));
+    for (int j = 0; j < 4; j++) {
+        int s = j % nblk;
+        memcpy(xr.lo + 16 * j, x1->lo + 16 * s, 16);
+        memcpy(xr.hi + 16 * j, x1->hi + 16 * s, 16);
+        for (int i = 0; i < 4; i++) { xr.neg8[4 * j + i] = x1->neg8[4 * s + i]; xr.dx[4 * j + i] = x1->dx[4 * s + i]; }
+    }
+    __m512i n8 = _mm512_load_si512(xr.neg8);
+    if (q5) n8 = _mm512_add_epi32(n8, n8);
+    const __m512i xlo = _mm512_load_si512(xr.lo), xhi = _mm512_load_si512(xr.hi);
+    const __m512 dx = _mm512_load_ps(xr.dx);
+    const __m512i gather = _mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 12, 8, 4, 0);
+    for (int g = 0; g < ng; g++) {
+        const uint8_t *p = (const uint8_t *)w + (size_t)g * gb;
+        _mm_prefetch((const char *)p + Q40_PF, _MM_HINT_T0);
+        _mm_prefetch((const char *)p + 2 * Q40_PF, _MM_HINT_T1);
+        __m512i ulo, uhi;
+        __m512 dw;
+        group_w(q5, p, c, &ulo, &uhi, &dw);
+        __m512i is = dpb(vnni, dpb(vnni, n8, ulo, xlo), uhi, xhi);
+        __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(is), _mm512_mul_ps(dw, dx));
+        v = _mm512_add_ps(v, _mm512_permute_ps(v, 0xB1));   /* lanes 4j..4j+3: pairs, then quads */
+        v = _mm512_add_ps(v, _mm512_permute_ps(v, 0x4E));
+        __m128 s4 = _mm512_castps512_ps128(_mm512_permutexvar_ps(gather, v));   /* block sums 0..3 */
+        if (nblk == 1) _mm_storeu_ps(y + 4 * g, s4);
+        else _mm_storel_pi((__m64 *)(y + 2 * g), _mm_hadd_ps(s4, s4));
+    }
+}
+
+/* The first lines of a matvec's rows, all at once: the running prefetch covers bytes from
+ * `ahead` on, so without this every small matrix (an expert's 150 KB) begins with a few KB of
+ * demand misses one after another. T0 up to `ahead`, T1 the next `ahead`. */
+AI void prefetch_start(const char *p, size_t total, size_t ahead) {
+    for (size_t o = 0; o < total && o < ahead; o += 64) _mm_prefetch(p + o, _MM_HINT_T0);
+    for (size_t o = ahead; o < total && o < 2 * ahead; o += 64) _mm_prefetch(p + o, _MM_HINT_T1);
 }
 
 /* ---------------------------------------------------------------- drivers */
@@ -263,6 +320,14 @@ static void q40_matvec(const mat *W, int q5, const xgroup *xg, float *y, int row
     size_t rs = mat_row_bytes(W->dtype, W->cols);
     const char *base = (const char *)W->data;
     int r = row0;
+    if (Q40_START) prefetch_start(base + (size_t)row0 * rs, (size_t)(row1 - row0) * rs, 4 * rs > Q40_PF ? 4 * rs : Q40_PF);
+    if (nblk <= 2) {   /* 1- or 2-block rows: several per group */
+        int vnni = cpu_get_features()->avx512_vnni, done = (row1 - row0) - (row1 - row0) % (4 / nblk);
+        const char *w = base + (size_t)r * rs;
+        if (q5) { if (vnni) q40_narrow(1, 1, w, nblk, xg, y, done, &c); else q40_narrow(1, 0, w, nblk, xg, y, done, &c); }
+        else { if (vnni) q40_narrow(0, 1, w, nblk, xg, y, done, &c); else q40_narrow(0, 0, w, nblk, xg, y, done, &c); }
+        r += done;
+    }
     for (; r + 4 <= row1; r += 4) ts->mv4(base + (size_t)r * rs, rs, nblk, xg, 0, y + (r - row0), 0, 1, &c);
     for (; r < row1; r++) ts->mm[1][1](base + (size_t)r * rs, rs, nblk, xg, 0, y + (r - row0), 0, 1, &c);
 }

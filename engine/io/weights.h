@@ -49,6 +49,9 @@ typedef struct {
     mat kv_a;                   /* [R + dr, H]    kv_a_proj_with_mqa */
     const float *kv_a_norm;     /* [R]            kv_a_layernorm */
     mat kv_b;                   /* [nh*(dn+dv), R] kv_b_proj, rows head-major [dn K | dv V] */
+    mat k_b;                    /* [nh*R, dn]     GGUF attn_k_b as stored (row h*R + r: W_UK[h]^T row r), the
+                                                  decode product q_abs = W_UK^T q_nope; data NULL: use kv_b */
+    mat v_b;                    /* [nh*dv, R]     GGUF attn_v_b as stored (= kv_b's W_UV rows); data NULL: kv_b */
     mat o;                      /* [H, nh*dv]     o_proj */
     const float *post_norm;     /* [H] post_attention_layernorm */
     /* feed-forward: dense or MoE */

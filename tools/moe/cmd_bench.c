@@ -18,7 +18,7 @@
  *             single-token model_forward calls, each fed the previous argmax;
  *             only the forward calls are timed (argmax = "sampling" is timed
  *             apart and shown by --profile)
- *   prefault  before any run, one byte of every page of the tensors used straight
+ *   prefault  before any run, one byte of every page of the tensors used straight (safetensors and GGUF)
  *             from the mapping is read: no timed run pays for page faults or disk
  *             reads (tensors converted at load are not touched: their pages were
  *             released, st_tensor_release)
@@ -232,7 +232,8 @@ static double bytes_per_token(const moe_model *m) {
         const layer_weights *lw = &m->w.layers[i];
         b += 4.0 * (2 * H + c->kv_lora_rank + c->q_lora_rank);       /* norms (f32) */
         b += c->q_lora_rank > 0 ? (double)mat_bytes(&lw->q_a) + mat_bytes(&lw->q_b) : (double)mat_bytes(&lw->q);
-        b += (double)mat_bytes(&lw->kv_a) + mat_bytes(&lw->kv_b) + mat_bytes(&lw->o);
+        b += (double)mat_bytes(&lw->kv_a) + mat_bytes(&lw->o);
+        b += lw->k_b.data ? (double)mat_bytes(&lw->k_b) + mat_bytes(&lw->v_b) : (double)mat_bytes(&lw->kv_b);   /* decode's W_UK, W_UV */
         if (!lw->is_moe) { b += mlp_bytes(&lw->dense); continue; }
         b += (double)mat_bytes(&lw->router) + (lw->router_bias ? 4.0 * c->n_routed_experts : 0);
         double experts = 0;
@@ -290,6 +291,13 @@ static double prefault(const moe_model *m) {
         for (size_t k = 0; k < t->nbytes; k += 4096) sink += p[k];
         if (t->nbytes) sink += p[t->nbytes - 1];
         bytes += (double)t->nbytes;
+    }
+    for (int i = 0; m->w.is_gguf && m->w.gguf.map && i < m->w.gguf.n_tensors; i++) {   /* GGUF: read as mapped */
+        const gguf_tensor *t = &m->w.gguf.tensors[i];
+        const unsigned char *p = t->data;
+        for (size_t k = 0; k < t->n_bytes; k += 4096) sink += p[k];
+        if (t->n_bytes) sink += p[t->n_bytes - 1];
+        bytes += (double)t->n_bytes;
     }
     (void)sink;
     return bytes;
