@@ -124,8 +124,13 @@ AI void mix_tile(const float *e, int nh, int R, const void *rows, int bf16, size
 /* bf16 a constant in each copy, so that the tiles' accumulators stay in registers */
 AI void block(const float *qc, int nh, int W, int R, const void *rows, int bf16, size_t ld, int n, float scale,
               float *scratch, float *m, float *l, float *o) {
-    for (int j0 = 0; j0 < n; j0 += 4)
+    size_t row_bytes = ld * (bf16 ? 2 : 4);
+    for (int j0 = 0; j0 < n; j0 += 4) {
+        /* rows 8 ahead on their way (as the vdpbf16ps kernel: PF_ROWS) */
+        uintptr_t pf = (uintptr_t)rows + (size_t)(j0 + 8) * row_bytes;
+        for (size_t b = 0; b < 4 * row_bytes; b += 64) _mm_prefetch((const char *)(pf + b), _MM_HINT_T0);
         for (int h0 = 0; h0 < nh; h0 += 4) score_tile(qc, nh, W, rows, bf16, ld, n, h0, j0, scale, scratch);
+    }
     for (int h = 0; h < nh; h++) exp512_sub_max(scratch + (size_t)h * n, n, m + h, l + h);
     for (int h0 = 0; h0 < nh; h0 += 8)
         for (int c0 = 0; c0 < R; c0 += 32) mix_tile(scratch, nh, R, rows, bf16, ld, n, h0, c0, o);
