@@ -162,6 +162,11 @@ $(BUILD)/bench/kernels_bench: tools/bench/kernels_bench.c $(BUILD)/libmoe.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -O3 -o $@ $< $(BUILD)/libmoe.a $(DEPLIBS)
 
+# attn_block at depth (tools/bench/attn_bench.c)
+$(BUILD)/bench/attn_bench: tools/bench/attn_bench.c $(BUILD)/libmoe.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -O3 -o $@ $< $(BUILD)/libmoe.a $(DEPLIBS)
+
 # load generator for `moe serve` (tools/bench/serve_load.c; docs/serve.md)
 $(BUILD)/bench/serve_load: tools/bench/serve_load.c
 	@mkdir -p $(dir $@)

@@ -176,7 +176,7 @@ static void deep_item(deep_job *job, int item, int share) {
         int j0 = item * ATTEND_BLOCK, n = p + 1 - j0 < ATTEND_BLOCK ? p + 1 - j0 : ATTEND_BLOCK;
         float *pb = part + (size_t)item * part_block;   /* o [nh][R], then m [nh], then l [nh] */
         attn_block(c->deep_qc, nh, W, R, kv_row_ptr(kv, seq, job->layer, j0), kv->dtype == KV_BF16, (size_t)kv->width, n,
-                   m->rope.softmax_scale, c->share_deep + (size_t)share * nh * ATTEND_BLOCK, pb + (size_t)nh * R,
+                   m->rope.softmax_scale, c->share_deep + (size_t)share * attn_block_scratch(nh, W, ATTEND_BLOCK), pb + (size_t)nh * R,
                    pb + (size_t)nh * R + nh, pb);
     } else {
         int h = item;

@@ -106,7 +106,7 @@ typedef struct moe_ctx {
     float *deep_qc;     /* [nh, R + dr] the token's q_abs | q_pe per head */
     float *deep_part;   /* [NB, nh, R + 2] per block of positions: o (R), m, l */
     float *deep_olat;   /* [nh, R] the merged latent outputs */
-    float *share_deep;  /* [P, nh, ATTEND_BLOCK] a share's exp(score - max) of its block */
+    float *share_deep;  /* [P, attn_block_scratch(nh, R + dr, ATTEND_BLOCK)] a share's attn_block scratch */
     /* MoE scratch */
     int *route_ids;     /* [B, K] */
     float *route_w;     /* [B, K] */

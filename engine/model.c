@@ -106,7 +106,7 @@ int ctx_init(moe_ctx *s, const moe_model *m, moe_error *err) {
     ALLOC(s->deep_qc, (size_t)nh * (R + dr));
     ALLOC(s->deep_part, (size_t)n_blocks * nh * (R + 2));
     ALLOC(s->deep_olat, (size_t)nh * R);
-    ALLOC(s->share_deep, (size_t)s->n_shares * nh * ATTEND_BLOCK);
+    ALLOC(s->share_deep, (size_t)s->n_shares * attn_block_scratch(nh, R + dr, ATTEND_BLOCK));
     if (m->opt.kv_dtype != KV_F32) ALLOC(s->kv_f32, (size_t)S * (R + dr));
     if (E > 0) {
         ALLOC(s->logits_b, (size_t)B * E);

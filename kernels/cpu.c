@@ -87,6 +87,7 @@ static const kernel_set *best_set(void) {
             set_avx512.bf16bf16 = matvec_rows_bf16bf16_avx512bf16;
             set_avx512.bf16bf16_mm = matmul_rows_bf16bf16_avx512bf16;
         }
+        set_avx512.attn_block = f->avx512_bf16 ? attn_block_avx512bf16 : attn_block_avx512;
         set_avx512.name = f->avx512_bf16 && f->avx512_vnni ? "avx512-bf16-vnni"
                         : f->avx512_vnni                   ? "avx512-vnni"
                         : f->avx512_bf16                   ? "avx512-bf16"
@@ -265,6 +266,7 @@ void attn_block(const float *qc, int nh, int W, int R, const void *rows, int bf1
     (active->attn_block ? active->attn_block : attn_block_ref)(qc, nh, W, R, rows, bf16, ld, n, scale, scratch, m, l, o);
 }
 int attn_block_fast(void) { return active->attn_block != NULL; }
+int attn_block_bf16_rounds(void) { return active->attn_block == attn_block_avx512bf16; }
 void quantize_row_q8(const float *x, block_q8 *out, int n) { active->quantize_q8(x, out, n); }
 void quantize_row_bf16(const float *x, uint16_t *out, int n) { active->quantize_bf16(x, out, n); }
 int quantize_row_q8_K(const float *x, block_q8_K *out, int n) { return active->quantize_q8K(x, out, n); }

@@ -276,6 +276,14 @@ void attn_block_ref(const float *qc, int nh, int W, int R, const void *rows, int
                     float *scratch, float *m, float *l, float *o);
 /* 1 if the kernel set has a fast attn_block (else attention.c keeps its per-head loops). */
 int attn_block_fast(void);
+/* Where the CPU has AVX512_BF16, attn_block on bf16 rows (bf16 = 1) runs vdpbf16ps: the
+ * query and e rounded to bf16 (round to nearest even), l = sum of the rounded e; its
+ * reference is attn_block_bf16_ref and attn_block_bf16_rounds() is 1. scratch then holds
+ * attn_block_scratch(nh, W, n) floats (e first, [nh][n], as above); f32 rows need nh * n. */
+int attn_block_bf16_rounds(void);
+void attn_block_bf16_ref(const float *qc, int nh, int W, int R, const uint16_t *rows, size_t ld, int n, float scale,
+                         float *scratch, float *m, float *l, float *o);
+size_t attn_block_scratch(int nh, int W, int n);
 
 /* ---------------------------------------------------------------- CPU features */
 

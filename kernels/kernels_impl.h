@@ -52,6 +52,8 @@ void vec_axpy_avx512(float *y, float a, const float *x, int n);
 float vec_dot_bf16_avx512(const float *a, const uint16_t *b, int n);
 void attn_block_avx512(const float *qc, int nh, int W, int R, const void *rows, int bf16, size_t ld, int n, float scale,
                        float *scratch, float *m, float *l, float *o);
+void attn_block_avx512bf16(const float *qc, int nh, int W, int R, const void *rows, int bf16, size_t ld, int n,
+                           float scale, float *scratch, float *m, float *l, float *o);
 void vec_axpy_bf16_avx512(float *y, float a, const uint16_t *x, int n);
 int vec_argmax_avx512(const float *x, int n);
 void router_topk_avx512(const float *x, int n, int k, int *idx);

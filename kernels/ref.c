@@ -405,6 +405,34 @@ void attn_block_ref(const float *qc, int nh, int W, int R, const void *rows, int
     }
 }
 
+/* attn_block's arithmetic on bf16 rows where the CPU has AVX512_BF16 (vdpbf16ps): the query
+ * and the exp weights rounded to bf16, l the sum of the rounded weights. */
+void attn_block_bf16_ref(const float *qc, int nh, int W, int R, const uint16_t *rows, size_t ld, int n, float scale,
+                         float *scratch, float *m, float *l, float *o) {
+    for (int h = 0; h < nh; h++) {
+        float *e = scratch + (size_t)h * n, mx = -INFINITY;
+        for (int j = 0; j < n; j++) {
+            float s = 0.0f;
+            for (int c = 0; c < W; c++) s += bf16_to_f32(f32_to_bf16(qc[(size_t)h * W + c])) * bf16_to_f32(rows[(size_t)j * ld + c]);
+            e[j] = scale * s;
+            if (e[j] > mx) mx = e[j];
+        }
+        float sum = 0.0f;
+        for (int j = 0; j < n; j++) { e[j] = bf16_to_f32(f32_to_bf16(expf(e[j] - mx))); sum += e[j]; }
+        m[h] = mx;
+        l[h] = sum;
+        float *oh = o + (size_t)h * R;
+        for (int c = 0; c < R; c++) oh[c] = 0.0f;
+        for (int j = 0; j < n; j++)
+            for (int c = 0; c < R; c++) oh[c] += e[j] * bf16_to_f32(rows[(size_t)j * ld + c]);
+    }
+}
+
+size_t attn_block_scratch(int nh, int W, int n) {
+    size_t n2 = (size_t)n + (n & 1), Wp = ((size_t)W + 31) & ~(size_t)31;
+    return (size_t)nh * n + (size_t)nh * n2 / 2 + (size_t)nh * Wp / 2;
+}
+
 /* ---------------------------------------------------------------- top-k */
 
 /* Rank key: NaN below every number (including -inf); ties go to the lower index. */

@@ -299,10 +299,22 @@ static void test_long_chunk_vs_decode(void **state) {
 /* Decoding at depth (attend_deep: all heads at once, blocks of ATTEND_BLOCK positions merged
  * flash-decoding style) against prefill chunks (matrix products over the whole cache): 700
  * positions = 3 blocks, f32 and bf16 caches, 1 and 2 threads (the blocks may run on either
- * thread: the same bits). Bounds: f32 cache 1e-5 (measured 2.4e-7); bf16 cache 5e-5 (measured
- * 3e-7 and 7e-6): the two paths' 1e-7 differences in a later layer's latent can flip the bf16
+ * thread: the same bits). Bounds: f32 cache 1e-5 (measured 2.4e-7).
+ * bf16 cache, f32 arithmetic (attn_block_bf16_rounds() = 0: no AVX512_BF16): 5e-5 (measured 3e-7
+ * and 7e-6): the two paths' 1e-7 differences in a later layer's latent can flip the bf16
  * rounding of a value that sits near a rounding boundary (a 2^-9 step in that one value), so
- * the bf16 cache amplifies summation-order differences. */
+ * the bf16 cache amplifies summation-order differences.
+ * bf16 cache, vdpbf16ps (q and the exp weights rounded to bf16): the error of each position's
+ * logits (relative to its max |logit|) against an f32-cache prefill, the closer reference:
+ * median <= 1e-3 (measured 3.0e-4 tiny-bf16, 4.5e-4 mix-f32; the bf16 cache with f32 arithmetic
+ * 1.6e-4 / 2.6e-4) and 99th percentile <= KV_BF16_TOL (measured 6.2e-4 / 1.5e-3). Not the max:
+ * on these random-weight models the bf16 cache alone, in either arithmetic and in prefill too,
+ * moves 1-4 of the 572 positions by 0.1-0.3 (a router's top-k flipping at a near tie). */
+static int cmp_dbl(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
 static void test_deep_decode(void **state) {
     (void)state;
     static const char *cases[] = {"tiny-bf16", "mix-f32"};
@@ -336,8 +348,32 @@ static void test_deep_decode(void **state) {
             double e = rel_err_f32(lb + deep, la + deep, (size_t)T * V - deep);
             print_message("%s, %s cache: decode at depth %d..%d vs prefill chunks rel.err %.2e%s\n", cases[ci],
                           kv_dtype_name(kt), ATTEND_DEEP_MIN, T - 1, e, attn_block_fast() ? "" : " (no attn_block kernel here)");
-            if (e > (kvd ? 5e-5 : 1e-5))
+            if (kvd && attn_block_bf16_rounds()) {   /* per position against an f32-cache prefill */
+                moe_session f;
+                model_options of = { .max_seq = T, .batch_max = split, .kv_dtype = KV_F32, .n_threads = 1 };
+                assert_int_equal(session_open(&f, dir, &of, 1, &err), 0);
+                float *lf = malloc(sizeof(float) * (size_t)T * V);
+                for (int t0 = 0; t0 < T; t0 += split) {
+                    int n = T - t0 < split ? T - t0 : split;
+                    assert_int_equal(model_forward_seq(&f.m, &f.c, &f.kv, 0, tok + t0, n, t0, lf + (size_t)t0 * V, 1, NULL, &err), 0);
+                }
+                int ne = T - ATTEND_DEEP_MIN;
+                double *ev = malloc(sizeof(double) * ne);
+                for (int i = 0; i < ne; i++) {
+                    size_t o = (size_t)(ATTEND_DEEP_MIN + i) * V;
+                    ev[i] = rel_err_f32(lb + o, lf + o, V);
+                }
+                qsort(ev, ne, sizeof *ev, cmp_dbl);
+                double med = ev[ne / 2], p99 = ev[ne * 99 / 100];
+                print_message("%s, bf16 cache, vdpbf16ps attn_block: decode at depth vs f32-cache prefill per position: "
+                              "median %.2e, p99 %.2e, max %.2e\n", cases[ci], med, p99, ev[ne - 1]);
+                if (med > 1e-3 || p99 > KV_BF16_TOL)
+                    fail_msg("%s bf16 cache: decode at depth vs f32-cache prefill: median %.3e p99 %.3e", cases[ci], med, p99);
+                free(ev); free(lf);
+                session_close(&f);
+            } else if (e > (kvd ? 5e-5 : 1e-5)) {
                 fail_msg("%s %s cache: decode at depth vs prefill rel.err %.3e", cases[ci], kv_dtype_name(kt), e);
+            }
             if (memcmp(lb, lb2, sizeof(float) * (size_t)T * V))
                 fail_msg("%s %s cache: decode logits differ between 1 and 2 threads", cases[ci], kv_dtype_name(kt));
             free(tok); free(la); free(lb); free(lb2);

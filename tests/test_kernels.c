@@ -916,62 +916,132 @@ static void test_vec_bf16(void **state) {
     assert_true(tested >= NELEM(VN));
 }
 
-/* attn_block (decode attention over a block of cache rows, all heads at once) against its
- * reference, f32 and bf16 rows, on head counts, row widths and block lengths that hit every
- * tile tail (4 heads x 4 rows for the scores, 8 heads x 32 values for the mix). Bounds: a
- * score is a dot of W terms (dot_tol); e = exp(s - m) moves by e (|ds| + |dm|) plus the
- * polynomial's few ulp; l and o are sums of n such terms (their own (n + 8) u rounding on
- * top). A dropped row, head or column moves a value by far more. */
+/* attn_block (decode attention over a block of cache rows, all heads at once): each kernel
+ * (the f32-FMA one, the vdpbf16ps one, and the dispatch attn_block) on head counts, row widths
+ * and block lengths that hit every tile tail (4 heads x 4 rows for the scores, 8 heads x 32
+ * values for the mix, W % 32 and R % 32 for the bf16 pairs, odd n for the row pairs).
+ * f32 arithmetic (attn_block_ref's): a score is a dot of W terms (dot_tol); e = exp(s - m)
+ * moves by e (|ds| + |dm|) plus the polynomial's few ulp; l and o are sums of n such terms
+ * (their own (n + 8) u rounding on top).
+ * bf16 arithmetic (attn_block_bf16_ref's; the reference is checked the same way): s and m from
+ * the bf16-rounded query in double within dot_tol; each e the bf16 rounding of a value within
+ * the f32 bound above of exp(s - m) (so at most one bf16 step from the reference's where the
+ * f32 value sits at a rounding boundary); l the sum of the kernel's own e and o the e-weighted
+ * sum of the rows, both in double within (n + 8) u. A dropped row, head or column moves a
+ * value by far more. */
+typedef void (*attn_block_fn)(const float *, int, int, int, const void *, int, size_t, int, float, float *, float *, float *,
+                              float *);
+static void attn_block_bf16_ref_fn(const float *qc, int nh, int W, int R, const void *rows, int bf16, size_t ld, int n,
+                                   float scale, float *scratch, float *m, float *l, float *o) {
+    assert_int_equal(bf16, 1);
+    attn_block_bf16_ref(qc, nh, W, R, rows, ld, n, scale, scratch, m, l, o);
+}
+
+/* checks one kernel's output on one shape; rounds = bf16 arithmetic. Returns max |o - o_exact| / max |o_exact|. */
+static double check_attn_block(const char *name, attn_block_fn fn, int rounds, int nh, int R, int dr, int n, int bf16,
+                               size_t ld) {
+    int W = R + dr;
+    float *q = make_vec(nh * W, 0), *rows32 = make_vec((int)(ld * n), 0);
+    uint16_t *rows16 = malloc(2 * ld * n);
+    for (size_t i = 0; i < ld * n; i++) { rows16[i] = f32_to_bf16(rows32[i]); if (bf16) rows32[i] = bf16_to_f32(rows16[i]); }
+    const void *rows = bf16 ? (const void *)rows16 : rows32;
+    float scale = 0.125f;
+    size_t ns = attn_block_scratch(nh, W, n);
+    float *sa = malloc(sizeof(float) * nh * n), *sb = malloc(sizeof(float) * ns);
+    float ma[32], la[32], mb[32], lb[32], *oa = malloc(sizeof(float) * nh * R), *ob = malloc(sizeof(float) * nh * R);
+    attn_block_ref(q, nh, W, R, rows, bf16, ld, n, scale, sa, ma, la, oa);
+    fn(q, nh, W, R, rows, bf16, ld, n, scale, sb, mb, lb, ob);
+    double err = 0, omax = 0;
+    for (int h = 0; h < nh; h++) {
+        for (int c = 0; c < R; c++) { err = fmax(err, fabs(ob[h * R + c] / lb[h] - oa[h * R + c] / la[h])); omax = fmax(omax, fabs(oa[h * R + c] / la[h])); }
+        double tol_s = 0;
+        for (int j = 0; j < n; j++) {
+            double S = 0;
+            for (int c = 0; c < W; c++) S += fabs((double)q[h * W + c] * rows32[j * ld + c]);
+            tol_s = fmax(tol_s, dot_tol(W, S) * scale);
+        }
+        if (!rounds) {
+            if (fabs(ma[h] - mb[h]) > tol_s) fail_msg("%s nh %d R %d n %d bf16 %d: m[%d] %g vs %g", name, nh, R, n, bf16, h, mb[h], ma[h]);
+            double tol_l = 0;
+            for (int j = 0; j < n; j++) {
+                double e = sa[h * n + j], te = e * (2 * tol_s + 8 * FLT_EPSILON) + 1e-30;
+                if (fabs(sb[h * n + j] - e) > te) fail_msg("%s nh %d R %d n %d bf16 %d: e[%d][%d] %g vs %g", name, nh, R, n, bf16, h, j, sb[h * n + j], e);
+                tol_l += te + (n + 8) * FLT_EPSILON * e;
+            }
+            if (fabs(lb[h] - la[h]) > tol_l) fail_msg("%s nh %d R %d n %d bf16 %d: l[%d] %g vs %g", name, nh, R, n, bf16, h, lb[h], la[h]);
+            for (int c = 0; c < R; c++) {
+                double tol_o = 1e-30;
+                for (int j = 0; j < n; j++) {
+                    double e = sa[h * n + j], x = fabs(rows32[j * ld + c]);
+                    tol_o += (e * (2 * tol_s + 8 * FLT_EPSILON) + (n + 8) * FLT_EPSILON * e) * x;
+                }
+                if (fabs(ob[h * R + c] - oa[h * R + c]) > tol_o)
+                    fail_msg("%s nh %d R %d n %d bf16 %d: o[%d][%d] %g vs %g", name, nh, R, n, bf16, h, c, ob[h * R + c], oa[h * R + c]);
+            }
+            continue;
+        }
+        /* bf16 arithmetic: scores of the rounded query in double */
+        double *sd = malloc(sizeof(double) * n), md = -INFINITY, L = 0;
+        for (int j = 0; j < n; j++) {
+            double S = 0;
+            for (int c = 0; c < W; c++) S += (double)bf16_to_f32(f32_to_bf16(q[h * W + c])) * rows32[j * ld + c];
+            sd[j] = scale * S;
+            md = fmax(md, sd[j]);
+        }
+        if (fabs(mb[h] - md) > tol_s) fail_msg("%s nh %d R %d n %d: m[%d] %g vs %g", name, nh, R, n, h, mb[h], md);
+        for (int j = 0; j < n; j++) {
+            double e = exp(sd[j] - md), te = e * (2 * tol_s + 8 * FLT_EPSILON) + 1e-30;
+            float lo = bf16_to_f32(f32_to_bf16((float)(e - te))), hi = bf16_to_f32(f32_to_bf16((float)(e + te)));
+            float eb = sb[h * n + j];
+            if (!(eb >= lo && eb <= hi) || bf16_to_f32(f32_to_bf16(eb)) != eb)
+                fail_msg("%s nh %d R %d n %d: e[%d][%d] %.9g not a bf16 in [%.9g, %.9g] (exp %.9g)", name, nh, R, n, h, j, eb, lo, hi, e);
+            L += eb;
+        }
+        if (fabs(lb[h] - L) > (n + 8) * FLT_EPSILON * L) fail_msg("%s nh %d R %d n %d: l[%d] %.9g vs sum e %.9g", name, nh, R, n, h, lb[h], L);
+        for (int c = 0; c < R; c++) {
+            double O = 0, A = 0;
+            for (int j = 0; j < n; j++) { O += (double)sb[h * n + j] * rows32[j * ld + c]; A += fabs((double)sb[h * n + j] * rows32[j * ld + c]); }
+            if (fabs(ob[h * R + c] - O) > (n + 8) * FLT_EPSILON * A + 1e-30)
+                fail_msg("%s nh %d R %d n %d: o[%d][%d] %.9g vs %.9g", name, nh, R, n, h, c, ob[h * R + c], O);
+        }
+        free(sd);
+    }
+    free(q); free(rows32); free(rows16); free(sa); free(sb); free(oa); free(ob);
+    return err / (omax > 0 ? omax : 1);
+}
+
 static void test_attn_block(void **state) {
     (void)state;
     static const int shapes[][4] = {   /* nh, R, dr, n */
-        {8, 256, 32, 256}, {8, 256, 32, 1}, {8, 256, 32, 7}, {1, 32, 8, 5}, {3, 40, 8, 17}, {5, 48, 16, 4},
-        {12, 64, 16, 33}, {16, 512, 64, 9}, {8, 20, 4, 3}, {9, 96, 32, 64},
+        {8, 256, 32, 256}, {8, 256, 32, 1}, {8, 256, 32, 7}, {8, 256, 32, 2}, {8, 256, 32, 255}, {1, 32, 8, 5},
+        {3, 40, 8, 17}, {5, 48, 16, 4}, {12, 64, 16, 33}, {16, 512, 64, 9}, {8, 20, 4, 3}, {9, 96, 32, 64},
+        {2, 16, 0, 6}, {4, 33, 31, 11}, {6, 70, 2, 1}, {7, 128, 64, 130}, {10, 24, 8, 8}, {13, 31, 1, 12},
     };
-    if (!attn_block_fast()) { print_message("attn_block: no fast kernel on this CPU (reference only)\n"); }
+    const cpu_features *f = cpu_get_features();
+    struct { const char *name; attn_block_fn fn; int bf16_rounds, on; } v[] = {
+        {"attn_block_avx512", attn_block_avx512, 0, f->avx512f && f->avx2_fma},
+        {"attn_block_avx512bf16", attn_block_avx512bf16, 1, f->avx512_bf16 && f->avx512f && f->avx2_fma},
+        {"attn_block_bf16_ref", attn_block_bf16_ref_fn, 1, 1},
+        {"attn_block", attn_block, attn_block_bf16_rounds(), 1},
+    };
+    if (!attn_block_fast()) print_message("attn_block: no fast kernel on this CPU (reference only)\n");
+    if (!v[1].on) print_message("attn_block: no AVX512_BF16 on this CPU: the vdpbf16ps kernel is not tested\n");
+    assert_int_equal(attn_block_bf16_rounds(), v[1].on);
     int tested = 0;
-    for (int si = 0; si < NELEM(shapes); si++)
-        for (int bf16 = 0; bf16 < 2; bf16++) {
-            int nh = shapes[si][0], R = shapes[si][1], dr = shapes[si][2], n = shapes[si][3], W = R + dr;
-            size_t ld = (size_t)W + 3 * (si % 2);   /* rows with a gap between them on some shapes */
-            float *q = make_vec(nh * W, 0), *rows32 = make_vec((int)(ld * n), 0);
-            uint16_t *rows16 = malloc(2 * ld * n);
-            for (size_t i = 0; i < ld * n; i++) { rows16[i] = f32_to_bf16(rows32[i]); if (bf16) rows32[i] = bf16_to_f32(rows16[i]); }
-            const void *rows = bf16 ? (const void *)rows16 : rows32;
-            float scale = 0.125f;
-            float *sa = malloc(sizeof(float) * nh * n), *sb = malloc(sizeof(float) * nh * n);
-            float ma[32], la[32], mb[32], lb[32], *oa = malloc(sizeof(float) * nh * R), *ob = malloc(sizeof(float) * nh * R);
-            attn_block_ref(q, nh, W, R, rows, bf16, ld, n, scale, sa, ma, la, oa);
-            attn_block(q, nh, W, R, rows, bf16, ld, n, scale, sb, mb, lb, ob);
-            for (int h = 0; h < nh; h++) {
-                double tol_s = 0;
-                for (int j = 0; j < n; j++) {
-                    double S = 0;
-                    for (int c = 0; c < W; c++) S += fabs((double)q[h * W + c] * rows32[j * ld + c]);
-                    tol_s = fmax(tol_s, dot_tol(W, S) * scale);
-                }
-                if (fabs(ma[h] - mb[h]) > tol_s) fail_msg("attn_block nh %d R %d n %d bf16 %d: m[%d] %g vs %g", nh, R, n, bf16, h, mb[h], ma[h]);
-                double tol_l = 0;
-                for (int j = 0; j < n; j++) {
-                    double e = sa[h * n + j], te = e * (2 * tol_s + 8 * FLT_EPSILON) + 1e-30;
-                    if (fabs(sb[h * n + j] - e) > te) fail_msg("attn_block nh %d R %d n %d bf16 %d: e[%d][%d] %g vs %g", nh, R, n, bf16, h, j, sb[h * n + j], e);
-                    tol_l += te + (n + 8) * FLT_EPSILON * e;
-                }
-                if (fabs(lb[h] - la[h]) > tol_l) fail_msg("attn_block nh %d R %d n %d bf16 %d: l[%d] %g vs %g", nh, R, n, bf16, h, lb[h], la[h]);
-                for (int c = 0; c < R; c++) {
-                    double tol_o = 1e-30;
-                    for (int j = 0; j < n; j++) {
-                        double e = sa[h * n + j], x = fabs(rows32[j * ld + c]);
-                        tol_o += (e * (2 * tol_s + 8 * FLT_EPSILON) + (n + 8) * FLT_EPSILON * e) * x;
-                    }
-                    if (fabs(ob[h * R + c] - oa[h * R + c]) > tol_o)
-                        fail_msg("attn_block nh %d R %d n %d bf16 %d: o[%d][%d] %g vs %g", nh, R, n, bf16, h, c, ob[h * R + c], oa[h * R + c]);
-                }
+    for (int k = 0; k < NELEM(v); k++) {
+        if (!v[k].on) continue;
+        for (int si = 0; si < NELEM(shapes); si++)
+            for (int bf16 = 0; bf16 < 2; bf16++) {
+                if (v[k].fn == attn_block_bf16_ref_fn && !bf16) continue;
+                int nh = shapes[si][0], R = shapes[si][1], dr = shapes[si][2], n = shapes[si][3];
+                size_t ld = (size_t)(R + dr) + 3 * (si % 2);   /* rows with a gap between them on some shapes */
+                double e = check_attn_block(v[k].name, v[k].fn, bf16 && v[k].bf16_rounds, nh, R, dr, n, bf16, ld);
+                if (si == 0 && bf16)
+                    print_message("%s, bf16 rows, nh 8 R 256 dr 32 n 256: o / l vs f32 arithmetic: max rel.err %.2e\n", v[k].name, e);
+                tested++;
             }
-            tested++;
-            free(q); free(rows32); free(rows16); free(sa); free(sb); free(oa); free(ob);
-        }
-    assert_int_equal(tested, 2 * NELEM(shapes));
+    }
+    assert_true(tested >= 3 * NELEM(shapes));
 }
 
 /* ---------------------------------------------------------------- quantization */
