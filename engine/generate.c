@@ -204,17 +204,21 @@ int speculative_resolve(sampler *s, float *p, const float *q, int d, int V) {
 /* ------------------------------------------------------------------ MTP: costs and policy */
 
 /* Acceptance with a prior of one accepted draft in two, of one confidence bucket (-1: all). */
-static double acceptance_of(const long *drafted, const long *accepted, int bucket) {
+static double acceptance(const mtp_costs *c, int bucket) {
     long d = 0, a = 0;
     for (int b = 0; b < MTP_CONF_BUCKETS; b++)
-        if (bucket < 0 || b == bucket) { d += drafted[b]; a += accepted[b]; }
+        if (bucket < 0 || b == bucket) { d += c->drafted[b]; a += c->accepted[b]; }
     return (a + 1.0) / (d + 2.0);
 }
 
-static double acceptance(const mtp_costs *c, int bucket) { return acceptance_of(c->drafted, c->accepted, bucket); }
-
-/* auto mode's: over all runs since generator_enable_mtp */
-static double ctl_acceptance(const generator *g, int bucket) { return acceptance_of(g->ctl.drafted, g->ctl.accepted, bucket); }
+/* auto mode's, the same over all runs since generator_enable_mtp, checked drafts included */
+static double ctl_acceptance(const generator *g, int bucket) {
+    long d = 0;
+    double a = 0;
+    for (int b = 0; b < MTP_CONF_BUCKETS; b++)
+        if (bucket < 0 || b == bucket) { d += g->ctl.drafted[b]; a += g->ctl.accepted[b]; }
+    return (a + 1.0) / (d + 2.0);
+}
 
 double mtp_cost_plain(const mtp_costs *c) { return c->n_plain ? c->plain_s / c->n_plain : 0; }
 
@@ -328,10 +332,16 @@ static int should_draft(generator *g) {
 }
 
 /* Auto mode, a draft in hand: verify it? Not when its confidence bucket's acceptance says
- * the verification yields fewer tokens than plain steps would in its time. */
+ * the verification yields fewer tokens than plain steps would in its time (the verification's
+ * cost in plain steps: the step ratio x its share of a speculative step, both from steps of
+ * the same moments, so a change of load between the modes' samples does not count). A draft
+ * not verified is checked against the next plain step's logits, so every bucket's acceptance
+ * keeps being measured. */
 static int should_verify(const generator *g, int bucket) {
-    if (g->mode == MTP_ALWAYS || g->ctl.probing || !g->ctl.plain.n || !g->ctl.verify.n) return 1;   /* a re-measurement verifies */
-    return (1 + ctl_acceptance(g, bucket)) * mtp_auto_plain(g) > win_median(&g->ctl.verify);
+    const mtp_auto *a = &g->ctl;
+    if (g->mode == MTP_ALWAYS || !a->ratio.n || !a->verify.n || !a->spec_step.n) return 1;
+    double v_rel = win_mean(&a->ratio) * win_median(&a->verify) / win_median(&a->spec_step);
+    return 1 + ctl_acceptance(g, bucket) > v_rel;
 }
 
 /* The MTP distribution's probability of its draft d: its confidence bucket. */
@@ -384,6 +394,7 @@ static int run_mtp(generator *g, int max_new, generate_emit emit, void *ctx, moe
         int n = g->n_history;
         if (n + 1 > S) break;   /* the context is full */
         int d = -1, bucket = 0, timed = 1;   /* timed: the step counts in auto mode's windows */
+        int shadow = -1;                     /* a draft not verified, checked against the plain step */
         double t_step = clk(g), t_cache = 0;    /* t_cache: cache-only MTP rows, not part of the sample */
         if (n + 2 <= S && should_draft(g)) {
             /* 1. draft */
@@ -406,10 +417,22 @@ static int run_mtp(generator *g, int max_new, generate_emit emit, void *ctx, moe
                 d = sampler_draw(g->smp, g->q_draft);
             }
             bucket = confidence_bucket(g, d);
-            if (!should_verify(g, bucket)) { d = -1; cost->skipped++; timed = 0; }
+            if (!should_verify(g, bucket)) { shadow = d; d = -1; cost->skipped++; timed = 0; }
         }
         if (d < 0) {   /* a plain step: x alone */
             if (main_pass(g, &x, 1, g->logits, 0, MTP_PASS_PLAIN, &cost->plain_s, err)) return MOE_FAIL;
+            if (shadow >= 0) {   /* an unverified draft: would the verification have accepted it? */
+                double acc;
+                if (greedy) acc = sampler_argmax(g->logits, V) == shadow;
+                else {
+                    sampler_distribution(g->smp, g->logits, g->p_target);
+                    float q = g->q_draft[shadow], p = g->p_target[shadow];
+                    acc = q > 0 ? (p >= q ? 1.0 : (double)p / q) : 0.0;   /* min(1, p/q) */
+                }
+                g->ctl.drafted[bucket]++;
+                g->ctl.accepted[bucket] += acc;
+                g->ctl.n_shadow++;
+            }
             cost->n_plain++;
             g->ctl.n_plain_steps++;
             g->history[g->n_history++] = x;

@@ -52,7 +52,9 @@ typedef struct {
     long n_remeasure;              /* re-measurements so far */
     long n_switch;                 /* switches of mode so far */
     long n_spec_steps, n_plain_steps;   /* steps run in each mode (kept across runs, as the windows) */
-    long drafted[MTP_CONF_BUCKETS], accepted[MTP_CONF_BUCKETS];   /* verified drafts, kept across runs */
+    long drafted[MTP_CONF_BUCKETS];      /* drafts verified, or checked against the next plain step's logits */
+    double accepted[MTP_CONF_BUCKETS];   /* of them accepted (a check: the probability it would have been) */
+    long n_shadow;                 /* drafts not verified but checked (a re-measurement's cheap half) */
 } mtp_auto;
 
 /* The clock auto mode and the cost figures read: NULL = CLOCK_MONOTONIC seconds. A test sets a

@@ -131,7 +131,8 @@ static void test_toy_mtp_q8_drafts(void **state) { (void)state; toy_mtp_greedy(W
 /* --mtp auto on the virtual clock, greedy, 160 tokens after each of several held-out
  * prompts (a fresh controller each). Returns the speculative and plain steps summed, and
  * how many runs ended speculating. */
-static void toy_auto_virtual(double pass, double tok, double mtp, long *spec, long *plain, int *ended_spec, int *runs) {
+static void toy_auto_virtual(double pass, double tok, double mtp, long *spec, long *plain, int *ended_spec, int *runs,
+                             long *shadow, double *acceptance) {
     st_set g;
     moe_error err = {{0}};
     if (st_open_file(&g, GOLDEN, &err)) fail_msg("%s", err.msg);
@@ -145,6 +146,9 @@ static void toy_auto_virtual(double pass, double tok, double mtp, long *spec, lo
     assert_int_equal(sampler_init(&s, m.m.cfg.vocab_size, &greedy, &err), 0);
     *spec = *plain = 0;
     *ended_spec = *runs = 0;
+    *shadow = 0;
+    long drafted = 0;
+    double accepted = 0;
     for (int start = 0; start + 8 <= T && *runs < 4; start += 16) {
         generator gen;
         mtp_vclock v;
@@ -157,10 +161,13 @@ static void toy_auto_virtual(double pass, double tok, double mtp, long *spec, lo
         *spec += gen.ctl.n_spec_steps;
         *plain += gen.ctl.n_plain_steps;
         *ended_spec += gen.ctl.spec;
+        *shadow += gen.ctl.n_shadow;
+        for (int b = 0; b < MTP_CONF_BUCKETS; b++) { drafted += gen.ctl.drafted[b]; accepted += gen.ctl.accepted[b]; }
         (*runs)++;
         m.c.on_route = NULL;
         generator_free(&gen);
     }
+    *acceptance = drafted ? accepted / drafted : 0;
     sampler_free(&s);
     session_close(&m);
     st_close(&g);
@@ -170,9 +177,10 @@ static void toy_auto_virtual(double pass, double tok, double mtp, long *spec, lo
  * at the toy's acceptance a speculative step (1.4 for ~1.7 tokens) pays: auto speculates. */
 static void test_toy_mtp_auto_settles_on_mtp(void **state) {
     (void)state;
-    long spec, plain;
+    long spec, plain, shadow;
     int ended, runs;
-    toy_auto_virtual(1.0, 0.05, 0.1, &spec, &plain, &ended, &runs);
+    double acc;
+    toy_auto_virtual(1.0, 0.05, 0.1, &spec, &plain, &ended, &runs, &shadow, &acc);
     print_message("auto where drafting pays: %ld speculative, %ld plain steps; %d of %d runs ended speculating\n", spec,
                   plain, ended, runs);
     assert_int_equal(ended, runs);
@@ -180,16 +188,21 @@ static void test_toy_mtp_auto_settles_on_mtp(void **state) {
 }
 
 /* A plain step costs 3 (3 MoE layers x 1), a verification 6, a draft 0.5: speculating never
- * pays, whatever the acceptance: auto settles on plain steps. */
+ * pays, whatever the acceptance: auto settles on plain steps. After the first measurement
+ * its re-measurements only draft (a verification cannot pay) and check the draft against the
+ * next plain step: that acceptance is the toy's, 60-80 %. */
 static void test_toy_mtp_auto_settles_on_plain(void **state) {
     (void)state;
-    long spec, plain;
+    long spec, plain, shadow;
     int ended, runs;
-    toy_auto_virtual(0.0, 1.0, 0.5, &spec, &plain, &ended, &runs);
-    print_message("auto where drafting does not pay: %ld speculative, %ld plain steps; %d of %d runs ended speculating\n",
-                  spec, plain, ended, runs);
+    double acc;
+    toy_auto_virtual(0.0, 1.0, 0.5, &spec, &plain, &ended, &runs, &shadow, &acc);
+    print_message("auto where drafting does not pay: %ld speculative, %ld plain steps, %ld drafts checked without "
+                  "verifying; acceptance %.2f; %d of %d runs ended speculating\n", spec, plain, shadow, acc, ended, runs);
     assert_int_equal(ended, 0);
     assert_true(spec <= 8L * runs);   /* the first measurement and re-measurements at 8, 40, 168 */
+    assert_true(shadow >= runs);
+    assert_true(acc > 0.4 && acc < 0.95);
 }
 
 int main(void) {
