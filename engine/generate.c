@@ -395,16 +395,17 @@ static int run_mtp(generator *g, int max_new, generate_emit emit, void *ctx, moe
         if (n + 1 > S) break;   /* the context is full */
         int d = -1, bucket = 0, timed = 1;   /* timed: the step counts in auto mode's windows */
         int shadow = -1;                     /* a draft not verified, checked against the plain step */
+        int rows = 0;                        /* cache-only MTP rows caught up this step */
+        double t_draft = 0;
         double t_step = clk(g), t_cache = 0;    /* t_cache: cache-only MTP rows, not part of the sample */
         if (n + 2 <= S && should_draft(g)) {
             /* 1. draft */
             int behind = n - g->mtp_valid;   /* MTP positions to run: 1, 2 after an accepted draft, more after plain steps */
             model_profile *saved = g->ctx->prof;
             if (g->prof) g->ctx->prof = &g->prof[MTP_PASS_DRAFT];
-            int rows = 0;
             double t0 = clk(g);
             int rc = mtp_catch_up(g, x, &t_cache, &rows, err);
-            double dt = clk(g) - t0;
+            double dt = t_draft = clk(g) - t0;
             g->ctx->prof = saved;
             if (rc) return MOE_FAIL;
             if (behind == 1) { cost->draft_s += dt; cost->n_draft++; }
@@ -439,8 +440,15 @@ static int run_mtp(generator *g, int max_new, generate_emit emit, void *ctx, moe
             if (g->n_generated >= max_new) break;
             x = sampler_sample(g->smp, g->logits);
             stop = emit_token(g, x, emit, ctx, err);
+            double t = clk(g) - t_step;
+            if (shadow >= 0) {
+                cost->rows_s += t_cache;
+                cost->unverified_s += t_draft - t_cache;
+                cost->step_plain_s += t - t_draft;
+            } else {
+                cost->step_plain_s += t;
+            }
             if (timed) {
-                double t = clk(g) - t_step;
                 if (g->ctl.spec && g->ctl.spec_step.n) win_push(&g->ctl.ratio, win_recent(&g->ctl.spec_step, MTP_RECENT) / t);
                 win_push(&g->ctl.plain, t);
             }
@@ -481,8 +489,12 @@ static int run_mtp(generator *g, int max_new, generate_emit emit, void *ctx, moe
             memcpy(g->logits, g->verify_logits, sizeof(float) * (size_t)V);   /* the logits x came from */
         }
         stop = emit_token(g, x, emit, ctx, err);
+        double t_all = clk(g) - t_step;
+        if (rows > 1) cost->rows_s += t_cache;
+        cost->step_spec_s += t_all - (rows > 1 ? t_cache : 0);
+        cost->tok_spec += 1 + accept;
         if (timed) {
-            double t = clk(g) - t_step - t_cache;
+            double t = t_all - t_cache;
             if (!g->ctl.spec && g->ctl.plain.n) win_push(&g->ctl.ratio, t / win_recent(&g->ctl.plain, MTP_RECENT));
             win_push(&g->ctl.spec_step, t);
         }

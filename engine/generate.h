@@ -29,6 +29,11 @@ typedef struct {
     long skipped;                        /* auto: drafts not verified (too unlikely to pay) */
     double catchup_s;                    /* MTP passes over two positions (after an accepted draft) */
     long n_catchup;
+    /* the MTP loop's wall time split (moe bench --mtp: where auto's time goes) */
+    double step_plain_s, step_spec_s;    /* whole steps of each mode (less the two below) */
+    double rows_s;                       /* cache-only catch-ups over more than one position (after plain steps) */
+    double unverified_s;                 /* drafts not verified */
+    long tok_spec;                       /* tokens the speculative steps yielded */
 } mtp_costs;
 
 /* Auto mode's controller (generate.c): the last wall times of each mode's steps, and which

@@ -135,6 +135,8 @@ int mtp_arm_run(const moe_model *m, moe_ctx *ctx, moe_kv *kv, const char *model_
             fed[arm] = g.n_history - n_prompt;
             if (arm == 0) {
                 r->plain_ts[rep] = tps;
+                r->plain_gen_s += g.gen_seconds;
+                r->plain_generated += g.n_generated;
                 r->prof_passes[MTP_PASS_PLAIN] += g.n_generated - 1;
                 /* plain decoding: only its single-token passes count */
                 cnt.sum_distinct[2] = before[1];
@@ -148,6 +150,13 @@ int mtp_arm_run(const moe_model *m, moe_ctx *ctx, moe_kv *kv, const char *model_
                 r->auto_remeasure += g.ctl.n_remeasure;
                 r->auto_switch += g.ctl.n_switch;
                 r->auto_spec_reps += g.ctl.spec;
+                r->auto_step_plain_s += g.cost.step_plain_s;
+                r->auto_step_spec_s += g.cost.step_spec_s;
+                r->auto_rows_s += g.cost.rows_s;
+                r->auto_unverified_s += g.cost.unverified_s;
+                r->auto_gen_s += g.gen_seconds;
+                r->auto_tok_spec += g.cost.tok_spec;
+                r->auto_generated += g.n_generated;
                 cnt.sum_distinct[1] = before[0];   /* counted in the always arm */
                 cnt.n_sets[1] = before_n[0];
                 cnt.sum_distinct[2] = before[1];
@@ -234,6 +243,19 @@ void mtp_arm_print(FILE *f, const mtp_arm *r) {
         fprintf(f, "\n  auto arm: %ld drafts (%ld accepted), %ld plain steps, %ld drafts not verified, %ld re-measurements of "
                    "the mode not chosen, %ld switches of mode; %ld of %d reps ended speculating\n", r->auto_drafted,
                 r->auto_accepted, r->auto_plain, r->auto_skipped, r->auto_remeasure, r->auto_switch, r->auto_spec_reps, r->reps);
+        if (r->plain_generated && r->auto_generated) {
+            /* auto's time against the plain arm's time per token P: each part's excess over P per token it yielded */
+            double P = r->plain_gen_s / r->plain_generated, tot = r->auto_generated * P;
+            long tok_plain = r->auto_generated - r->auto_tok_spec;
+            double rest = r->auto_gen_s - r->auto_step_plain_s - r->auto_step_spec_s - r->auto_rows_s - r->auto_unverified_s;
+            fprintf(f, "  auto arm against plain (%% of the plain arm's time for as many tokens): total %+.1f%% = plain steps "
+                       "%+.1f%% (%ld tokens, %.1f us each vs plain %.1f us) + speculative steps %+.1f%% (%ld tokens) + "
+                       "catch-up rows after plain steps %+.1f%% + drafts not verified %+.1f%% + the rest (first token, loop) %+.1f%%\n",
+                    100 * (r->auto_gen_s - tot) / tot, 100 * (r->auto_step_plain_s - tok_plain * P) / tot,
+                    tok_plain, tok_plain ? 1e6 * r->auto_step_plain_s / tok_plain : 0.0, 1e6 * P,
+                    100 * (r->auto_step_spec_s - r->auto_tok_spec * P) / tot, r->auto_tok_spec, 100 * r->auto_rows_s / tot,
+                    100 * r->auto_unverified_s / tot, 100 * rest / tot);
+        }
     }
     if (r->profile) {
         static const char *kind[MTP_PASS_KINDS] = {"plain step", "verification", "draft (MTP)"};

@@ -23,6 +23,9 @@ typedef struct {
     long auto_remeasure;            /* auto arm: re-measurements of the mode not chosen */
     long auto_switch;               /* auto arm: switches of mode */
     long auto_spec_reps;            /* auto arm: reps that ended speculating */
+    /* where the auto arm's time goes (seconds summed over reps; mtp_costs' split) against the plain arm */
+    double auto_step_plain_s, auto_step_spec_s, auto_rows_s, auto_unverified_s, auto_gen_s, plain_gen_s;
+    long auto_tok_spec, auto_generated, plain_generated;
     int profile;                    /* --profile: phases of each kind of pass (plain arm, always arm) */
     model_profile prof[MTP_PASS_KINDS];
     long prof_passes[MTP_PASS_KINDS];
