@@ -241,7 +241,11 @@ double mtp_cost_spec(const mtp_costs *c) {
  * the interval doubling from MTP_EVERY_MIN to MTP_EVERY_MAX while the choice holds (x4 when
  * the other mode lost by more than MTP_FAR). A switch needs MTP_CONFIRM decisions in a row
  * for the other mode, each of which runs a step of it (so its window holds fresh samples):
- * one noisy sample does not flip the mode. While plain, the MTP module is not run at all; a
+ * one noisy sample does not flip the mode. Before the first speculative step, the first
+ * re-measurements only draft and check the draft against the next plain step's logits: while
+ * that acceptance says speculating would not pay even if a verification cost no more than a
+ * plain step ((1 + draft) / (1 + acceptance) > 1 - MTP_MARGIN), no verification is run (on
+ * random weights, nothing is ever verified). While plain, the MTP module is not run at all; a
  * re-measurement first catches its cache up on the positions it missed in one batched
  * cache-only pass (mtp_catch_up), which is not part of the step's sample. */
 static void win_push(mtp_window *w, double s) {
@@ -302,7 +306,21 @@ static int should_draft(generator *g) {
     if (g->mode == MTP_ALWAYS) return 1;
     if (a->probe_left > 0) { a->probe_left--; a->probing = 1; return 1; }
     if (!a->plain.n) return 0;                            /* the first step is plain: the yardstick */
-    if (!a->spec_step.n) { a->probing = 1; return 1; }    /* then one speculative step */
+    if (!a->spec_step.n) {
+        /* speculation not measured yet: a verification costs at least a plain step, so while
+         * the drafts checked so far say that even then speculating would not pay, only draft
+         * and check (every `every` steps, x4); else measure one speculative step */
+        if (a->draft.n) {
+            double lb = (1 + win_mean(&a->draft) / mtp_auto_plain(g)) / (1 + ctl_acceptance(g, -1));
+            if (lb < 1 - MTP_MARGIN) { a->probing = 1; return 1; }
+            if (++a->since < a->every) return 0;
+            a->since = 0;
+            if (a->every < MTP_EVERY_MAX) a->every = a->every * 4 < MTP_EVERY_MAX ? a->every * 4 : MTP_EVERY_MAX;
+            a->n_remeasure++;
+        }
+        a->probing = 2;
+        return 1;
+    }
     double rel = spec_relative(g);
     /* hysteresis: switching to speculation needs a clear gain (its samples are few, and a
      * speculative step's passes evict plain ones' weights from the caches), staying needs any */
@@ -339,7 +357,9 @@ static int should_draft(generator *g) {
  * keeps being measured. */
 static int should_verify(const generator *g, int bucket) {
     const mtp_auto *a = &g->ctl;
-    if (g->mode == MTP_ALWAYS || !a->ratio.n || !a->verify.n || !a->spec_step.n) return 1;
+    if (g->mode == MTP_ALWAYS) return 1;
+    if (a->probing == 2) return 0;
+    if (!a->ratio.n || !a->verify.n || !a->spec_step.n) return 1;
     double v_rel = win_mean(&a->ratio) * win_median(&a->verify) / win_median(&a->spec_step);
     return 1 + ctl_acceptance(g, bucket) > v_rel;
 }
@@ -411,6 +431,7 @@ static int run_mtp(generator *g, int max_new, generate_emit emit, void *ctx, moe
             if (behind == 1) { cost->draft_s += dt; cost->n_draft++; }
             else if (behind == 2) { cost->catchup_s += dt; cost->n_catchup++; }
             if (rows == 1) win_push(&g->ctl.row, t_cache);
+            win_push(&g->ctl.draft, dt - t_cache);
             if (greedy) {
                 d = sampler_argmax(g->draft_logits, V);
             } else {

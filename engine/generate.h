@@ -47,12 +47,14 @@ typedef struct {
     mtp_window plain, spec_step;   /* whole steps of each mode (generate.c says what is in one) */
     mtp_window verify;             /* [x, d] passes alone (skipping an unlikely draft's verification) */
     mtp_window row;                /* one-row cache-only MTP passes (the row after an accepted draft) */
+    mtp_window draft;              /* drafts (the MTP position that makes the logits; cache-only rows apart) */
     mtp_window ratio;              /* speculative step / plain step: each step of the mode not chosen
                                       against the chosen mode's recent steps (robust to load drifting) */
     int spec;                      /* the current choice: speculate */
     int since, every;              /* steps since the other mode was re-measured, and the interval */
     int probe_left;                /* speculative steps left in a re-measurement while plain */
-    int probing;                   /* this step is a re-measurement (set by should_draft) */
+    int probing;                   /* this step is a re-measurement (set by should_draft): 1, or 2 = draft
+                                      and check it against the next plain step only, do not verify */
     int streak;                    /* consecutive decisions for the other mode (a switch needs MTP_CONFIRM) */
     long n_remeasure;              /* re-measurements so far */
     long n_switch;                 /* switches of mode so far */

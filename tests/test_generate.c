@@ -293,6 +293,28 @@ static void test_mtp_auto_settles_plain_when_rejected(void **state) {
         generator_free(&g);
         sampler_free(&s);
     }
+    /* a draft costing 0.57 plain steps: the drafts checked against the next plain step show
+     * that even a free verification would not pay, so no speculative step is ever run */
+    {
+        sampler s;
+        generator g;
+        mtp_vclock v;
+        assert_int_equal(sampler_init(&s, m.m.cfg.vocab_size, &greedy, &err), 0);
+        assert_int_equal(generator_init(&g, &m.m, &m.c, &m.kv, 0, NULL, &s, &err), 0);
+        g.eos_id = -1;
+        assert_int_equal(generator_enable_mtp(&g, MTP_AUTO, NULL, &err), 0);
+        mtp_vclock_install(&v, &m.c, &g, m.m.cfg.num_hidden_layers, 1.0, 0.05, 0.6);
+        int prompt[3] = {11, 5, 230};
+        assert_int_equal(generator_prompt(&g, prompt, 3, &err), 0);
+        assert_int_equal(generator_run(&g, 300, NULL, NULL, &err), 0);
+        print_message("auto, costly drafts never accepted: %ld speculative, %ld plain steps, %ld drafts checked\n",
+                      g.ctl.n_spec_steps, g.ctl.n_plain_steps, g.ctl.n_shadow);
+        assert_int_equal(g.ctl.n_spec_steps, 0);
+        assert_true(g.ctl.n_shadow >= 2 && g.ctl.n_shadow <= 6);   /* at 1, then every 8, 32, 128, 256 steps */
+        m.c.on_route = NULL;
+        generator_free(&g);
+        sampler_free(&s);
+    }
     session_close(&m);
 }
 
