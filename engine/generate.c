@@ -12,12 +12,18 @@
 #define MTP_EVERY_MIN 8
 #define MTP_EVERY_MAX 256
 #define MTP_PROBE_LEN 1
+#define MTP_CONFIRM 3      /* decisions in a row for the other mode before switching */
+#define MTP_FAR 0.05       /* the other mode lost by more than this: back off probing faster (x4) */
+#define MTP_MARGIN 0.10    /* speculation must promise this much less time per token to be chosen */
 
 static double now_seconds(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
+
+/* the clock of the MTP loop's timings (generator.clock: a test's virtual clock) */
+static double clk(const generator *g) { return g->clock ? g->clock(g->clock_ctx) : now_seconds(); }
 
 int generator_init(generator *g, const moe_model *m, moe_ctx *ctx, moe_kv *kv, int slot, const tokenizer *tok, sampler *s,
                    moe_error *err) {
@@ -84,17 +90,22 @@ int generator_enable_mtp(generator *g, mtp_mode mode, size_t *extra_bytes, moe_e
  * the next token is not known yet). The last position's logits land in draft_logits (with a
  * pending token); the positions before it only need their MTP cache rows, which is all a
  * later position reads of them (model_forward_mtp_cache_seq: no attention, experts or head). */
-static int mtp_catch_up(generator *g, int pending, moe_error *err) {
+static int mtp_catch_up(generator *g, int pending, double *cache_s, int *cache_rows, moe_error *err) {
     int n = g->n_history, last = pending >= 0 ? n : n - 1;
     int H = g->model->cfg.hidden_size;
+    if (cache_s) *cache_s = 0;
+    if (cache_rows) *cache_rows = 0;
     if (g->mtp_valid >= last) return MOE_OK;
     int p0 = g->mtp_valid, cnt = last - p0;
     int *next = g->mtp_next;
     for (int i = 0; i < cnt; i++) next[i] = p0 + i + 1 < n ? g->history[p0 + i + 1] : pending;
     int n_cache = pending >= 0 ? cnt - 1 : cnt;   /* the draft's position runs whole */
+    double t0 = cache_s ? clk(g) : 0;
     if (n_cache > 0 && model_forward_mtp_cache_seq(g->model, g->ctx, g->kv, 0, g->slot, g->hidden + (size_t)p0 * H, next,
                                                    n_cache, p0, err))
         return MOE_FAIL;
+    if (cache_s && n_cache > 0) *cache_s = clk(g) - t0;
+    if (cache_rows) *cache_rows = n_cache;
     g->mtp_valid = p0 + n_cache;
     if (n_cache == cnt) return MOE_OK;
     int p = p0 + n_cache;
@@ -129,7 +140,7 @@ int generator_prompt(generator *g, const int *tokens, int n, moe_error *err) {
     if (g->use_mtp) {
         /* MTP position p reads (h_p, token p+1): valid while token p+1 was kept */
         if (g->mtp_valid > keep - 1) g->mtp_valid = keep > 0 ? keep - 1 : 0;
-        if (mtp_catch_up(g, -1, err)) return MOE_FAIL;
+        if (mtp_catch_up(g, -1, NULL, NULL, err)) return MOE_FAIL;
     }
     g->n_prompt_computed = n - keep;
     g->prompt_seconds = now_seconds() - t0;
@@ -192,11 +203,20 @@ int speculative_resolve(sampler *s, float *p, const float *q, int d, int V) {
 
 /* ------------------------------------------------------------------ MTP: costs and policy */
 
-/* Acceptance with a prior of one accepted draft in two. */
+/* Acceptance with a prior of one accepted draft in two, of one confidence bucket (-1: all). */
 static double acceptance(const mtp_costs *c, int bucket) {
     long d = 0, a = 0;
     for (int b = 0; b < MTP_CONF_BUCKETS; b++)
         if (bucket < 0 || b == bucket) { d += c->drafted[b]; a += c->accepted[b]; }
+    return (a + 1.0) / (d + 2.0);
+}
+
+/* auto mode's, the same over all runs since generator_enable_mtp, checked drafts included */
+static double ctl_acceptance(const generator *g, int bucket) {
+    long d = 0;
+    double a = 0;
+    for (int b = 0; b < MTP_CONF_BUCKETS; b++)
+        if (bucket < 0 || b == bucket) { d += g->ctl.drafted[b]; a += g->ctl.accepted[b]; }
     return (a + 1.0) / (d + 2.0);
 }
 
@@ -209,14 +229,25 @@ double mtp_cost_spec(const mtp_costs *c) {
 
 /* Auto mode keeps the wall times of the last MTP_WIN steps of each mode, everything included
  * (a plain step: pass, sampling, emission; a speculative one: draft, verification, the rule,
- * up to two emissions; not a step that catches the MTP module up on more than 2 positions, or
- * drafts without verifying) and takes their medians, robust to a neighbour taking the CPU
- * during a few steps. A speculative step yields 1 + acceptance tokens; speculation is chosen
- * while its median per token is below a plain step's. Whatever is chosen, the other mode is re-measured every
- * `every` steps (a plain step while speculating, MTP_PROBE_LEN speculative steps while not:
- * load, text and acceptance drift), the interval doubling from MTP_EVERY_MIN to
- * MTP_EVERY_MAX while the choice stays the same. A probe while plain is cheap to start: the
- * MTP positions it has to catch up on need only their cache rows (mtp_catch_up). */
+ * up to two emissions; not its cache-only MTP rows, counted apart; not a step that drafts
+ * without verifying) and takes their medians, robust to a neighbour taking the CPU during a
+ * few steps. A speculative step yields 1 + acceptance tokens and, after an accepted draft, costs
+ * one cache-only MTP row more (the median of those one-row passes: the spec estimate adds
+ * acceptance x that row); speculation is chosen while its estimate per token is below a plain
+ * step's.
+ *
+ * Whatever is chosen, the other mode is re-measured every `every` steps (one plain step while
+ * speculating, MTP_PROBE_LEN speculative steps while not: load, text and acceptance drift),
+ * the interval doubling from MTP_EVERY_MIN to MTP_EVERY_MAX while the choice holds (x4 when
+ * the other mode lost by more than MTP_FAR). A switch needs MTP_CONFIRM decisions in a row
+ * for the other mode, each of which runs a step of it (so its window holds fresh samples):
+ * one noisy sample does not flip the mode. Before the first speculative step, the first
+ * re-measurements only draft and check the draft against the next plain step's logits: while
+ * that acceptance says speculating would not pay even if a verification cost no more than a
+ * plain step ((1 + draft) / (1 + acceptance) > 1 - MTP_MARGIN), no verification is run (on
+ * random weights, nothing is ever verified). While plain, the MTP module is not run at all; a
+ * re-measurement first catches its cache up on the positions it missed in one batched
+ * cache-only pass (mtp_catch_up), which is not part of the step's sample. */
 static void win_push(mtp_window *w, double s) {
     w->v[w->next] = s;
     w->next = (w->next + 1) % MTP_WIN;
@@ -233,40 +264,104 @@ static double win_median(const mtp_window *w) {
     return n % 2 ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]);
 }
 
-double mtp_auto_plain(const generator *g) { return win_median(&g->ctl.plain); }
-
-double mtp_auto_spec(const generator *g) {
-    const mtp_auto *a = &g->ctl;
-    if (!a->spec_step.n) return 0;
-    return win_median(&a->spec_step) / (1 + acceptance(&g->cost, -1));
+/* The mean of the samples at most 1.5 x the median: a step that waited for the CPU (a neighbour's
+ * process) does not count, the spread of the steps themselves does (a median alone would miss
+ * the costlier half of speculative steps). */
+static double win_mean(const mtp_window *w) {
+    double med = win_median(w), sum = 0;
+    int k = 0;
+    for (int i = 0; i < w->n; i++)
+        if (w->v[i] <= 1.5 * med) { sum += w->v[i]; k++; }
+    return k ? sum / k : 0;
 }
 
-/* Draft at this step? */
+/* The median of the last k samples (all if fewer). */
+static double win_recent(const mtp_window *w, int k) {
+    mtp_window r = {0};
+    for (int i = 0; i < k && i < w->n; i++) win_push(&r, w->v[(w->next - 1 - i + MTP_WIN) % MTP_WIN]);
+    return win_median(&r);
+}
+
+#define MTP_RECENT 5
+
+/* Speculation's time per token over plain decoding's (0: not measured yet): the step ratio
+ * (paired samples), plus the cache-only row after an accepted draft, per 1 + acceptance tokens. */
+static double spec_relative(const generator *g) {
+    const mtp_auto *a = &g->ctl;
+    double plain = win_recent(&a->plain, MTP_RECENT);
+    if (!a->spec_step.n || plain <= 0) return 0;
+    double r = a->ratio.n ? win_mean(&a->ratio) : win_mean(&a->spec_step) / win_mean(&a->plain);
+    double acc = ctl_acceptance(g, -1);
+    return (r + acc * win_mean(&a->row) / plain) / (1 + acc);
+}
+
+double mtp_auto_plain(const generator *g) { return win_recent(&g->ctl.plain, MTP_RECENT); }
+
+double mtp_auto_spec(const generator *g) { return spec_relative(g) * mtp_auto_plain(g); }
+
+/* Draft at this step? Sets ctl.probing when the step re-measures speculation while plain. */
 static int should_draft(generator *g) {
     mtp_auto *a = &g->ctl;
+    a->probing = 0;
     if (g->mode == MTP_ALWAYS) return 1;
-    if (a->probe_left > 0) { a->probe_left--; return 1; }
+    if (a->probe_left > 0) { a->probe_left--; a->probing = 1; return 1; }
     if (!a->plain.n) return 0;                            /* the first step is plain: the yardstick */
-    if (!a->spec_step.n) return 1;                        /* then speculate until both costs are known */
-    int spec = mtp_auto_spec(g) < mtp_auto_plain(g);
-    if (spec != a->spec) { a->spec = spec; a->every = MTP_EVERY_MIN; a->since = 0; }
+    if (!a->spec_step.n) {
+        /* speculation not measured yet: a verification costs at least a plain step, so while
+         * the drafts checked so far say that even then speculating would not pay, only draft
+         * and check (every `every` steps, x4); else measure one speculative step */
+        if (a->draft.n) {
+            double lb = (1 + win_mean(&a->draft) / mtp_auto_plain(g)) / (1 + ctl_acceptance(g, -1));
+            if (lb < 1 - MTP_MARGIN) { a->probing = 1; return 1; }
+            if (++a->since < a->every) return 0;
+            a->since = 0;
+            if (a->every < MTP_EVERY_MAX) a->every = a->every * 4 < MTP_EVERY_MAX ? a->every * 4 : MTP_EVERY_MAX;
+            a->n_remeasure++;
+        }
+        a->probing = 2;
+        return 1;
+    }
+    double rel = spec_relative(g);
+    /* hysteresis: switching to speculation needs a clear gain (its samples are few, and a
+     * speculative step's passes evict plain ones' weights from the caches), staying needs any */
+    int spec = a->spec ? rel < 1 : rel < 1 - MTP_MARGIN;
+    if (spec != a->spec) {                                /* the other mode looks better: confirm, then switch */
+        if (++a->streak < MTP_CONFIRM) { a->probing = spec; return spec; }
+        a->spec = spec;
+        a->streak = 0;
+        a->every = MTP_EVERY_MIN;
+        a->since = 0;
+        a->n_switch++;
+        return spec;
+    }
+    a->streak = 0;
     if (++a->since >= a->every) {                         /* re-measure the other mode */
         a->since = 0;
-        if (a->every < MTP_EVERY_MAX) a->every *= 2;
+        double lose = spec ? 1 / rel - 1 : rel - 1;       /* how much the other mode lost by */
+        if (a->every < MTP_EVERY_MAX) a->every *= lose > MTP_FAR ? 4 : 2;
+        if (a->every > MTP_EVERY_MAX) a->every = MTP_EVERY_MAX;
         a->n_remeasure++;
         if (spec) return 0;
         a->probe_left = MTP_PROBE_LEN - 1;
+        a->probing = 1;
         return 1;
     }
     return spec;
 }
 
 /* Auto mode, a draft in hand: verify it? Not when its confidence bucket's acceptance says
- * the verification yields fewer tokens than plain steps would in its time. */
+ * the verification yields fewer tokens than plain steps would in its time (the verification's
+ * cost in plain steps: the step ratio x its share of a speculative step, both from steps of
+ * the same moments, so a change of load between the modes' samples does not count). A draft
+ * not verified is checked against the next plain step's logits, so every bucket's acceptance
+ * keeps being measured. */
 static int should_verify(const generator *g, int bucket) {
-    const mtp_costs *c = &g->cost;
-    if (g->mode == MTP_ALWAYS || !g->ctl.plain.n || !g->ctl.verify.n) return 1;
-    return (1 + acceptance(c, bucket)) * mtp_auto_plain(g) > win_median(&g->ctl.verify);
+    const mtp_auto *a = &g->ctl;
+    if (g->mode == MTP_ALWAYS) return 1;
+    if (a->probing == 2) return 0;
+    if (!a->ratio.n || !a->verify.n || !a->spec_step.n) return 1;
+    double v_rel = win_mean(&a->ratio) * win_median(&a->verify) / win_median(&a->spec_step);
+    return 1 + ctl_acceptance(g, bucket) > v_rel;
 }
 
 /* The MTP distribution's probability of its draft d: its confidence bucket. */
@@ -291,9 +386,9 @@ static int main_pass(generator *g, const int *toks, int n, float *logits, int al
     int H = g->model->cfg.hidden_size, pos = g->n_history;
     model_profile *saved = g->ctx->prof;
     if (g->prof) g->ctx->prof = &g->prof[kind];
-    double t0 = now_seconds();
+    double t0 = clk(g);
     int rc = model_forward_seq(g->model, g->ctx, g->kv, g->slot, toks, n, pos, logits, all_logits, g->hidden + (size_t)pos * H, err);
-    *sec += now_seconds() - t0;
+    *sec += clk(g) - t0;
     g->ctx->prof = saved;
     return rc;
 }
@@ -319,20 +414,24 @@ static int run_mtp(generator *g, int max_new, generate_emit emit, void *ctx, moe
         int n = g->n_history;
         if (n + 1 > S) break;   /* the context is full */
         int d = -1, bucket = 0, timed = 1;   /* timed: the step counts in auto mode's windows */
-        double t_step = now_seconds();
+        int shadow = -1;                     /* a draft not verified, checked against the plain step */
+        int rows = 0;                        /* cache-only MTP rows caught up this step */
+        double t_draft = 0;
+        double t_step = clk(g), t_cache = 0;    /* t_cache: cache-only MTP rows, not part of the sample */
         if (n + 2 <= S && should_draft(g)) {
             /* 1. draft */
-            int behind = n - g->mtp_valid;   /* MTP positions to run: 1, or 2 after an accepted draft */
+            int behind = n - g->mtp_valid;   /* MTP positions to run: 1, 2 after an accepted draft, more after plain steps */
             model_profile *saved = g->ctx->prof;
             if (g->prof) g->ctx->prof = &g->prof[MTP_PASS_DRAFT];
-            double t0 = now_seconds();
-            int rc = mtp_catch_up(g, x, err);
-            double dt = now_seconds() - t0;
+            double t0 = clk(g);
+            int rc = mtp_catch_up(g, x, &t_cache, &rows, err);
+            double dt = t_draft = clk(g) - t0;
             g->ctx->prof = saved;
             if (rc) return MOE_FAIL;
             if (behind == 1) { cost->draft_s += dt; cost->n_draft++; }
             else if (behind == 2) { cost->catchup_s += dt; cost->n_catchup++; }
-            else timed = 0;
+            if (rows == 1) win_push(&g->ctl.row, t_cache);
+            win_push(&g->ctl.draft, dt - t_cache);
             if (greedy) {
                 d = sampler_argmax(g->draft_logits, V);
             } else {
@@ -340,20 +439,46 @@ static int run_mtp(generator *g, int max_new, generate_emit emit, void *ctx, moe
                 d = sampler_draw(g->smp, g->q_draft);
             }
             bucket = confidence_bucket(g, d);
-            if (!should_verify(g, bucket)) { d = -1; cost->skipped++; timed = 0; }
+            if (!should_verify(g, bucket)) { shadow = d; d = -1; cost->skipped++; timed = 0; }
         }
         if (d < 0) {   /* a plain step: x alone */
             if (main_pass(g, &x, 1, g->logits, 0, MTP_PASS_PLAIN, &cost->plain_s, err)) return MOE_FAIL;
+            if (shadow >= 0) {   /* an unverified draft: would the verification have accepted it? */
+                double acc;
+                if (greedy) acc = sampler_argmax(g->logits, V) == shadow;
+                else {
+                    sampler_distribution(g->smp, g->logits, g->p_target);
+                    float q = g->q_draft[shadow], p = g->p_target[shadow];
+                    acc = q > 0 ? (p >= q ? 1.0 : (double)p / q) : 0.0;   /* min(1, p/q) */
+                }
+                g->ctl.drafted[bucket]++;
+                g->ctl.accepted[bucket] += acc;
+                g->ctl.n_shadow++;
+            }
             cost->n_plain++;
+            g->ctl.n_plain_steps++;
             g->history[g->n_history++] = x;
             if (g->n_generated >= max_new) break;
             x = sampler_sample(g->smp, g->logits);
             stop = emit_token(g, x, emit, ctx, err);
-            if (timed) win_push(&g->ctl.plain, now_seconds() - t_step);
+            double t = clk(g) - t_step;
+            if (shadow >= 0) {
+                cost->rows_s += t_cache;
+                cost->unverified_s += t_draft - t_cache;
+                cost->step_plain_s += t - t_draft;
+            } else {
+                cost->step_plain_s += t;
+            }
+            if (timed) {
+                if (g->ctl.spec && g->ctl.spec_step.n) win_push(&g->ctl.ratio, win_recent(&g->ctl.spec_step, MTP_RECENT) / t);
+                win_push(&g->ctl.plain, t);
+            }
             continue;
         }
+        g->ctl.n_spec_steps++;
         g->n_drafted++;
         cost->drafted[bucket]++;
+        g->ctl.drafted[bucket]++;
         /* 2. verify [x, d] */
         int pair[2] = {x, d};
         double t0 = cost->verify_s;
@@ -374,6 +499,7 @@ static int run_mtp(generator *g, int max_new, generate_emit emit, void *ctx, moe
         if (accept) {
             g->n_accepted++;
             cost->accepted[bucket]++;
+            g->ctl.accepted[bucket]++;
             g->history[g->n_history++] = d;
             stop = emit_token(g, d, emit, ctx, err);
             if (stop || g->n_generated >= max_new) break;
@@ -384,7 +510,15 @@ static int run_mtp(generator *g, int max_new, generate_emit emit, void *ctx, moe
             memcpy(g->logits, g->verify_logits, sizeof(float) * (size_t)V);   /* the logits x came from */
         }
         stop = emit_token(g, x, emit, ctx, err);
-        if (timed) win_push(&g->ctl.spec_step, now_seconds() - t_step);
+        double t_all = clk(g) - t_step;
+        if (rows > 1) cost->rows_s += t_cache;
+        cost->step_spec_s += t_all - (rows > 1 ? t_cache : 0);
+        cost->tok_spec += 1 + accept;
+        if (timed) {
+            double t = t_all - t_cache;
+            if (!g->ctl.spec && g->ctl.plain.n) win_push(&g->ctl.ratio, t / win_recent(&g->ctl.plain, MTP_RECENT));
+            win_push(&g->ctl.spec_step, t);
+        }
     }
     return stop < 0 ? MOE_FAIL : MOE_OK;
 }

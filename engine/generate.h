@@ -29,6 +29,11 @@ typedef struct {
     long skipped;                        /* auto: drafts not verified (too unlikely to pay) */
     double catchup_s;                    /* MTP passes over two positions (after an accepted draft) */
     long n_catchup;
+    /* the MTP loop's wall time split (moe bench --mtp: where auto's time goes) */
+    double step_plain_s, step_spec_s;    /* whole steps of each mode (less the two below) */
+    double rows_s;                       /* cache-only catch-ups over more than one position (after plain steps) */
+    double unverified_s;                 /* drafts not verified */
+    long tok_spec;                       /* tokens the speculative steps yielded */
 } mtp_costs;
 
 /* Auto mode's controller (generate.c): the last wall times of each mode's steps, and which
@@ -41,11 +46,27 @@ typedef struct {
 typedef struct {
     mtp_window plain, spec_step;   /* whole steps of each mode (generate.c says what is in one) */
     mtp_window verify;             /* [x, d] passes alone (skipping an unlikely draft's verification) */
+    mtp_window row;                /* one-row cache-only MTP passes (the row after an accepted draft) */
+    mtp_window draft;              /* drafts (the MTP position that makes the logits; cache-only rows apart) */
+    mtp_window ratio;              /* speculative step / plain step: each step of the mode not chosen
+                                      against the chosen mode's recent steps (robust to load drifting) */
     int spec;                      /* the current choice: speculate */
     int since, every;              /* steps since the other mode was re-measured, and the interval */
     int probe_left;                /* speculative steps left in a re-measurement while plain */
+    int probing;                   /* this step is a re-measurement (set by should_draft): 1, or 2 = draft
+                                      and check it against the next plain step only, do not verify */
+    int streak;                    /* consecutive decisions for the other mode (a switch needs MTP_CONFIRM) */
     long n_remeasure;              /* re-measurements so far */
+    long n_switch;                 /* switches of mode so far */
+    long n_spec_steps, n_plain_steps;   /* steps run in each mode (kept across runs, as the windows) */
+    long drafted[MTP_CONF_BUCKETS];      /* drafts verified, or checked against the next plain step's logits */
+    double accepted[MTP_CONF_BUCKETS];   /* of them accepted (a check: the probability it would have been) */
+    long n_shadow;                 /* drafts not verified but checked (a re-measurement's cheap half) */
 } mtp_auto;
+
+/* The clock auto mode and the cost figures read: NULL = CLOCK_MONOTONIC seconds. A test sets a
+ * virtual clock to check the controller's decisions deterministically. */
+typedef double (*generator_clock)(void *ctx);
 
 /* --profile of the MTP arm: the phases of each kind of pass (generator.prof) */
 enum { MTP_PASS_PLAIN, MTP_PASS_VERIFY, MTP_PASS_DRAFT, MTP_PASS_KINDS };
@@ -68,6 +89,8 @@ typedef struct {
     mtp_auto ctl;         /* auto: which mode runs, and what each measured (kept across runs) */
     mtp_costs cost;
     model_profile *prof;  /* NULL, or [MTP_PASS_KINDS]: each kind of pass's phases go to its own */
+    generator_clock clock;   /* NULL: the wall clock */
+    void *clock_ctx;
     float *hidden;        /* [S, H] main hidden after the final norm, per cached position */
     int *mtp_next;        /* [S] the tokens fed to the MTP module (mtp_catch_up) */
     int mtp_valid;        /* MTP cache positions [0, mtp_valid) agree with history */
@@ -95,8 +118,11 @@ void generator_free(generator *g);
  * MTP_AUTO times every step (plain, or draft + verification), keeps the medians of the
  * recent ones of each mode and the acceptance, speculates only while that predicts fewer
  * seconds per token than plain steps, and re-measures the mode it is not using now and then (every 8
- * steps, doubling to 256 while the choice holds); while speculating it skips verifying a
- * draft whose confidence bucket's acceptance does not pay for the verification. */
+ * steps, the interval doubling (x4 when the other mode lost by over 5 %) to 256 while the choice
+ * holds); it switches only after 3 decisions in a row for the other mode; while speculating it
+ * skips verifying a draft whose confidence bucket's acceptance does not pay for the verification.
+ * While plain it does not run the MTP module at all: a re-measurement first catches the MTP
+ * cache up on the missed positions in one batched cache-only pass. */
 int generator_enable_mtp(generator *g, mtp_mode mode, size_t *extra_bytes, moe_error *err);
 
 /* The speculative-sampling rule: a draft d drawn from q [V] against the target p [V]:

@@ -8,7 +8,9 @@
  *     decoding, over many prompts and lengths (on a random checkpoint nearly every
  *     draft is rejected, so this exercises rejection); afterwards the KV cache
  *     gives the same logits as a fresh prefill of the same history;
- *   - a chat-style second prompt reuses the cached prefix and matches a fresh run.
+ *   - a chat-style second prompt reuses the cached prefix and matches a fresh run;
+ *   - --mtp auto's controller, on a virtual clock (mtp_vclock.h): with drafts that are never
+ *     accepted it settles on plain steps even where an accepted draft would pay.
  */
 #include <math.h>
 #include <setjmp.h>
@@ -20,6 +22,7 @@
 #include <cmocka.h>
 
 #include "generate.h"
+#include "mtp_vclock.h"
 #include "session.h"
 #include "sampler.h"
 
@@ -249,6 +252,72 @@ static void test_mtp_auto_greedy_identical(void **state) {
     session_close(&m);
 }
 
+/* --mtp auto, drafts (nearly) never accepted (random weights), on a virtual clock where a
+ * speculative step costs 1.2 plain steps: an accepted draft would pay, a rejected one does
+ * not. The controller must settle on plain decoding: after its first measurements only its
+ * re-measurements (every 8 steps and more) draft, and it ends plain. The same on two turns
+ * (the controller's state is kept across generator_run calls). */
+static void test_mtp_auto_settles_plain_when_rejected(void **state) {
+    (void)state;
+    moe_session m;
+    moe_error err = {{0}};
+    model_options opt = { .max_seq = 512 };
+    assert_int_equal(session_open(&m, MODEL, &opt, 1, &err), 0);
+    sampler_params greedy = { .temperature = 0.0f, .top_p = 1.0f };
+    for (int pi = 0; pi < 3; pi++) {
+        sampler s;
+        generator g;
+        mtp_vclock v;
+        assert_int_equal(sampler_init(&s, m.m.cfg.vocab_size, &greedy, &err), 0);
+        assert_int_equal(generator_init(&g, &m.m, &m.c, &m.kv, 0, NULL, &s, &err), 0);
+        g.eos_id = -1;
+        assert_int_equal(generator_enable_mtp(&g, MTP_AUTO, NULL, &err), 0);
+        /* plain step 1.0 + 0.05 (one MoE layer), verification 1.1, draft 0.1 */
+        mtp_vclock_install(&v, &m.c, &g, m.m.cfg.num_hidden_layers, 1.0, 0.05, 0.1);
+        int prompt[4] = {3 + pi, 17, 101 + pi, 7};
+        assert_int_equal(generator_prompt(&g, prompt, 4, &err), 0);
+        assert_int_equal(generator_run(&g, 200, NULL, NULL, &err), 0);
+        long spec1 = g.ctl.n_spec_steps, plain1 = g.ctl.n_plain_steps;
+        long accepted = g.n_accepted;
+        assert_int_equal(generator_run(&g, 200, NULL, NULL, &err), 0);   /* a second turn */
+        long spec2 = g.ctl.n_spec_steps - spec1, plain2 = g.ctl.n_plain_steps - plain1;
+        accepted += g.n_accepted;
+        print_message("auto, never accepted: turn 1 %ld speculative / %ld plain steps, turn 2 %ld / %ld (%ld accepted), "
+                      "%ld switches\n", spec1, plain1, spec2, plain2, accepted, g.ctl.n_switch);
+        assert_true(accepted <= 2);
+        assert_int_equal(g.ctl.spec, 0);
+        assert_true(spec1 <= 10);          /* the first measurement, its confirmation, re-measurements at 8, 40, ... */
+        assert_true(spec2 <= 3);           /* re-measurements only, at intervals up to 256 */
+        assert_true(plain1 + plain2 >= 380);
+        m.c.on_route = NULL;
+        generator_free(&g);
+        sampler_free(&s);
+    }
+    /* a draft costing 0.57 plain steps: the drafts checked against the next plain step show
+     * that even a free verification would not pay, so no speculative step is ever run */
+    {
+        sampler s;
+        generator g;
+        mtp_vclock v;
+        assert_int_equal(sampler_init(&s, m.m.cfg.vocab_size, &greedy, &err), 0);
+        assert_int_equal(generator_init(&g, &m.m, &m.c, &m.kv, 0, NULL, &s, &err), 0);
+        g.eos_id = -1;
+        assert_int_equal(generator_enable_mtp(&g, MTP_AUTO, NULL, &err), 0);
+        mtp_vclock_install(&v, &m.c, &g, m.m.cfg.num_hidden_layers, 1.0, 0.05, 0.6);
+        int prompt[3] = {11, 5, 230};
+        assert_int_equal(generator_prompt(&g, prompt, 3, &err), 0);
+        assert_int_equal(generator_run(&g, 300, NULL, NULL, &err), 0);
+        print_message("auto, costly drafts never accepted: %ld speculative, %ld plain steps, %ld drafts checked\n",
+                      g.ctl.n_spec_steps, g.ctl.n_plain_steps, g.ctl.n_shadow);
+        assert_int_equal(g.ctl.n_spec_steps, 0);
+        assert_true(g.ctl.n_shadow >= 2 && g.ctl.n_shadow <= 6);   /* at 1, then every 8, 32, 128, 256 steps */
+        m.c.on_route = NULL;
+        generator_free(&g);
+        sampler_free(&s);
+    }
+    session_close(&m);
+}
+
 /* Chi-square of n draws counted in cnt [V] against probabilities p [V]. */
 static double chi_square(const long *cnt, const float *p, int V, long n) {
     double x = 0;
@@ -428,6 +497,7 @@ int main(void) {
         cmocka_unit_test(test_sampler_seed_and_frequencies),
         cmocka_unit_test(test_mtp_greedy_identical),
         cmocka_unit_test(test_mtp_auto_greedy_identical),
+        cmocka_unit_test(test_mtp_auto_settles_plain_when_rejected),
         cmocka_unit_test(test_speculative_rule_distribution),
         cmocka_unit_test(test_mtp_cache_consistent),
         cmocka_unit_test(test_mtp_cache_only_catch_up),

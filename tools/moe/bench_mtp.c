@@ -93,13 +93,14 @@ int mtp_arm_run(const moe_model *m, moe_ctx *ctx, moe_kv *kv, const char *model_
     r->threads = ctx->pool ? threadpool_threads(ctx->pool) : 1;
     int *prompt = malloc(sizeof(int) * (size_t)n_prompt);
     int *out_plain = malloc(sizeof(int) * (size_t)(n_gen + 2)), *out_mtp = malloc(sizeof(int) * (size_t)(n_gen + 2));
+    int *out_auto = malloc(sizeof(int) * (size_t)(n_gen + 2));
     int rc = MOE_FAIL;
     sampler smp = {0};
     sampler_params greedy = { .temperature = 0.0f, .top_p = 1.0f };
     route_observer saved = ctx->on_route;
     void *saved_ctx = ctx->on_route_ctx;
     if (!r->plain_ts || !r->mtp_ts || !r->auto_ts || !r->cpu_ts[0] || !r->cpu_ts[1] || !r->cpu_ts[2] || !prompt || !out_plain ||
-        !out_mtp || sampler_init(&smp, m->cfg.vocab_size, &greedy, err)) {
+        !out_mtp || !out_auto || sampler_init(&smp, m->cfg.vocab_size, &greedy, err)) {
         if (!err->msg[0]) moe_error_set(err, "out of memory");
         goto done;
     }
@@ -116,10 +117,12 @@ int mtp_arm_run(const moe_model *m, moe_ctx *ctx, moe_kv *kv, const char *model_
                 prompt[i] = (int)(st % (uint64_t)m->cfg.vocab_size);
             }
         }
-        for (int arm = 0; arm < 3; arm++) {   /* plain first, then MTP always, then auto, on the same prompt */
+        int fed[3] = {0, 0, 0};
+        for (int k = 0; k < 3; k++) {   /* plain, MTP always and auto on the same prompt; the order rotates */
+            int arm = (k + rep) % 3;
             generator g;
             double tps = 0, cpu_s = 0;
-            int *out = arm ? out_mtp : out_plain;
+            int *out = arm == 0 ? out_plain : arm == 1 ? out_mtp : out_auto;
             int mode = arm == 0 ? 0 : arm == 1 ? MTP_ALWAYS : MTP_AUTO;
             /* pass counting: close open sets so each arm's passes stay its own */
             expert_counter_close(&cnt);
@@ -129,8 +132,11 @@ int mtp_arm_run(const moe_model *m, moe_ctx *ctx, moe_kv *kv, const char *model_
             expert_counter_close(&cnt);
             if (drc) { generator_free(&g); goto done; }
             r->cpu_ts[arm][rep] = cpu_s > 0 ? g.n_generated / (cpu_s / r->threads) : 0;
+            fed[arm] = g.n_history - n_prompt;
             if (arm == 0) {
                 r->plain_ts[rep] = tps;
+                r->plain_gen_s += g.gen_seconds;
+                r->plain_generated += g.n_generated;
                 r->prof_passes[MTP_PASS_PLAIN] += g.n_generated - 1;
                 /* plain decoding: only its single-token passes count */
                 cnt.sum_distinct[2] = before[1];
@@ -142,12 +148,19 @@ int mtp_arm_run(const moe_model *m, moe_ctx *ctx, moe_kv *kv, const char *model_
                 r->auto_plain += g.cost.n_plain;
                 r->auto_skipped += g.cost.skipped;
                 r->auto_remeasure += g.ctl.n_remeasure;
+                r->auto_switch += g.ctl.n_switch;
+                r->auto_spec_reps += g.ctl.spec;
+                r->auto_step_plain_s += g.cost.step_plain_s;
+                r->auto_step_spec_s += g.cost.step_spec_s;
+                r->auto_rows_s += g.cost.rows_s;
+                r->auto_unverified_s += g.cost.unverified_s;
+                r->auto_gen_s += g.gen_seconds;
+                r->auto_tok_spec += g.cost.tok_spec;
+                r->auto_generated += g.n_generated;
                 cnt.sum_distinct[1] = before[0];   /* counted in the always arm */
                 cnt.n_sets[1] = before_n[0];
                 cnt.sum_distinct[2] = before[1];
                 cnt.n_sets[2] = before_n[1];
-                int fed_plain = n_gen - 1, fed_auto = g.n_history - n_prompt;
-                if (!(fed_auto >= fed_plain && !memcmp(out_plain, out_mtp, sizeof(int) * (size_t)fed_plain))) r->mismatches++;
             } else {
                 r->mtp_ts[rep] = tps;
                 mtp_costs *ac = &r->always_cost;
@@ -166,12 +179,13 @@ int mtp_arm_run(const moe_model *m, moe_ctx *ctx, moe_kv *kv, const char *model_
                 r->generated += g.n_generated;
                 cnt.sum_distinct[1] = before[0];   /* in the MTP arm only verification passes count */
                 cnt.n_sets[1] = before_n[0];
-                int fed_plain = n_gen - 1, fed_mtp = g.n_history - n_prompt;
-                int same = fed_mtp >= fed_plain && !memcmp(out_plain, out_mtp, sizeof(int) * (size_t)fed_plain);
-                if (!same) r->mismatches++;
             }
             generator_free(&g);
         }
+        /* greedy: both MTP arms must have emitted plain decoding's tokens */
+        int fed_plain = n_gen - 1;
+        if (!(fed[1] >= fed_plain && !memcmp(out_plain, out_mtp, sizeof(int) * (size_t)fed_plain))) r->mismatches++;
+        if (!(fed[2] >= fed_plain && !memcmp(out_plain, out_auto, sizeof(int) * (size_t)fed_plain))) r->mismatches++;
         fprintf(stderr, "\rmtp rep %d/%d: plain %.1f t/s, always %.1f t/s, auto %.1f t/s   ", rep + 1, reps, r->plain_ts[rep],
                 r->mtp_ts[rep], r->auto_ts[rep]);
     }
@@ -184,7 +198,7 @@ done:
     ctx->on_route_ctx = saved_ctx;
     sampler_free(&smp);
     expert_counter_free(&cnt);
-    free(prompt); free(out_plain); free(out_mtp); free(text_ids);
+    free(prompt); free(out_plain); free(out_mtp); free(out_auto); free(text_ids);
     return rc;
 }
 
@@ -227,7 +241,21 @@ void mtp_arm_print(FILE *f, const mtp_arm *r) {
             fprintf(f, " [%.2f, %.2f) %ld/%ld", (double)b / MTP_CONF_BUCKETS, (double)(b + 1) / MTP_CONF_BUCKETS,
                     c->accepted[b], c->drafted[b]);
         fprintf(f, "\n  auto arm: %ld drafts (%ld accepted), %ld plain steps, %ld drafts not verified, %ld re-measurements of "
-                   "the mode not chosen\n", r->auto_drafted, r->auto_accepted, r->auto_plain, r->auto_skipped, r->auto_remeasure);
+                   "the mode not chosen, %ld switches of mode; %ld of %d reps ended speculating\n", r->auto_drafted,
+                r->auto_accepted, r->auto_plain, r->auto_skipped, r->auto_remeasure, r->auto_switch, r->auto_spec_reps, r->reps);
+        if (r->plain_generated && r->auto_generated) {
+            /* auto's time against the plain arm's time per token P: each part's excess over P per token it yielded */
+            double P = r->plain_gen_s / r->plain_generated, tot = r->auto_generated * P;
+            long tok_plain = r->auto_generated - r->auto_tok_spec;
+            double rest = r->auto_gen_s - r->auto_step_plain_s - r->auto_step_spec_s - r->auto_rows_s - r->auto_unverified_s;
+            fprintf(f, "  auto arm against plain (%% of the plain arm's time for as many tokens): total %+.1f%% = plain steps "
+                       "%+.1f%% (%ld tokens, %.1f us each vs plain %.1f us) + speculative steps %+.1f%% (%ld tokens) + "
+                       "catch-up rows after plain steps %+.1f%% + drafts not verified %+.1f%% + the rest (first token, loop) %+.1f%%\n",
+                    100 * (r->auto_gen_s - tot) / tot, 100 * (r->auto_step_plain_s - tok_plain * P) / tot,
+                    tok_plain, tok_plain ? 1e6 * r->auto_step_plain_s / tok_plain : 0.0, 1e6 * P,
+                    100 * (r->auto_step_spec_s - r->auto_tok_spec * P) / tot, r->auto_tok_spec, 100 * r->auto_rows_s / tot,
+                    100 * r->auto_unverified_s / tot, 100 * rest / tot);
+        }
     }
     if (r->profile) {
         static const char *kind[MTP_PASS_KINDS] = {"plain step", "verification", "draft (MTP)"};

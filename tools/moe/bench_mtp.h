@@ -21,6 +21,11 @@ typedef struct {
     mtp_costs always_cost;          /* the always arm's measured costs, summed over reps */
     long auto_drafted, auto_accepted, auto_plain, auto_skipped;
     long auto_remeasure;            /* auto arm: re-measurements of the mode not chosen */
+    long auto_switch;               /* auto arm: switches of mode */
+    long auto_spec_reps;            /* auto arm: reps that ended speculating */
+    /* where the auto arm's time goes (seconds summed over reps; mtp_costs' split) against the plain arm */
+    double auto_step_plain_s, auto_step_spec_s, auto_rows_s, auto_unverified_s, auto_gen_s, plain_gen_s;
+    long auto_tok_spec, auto_generated, plain_generated;
     int profile;                    /* --profile: phases of each kind of pass (plain arm, always arm) */
     model_profile prof[MTP_PASS_KINDS];
     long prof_passes[MTP_PASS_KINDS];
@@ -30,7 +35,8 @@ typedef struct {
     int mismatches;                 /* reps whose MTP output differed from plain greedy (must be 0) */
 } mtp_arm;
 
-/* Runs `reps` rounds, alternating plain, always-MTP and auto-MTP greedy decoding of n_gen tokens after
+/* Runs `reps` rounds, alternating plain, always-MTP and auto-MTP greedy decoding (the order of
+ * the three rotating from rep to rep, so that none always runs first or last) of n_gen tokens after
  * n_prompt-token prompts: windows of text_file (tokenized with the model dir's
  * tokenizer) or, when text_file is NULL, random tokens from `seed`. */
 int mtp_arm_run(const moe_model *m, moe_ctx *ctx, moe_kv *kv, const char *model_dir, const char *text_file, int n_prompt, int n_gen, int reps,
