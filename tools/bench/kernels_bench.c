@@ -15,15 +15,22 @@
  *   --cpu-clock  time 1-thread cases with the thread's CPU time instead of the
  *            wall clock (on a busy shared machine: excludes preemption).
  *
+ *   --huge   the weight copies in 2 MiB-aligned memory advised MADV_HUGEPAGE (as the engine's
+ *            converted weights, engine/io/weights.c); default: 4 KiB pages (malloc).
+ *   plain read beside: every cold matvec sample follows a plain read of 128 MiB on the same
+ *            threads; the "% of the plain read" column is the median of the per-sample ratios
+ *            (the machine is shared: the bandwidth moves between samples).
+ *
  *   --types  only these weight types (type-table names: f32,bf16,q8,f16,q8_0,q4_0,q4_K,q5_K,q6_K).
  *
- * Usage: kernels_bench [--quick] [--reps N] [--bw1 GBs] [--bw2 GBs] [--scalar] [--cpu-clock] [--types LIST]
+ * Usage: kernels_bench [--quick] [--reps N] [--bw1 GBs] [--bw2 GBs] [--scalar] [--cpu-clock] [--huge] [--types LIST]
  */
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 
 
@@ -95,13 +102,16 @@ typedef struct {
     void *buf;
 } mat_set;
 
+static int use_huge;
 static mat_set make_set(mat_dtype dt, int rows, int cols, size_t min_total) {
     mat one = {dt, rows, cols, NULL};
     size_t bytes = mat_bytes(&one);
     int copies = (int)((min_total + bytes - 1) / bytes);
     if (copies < 1) copies = 1;
     mat_set s = {calloc((size_t)copies, sizeof(mat)), copies, NULL};
-    char *buf = aligned_alloc(64, (bytes * copies + 63) / 64 * 64);
+    size_t total = use_huge ? (bytes * copies + (2u << 20) - 1) / (2u << 20) * (2u << 20) : (bytes * copies + 63) / 64 * 64;
+    char *buf = aligned_alloc(use_huge ? 2u << 20 : 64, total);
+    if (use_huge) madvise(buf, total, MADV_HUGEPAGE);
     float *row = malloc(sizeof(float) * cols);
     const mat_type *ty = mat_type_of(dt);
     size_t rb = mat_row_bytes(dt, cols);
@@ -130,6 +140,8 @@ static void free_set(mat_set *s) { free(s->m); free(s->buf); }
 
 /* ---------------------------------------------------------------- timing */
 
+#define READ_BESIDE_BYTES ((size_t)128 << 20)
+
 typedef struct {
     threadpool *pool;
     mat_set *set;
@@ -145,7 +157,14 @@ static void run_once(bench_case *b, int i) {
     else matmul_parallel(b->pool, W, b->x, b->n, b->y, W->rows);
 }
 
-/* Median seconds per call (thread CPU time when use_cpu_clock and one thread). */
+/* The plain read measured beside each sample (read_beside_*: set up in main). */
+static double read_beside_s(threadpool *p);
+static double beside_ratio;    /* last time_case: median over samples of (plain-read GB/s) / (case GB/s) */
+static int beside_on;          /* time_case measures a plain read before every sample */
+
+/* Median seconds per call (thread CPU time when use_cpu_clock and one thread). With
+ * beside_on, a plain read of READ_BESIDE_BYTES runs before every sample and beside_ratio
+ * gets the median of (sample's time per byte) / (that read's time per byte). */
 static double time_case(bench_case *b, int reps) {
     int calls = 1, i = 0;
     double (*clk)(void) = use_cpu_clock && threadpool_threads(b->pool) == 1 ? thread_cpu_s : now_s;
@@ -156,13 +175,16 @@ static double time_case(bench_case *b, int reps) {
         if (t >= 0.02 || calls >= (1 << 20)) break;
         calls *= 2;
     }
-    double v[64];
+    double v[64], q[64];
     if (reps > 64) reps = 64;
     for (int r = 0; r < reps; r++) {
+        double rd = beside_on ? read_beside_s(b->pool) : 0;
         double t0 = clk();
         for (int k = 0; k < calls; k++) run_once(b, i++);
         v[r] = (clk() - t0) / calls;
+        if (beside_on) q[r] = (double)mat_bytes(&b->set->m[0]) / v[r] / ((double)READ_BESIDE_BYTES / rd);
     }
+    if (beside_on) beside_ratio = median(q, reps);
     return median(v, reps);
 }
 
@@ -200,6 +222,21 @@ static double read_bandwidth(threadpool *p, int reps) {
     }
     free(buf);
     return (double)n * sizeof(float) / median(v, reps) / 1e9;
+}
+
+/* One plain read of a 128 MiB buffer on p (allocated once): seconds. */
+static read_job beside_job;
+static double read_beside_s(threadpool *p) {
+    double (*clk)(void) = use_cpu_clock && threadpool_threads(p) == 1 ? thread_cpu_s : now_s;
+    if (!beside_job.buf) {
+        float *buf = aligned_alloc(64, READ_BESIDE_BYTES);
+        for (size_t i = 0; i < READ_BESIDE_BYTES / sizeof(float); i++) buf[i] = (float)(i & 7);
+        beside_job.buf = buf;
+        beside_job.n = READ_BESIDE_BYTES / sizeof(float);
+    }
+    double t0 = clk();
+    threadpool_run(p, read_share, &beside_job);
+    return clk() - t0;
 }
 
 static void noop(void *arg, int id, int n) { (void)arg; (void)id; (void)n; }
@@ -290,18 +327,20 @@ int main(int argc, char **argv) {
         if (!strcmp(argv[i], "--quick")) quick = 1;
         else if (!strcmp(argv[i], "--scalar")) cpu_force_scalar(1);
         else if (!strcmp(argv[i], "--cpu-clock")) use_cpu_clock = 1;
+        else if (!strcmp(argv[i], "--huge")) use_huge = 1;
         else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--bw1") && i + 1 < argc) bw[1] = atof(argv[++i]);
         else if (!strcmp(argv[i], "--bw2") && i + 1 < argc) bw[2] = atof(argv[++i]);
         else if (!strcmp(argv[i], "--types") && i + 1 < argc) { if (!parse_types(argv[++i])) return 2; }
-        else { fprintf(stderr, "usage: %s [--quick] [--reps N] [--bw1 GBs] [--bw2 GBs] [--scalar] [--cpu-clock] [--types f32,q4_K,...]\n", argv[0]); return 2; }
+        else { fprintf(stderr, "usage: %s [--quick] [--reps N] [--bw1 GBs] [--bw2 GBs] [--scalar] [--cpu-clock] [--huge] [--types f32,q4_K,...]\n", argv[0]); return 2; }
     }
     if (quick) reps = 5;
     blas_init();
     threadpool *pools[3] = {NULL, threadpool_create(1), threadpool_create(2)};
     if (!pools[1] || !pools[2]) { fprintf(stderr, "threadpool_create failed\n"); return 1; }
-    printf("kernels: %s, default threads %d, medians of %d samples, load average %.2f, 1-thread clock: %s\n\n",
-           cpu_kernel_name(), threadpool_default_threads(), reps, loadavg(), use_cpu_clock ? "thread CPU time" : "wall");
+    printf("kernels: %s, default threads %d, medians of %d samples, load average %.2f, 1-thread clock: %s, weights in %s pages\n\n",
+           cpu_kernel_name(), threadpool_default_threads(), reps, loadavg(), use_cpu_clock ? "thread CPU time" : "wall",
+           use_huge ? "2 MiB (MADV_HUGEPAGE)" : "4 KiB");
 
     /* thread pool round trip */
     for (int nt = 1; nt <= 2; nt++) {
@@ -347,8 +386,8 @@ int main(int argc, char **argv) {
 
     double rb1 = read_bandwidth(pools[1], reps), rb2 = read_bandwidth(pools[2], reps);
     printf("\nplain sequential read of 256 MiB right now: %.1f GB/s (1 thread), %.1f GB/s (2 threads)\n", rb1, rb2);
-    printf("\nmatvec (decode): GB/s of weights streamed (%% of the nominal %.1f / %.1f GB/s, %% of the plain read above)\n",
-           bw[1], bw[2]);
+    printf("\nmatvec (decode): GB/s of weights streamed (%% of the nominal %.1f / %.1f GB/s, %% of a plain read measured\n"
+           "beside it: 128 MiB read before every sample, the median over samples of the ratio)\n", bw[1], bw[2]);
     printf("  %-12s %-10s %24s %24s %10s %10s\n", "shape", "dtype", "cold 1 thread", "cold 2 threads", "hot 1 thr", "hot 2 thr");
     for (int si = 0; si < n_shapes; si++)
         for (int variant = 0; variant < MAT_N_TYPES + 2; variant++) {
@@ -359,19 +398,22 @@ int main(int argc, char **argv) {
             if (!type_on[dt] || (low && quick)) continue;
             mat_set s = make_set(dt, rows, cols, cold_total);
             cpu_set_low_precision(low);
-            double gb = (double)mat_bytes(&s.m[0]) / 1e9, g[3][2];
+            double gb = (double)mat_bytes(&s.m[0]) / 1e9, g[3][2], beside[3];
             for (int hot = 0; hot < 2; hot++)
                 for (int nt = 1; nt <= 2; nt++) {
                     bench_case b = {pools[nt], &s, hot, 0, x, y};
+                    beside_on = !hot;
                     g[nt][hot] = gb / time_case(&b, reps);
+                    beside_on = 0;
+                    if (!hot) beside[nt] = beside_ratio;
                 }
             cpu_set_low_precision(0);
             char shape[32], dname[16];
             snprintf(shape, sizeof shape, "%dx%d", rows, cols);
             snprintf(dname, sizeof dname, "%s%s", dt_name(dt), low ? (dt == MAT_Q8 ? "xq8" : "xbf16") : "");
             printf("  %-12s %-10s %8.1f (%3.0f%%, %3.0f%%) %10.1f (%3.0f%%, %3.0f%%) %10.1f %10.1f\n", shape, dname,
-                   g[1][0], 100 * g[1][0] / bw[1], 100 * g[1][0] / rb1, g[2][0], 100 * g[2][0] / bw[2],
-                   100 * g[2][0] / rb2, g[1][1], g[2][1]);
+                   g[1][0], 100 * g[1][0] / bw[1], 100 * beside[1], g[2][0], 100 * g[2][0] / bw[2],
+                   100 * beside[2], g[1][1], g[2][1]);
             free_set(&s);
         }
 
