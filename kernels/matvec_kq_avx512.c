@@ -30,6 +30,7 @@
 #include <string.h>
 #include <immintrin.h>
 
+#include "hsum_avx512.h"
 #include "kernels_impl.h"
 
 #define AI static inline __attribute__((always_inline))
@@ -242,6 +243,7 @@ AI void q45_tile(int q5, const char *w, size_t rs, int nb, int RB, int TB, const
             }
         }
     }
+    if (RB == 4 && TB == 1) { _mm_storeu_ps(out, hsum4_ps(acc[0][0], acc[1][0], acc[2][0], acc[3][0])); return; }
 #pragma GCC unroll 4
     for (int t = 0; t < TB; t++)
 #pragma GCC unroll 4
@@ -297,13 +299,7 @@ AI void q45_mv4(int q5, const char *w, size_t rs, int nb, const block_q8_K *xq, 
             acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is), _mm512_permutexvar_ps(_mm512_set1_epi32(2 * i), ddx), acc[i]);
         }
     }
-#pragma GCC unroll 4
-    for (int i = 0; i < 4; i++) {
-        __m128 m = lane_ps(accm, i);
-        m = _mm_add_ps(m, _mm_movehl_ps(m, m));
-        m = _mm_add_ss(m, _mm_movehdup_ps(m));
-        out[i] = _mm512_reduce_add_ps(acc[i]) - _mm_cvtss_f32(m);
-    }
+    _mm_storeu_ps(out, _mm_sub_ps(hsum4_ps(acc[0], acc[1], acc[2], acc[3]), hsum_quads_ps(accm)));   /* row i: lanes 4i..4i+3 of accm */
 }
 
 typedef void (*mv4_fn)(const char *, size_t, int, const block_q8_K *, const int16_t *, float *, const kq_ctrl *);
@@ -373,6 +369,7 @@ AI void q6k_tile(const char *w, size_t rs, int nb, int RB, int TB, const block_q
             }
         }
     }
+    if (RB == 4 && TB == 1) { _mm_storeu_ps(out, hsum4_ps(acc[0][0], acc[1][0], acc[2][0], acc[3][0])); return; }
 #pragma GCC unroll 4
     for (int t = 0; t < TB; t++)
 #pragma GCC unroll 4

@@ -38,6 +38,7 @@
 #include <string.h>
 #include <immintrin.h>
 
+#include "hsum_avx512.h"
 #include "kernels_impl.h"
 
 #define AI static inline __attribute__((always_inline))
@@ -224,6 +225,7 @@ AI void q40_tile(int q5, int vnni, const char *w, size_t rs, int nblk, int RB, i
         for (int i = 0; i < RB; i++) p[i] = (const uint8_t *)w + i * rs + (size_t)ng * gb;
         q40_group(q5, vnni, p, tail, RB, TB, X + ng, xs, acc, &c);
     }
+    if (RB == 4 && TB == 1) { _mm_storeu_ps(out, hsum4_ps(acc[0][0], acc[1][0], acc[2][0], acc[3][0])); return; }
 #pragma GCC unroll 8
     for (int t = 0; t < TB; t++)
 #pragma GCC unroll 4
@@ -248,7 +250,6 @@ AI void q40_narrow(int q5, int vnni, const char *w, int nblk, const xgroup *x1, 
     if (q5) n8 = _mm512_add_epi32(n8, n8);
     const __m512i xlo = _mm512_load_si512(xr.lo), xhi = _mm512_load_si512(xr.hi);
     const __m512 dx = _mm512_load_ps(xr.dx);
-    const __m512i gather = _mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 12, 8, 4, 0);
     for (int g = 0; g < ng; g++) {
         const uint8_t *p = (const uint8_t *)w + (size_t)g * gb;
         _mm_prefetch((const char *)p + Q40_PF, _MM_HINT_T0);
@@ -258,9 +259,7 @@ AI void q40_narrow(int q5, int vnni, const char *w, int nblk, const xgroup *x1, 
         group_w(q5, p, c, &ulo, &uhi, &dw);
         __m512i is = dpb(vnni, dpb(vnni, n8, ulo, xlo), uhi, xhi);
         __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(is), _mm512_mul_ps(dw, dx));
-        v = _mm512_add_ps(v, _mm512_permute_ps(v, 0xB1));   /* lanes 4j..4j+3: pairs, then quads */
-        v = _mm512_add_ps(v, _mm512_permute_ps(v, 0x4E));
-        __m128 s4 = _mm512_castps512_ps128(_mm512_permutexvar_ps(gather, v));   /* block sums 0..3 */
+        __m128 s4 = hsum_quads_ps(v);   /* block sums 0..3 */
         if (nblk == 1) _mm_storeu_ps(y + 4 * g, s4);
         else _mm_storel_pi((__m64 *)(y + 2 * g), _mm_hadd_ps(s4, s4));
     }
