@@ -75,6 +75,12 @@ grep -q -- "--act-lowp: every product (decode, prefill, batches, MTP) rounds the
 "$MOE" generate -m "$M" -p "in the beginning of the story" -n 20 --greedy --act-lowp --mtp-mode always >"$T/b" 2>/dev/null || bad "--act-lowp --mtp run"
 cmp -s "$T/a" "$T/b" && ok || bad "--act-lowp: --mtp greedy differs"
 "$MOE" bench --help | grep -q -- "--act-lowp          bf16 / int8 activations in every product" && ok || bad "bench --help --act-lowp"
-
+# weights copied into huge pages at load (default) or read from the mapping (--mmap): the same
+# bytes, so the same greedy text; bench says how much was copied, and nothing with --mmap
+"$MOE" generate -m "$M" -p "in the beginning of the story" -n 20 --greedy >"$T/a" 2>/dev/null || bad "copy run"
+"$MOE" generate -m "$M" -p "in the beginning of the story" -n 20 --greedy --mmap >"$T/b" 2>/dev/null || bad "--mmap run"
+cmp -s "$T/a" "$T/b" && ok || bad "--mmap greedy text differs"
+"$MOE" bench -m "$M" -p 0 -n 2 -r 1 -t 1 2>&1 | grep -E "; [1-9][0-9.]* MiB of them copied as stored into huge pages" >/dev/null && ok || bad "bench: no copy line"
+"$MOE" bench -m "$M" -p 0 -n 2 -r 1 -t 1 --mmap 2>&1 | grep -q "; 0.0 MiB of them copied" && ok || bad "bench --mmap still copied"
 echo "cli_generate: $pass passed, $fail failed"
 [ $fail -eq 0 ]

@@ -88,7 +88,8 @@ typedef struct {
     void **owned;  int n_owned, cap_owned;   /* buffers made at load: a converted matrix is one
                                                  of them, or lies inside one of WEIGHTS_CHUNK bytes */
     size_t bytes_mapped;        /* weight bytes used straight from the mapping */
-    size_t bytes_converted;     /* weight bytes held in converted buffers */
+    size_t bytes_converted;     /* weight bytes held in converted buffers (copies included) */
+    size_t bytes_copied;        /* of those, matrices copied as stored into huge pages (not --mmap) */
     int n_converted;            /* matrices converted */
 } moe_weights;
 
@@ -107,6 +108,11 @@ typedef struct {
     /* threads converting a matrix at load (rows split between them; the bytes do not depend
      * on it): N > 0 splits every matrix over N; 0 = one per online CPU, matrices >= 1 M values */
     int threads;
+    /* 1: matrices stored in their compute format are read straight from the file mapping
+     * (zero-copy, the page cache's 4 KiB pages); 0 (default): the per-token products'
+     * matrices are copied into 2 MiB-aligned MADV_HUGEPAGE buffers and their mapped pages
+     * released (the same bytes; tables such as the embedding stay mapped) */
+    int mmap_in_place;
 } weights_options;
 
 /* path: a checkpoint directory (safetensors) or a .gguf file (weights_is_gguf). */

@@ -135,14 +135,16 @@ int cli_load_engine(moe_session *e, const char *dir, const model_options *opt, i
     cli_ep_attach(e, dir, cmd);
     if (!quiet) {
         const moe_config *c = &m->cfg;
-        char slots[32];
+        char slots[32], copied[64] = "";
         snprintf(slots, sizeof slots, "%d slots x ", n_slots);
+        if (m->w.bytes_copied)
+            snprintf(copied, sizeof copied, " (%.1f MiB copied to huge pages)", m->w.bytes_copied / 1048576.0);
         fprintf(stderr,
                 "model %s: %s, %d layers (+%d MTP), H=%d, %d heads, E=%d top-%d, V=%d | weights %s: %.1f MiB mapped, "
-                "%.1f MiB converted | KV cache %s%d tokens x %zu B = %.1f MiB | kernels %s | load %.2f s\n",
+                "%.1f MiB converted%s | KV cache %s%d tokens x %zu B = %.1f MiB | kernels %s | load %.2f s\n",
                 dir, c->model_type, c->num_hidden_layers, c->num_nextn_predict_layers, c->hidden_size,
                 c->num_attention_heads, c->n_routed_experts, m->K, c->vocab_size, weights_dtype_name(o.dtype),
-                m->w.bytes_mapped / 1048576.0, m->w.bytes_converted / 1048576.0, n_slots > 1 ? slots : "", e->kv.S,
+                m->w.bytes_mapped / 1048576.0, m->w.bytes_converted / 1048576.0, copied, n_slots > 1 ? slots : "", e->kv.S,
                 kv_bytes_per_token(&e->kv), e->kv.bytes / 1048576.0, cpu_kernel_name(), cli_now() - t0);
     }
     if (has_int8_activation_types(m))   /* even when quiet: the numerics differ from f32 activations */
@@ -358,6 +360,10 @@ int cli_model_option(int argc, char **argv, int *i, const char *cmd, model_optio
         cli_act_lowp(cmd);
         return 1;
     }
+    if (!strcmp(a, "--mmap")) {
+        o->mmap_in_place = 1;
+        return 1;
+    }
     if (!strcmp(a, "--kv-dtype")) {
         if (!(v = cli_value(argc, argv, i, cmd))) return -1;
         int d = kv_dtype_parse(v);
@@ -393,6 +399,8 @@ void cli_model_options_usage(FILE *f) {
             "                       (a head of its own in D: V x H more; verification stays exact)\n"
             "  --numa M             NUMA placement: off (default) | interleave | partition (README: --numa)\n"
             "  --act-lowp           bf16 / int8 activations (BF16 / Q8 weights) in every product: faster, less exact\n"
+            "  --mmap               read weights stored in their compute format from the file mapping in place\n"
+            "                       (default: copied into huge pages at load, the same bytes, faster decode)\n"
             "  --kv-dtype T         latent cache values: f32 (default, exact) | bf16 (half the cache bytes)\n"
             "  --experts-per-token K, --no-group-limit, --no-route-bias   routing experiments (each says it is on)\n");
     cli_ep_usage(f);

@@ -628,6 +628,7 @@ int cmd_bench(int argc, char **argv) {
         else if (!strcmp(a, "--mtp-text")) { if (!(mtp_text = cli_value(argc, argv, &i, "bench"))) return 2; mtp = 1; }
         else if (!strcmp(a, "--membw")) membw = 1;
         else if (!strcmp(a, "--act-lowp")) cli_act_lowp("bench");
+        else if (!strcmp(a, "--mmap")) opt.mmap_in_place = 1;
         else if (!strcmp(a, "--kv-dtype")) {
             if (!(v = cli_value(argc, argv, &i, "bench"))) return 2;
             int d = kv_dtype_parse(v);
@@ -895,8 +896,10 @@ int cmd_bench(int argc, char **argv) {
                  "CPU (load average %s at start, %s at end)\n", load_start, load_end);
     fprintf(tab, "memory bandwidth used for bw %%: %.1f GB/s (1 thread), %.1f GB/s (2+ threads): %s\n", rp.bw[0], rp.bw[1],
             rp.bw_source);
-    fprintf(tab, "weights: %.1f MiB mapped from the checkpoint + %.1f MiB converted at load (--dtype %s); peak RSS %.1f MiB%s\n",
+    fprintf(tab, "weights: %.1f MiB mapped from the checkpoint + %.1f MiB converted at load (--dtype %s; %.1f MiB of them "
+                 "copied as stored into huge pages, --mmap reads them in place); peak RSS %.1f MiB%s\n",
             e.m.w.bytes_mapped / 1048576.0, e.m.w.bytes_converted / 1048576.0, weights_dtype_name(opt.dtype),
+            e.m.w.bytes_copied / 1048576.0,
             peak_rss_bytes() / 1048576.0, membw_arr.a ? " (includes the --membw array, --membw-mib)" : "");
     fprintf(tab, "KV cache: %d values (kv_lora_rank %d + rope %d) x %d layers x %zu B (%s) = %zu B per token; %d positions "
                  "allocated = %.2f MiB\n",
