@@ -185,7 +185,8 @@ int model_load(moe_model *m, const char *path, const model_options *opt, moe_err
     }
     weights_options wo = { m->opt.dtype, m->opt.progress, m->opt.progress_ctx, m->opt.holds, m->opt.holds_ctx,
                            m->opt.draft_dtype, 0 /* conversion threads: one per online CPU */,
-                           m->opt.mmap_in_place };
+                           /* --numa places (partition: copies) the weights itself, from the mapping */
+                           m->opt.mmap_in_place || m->opt.numa != NUMA_OFF };
     numa_policy policy;
     numa_load_begin(topo, m->opt.numa, &policy);
     int rc = weights_load(&m->w, c, path, &wo, err);

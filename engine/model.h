@@ -44,7 +44,7 @@ typedef struct {
     int (*holds)(void *ctx, int layer, int expert);   /* weights_options.holds (expert parallelism), may be NULL */
     void *holds_ctx;
     weights_dtype draft_dtype;  /* --draft-dtype: the MTP module's format (WEIGHTS_AUTO = as the rest) */
-    int mmap_in_place;          /* --mmap: weights_options.mmap_in_place (default 0: copied into huge pages) */
+    int mmap_in_place;          /* --mmap: weights_options.mmap_in_place (default 0: copied into huge pages; --numa implies 1) */
 } model_options;
 
 typedef struct moe_model {
