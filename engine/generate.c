@@ -14,7 +14,9 @@
 #define MTP_PROBE_LEN 1
 #define MTP_CONFIRM 3      /* decisions in a row for the other mode before switching */
 #define MTP_FAR 0.05       /* the other mode lost by more than this: back off probing faster (x4) */
-#define MTP_MARGIN 0.10    /* speculation must promise this much less time per token to be chosen */
+#define MTP_EVERY_CHECK 32 /* the first interval while only drafts are checked (before any speculative step) */
+#define MTP_MARGIN 0.15    /* speculation must promise this much less time per token to be chosen */
+#define MTP_LOWER_BOUND 0.95   /* measure a speculative step once its lower bound per token is below this */
 
 static double now_seconds(void) {
     struct timespec ts;
@@ -244,8 +246,8 @@ double mtp_cost_spec(const mtp_costs *c) {
  * one noisy sample does not flip the mode. Before the first speculative step, the first
  * re-measurements only draft and check the draft against the next plain step's logits: while
  * that acceptance says speculating would not pay even if a verification cost no more than a
- * plain step ((1 + draft) / (1 + acceptance) > 1 - MTP_MARGIN), no verification is run (on
- * random weights, nothing is ever verified). While plain, the MTP module is not run at all; a
+ * plain step ((1 + draft) / (1 + acceptance) >= MTP_LOWER_BOUND), no verification is run (on
+ * random weights, nothing is ever verified) and the checks come every MTP_EVERY_CHECK steps, x4. While plain, the MTP module is not run at all; a
  * re-measurement first catches its cache up on the positions it missed in one batched
  * cache-only pass (mtp_catch_up), which is not part of the step's sample. */
 static void win_push(mtp_window *w, double s) {
@@ -312,7 +314,8 @@ static int should_draft(generator *g) {
          * and check (every `every` steps, x4); else measure one speculative step */
         if (a->draft.n) {
             double lb = (1 + win_mean(&a->draft) / mtp_auto_plain(g)) / (1 + ctl_acceptance(g, -1));
-            if (lb < 1 - MTP_MARGIN) { a->probing = 1; return 1; }
+            if (lb < MTP_LOWER_BOUND) { a->probing = 1; return 1; }
+            if (a->every < MTP_EVERY_CHECK) a->every = MTP_EVERY_CHECK;   /* not even a cheap verification would pay */
             if (++a->since < a->every) return 0;
             a->since = 0;
             if (a->every < MTP_EVERY_MAX) a->every = a->every * 4 < MTP_EVERY_MAX ? a->every * 4 : MTP_EVERY_MAX;

@@ -119,7 +119,8 @@ void generator_free(generator *g);
  * recent ones of each mode and the acceptance, speculates only while that predicts fewer
  * seconds per token than plain steps, and re-measures the mode it is not using now and then (every 8
  * steps, the interval doubling (x4 when the other mode lost by over 5 %) to 256 while the choice
- * holds); it switches only after 3 decisions in a row for the other mode; while speculating it
+ * holds); it switches only after 3 decisions in a row for the other mode, to speculation only
+ * for a predicted gain of 15 % or more; while speculating it
  * skips verifying a draft whose confidence bucket's acceptance does not pay for the verification.
  * While plain it does not run the MTP module at all: a re-measurement first catches the MTP
  * cache up on the missed positions in one batched cache-only pass. */
