@@ -227,13 +227,10 @@ AI void score_tile_dp(const uint16_t *qb, int Wp, int nh, int W, const uint16_t 
 /* One head: e = bf16(exp(s - max)) over n scores in place (as f32) and into pb (bf16, padded
  * to even with 0); *max, *sum = the sum of the rounded e. */
 AI void exp_bf16(float *x, uint16_t *pb, int n, float *max, float *sum) {
-    __m512 ninf = _mm512_set1_ps(-INFINITY), mx = ninf;
-    int i = 0;
-    for (; i + 16 <= n; i += 16) mx = _mm512_max_ps(mx, _mm512_loadu_ps(x + i));
-    if (i < n) mx = _mm512_max_ps(mx, _mm512_mask_loadu_ps(ninf, (__mmask16)((1u << (n - i)) - 1), x + i));
-    float mval = _mm512_reduce_max_ps(mx);
+    __m512 ninf = _mm512_set1_ps(-INFINITY);
+    float mval = max512(x, n);
     __m512 m = _mm512_set1_ps(mval), s = _mm512_setzero_ps();
-    for (i = 0; i < n; i += 16) {
+    for (int i = 0; i < n; i += 16) {
         __mmask16 t = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
         __m256i eb = (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_mov_ps(t, exp512(_mm512_sub_ps(_mm512_mask_loadu_ps(ninf, t, x + i), m))));
         __m512 e = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(eb), 16));

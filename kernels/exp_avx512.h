@@ -1,7 +1,7 @@
 /* exp_avx512.h - exp512: expf for 16 lanes, for the *_avx512.c kernels (compiled with the
  * AVX-512 flags only). n = round(x log2 e), r = x - n ln 2 (two-part ln 2), Cephes degree-6
  * polynomial, scaled by 2^n with vscalefps (which flushes underflow to 0 and overflow to inf).
- * Relative error about 2 ulp. */
+ * Relative error about 2 ulp. max512: the masked max pass before an exp of x - max. */
 #ifndef MOE_EXP_AVX512_H
 #define MOE_EXP_AVX512_H
 
@@ -27,14 +27,21 @@ static inline __attribute__((always_inline)) __m512 exp512(__m512 x) {
 
 /* x[i] = exp(x[i] - max x), i < n, in place; *max = max x, *sum = the sum of the new x
  * (a 16-lane sum reduced once). softmax_avx512 divides by it; attn_block keeps both. */
-static inline void exp512_sub_max(float *x, int n, float *max, float *sum) {
+/* max x[0..n), n >= 1 (16 lanes, the tail masked with -inf). */
+static inline float max512(const float *x, int n) {
     __m512 ninf = _mm512_set1_ps(-INFINITY), mx = ninf;
     int i = 0;
     for (; i + 16 <= n; i += 16) mx = _mm512_max_ps(mx, _mm512_loadu_ps(x + i));
     if (i < n) mx = _mm512_max_ps(mx, _mm512_mask_loadu_ps(ninf, (__mmask16)((1u << (n - i)) - 1), x + i));
-    float mval = _mm512_reduce_max_ps(mx);
+    return _mm512_reduce_max_ps(mx);
+}
+
+static inline void exp512_sub_max(float *x, int n, float *max, float *sum) {
+    __m512 ninf = _mm512_set1_ps(-INFINITY);
+    float mval = max512(x, n);
     __m512 m = _mm512_set1_ps(mval), s = _mm512_setzero_ps();
-    for (i = 0; i + 16 <= n; i += 16) {
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
         __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(x + i), m));
         _mm512_storeu_ps(x + i, e);
         s = _mm512_add_ps(s, e);

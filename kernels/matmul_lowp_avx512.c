@@ -34,6 +34,7 @@
 #include <string.h>
 #include <immintrin.h>
 
+#include "hsum_avx512.h"
 #include "kernels_impl.h"
 
 #define AI static inline __attribute__((always_inline))
@@ -55,24 +56,6 @@ AI __m256 hsum_pairs4(__m512 a, __m512 b, __m512 c, __m512 d) {
     cd = _mm512_add_ps(cd, _mm512_permute_ps(cd, 0xB1));
     const __m512i idx = _mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 28, 24, 20, 16, 12, 8, 4, 0);
     return _mm512_castps512_ps256(_mm512_permutex2var_ps(ab, idx, cd));
-}
-
-/* hsum256 of the matvec (matvec_avx512.c), for the odd accumulators left over. */
-AI float hsum256(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
-/* Four _mm512_reduce_add_ps at once, the same additions (matvec_avx512.c's mm_hsum4). */
-AI __m128 hsum4(__m512 a, __m512 b, __m512 c, __m512 d) {
-    __m512 ab = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xEE));
-    __m512 cd = _mm512_add_ps(_mm512_shuffle_f32x4(c, d, 0x44), _mm512_shuffle_f32x4(c, d, 0xEE));
-    __m512 q = _mm512_add_ps(_mm512_shuffle_f32x4(ab, cd, 0x88), _mm512_shuffle_f32x4(ab, cd, 0xDD));
-    q = _mm512_add_ps(q, _mm512_permute_ps(q, 0x4E));
-    q = _mm512_add_ps(q, _mm512_permute_ps(q, 0xB1));
-    return _mm512_castps512_ps128(_mm512_permutexvar_ps(_mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 12, 8, 4, 0), q));
 }
 
 /* ---------------------------------------------------------------- Q8 x int8 */
@@ -265,7 +248,7 @@ AI void bb_tile(const uint16_t *w, size_t rs, int RB, int TB, const uint16_t *X,
     int j = 0;
 #pragma GCC unroll 8
     for (; j + 4 <= RB * TB; j += 4)
-        _mm_storeu_ps(o + j, hsum4(acc[j % RB][j / RB], acc[(j + 1) % RB][(j + 1) / RB], acc[(j + 2) % RB][(j + 2) / RB],
+        _mm_storeu_ps(o + j, hsum4_ps(acc[j % RB][j / RB], acc[(j + 1) % RB][(j + 1) / RB], acc[(j + 2) % RB][(j + 2) / RB],
                                    acc[(j + 3) % RB][(j + 3) / RB]));
 #pragma GCC unroll 4
     for (; j < RB * TB; j++) o[j] = _mm512_reduce_add_ps(acc[j % RB][j / RB]);

@@ -25,6 +25,7 @@
 #include <string.h>
 #include <immintrin.h>
 
+#include "hsum_avx512.h"
 #include "kernels_impl.h"
 
 #define AI static inline __attribute__((always_inline))
@@ -58,22 +59,10 @@ AI size_t pf_ahead(size_t blk, size_t d) {
     return (n ? n : 1) * blk;
 }
 
-/* Four accumulators -> their four horizontal sums (a, b, c, d): 9 shuffles and 5 adds
- * instead of 4 x 8 for four _mm512_reduce_add_ps (what a 1024 x 256 down projection,
- * 16 vector steps per row, spent a quarter of its time on). */
-AI __m128 mm_hsum4(__m512 a, __m512 b, __m512 c, __m512 d) {
-    __m512 ab = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xEE));
-    __m512 cd = _mm512_add_ps(_mm512_shuffle_f32x4(c, d, 0x44), _mm512_shuffle_f32x4(c, d, 0xEE));
-    __m512 q = _mm512_add_ps(_mm512_shuffle_f32x4(ab, cd, 0x88), _mm512_shuffle_f32x4(ab, cd, 0xDD));
-    q = _mm512_add_ps(q, _mm512_permute_ps(q, 0x4E));   /* 128-bit lane j holds vector j's 4 partials */
-    q = _mm512_add_ps(q, _mm512_permute_ps(q, 0xB1));
-    return _mm512_castps512_ps128(_mm512_permutexvar_ps(_mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 12, 8, 4, 0), q));
-}
-
-/* y[0..RB) = the horizontal sums of acc[0..RB) (RB = 4: one mm_hsum4). */
+/* y[0..RB) = the horizontal sums of acc[0..RB) (RB = 4: one hsum4_ps, hsum_avx512.h). */
 AI void mv_store(float *y, const __m512 *acc, int RB) {
     if (RB == 4) {
-        _mm_storeu_ps(y, mm_hsum4(acc[0], acc[1], acc[2], acc[3]));
+        _mm_storeu_ps(y, hsum4_ps(acc[0], acc[1], acc[2], acc[3]));
         return;
     }
 #pragma GCC unroll 4
@@ -502,7 +491,7 @@ AI void mm_tile(const char *w, size_t rs, int dt, int RB, int TB, const float *X
     int j = 0;
 #pragma GCC unroll 8
     for (; j + 4 <= RB * TB; j += 4)
-        _mm_storeu_ps(out + j, mm_hsum4(acc[j % RB][j / RB], acc[(j + 1) % RB][(j + 1) / RB],
+        _mm_storeu_ps(out + j, hsum4_ps(acc[j % RB][j / RB], acc[(j + 1) % RB][(j + 1) / RB],
                                         acc[(j + 2) % RB][(j + 2) / RB], acc[(j + 3) % RB][(j + 3) / RB]));
 #pragma GCC unroll 4
     for (; j < RB * TB; j++) out[j] = _mm512_reduce_add_ps(acc[j % RB][j / RB]);
@@ -647,12 +636,6 @@ AI __m256 q8q8_block(const block_q8 *wb, __m256i xq, __m256 acc, float dx) {
     return _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_set1_ps(wb->scale * dx), acc);
 }
 
-AI float hsum256(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
 
 void matvec_rows_q8q8_avx512vnni(const mat *W, const block_q8 *xq, float *y, int row0, int row1) {
     int nb = W->cols / QK8;
