@@ -87,6 +87,12 @@ int generator_enable_mtp(generator *g, mtp_mode mode, size_t *extra_bytes, moe_e
     return MOE_OK;
 }
 
+void generator_mtp_adopt(generator *g, const mtp_auto *learned) {
+    g->ctl = *learned;
+    g->ctl.probe_left = g->ctl.probing = 0;
+    g->ctl.n_remeasure = g->ctl.n_switch = g->ctl.n_spec_steps = g->ctl.n_plain_steps = g->ctl.n_shadow = 0;
+}
+
 /* Runs the MTP module over positions [mtp_valid, n_history): position p gets
  * (hidden[p], token p+1), where token n_history is `pending` (-1: stop one short,
  * the next token is not known yet). The last position's logits land in draft_logits (with a
@@ -324,7 +330,10 @@ static int should_draft(generator *g) {
         a->probing = 2;
         return 1;
     }
-    double rel = spec_relative(g);
+    /* while plain, only a new speculative sample changes the estimate (the plain window moves
+     * only its small row term): the medians are not re-sorted at every plain step */
+    double rel = a->rel;
+    if (a->spec || a->fresh || a->streak || rel <= 0) { rel = a->rel = spec_relative(g); a->fresh = 0; }
     /* hysteresis: switching to speculation needs a clear gain (its samples are few, and a
      * speculative step's passes evict plain ones' weights from the caches), staying needs any */
     int spec = a->spec ? rel < 1 : rel < 1 - MTP_MARGIN;
@@ -521,6 +530,7 @@ static int run_mtp(generator *g, int max_new, generate_emit emit, void *ctx, moe
             double t = t_all - t_cache;
             if (!g->ctl.spec && g->ctl.plain.n) win_push(&g->ctl.ratio, t / win_recent(&g->ctl.plain, MTP_RECENT));
             win_push(&g->ctl.spec_step, t);
+            g->ctl.fresh = 1;
         }
     }
     return stop < 0 ? MOE_FAIL : MOE_OK;

@@ -62,6 +62,9 @@ typedef struct {
     long drafted[MTP_CONF_BUCKETS];      /* drafts verified, or checked against the next plain step's logits */
     double accepted[MTP_CONF_BUCKETS];   /* of them accepted (a check: the probability it would have been) */
     long n_shadow;                 /* drafts not verified but checked (a re-measurement's cheap half) */
+    int fresh;                     /* a speculative step was measured since the last decision */
+    double rel;                    /* the last decision's speculation / plain time per token (while plain,
+                                      re-computed only when `fresh`: nothing else changes it much) */
 } mtp_auto;
 
 /* The clock auto mode and the cost figures read: NULL = CLOCK_MONOTONIC seconds. A test sets a
@@ -125,6 +128,16 @@ void generator_free(generator *g);
  * While plain it does not run the MTP module at all: a re-measurement first catches the MTP
  * cache up on the missed positions in one batched cache-only pass. */
 int generator_enable_mtp(generator *g, mtp_mode mode, size_t *extra_bytes, moe_error *err);
+
+/* Auto mode starts from what an earlier sequence of this process learned (its generator's ctl,
+ * on the same model, context and threads) instead of re-learning it: the step times of each
+ * mode, the acceptance by confidence, the choice and the re-measuring interval. What it learns
+ * is a property of the model, the machine and the kind of text, not of one sequence, so a
+ * process that generates again (a bench's reps, a client's next request) need not pay the
+ * probes a cold start pays (on the toy, ~3 % of 128 tokens); the re-measurements go on as
+ * before, so a change of load or text is still seen. The counters (n_remeasure, n_switch,
+ * n_spec_steps, n_plain_steps, n_shadow) restart at 0. Call after generator_enable_mtp. */
+void generator_mtp_adopt(generator *g, const mtp_auto *learned);
 
 /* The speculative-sampling rule: a draft d drawn from q [V] against the target p [V]:
  * returns -1 when d is accepted (probability min(1, p(d)/q(d))), else a token drawn from

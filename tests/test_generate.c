@@ -252,6 +252,48 @@ static void test_mtp_auto_greedy_identical(void **state) {
     session_close(&m);
 }
 
+/* generator_mtp_adopt: a second sequence that starts from what the first learned (drafts never
+ * accepted, speculation costs 1.2 plain steps) pays almost none of the cold start's probes:
+ * it stays plain, with at most the re-measurements its interval (grown by the first) asks for,
+ * and its counters start at 0. A cold second sequence pays the probes again. */
+static void test_mtp_auto_adopt_skips_relearning(void **state) {
+    (void)state;
+    moe_session m;
+    moe_error err = {{0}};
+    model_options opt = { .max_seq = 512 };
+    assert_int_equal(session_open(&m, MODEL, &opt, 1, &err), 0);
+    sampler_params greedy = { .temperature = 0.0f, .top_p = 1.0f };
+    sampler s;
+    assert_int_equal(sampler_init(&s, m.m.cfg.vocab_size, &greedy, &err), 0);
+    mtp_auto learned;
+    long spec[3] = {0}, plain[3] = {0};
+    for (int k = 0; k < 3; k++) {   /* 0: cold, 1: adopting 0's state, 2: cold again */
+        generator g;
+        mtp_vclock v;
+        assert_int_equal(generator_init(&g, &m.m, &m.c, &m.kv, 0, NULL, &s, &err), 0);
+        g.eos_id = -1;
+        assert_int_equal(generator_enable_mtp(&g, MTP_AUTO, NULL, &err), 0);
+        if (k == 1) generator_mtp_adopt(&g, &learned);
+        if (k == 1) assert_int_equal(g.ctl.n_spec_steps + g.ctl.n_plain_steps + g.ctl.n_remeasure, 0);
+        mtp_vclock_install(&v, &m.c, &g, m.m.cfg.num_hidden_layers, 1.0, 0.05, 0.1);
+        int prompt[4] = {3 + k, 17, 101, 7};
+        assert_int_equal(generator_prompt(&g, prompt, 4, &err), 0);
+        assert_int_equal(generator_run(&g, 120, NULL, NULL, &err), 0);
+        spec[k] = g.ctl.n_spec_steps;
+        plain[k] = g.ctl.n_plain_steps;
+        assert_int_equal(g.ctl.spec, 0);
+        if (k == 0) learned = g.ctl;
+        m.c.on_route = NULL;
+        generator_free(&g);
+    }
+    print_message("auto, never accepted, 120 tokens: cold %ld speculative / %ld plain steps, adopting %ld / %ld, cold "
+                  "again %ld / %ld\n", spec[0], plain[0], spec[1], plain[1], spec[2], plain[2]);
+    assert_true(spec[0] >= 3 && spec[2] >= 3);   /* a cold start measures speculation a few times */
+    assert_true(spec[1] <= 1);                   /* one re-measurement at most: the interval is long already */
+    sampler_free(&s);
+    session_close(&m);
+}
+
 /* --mtp auto, drafts (nearly) never accepted (random weights), on a virtual clock where a
  * speculative step costs 1.2 plain steps: an accepted draft would pay, a rejected one does
  * not. The controller must settle on plain decoding: after its first measurements only its
@@ -498,6 +540,7 @@ int main(void) {
         cmocka_unit_test(test_mtp_greedy_identical),
         cmocka_unit_test(test_mtp_auto_greedy_identical),
         cmocka_unit_test(test_mtp_auto_settles_plain_when_rejected),
+        cmocka_unit_test(test_mtp_auto_adopt_skips_relearning),
         cmocka_unit_test(test_speculative_rule_distribution),
         cmocka_unit_test(test_mtp_cache_consistent),
         cmocka_unit_test(test_mtp_cache_only_catch_up),

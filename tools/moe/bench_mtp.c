@@ -41,11 +41,15 @@ static double cpu_seconds(void) {
 
 /* prof: NULL, or [MTP_PASS_KINDS]: plain decoding's passes go to prof[MTP_PASS_PLAIN], the MTP
  * loop's to its kinds (generator.prof); the prompt is not profiled. */
+/* learned: NULL, or auto mode's state from the previous rep (generator_mtp_adopt). */
 static int decode(const moe_model *m, moe_ctx *c, moe_kv *kv, const int *prompt, int n_prompt, int n_gen, int mtp,
-                  model_profile *prof, generator *g, sampler *s, int *out_ids, double *tps, double *cpu_s, moe_error *err) {
+                  const mtp_auto *learned, model_profile *prof, generator *g, sampler *s, int *out_ids, double *tps,
+                  double *cpu_s, moe_error *err) {
     if (generator_init(g, m, c, kv, 0, NULL, s, err)) return MOE_FAIL;
     g->eos_id = -1;                                   /* always n_gen tokens */
-    int rc = (mtp && generator_enable_mtp(g, (mtp_mode)mtp, NULL, err)) || generator_prompt(g, prompt, n_prompt, err);
+    int rc = mtp && generator_enable_mtp(g, (mtp_mode)mtp, NULL, err);
+    if (!rc && learned) generator_mtp_adopt(g, learned);
+    rc = rc || generator_prompt(g, prompt, n_prompt, err);
     if (!rc) {
         model_profile *saved = c->prof;
         if (prof && mtp) g->prof = prof;
@@ -67,13 +71,14 @@ static int decode(const moe_model *m, moe_ctx *c, moe_kv *kv, const int *prompt,
 /* ------------------------------------------------------------------ the arm */
 
 int mtp_arm_run(const moe_model *m, moe_ctx *ctx, moe_kv *kv, const char *model_dir, const char *text_file, int n_prompt, int n_gen, int reps,
-                uint64_t seed, int profile, mtp_arm *r, moe_error *err) {
+                uint64_t seed, int profile, int carry, mtp_arm *r, moe_error *err) {
     memset(r, 0, sizeof *r);
     r->profile = profile;
     r->reps = reps;
     r->n_gen = n_gen;
     r->n_prompt = n_prompt;
     r->prompt_source = text_file ? text_file : "random tokens";
+    r->auto_carry = carry;
     if (m->cfg.num_nextn_predict_layers < 1) return moe_error_set(err, "--mtp: this checkpoint has no MTP module");
     if (n_prompt + n_gen + 2 > kv->S) return moe_error_set(err, "--mtp: context too small");
     int *text_ids = NULL, n_text = 0;
@@ -128,7 +133,10 @@ int mtp_arm_run(const moe_model *m, moe_ctx *ctx, moe_kv *kv, const char *model_
             expert_counter_close(&cnt);
             double before[2] = {cnt.sum_distinct[1], cnt.sum_distinct[2]};
             long before_n[2] = {cnt.n_sets[1], cnt.n_sets[2]};
-            int drc = decode(m, ctx, kv, prompt, n_prompt, n_gen, mode, profile && arm < 2 ? r->prof : NULL, &g, &smp, out, &tps, &cpu_s, err);
+            /* auto keeps what it learned from rep to rep, as a process generating again would */
+            const mtp_auto *learned = arm == 2 && rep > 0 && r->auto_carry ? &r->auto_learned : NULL;
+            int drc = decode(m, ctx, kv, prompt, n_prompt, n_gen, mode, learned, profile && arm < 2 ? r->prof : NULL, &g, &smp,
+                             out, &tps, &cpu_s, err);
             expert_counter_close(&cnt);
             if (drc) { generator_free(&g); goto done; }
             r->cpu_ts[arm][rep] = cpu_s > 0 ? g.n_generated / (cpu_s / r->threads) : 0;
@@ -157,6 +165,7 @@ int mtp_arm_run(const moe_model *m, moe_ctx *ctx, moe_kv *kv, const char *model_
                 r->auto_gen_s += g.gen_seconds;
                 r->auto_tok_spec += g.cost.tok_spec;
                 r->auto_generated += g.n_generated;
+                r->auto_learned = g.ctl;
                 cnt.sum_distinct[1] = before[0];   /* counted in the always arm */
                 cnt.n_sets[1] = before_n[0];
                 cnt.sum_distinct[2] = before[1];
@@ -240,7 +249,10 @@ void mtp_arm_print(FILE *f, const mtp_arm *r) {
         for (int b = 0; b < MTP_CONF_BUCKETS; b++)
             fprintf(f, " [%.2f, %.2f) %ld/%ld", (double)b / MTP_CONF_BUCKETS, (double)(b + 1) / MTP_CONF_BUCKETS,
                     c->accepted[b], c->drafted[b]);
-        fprintf(f, "\n  auto arm: %ld drafts (%ld accepted), %ld plain steps, %ld drafts not verified, %ld re-measurements of "
+        fprintf(f, "\n  auto arm (%s): rep 1 x%.2f plain;", r->auto_carry ? "each rep starts from what the previous rep learned, "
+                   "as a process generating again; --mtp-cold: from scratch" : "each rep from scratch (--mtp-cold)",
+                r->plain_ts[0] > 0 ? r->auto_ts[0] / r->plain_ts[0] : 0.0);
+        fprintf(f, " %ld drafts (%ld accepted), %ld plain steps, %ld drafts not verified, %ld re-measurements of "
                    "the mode not chosen, %ld switches of mode; %ld of %d reps ended speculating\n", r->auto_drafted,
                 r->auto_accepted, r->auto_plain, r->auto_skipped, r->auto_remeasure, r->auto_switch, r->auto_spec_reps, r->reps);
         if (r->plain_generated && r->auto_generated) {

@@ -23,6 +23,8 @@ typedef struct {
     long auto_remeasure;            /* auto arm: re-measurements of the mode not chosen */
     long auto_switch;               /* auto arm: switches of mode */
     long auto_spec_reps;            /* auto arm: reps that ended speculating */
+    int auto_carry;                 /* auto arm: each rep adopts the previous rep's controller (generator_mtp_adopt) */
+    mtp_auto auto_learned;          /* the last auto rep's controller */
     /* where the auto arm's time goes (seconds summed over reps; mtp_costs' split) against the plain arm */
     double auto_step_plain_s, auto_step_spec_s, auto_rows_s, auto_unverified_s, auto_gen_s, plain_gen_s;
     long auto_tok_spec, auto_generated, plain_generated;
@@ -38,9 +40,10 @@ typedef struct {
 /* Runs `reps` rounds, alternating plain, always-MTP and auto-MTP greedy decoding (the order of
  * the three rotating from rep to rep, so that none always runs first or last) of n_gen tokens after
  * n_prompt-token prompts: windows of text_file (tokenized with the model dir's
- * tokenizer) or, when text_file is NULL, random tokens from `seed`. */
+ * tokenizer) or, when text_file is NULL, random tokens from `seed`. carry: the auto arm's reps after
+ * the first start from what the previous one learned (generator_mtp_adopt); 0: each from scratch. */
 int mtp_arm_run(const moe_model *m, moe_ctx *ctx, moe_kv *kv, const char *model_dir, const char *text_file, int n_prompt, int n_gen, int reps,
-                uint64_t seed, int profile, mtp_arm *out, moe_error *err);
+                uint64_t seed, int profile, int carry, mtp_arm *out, moe_error *err);
 void mtp_arm_print(FILE *f, const mtp_arm *r);
 json_t *mtp_arm_json(const mtp_arm *r);
 void mtp_arm_free(mtp_arm *r);
