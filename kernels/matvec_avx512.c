@@ -520,112 +520,6 @@ AI void mm_rows(const char *w, size_t rs, int dt, int RB, const float *X, int n,
     }
 }
 
-/* BF16 with n <= MM_BF16_EXACT_N tokens: the matvec's summation order (mv_bf16_block: even
- * and odd columns of each 32 in accumulators of their own, added before the reduction; the
- * rest of the row 16 at a time into the even one), so each token's Y row is bit for bit what
- * matvec_rows gives it alone: an MTP verification's two tokens get a plain step's logits and
- * routing. The tile is RB rows x TB <= 2 tokens (8 TB accumulators); xe / xo are the tokens' even
- * and odd columns of [0, kfull), kh = kfull / 2 floats per token. */
-#define MM_BF16_EXACT_N 2
-#define MM_BF16_TB 2   /* tokens per tile: 4 x 2 x 2 accumulators, 8 weight and 2 x vectors */
-AI void mm_bf16_tile(const char *w, size_t rs, int RB, int TB, const float *xe, const float *xo, int kh, int kfull,
-                     const float *X, int cols, float *Y, int ldy, int r, size_t p0, size_t p1) {
-    __m512 ae[4][MM_BF16_TB], ao[4][MM_BF16_TB];
-    const char *row[4];
-    const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
-#pragma GCC unroll 4
-    for (int i = 0; i < RB; i++) {
-        row[i] = w + i * rs;
-#pragma GCC unroll 2
-        for (int t = 0; t < TB; t++) { ae[i][t] = _mm512_setzero_ps(); ao[i][t] = _mm512_setzero_ps(); }
-    }
-    for (int k = 0; k < kfull; k += 32) {
-#pragma GCC unroll 4
-        for (int i = 0; i < RB; i++) {
-            _mm_prefetch(row[i] + (size_t)k * 2 + p0, _MM_HINT_T0);
-            _mm_prefetch(row[i] + (size_t)k * 2 + p1, _MM_HINT_T1);
-        }
-        __m512 we[4], wo[4];
-#pragma GCC unroll 4
-        for (int i = 0; i < RB; i++) {
-            __m512i v = _mm512_loadu_si512((const uint16_t *)row[i] + k);
-            we[i] = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
-            wo[i] = _mm512_castsi512_ps(_mm512_and_si512(v, hi));
-        }
-#pragma GCC unroll 2
-        for (int t = 0; t < TB; t++) {
-            __m512 xev = _mm512_loadu_ps(xe + (size_t)t * kh + k / 2), xov = _mm512_loadu_ps(xo + (size_t)t * kh + k / 2);
-            __asm__("" : "+v"(xev), "+v"(xov));   /* in registers for the RB rows (as mm_step) */
-#pragma GCC unroll 4
-            for (int i = 0; i < RB; i++) {
-                ae[i][t] = _mm512_fmadd_ps(we[i], xev, ae[i][t]);
-                ao[i][t] = _mm512_fmadd_ps(wo[i], xov, ao[i][t]);
-            }
-        }
-    }
-    int k = kfull;
-    for (; k + 16 <= cols; k += 16)
-#pragma GCC unroll 4
-        for (int i = 0; i < RB; i++) {
-            __m512 wv = w_load(row[i], MAT_BF16, k, 0, 0);
-#pragma GCC unroll 2
-            for (int t = 0; t < TB; t++) ae[i][t] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(X + (size_t)t * cols + k), ae[i][t]);
-        }
-    if (k < cols) {
-        __mmask16 m = (__mmask16)((1u << (cols - k)) - 1);
-#pragma GCC unroll 4
-        for (int i = 0; i < RB; i++) {
-            __m512 wv = w_load(row[i], MAT_BF16, k, m, 1);
-#pragma GCC unroll 2
-            for (int t = 0; t < TB; t++)
-                ae[i][t] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(m, X + (size_t)t * cols + k), ae[i][t]);
-        }
-    }
-#pragma GCC unroll 2
-    for (int t = 0; t < TB; t++) {
-        __m512 acc[4];
-#pragma GCC unroll 4
-        for (int i = 0; i < RB; i++) acc[i] = _mm512_add_ps(ae[i][t], ao[i][t]);
-        mv_store(Y + (size_t)t * ldy + r, acc, RB);
-    }
-}
-
-AI void mm_bf16_rows(const char *w, size_t rs, int RB, int n, const float *xe, const float *xo, int kh, int kfull,
-                     const float *X, int cols, float *Y, int ldy, int r, size_t p0, size_t p1) {
-    /* tiles of 2 tokens, then 1 (which tile a token is in does not change its bits) */
-    int t = 0;
-    for (; t + 2 <= n; t += 2)
-        mm_bf16_tile(w, rs, RB, 2, xe + (size_t)t * kh, xo + (size_t)t * kh, kh, kfull, X + (size_t)t * cols, cols,
-                     Y + (size_t)t * ldy, ldy, r, p0, p1);
-    if (t < n)
-        mm_bf16_tile(w, rs, RB, 1, xe + (size_t)t * kh, xo + (size_t)t * kh, kh, kfull, X + (size_t)t * cols, cols,
-                     Y + (size_t)t * ldy, ldy, r, p0, p1);
-}
-
-/* Longest row the exact BF16 tile splits on the stack (2 tokens x 4 B per column). */
-#define MM_BF16_EXACT_MAX_COLS 32768
-
-static void mm_bf16_exact(const mat *W, const float *X, int n, float *Y, int ldy, int row0, int row1) {
-    int cols = W->cols, kfull = cols & ~31, kh = kfull / 2;
-    size_t rs = (size_t)cols * 2;
-    const char *base = (const char *)W->data;
-    float xe[(size_t)n * kh + 1], xo[(size_t)n * kh + 1];
-    const __m512i ie = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
-    const __m512i io = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
-    for (int t = 0; t < n; t++)
-        for (int k = 0; k < kfull; k += 32) {   /* as mv_bf16 */
-            const float *x = X + (size_t)t * cols;
-            __m512 a = _mm512_loadu_ps(x + k), b = _mm512_loadu_ps(x + k + 16);
-            _mm512_storeu_ps(xe + (size_t)t * kh + k / 2, _mm512_permutex2var_ps(a, ie, b));
-            _mm512_storeu_ps(xo + (size_t)t * kh + k / 2, _mm512_permutex2var_ps(a, io, b));
-        }
-    size_t p0, p1;
-    pf_dists(4 * rs, &p0, &p1);
-    int r = row0;
-    for (; r + 4 <= row1; r += 4) mm_bf16_rows(base + (size_t)r * rs, rs, 4, n, xe, xo, kh, kfull, X, cols, Y, ldy, r, p0, p1);
-    for (; r < row1; r++) mm_bf16_rows(base + (size_t)r * rs, rs, 1, n, xe, xo, kh, kfull, X, cols, Y, ldy, r, p0, p1);
-}
-
 AI void mm_dtype(const mat *W, int dt, const float *X, int n, float *Y, int ldy, int row0, int row1) {
     size_t rs = row_stride(W);
     const char *base = (const char *)W->data;
@@ -637,11 +531,7 @@ AI void mm_dtype(const mat *W, int dt, const float *X, int n, float *Y, int ldy,
 void matmul_rows_avx512(const mat *W, const float *X, int n, float *Y, int ldy, int row0, int row1) {
     switch (W->dtype) {
     case MAT_F32: mm_dtype(W, MAT_F32, X, n, Y, ldy, row0, row1); break;
-    case MAT_BF16:
-        /* as the matvec (mv_dtype) would take its split path: the same bits per token */
-        if (n <= MM_BF16_EXACT_N && W->cols >= 32 && W->cols <= MM_BF16_EXACT_MAX_COLS) mm_bf16_exact(W, X, n, Y, ldy, row0, row1);
-        else mm_dtype(W, MAT_BF16, X, n, Y, ldy, row0, row1);
-        break;
+    case MAT_BF16: mm_dtype(W, MAT_BF16, X, n, Y, ldy, row0, row1); break;
     case MAT_Q8: mm_dtype(W, MAT_Q8, X, n, Y, ldy, row0, row1); break;
     case MAT_F16: mm_dtype(W, MAT_F16, X, n, Y, ldy, row0, row1); break;
     case MAT_Q8_0: mm_dtype(W, MAT_Q8_0, X, n, Y, ldy, row0, row1); break;

@@ -724,34 +724,6 @@ static void test_lowp_matmul_mode(void **state) {
     threadpool_free(pool);
 }
 
-/* BF16 weights, f32 activations, 1-2 tokens: matmul_rows / matmul_parallel give each token
- * the bits matvec_rows gives it alone (an MTP verification's two tokens must get a plain
- * step's logits and routing: greedy --mtp is then token-identical by construction), tails
- * of columns (not a multiple of 32 or 16) and of rows (not a multiple of 4) included. */
-static void test_bf16_matmul_small_n_is_matvec(void **state) {
-    (void)state;
-    static const int shapes[][2] = {{67, 1024}, {32, 192}, {192, 32}, {45, 200}, {9, 48}, {5, 33}, {130, 7168}};
-    threadpool *pool = threadpool_create(3);
-    assert_non_null(pool);
-    for (int si = 0; si < NELEM(shapes); si++)
-        for (int n = 1; n <= 2; n++) {
-            int rows = shapes[si][0], cols = shapes[si][1];
-            test_mat W = make_mat(MAT_BF16, rows, cols, 0);
-            float *X = malloc(sizeof(float) * (size_t)n * cols), *Y = malloc(sizeof(float) * (size_t)n * rows);
-            float *Yp = malloc(sizeof(float) * (size_t)n * rows), *y = malloc(sizeof(float) * rows);
-            for (size_t i = 0; i < (size_t)n * cols; i++) X[i] = rng_uniform() - 0.5f;
-            matmul_rows(&W.m, X, n, Y, rows, 0, rows);
-            matmul_parallel(pool, &W.m, X, n, Yp, rows);
-            for (int t = 0; t < n; t++) {
-                matvec_rows(&W.m, X + (size_t)t * cols, y, 0, rows);
-                if (memcmp(y, Y + (size_t)t * rows, sizeof(float) * rows) || memcmp(y, Yp + (size_t)t * rows, sizeof(float) * rows))
-                    fail_msg("bf16 %dx%d n %d token %d: matmul differs from matvec", rows, cols, n, t);
-            }
-            free(W.buf); free(X); free(Y); free(Yp); free(y);
-        }
-    threadpool_free(pool);
-}
-
 /* ---------------------------------------------------------------- small kernels */
 
 static const int VN[] = {1, 7, 15, 16, 17, 33, 64, 100, 512, 1000, 7168};
@@ -2261,7 +2233,6 @@ int main(void) {
         cmocka_unit_test(test_low_precision_mode),
         cmocka_unit_test(test_lowp_matmul),
         cmocka_unit_test(test_lowp_matmul_mode),
-        cmocka_unit_test(test_bf16_matmul_small_n_is_matvec),
         cmocka_unit_test(test_rmsnorm),
         cmocka_unit_test(test_softmax),
         cmocka_unit_test(test_silu_mul),
