@@ -90,7 +90,7 @@ int generator_enable_mtp(generator *g, mtp_mode mode, size_t *extra_bytes, moe_e
 void generator_mtp_adopt(generator *g, const mtp_auto *learned) {
     g->ctl = *learned;
     g->ctl.probe_left = g->ctl.probing = 0;
-    g->ctl.n_remeasure = g->ctl.n_switch = g->ctl.n_spec_steps = g->ctl.n_plain_steps = g->ctl.n_shadow = 0;
+    g->ctl.n_remeasure = g->ctl.n_switch = g->ctl.n_spec_steps = g->ctl.n_plain_steps = g->ctl.n_shadow = g->ctl.n_quiet = 0;
 }
 
 /* Runs the MTP module over positions [mtp_valid, n_history): position p gets
@@ -148,7 +148,8 @@ int generator_prompt(generator *g, const int *tokens, int n, moe_error *err) {
     if (g->use_mtp) {
         /* MTP position p reads (h_p, token p+1): valid while token p+1 was kept */
         if (g->mtp_valid > keep - 1) g->mtp_valid = keep > 0 ? keep - 1 : 0;
-        if (mtp_catch_up(g, -1, NULL, NULL, err)) return MOE_FAIL;
+        int quiet = g->mode == MTP_AUTO && g->ctl.quiet_left > 0;   /* settled plain: a later draft catches up */
+        if (!quiet && mtp_catch_up(g, -1, NULL, NULL, err)) return MOE_FAIL;
     }
     g->n_prompt_computed = n - keep;
     g->prompt_seconds = now_seconds() - t0;
@@ -307,12 +308,28 @@ double mtp_auto_plain(const generator *g) { return win_recent(&g->ctl.plain, MTP
 
 double mtp_auto_spec(const generator *g) { return spec_relative(g) * mtp_auto_plain(g); }
 
+/* At a re-measurement while plain: `far` = speculation lost by over MTP_FAR again (or, before
+ * any speculative step, the drafts checked say even a free verification would not pay). After
+ * MTP_SETTLE of those in a row (with the interval growing x4: 8, 32, 128, 256 steps), auto settles on plain decoding for
+ * MTP_QUIET steps: no re-measurement, no draft, no cache-only MTP rows (the last ~1 % of a
+ * toy plain step's time was those: each re-measurement first catches the MTP cache up on every
+ * position it missed), and a new prompt skips the MTP module too. Returns 1 when settling now. */
+static int settle(mtp_auto *a, int far) {
+    if (!far) { a->n_far = 0; return 0; }
+    if (++a->n_far < MTP_SETTLE) return 0;
+    a->n_far = 0;
+    a->quiet_left = MTP_QUIET;
+    a->n_quiet++;
+    return 1;
+}
+
 /* Draft at this step? Sets ctl.probing when the step re-measures speculation while plain. */
 static int should_draft(generator *g) {
     mtp_auto *a = &g->ctl;
     a->probing = 0;
     if (g->mode == MTP_ALWAYS) return 1;
     if (a->probe_left > 0) { a->probe_left--; a->probing = 1; return 1; }
+    if (a->quiet_left > 0) { a->quiet_left--; return 0; }   /* settled plain: not even a re-measurement */
     if (!a->plain.n) return 0;                            /* the first step is plain: the yardstick */
     if (!a->spec_step.n) {
         /* speculation not measured yet: a verification costs at least a plain step, so while
@@ -324,6 +341,7 @@ static int should_draft(generator *g) {
             if (a->every < MTP_EVERY_CHECK) a->every = MTP_EVERY_CHECK;   /* not even a cheap verification would pay */
             if (++a->since < a->every) return 0;
             a->since = 0;
+            if (settle(a, 1)) return 0;
             if (a->every < MTP_EVERY_MAX) a->every = a->every * 4 < MTP_EVERY_MAX ? a->every * 4 : MTP_EVERY_MAX;
             a->n_remeasure++;
         }
@@ -350,6 +368,7 @@ static int should_draft(generator *g) {
     if (++a->since >= a->every) {                         /* re-measure the other mode */
         a->since = 0;
         double lose = spec ? 1 / rel - 1 : rel - 1;       /* how much the other mode lost by */
+        if (!spec && settle(a, lose > MTP_FAR)) return 0;
         if (a->every < MTP_EVERY_MAX) a->every *= lose > MTP_FAR ? 4 : 2;
         if (a->every > MTP_EVERY_MAX) a->every = MTP_EVERY_MAX;
         a->n_remeasure++;

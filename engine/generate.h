@@ -39,6 +39,8 @@ typedef struct {
 /* Auto mode's controller (generate.c): the last wall times of each mode's steps, and which
  * mode it chose. Kept across generator_run calls (a chat's turns), reset by generator_enable_mtp. */
 #define MTP_WIN 16
+#define MTP_SETTLE 4       /* re-measurements in a row that speculation lost by over 5 % (generate.c: settle), */
+#define MTP_QUIET 16384    /* ... and auto stays plain this many steps without running the MTP module at all */
 typedef struct {
     double v[MTP_WIN];             /* seconds, a ring */
     int n, next;
@@ -56,6 +58,10 @@ typedef struct {
     int probing;                   /* this step is a re-measurement (set by should_draft): 1, or 2 = draft
                                       and check it against the next plain step only, do not verify */
     int streak;                    /* consecutive decisions for the other mode (a switch needs MTP_CONFIRM) */
+    int n_far;                     /* consecutive re-measurements that speculation lost by a wide margin
+                                      (MTP_SETTLE of them: settle) */
+    int quiet_left;                /* settled plain: steps left without running the MTP module at all */
+    long n_quiet;                  /* times it settled so far */
     long n_remeasure;              /* re-measurements so far */
     long n_switch;                 /* switches of mode so far */
     long n_spec_steps, n_plain_steps;   /* steps run in each mode (kept across runs, as the windows) */

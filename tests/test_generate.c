@@ -294,6 +294,61 @@ static void test_mtp_auto_adopt_skips_relearning(void **state) {
     session_close(&m);
 }
 
+/* --mtp auto settles: drafts never accepted, speculation 1.2 plain steps (as the adopt test),
+ * sequences of 300 tokens each adopting the previous one's state. Once speculation has lost
+ * by a wide margin at MTP_SETTLE re-measurements in a row, auto runs
+ * MTP_QUIET steps without the MTP module: the next sequences draft nothing, check nothing,
+ * and not even their prompts' MTP cache rows are computed (mtp_valid stays 0). Before that,
+ * it does re-measure (the settling is earned, not the start). */
+static void test_mtp_auto_settles_quiet(void **state) {
+    (void)state;
+    moe_session m;
+    moe_error err = {{0}};
+    model_options opt = { .max_seq = 512 };
+    assert_int_equal(session_open(&m, MODEL, &opt, 1, &err), 0);
+    sampler_params greedy = { .temperature = 0.0f, .top_p = 1.0f };
+    sampler s;
+    assert_int_equal(sampler_init(&s, m.m.cfg.vocab_size, &greedy, &err), 0);
+    mtp_auto learned;
+    int settled_at = -1;
+    long remeasured_before = 0;
+    for (int k = 0; k < 12; k++) {
+        generator g;
+        mtp_vclock v;
+        assert_int_equal(generator_init(&g, &m.m, &m.c, &m.kv, 0, NULL, &s, &err), 0);
+        g.eos_id = -1;
+        assert_int_equal(generator_enable_mtp(&g, MTP_AUTO, NULL, &err), 0);
+        if (k) generator_mtp_adopt(&g, &learned);
+        int was_quiet = g.ctl.quiet_left > 0;
+        mtp_vclock_install(&v, &m.c, &g, m.m.cfg.num_hidden_layers, 1.0, 0.05, 0.1);
+        int prompt[4] = {3 + k, 17, 101, 7};
+        assert_int_equal(generator_prompt(&g, prompt, 4, &err), 0);
+        if (was_quiet) assert_int_equal(g.mtp_valid, 0);   /* the prompt skipped the MTP module */
+        assert_int_equal(generator_run(&g, 300, NULL, NULL, &err), 0);
+        assert_int_equal(g.ctl.spec, 0);
+        if (was_quiet) {
+            assert_int_equal(g.ctl.n_spec_steps + g.ctl.n_shadow + g.ctl.n_remeasure + g.n_drafted, 0);
+            assert_int_equal(g.mtp_valid, 0);
+            assert_true(g.ctl.quiet_left > 0);
+        } else if (g.ctl.quiet_left > 0 && settled_at < 0) {
+            settled_at = k;
+            assert_int_equal(g.ctl.n_quiet, 1);
+        }
+        if (settled_at < 0) remeasured_before += g.ctl.n_remeasure;
+        learned = g.ctl;
+        m.c.on_route = NULL;
+        generator_free(&g);
+    }
+    print_message("auto, never accepted: settled plain in sequence %d of 12 (300 tokens each) after %ld re-measurements\n",
+                  settled_at + 1, remeasured_before);
+    /* the acceptance's prior (one in two) makes the first re-measurements' losses small; they
+     * pass 5 % after ~10 drafts, at intervals of 256 steps: ~1,800 steps here */
+    assert_true(settled_at >= 1 && settled_at <= 8);
+    assert_true(remeasured_before >= MTP_SETTLE);
+    sampler_free(&s);
+    session_close(&m);
+}
+
 /* --mtp auto, drafts (nearly) never accepted (random weights), on a virtual clock where a
  * speculative step costs 1.2 plain steps: an accepted draft would pay, a rejected one does
  * not. The controller must settle on plain decoding: after its first measurements only its
@@ -541,6 +596,7 @@ int main(void) {
         cmocka_unit_test(test_mtp_auto_greedy_identical),
         cmocka_unit_test(test_mtp_auto_settles_plain_when_rejected),
         cmocka_unit_test(test_mtp_auto_adopt_skips_relearning),
+        cmocka_unit_test(test_mtp_auto_settles_quiet),
         cmocka_unit_test(test_speculative_rule_distribution),
         cmocka_unit_test(test_mtp_cache_consistent),
         cmocka_unit_test(test_mtp_cache_only_catch_up),

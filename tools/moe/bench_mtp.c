@@ -158,6 +158,7 @@ int mtp_arm_run(const moe_model *m, moe_ctx *ctx, moe_kv *kv, const char *model_
                 r->auto_remeasure += g.ctl.n_remeasure;
                 r->auto_switch += g.ctl.n_switch;
                 r->auto_spec_reps += g.ctl.spec;
+                r->auto_quiet_reps += g.ctl.quiet_left > 0;
                 r->auto_step_plain_s += g.cost.step_plain_s;
                 r->auto_step_spec_s += g.cost.step_spec_s;
                 r->auto_rows_s += g.cost.rows_s;
@@ -253,8 +254,10 @@ void mtp_arm_print(FILE *f, const mtp_arm *r) {
                    "as a process generating again; --mtp-cold: from scratch" : "each rep from scratch (--mtp-cold)",
                 r->plain_ts[0] > 0 ? r->auto_ts[0] / r->plain_ts[0] : 0.0);
         fprintf(f, " %ld drafts (%ld accepted), %ld plain steps, %ld drafts not verified, %ld re-measurements of "
-                   "the mode not chosen, %ld switches of mode; %ld of %d reps ended speculating\n", r->auto_drafted,
-                r->auto_accepted, r->auto_plain, r->auto_skipped, r->auto_remeasure, r->auto_switch, r->auto_spec_reps, r->reps);
+                   "the mode not chosen, %ld switches of mode; %ld of %d reps ended speculating, %ld settled plain (speculation lost "
+                   "by over 5 %% at %d re-measurements in a row: no MTP module for %d steps)\n", r->auto_drafted,
+                r->auto_accepted, r->auto_plain, r->auto_skipped, r->auto_remeasure, r->auto_switch, r->auto_spec_reps, r->reps,
+                r->auto_quiet_reps, MTP_SETTLE, MTP_QUIET);
         if (r->plain_generated && r->auto_generated) {
             /* auto's time against the plain arm's time per token P: each part's excess over P per token it yielded */
             double P = r->plain_gen_s / r->plain_generated, tot = r->auto_generated * P;
