@@ -71,11 +71,16 @@ start_server basic -m models/toy --parallel 4 --max-body 65536 --timeout 2 --dty
 [ -n "$port" ] && run_check $port basic "$MOE" models/toy f32
 stop_server basic
 
-# --mtp: every decoding slot's MTP draft verified in the batched pass; greedy answers
-# still equal moe generate (without --mtp), concurrent ones their serial ones
-start_server mtp -m models/toy --parallel 4 --max-body 65536 --timeout 2 --dtype f32 --mtp
+# --mtp-mode always: every decoding slot's MTP draft verified in the batched pass; greedy
+# answers still equal moe generate (without --mtp), concurrent ones their serial ones
+start_server mtp -m models/toy --parallel 4 --max-body 65536 --timeout 2 --dtype f32 --mtp-mode always
 [ -n "$port" ] && run_check $port mtp "$MOE" models/toy f32
 stop_server mtp
+
+# --mtp (auto): steps that draft and steps that do not, the same answers
+start_server mtpauto -m models/toy --parallel 4 --max-body 65536 --timeout 2 --dtype f32 --mtp
+[ -n "$port" ] && run_check $port mtp-auto "$MOE" models/toy f32
+stop_server mtpauto
 
 # --batch 20 beside 15 decoding slots: the new prompt is read 5 tokens per pass
 start_server parallel -m "$L" --ctx 1024 --parallel 16 --batch 20 -q --dtype f32

@@ -5,7 +5,8 @@
     serve_check.py PORT basic MOE MODEL [DTYPE]   routes, chat/completions, streams, usage, stop,
                                              routing extension, cache reuse, greedy = moe generate,
                                              32 concurrent requests, every bad-input case
-    serve_check.py PORT mtp MOE MODEL [DTYPE]        basic against a --mtp server, drafts accepted
+    serve_check.py PORT mtp MOE MODEL [DTYPE]        basic against a --mtp-mode always server, drafts accepted
+    serve_check.py PORT mtp-auto MOE MODEL [DTYPE]   basic against a --mtp (auto) server, both kinds of step
     serve_check.py PORT parallel MOE MODEL [DTYPE]   greedy = moe generate while 15 others decode
     serve_check.py PORT limits KEY PID       401, disconnect frees the slot, 503 queue full,
                                              SIGTERM ends running streams with a final chunk
@@ -522,7 +523,7 @@ def wait_metric_auth(m, name, want, seconds=20):
 def main():
     global DTYPE, MTP
     port, what = int(sys.argv[1]), sys.argv[2]
-    if what in ("basic", "parallel", "mtp") and len(sys.argv) > 5:
+    if what in ("basic", "parallel", "mtp", "mtp-auto") and len(sys.argv) > 5:
         DTYPE = sys.argv[5]
     try:
         if what == "basic":
@@ -534,6 +535,16 @@ def main():
             ok(m.get("moe_mtp_drafted_total", 0) > 100 and 0 < m.get("moe_mtp_accepted_total", 0) <= m["moe_mtp_drafted_total"],
                f"MTP drafts made and accepted: {m.get('moe_mtp_drafted_total')} / {m.get('moe_mtp_accepted_total')}")
             ok(m["moe_tokens_generated_total"] > 1.2 * m["moe_forward_passes_total"], "more tokens than passes with --mtp")
+        elif what == "mtp-auto":   # --mtp auto: answers unchanged whichever steps draft
+            MTP = True
+            basic(port, sys.argv[3], sys.argv[4])
+            m = metrics(port)
+            spec, plain = m.get("moe_mtp_speculative_steps_total", 0), m.get("moe_mtp_plain_steps_total", 0)
+            # its first step at a number of decoding slots is plain (the yardstick), the next
+            # ones measure speculation: both kinds ran, and every decoding step is one of them
+            ok(spec >= 1 and plain >= 1 and spec + plain <= m["moe_forward_passes_total"],
+               f"--mtp auto: {spec} speculative and {plain} plain steps in {m['moe_forward_passes_total']} passes")
+            ok(m.get("moe_mtp_drafted_total", 0) >= spec, "every speculative step drafted")
         elif what == "parallel":
             parallel(port, sys.argv[3], sys.argv[4])
         elif what == "limits":

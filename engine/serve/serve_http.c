@@ -518,6 +518,9 @@ static enum MHD_Result metrics_route(serve_http *h, struct MHD_Connection *c) {
            st.busy_seconds > 0 ? st.batch_tokens / st.busy_seconds : 0.0);
     METRIC("mtp_drafted_total", "counter", "MTP drafts verified (--mtp)", "%llu", st.mtp_drafted);
     METRIC("mtp_accepted_total", "counter", "MTP drafts accepted (--mtp)", "%llu", st.mtp_accepted);
+    METRIC("mtp_speculative_steps_total", "counter", "--mtp auto: steps that drafted", "%llu", st.mtp_spec_steps);
+    METRIC("mtp_plain_steps_total", "counter", "--mtp auto: steps that did not draft", "%llu", st.mtp_plain_steps);
+    METRIC("mtp_settled", "gauge", "--mtp auto: 1 while settled on plain (no MTP module for a while)", "%d", st.mtp_settled);
     METRIC("queue_length", "gauge", "requests waiting for a slot", "%d", st.queue_len);
     METRIC("slots_busy", "gauge", "slots running a request", "%d", st.busy_slots);
     METRIC("slots_total", "gauge", "sequence slots (--parallel)", "%d", st.n_slots);

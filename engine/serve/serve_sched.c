@@ -1,5 +1,6 @@
 /* serve_sched.c - slots, queue and the engine thread of `moe serve` (see serve_sched.h). */
 #include "serve_sched.h"
+#include "serve_mtp_auto.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -146,6 +147,7 @@ struct serve_sched {
     float *mtp_in;               /* --mtp: [B + N, H] its hidden inputs */
     float *mtp_logits;           /* --mtp: [N, V] draft logits */
     unsigned long long n_drafted, n_accepted;   /* --mtp, engine thread only (copied into st per step) */
+    serve_mtp_auto ma;           /* --mtp auto: which steps draft (engine thread only) */
     unsigned long long *load;    /* [L, E] tokens routed to each expert (relaxed atomics) */
     unsigned long step_no;
     int rr;                      /* round-robin start for prefill chunks */
@@ -369,30 +371,51 @@ static int admit(serve_sched *s, serve_req *r) {
 
 /* ------------------------------------------------------------------ the engine thread */
 
+#define MTP_AUTO_MODE 2   /* sched_options.mtp: auto (generate.h's MTP_AUTO) */
+
 
 /* --mtp, before the main pass: per decoding slot, the MTP module catches up over the
  * positions it lacks (p gets (h_p, token p+1); the pending token x is token n) and, once
- * caught up, drafts the token after x from the logits of position n-1. One
- * model_forward_mtp for all slots. Returns the pass's status. */
-static int mtp_draft(serve_sched *s, moe_error *err) {
+ * caught up, drafts the token after x from the logits of position n-1. The rows before n-1
+ * only need their MTP cache rows (model_forward_mtp_cache: no attention, experts or head);
+ * the drafting rows of all slots go in one model_forward_mtp. *catch_up is set when some
+ * slot needed more than the two rows a speculative step leaves behind (after a prompt, or
+ * after plain steps). Returns the pass's status. */
+static int mtp_draft(serve_sched *s, int *catch_up, moe_error *err) {
     int N = s->o.n_slots, H = s->H, rows = 0, budget = s->mbatch.cap;
-    batch_clear(&s->mbatch);
     int drow[64];
+    *catch_up = 0;
+    batch_clear(&s->mbatch);   /* 1. cache rows */
     for (int i = 0; i < N; i++) {
         slot *sl = &s->slots[i];
         sl->draft = -1;
         drow[i] = -1;
         int n = sl->n_hist;
-        if (sl->state != SLOT_DECODE || n + 2 > s->S || budget <= 0) continue;
-        int p0 = sl->mtp_valid, take = n - p0 < budget ? n - p0 : budget;
+        if (sl->state != SLOT_DECODE || n + 2 > s->S || budget <= 1) continue;
+        int p0 = sl->mtp_valid, take = n - 1 - p0 < budget - 1 ? n - 1 - p0 : budget - 1;
+        if (take < 0) take = 0;
+        if (n - p0 > 2) *catch_up = 1;
         for (int j = 0; j < take; j++) {
-            int p = p0 + j, want = p == n - 1;
+            int p = p0 + j;
             memcpy(s->mtp_in + (size_t)s->mbatch.n * H, sl->hidden + (size_t)p * H, sizeof(float) * (size_t)H);
-            batch_add(&s->mbatch, p + 1 < n ? sl->hist[p + 1] : sl->next, p, i, want);
-            if (want) drow[i] = rows++;
+            batch_add(&s->mbatch, sl->hist[p + 1], p, i, 0);
         }
         sl->mtp_valid = p0 + take;
         budget -= take;
+    }
+    if (s->mbatch.n && model_forward_mtp_cache(s->m, s->c, s->kv, 0, &s->mbatch, s->mtp_in, err)) {
+        for (int i = 0; i < N; i++) s->slots[i].mtp_valid = 0;
+        return MOE_FAIL;
+    }
+    batch_clear(&s->mbatch);   /* 2. the drafting rows: (h_{n-1}, x) of each caught-up slot */
+    for (int i = 0; i < N; i++) {
+        slot *sl = &s->slots[i];
+        int n = sl->n_hist;
+        if (sl->state != SLOT_DECODE || n + 2 > s->S || sl->mtp_valid != n - 1 || rows >= s->mbatch.cap) continue;
+        memcpy(s->mtp_in + (size_t)s->mbatch.n * H, sl->hidden + (size_t)(n - 1) * H, sizeof(float) * (size_t)H);
+        batch_add(&s->mbatch, sl->next, n - 1, i, 1);
+        drow[i] = rows++;
+        sl->mtp_valid = n;
     }
     if (s->mbatch.n == 0) return MOE_OK;
     if (model_forward_mtp(s->m, s->c, s->kv, 0, &s->mbatch, s->mtp_in, s->mtp_logits, NULL, err)) {
@@ -461,7 +484,12 @@ static void step(serve_sched *s) {
     int N = s->o.n_slots, rows = 0, rc = MOE_OK, sampled = 0;
     double t0 = now_s();
     moe_error err = {{0}};
-    if (s->o.mtp) rc = mtp_draft(s, &err);
+    /* --mtp: draft in this step? (auto: where it pays, at this many decoding slots) */
+    int n_dec = 0, spec = 0, catch_up = 0, prefill = 0;
+    for (int i = 0; i < N; i++) n_dec += s->slots[i].state == SLOT_DECODE;
+    if (s->o.mtp && n_dec > 0) spec = s->o.mtp == MTP_AUTO_MODE ? sma_decide(&s->ma, n_dec) : 1;
+    for (int i = 0; i < N; i++) s->slots[i].draft = -1;
+    if (spec) rc = mtp_draft(s, &catch_up, &err);
     batch_clear(&s->batch);
     for (int i = 0; i < N; i++) {
         slot *sl = &s->slots[i];
@@ -490,6 +518,7 @@ static void step(serve_sched *s) {
             batch_add(&s->batch, sl->req->prompt[sl->n_hist + j], sl->n_hist + j, i, done && j == take - 1);
         if (done) { sl->row = rows++; sl->route_pos = sl->n_hist + take - 1; }
         chunk[i] = take;
+        prefill += take;
         budget -= take;
     }
     s->rr = (s->rr + 1) % N;
@@ -535,10 +564,14 @@ static void step(serve_sched *s) {
         slot_token(s, sl, tok, sl->route_pos, 0);
         sampled += tok != s->eos;
     }
+    if (s->o.mtp == MTP_AUTO_MODE && n_dec > 0) sma_record(&s->ma, spec, n_dec, now_s() - t0, sampled, !prefill && !catch_up && !rc);
     pthread_mutex_lock(&s->mu);
     s->st.gen_tokens += (unsigned long long)sampled;
     s->st.mtp_drafted = s->n_drafted;
     s->st.mtp_accepted = s->n_accepted;
+    s->st.mtp_spec_steps = s->ma.n_spec_steps;
+    s->st.mtp_plain_steps = s->ma.n_plain_steps;
+    s->st.mtp_settled = s->ma.quiet_left > 0;
     s->st.busy_seconds += now_s() - t0;
     pthread_mutex_unlock(&s->mu);
 }
@@ -716,6 +749,7 @@ int sched_start(serve_sched **out, const moe_model *m, moe_ctx *c, moe_kv *kv, c
             return moe_error_set(err, "out of memory for %d slots of %d positions", N, s->S);
         }
     }
+    sma_init(&s->ma);
     s->st.n_slots = N;
     s->st.kv_total = N * s->S;
     c->on_route = on_route;

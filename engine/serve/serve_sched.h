@@ -101,13 +101,16 @@ typedef struct {
     int n_slots;                 /* N */
     int queue_max;               /* requests waiting beyond the slots; more get 503 */
     int batch;                   /* B tokens per pass (0 = the context's) */
-    int mtp;                     /* MTP self-speculative decoding: drafts verified in the batched pass */
+    int mtp;                     /* MTP self-speculative decoding, drafts verified in the batched pass:
+                                    0 off, 1 (MTP_ALWAYS) every step, 2 (MTP_AUTO) where it pays
+                                    (serve_mtp_auto.h) */
     const sched_follow *follow;  /* NULL, or expert parallelism's leader (see sched_follow) */
 } sched_options;
 
 typedef struct {
     unsigned long long requests, rejected, cancelled, prompt_tokens, cached_tokens, gen_tokens, passes,
-        batch_tokens, mtp_drafted, mtp_accepted;
+        batch_tokens, mtp_drafted, mtp_accepted, mtp_spec_steps, mtp_plain_steps;
+    int mtp_settled;             /* --mtp auto: settled on plain (no MTP module for a while) */
     double busy_seconds;         /* time spent in forward passes + sampling */
     int queue_len, busy_slots, n_slots, kv_used, kv_total;
 } sched_stats;

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "genopts.h"
 #include "cli_ep.h"
 #include "commands.h"
 #include "serve_http.h"
@@ -39,7 +40,9 @@ static void usage(FILE *f) {
             "  --timeout SEC        seconds a client has to send its request (default 30)\n"
             "  --name NAME          the model id /v1/models lists (default: the directory's name)\n"
             "  --mtp                speculative decoding: each decoding slot's MTP draft is verified in the\n"
-            "                       batched pass (greedy output is unchanged)\n"
+            "                       batched pass (greedy output is unchanged); auto: only in steps where\n"
+            "                       that is faster, measured as it serves (engine/serve/serve_mtp_auto.h)\n"
+            "  --mtp-mode M         auto (the default of --mtp) | always (draft every step); implies --mtp\n"
             "  -q, --quiet          no model summary and no request log on stderr\n"
             "  --ep, --ep-plan FILE under mpirun: rank 0 serves HTTP and schedules, the other ranks run the\n"
             "                       same passes with their experts (docs/ep.md; not with --mtp)\n");
@@ -88,7 +91,8 @@ int cmd_serve(int argc, char **argv) {
         else if (!strcmp(a, "--timeout")) INT(1, 86400, timeout);
         else if (!strcmp(a, "--api-key")) { VAL(); api_key = v; }
         else if (!strcmp(a, "--name")) { VAL(); name = v; }
-        else if (!strcmp(a, "--mtp")) mtp = 1;
+        else if (!strcmp(a, "--mtp")) { if (!mtp) mtp = MTP_AUTO; }
+        else if (!strcmp(a, "--mtp-mode")) { VAL(); if (genopts_mtp_mode(v, "serve", &mtp)) return 2; }
         else if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) quiet = 1;
         else { fprintf(stderr, "moe serve: unknown option '%s' (see moe serve --help)\n", a); return 2; }
 #undef INT
@@ -144,7 +148,7 @@ int cmd_serve(int argc, char **argv) {
     int bound = serve_http_port(http);
     fprintf(stderr, "moe serve: listening on http://%s:%d/ (%ld slots x %d tokens, batch %d, queue %ld%s%s); Ctrl-C stops\n",
             strchr(host, ':') ? "[::1]" : host, bound, parallel, e.kv.S, so.batch > 0 && so.batch < e.c.B ? so.batch : e.c.B, queue,
-            mtp ? ", MTP drafts" : "", api_key ? ", API key required" : "");
+            mtp == MTP_ALWAYS ? ", MTP drafts every step" : mtp ? ", MTP drafts where they pay (auto)" : "", api_key ? ", API key required" : "");
     if (cli_ep_on())
         fprintf(stderr, "moe serve: --ep: rank 0 of %d (pid %d) serves, ranks 1..%d follow its passes\n", cli_ep_size(),
                 (int)getpid(), cli_ep_size() - 1);
