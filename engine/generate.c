@@ -3,6 +3,7 @@
 
 #include "kernels.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -83,6 +84,7 @@ int generator_enable_mtp(generator *g, mtp_mode mode, size_t *extra_bytes, moe_e
     memset(&g->ctl, 0, sizeof g->ctl);
     g->ctl.every = MTP_EVERY_MIN;
     g->mtp_valid = 0;
+    g->blind_from = INT_MAX;
     g->n_history = 0;    /* the main hidden states of cached positions are unknown: recompute */
     return MOE_OK;
 }
@@ -90,7 +92,7 @@ int generator_enable_mtp(generator *g, mtp_mode mode, size_t *extra_bytes, moe_e
 void generator_mtp_adopt(generator *g, const mtp_auto *learned) {
     g->ctl = *learned;
     g->ctl.probe_left = g->ctl.probing = 0;
-    g->ctl.n_remeasure = g->ctl.n_switch = g->ctl.n_spec_steps = g->ctl.n_plain_steps = g->ctl.n_shadow = g->ctl.n_quiet = 0;
+    g->ctl.n_remeasure = g->ctl.n_switch = g->ctl.n_spec_steps = g->ctl.n_plain_steps = g->ctl.n_shadow = g->ctl.n_quiet = g->ctl.n_settled_steps = 0;
 }
 
 /* Runs the MTP module over positions [mtp_valid, n_history): position p gets
@@ -148,6 +150,7 @@ int generator_prompt(generator *g, const int *tokens, int n, moe_error *err) {
     if (g->use_mtp) {
         /* MTP position p reads (h_p, token p+1): valid while token p+1 was kept */
         if (g->mtp_valid > keep - 1) g->mtp_valid = keep > 0 ? keep - 1 : 0;
+        if (keep <= g->blind_from) g->blind_from = INT_MAX;   /* every position's hidden state is known again */
         int quiet = g->mode == MTP_AUTO && g->ctl.quiet_left > 0;   /* settled plain: a later draft catches up */
         if (!quiet && mtp_catch_up(g, -1, NULL, NULL, err)) return MOE_FAIL;
     }
@@ -330,6 +333,7 @@ static int should_draft(generator *g) {
     if (g->mode == MTP_ALWAYS) return 1;
     if (a->probe_left > 0) { a->probe_left--; a->probing = 1; return 1; }
     if (a->quiet_left > 0) { a->quiet_left--; return 0; }   /* settled plain: not even a re-measurement */
+    if (g->blind_from < g->n_history) return 0;           /* hidden states missing: no draft in this sequence */
     if (!a->plain.n) return 0;                            /* the first step is plain: the yardstick */
     if (!a->spec_step.n) {
         /* speculation not measured yet: a verification costs at least a plain step, so while
@@ -444,6 +448,20 @@ static int run_mtp(generator *g, int max_new, generate_emit emit, void *ctx, moe
     while (stop == 0 && g->n_generated < max_new) {
         int n = g->n_history;
         if (n + 1 > S) break;   /* the context is full */
+        if (g->mode == MTP_AUTO && g->ctl.quiet_left > 0) {
+            /* settled on plain: run_plain's step exactly (no hidden state kept, no clock read) */
+            g->ctl.quiet_left--;
+            if (g->blind_from > n) g->blind_from = n;
+            if (model_forward_seq(m, g->ctx, g->kv, g->slot, &x, 1, n, g->logits, 0, NULL, err)) return MOE_FAIL;
+            g->history[g->n_history++] = x;
+            cost->n_plain++;
+            g->ctl.n_plain_steps++;
+            g->ctl.n_settled_steps++;
+            if (g->n_generated >= max_new) break;
+            x = sampler_sample(g->smp, g->logits);
+            stop = emit_token(g, x, emit, ctx, err);
+            continue;
+        }
         int d = -1, bucket = 0, timed = 1;   /* timed: the step counts in auto mode's windows */
         int shadow = -1;                     /* a draft not verified, checked against the plain step */
         int rows = 0;                        /* cache-only MTP rows caught up this step */

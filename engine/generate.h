@@ -62,6 +62,7 @@ typedef struct {
                                       (MTP_SETTLE of them: settle) */
     int quiet_left;                /* settled plain: steps left without running the MTP module at all */
     long n_quiet;                  /* times it settled so far */
+    long n_settled_steps;          /* steps run settled (plain decoding's step exactly, untimed) */
     long n_remeasure;              /* re-measurements so far */
     long n_switch;                 /* switches of mode so far */
     long n_spec_steps, n_plain_steps;   /* steps run in each mode (kept across runs, as the windows) */
@@ -103,6 +104,9 @@ typedef struct {
     float *hidden;        /* [S, H] main hidden after the final norm, per cached position */
     int *mtp_next;        /* [S] the tokens fed to the MTP module (mtp_catch_up) */
     int mtp_valid;        /* MTP cache positions [0, mtp_valid) agree with history */
+    int blind_from;       /* auto settled on plain: positions >= blind_from ran as plain decoding does,
+                             without keeping their hidden state, so this sequence drafts no more
+                             (until a prompt recomputes them); INT_MAX: none */
     float *verify_logits; /* [2, V] */
     float *draft_logits;  /* [V] MTP logits of the newest position */
     float *p_target;      /* [V] main distribution at the draft's position */

@@ -330,6 +330,23 @@ static void test_mtp_auto_settles_quiet(void **state) {
             assert_int_equal(g.ctl.n_spec_steps + g.ctl.n_shadow + g.ctl.n_remeasure + g.n_drafted, 0);
             assert_int_equal(g.mtp_valid, 0);
             assert_true(g.ctl.quiet_left > 0);
+            assert_int_equal(g.ctl.n_settled_steps, g.ctl.n_plain_steps);   /* every step ran as plain decoding's */
+            /* and emitted plain greedy decoding's tokens */
+            int n = g.n_history, *toks = malloc(sizeof(int) * (size_t)n);
+            assert_non_null(toks);
+            memcpy(toks, g.history, sizeof(int) * (size_t)n);
+            learned = g.ctl;
+            m.c.on_route = NULL;
+            generator_free(&g);
+            assert_int_equal(generator_init(&g, &m.m, &m.c, &m.kv, 0, NULL, &s, &err), 0);
+            g.eos_id = -1;
+            assert_int_equal(generator_prompt(&g, prompt, 4, &err), 0);
+            assert_int_equal(generator_run(&g, 300, NULL, NULL, &err), 0);
+            assert_int_equal(g.n_history, n);
+            assert_memory_equal(g.history, toks, sizeof(int) * (size_t)n);
+            free(toks);
+            generator_free(&g);
+            continue;
         } else if (g.ctl.quiet_left > 0 && settled_at < 0) {
             settled_at = k;
             assert_int_equal(g.ctl.n_quiet, 1);

@@ -159,6 +159,7 @@ int mtp_arm_run(const moe_model *m, moe_ctx *ctx, moe_kv *kv, const char *model_
                 r->auto_switch += g.ctl.n_switch;
                 r->auto_spec_reps += g.ctl.spec;
                 r->auto_quiet_reps += g.ctl.quiet_left > 0;
+                r->auto_settled += g.ctl.n_settled_steps;
                 r->auto_step_plain_s += g.cost.step_plain_s;
                 r->auto_step_spec_s += g.cost.step_spec_s;
                 r->auto_rows_s += g.cost.rows_s;
@@ -261,15 +262,17 @@ void mtp_arm_print(FILE *f, const mtp_arm *r) {
         if (r->plain_generated && r->auto_generated) {
             /* auto's time against the plain arm's time per token P: each part's excess over P per token it yielded */
             double P = r->plain_gen_s / r->plain_generated, tot = r->auto_generated * P;
-            long tok_plain = r->auto_generated - r->auto_tok_spec;
-            double rest = r->auto_gen_s - r->auto_step_plain_s - r->auto_step_spec_s - r->auto_rows_s - r->auto_unverified_s;
+            long tok_plain = r->auto_generated - r->auto_tok_spec - r->auto_settled;   /* settled steps are not timed */
+            double rest = r->auto_gen_s - r->auto_step_plain_s - r->auto_step_spec_s - r->auto_rows_s - r->auto_unverified_s -
+                          r->auto_settled * P;
             fprintf(f, "  auto arm against plain (%% of the plain arm's time for as many tokens): total %+.1f%% = plain steps "
                        "%+.1f%% (%ld tokens, %.1f us each vs plain %.1f us) + speculative steps %+.1f%% (%ld tokens) + "
-                       "catch-up rows after plain steps %+.1f%% + drafts not verified %+.1f%% + the rest (first token, loop) %+.1f%%\n",
+                       "catch-up rows after plain steps %+.1f%% + drafts not verified %+.1f%% + settled steps (%ld tokens, untimed) and "
+                       "the rest (first token, loop) %+.1f%%\n",
                     100 * (r->auto_gen_s - tot) / tot, 100 * (r->auto_step_plain_s - tok_plain * P) / tot,
                     tok_plain, tok_plain ? 1e6 * r->auto_step_plain_s / tok_plain : 0.0, 1e6 * P,
                     100 * (r->auto_step_spec_s - r->auto_tok_spec * P) / tot, r->auto_tok_spec, 100 * r->auto_rows_s / tot,
-                    100 * r->auto_unverified_s / tot, 100 * rest / tot);
+                    100 * r->auto_unverified_s / tot, r->auto_settled, 100 * rest / tot);
         }
     }
     if (r->profile) {

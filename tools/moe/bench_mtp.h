@@ -24,6 +24,7 @@ typedef struct {
     long auto_switch;               /* auto arm: switches of mode */
     long auto_spec_reps;            /* auto arm: reps that ended speculating */
     long auto_quiet_reps;           /* auto arm: reps that ended settled plain (mtp_auto.quiet_left) */
+    long auto_settled;              /* auto arm: steps run settled (untimed: in "the rest") */
     int auto_carry;                 /* auto arm: each rep adopts the previous rep's controller (generator_mtp_adopt) */
     mtp_auto auto_learned;          /* the last auto rep's controller */
     /* where the auto arm's time goes (seconds summed over reps; mtp_costs' split) against the plain arm */
