@@ -33,6 +33,7 @@ serve_req *serve_req_new(const int *prompt, int n, serve_params *p, int max_toke
     r->n_prompt = n;
     r->max_tokens = max_tokens;
     r->sp = p->sp;
+    r->seed_given = p->seed_given;
     for (int i = 0; i < p->n_stop; i++) { r->stop[i] = p->stop[i]; p->stop[i] = NULL; }
     r->n_stop = p->n_stop;
     p->n_stop = 0;
@@ -381,6 +382,14 @@ static int admit(serve_sched *s, serve_req *r) {
  * the drafting rows of all slots go in one model_forward_mtp. *catch_up is set when some
  * slot needed more than the two rows a speculative step leaves behind (after a prompt, or
  * after plain steps). Returns the pass's status. */
+/* --mtp auto leaves out seeded sampled requests: whether a step drafts depends on timing, and
+ * the speculative rule draws other random numbers than plain sampling (the same distribution,
+ * not the same text), so a seed would no longer reproduce its answer. Greedy requests and
+ * unseeded sampled ones draft; --mtp-mode always drafts for every request, reproducibly. */
+static int may_draft(const serve_sched *s, const slot *sl) {
+    return s->o.mtp != MTP_AUTO_MODE || sl->smp.p.temperature == 0.0f || !sl->req->seed_given;
+}
+
 static int mtp_draft(serve_sched *s, int *catch_up, moe_error *err) {
     int N = s->o.n_slots, H = s->H, rows = 0, budget = s->mbatch.cap;
     int drow[64];
@@ -391,7 +400,7 @@ static int mtp_draft(serve_sched *s, int *catch_up, moe_error *err) {
         sl->draft = -1;
         drow[i] = -1;
         int n = sl->n_hist;
-        if (sl->state != SLOT_DECODE || n + 2 > s->S || budget <= 1) continue;
+        if (sl->state != SLOT_DECODE || n + 2 > s->S || budget <= 1 || !may_draft(s, sl)) continue;
         int p0 = sl->mtp_valid, take = n - 1 - p0 < budget - 1 ? n - 1 - p0 : budget - 1;
         if (take < 0) take = 0;
         if (n - p0 > 2) *catch_up = 1;
@@ -411,7 +420,8 @@ static int mtp_draft(serve_sched *s, int *catch_up, moe_error *err) {
     for (int i = 0; i < N; i++) {
         slot *sl = &s->slots[i];
         int n = sl->n_hist;
-        if (sl->state != SLOT_DECODE || n + 2 > s->S || sl->mtp_valid != n - 1 || rows >= s->mbatch.cap) continue;
+        if (sl->state != SLOT_DECODE || n + 2 > s->S || sl->mtp_valid != n - 1 || rows >= s->mbatch.cap || !may_draft(s, sl))
+            continue;
         memcpy(s->mtp_in + (size_t)s->mbatch.n * H, sl->hidden + (size_t)(n - 1) * H, sizeof(float) * (size_t)H);
         batch_add(&s->mbatch, sl->next, n - 1, i, 1);
         drow[i] = rows++;
@@ -489,7 +499,11 @@ static void step(serve_sched *s) {
     for (int i = 0; i < N; i++) n_dec += s->slots[i].state == SLOT_DECODE;
     if (s->o.mtp && n_dec > 0) spec = s->o.mtp == MTP_AUTO_MODE ? sma_decide(&s->ma, n_dec) : 1;
     for (int i = 0; i < N; i++) s->slots[i].draft = -1;
-    if (spec) rc = mtp_draft(s, &catch_up, &err);
+    if (spec) {
+        rc = mtp_draft(s, &catch_up, &err);
+        spec = 0;   /* the step speculated if some slot drafted (seeded sampled requests do not, in auto) */
+        for (int i = 0; i < N; i++) spec |= s->slots[i].draft >= 0;
+    }
     batch_clear(&s->batch);
     for (int i = 0; i < N; i++) {
         slot *sl = &s->slots[i];

@@ -43,6 +43,8 @@ typedef struct serve_req {
     int n_prompt;
     int max_tokens;              /* >= 1 */
     sampler_params sp;
+    int seed_given;              /* a seeded sampled request: --mtp auto never drafts for it (its text
+                                    must not depend on which steps drafted) */
     char *stop[SERVE_MAX_STOP];  /* [n_stop] (owned) */
     int n_stop;
     int want_routing;
