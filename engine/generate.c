@@ -58,6 +58,7 @@ void generator_free(generator *g) {
     free(g->draft_logits);
     free(g->p_target);
     free(g->q_draft);
+    free(g->mtp_h);
     free(g->history);
     free(g->logits);
     tokenizer_stream_free(&g->stream);
@@ -72,13 +73,15 @@ int generator_enable_mtp(generator *g, mtp_mode mode, size_t *extra_bytes, moe_e
     size_t S = (size_t)g->kv->S, H = (size_t)c->hidden_size, V = (size_t)c->vocab_size;
     g->hidden = malloc(sizeof(float) * S * H);
     g->mtp_next = malloc(sizeof(int) * S);
-    g->verify_logits = malloc(sizeof(float) * 2 * V);
+    g->verify_logits = malloc(sizeof(float) * (MTP_DRAFT_MAX + 1) * V);
     g->draft_logits = malloc(sizeof(float) * V);
     g->p_target = malloc(sizeof(float) * V);
-    g->q_draft = malloc(sizeof(float) * V);
-    if (!g->hidden || !g->mtp_next || !g->verify_logits || !g->draft_logits || !g->p_target || !g->q_draft)
+    g->q_draft = malloc(sizeof(float) * MTP_DRAFT_MAX * V);
+    g->mtp_h = malloc(sizeof(float) * 2 * H);
+    if (!g->hidden || !g->mtp_next || !g->verify_logits || !g->draft_logits || !g->p_target || !g->q_draft || !g->mtp_h)
         return moe_error_set(err, "out of memory for MTP decoding (%zu MiB of hidden states)", (S * H * 4) >> 20);
-    if (extra_bytes) *extra_bytes = sizeof(float) * (S * H + 5 * V) + sizeof(int) * S;
+    if (extra_bytes) *extra_bytes = sizeof(float) * (S * H + (2 * MTP_DRAFT_MAX + 3) * V + 2 * H) + sizeof(int) * S;
+    g->draft_len = 1;
     g->use_mtp = 1;
     g->mode = mode;
     memset(&g->ctl, 0, sizeof g->ctl);
@@ -86,6 +89,12 @@ int generator_enable_mtp(generator *g, mtp_mode mode, size_t *extra_bytes, moe_e
     g->mtp_valid = 0;
     g->blind_from = INT_MAX;
     g->n_history = 0;    /* the main hidden states of cached positions are unknown: recompute */
+    return MOE_OK;
+}
+
+int generator_set_draft_len(generator *g, int n, moe_error *err) {
+    if (n < 1 || n > MTP_DRAFT_MAX) return moe_error_set(err, "--draft %d: use 1 to %d drafts per step", n, MTP_DRAFT_MAX);
+    g->draft_len = n;
     return MOE_OK;
 }
 
@@ -100,7 +109,7 @@ void generator_mtp_adopt(generator *g, const mtp_auto *learned) {
  * the next token is not known yet). The last position's logits land in draft_logits (with a
  * pending token); the positions before it only need their MTP cache rows, which is all a
  * later position reads of them (model_forward_mtp_cache_seq: no attention, experts or head). */
-static int mtp_catch_up(generator *g, int pending, double *cache_s, int *cache_rows, moe_error *err) {
+static int mtp_catch_up(generator *g, int pending, double *cache_s, int *cache_rows, float *mtp_h, moe_error *err) {
     int n = g->n_history, last = pending >= 0 ? n : n - 1;
     int H = g->model->cfg.hidden_size;
     if (cache_s) *cache_s = 0;
@@ -120,7 +129,7 @@ static int mtp_catch_up(generator *g, int pending, double *cache_s, int *cache_r
     if (n_cache == cnt) return MOE_OK;
     int p = p0 + n_cache;
     if (model_forward_mtp_seq(g->model, g->ctx, g->kv, 0, g->slot, g->hidden + (size_t)p * H, next + n_cache, 1, p,
-                              g->draft_logits, 0, NULL, err))
+                              g->draft_logits, 0, mtp_h, err))
         return MOE_FAIL;
     g->mtp_valid = last;
     return MOE_OK;
@@ -152,7 +161,7 @@ int generator_prompt(generator *g, const int *tokens, int n, moe_error *err) {
         if (g->mtp_valid > keep - 1) g->mtp_valid = keep > 0 ? keep - 1 : 0;
         if (keep <= g->blind_from) g->blind_from = INT_MAX;   /* every position's hidden state is known again */
         int quiet = g->mode == MTP_AUTO && g->ctl.quiet_left > 0;   /* settled plain: a later draft catches up */
-        if (!quiet && mtp_catch_up(g, -1, NULL, NULL, err)) return MOE_FAIL;
+        if (!quiet && mtp_catch_up(g, -1, NULL, NULL, NULL, err)) return MOE_FAIL;
     }
     g->n_prompt_computed = n - keep;
     g->prompt_seconds = now_seconds() - t0;
@@ -215,6 +224,14 @@ int speculative_resolve(sampler *s, float *p, const float *q, int d, int V) {
 
 /* ------------------------------------------------------------------ MTP: costs and policy */
 
+/* Tokens a speculative step yields with N chained drafts, each accepted with probability a
+ * once the ones before it were: 1 + a + a^2 + ... + a^N (N = 1: 1 + a). */
+static double mtp_yield(double a, int N) {
+    double y = 1, p = 1;
+    for (int i = 0; i < N; i++) { p *= a; y += p; }
+    return y;
+}
+
 /* Acceptance with a prior of one accepted draft in two, of one confidence bucket (-1: all). */
 static double acceptance(const mtp_costs *c, int bucket) {
     long d = 0, a = 0;
@@ -236,7 +253,8 @@ double mtp_cost_plain(const mtp_costs *c) { return c->n_plain ? c->plain_s / c->
 
 double mtp_cost_spec(const mtp_costs *c) {
     if (!c->n_verify || !c->n_draft) return 0;
-    return (c->draft_s / c->n_draft + c->verify_s / c->n_verify) / (1 + acceptance(c, -1));
+    return (c->draft_s / c->n_draft * (c->draft_len > 0 ? c->draft_len : 1) + c->verify_s / c->n_verify) /
+           mtp_yield(acceptance(c, -1), c->draft_len > 0 ? c->draft_len : 1);
 }
 
 /* Auto mode keeps the wall times of the last MTP_WIN steps of each mode, everything included
@@ -304,7 +322,7 @@ static double spec_relative(const generator *g) {
     if (!a->spec_step.n || plain <= 0) return 0;
     double r = a->ratio.n ? win_mean(&a->ratio) : win_mean(&a->spec_step) / win_mean(&a->plain);
     double acc = ctl_acceptance(g, -1);
-    return (r + acc * win_mean(&a->row) / plain) / (1 + acc);
+    return (r + acc * win_mean(&a->row) / plain) / mtp_yield(acc, g->draft_len);
 }
 
 double mtp_auto_plain(const generator *g) { return win_recent(&g->ctl.plain, MTP_RECENT); }
@@ -340,7 +358,7 @@ static int should_draft(generator *g) {
          * the drafts checked so far say that even then speculating would not pay, only draft
          * and check (every `every` steps, x4); else measure one speculative step */
         if (a->draft.n) {
-            double lb = (1 + win_mean(&a->draft) / mtp_auto_plain(g)) / (1 + ctl_acceptance(g, -1));
+            double lb = (1 + win_mean(&a->draft) / mtp_auto_plain(g)) / mtp_yield(ctl_acceptance(g, -1), g->draft_len);
             if (lb < MTP_LOWER_BOUND) { a->probing = 1; return 1; }
             if (a->every < MTP_EVERY_CHECK) a->every = MTP_EVERY_CHECK;   /* not even a cheap verification would pay */
             if (++a->since < a->every) return 0;
@@ -396,21 +414,23 @@ static int should_verify(const generator *g, int bucket) {
     if (a->probing == 2) return 0;
     if (!a->ratio.n || !a->verify.n || !a->spec_step.n) return 1;
     double v_rel = win_mean(&a->ratio) * win_median(&a->verify) / win_median(&a->spec_step);
-    return 1 + ctl_acceptance(g, bucket) > v_rel;
+    return mtp_yield(ctl_acceptance(g, bucket), g->draft_len) > v_rel;
 }
 
 /* The MTP distribution's probability of its draft d: its confidence bucket. */
-static int confidence_bucket(const generator *g, int d) {
+static int confidence_bucket_of(const generator *g, int d, int i) {
     float q;
     if (g->smp->p.temperature == 0.0f) {   /* greedy: softmax of the draft logits at d (not read after) */
         softmax(g->draft_logits, g->model->cfg.vocab_size);   /* the vector kernel: a scalar exp loop cost 30% of a toy step */
         q = g->draft_logits[d];
     } else {
-        q = g->q_draft[d];
+        q = g->q_draft[(size_t)i * g->model->cfg.vocab_size + d];   /* draft i's distribution */
     }
     int b = (int)(q * MTP_CONF_BUCKETS);
     return b < 0 ? 0 : b >= MTP_CONF_BUCKETS ? MTP_CONF_BUCKETS - 1 : b;
 }
+
+static int confidence_bucket(const generator *g, int d) { return confidence_bucket_of(g, d, 0); }
 
 /* ------------------------------------------------------------------ MTP: the loop */
 
@@ -462,25 +482,26 @@ static int run_mtp(generator *g, int max_new, generate_emit emit, void *ctx, moe
             stop = emit_token(g, x, emit, ctx, err);
             continue;
         }
+        int N = g->draft_len < S - n - 1 ? g->draft_len : S - n - 1;   /* drafts: verified at n+1 .. n+N */
         int d = -1, bucket = 0, timed = 1;   /* timed: the step counts in auto mode's windows */
+        int drafts[MTP_DRAFT_MAX], buckets[MTP_DRAFT_MAX];
         int shadow = -1;                     /* a draft not verified, checked against the plain step */
         int rows = 0;                        /* cache-only MTP rows caught up this step */
         double t_draft = 0;
         double t_step = clk(g), t_cache = 0;    /* t_cache: cache-only MTP rows, not part of the sample */
-        if (n + 2 <= S && should_draft(g)) {
+        if (N >= 1 && should_draft(g)) {
             /* 1. draft */
             int behind = n - g->mtp_valid;   /* MTP positions to run: 1, 2 after an accepted draft, more after plain steps */
             model_profile *saved = g->ctx->prof;
             if (g->prof) g->ctx->prof = &g->prof[MTP_PASS_DRAFT];
             double t0 = clk(g);
-            int rc = mtp_catch_up(g, x, &t_cache, &rows, err);
+            int rc = mtp_catch_up(g, x, &t_cache, &rows, N > 1 ? g->mtp_h : NULL, err);
             double dt = t_draft = clk(g) - t0;
             g->ctx->prof = saved;
             if (rc) return MOE_FAIL;
             if (behind == 1) { cost->draft_s += dt; cost->n_draft++; }
             else if (behind == 2) { cost->catchup_s += dt; cost->n_catchup++; }
             if (rows == 1) win_push(&g->ctl.row, t_cache);
-            win_push(&g->ctl.draft, dt - t_cache);
             if (greedy) {
                 d = sampler_argmax(g->draft_logits, V);
             } else {
@@ -488,7 +509,38 @@ static int run_mtp(generator *g, int max_new, generate_emit emit, void *ctx, moe
                 d = sampler_draw(g->smp, g->q_draft);
             }
             bucket = confidence_bucket(g, d);
-            if (!should_verify(g, bucket)) { shadow = d; d = -1; cost->skipped++; timed = 0; }
+            if (!should_verify(g, bucket)) {
+                win_push(&g->ctl.draft, dt - t_cache);
+                shadow = d; d = -1; cost->skipped++; timed = 0;
+            } else {
+                /* chained drafts 2..N: MTP position n-1+i reads (its own hidden at n-2+i, draft i-1) */
+                drafts[0] = d;
+                buckets[0] = bucket;
+                double tc = clk(g);
+                if (g->prof) g->ctx->prof = &g->prof[MTP_PASS_DRAFT];
+                for (int i = 1; i < N && !rc; i++) {
+                    float *hin = g->mtp_h + (size_t)((i - 1) & 1) * m->cfg.hidden_size, *hout = g->mtp_h + (size_t)(i & 1) * m->cfg.hidden_size;
+                    rc = model_forward_mtp_seq(m, g->ctx, g->kv, 0, g->slot, hin, &drafts[i - 1], 1, n - 1 + i, g->draft_logits,
+                                               0, i + 1 < N ? hout : NULL, err);
+                    if (rc) break;
+                    if (greedy) {
+                        drafts[i] = sampler_argmax(g->draft_logits, V);
+                    } else {
+                        float *q = g->q_draft + (size_t)i * V;
+                        sampler_distribution(g->smp, g->draft_logits, q);
+                        drafts[i] = sampler_draw(g->smp, q);
+                    }
+                    buckets[i] = confidence_bucket_of(g, drafts[i], i);
+                }
+                g->ctx->prof = saved;
+                if (rc) return MOE_FAIL;
+                /* the chained rows of the MTP cache are approximate: recomputed from position n on */
+                g->mtp_valid = n;
+                double dc = clk(g) - tc;
+                t_draft += dc;
+                cost->chain_s += dc;
+                win_push(&g->ctl.draft, dt - t_cache + dc);
+            }
         }
         if (d < 0) {   /* a plain step: x alone */
             if (main_pass(g, &x, 1, g->logits, 0, MTP_PASS_PLAIN, &cost->plain_s, err)) return MOE_FAIL;
@@ -525,44 +577,52 @@ static int run_mtp(generator *g, int max_new, generate_emit emit, void *ctx, moe
             continue;
         }
         g->ctl.n_spec_steps++;
-        g->n_drafted++;
-        cost->drafted[bucket]++;
-        g->ctl.drafted[bucket]++;
-        /* 2. verify [x, d] */
-        int pair[2] = {x, d};
+        /* 2. verify [x, d_1 .. d_N] at positions n .. n+N */
+        int toks[MTP_DRAFT_MAX + 1];
+        toks[0] = x;
+        memcpy(toks + 1, drafts, sizeof(int) * (size_t)N);
         double t0 = cost->verify_s;
-        if (main_pass(g, pair, 2, g->verify_logits, 1, MTP_PASS_VERIFY, &cost->verify_s, err)) return MOE_FAIL;
+        if (main_pass(g, toks, N + 1, g->verify_logits, 1, MTP_PASS_VERIFY, &cost->verify_s, err)) return MOE_FAIL;
         win_push(&g->ctl.verify, cost->verify_s - t0);
         cost->n_verify++;
         g->history[g->n_history++] = x;
         g->n_steps++;
-        /* 3. accept or reject */
-        int accept, resample = -1;
-        if (greedy) {
-            accept = sampler_argmax(g->verify_logits, V) == d;
-        } else {
-            sampler_distribution(g->smp, g->verify_logits, g->p_target);
-            resample = speculative_resolve(g->smp, g->p_target, g->q_draft, d, V);
-            accept = resample < 0;
-        }
-        if (accept) {
+        /* 3. accept the longest prefix the rule accepts (greedy: each draft the main argmax
+         *    before it; sampling: each with min(1, p/q), the first rejection resampled) */
+        int acc = 0, resample = -1;
+        for (int i = 0; i < N; i++) {
+            const float *z = g->verify_logits + (size_t)i * V;
+            g->n_drafted++;
+            cost->drafted[buckets[i]]++;
+            g->ctl.drafted[buckets[i]]++;
+            int ok;
+            if (greedy) {
+                ok = sampler_argmax(z, V) == drafts[i];
+            } else {
+                sampler_distribution(g->smp, z, g->p_target);
+                resample = speculative_resolve(g->smp, g->p_target, g->q_draft + (size_t)i * V, drafts[i], V);
+                ok = resample < 0;
+            }
+            if (!ok) break;
+            acc++;
             g->n_accepted++;
-            cost->accepted[bucket]++;
-            g->ctl.accepted[bucket]++;
-            g->history[g->n_history++] = d;
-            stop = emit_token(g, d, emit, ctx, err);
-            if (stop || g->n_generated >= max_new) break;
-            memcpy(g->logits, g->verify_logits + V, sizeof(float) * (size_t)V);
-            x = sampler_sample(g->smp, g->logits);          /* the bonus token */
-        } else {
-            x = greedy ? sampler_argmax(g->verify_logits, V) : resample;
-            memcpy(g->logits, g->verify_logits, sizeof(float) * (size_t)V);   /* the logits x came from */
+            cost->accepted[buckets[i]]++;
+            g->ctl.accepted[buckets[i]]++;
         }
+        for (int i = 0; i < acc && stop == 0 && g->n_generated < max_new; i++) {
+            g->history[g->n_history++] = drafts[i];
+            stop = emit_token(g, drafts[i], emit, ctx, err);
+        }
+        if (stop || g->n_generated >= max_new) break;
+        const float *zx = g->verify_logits + (size_t)acc * V;   /* the logits the next token comes from */
+        memcpy(g->logits, zx, sizeof(float) * (size_t)V);
+        if (acc == N) x = sampler_sample(g->smp, g->logits);    /* the bonus token */
+        else x = greedy ? sampler_argmax(zx, V) : resample;
         stop = emit_token(g, x, emit, ctx, err);
         double t_all = clk(g) - t_step;
         if (rows > 1) cost->rows_s += t_cache;
         cost->step_spec_s += t_all - (rows > 1 ? t_cache : 0);
-        cost->tok_spec += 1 + accept;
+        cost->tok_spec += 1 + acc;
         if (timed) {
             double t = t_all - t_cache;
             if (!g->ctl.spec && g->ctl.plain.n) win_push(&g->ctl.ratio, t / win_recent(&g->ctl.plain, MTP_RECENT));
@@ -577,6 +637,7 @@ int generator_run(generator *g, int max_new, generate_emit emit, void *ctx, moe_
     g->n_generated = 0;
     g->n_drafted = g->n_accepted = g->n_steps = 0;
     memset(&g->cost, 0, sizeof g->cost);
+    g->cost.draft_len = g->draft_len;
     double t0 = now_seconds();
     int rc = MOE_OK;
     if (max_new > 0) rc = g->use_mtp ? run_mtp(g, max_new, emit, ctx, err) : run_plain(g, max_new, emit, ctx, err);

@@ -34,11 +34,14 @@ typedef struct {
     double rows_s;                       /* cache-only catch-ups over more than one position (after plain steps) */
     double unverified_s;                 /* drafts not verified */
     long tok_spec;                       /* tokens the speculative steps yielded */
+    int draft_len;                       /* drafts per speculative step (generator.draft_len) */
+    double chain_s;                      /* --draft N > 1: the 2nd..Nth drafts of the speculative steps */
 } mtp_costs;
 
 /* Auto mode's controller (generate.c): the last wall times of each mode's steps, and which
  * mode it chose. Kept across generator_run calls (a chat's turns), reset by generator_enable_mtp. */
 #define MTP_WIN 16
+#define MTP_DRAFT_MAX 4    /* --draft N: at most this many chained drafts per step */
 #define MTP_SETTLE 4       /* re-measurements in a row that speculation lost by over 5 % (generate.c: settle), */
 #define MTP_QUIET 16384    /* ... and auto stays plain this many steps without running the MTP module at all */
 typedef struct {
@@ -107,10 +110,13 @@ typedef struct {
     int blind_from;       /* auto settled on plain: positions >= blind_from ran as plain decoding does,
                              without keeping their hidden state, so this sequence drafts no more
                              (until a prompt recomputes them); INT_MAX: none */
-    float *verify_logits; /* [2, V] */
+    int draft_len;        /* N drafts per speculative step (--draft N, 1..MTP_DRAFT_MAX): the MTP module
+                             fed its own output hidden state and draft for the 2nd..Nth */
+    float *verify_logits; /* [MTP_DRAFT_MAX + 1, V] */
     float *draft_logits;  /* [V] MTP logits of the newest position */
     float *p_target;      /* [V] main distribution at the draft's position */
-    float *q_draft;       /* [V] MTP distribution of the draft */
+    float *q_draft;       /* [MTP_DRAFT_MAX, V] MTP distribution of each draft */
+    float *mtp_h;         /* [2, H] the MTP module's output hidden states, for chained drafts */
     int n_drafted, n_accepted, n_steps;
     /* statistics of the last generator_prompt / generator_run */
     int n_prompt_computed;   /* prompt tokens actually run (the rest were cached) */
@@ -148,6 +154,13 @@ int generator_enable_mtp(generator *g, mtp_mode mode, size_t *extra_bytes, moe_e
  * before, so a change of load or text is still seen. The counters (n_remeasure, n_switch,
  * n_spec_steps, n_plain_steps, n_shadow) restart at 0. Call after generator_enable_mtp. */
 void generator_mtp_adopt(generator *g, const mtp_auto *learned);
+
+/* --draft N: N chained drafts per speculative step (default 1), verified in one (N+1)-token
+ * pass; the longest accepted prefix is kept, then the bonus (or resampled) token. The 2nd..Nth
+ * drafts feed the MTP module its own output hidden state in place of the main model's (not
+ * known yet); their MTP cache rows are recomputed from the main hidden states later. Fails for
+ * N outside 1..MTP_DRAFT_MAX. Call after generator_enable_mtp. */
+int generator_set_draft_len(generator *g, int n, moe_error *err);
 
 /* The speculative-sampling rule: a draft d drawn from q [V] against the target p [V]:
  * returns -1 when d is accepted (probability min(1, p(d)/q(d))), else a token drawn from

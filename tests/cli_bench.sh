@@ -77,6 +77,11 @@ grep -q "each rep starts from what the previous rep learned" "$T/out" && ok || b
 "$MOE" bench -m tests/data/golden/tiny-bf16 -p 0 -n 12 -r 2 -t 1 --mtp-cold >"$T/out" 2>/dev/null &&
     grep -q "each rep from scratch" "$T/out" && grep -q "greedy output identical to plain decoding: yes" "$T/out" &&
     ok || bad "--mtp-cold: $(cat "$T/out")"
+# --draft 3: chained drafts, verified four tokens at a time, the same greedy output
+"$MOE" bench -m tests/data/golden/tiny-bf16 -p 0 -n 12 -r 2 -t 1 --draft 3 >"$T/out" 2>/dev/null &&
+    grep -q "4-token verification" "$T/out" && grep -q "2 chained drafts" "$T/out" &&
+    grep -q "greedy output identical to plain decoding: yes" "$T/out" && grep -q "(4 tokens)" "$T/out" &&
+    ok || bad "--draft 3: $(cat "$T/out")"
 printf 'the cat and the dog sat on the mat and the bird sang in the tree' >"$T/held.txt"
 mkdir "$T/tk" && for f in tests/data/golden/tiny-bf16/*; do ln -s "$PWD/$f" "$T/tk/"; done && cp tests/data/tiny-tokenizer/*.json "$T/tk/"
 "$MOE" bench -m "$T/tk" -p 0 -n 8 -r 2 -t 1 --mtp-text "$T/held.txt" --json >"$T/out" 2>/dev/null &&

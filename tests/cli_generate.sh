@@ -35,6 +35,7 @@ expect_error "bad mtp mode" "--mtp-mode must be always or auto" "$MOE" generate 
 "$MOE" generate -m "$M" -p "in the beginning" -n 40 --greedy --mtp-mode always --draft-dtype q8 >"$T/b" 2>"$T/err"
 cmp -s "$T/a" "$T/b" && ok || bad "--draft-dtype q8 greedy differs"
 grep -q -- "--draft-dtype q8: the MTP module (drafts only) in q8" "$T/err" && ok || bad "--draft-dtype cost line: $(cat "$T/err")"
+expect_error "bad draft length" "--draft must be an integer in" "$MOE" generate -m "$M" -p x --draft 0
 expect_error "bad draft dtype" "--draft-dtype must be same, f32, bf16, q8 or q4" "$MOE" generate -m "$M" -p x --draft-dtype q3
 # --kv-dtype bf16: says what it costs, greedy text on this checkpoint unchanged; a bad value is one line
 "$MOE" generate -m "$M" -p "in the beginning" -n 30 --greedy >"$T/a" 2>/dev/null

@@ -108,8 +108,9 @@ static int collect(void *ctx, int id, const char *text, size_t len) {
     return 0;
 }
 
-static void generate_ids(moe_session *m, const int *prompt, int n_prompt, int max_new, int mtp, sampler_params sp,
-                         collected *out, generator *keep) {
+/* draft: --draft N (chained drafts per speculative step) */
+static void generate_ids_draft(moe_session *m, const int *prompt, int n_prompt, int max_new, int mtp, int draft,
+                               sampler_params sp, collected *out, generator *keep) {
     moe_error err = {{0}};
     sampler s;
     generator g;
@@ -117,6 +118,7 @@ static void generate_ids(moe_session *m, const int *prompt, int n_prompt, int ma
     assert_int_equal(generator_init(&g, &m->m, &m->c, &m->kv, 0, NULL, &s, &err), 0);
     g.eos_id = -1;   /* random weights: never stop early */
     if (mtp) assert_int_equal(generator_enable_mtp(&g, (mtp_mode)mtp, NULL, &err), 0);
+    if (mtp) assert_int_equal(generator_set_draft_len(&g, draft, &err), 0);
     assert_int_equal(generator_prompt(&g, prompt, n_prompt, &err), 0);
     memset(out, 0, sizeof *out);
     assert_int_equal(generator_run(&g, max_new, collect, out, &err), 0);
@@ -128,6 +130,11 @@ static void generate_ids(moe_session *m, const int *prompt, int n_prompt, int ma
     if (keep) *keep = g;
     else generator_free(&g);
     sampler_free(&s);
+}
+
+static void generate_ids(moe_session *m, const int *prompt, int n_prompt, int max_new, int mtp, sampler_params sp,
+                         collected *out, generator *keep) {
+    generate_ids_draft(m, prompt, n_prompt, max_new, mtp, 1, sp, out, keep);
 }
 
 static void test_mtp_greedy_identical(void **state) {
@@ -145,11 +152,13 @@ static void test_mtp_greedy_identical(void **state) {
         for (int li = 0; li < 6; li++) {
             collected plain, spec;
             generate_ids(&m, prompt, np, lengths[li], 0, greedy, &plain, NULL);
-            generate_ids(&m, prompt, np, lengths[li], MTP_ALWAYS, greedy, &spec, NULL);
-            for (int i = 0; i < plain.n; i++)
-                if (plain.ids[i] != spec.ids[i])
-                    fail_msg("prompt %d, %d tokens: token %d differs (%d vs %d with --mtp)", pi, lengths[li], i,
-                             plain.ids[i], spec.ids[i]);
+            for (int dl = 1; dl <= MTP_DRAFT_MAX; dl++) {   /* --draft 1..4: chained drafts */
+                generate_ids_draft(&m, prompt, np, lengths[li], MTP_ALWAYS, dl, greedy, &spec, NULL);
+                for (int i = 0; i < plain.n; i++)
+                    if (plain.ids[i] != spec.ids[i])
+                        fail_msg("prompt %d, %d tokens, --draft %d: token %d differs (%d vs %d with --mtp)", pi, lengths[li],
+                                 dl, i, plain.ids[i], spec.ids[i]);
+            }
         }
     }
     session_close(&m);
@@ -566,6 +575,7 @@ static void test_mtp_sampled_joint_distribution(void **state) {
         }
     }
     sampler_free(&s);
+    for (int dl = 1; dl <= 3; dl += 2) {   /* one draft per step, and chains of three */
     long cnt[K][K][K] = {{{0}}}, drafted = 0, accepted = 0, other = 0;
     for (int t = 0; t < N; t++) {
         sp.seed = 1000 + (uint64_t)t;
@@ -575,6 +585,7 @@ static void test_mtp_sampled_joint_distribution(void **state) {
         assert_int_equal(generator_init(&g, &m.m, &m.c, &m.kv, 0, NULL, &s, &err), 0);
         g.eos_id = -1;
         assert_int_equal(generator_enable_mtp(&g, MTP_ALWAYS, NULL, &err), 0);
+        assert_int_equal(generator_set_draft_len(&g, dl, &err), 0);
         assert_int_equal(generator_prompt(&g, prompt, NP, &err), 0);
         memset(&out, 0, sizeof out);
         assert_int_equal(generator_run(&g, 3, collect, &out, &err), 0);
@@ -597,10 +608,12 @@ static void test_mtp_sampled_joint_distribution(void **state) {
                 double e = N * P[a][b][c];
                 x += (cnt[a][b][c] - e) * (cnt[a][b][c] - e) / e;
             }
-    print_message("sampled --mtp: chi-square %.1f over 27 outcomes, %ld drafts, %ld accepted\n", x, drafted, accepted);
+    print_message("sampled --mtp --draft %d: chi-square %.1f over 27 outcomes, %ld drafts, %ld accepted\n", dl, x, drafted,
+                  accepted);
     assert_int_equal(other, 0);           /* nothing outside each prefix's top 3 */
     assert_true(x < 70.0);
     assert_true(accepted > 0 && accepted < drafted);
+    }
     free(lg); free(pr);
     session_close(&m);
 }

@@ -95,30 +95,35 @@ static void toy_mtp_greedy(weights_dtype draft_dtype) {
     sampler_params greedy = { .temperature = 0.0f, .top_p = 1.0f };
     sampler s;
     assert_int_equal(sampler_init(&s, m.m.cfg.vocab_size, &greedy, &err), 0);
-    long accepted = 0, drafted = 0;
+    long accepted = 0, drafted = 0, accepted3 = 0, drafted3 = 0;
     for (int start = 0; start + 8 <= T; start += 8) {
-        collected out[3];
-        for (int arm = 0; arm < 3; arm++) {   /* plain, --mtp-mode always, --mtp auto */
+        collected out[4];
+        for (int arm = 0; arm < 4; arm++) {   /* plain, --mtp-mode always, --mtp auto, always with --draft 3 */
             generator gen;
             assert_int_equal(generator_init(&gen, &m.m, &m.c, &m.kv, 0, NULL, &s, &err), 0);
             gen.eos_id = -1;
-            if (arm) assert_int_equal(generator_enable_mtp(&gen, arm == 1 ? MTP_ALWAYS : MTP_AUTO, NULL, &err), 0);
+            if (arm) assert_int_equal(generator_enable_mtp(&gen, arm == 2 ? MTP_AUTO : MTP_ALWAYS, NULL, &err), 0);
+            if (arm == 3) assert_int_equal(generator_set_draft_len(&gen, 3, &err), 0);
             assert_int_equal(generator_prompt(&gen, text + start, 8, &err), 0);
             memset(&out[arm], 0, sizeof out[arm]);
             assert_int_equal(generator_run(&gen, 48, collect, &out[arm], &err), 0);
             if (arm == 1) { accepted += gen.n_accepted; drafted += gen.n_drafted; }
+            if (arm == 3) { accepted3 += gen.n_accepted; drafted3 += gen.n_drafted; }
             generator_free(&gen);
         }
-        for (int arm = 1; arm < 3; arm++) {
+        for (int arm = 1; arm < 4; arm++) {
             assert_int_equal(out[0].n, out[arm].n);
             for (int i = 0; i < out[0].n; i++)
                 if (out[0].ids[i] != out[arm].ids[i])
-                    fail_msg("prompt at %d: token %d differs with --mtp%s", start, i, arm == 1 ? "-mode always" : " auto");
+                    fail_msg("prompt at %d: token %d differs with --mtp%s", start, i,
+                             arm == 1 ? "-mode always" : arm == 2 ? " auto" : "-mode always --draft 3");
         }
     }
     assert_true(accepted > 0);            /* the acceptance path ran */
     assert_true(accepted < drafted);      /* and the rejection path */
-    print_message("toy --mtp (draft dtype %d): %ld of %ld drafts accepted\n", (int)draft_dtype, accepted, drafted);
+    assert_true(accepted3 > 0 && accepted3 < drafted3);
+    print_message("toy --mtp (draft dtype %d): %ld of %ld drafts accepted; --draft 3: %ld of %ld\n", (int)draft_dtype, accepted,
+                  drafted, accepted3, drafted3);
     sampler_free(&s);
     session_close(&m);
     st_close(&g);

@@ -43,11 +43,11 @@ static double cpu_seconds(void) {
  * loop's to its kinds (generator.prof); the prompt is not profiled. */
 /* learned: NULL, or auto mode's state from the previous rep (generator_mtp_adopt). */
 static int decode(const moe_model *m, moe_ctx *c, moe_kv *kv, const int *prompt, int n_prompt, int n_gen, int mtp,
-                  const mtp_auto *learned, model_profile *prof, generator *g, sampler *s, int *out_ids, double *tps,
+                  int draft_len, const mtp_auto *learned, model_profile *prof, generator *g, sampler *s, int *out_ids, double *tps,
                   double *cpu_s, moe_error *err) {
     if (generator_init(g, m, c, kv, 0, NULL, s, err)) return MOE_FAIL;
     g->eos_id = -1;                                   /* always n_gen tokens */
-    int rc = mtp && generator_enable_mtp(g, (mtp_mode)mtp, NULL, err);
+    int rc = mtp && (generator_enable_mtp(g, (mtp_mode)mtp, NULL, err) || generator_set_draft_len(g, draft_len, err));
     if (!rc && learned) generator_mtp_adopt(g, learned);
     rc = rc || generator_prompt(g, prompt, n_prompt, err);
     if (!rc) {
@@ -71,8 +71,10 @@ static int decode(const moe_model *m, moe_ctx *c, moe_kv *kv, const int *prompt,
 /* ------------------------------------------------------------------ the arm */
 
 int mtp_arm_run(const moe_model *m, moe_ctx *ctx, moe_kv *kv, const char *model_dir, const char *text_file, int n_prompt, int n_gen, int reps,
-                uint64_t seed, int profile, int carry, mtp_arm *r, moe_error *err) {
+                uint64_t seed, int profile, int carry, int draft_len, mtp_arm *r, moe_error *err) {
     memset(r, 0, sizeof *r);
+    r->draft_len = draft_len;
+    int VT = draft_len + 1;   /* tokens of a verification pass */
     r->profile = profile;
     r->reps = reps;
     r->n_gen = n_gen;
@@ -131,11 +133,11 @@ int mtp_arm_run(const moe_model *m, moe_ctx *ctx, moe_kv *kv, const char *model_
             int mode = arm == 0 ? 0 : arm == 1 ? MTP_ALWAYS : MTP_AUTO;
             /* pass counting: close open sets so each arm's passes stay its own */
             expert_counter_close(&cnt);
-            double before[2] = {cnt.sum_distinct[1], cnt.sum_distinct[2]};
-            long before_n[2] = {cnt.n_sets[1], cnt.n_sets[2]};
+            double before[2] = {cnt.sum_distinct[1], cnt.sum_distinct[VT]};
+            long before_n[2] = {cnt.n_sets[1], cnt.n_sets[VT]};
             /* auto keeps what it learned from rep to rep, as a process generating again would */
             const mtp_auto *learned = arm == 2 && rep > 0 && r->auto_carry ? &r->auto_learned : NULL;
-            int drc = decode(m, ctx, kv, prompt, n_prompt, n_gen, mode, learned, profile && arm < 2 ? r->prof : NULL, &g, &smp,
+            int drc = decode(m, ctx, kv, prompt, n_prompt, n_gen, mode, draft_len, learned, profile && arm < 2 ? r->prof : NULL, &g, &smp,
                              out, &tps, &cpu_s, err);
             expert_counter_close(&cnt);
             if (drc) { generator_free(&g); goto done; }
@@ -147,8 +149,8 @@ int mtp_arm_run(const moe_model *m, moe_ctx *ctx, moe_kv *kv, const char *model_
                 r->plain_generated += g.n_generated;
                 r->prof_passes[MTP_PASS_PLAIN] += g.n_generated - 1;
                 /* plain decoding: only its single-token passes count */
-                cnt.sum_distinct[2] = before[1];
-                cnt.n_sets[2] = before_n[1];
+                cnt.sum_distinct[VT] = before[1];
+                cnt.n_sets[VT] = before_n[1];
             } else if (arm == 2) {
                 r->auto_ts[rep] = tps;
                 r->auto_drafted += g.n_drafted;
@@ -170,14 +172,15 @@ int mtp_arm_run(const moe_model *m, moe_ctx *ctx, moe_kv *kv, const char *model_
                 r->auto_learned = g.ctl;
                 cnt.sum_distinct[1] = before[0];   /* counted in the always arm */
                 cnt.n_sets[1] = before_n[0];
-                cnt.sum_distinct[2] = before[1];
-                cnt.n_sets[2] = before_n[1];
+                cnt.sum_distinct[VT] = before[1];
+                cnt.n_sets[VT] = before_n[1];
             } else {
                 r->mtp_ts[rep] = tps;
                 mtp_costs *ac = &r->always_cost;
                 ac->verify_s += g.cost.verify_s; ac->n_verify += g.cost.n_verify;
                 ac->draft_s += g.cost.draft_s; ac->n_draft += g.cost.n_draft;
                 ac->catchup_s += g.cost.catchup_s; ac->n_catchup += g.cost.n_catchup;
+                ac->chain_s += g.cost.chain_s;
                 r->prof_passes[MTP_PASS_VERIFY] += g.cost.n_verify;
                 r->prof_passes[MTP_PASS_DRAFT] += g.cost.n_draft + g.cost.n_catchup;
                 for (int b = 0; b < MTP_CONF_BUCKETS; b++) {
@@ -202,7 +205,7 @@ int mtp_arm_run(const moe_model *m, moe_ctx *ctx, moe_kv *kv, const char *model_
     }
     fprintf(stderr, "\r%60s\r", "");
     r->experts_plain = expert_counter_mean(&cnt, 1);   /* per layer */
-    r->experts_verify = expert_counter_mean(&cnt, 2);
+    r->experts_verify = expert_counter_mean(&cnt, VT);
     rc = MOE_OK;
 done:
     ctx->on_route = saved;
@@ -239,14 +242,20 @@ void mtp_arm_print(FILE *f, const mtp_arm *r) {
         double cu = c->n_catchup ? c->catchup_s / c->n_catchup : dr;
         double dmean = (c->draft_s + c->catchup_s) / (double)(c->n_draft + c->n_catchup);
         double a = r->drafted ? (double)r->accepted / r->drafted : 0;
-        fprintf(f, "  cost per step (always arm): plain step %.3f ms | two-token verification %.3f ms = x%.2f | draft "
-                   "%.3f ms = x%.2f (of two positions, after an accepted draft: %.3f ms = x%.2f)\n", 1e3 * plain, 1e3 * ver,
+        int N = r->draft_len > 0 ? r->draft_len : 1;
+        double chain = c->n_verify ? c->chain_s / c->n_verify : 0;   /* the 2nd..Nth drafts of a step */
+        fprintf(f, "  cost per step (always arm): plain step %.3f ms | %d-token verification %.3f ms = x%.2f | draft "
+                   "%.3f ms = x%.2f (of two positions, after an accepted draft: %.3f ms = x%.2f)", 1e3 * plain, N + 1, 1e3 * ver,
                 ver / plain, 1e3 * dr, dr / plain, 1e3 * cu, cu / plain);
+        if (N > 1) fprintf(f, " | %d chained drafts %.3f ms = x%.2f", N - 1, 1e3 * chain, chain / plain);
+        fprintf(f, "\n");
         /* a draft after an accepted one runs the MTP module over two positions: at acceptance a, a of the drafts */
-        double d85 = 0.85 * cu + 0.15 * dr, d90 = 0.90 * cu + 0.10 * dr;
-        fprintf(f, "  predicted speed-up (1 + acceptance) / (verification + draft) = x%.2f at the acceptance measured "
-                   "(%.1f%%), x%.2f at 85%%, x%.2f at 90%% (DeepSeek-V3's reported range); measured x%.2f\n",
-                (1 + a) * plain / (ver + dmean), 100 * a, 1.85 * plain / (ver + d85), 1.90 * plain / (ver + d90), q / p);
+        double d85 = 0.85 * cu + 0.15 * dr + chain, d90 = 0.90 * cu + 0.10 * dr + chain;
+        double y = 1, y85 = 1, y90 = 1, pw = 1, p85 = 1, p90 = 1;   /* tokens per step: 1 + a + ... + a^N */
+        for (int i = 0; i < N; i++) { pw *= a; p85 *= 0.85; p90 *= 0.90; y += pw; y85 += p85; y90 += p90; }
+        fprintf(f, "  predicted speed-up (1 + a + .. + a^%d) / (verification + drafts) = x%.2f at the acceptance measured "
+                   "(a = %.1f%%), x%.2f at 85%%, x%.2f at 90%% (DeepSeek-V3's reported range); measured x%.2f\n", N,
+                y * plain / (ver + dmean + chain), 100 * a, y85 * plain / (ver + d85), y90 * plain / (ver + d90), q / p);
         fprintf(f, "  acceptance by draft confidence q(d):");
         for (int b = 0; b < MTP_CONF_BUCKETS; b++)
             fprintf(f, " [%.2f, %.2f) %ld/%ld", (double)b / MTP_CONF_BUCKETS, (double)(b + 1) / MTP_CONF_BUCKETS,
@@ -299,8 +308,9 @@ void mtp_arm_print(FILE *f, const mtp_arm *r) {
     fprintf(f, "  drafts accepted: %ld of %ld (%.1f%%); %.2f tokens per verification step\n", r->accepted, r->drafted,
             r->drafted ? 100.0 * r->accepted / r->drafted : 0.0, r->steps ? (double)r->generated / r->steps : 0.0);
     fprintf(f, "  distinct routed experts per MoE layer: %.2f per plain step (1 token), %.2f per verification step "
-               "(2 tokens): x%.2f the expert weights per pass\n",
-            r->experts_plain, r->experts_verify, r->experts_plain > 0 ? r->experts_verify / r->experts_plain : 0.0);
+               "(%d tokens): x%.2f the expert weights per pass\n",
+            r->experts_plain, r->experts_verify, (r->draft_len > 0 ? r->draft_len : 1) + 1,
+            r->experts_plain > 0 ? r->experts_verify / r->experts_plain : 0.0);
     fprintf(f, "  greedy output identical to plain decoding: %s\n",
             r->mismatches ? "NO (a bug: please report)" : "yes, every rep");
 }

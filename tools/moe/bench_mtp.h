@@ -18,6 +18,7 @@ typedef struct {
     double *auto_ts;                /* [reps] tokens/s: --mtp (auto) */
     double *cpu_ts[3];              /* [arm][reps] on-CPU tokens/s: tokens / (process CPU seconds / threads) */
     int threads;
+    int draft_len;                  /* --draft N: chained drafts per speculative step */
     mtp_costs always_cost;          /* the always arm's measured costs, summed over reps */
     long auto_drafted, auto_accepted, auto_plain, auto_skipped;
     long auto_remeasure;            /* auto arm: re-measurements of the mode not chosen */
@@ -45,7 +46,7 @@ typedef struct {
  * tokenizer) or, when text_file is NULL, random tokens from `seed`. carry: the auto arm's reps after
  * the first start from what the previous one learned (generator_mtp_adopt); 0: each from scratch. */
 int mtp_arm_run(const moe_model *m, moe_ctx *ctx, moe_kv *kv, const char *model_dir, const char *text_file, int n_prompt, int n_gen, int reps,
-                uint64_t seed, int profile, int carry, mtp_arm *out, moe_error *err);
+                uint64_t seed, int profile, int carry, int draft_len, mtp_arm *out, moe_error *err);
 void mtp_arm_print(FILE *f, const mtp_arm *r);
 json_t *mtp_arm_json(const mtp_arm *r);
 void mtp_arm_free(mtp_arm *r);

@@ -104,6 +104,7 @@ static void usage(FILE *f) {
             "  --mtp               add the MTP arm: greedy decode with and without self-speculation (-n tokens,\n"
             "                      --tg-prompt prompt tokens, -r reps), acceptance, experts read per step\n"
             "  --mtp-text FILE     take the MTP arm's prompts from FILE (tokenized with DIR's tokenizer)\n"
+            "  --draft N           with --mtp: N chained drafts per speculative step (1-4, default 1)\n"
             "  --mtp-cold          the auto arm's reps each start from scratch (default: from what the previous\n"
             "                      rep learned, as a process that generates again)\n"
             "  --draft-dtype D     the MTP module's format: same (default) | bf16 | q8 | q4 (its own head: V x H more)\n"
@@ -574,6 +575,7 @@ int cmd_bench(int argc, char **argv) {
     const char *dir = NULL, *threads_arg = NULL;
     long n_prompt = 512, n_gen = 128, reps = 5, batch = 0, tg_prompt = 8, seed = 42, membw_mib = 1024;
     int json = 0, profile = 0, membw = 0, bw_given = 0, mtp = 0, mtp_cold = 0;
+    long draft_len = 1;
     const char *mtp_text = NULL, *seqs_arg = NULL, *depth_arg = NULL;
     mtp_arm mtp_result = {0};
     seqs_arm seqs_result[MAX_THREAD_CONFIGS];
@@ -628,6 +630,10 @@ int cmd_bench(int argc, char **argv) {
         else if (!strcmp(a, "--profile")) profile = 1;
         else if (!strcmp(a, "--mtp")) mtp = 1;
         else if (!strcmp(a, "--mtp-cold")) mtp = mtp_cold = 1;
+        else if (!strcmp(a, "--draft")) {
+            if (!(v = cli_value(argc, argv, &i, "bench")) || !cli_int(v, 1, MTP_DRAFT_MAX, "bench", a, &draft_len)) return 2;
+            mtp = 1;
+        }
         else if (!strcmp(a, "--mtp-text")) { if (!(mtp_text = cli_value(argc, argv, &i, "bench"))) return 2; mtp = 1; }
         else if (!strcmp(a, "--membw")) membw = 1;
         else if (!strcmp(a, "--act-lowp")) cli_act_lowp("bench");
@@ -912,7 +918,7 @@ int cmd_bench(int argc, char **argv) {
     if (profile && !n_seqs) print_profile(tab, runs, n_cfg, (int)n_gen, (int)n_prompt);   /* --seqs prints its own */
     if (mtp) {
         if (mtp_arm_run(&e.m, &e.c, &e.kv, dir, mtp_text, (int)tg_prompt, (int)(n_gen > 1 ? n_gen : 2), (int)reps, (uint64_t)seed,
-                        profile, !mtp_cold, &mtp_result, &err)) {
+                        profile, !mtp_cold, (int)draft_len, &mtp_result, &err)) {
             fprintf(stderr, "moe bench: %s\n", err.msg);
             goto done;
         }

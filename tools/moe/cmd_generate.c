@@ -126,9 +126,11 @@ int cmd_generate(int argc, char **argv) {
     if (o.mtp) {
         size_t extra;
         if (generator_enable_mtp(&g, (mtp_mode)o.mtp, &extra, &err)) goto fail;
-        fprintf(stderr, "moe generate: --mtp (%s): speculative decoding with the MTP module (keeps hidden states: %.1f MiB)\n",
-                o.mtp == MTP_ALWAYS ? "always" : "auto",
-                extra / 1048576.0);
+        if (o.draft_len && generator_set_draft_len(&g, o.draft_len, &err)) goto fail;
+        char chain[32] = "";
+        if (g.draft_len > 1) snprintf(chain, sizeof chain, ", --draft %d", g.draft_len);
+        fprintf(stderr, "moe generate: --mtp (%s%s): speculative decoding with the MTP module (keeps hidden states: %.1f MiB)\n",
+                o.mtp == MTP_ALWAYS ? "always" : "auto", chain, extra / 1048576.0);
     }
     if (o.verbose) fprintf(stderr, "seed %llu, %d prompt tokens\n", (unsigned long long)o.sampling.seed, n_ids);
     double load_s = cli_now() - t0;

@@ -32,7 +32,9 @@ void genopts_usage(FILE *f) {
             "  --mtp                speculative decoding with the MTP module (greedy output unchanged, sampled\n"
             "                       output keeps its distribution); it measures what a draft and a verification\n"
             "                       cost and drafts only while that pays (README: MTP)\n"
-            "  --mtp-mode M         auto (the default of --mtp) | always (draft every step); implies --mtp\n");
+            "  --mtp-mode M         auto (the default of --mtp) | always (draft every step); implies --mtp\n"
+            "  --draft N            chained drafts per speculative step, verified in one (N+1)-token pass\n"
+            "                       (default 1, at most 4); implies --mtp\n");
     cli_model_options_usage(f);
 }
 
@@ -62,6 +64,13 @@ int genopts_parse(genopts *o, int argc, char **argv, int *i, const char *cmd) {
     if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) { o->verbose = 1; return 1; }
     if (!strcmp(a, "--mtp")) { if (!o->mtp) o->mtp = MTP_AUTO; return 1; }
     if (!strcmp(a, "--mtp-mode")) { VALUE(); return genopts_mtp_mode(v, cmd, &o->mtp) ? -1 : 1; }
+    if (!strcmp(a, "--draft")) {
+        VALUE();
+        if (!cli_int(v, 1, MTP_DRAFT_MAX, cmd, a, &x)) return -1;
+        o->draft_len = (int)x;
+        if (!o->mtp) o->mtp = MTP_AUTO;
+        return 1;
+    }
     return cli_model_option(argc, argv, i, cmd, &o->model);
 #undef VALUE
 #undef FLOATV

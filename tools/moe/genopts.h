@@ -17,6 +17,7 @@ typedef struct {
     int max_new;          /* -n */
     int verbose;
     int mtp;              /* 0 off, MTP_AUTO (--mtp), MTP_ALWAYS (--mtp-mode always) */
+    int draft_len;        /* --draft N: chained drafts per speculative step (1..MTP_DRAFT_MAX; 0: 1) */
 } genopts;
 
 void genopts_defaults(genopts *o);
