@@ -285,11 +285,11 @@ static size_t pad64(size_t n) { return (n + 63) / 64 * 64; }
 
 /* The non-expert matrices of the weights (and, with experts != 0, the routed experts). */
 static void interleave_weights(numa_plan *p, const moe_weights *w, int experts) {
-    place_range(p, w->embed.data, mat_bytes(&w->embed), MPOL_INTERLEAVE, -1, 1);
-    p->bytes_interleaved += mat_bytes(&w->embed);
+    place_range(p, w->embed.data, mat_storage_bytes(&w->embed), MPOL_INTERLEAVE, -1, 1);
+    p->bytes_interleaved += mat_storage_bytes(&w->embed);
     if (w->lm_head.data != w->embed.data) {   /* tied: the same table */
-        place_range(p, w->lm_head.data, mat_bytes(&w->lm_head), MPOL_INTERLEAVE, -1, 1);
-        p->bytes_interleaved += mat_bytes(&w->lm_head);
+        place_range(p, w->lm_head.data, mat_storage_bytes(&w->lm_head), MPOL_INTERLEAVE, -1, 1);
+        p->bytes_interleaved += mat_storage_bytes(&w->lm_head);
     }
     for (int l = 0; l < w->n_layers; l++) {
         const layer_weights *lw = &w->layers[l];
@@ -298,14 +298,14 @@ static void interleave_weights(numa_plan *p, const moe_weights *w, int experts) 
                           &lw->eh_proj, &lw->mtp_embed, &lw->mtp_head};
         for (size_t i = 0; i < sizeof m / sizeof m[0]; i++) {
             if (!m[i]->data || m[i]->data == w->embed.data || m[i]->data == w->lm_head.data) continue;
-            place_range(p, m[i]->data, mat_bytes(m[i]), MPOL_INTERLEAVE, -1, 1);
-            p->bytes_interleaved += mat_bytes(m[i]);
+            place_range(p, m[i]->data, mat_storage_bytes(m[i]), MPOL_INTERLEAVE, -1, 1);
+            p->bytes_interleaved += mat_storage_bytes(m[i]);
         }
         for (int e = 0; experts && lw->is_moe && e < p->n_experts; e++) {
             const mat *x[] = {&lw->experts[e].gate, &lw->experts[e].up, &lw->experts[e].down};
             for (int i = 0; i < 3; i++) {
-                place_range(p, x[i]->data, mat_bytes(x[i]), MPOL_INTERLEAVE, -1, 1);
-                p->bytes_interleaved += mat_bytes(x[i]);
+                place_range(p, x[i]->data, mat_storage_bytes(x[i]), MPOL_INTERLEAVE, -1, 1);
+                p->bytes_interleaved += mat_storage_bytes(x[i]);
             }
         }
     }
@@ -328,8 +328,8 @@ static int copy_experts(numa_plan *p, moe_weights *w, moe_error *err) {
             size_t bytes = 0;
             for (int e = 0; e < p->n_experts; e++)
                 if (numa_expert_node(p, l, e) == k)
-                    bytes += pad64(mat_bytes(&lw->experts[e].gate)) + pad64(mat_bytes(&lw->experts[e].up)) +
-                             pad64(mat_bytes(&lw->experts[e].down));
+                    bytes += pad64(mat_storage_bytes(&lw->experts[e].gate)) + pad64(mat_storage_bytes(&lw->experts[e].up)) +
+                             pad64(mat_storage_bytes(&lw->experts[e].down));
             if (!bytes) continue;
             bytes = (bytes + page - 1) / page * page;
             /* bind before the first touch: the copy's page faults then land on node k */
@@ -348,7 +348,7 @@ static int copy_experts(numa_plan *p, moe_weights *w, moe_error *err) {
                 if (numa_expert_node(p, l, e) != k) continue;
                 mat *x[] = {&lw->experts[e].gate, &lw->experts[e].up, &lw->experts[e].down};
                 for (int i = 0; i < 3; i++) {
-                    size_t nb = mat_bytes(x[i]);
+                    size_t nb = mat_storage_bytes(x[i]);
                     memcpy(dst, x[i]->data, nb);
                     if (free_owned(w, sorted, x[i]->data, nb)) p->n_released++;
                     else {   /* a view of the file mapping */

@@ -108,6 +108,7 @@ void cpu_force_scalar(int on) { active = on ? &set_scalar : best_set(); }
 const char *cpu_kernel_name(void) { return active->name; }
 void cpu_set_low_precision(int on) { low_precision = on; }
 int cpu_low_precision(void) { return low_precision; }
+int q8p_preferred(void) { return active->kset == KSET_AVX512 && !low_precision; }
 
 /* ---------------------------------------------------------------- the type table's kernels */
 

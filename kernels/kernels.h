@@ -31,14 +31,26 @@ typedef enum {
     MAT_Q6_K = 8,  /* block_q6_K: 256 elements, 210 bytes (GGML_TYPE_Q6_K) */
     MAT_Q5_0 = 9,  /* block_q5_0: 32 elements, 22 bytes (GGML_TYPE_Q5_0; llama-quantize's Q4_K_M fallback for
                       rows that are not whole 256-blocks) */
+    MAT_Q8P = 10,  /* moe's Q8 with rows packed in panels of Q8P_ROWS (block_q8p): the same values and bytes
+                      as MAT_Q8 (the last panel padded with zero rows), laid out for the AVX-512 kernels;
+                      made by q8p_pack / q8p_pack_into */
 } mat_dtype;
-#define MAT_N_TYPES 10  /* entries of the type table (kernels/types.c) */
+#define MAT_N_TYPES 11  /* entries of the type table (kernels/types.c) */
 
 #define QK8 32
 typedef struct {
     float scale;          /* value = scale * q[i] */
     int8_t q[QK8];
 } block_q8;
+
+/* MAT_Q8P: rows 16 p .. 16 p + 15, columns 32 k .. 32 k + 31 of W are block p * (cols / 32) + k:
+ * the 16 rows' scales, then per column pair j the 16 rows' two weights (row r's block_q8 values
+ * q[2j], q[2j + 1] at q[j][r]). 576 bytes = 16 block_q8: a row still costs cols / 32 x 36 bytes. */
+#define Q8P_ROWS 16
+typedef struct {
+    float d[Q8P_ROWS];                 /* row r: its block_q8 scale */
+    int8_t q[QK8 / 2][Q8P_ROWS][2];    /* [column pair][row][2] */
+} block_q8p;
 
 /* ---- ggml's blocks (all fields little-endian, no padding: sizes are static-asserted in
  * types.c). f16 fields are IEEE half bit patterns (f16_to_f32). */
@@ -124,10 +136,27 @@ typedef struct {
 const mat_type *mat_type_of(mat_dtype dt);
 /* Bytes of one row of `cols` elements. */
 size_t mat_row_bytes(mat_dtype dt, int cols);
-/* Bytes that W's data occupies. */
+/* Bytes of W's weights: rows x mat_row_bytes (what a pass reads, what `mkckpt --plan` counts). */
 size_t mat_bytes(const mat *W);
+/* Bytes that W's data occupies: mat_bytes, and for MAT_Q8P the zero rows of a padded last
+ * panel too (what a copy of W must move). */
+size_t mat_storage_bytes(const mat *W);
 /* W[r, c] as float (slow; for tests and debugging). */
 float mat_get(const mat *W, int r, int c);
+/* Asks the cache (L2) for the first `bytes` of W's data (a hint; nothing if data is NULL). */
+void mat_prefetch(const mat *W, size_t bytes);
+/* MAT_Q8P: bytes of a rows x cols matrix (rows rounded up to whole panels; what mat_storage_bytes says). */
+size_t q8p_bytes(int rows, int cols);
+/* Writes MAT_Q8 matrix W packed in panels to dst (q8p_bytes(W->rows, W->cols); the last
+ * panel's missing rows zero). dst may be W->data when rows % Q8P_ROWS == 0. Returns 0, or -1
+ * (nothing written) if W is not MAT_Q8, or no memory for one panel of scratch. */
+int q8p_pack_into(const mat *W, void *dst);
+/* The same in place (W->data writable, rows % Q8P_ROWS == 0), W->dtype = MAT_Q8P; -1: W unchanged. */
+int q8p_pack(mat *W);
+/* Whether the active kernel set has its own MAT_Q8P kernels (AVX-512) and low-precision
+ * activations are off: the loader packs Q8 projections only then (elsewhere the row-major Q8
+ * kernels are the faster ones; --act-lowp's int8-x kernels read row-major Q8). */
+int q8p_preferred(void);
 
 /* y[r - row0] = (W x)[r] for r in [row0, row1): the unit of work that threads split. */
 void matvec_rows(const mat *W, const float *x, float *y, int row0, int row1);

@@ -115,6 +115,16 @@ static float row_dot_ref(const mat *W, int r, const float *x) {
         }
         break;
     }
+    case MAT_Q8P: {   /* the same sums as MAT_Q8 (bit for bit), read from row r's lanes of its panel */
+        int nb = W->cols / QK8, j = r % Q8P_ROWS;
+        const block_q8p *b = (const block_q8p *)W->data + (size_t)(r / Q8P_ROWS) * nb;
+        for (int k = 0; k < nb; k++) {
+            float s = 0.0f;
+            for (int i = 0; i < QK8; i++) s += (float)b[k].q[i / 2][j][i % 2] * x[k * QK8 + i];
+            acc += b[k].d[j] * s;
+        }
+        break;
+    }
     default: {   /* block formats: each block through the type's to_f32, then in column order */
         const mat_type *t = mat_type_of(W->dtype);
         const unsigned char *row = (const unsigned char *)W->data + (size_t)r * mat_row_bytes(W->dtype, W->cols);
@@ -129,6 +139,12 @@ static float row_dot_ref(const mat *W, int r, const float *x) {
     return acc;
 }
 
+/* MAT_Q8P's scalar kernel (the type table's reference; matvec_q8p_avx512.c's fallback for a
+ * token whose x does not quantize to int16). */
+void matvec_rows_q8p_ref(const mat *W, const float *x, float *y, int row0, int row1) {
+    for (int r = row0; r < row1; r++) y[r - row0] = row_dot_ref(W, r, x);
+}
+
 void matvec_rows_ref(const mat *W, const float *x, float *y, int row0, int row1) {
     for (int r = row0; r < row1; r++) y[r - row0] = row_dot_ref(W, r, x);
 }
@@ -141,7 +157,7 @@ void matmul_rows_ref(const mat *W, const float *X, int n, float *Y, int ldy, int
 /* Column by column, rows in order; the first row's product starts the sum (keeps -0).
  * Block formats go row by row (each block dequantized once), the same operations per column. */
 void matvec_t_rows_ref(const mat *W, const float *x, float *y, int row0, int row1) {
-    if (W->dtype != MAT_F32 && W->dtype != MAT_BF16 && W->dtype != MAT_Q8) {
+    if (W->dtype != MAT_F32 && W->dtype != MAT_BF16 && W->dtype != MAT_Q8 && W->dtype != MAT_Q8P) {
         const mat_type *t = mat_type_of(W->dtype);
         int be = t->block_elems;
         size_t rb = mat_row_bytes(W->dtype, W->cols);

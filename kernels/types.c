@@ -18,6 +18,7 @@
  */
 #include <assert.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "kernels_impl.h"
@@ -330,6 +331,7 @@ static void q4k_from_f32_row(const float *src, void *dst, int n) {
 #define BASE_AVX2 {matvec_rows_avx2, matmul_rows_avx2, matvec_t_rows_avx2, NULL, NULL}
 #define BASE_AVX512 {matvec_rows_avx512, matmul_rows_avx512, matvec_t_rows_avx512, NULL, NULL}
 #define NONE {NULL, NULL, NULL, NULL, NULL}
+#define Q8P_AVX512 {matvec_rows_q8p_avx512, matmul_rows_q8p_avx512, NULL, NULL, NULL}
 /* Q4_0, Q5_0 on AVX-512: x quantized per 32 to int8 (matvec_q4_0_avx512.c). */
 #define Q8A_AVX512(t, tmv) {matvec_rows_##t##_avx512, matmul_rows_##t##_avx512, tmv, NULL, NULL}
 /* k-quants: the SIMD sets quantize x to block_q8_K and run their integer kernels. */
@@ -355,6 +357,9 @@ static const mat_type types[MAT_N_TYPES] = {
     [MAT_Q5_K] = {"q5_K", QK_K, sizeof(block_q5_K), q5k_to_f32_row, NULL, KQ_AVX512_ONLY(q5k)},
     [MAT_Q6_K] = {"q6_K", QK_K, sizeof(block_q6_K), q6k_to_f32_row, NULL, KQ_KERNELS(q6k)},
     [MAT_Q5_0] = {"q5_0", QK4_0, sizeof(block_q5_0), q5_0_to_f32_row, NULL, PLAIN_KERNELS(NONE, Q8A_AVX512(q5_0, NULL))},
+    /* rows in panels (no row of its own to convert: made from MAT_Q8 by q8p_pack, read by mat_get) */
+    [MAT_Q8P] = {"q8p", QK8, sizeof(block_q8), NULL, NULL,
+                 PLAIN_KERNELS(NONE, Q8P_AVX512)},
 };
 
 const mat_type *mat_type_of(mat_dtype dt) {
@@ -370,11 +375,68 @@ size_t mat_row_bytes(mat_dtype dt, int cols) {
 
 size_t mat_bytes(const mat *W) { return (size_t)W->rows * mat_row_bytes(W->dtype, W->cols); }
 
+size_t mat_storage_bytes(const mat *W) {
+    if (W->dtype == MAT_Q8P) return q8p_bytes(W->rows, W->cols);   /* whole panels */
+    return mat_bytes(W);
+}
+
 float mat_get(const mat *W, int r, int c) {
+    if (W->dtype == MAT_Q8P) {
+        const block_q8p *b = (const block_q8p *)W->data + (size_t)(r / Q8P_ROWS) * (W->cols / QK8) + c / QK8;
+        return b->d[r % Q8P_ROWS] * (float)b->q[c % QK8 / 2][r % Q8P_ROWS][c % 2];
+    }
     const mat_type *t = mat_type_of(W->dtype);
     int be = t->block_elems;
     float block[QK_K];   /* the largest block of any type */
     const unsigned char *row = (const unsigned char *)W->data + (size_t)r * mat_row_bytes(W->dtype, W->cols);
     t->to_f32(row + (size_t)(c / be) * t->block_bytes, block, be);
     return block[c % be];
+}
+
+/* ---------------------------------------------------------------- Q8 panels */
+
+size_t q8p_bytes(int rows, int cols) {
+    return (size_t)((rows + Q8P_ROWS - 1) / Q8P_ROWS * Q8P_ROWS) * (size_t)(cols / QK8) * sizeof(block_q8);
+}
+
+int q8p_pack_into(const mat *W, void *dst) {
+    if (W->dtype != MAT_Q8 || W->cols % QK8 || W->rows < 1 || !W->data) return -1;
+    if (dst == W->data && W->rows % Q8P_ROWS) return -1;   /* in place needs whole panels */
+    int nb = W->cols / QK8, np = (W->rows + Q8P_ROWS - 1) / Q8P_ROWS;
+    size_t panel = (size_t)nb * sizeof(block_q8p);   /* = Q8P_ROWS rows of block_q8 */
+    block_q8 *tmp = malloc(panel);
+    if (!tmp) return -1;
+    const block_q8 *src = (const block_q8 *)W->data;
+    block_q8p *out = dst;   /* panel p is written only over rows 16 p .. 16 p + 15's own bytes */
+    for (int p = 0; p < np; p++) {
+        int nr = W->rows - p * Q8P_ROWS < Q8P_ROWS ? W->rows - p * Q8P_ROWS : Q8P_ROWS;
+        memset(tmp, 0, panel);   /* rows past the last: zero weights and scales */
+        memcpy(tmp, src + (size_t)p * Q8P_ROWS * nb, (size_t)nr * nb * sizeof(block_q8));
+        for (int k = 0; k < nb; k++) {
+            block_q8p *o = out + (size_t)p * nb + k;
+            for (int r = 0; r < Q8P_ROWS; r++) {
+                const block_q8 *b = tmp + (size_t)r * nb + k;
+                o->d[r] = b->scale;
+                for (int j = 0; j < QK8 / 2; j++) {
+                    o->q[j][r][0] = b->q[2 * j];
+                    o->q[j][r][1] = b->q[2 * j + 1];
+                }
+            }
+        }
+    }
+    free(tmp);
+    return 0;
+}
+
+int q8p_pack(mat *W) {
+    if (W->rows % Q8P_ROWS || q8p_pack_into(W, (void *)W->data)) return -1;
+    W->dtype = MAT_Q8P;
+    return 0;
+}
+
+void mat_prefetch(const mat *W, size_t bytes) {
+    if (!W->data) return;
+    size_t n = mat_bytes(W);
+    if (bytes > n) bytes = n;
+    for (size_t o = 0; o < bytes; o += 64) __builtin_prefetch((const char *)W->data + o, 0, 2);
 }

@@ -29,6 +29,9 @@
 
 #define GOLDEN "tests/data/golden/"
 #define TOL 1e-6
+/* --dtype q8 on AVX-512 (check_q8): see there */
+#define Q8_TOL 3e-4
+static double g_tol = TOL;   /* the logit bound of check_checkpoint */
 #define N_SEQ 6
 #define MAX_LEN 40
 #define MAX_LAYERS 8
@@ -255,11 +258,11 @@ static void check_checkpoint(const char *name) {
         int p0 = s == 4 ? PREFIX : 0, n = fed[s] - p0, V = bat->V;
         assert_true(n > 0);
         double e = rel_err(bat->logits[s] + (size_t)p0 * V, one->logits[s] + (size_t)p0 * V, (size_t)n * V);
-        if (e > TOL) fail_msg("%s: sequence %d: batched logits differ from alone by %.3e (max %.0e)", name, s, e, TOL);
+        if (e > g_tol) fail_msg("%s: sequence %d: batched logits differ from alone by %.3e (max %.0e)", name, s, e, g_tol);
         worst = fmax(worst, e);
         if (bat->has_mtp) {
             e = rel_err(bat->mtp[s] + (size_t)p0 * V, one->mtp[s] + (size_t)p0 * V, (size_t)n * V);
-            if (e > TOL) fail_msg("%s: sequence %d: batched MTP logits differ from alone by %.3e", name, s, e);
+            if (e > g_tol) fail_msg("%s: sequence %d: batched MTP logits differ from alone by %.3e (max %.0e)", name, s, e, g_tol);
             worst = fmax(worst, e);
         }
         int routed = 0;
@@ -273,7 +276,7 @@ static void check_checkpoint(const char *name) {
                     fail_msg("%s: sequence %d layer %d position %d: experts differ when batched", name, s, l, p);
                 for (int j = 0; j < bat->K; j++)
                     if (bat->ids[s][l][p][j] == one->ids[s][l][p][j] &&
-                        fabsf(bat->w[s][l][p][j] - one->w[s][l][p][j]) > 1e-5f * (1 + fabsf(one->w[s][l][p][j])))
+                        fabsf(bat->w[s][l][p][j] - one->w[s][l][p][j]) > (g_tol > 1e-5 ? (float)g_tol : 1e-5f) * (1 + fabsf(one->w[s][l][p][j])))
                         fail_msg("%s: sequence %d layer %d position %d: gate weight differs", name, s, l, p);
             }
         if (bat->K > 0) assert_true(routed > 0);   /* the comparison compared something */
@@ -298,6 +301,24 @@ static void check_lowp(const char *name, weights_dtype dt) {
     g_dtype = WEIGHTS_AUTO;
     cpu_set_low_precision(0);
 }
+/* --dtype q8 with f32 activations: on AVX-512 the Q8 projections are in 16-row panels, whose
+ * kernels give every token of a batch the bits it gets alone (matvec_q8p_avx512.c; test_kernels
+ * test_q8p checks that product by product). The BF16 tables (router; here also q_b, whose 24
+ * columns are no Q8 row, and the tied head) are not bit-identical batched (the f32 tile sums in
+ * another order: ~1e-7), and a downstream product rounds x to int16 per block, where such a
+ * difference can move one value by a step (<= max|x_block| / 32767): so the bound here is
+ * Q8_TOL, the int16 rounding's (test_gguf_quant's Q8X16_TOL), not 1e-6 (measured 4e-5 .. 9e-5).
+ * Run where the panels are (elsewhere q8's matvec and matmul differ by that rounding anyway). */
+static void check_q8(const char *name) {
+    if (!q8p_preferred()) { print_message("%s q8: no AVX-512 panels on this CPU, skipped\n", name); return; }
+    g_dtype = WEIGHTS_Q8;
+    g_tol = Q8_TOL;
+    check_checkpoint(name);
+    g_tol = TOL;
+    g_dtype = WEIGHTS_AUTO;
+}
+static void test_batch_mix_f32_q8(void **state) { (void)state; check_q8("mix-f32"); }
+static void test_batch_v2lite_q8(void **state) { (void)state; check_q8("v2lite-f32"); }
 static void test_batch_tiny_bf16_lowp(void **state) { (void)state; check_lowp("tiny-bf16", WEIGHTS_AUTO); }
 static void test_batch_mix_f32_q8_lowp(void **state) { (void)state; check_lowp("mix-f32", WEIGHTS_Q8); }
 static void test_batch_v2lite_q8_lowp(void **state) { (void)state; check_lowp("v2lite-f32", WEIGHTS_Q8); }
@@ -372,6 +393,8 @@ int main(void) {
         cmocka_unit_test(test_batch_tiny_yarn_fp8_kvbf16),
         cmocka_unit_test(test_batch_tiny_bf16_lowp),
         cmocka_unit_test(test_batch_mix_f32_q8_lowp),
+        cmocka_unit_test(test_batch_mix_f32_q8),
+        cmocka_unit_test(test_batch_v2lite_q8),
         cmocka_unit_test(test_batch_v2lite_q8_lowp),
         cmocka_unit_test(test_bad_batches),
     };

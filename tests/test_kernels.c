@@ -62,7 +62,9 @@ static void row_cache_reset(void) { rc.data = NULL; }
 static const float *row_f32(const mat *W, int r) {
     if (rc.data != W->data || rc.dtype != (int)W->dtype || rc.cols != W->cols || rc.r != r) {
         if (rc.cap < W->cols) { free(rc.row); rc.row = malloc(sizeof(float) * (size_t)W->cols); rc.cap = W->cols; }
-        mat_type_of(W->dtype)->to_f32((const char *)W->data + (size_t)r * mat_row_bytes(W->dtype, W->cols), rc.row, W->cols);
+        if (W->dtype == MAT_Q8P)   /* rows in panels: no row of its own to convert */
+            for (int c = 0; c < W->cols; c++) rc.row[c] = mat_get(W, r, c);
+        else mat_type_of(W->dtype)->to_f32((const char *)W->data + (size_t)r * mat_row_bytes(W->dtype, W->cols), rc.row, W->cols);
         rc.data = W->data; rc.dtype = (int)W->dtype; rc.cols = W->cols; rc.r = r;
     }
     return rc.row;
@@ -172,7 +174,7 @@ static double dot_tol(int n, double S) { return (n + 8) * (double)FLT_EPSILON * 
 /* Q8 and Q8_0 matvec on AVX-512 round x to int16 per 32-block (step dx <= 2 max|x_block| / 32767):
  * y moves by at most sum over blocks of dx/2 sum |W[r, c]|. 0 for other dtypes. */
 static double q8x_tol(const mat *W, int r, const float *x) {
-    if (W->dtype != MAT_Q8 && W->dtype != MAT_Q8_0) return 0.0;
+    if (W->dtype != MAT_Q8 && W->dtype != MAT_Q8_0 && W->dtype != MAT_Q8P) return 0.0;
     double t = 0.0;
     for (int k = 0; k < W->cols / QK8; k++) {
         double mx = 0.0, sw = 0.0;
@@ -285,6 +287,117 @@ static void test_matvec_rows_sweep(void **state) {
                 free(W.buf); free(x); free(ref); free(y);
             }
         }
+}
+
+/* MAT_Q8P (moe's Q8 in 16-row panels, kernels/matvec_q8p_avx512.c): packing (in place, or into
+ * a buffer whose last panel is padded) keeps every value (mat_get) and the reference's sums bit
+ * for bit; q8p_pack refuses what it cannot pack; the AVX-512 kernels against the reference within
+ * the int16-x bound, on 16..272 rows (17, 40: a padded panel), widths
+ * 32..1056 and row ranges that start and end inside a panel; each token of a batch (n = 1..20:
+ * tiles of 1..8 tokens, several tiles) bit for bit what it gets alone, with vpdpwssd and with
+ * vpmaddwd + vpaddd alike; a token whose x does not quantize (NaN, Inf, subnormal steps) the
+ * reference's, the others unchanged. */
+static int same_float(float a, float b) { return (isnan(a) && isnan(b)) || memcmp(&a, &b, sizeof a) == 0; }
+
+static void test_q8p(void **state) {
+    (void)state;
+    const cpu_features *f = cpu_get_features();
+    int simd = f->avx512f && f->avx2_fma;
+    static const int rows_list[] = {16, 17, 40, 48, 272};
+    static const int cols_list[] = {32, 96, 288, 1056};
+    static const int ns[] = {1, 2, 3, 5, 8, 9, 17, 20};
+    {   /* what q8p_pack refuses, unchanged */
+        test_mat A = make_mat(MAT_Q8, 17, 64, 0), B = make_mat(MAT_F32, 16, 64, 0);
+        assert_int_equal(q8p_pack(&A.m), -1);
+        assert_int_equal(A.m.dtype, MAT_Q8);
+        assert_int_equal(q8p_pack(&B.m), -1);
+        assert_int_equal(B.m.dtype, MAT_F32);
+        free(A.buf); free(B.buf);
+    }
+    for (int ri = 0; ri < NELEM(rows_list); ri++)
+        for (int ci = 0; ci < NELEM(cols_list); ci++)
+            for (int exact = 0; exact <= 1; exact++) {
+                int rows = rows_list[ri], cols = cols_list[ci], N = 20, ldy = rows + 3;
+                test_mat Q = make_mat(MAT_Q8, rows, cols, exact);
+                size_t bytes = mat_bytes(&Q.m), pbytes = q8p_bytes(rows, cols);
+                void *pb = malloc(pbytes);
+                mat P = Q.m;
+                P.data = pb;
+                if (rows % Q8P_ROWS == 0) {   /* in place */
+                    memcpy(pb, Q.buf, bytes);
+                    assert_int_equal(q8p_pack(&P), 0);
+                    assert_int_equal(pbytes, bytes);
+                } else {   /* into a buffer whose last panel is padded */
+                    assert_int_equal(q8p_pack_into(&Q.m, pb), 0);
+                    P.dtype = MAT_Q8P;
+                    assert_true(pbytes > bytes);
+                }
+                assert_int_equal(P.dtype, MAT_Q8P);
+                assert_int_equal(mat_storage_bytes(&P), pbytes);
+                assert_int_equal(mat_bytes(&P), bytes);
+                for (int r = 0; r < rows; r++)
+                    for (int c = 0; c < cols; c++) assert_true(mat_get(&P, r, c) == mat_get(&Q.m, r, c));
+                float *X = make_vec(N * cols, exact);
+                float *a = malloc(sizeof(float) * rows), *b = malloc(sizeof(float) * (rows + 1));
+                matvec_rows_ref(&Q.m, X, a, 0, rows);
+                matvec_rows_ref(&P, X, b, 0, rows);
+                for (int r = 0; r < rows; r++) assert_true(same_float(a[r], b[r]));
+                if (!simd) { free(Q.buf); free(pb); free(X); free(a); free(b); continue; }
+                /* x edges for tokens 3 (a NaN), 5 (an Inf), 7 (a block of subnormal size) */
+                X[3 * cols + cols / 2] = NAN;
+                X[5 * cols + 1] = INFINITY;
+                for (int i = 0; i < QK8; i++) X[7 * cols + i] = 1e-38f * (float)(i % 3);
+                int ranges[3][2] = {{0, rows}, {16, rows}, {3, rows - 5}};
+                float *alone = malloc(sizeof(float) * (size_t)N * ldy), *Y = malloc(sizeof(float) * (size_t)N * ldy);
+                for (int g = 0; g < 3; g++) {
+                    int r0 = ranges[g][0], r1 = ranges[g][1];
+                    if (r0 >= r1) continue;
+                    q8p_set_vnni(-1);
+                    for (int t = 0; t < N; t++) {   /* alone, against the reference */
+                        const float *x = X + (size_t)t * cols;
+                        b[r1 - r0] = 12345.0f;
+                        matvec_rows_q8p_avx512(&P, x, b, r0, r1);
+                        assert_true(b[r1 - r0] == 12345.0f);
+                        matvec_rows_ref(&P, x, a, r0, r1);
+                        for (int r = r0; r < r1; r++) {
+                            alone[(size_t)t * ldy + r] = b[r - r0];
+                            if (t == 3 || t == 5 || t == 7) {   /* the reference, as is */
+                                if (!same_float(b[r - r0], a[r - r0]))
+                                    fail_msg("q8p edge token %d rows %d cols %d row %d: %g vs ref %g", t, rows, cols, r, b[r - r0], a[r - r0]);
+                                continue;
+                            }
+                            double tol = exact ? 0.0 : dot_tol(cols, abs_dot(&P, r, x)) + q8x_tol(&P, r, x);
+                            if (exact) tol = q8x_tol(&P, r, x);   /* integer x, int16 steps of 1: exact sums */
+                            if (fabs((double)b[r - r0] - a[r - r0]) > tol)
+                                fail_msg("q8p matvec rows %d cols %d exact %d row %d: %g vs ref %g (tol %g)", rows, cols, exact, r,
+                                         b[r - r0], a[r - r0], tol);
+                        }
+                    }
+                    for (int vn = 0; vn <= 1; vn++) {
+                        q8p_set_vnni(vn);
+                        for (int ni = 0; ni < NELEM(ns); ni++) {
+                            int n = ns[ni];
+                            for (size_t i = 0; i < (size_t)N * ldy; i++) Y[i] = 12345.0f;
+                            matmul_rows_q8p_avx512(&P, X, n, Y, ldy, r0, r1);
+                            for (int t = 0; t < n; t++) {
+                                for (int r = r0; r < r1; r++)
+                                    if (!same_float(Y[(size_t)t * ldy + r], alone[(size_t)t * ldy + r]))
+                                        fail_msg("q8p matmul vnni %d n %d rows %d cols %d [%d, %d) token %d row %d: %.9g vs alone %.9g",
+                                                 vn, n, rows, cols, r0, r1, t, r, Y[(size_t)t * ldy + r], alone[(size_t)t * ldy + r]);
+                                if (r0 > 0) assert_true(Y[(size_t)t * ldy + r0 - 1] == 12345.0f);
+                                assert_true(Y[(size_t)t * ldy + r1] == 12345.0f);
+                            }
+                        }
+                    }
+                    q8p_set_vnni(-1);
+                }
+                /* the dispatching entry points take the panel kernels on AVX-512 */
+                matmul_rows(&P, X, N, Y, ldy, 0, rows);
+                for (int t = 0; t < N; t++)
+                    for (int r = 0; r < rows; r++) assert_true(same_float(Y[(size_t)t * ldy + r], alone[(size_t)t * ldy + r]));
+                free(alone); free(Y);
+                free(Q.buf); free(pb); free(X); free(a); free(b);
+            }
 }
 
 /* Q8 matvec with x that the int16 path must not take (NaN, Inf, all-subnormal blocks) or
@@ -2219,6 +2332,7 @@ int main(void) {
         cmocka_unit_test(test_matvec_q8),
         cmocka_unit_test(test_matvec_rows_sweep),
         cmocka_unit_test(test_matvec_q8_x_edges),
+        cmocka_unit_test(test_q8p),
         cmocka_unit_test(test_matvec_tail_column),
         cmocka_unit_test(test_matmul_f32),
         cmocka_unit_test(test_matmul_bf16),

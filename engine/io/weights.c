@@ -24,6 +24,7 @@ typedef struct {
     size_t chunk_left;
     int threads;                 /* conversion threads (opt->threads, else one per online CPU) */
     float fp8[256];              /* fp8_e4m3_to_f32 of every byte */
+    int q8_rows;                 /* 1: moe's Q8 stays in rows (MOE_Q8_ROWS=1), no 16-row panels */
 } loader;
 
 /* Converted buffers are carved from 64 MiB chunks, 2 MiB aligned and advised
@@ -466,11 +467,36 @@ static int load_role_matrix(loader *ld, mat *m, tensor_role role, int layer, int
     int64_t rows, cols;
     layout_shape(ld->cfg, role, &rows, &cols);
     const char *name = layout_name(ld->layout, role, layer, expert, n, sizeof n);
-    if (!ld->w->is_gguf) return load_matrix(ld, m, name, rows, cols, layout_kind(role));
-    if (role == T_KV_B && ld->layout->kv_b_split) return gguf_kv_b(ld, m, layer);
-    int stacked = ld->layout->experts_stacked && role >= T_EXPERT_GATE && role <= T_EXPERT_DOWN;
-    return gguf_matrix(ld, m, name, stacked ? ld->cfg->n_routed_experts : 1, stacked ? expert : 0, rows, cols,
-                       layout_kind(role));
+    int rc;
+    if (!ld->w->is_gguf) {
+        rc = load_matrix(ld, m, name, rows, cols, layout_kind(role));
+    } else if (role == T_KV_B && ld->layout->kv_b_split) {
+        rc = gguf_kv_b(ld, m, layer);
+    } else {
+        int stacked = ld->layout->experts_stacked && role >= T_EXPERT_GATE && role <= T_EXPERT_DOWN;
+        rc = gguf_matrix(ld, m, name, stacked ? ld->cfg->n_routed_experts : 1, stacked ? expert : 0, rows, cols,
+                         layout_kind(role));
+    }
+    /* moe's Q8, converted at load, in 16-row panels where the AVX-512 kernels read that faster
+     * (kernels/matvec_q8p_avx512.c): every matrix that only matvec / matmul read. Not kv_b,
+     * k_b, v_b: MLA's decode reads their rows one head at a time and transposed. The same
+     * bytes; MOE_Q8_ROWS=1 keeps the rows (for comparisons). */
+    if (rc == MOE_OK && m->dtype == MAT_Q8 && role != T_KV_B && role != T_K_B && role != T_V_B && q8p_preferred() &&
+        !ld->q8_rows) {
+        if (m->rows % Q8P_ROWS == 0) {
+            if (q8p_pack(m) == 0) ld->w->n_q8_panels++;
+        } else {   /* a last panel padded with zero rows: a buffer of its own (the row-major one stays owned) */
+            size_t bytes = q8p_bytes(m->rows, m->cols);
+            void *buf = owned_alloc(ld, bytes);
+            if (buf && q8p_pack_into(m, buf) == 0) {
+                m->data = buf;
+                m->dtype = MAT_Q8P;
+                ld->w->bytes_converted += bytes;
+                ld->w->n_q8_panels++;
+            }
+        }
+    }
+    return rc;
 }
 
 static int load_role_vector(loader *ld, const float **v, tensor_role role, int layer) {
@@ -576,8 +602,9 @@ int weights_load(moe_weights *w, const moe_config *cfg, const char *path, const 
     w->is_gguf = weights_is_gguf(path);
     if (w->is_gguf ? gguf_open(&w->gguf, path, err) : st_open_dir(&w->files, path, err)) return MOE_FAIL;
     loader ld = { w, cfg, w->is_gguf ? &LAYOUT_GGUF : &LAYOUT_HF, opt ? opt->dtype : WEIGHTS_AUTO, err, 0,
-                  w->is_gguf ? w->gguf.n_tensors : w->files.n_tensors, opt, NULL, 0, 1, {0} };
+                  w->is_gguf ? w->gguf.n_tensors : w->files.n_tensors, opt, NULL, 0, 1, {0}, 0 };
     ld.threads = opt && opt->threads > 0 ? opt->threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
+    ld.q8_rows = getenv("MOE_Q8_ROWS") && strcmp(getenv("MOE_Q8_ROWS"), "0");
     if (ld.threads < 1) ld.threads = 1;
     if (ld.threads > CONVERT_MAX_THREADS) ld.threads = CONVERT_MAX_THREADS;
     for (int b = 0; b < 256; b++) ld.fp8[b] = fp8_e4m3_to_f32((uint8_t)b);

@@ -91,6 +91,7 @@ typedef struct {
     size_t bytes_converted;     /* weight bytes held in converted buffers (copies included) */
     size_t bytes_copied;        /* of those, matrices copied as stored into huge pages (not --mmap) */
     int n_converted;            /* matrices converted */
+    int n_q8_panels;            /* of those, Q8 matrices packed in 16-row panels (MAT_Q8P) */
 } moe_weights;
 
 typedef struct {

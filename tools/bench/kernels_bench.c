@@ -104,6 +104,11 @@ typedef struct {
 
 static int use_huge;
 static mat_set make_set(mat_dtype dt, int rows, int cols, size_t min_total) {
+    if (dt == MAT_Q8P) {   /* moe's Q8, then packed in 16-row panels as the loader does */
+        mat_set s = make_set(MAT_Q8, rows, cols, min_total);
+        for (int k = 0; k < s.n_copies; k++) q8p_pack(&s.m[k]);
+        return s;
+    }
     mat one = {dt, rows, cols, NULL};
     size_t bytes = mat_bytes(&one);
     int copies = (int)((min_total + bytes - 1) / bytes);
@@ -435,7 +440,7 @@ int main(int argc, char **argv) {
 
     printf("\nmatmul (batch of n tokens): GFLOP/s, weights cold\n");
     static const int ns[] = {2, 8, 16, 64};
-    int mm_rows = 2048, mm_cols = 1024;
+    int mm_rows = getenv("KB_MM_ROWS") ? atoi(getenv("KB_MM_ROWS")) : 2048, mm_cols = 1024;   /* KB_MM_ROWS: e.g. 32000, an lm_head */
     printf("  %-8s %-4s %12s %12s\n", "dtype", "n", "1 thread", "2 threads");
     for (int variant = 0; variant < MAT_N_TYPES + 2; variant++) {
         /* every type, then bf16 and q8 with low-precision activations (matmul_lowp_avx512.c) */

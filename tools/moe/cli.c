@@ -139,6 +139,8 @@ int cli_load_engine(moe_session *e, const char *dir, const model_options *opt, i
         snprintf(slots, sizeof slots, "%d slots x ", n_slots);
         if (m->w.bytes_copied)
             snprintf(copied, sizeof copied, " (%.1f MiB copied to huge pages)", m->w.bytes_copied / 1048576.0);
+        else if (m->w.n_q8_panels)   /* the same bytes, another order: what the kernels run */
+            snprintf(copied, sizeof copied, " (%d Q8 matrices in 16-row panels)", m->w.n_q8_panels);
         fprintf(stderr,
                 "model %s: %s, %d layers (+%d MTP), H=%d, %d heads, E=%d top-%d, V=%d | weights %s: %.1f MiB mapped, "
                 "%.1f MiB converted%s | KV cache %s%d tokens x %zu B = %.1f MiB | kernels %s | load %.2f s\n",
