@@ -45,13 +45,6 @@ void mlp_forward(moe_ctx *c, const mlp_weights *w, int width, const float *x, in
     linear(c->pool, &w->down, c->gate, n, out);
 }
 
-/* Bytes at the start of each matrix of the next expert item that run_item asks the cache for
- * before it runs its own: a matrix's first lines are where the hardware's stream prefetch has
- * not caught on yet. */
-#ifndef EXPERT_PREFETCH_BYTES
-#define EXPERT_PREFETCH_BYTES 16384
-#endif
-
 /* One thread's SwiGLU over n tokens, with the caller's scratch gate/up [n, width]. */
 static void mlp_local(const mlp_weights *w, int width, const float *x, int n, float *out, float *gate, float *up) {
     if (n == 1) {
@@ -97,12 +90,6 @@ static void run_item(expert_job *job, int item, int share) {
         mlp_local(&job->lw->shared, c->moe_intermediate_size * c->n_shared_experts, job->xn, job->n, s->shared_out,
                   gate, up);
         return;
-    }
-    if (item + 1 < job->n_items && s->expert_item[item + 1] >= 0) {   /* the next expert's first lines, while this one runs */
-        const mlp_weights *nx = &job->lw->experts[s->expert_item[item + 1]];
-        mat_prefetch(&nx->gate, EXPERT_PREFETCH_BYTES);
-        mat_prefetch(&nx->up, EXPERT_PREFETCH_BYTES);
-        mat_prefetch(&nx->down, EXPERT_PREFETCH_BYTES);
     }
     int lo = job->range ? job->range[2 * e] : 0, hi = job->range ? job->range[2 * e + 1] : s->expert_count[e];
     int cnt = hi - lo, first = s->expert_start[e] + lo;

@@ -143,8 +143,6 @@ size_t mat_bytes(const mat *W);
 size_t mat_storage_bytes(const mat *W);
 /* W[r, c] as float (slow; for tests and debugging). */
 float mat_get(const mat *W, int r, int c);
-/* Asks the cache (L2) for the first `bytes` of W's data (a hint; nothing if data is NULL). */
-void mat_prefetch(const mat *W, size_t bytes);
 /* MAT_Q8P: bytes of a rows x cols matrix (rows rounded up to whole panels; what mat_storage_bytes says). */
 size_t q8p_bytes(int rows, int cols);
 /* Writes MAT_Q8 matrix W packed in panels to dst (q8p_bytes(W->rows, W->cols); the last

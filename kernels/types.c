@@ -433,10 +433,3 @@ int q8p_pack(mat *W) {
     W->dtype = MAT_Q8P;
     return 0;
 }
-
-void mat_prefetch(const mat *W, size_t bytes) {
-    if (!W->data) return;
-    size_t n = mat_bytes(W);
-    if (bytes > n) bytes = n;
-    for (size_t o = 0; o < bytes; o += 64) __builtin_prefetch((const char *)W->data + o, 0, 2);
-}
