@@ -326,7 +326,8 @@ static const char *mat_fmt_name(const moe_model *m) {
     /* the format of the bulk of the weights: that of an expert (or dense) projection */
     const layer_weights *lw = &m->w.layers[m->cfg.num_hidden_layers - 1];
     const mat *w = lw->is_moe ? &lw->experts[0].gate : &lw->dense.gate;
-    return mat_type_of(w->dtype)->name;
+    /* Q8 in 16-row panels is q8's values in another order: the format is still q8 */
+    return mat_type_of(w->dtype == MAT_Q8P ? MAT_Q8 : w->dtype)->name;
 }
 
 static void fmt_size(char *buf, size_t n, double bytes) {
