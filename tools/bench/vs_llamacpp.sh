@@ -8,6 +8,8 @@
 #                                              # $LLAMA_DIR (default /work/llama.cpp)
 #   tools/bench/vs_llamacpp.sh convert         # S and M checkpoints -> GGUF (tools/bench/to_gguf.py)
 #   tools/bench/vs_llamacpp.sh check           # both engines' logits on S (f32): the same function?
+#   tools/bench/vs_llamacpp.sh check-toy       # models/toy through `moe convert` (f32, bf16, q8_0, q4_0):
+#                                              # moe and llama.cpp on each file against its exact pass
 #   tools/bench/vs_llamacpp.sh run             # ROUNDS rounds, each: every configuration, llama.cpp
 #                                              # and moe in turn (the order flips every round)
 #   python3 tools/bench/vs_summary.py $BENCH_DIR/vs/*.json    # the table
@@ -81,6 +83,15 @@ check)
     out="$DIR/gguf/S-f32.gguf"
     [ -f "$out" ] || PYTHONPATH="$LLAMA_DIR/src/gguf-py" "$PY" tools/bench/to_gguf.py "$DIR/S-bf16" "$out" --outtype f32 >/dev/null
     "$PY" tools/bench/vs_check.py "$DIR/S-bf16" "$out" --llama-logits "$LLAMA_DIR/llamacpp_logits" --moe "$MOE"
+    ;;
+check-toy)
+    # the trained toy exported by moe convert, run by both engines (tools/bench/vs_check_gguf.py)
+    mkdir -p "$DIR/gguf"
+    for t in f32 bf16 q8_0 q4_0; do
+        out="$DIR/gguf/toy-$t.gguf"
+        "$MOE" convert -m models/toy -o "$out" --type "$t" 2>/dev/null
+        "$PY" tools/bench/vs_check_gguf.py "$out" --llama-logits "$LLAMA_DIR/llamacpp_logits" --moe "$MOE" --vocab 4096
+    done
     ;;
 run)
     [ -x "$BENCH" ] || { echo "vs_llamacpp.sh: $BENCH missing: run 'setup' first" >&2; exit 1; }
