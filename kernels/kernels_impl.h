@@ -36,10 +36,9 @@ void kq_scale_min(int j, const uint8_t *scales, uint8_t *sc, uint8_t *m);
 void matvec_rows_avx512(const mat *W, const float *x, float *y, int row0, int row1);
 void matmul_rows_avx512(const mat *W, const float *X, int n, float *Y, int ldy, int row0, int row1);
 void matvec_t_rows_avx512(const mat *W, const float *x, float *y, int row0, int row1);
-/* matvec_q8p_avx512.c: MAT_Q8P on int16 x (each token bit for bit as alone); _ref: ref.c */
+/* matvec_q8p_avx512.c: MAT_Q8P on int16 x (each token bit for bit as alone; reference: matvec_rows_ref) */
 void matvec_rows_q8p_avx512(const mat *W, const float *x, float *y, int row0, int row1);
 void matmul_rows_q8p_avx512(const mat *W, const float *X, int n, float *Y, int ldy, int row0, int row1);
-void matvec_rows_q8p_ref(const mat *W, const float *x, float *y, int row0, int row1);
 /* tests: 0 = the vpmaddwd + vpaddd path even where CPUID has VNNI, 1 = vpdpwssd if it has, -1 = CPUID */
 void q8p_set_vnni(int on);
 void matvec_rows_q8q8_avx512vnni(const mat *W, const block_q8 *xq, float *y, int row0, int row1);

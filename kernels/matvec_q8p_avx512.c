@@ -19,7 +19,7 @@
  *   Tokens: tiles of up to Q8P_TB; each token's arithmetic is the same whatever the tile, so
  *   a token of a batch gets bit for bit what it gets alone (n = 1).
  *   A token whose x does not quantize (Inf, NaN, steps below FLT_MIN) is computed by the
- *   scalar reference (matvec_rows_q8p_ref: f32 x).
+ *   scalar reference (matvec_rows_ref: f32 x).
  *
  * Compiled with the AVX-512 flags (Makefile: *_avx512.c); vpdpwssd only where CPUID has VNNI.
  */
@@ -34,11 +34,6 @@
 
 #define Q8P_TB 8                    /* tokens per tile: TB int32 + TB f32 accumulators */
 #define Q8P_X_BYTES (256 * 1024)    /* int16 x kept on the stack per pass over the rows */
-/* Software prefetch distance in bytes ahead in the stream, 0: off; for one token (the
- * hardware's stream prefetch is the faster there) and for tiles of several. */
-#ifndef Q8P_PF
-#define Q8P_PF 0
-#endif
 /* One token: besides the hardware's stream, one T1 prefetch per 576-byte block Q8P_PF1 bytes
  * ahead (a line in nine: it starts the next pages' streams early). Zen 5, cold matvec, % of a
  * plain read beside (kernels_bench --quick, 2 runs each): 0 89-91 %, 8 KiB 92-97 %, 16 KiB
@@ -46,6 +41,9 @@
 #ifndef Q8P_PF1
 #define Q8P_PF1 16384
 #endif
+/* Tiles of several tokens: every line of the block Q8P_PF_MM bytes ahead, 0: off (their stream
+ * is slow enough that the hardware's falls behind; one token is faster without these nine:
+ * kernels/README.md "Measured"). */
 #ifndef Q8P_PF_MM
 #define Q8P_PF_MM 2048
 #endif
@@ -57,9 +55,8 @@ AI void q8p_panel(const block_q8p *blk, int nb, int TB, const int16_t *xq, const
 #pragma GCC unroll 8
     for (int t = 0; t < TB; t++) acc[t] = _mm512_setzero_ps();
     for (int k = 0; k < nb; k++, blk++) {
-        const int pf = TB == 1 ? Q8P_PF : Q8P_PF_MM;
-        if (pf && first) {
-            const char *p = (const char *)blk + pf;
+        if (TB > 1 && Q8P_PF_MM && first) {
+            const char *p = (const char *)blk + Q8P_PF_MM;
 #pragma GCC unroll 9
             for (int l = 0; l < 9; l++) _mm_prefetch(p + 64 * l, _MM_HINT_T0);
         }
@@ -134,10 +131,8 @@ AI void q8p_chunk(const mat *W, int nq, const int *map, const int16_t *xq, const
 static int vnni_override = -1;
 void q8p_set_vnni(int on) { vnni_override = on; }
 static int q8p_has_vnni(void) {
-    static int v = -1;
-    if (vnni_override >= 0) return vnni_override && __builtin_cpu_supports("avx512vnni");
-    if (v < 0) v = __builtin_cpu_supports("avx512vnni") ? 1 : 0;
-    return v;
+    int has = cpu_get_features()->avx512_vnni;
+    return vnni_override >= 0 ? vnni_override && has : has;
 }
 
 /* Rows [row0, row1) of W X for n tokens: row r of token t to Y[t * ldy + r - yoff]. Tokens go
@@ -155,7 +150,7 @@ static void q8p_matmul(const mat *W, const float *X, int n, float *Y, int ldy, i
         int nt = n - t0 < chunk ? n - t0 : chunk, nq = 0;
         for (int t = t0; t < t0 + nt; t++) {
             if (q8x_quantize(X + (size_t)t * cols, cols, xq + (size_t)nq * cols, dx + (size_t)nq * nb)) map[nq++] = t;
-            else matvec_rows_q8p_ref(W, X + (size_t)t * cols, Y + (size_t)t * ldy + (row0 - yoff), row0, row1);
+            else matvec_rows_ref(W, X + (size_t)t * cols, Y + (size_t)t * ldy + (row0 - yoff), row0, row1);
         }
         if (nq) {
             if (vnni) q8p_chunk(W, nq, map, xq, dx, Y, ldy, yoff, row0, row1, 1);

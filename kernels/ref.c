@@ -139,12 +139,6 @@ static float row_dot_ref(const mat *W, int r, const float *x) {
     return acc;
 }
 
-/* MAT_Q8P's scalar kernel (the type table's reference; matvec_q8p_avx512.c's fallback for a
- * token whose x does not quantize to int16). */
-void matvec_rows_q8p_ref(const mat *W, const float *x, float *y, int row0, int row1) {
-    for (int r = row0; r < row1; r++) y[r - row0] = row_dot_ref(W, r, x);
-}
-
 void matvec_rows_ref(const mat *W, const float *x, float *y, int row0, int row1) {
     for (int r = row0; r < row1; r++) y[r - row0] = row_dot_ref(W, r, x);
 }

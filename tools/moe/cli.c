@@ -135,18 +135,18 @@ int cli_load_engine(moe_session *e, const char *dir, const model_options *opt, i
     cli_ep_attach(e, dir, cmd);
     if (!quiet) {
         const moe_config *c = &m->cfg;
-        char slots[32], copied[64] = "";
+        char slots[32], copied[64] = "", panels[64] = "";
         snprintf(slots, sizeof slots, "%d slots x ", n_slots);
         if (m->w.bytes_copied)
             snprintf(copied, sizeof copied, " (%.1f MiB copied to huge pages)", m->w.bytes_copied / 1048576.0);
-        else if (m->w.n_q8_panels)   /* the same bytes, another order: what the kernels run */
-            snprintf(copied, sizeof copied, " (%d Q8 matrices in 16-row panels)", m->w.n_q8_panels);
+        if (m->w.n_q8_panels)   /* the same bytes, another order: what the kernels run */
+            snprintf(panels, sizeof panels, " (%d Q8 matrices in 16-row panels)", m->w.n_q8_panels);
         fprintf(stderr,
                 "model %s: %s, %d layers (+%d MTP), H=%d, %d heads, E=%d top-%d, V=%d | weights %s: %.1f MiB mapped, "
-                "%.1f MiB converted%s | KV cache %s%d tokens x %zu B = %.1f MiB | kernels %s | load %.2f s\n",
+                "%.1f MiB converted%s%s | KV cache %s%d tokens x %zu B = %.1f MiB | kernels %s | load %.2f s\n",
                 dir, c->model_type, c->num_hidden_layers, c->num_nextn_predict_layers, c->hidden_size,
                 c->num_attention_heads, c->n_routed_experts, m->K, c->vocab_size, weights_dtype_name(o.dtype),
-                m->w.bytes_mapped / 1048576.0, m->w.bytes_converted / 1048576.0, copied, n_slots > 1 ? slots : "", e->kv.S,
+                m->w.bytes_mapped / 1048576.0, m->w.bytes_converted / 1048576.0, copied, panels, n_slots > 1 ? slots : "", e->kv.S,
                 kv_bytes_per_token(&e->kv), e->kv.bytes / 1048576.0, cpu_kernel_name(), cli_now() - t0);
     }
     if (has_int8_activation_types(m))   /* even when quiet: the numerics differ from f32 activations */
